@@ -1,0 +1,126 @@
+//! The functions every stock `rask-worker` runs, as typed handles producers can submit.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::image::{analyze_batch, merge, merge_summaries, BatchStats, ImageBatch, ImageError, Summary};
+
+crate::task! {
+    /// `x + 1` (the throughput and latency benchmarks' task).
+    pub fn inc(x: i64) -> Result<i64, String> {
+        x.checked_add(1).ok_or_else(|| format!("inc({x}) overflows i64"))
+    }
+}
+
+crate::task! {
+    /// `a + b`.
+    pub fn add(a: i64, b: i64) -> Result<i64, String> {
+        a.checked_add(b).ok_or_else(|| format!("add({a}, {b}) overflows i64"))
+    }
+}
+
+crate::task! {
+    /// `i % 7 + 1`: the leaves of the benchmark's reduction tree.
+    pub fn leaf(i: i64) -> i64 { i.rem_euclid(7) + 1 }
+}
+
+crate::task! {
+    /// The sum of a list of numbers: an integer if all are integers, else a float.
+    pub fn sum(numbers: Vec<Number>) -> Result<Number, String> {
+        let mut int: i64 = 0;
+        let mut float: Option<f64> = None;
+        for n in numbers {
+            match (n, float.as_mut()) {
+                (Number::Int(i), None) => {
+                    int = int.checked_add(i).ok_or("sum overflows i64; pass floats")?;
+                }
+                (Number::Int(i), Some(f)) => *f += i as f64,
+                (Number::Float(x), None) => float = Some(int as f64 + x),
+                (Number::Float(x), Some(f)) => *f += x,
+            }
+        }
+        Ok(float.map_or(Number::Int(int), Number::Float))
+    }
+}
+
+crate::task! {
+    /// Returns its argument unchanged (any value: bytes, text, lists, maps).
+    pub fn echo(value: rmpv::Value) -> rmpv::Value { value }
+}
+
+crate::task! {
+    /// Sleeps `ms` milliseconds without holding a thread, then returns `ms`.
+    pub async fn sleep_ms(ms: u64) -> u64 {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        ms
+    }
+}
+
+crate::task! {
+    /// Always fails with `message` (to see failures end to end).
+    pub fn fail(message: String) -> Result<(), String> { Err(message) }
+}
+
+crate::task! {
+    /// The demo's per-batch image computation: grayscale, blur, Sobel edges, histogram.
+    pub fn image_stats(batch: ImageBatch) -> Result<BatchStats, ImageError> { analyze_batch(&batch) }
+}
+
+crate::task! {
+    /// Reduces per-batch statistics to one summary.
+    pub fn image_summary(stats: Vec<BatchStats>) -> Summary { merge(&stats) }
+}
+
+crate::task! {
+    /// Reduces summaries of parts to the summary of the whole (for reduction trees).
+    pub fn merge_image_summaries(parts: Vec<Summary>) -> Summary { merge_summaries(&parts) }
+}
+
+/// A number as `sum` takes and returns it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Number {
+    /// A whole number.
+    Int(i64),
+    /// A floating-point number.
+    Float(f64),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::task::{Invocation, Task};
+
+    fn run<T>(inv: Invocation<T>) -> Result<T, crate::TaskError> {
+        match inv {
+            Invocation::Blocking(f) => f(),
+            Invocation::Async(_) => unreachable!("sync builtins only"),
+        }
+    }
+
+    #[test]
+    fn sums_ints_and_floats() {
+        assert_eq!(run(sum::invoke((vec![Number::Int(2), Number::Int(3)],))), Ok(Number::Int(5)));
+        assert_eq!(
+            run(sum::invoke((vec![Number::Int(2), Number::Float(0.5)],))),
+            Ok(Number::Float(2.5))
+        );
+        assert!(run(sum::invoke((vec![Number::Int(i64::MAX), Number::Int(1)],))).is_err());
+    }
+
+    #[test]
+    fn numbers_decode_from_msgpack_ints_and_floats() {
+        let bytes = rmp_serde::to_vec(&(vec![rmpv::Value::from(1), rmpv::Value::from(1.5)],)).unwrap();
+        let (ns,): (Vec<Number>,) = rmp_serde::from_slice(&bytes).unwrap();
+        assert_eq!(ns, vec![Number::Int(1), Number::Float(1.5)]);
+    }
+
+    #[test]
+    fn inc_and_fail() {
+        assert_eq!(run(inc::invoke((41,))), Ok(42));
+        assert!(run(inc::invoke((i64::MAX,))).is_err());
+        assert_eq!(run(fail::invoke(("no".into(),))).unwrap_err().message(), "no");
+        assert_eq!(run(leaf::invoke((10,))), Ok(4));
+    }
+}

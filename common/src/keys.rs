@@ -1,0 +1,134 @@
+//! Task keys and the one place that builds every Redis key and channel name.
+//!
+//! A task key names one task and its result (`inc-3f2a…`); the Redis key of that result is
+//! `{prefix}:result:{key}` and completions are announced on the channel `{prefix}:done`.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The longest task key accepted.
+pub const MAX_KEY_LEN: usize = 200;
+
+/// The key of one task and of its result: 1–200 characters of `[A-Za-z0-9_.:-]`.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct TaskKey(String);
+
+impl TaskKey {
+    /// Checks and wraps a key, e.g. one read from the command line.
+    ///
+    /// # Errors
+    /// [`Error::InvalidKey`] if it is empty, too long or holds other characters.
+    pub fn new(key: impl Into<String>) -> Result<Self> {
+        let key = key.into();
+        let valid = !key.is_empty()
+            && key.len() <= MAX_KEY_LEN
+            && key.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b));
+        if valid {
+            Ok(TaskKey(key))
+        } else {
+            Err(Error::InvalidKey(key))
+        }
+    }
+
+    /// A fresh key no other task has: `{function}-{32 hex digits}`.
+    pub fn unique(function: &str) -> Self {
+        let name: String = function
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || "_.:-".contains(*c))
+            .take(MAX_KEY_LEN - 33)
+            .collect();
+        TaskKey(format!("{name}-{}", uuid::Uuid::new_v4().simple()))
+    }
+
+    /// The key as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for TaskKey {
+    type Error = Error;
+    fn try_from(value: String) -> Result<Self> {
+        TaskKey::new(value)
+    }
+}
+
+impl From<TaskKey> for String {
+    fn from(key: TaskKey) -> String {
+        key.0
+    }
+}
+
+impl fmt::Display for TaskKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for TaskKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+/// Builds the Redis keys and channel names of one deployment (one key prefix).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    /// Keys under `prefix` (the `key_prefix` setting).
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Keys { prefix: prefix.into() }
+    }
+
+    /// Where the result of `key` is stored: `{prefix}:result:{key}`.
+    pub fn result(&self, key: &TaskKey) -> String {
+        format!("{}:result:{}", self.prefix, key.0)
+    }
+
+    /// The common start of every result key (`{prefix}:result:`), for scans.
+    pub fn result_pattern_prefix(&self) -> String {
+        format!("{}:result:", self.prefix)
+    }
+
+    /// The channel on which workers announce stored results (keys only): `{prefix}:done`.
+    pub fn done_channel(&self) -> String {
+        format!("{}:done", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validates_keys() {
+        assert!(TaskKey::new("inc-00ff").is_ok());
+        assert!(TaskKey::new("").is_err());
+        assert!(TaskKey::new("a b").is_err());
+        assert!(TaskKey::new("x".repeat(MAX_KEY_LEN + 1)).is_err());
+        let unique = TaskKey::unique("inc");
+        assert!(TaskKey::new(unique.as_str()).is_ok());
+        assert_ne!(unique, TaskKey::unique("inc"));
+    }
+
+    #[test]
+    fn builds_prefixed_names() {
+        let keys = Keys::new("p");
+        let key = TaskKey::new("inc-1").unwrap();
+        assert_eq!(keys.result(&key), "p:result:inc-1");
+        assert_eq!(keys.done_channel(), "p:done");
+    }
+
+    #[test]
+    fn decoding_rejects_bad_keys() {
+        let bytes = rmp_serde::to_vec(&"bad key").unwrap();
+        assert!(rmp_serde::from_slice::<TaskKey>(&bytes).is_err());
+    }
+}

@@ -1,0 +1,37 @@
+//! # rask-common
+//!
+//! What every rask process shares and nothing more: the wire format, keys, settings, connections
+//! and errors. It spawns no tasks; the producer (`rask`) and worker (`rask-worker`) crates do.
+//!
+//! ## Layout
+//! - [`message`]: the task message published to RabbitMQ (MessagePack, versioned).
+//! - [`outcome`]: what a worker stores for a task: a value or a structured [`TaskFailure`].
+//! - [`keys`]: task keys and the one place that builds Redis key and channel names.
+//! - [`task`]: the [`Task`] trait and the [`task!`] macro that defines typed tasks.
+//! - [`builtins`]: the functions every stock worker runs (`inc`, `add`, `sum`, `echo`, …).
+//! - [`image`]: the image-batch computation of the demo.
+//! - [`settings`]: typed [`Settings`], loaded from defaults, `rask.toml` and `RASK_*` variables.
+//! - [`broker`] and [`store`]: connecting to RabbitMQ (and declaring the topology) and to Redis.
+//! - [`error`]: the crate's [`Error`].
+
+pub mod broker;
+pub mod builtins;
+pub mod image;
+pub mod error;
+pub mod keys;
+pub mod message;
+pub mod outcome;
+pub mod settings;
+pub mod store;
+pub mod task;
+
+pub use error::{Error, Result};
+pub use keys::{Keys, TaskKey};
+pub use message::{TaskMessage, PROTOCOL_VERSION};
+pub use outcome::{FailureKind, Outcome, TaskFailure};
+pub use settings::Settings;
+pub use store::Store;
+pub use task::{Invocation, Task, TaskError};
+
+#[doc(hidden)]
+pub use rmpv;

@@ -1,0 +1,182 @@
+//! The task message: what a producer publishes to RabbitMQ and a worker decodes, once, at the edge.
+//!
+//! A message body is a MessagePack map (field names included, so that fields can be added later
+//! without breaking older readers, which ignore fields they do not know).
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::keys::TaskKey;
+
+/// The protocol version this build writes and accepts.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// AMQP header set on dead-lettered messages: why rask could not process it.
+pub const REASON_HEADER: &str = "x-rask-reason";
+
+/// One task to run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskMessage {
+    /// Protocol version of this message ([`PROTOCOL_VERSION`] when written by this build).
+    pub version: u16,
+    /// The task's key; its result is stored under it.
+    pub key: TaskKey,
+    /// Name of the registered function to run.
+    pub function: String,
+    /// The function's arguments as one MessagePack value (a tuple, i.e. an array).
+    #[serde(with = "serde_bytes")]
+    pub args: Vec<u8>,
+}
+
+impl TaskMessage {
+    /// A message for `function` with already encoded `args`.
+    pub fn new(key: TaskKey, function: impl Into<String>, args: Vec<u8>) -> Self {
+        TaskMessage {
+            version: PROTOCOL_VERSION,
+            key,
+            function: function.into(),
+            args,
+        }
+    }
+
+    /// The message body.
+    ///
+    /// # Errors
+    /// [`Error::Encode`] (cannot happen for well-formed messages; kept for honesty).
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        Ok(rmp_serde::to_vec_named(self)?)
+    }
+
+    /// Decodes a body, or explains why it is not a task message, with as much of it as could
+    /// still be read (the key, so that the failure can be reported on the task's future).
+    ///
+    /// # Errors
+    /// [`Undecodable`] with the reason.
+    pub fn decode(body: &[u8]) -> std::result::Result<Self, Undecodable> {
+        let probe: Probe = match rmp_serde::from_slice(body) {
+            Ok(probe) => probe,
+            Err(e) => {
+                return Err(Undecodable {
+                    key: None,
+                    function: None,
+                    reason: format!("not a rask task message: {e}"),
+                })
+            }
+        };
+        let key = probe.key.and_then(|k| TaskKey::new(k).ok());
+        let fail = |reason: String| Undecodable {
+            key: key.clone(),
+            function: probe.function.clone(),
+            reason,
+        };
+        match probe.version {
+            Some(PROTOCOL_VERSION) => {}
+            Some(found) => {
+                return Err(fail(
+                    Error::Version { found, supported: PROTOCOL_VERSION }.to_string(),
+                ))
+            }
+            None => return Err(fail("message has no protocol version".into())),
+        }
+        rmp_serde::from_slice(body).map_err(|e| fail(format!("malformed task message: {e}")))
+    }
+}
+
+/// Why a message body is not a task message, with whatever could be read of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Undecodable {
+    /// The task key, if the message had a valid one.
+    pub key: Option<TaskKey>,
+    /// The function name, if the message had one.
+    pub function: Option<String>,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+/// The fields read from a message that may be malformed otherwise.
+#[derive(Deserialize)]
+struct Probe {
+    #[serde(default)]
+    version: Option<u16>,
+    #[serde(default)]
+    key: Option<String>,
+    #[serde(default)]
+    function: Option<String>,
+}
+
+/// Encodes a value (task arguments or a result) as MessagePack.
+///
+/// # Errors
+/// [`Error::Encode`] if serde refuses the value.
+pub fn encode_value<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
+    Ok(rmp_serde::to_vec(value)?)
+}
+
+/// Decodes a MessagePack value (task arguments or a result).
+///
+/// # Errors
+/// [`Error::Decode`] if the bytes are not a `T`.
+pub fn decode_value<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    Ok(rmp_serde::from_slice(bytes)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message() -> TaskMessage {
+        TaskMessage::new(TaskKey::new("inc-1").unwrap(), "inc", encode_value(&(41,)).unwrap())
+    }
+
+    #[test]
+    fn round_trips() {
+        let m = message();
+        assert_eq!(TaskMessage::decode(&m.encode().unwrap()).unwrap(), m);
+    }
+
+    #[test]
+    fn garbage_is_undecodable_without_key() {
+        let err = TaskMessage::decode(b"\xc1\xff garbage").unwrap_err();
+        assert_eq!(err.key, None);
+        assert!(err.reason.contains("not a rask task message"), "{}", err.reason);
+    }
+
+    #[test]
+    fn wrong_version_keeps_the_key() {
+        let mut m = message();
+        m.version = 99;
+        let err = TaskMessage::decode(&m.encode().unwrap()).unwrap_err();
+        assert_eq!(err.key, Some(m.key));
+        assert!(err.reason.contains("99"), "{}", err.reason);
+    }
+
+    #[test]
+    fn truncated_message_is_undecodable() {
+        let body = message().encode().unwrap();
+        assert!(TaskMessage::decode(&body[..body.len() - 3]).is_err());
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored() {
+        #[derive(Serialize)]
+        struct Newer<'a> {
+            version: u16,
+            key: &'a str,
+            function: &'a str,
+            #[serde(with = "serde_bytes")]
+            args: &'a [u8],
+            deadline: u64,
+        }
+        let args = encode_value(&(1,)).unwrap();
+        let body = rmp_serde::to_vec_named(&Newer {
+            version: PROTOCOL_VERSION,
+            key: "k",
+            function: "inc",
+            args: &args,
+            deadline: 7,
+        })
+        .unwrap();
+        assert_eq!(TaskMessage::decode(&body).unwrap().function, "inc");
+    }
+}

@@ -1,0 +1,114 @@
+//! What a worker stores for a task: its encoded value, or a structured failure.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+use crate::keys::TaskKey;
+
+/// The stored result of one task (write-once in Redis, as MessagePack).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// The task's return value, MessagePack-encoded.
+    Value(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// The task did not produce a value.
+    Failure(TaskFailure),
+}
+
+impl Outcome {
+    /// The bytes stored in Redis.
+    ///
+    /// # Errors
+    /// [`crate::Error::Encode`] (cannot happen for outcomes built by rask).
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        Ok(rmp_serde::to_vec_named(self)?)
+    }
+
+    /// Reads stored bytes back.
+    ///
+    /// # Errors
+    /// [`crate::Error::Decode`] if the bytes are not an outcome.
+    pub fn decode(bytes: &[u8]) -> Result<Self> {
+        Ok(rmp_serde::from_slice(bytes)?)
+    }
+}
+
+/// Why a task failed, with enough context to find it: which task, which key, which worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskFailure {
+    /// The class of failure, to branch on.
+    pub kind: FailureKind,
+    /// What went wrong, for people.
+    pub message: String,
+    /// Name of the function that was called.
+    pub task: String,
+    /// Key of the task.
+    pub key: TaskKey,
+    /// Id of the worker that reported the failure.
+    pub worker: String,
+}
+
+impl fmt::Display for TaskFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "task {} (key {}) {} on worker {}: {}",
+            self.task, self.key, self.kind, self.worker, self.message
+        )
+    }
+}
+
+impl std::error::Error for TaskFailure {}
+
+/// The class of a [`TaskFailure`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum FailureKind {
+    /// No worker function has the task's name.
+    UnknownTask,
+    /// The arguments do not decode as the function's parameters.
+    BadArguments,
+    /// The function panicked.
+    Panicked,
+    /// The function returned an error.
+    Failed,
+    /// The message itself was malformed (e.g. a wrong protocol version).
+    BadMessage,
+    /// A failure kind written by a newer rask that this build does not know.
+    #[serde(other)]
+    Other,
+}
+
+impl fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FailureKind::UnknownTask => "is unknown",
+            FailureKind::BadArguments => "got bad arguments",
+            FailureKind::Panicked => "panicked",
+            FailureKind::Failed => "failed",
+            FailureKind::BadMessage => "had a malformed message",
+            FailureKind::Other => "failed (unknown kind)",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_displays() {
+        let failure = TaskFailure {
+            kind: FailureKind::Panicked,
+            message: "boom".into(),
+            task: "explode".into(),
+            key: TaskKey::new("explode-1").unwrap(),
+            worker: "w1".into(),
+        };
+        let outcome = Outcome::Failure(failure.clone());
+        assert_eq!(Outcome::decode(&outcome.encode().unwrap()).unwrap(), outcome);
+        let text = failure.to_string();
+        assert!(text.contains("explode") && text.contains("panicked") && text.contains("boom"));
+    }
+}

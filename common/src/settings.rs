@@ -1,0 +1,226 @@
+//! Typed settings shared by producers and workers, loaded in layers: defaults, then an optional
+//! `rask.toml`, then `RASK_*` environment variables (e.g. `RASK_AMQP_URL`, `RASK_RESULT_TTL=2h`).
+
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The file read by [`Settings::load`] when it exists in the working directory.
+pub const DEFAULT_FILE: &str = "rask.toml";
+
+/// Every setting of a rask deployment. Each field's default is stated in its doc.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    /// AMQP URL of RabbitMQ. Default `amqp://guest:guest@127.0.0.1:5672/%2f`.
+    pub amqp_url: String,
+    /// URL of Redis. Default `redis://127.0.0.1:6379/`.
+    pub redis_url: String,
+    /// Durable direct exchange tasks are published to. Default `rask`.
+    pub exchange: String,
+    /// Durable queue workers consume tasks from (also its routing key). Default `rask.tasks`.
+    pub queue: String,
+    /// Exchange for messages that cannot be processed. Default `rask.dead`.
+    pub dead_letter_exchange: String,
+    /// Queue holding dead-lettered messages. Default `rask.dead`.
+    pub dead_letter_queue: String,
+    /// Prefix of every Redis key and channel, so deployments can share one Redis. Default `rask`.
+    pub key_prefix: String,
+    /// How long a stored result lives in Redis. Default `1day`.
+    #[serde(with = "humantime_serde")]
+    pub result_ttl: Duration,
+    /// Tasks a worker runs at once. Default: the number of CPUs.
+    pub concurrency: usize,
+    /// Unacknowledged deliveries a worker holds (AMQP `basic.qos`). Default `0`, meaning
+    /// 4 × `concurrency`: enough to overlap storing results with running tasks, small enough
+    /// that a busy worker does not hoard work an idle one could run.
+    pub prefetch: u16,
+    /// Unconfirmed publishes a producer keeps in flight while submitting many tasks. Default `1024`.
+    pub publish_window: usize,
+    /// Most results a worker writes to Redis in one pipeline. Default `256`.
+    pub result_batch: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            amqp_url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            redis_url: "redis://127.0.0.1:6379/".into(),
+            exchange: "rask".into(),
+            queue: "rask.tasks".into(),
+            dead_letter_exchange: "rask.dead".into(),
+            dead_letter_queue: "rask.dead".into(),
+            key_prefix: "rask".into(),
+            result_ttl: Duration::from_secs(24 * 3600),
+            concurrency: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            prefetch: 0,
+            publish_window: 1024,
+            result_batch: 256,
+        }
+    }
+}
+
+impl Settings {
+    /// Loads defaults, then `rask.toml` from the working directory if present, then `RASK_*`
+    /// environment variables.
+    ///
+    /// # Errors
+    /// [`Error::Settings`] naming the setting and the bad value.
+    pub fn load() -> Result<Self> {
+        Self::load_from(Path::new(DEFAULT_FILE), false)
+    }
+
+    /// Like [`Settings::load`] with an explicit file, which must exist when `required`.
+    ///
+    /// # Errors
+    /// [`Error::Settings`] naming the setting and the bad value, or the missing file.
+    pub fn load_from(file: &Path, required: bool) -> Result<Self> {
+        let bad = |e: config::ConfigError| Error::Settings(e.to_string());
+        let settings: Settings = config::Config::builder()
+            .add_source(config::Config::try_from(&Settings::default()).map_err(bad)?)
+            .add_source(
+                config::File::from(file)
+                    .format(config::FileFormat::Toml)
+                    .required(required),
+            )
+            .add_source(config::Environment::with_prefix("RASK").try_parsing(true))
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(bad)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks values the types alone do not rule out.
+    ///
+    /// # Errors
+    /// [`Error::Settings`] naming the setting and the bad value.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |name: &str, value: &dyn fmt::Display, why: &str| {
+            Err(Error::Settings(format!("{name} = {value}: {why}")))
+        };
+        if self.concurrency == 0 {
+            return bad("concurrency", &0, "must be at least 1");
+        }
+        if self.publish_window == 0 {
+            return bad("publish_window", &0, "must be at least 1");
+        }
+        if self.result_batch == 0 {
+            return bad("result_batch", &0, "must be at least 1");
+        }
+        if self.result_ttl < Duration::from_secs(1) {
+            return bad(
+                "result_ttl",
+                &humantime::format_duration(self.result_ttl),
+                "must be at least 1s",
+            );
+        }
+        if self.key_prefix.is_empty() || self.key_prefix.contains(char::is_whitespace) {
+            return bad("key_prefix", &format!("{:?}", self.key_prefix), "must be non-empty without spaces");
+        }
+        for (name, value) in [
+            ("exchange", &self.exchange),
+            ("queue", &self.queue),
+            ("dead_letter_exchange", &self.dead_letter_exchange),
+            ("dead_letter_queue", &self.dead_letter_queue),
+        ] {
+            if value.is_empty() {
+                return bad(name, &"\"\"", "must not be empty");
+            }
+        }
+        if !self.amqp_url.starts_with("amqp://") && !self.amqp_url.starts_with("amqps://") {
+            return bad("amqp_url", &mask_url(&self.amqp_url), "must start with amqp:// or amqps://");
+        }
+        if !self.redis_url.starts_with("redis://") && !self.redis_url.starts_with("rediss://") {
+            return bad("redis_url", &mask_url(&self.redis_url), "must start with redis:// or rediss://");
+        }
+        Ok(())
+    }
+
+    /// The prefetch a worker asks for: [`Settings::prefetch`], or 4 × concurrency when it is 0.
+    pub fn effective_prefetch(&self) -> u16 {
+        if self.prefetch > 0 {
+            self.prefetch
+        } else {
+            u16::try_from(self.concurrency.saturating_mul(4)).unwrap_or(u16::MAX)
+        }
+    }
+}
+
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field("amqp_url", &mask_url(&self.amqp_url))
+            .field("redis_url", &mask_url(&self.redis_url))
+            .field("exchange", &self.exchange)
+            .field("queue", &self.queue)
+            .field("dead_letter_exchange", &self.dead_letter_exchange)
+            .field("dead_letter_queue", &self.dead_letter_queue)
+            .field("key_prefix", &self.key_prefix)
+            .field("result_ttl", &self.result_ttl)
+            .field("concurrency", &self.concurrency)
+            .field("prefetch", &self.prefetch)
+            .field("publish_window", &self.publish_window)
+            .field("result_batch", &self.result_batch)
+            .finish()
+    }
+}
+
+/// The URL with any password replaced by `***`, for logs and status output.
+pub fn mask_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, path) = rest.split_once('/').map_or((rest, None), |(a, p)| (a, Some(p)));
+    let masked = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{user}:***@{host}"),
+            None => authority.to_owned(),
+        },
+        None => authority.to_owned(),
+    };
+    match path {
+        Some(p) => format!("{scheme}://{masked}/{p}"),
+        None => format!("{scheme}://{masked}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_passwords_only() {
+        assert_eq!(mask_url("amqp://u:secret@h:5672/%2f"), "amqp://u:***@h:5672/%2f");
+        assert_eq!(mask_url("redis://h:6379/"), "redis://h:6379/");
+        assert_eq!(mask_url("redis://:pw@h"), "redis://:***@h");
+    }
+
+    #[test]
+    fn debug_never_shows_passwords() {
+        let s = Settings { amqp_url: "amqp://u:hunter2@h/%2f".into(), ..Settings::default() };
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn file_and_bad_values_are_reported_by_name() {
+        let dir = std::env::temp_dir().join(format!("rask-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("rask.toml");
+        std::fs::write(&file, "queue = \"q1\"\nresult_ttl = \"90s\"\n").unwrap();
+        let s = Settings::load_from(&file, true).unwrap();
+        assert_eq!(s.queue, "q1");
+        assert_eq!(s.result_ttl, Duration::from_secs(90));
+
+        std::fs::write(&file, "concurrency = 0\n").unwrap();
+        let err = Settings::load_from(&file, true).unwrap_err().to_string();
+        assert!(err.contains("concurrency"), "{err}");
+        std::fs::write(&file, "prefetch = \"lots\"\n").unwrap();
+        let err = Settings::load_from(&file, true).unwrap_err().to_string();
+        assert!(err.contains("prefetch") && err.contains("lots"), "{err}");
+    }
+}

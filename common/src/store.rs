@@ -1,0 +1,131 @@
+//! Redis: storing outcomes write-once and reading them back in batches.
+//!
+//! Outcomes live at [`Keys::result`] with the configured TTL; each batch of stored outcomes is
+//! announced on [`Keys::done_channel`] with the keys only (a MessagePack array of strings), never
+//! the payload, so a waiter that misses an announcement loses time, not data.
+
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+
+use crate::error::Result;
+use crate::keys::{Keys, TaskKey};
+use crate::settings::Settings;
+
+/// Most keys read by one MGET (several MGETs go in one pipeline).
+const MGET_CHUNK: usize = 1000;
+
+/// A cheap-to-clone handle on the result store (reconnects by itself).
+#[derive(Clone)]
+pub struct Store {
+    conn: ConnectionManager,
+    keys: Keys,
+    ttl: Duration,
+}
+
+impl Store {
+    /// Connects to the Redis of `settings`.
+    ///
+    /// # Errors
+    /// [`crate::Error::Store`] if Redis cannot be reached.
+    pub async fn connect(settings: &Settings) -> Result<Self> {
+        let client = redis::Client::open(settings.redis_url.as_str())?;
+        let conn = client.get_connection_manager().await?;
+        Ok(Store {
+            conn,
+            keys: Keys::new(settings.key_prefix.clone()),
+            ttl: settings.result_ttl,
+        })
+    }
+
+    /// The key builder of this deployment.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// Stores encoded outcomes, each only if none is stored yet (write-once), with the TTL, and
+    /// announces their keys, all in one pipeline.
+    ///
+    /// # Errors
+    /// [`crate::Error::Store`]: nothing may be acknowledged then, since nothing may be stored.
+    pub async fn put_outcomes(&self, outcomes: &[(TaskKey, Vec<u8>)]) -> Result<()> {
+        if outcomes.is_empty() {
+            return Ok(());
+        }
+        let ttl_ms = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX);
+        let mut pipe = redis::pipe();
+        for (key, bytes) in outcomes {
+            pipe.cmd("SET")
+                .arg(self.keys.result(key))
+                .arg(bytes.as_slice())
+                .arg("NX")
+                .arg("PX")
+                .arg(ttl_ms)
+                .ignore();
+        }
+        let announced: Vec<&str> = outcomes.iter().map(|(k, _)| k.as_str()).collect();
+        pipe.cmd("PUBLISH")
+            .arg(self.keys.done_channel())
+            .arg(rmp_serde::to_vec(&announced)?)
+            .ignore();
+        pipe.query_async::<()>(&mut self.conn.clone()).await?;
+        Ok(())
+    }
+
+    /// Reads the stored outcomes of `keys`, in order (`None` where nothing is stored yet).
+    ///
+    /// # Errors
+    /// [`crate::Error::Store`] if Redis fails.
+    pub async fn get_outcomes(&self, keys: &[TaskKey]) -> Result<Vec<Option<Vec<u8>>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for chunk in keys.chunks(MGET_CHUNK) {
+            let names: Vec<String> = chunk.iter().map(|k| self.keys.result(k)).collect();
+            pipe.cmd("MGET").arg(names);
+        }
+        let chunks: Vec<Vec<Option<Vec<u8>>>> = pipe.query_async(&mut self.conn.clone()).await?;
+        Ok(chunks.into_iter().flatten().collect())
+    }
+
+    /// Deletes the stored outcomes of `keys`; returns how many existed.
+    ///
+    /// # Errors
+    /// [`crate::Error::Store`] if Redis fails.
+    pub async fn delete(&self, keys: &[TaskKey]) -> Result<u64> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let names: Vec<String> = keys.iter().map(|k| self.keys.result(k)).collect();
+        Ok(redis::cmd("DEL").arg(names).query_async(&mut self.conn.clone()).await?)
+    }
+
+    /// Deletes every key of this deployment's prefix (results), by SCAN; returns how many.
+    ///
+    /// # Errors
+    /// [`crate::Error::Store`] if Redis fails.
+    pub async fn purge(&self) -> Result<u64> {
+        let pattern = format!("{}*", self.keys.result_pattern_prefix());
+        let mut conn = self.conn.clone();
+        let mut cursor: u64 = 0;
+        let mut deleted = 0;
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await?;
+            if !batch.is_empty() {
+                deleted += redis::cmd("DEL").arg(batch).query_async::<u64>(&mut conn).await?;
+            }
+            if next == 0 {
+                return Ok(deleted);
+            }
+            cursor = next;
+        }
+    }
+}

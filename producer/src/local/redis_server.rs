@@ -1,0 +1,122 @@
+//! How to run a private Redis: its spec, the command line that keeps it in
+//! its own folder and port, and the check that it answers `PING`.
+
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::process::Command;
+use tokio::time::{sleep, Instant};
+
+use super::logs;
+use super::spawn::Spawned;
+
+/// How long Redis may take to answer `PING`: milliseconds when empty, longer
+/// while it replays a big append-only file.
+pub(crate) const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long one `PING` probe may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How often readiness is probed.
+const POLL: Duration = Duration::from_millis(50);
+
+/// Where and how to run one private Redis.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RedisSpec {
+    /// Redis's own folder: the append-only files and the log.
+    /// Created if missing; reused by a restart.
+    pub dir: PathBuf,
+    /// The port, on 127.0.0.1.
+    pub port: u16,
+    /// Whether to keep an append-only file (`fsync` every second), so data
+    /// survives a restart; without it Redis keeps nothing on disk.
+    pub append_only: bool,
+}
+
+impl RedisSpec {
+    /// `redis://127.0.0.1:PORT/`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Where Redis's log (its stdout and stderr) goes.
+    pub fn log(&self) -> PathBuf {
+        self.dir.join("redis.log")
+    }
+
+    /// The last lines of the log, for error messages.
+    pub(crate) fn log_tail(&self) -> String {
+        logs::tail(&[&self.log()], logs::TAIL_LINES)
+    }
+}
+
+/// Creates the folder and builds the command that starts Redis in the
+/// foreground, saving no RDB snapshots.
+///
+/// # Errors
+///
+/// Fails if the folder cannot be created.
+pub(crate) fn command(spec: &RedisSpec) -> io::Result<Command> {
+    std::fs::create_dir_all(&spec.dir).map_err(|e| {
+        io::Error::new(e.kind(), format!("cannot create the Redis folder {}: {e}", spec.dir.display()))
+    })?;
+    let mut command = Command::new("redis-server");
+    command
+        .current_dir(&spec.dir)
+        .arg("--port")
+        .arg(spec.port.to_string())
+        .args(["--bind", "127.0.0.1"])
+        .arg("--dir")
+        .arg(&spec.dir)
+        .args(["--save", ""])
+        .args(["--appendonly", if spec.append_only { "yes" } else { "no" }])
+        .args(["--daemonize", "no"])
+        .args(["--logfile", ""]);
+    Ok(command)
+}
+
+/// Waits until Redis answers `PING` with `PONG` (not `LOADING`).
+///
+/// # Errors
+///
+/// Fails, quoting the log, if the process exits first or does not answer
+/// within [`START_TIMEOUT`].
+pub(crate) async fn wait_ready(spec: &RedisSpec, process: &mut Spawned) -> io::Result<()> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    let client = redis::Client::open(spec.url())
+        .map_err(|e| io::Error::other(format!("bad Redis URL {}: {e}", spec.url())))?;
+    let mut last_error = String::new();
+    loop {
+        if let Some(status) = process.try_wait()? {
+            return Err(io::Error::other(format!(
+                "Redis (port {}) exited while starting ({status}){}",
+                spec.port,
+                spec.log_tail()
+            )));
+        }
+        match tokio::time::timeout(PROBE_TIMEOUT, ping(&client)).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => last_error = e.to_string(),
+            Err(_) => last_error = format!("PING took over {PROBE_TIMEOUT:?}"),
+        }
+        if Instant::now() >= deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "Redis did not answer PING on port {} within {START_TIMEOUT:?} ({last_error}){}",
+                    spec.port,
+                    spec.log_tail()
+                ),
+            ));
+        }
+        sleep(POLL).await;
+    }
+}
+
+/// One `PING` on a fresh connection.
+async fn ping(client: &redis::Client) -> redis::RedisResult<()> {
+    let mut connection = client.get_multiplexed_async_connection().await?;
+    let _pong: String = redis::cmd("PING").query_async(&mut connection).await?;
+    Ok(())
+}
