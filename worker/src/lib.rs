@@ -1,0 +1,42 @@
+//! # rask-worker
+//!
+//! The stateless rask worker as a library, so that users build their own worker binary with their
+//! own functions exactly like the stock `rask-worker` is built:
+//!
+//! ```no_run
+//! use rask_common::Settings;
+//! use rask_worker::{Registry, Worker};
+//!
+//! rask_common::task! {
+//!     /// Shouts.
+//!     pub fn shout(text: String) -> String { text.to_uppercase() }
+//! }
+//!
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! let registry = Registry::with_builtins().with::<shout>();
+//! Worker::new(Settings::load()?, registry)
+//!     .run(rask_worker::shutdown_signal())
+//!     .await?;
+//! # Ok(()) }
+//! ```
+//!
+//! ## Layout
+//! - [`Worker`] (`worker.rs`): consume, run under a concurrency limit, hand outcomes on, drain on
+//!   shutdown.
+//! - `execute.rs`: one task to an outcome; panics and errors become stored failures.
+//! - `writer.rs`: outcomes to Redis in batches, then acknowledgements (never before).
+//! - `dead_letter.rs`: messages that are not tasks go to the dead-letter queue with a reason.
+//! - [`Registry`] (`registry.rs`): functions by name, arguments decoded per function.
+
+mod dead_letter;
+mod error;
+mod execute;
+mod registry;
+mod signal;
+mod worker;
+mod writer;
+
+pub use error::{Error, Result};
+pub use registry::Registry;
+pub use signal::shutdown_signal;
+pub use worker::Worker;

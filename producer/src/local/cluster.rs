@@ -1,0 +1,408 @@
+//! The local cluster behind `rask local up / down / status`: one RabbitMQ,
+//! one Redis and N workers, detached from the command that started them and
+//! recorded in `DIR/state.json` so a later command can find them.
+//!
+//! Layout of `DIR`: `rabbitmq/` and `redis/` (data and server logs),
+//! `logs/worker-N.log`, `state.json`.
+
+use std::ffi::OsString;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::binaries::sibling_binary;
+use super::pid;
+use super::ports;
+use super::rabbitmq_server::RabbitMqSpec;
+use super::redis_server::RedisSpec;
+use super::server::ServerProcess;
+use super::spawn::Lifetime;
+use super::state::{self, ClusterState, ProcessKind, ProcessRecord};
+use super::worker::{Worker, WorkerSpec};
+
+/// How long workers get to finish after SIGTERM before SIGKILL.
+const WORKER_GRACE: Duration = Duration::from_secs(10);
+
+/// How long each server gets to stop after SIGTERM before SIGKILL.
+const SERVER_GRACE: Duration = Duration::from_secs(30);
+
+/// How long a worker may take to count as started.
+const WORKER_READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What `rask local up` starts, and where.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalClusterSpec {
+    /// The cluster's folder. Default: [`default_dir`].
+    pub dir: PathBuf,
+    /// RabbitMQ's AMQP port on 127.0.0.1. Default: 5672.
+    pub amqp_port: u16,
+    /// RabbitMQ's Erlang distribution port. Default: 25672.
+    pub dist_port: u16,
+    /// Redis's port. Default: 6379.
+    pub redis_port: u16,
+    /// How many `rask-worker` processes to start; 0 starts only the
+    /// servers. Default: 2.
+    pub workers: usize,
+    /// Extra environment for the workers, on top of `RASK_AMQP_URL` and
+    /// `RASK_REDIS_URL` (which these may override). Default: none.
+    pub worker_env: Vec<(String, String)>,
+}
+
+impl Default for LocalClusterSpec {
+    fn default() -> Self {
+        Self {
+            dir: default_dir(),
+            amqp_port: 5672,
+            dist_port: 25672,
+            redis_port: 6379,
+            workers: 2,
+            worker_env: Vec::new(),
+        }
+    }
+}
+
+/// The default cluster folder: `$RASK_LOCAL_DIR`, else
+/// `${XDG_STATE_HOME:-$HOME/.local/state}/rask/local` (else a folder under
+/// the system's temporary folder if neither is set).
+pub fn default_dir() -> PathBuf {
+    default_dir_from(|name| std::env::var_os(name))
+}
+
+/// Starts RabbitMQ, Redis (append-only) and `spec.workers` workers, all
+/// detached, and records them in `DIR/state.json`. Returns once the servers
+/// accept connections and every worker is running. If a part fails, the
+/// parts already started are stopped again.
+///
+/// # Errors
+///
+/// `AlreadyExists` if a cluster recorded in the folder is still running;
+/// `AddrInUse` if a port is taken (the message names the option to change
+/// it); `NotFound` if RabbitMQ, Redis or `rask-worker` is missing; otherwise
+/// the error of the part that failed to start, quoting its log.
+pub async fn up(spec: &LocalClusterSpec) -> io::Result<ClusterState> {
+    check_nothing_recorded(&spec.dir)?;
+    check_ports(spec)?;
+    let worker_program = if spec.workers > 0 { Some(sibling_binary("rask-worker")?) } else { None };
+
+    let mut started = Started::default();
+    match start_parts(spec, worker_program, &mut started).await {
+        Ok(state) => Ok(state),
+        Err(e) => {
+            tracing::warn!(error = %e, "local cluster failed to start; stopping what was started");
+            started.stop().await;
+            let _ = state::remove(&spec.dir);
+            Err(e)
+        }
+    }
+}
+
+/// Stops exactly the processes recorded in `DIR/state.json`: workers first
+/// (SIGTERM, SIGKILL after 10 s), then Redis, then RabbitMQ (each SIGTERM,
+/// SIGKILL after 30 s); then deletes the record. Returns the records, with
+/// `alive` telling whether each was still running. A process whose pid now
+/// belongs to another program is left alone.
+///
+/// # Errors
+///
+/// `NotFound` if no cluster is recorded in `dir`; an error if a process
+/// cannot be stopped (the record is then kept, so `down` can be retried).
+pub async fn down(dir: &Path) -> io::Result<Vec<ProcessRecord>> {
+    let mut state = read_recorded(dir)?;
+    for record in &mut state.processes {
+        record.alive = pid::is_alive_as(record.pid, &record.name);
+    }
+    let workers = state.processes.iter().filter(|r| r.kind == ProcessKind::Worker && r.alive);
+    let stops = workers.map(|record| stop_record(record, WORKER_GRACE));
+    for result in futures::future::join_all(stops).await {
+        result?;
+    }
+    for kind in [ProcessKind::Redis, ProcessKind::RabbitMq] {
+        for record in state.processes.iter().filter(|r| r.kind == kind && r.alive) {
+            stop_record(record, SERVER_GRACE).await?;
+        }
+    }
+    state::remove(dir)?;
+    tracing::info!(dir = %dir.display(), "local cluster stopped");
+    Ok(state.processes)
+}
+
+/// The processes recorded in `DIR/state.json`, each with `alive` checked
+/// now.
+///
+/// # Errors
+///
+/// `NotFound` if no cluster is recorded in `dir`; an error if the record
+/// cannot be read.
+pub fn status(dir: &Path) -> io::Result<ClusterState> {
+    let mut state = read_recorded(dir)?;
+    for record in &mut state.processes {
+        record.alive = pid::is_alive_as(record.pid, &record.name);
+    }
+    Ok(state)
+}
+
+/// The parts started so far, for cleaning up after a failed `up`.
+#[derive(Default)]
+struct Started {
+    rabbitmq: Option<ServerProcess>,
+    redis: Option<ServerProcess>,
+    workers: Vec<Worker>,
+}
+
+impl Started {
+    /// Stops everything started, workers first; errors are only logged, the
+    /// caller is already reporting the error that caused this.
+    async fn stop(&mut self) {
+        for worker in &mut self.workers {
+            if let Err(e) = worker.kill().await {
+                tracing::warn!(pid = worker.pid(), error = %e, "cannot stop worker");
+            }
+        }
+        for server in [&mut self.redis, &mut self.rabbitmq].into_iter().flatten() {
+            if let Err(e) = server.stop().await {
+                tracing::warn!(pid = server.pid(), error = %e, "cannot stop server");
+            }
+        }
+    }
+}
+
+/// Starts each part in turn, recording it in the state file as soon as it
+/// runs, so that a `down` can clean up even if this process dies half-way.
+async fn start_parts(
+    spec: &LocalClusterSpec,
+    worker_program: Option<PathBuf>,
+    started: &mut Started,
+) -> io::Result<ClusterState> {
+    let rabbitmq_spec = RabbitMqSpec {
+        dir: spec.dir.join("rabbitmq"),
+        port: spec.amqp_port,
+        dist_port: spec.dist_port,
+        node_name: format!("rask-{}", spec.amqp_port),
+    };
+    let redis_spec = RedisSpec { dir: spec.dir.join("redis"), port: spec.redis_port, append_only: true };
+    let mut state = ClusterState {
+        dir: spec.dir.clone(),
+        amqp_url: rabbitmq_spec.url(),
+        redis_url: redis_spec.url(),
+        processes: Vec::new(),
+    };
+
+    let rabbitmq = started.rabbitmq.insert(ServerProcess::start_rabbitmq(&rabbitmq_spec, Lifetime::Detached).await?);
+    state.processes.push(server_record(ProcessKind::RabbitMq, rabbitmq));
+    state::write(&state)?;
+
+    let redis = started.redis.insert(ServerProcess::start_redis(&redis_spec, Lifetime::Detached).await?);
+    state.processes.push(server_record(ProcessKind::Redis, redis));
+    state::write(&state)?;
+
+    if let Some(program) = worker_program {
+        for number in 1..=spec.workers {
+            let mut env = vec![
+                ("RASK_AMQP_URL".to_owned(), state.amqp_url.clone()),
+                ("RASK_REDIS_URL".to_owned(), state.redis_url.clone()),
+            ];
+            env.extend(spec.worker_env.iter().cloned());
+            let worker_spec = WorkerSpec {
+                program: program.clone(),
+                args: Vec::new(),
+                env,
+                log: spec.dir.join("logs").join(format!("worker-{number}.log")),
+            };
+            started.workers.push(Worker::spawn(&worker_spec, Lifetime::Detached)?);
+        }
+        for worker in &mut started.workers {
+            worker.wait_ready(WORKER_READY_TIMEOUT).await?;
+            state.processes.push(ProcessRecord {
+                kind: ProcessKind::Worker,
+                pid: worker.pid(),
+                name: pid::name(worker.pid()).unwrap_or_default(),
+                address: None,
+                log: worker.log_path().to_owned(),
+                alive: true,
+            });
+        }
+        state::write(&state)?;
+    }
+    tracing::info!(dir = %spec.dir.display(), amqp = %state.amqp_url, redis = %state.redis_url, workers = spec.workers, "local cluster up");
+    Ok(state)
+}
+
+/// The record of a freshly started server.
+fn server_record(kind: ProcessKind, server: &ServerProcess) -> ProcessRecord {
+    ProcessRecord {
+        kind,
+        pid: server.pid(),
+        name: pid::name(server.pid()).unwrap_or_default(),
+        address: Some(server.url()),
+        log: server.log_path(),
+        alive: true,
+    }
+}
+
+/// Fails if a cluster recorded in `dir` still runs; forgets a record whose
+/// processes are all gone (e.g. after a reboot).
+fn check_nothing_recorded(dir: &Path) -> io::Result<()> {
+    let Some(state) = state::read(dir)? else { return Ok(()) };
+    let running: Vec<String> = state
+        .processes
+        .iter()
+        .filter(|r| pid::is_alive_as(r.pid, &r.name))
+        .map(|r| r.pid.to_string())
+        .collect();
+    if running.is_empty() {
+        tracing::warn!(dir = %dir.display(), "forgetting a stale record of a local cluster that no longer runs");
+        return state::remove(dir);
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AlreadyExists,
+        format!(
+            "a local cluster is already running in {} (pids {}); stop it with `rask local down --dir {}`",
+            dir.display(),
+            running.join(", "),
+            dir.display()
+        ),
+    ))
+}
+
+/// Fails with a message naming the option to change if the ports clash
+/// with each other or are taken.
+fn check_ports(spec: &LocalClusterSpec) -> io::Result<()> {
+    let ports = [
+        (spec.amqp_port, "AMQP", "is another broker running? pass --amqp-port"),
+        (spec.dist_port, "RabbitMQ distribution", "is another broker running? pass --dist-port"),
+        (spec.redis_port, "Redis", "is another Redis running? pass --redis-port"),
+    ];
+    for (i, (port, role, _)) in ports.iter().enumerate() {
+        if let Some((_, other, _)) = ports[..i].iter().find(|(p, _, _)| p == port) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("port {port} is given both for {other} and for {role}; pick different ports"),
+            ));
+        }
+    }
+    for (port, role, hint) in ports {
+        if !ports::port_is_free(port) {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("port {port} ({role}) is already in use; {hint}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The recorded state, or `NotFound` with a clear message.
+fn read_recorded(dir: &Path) -> io::Result<ClusterState> {
+    state::read(dir)?.ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("no local cluster is recorded in {} ({} does not exist)", dir.display(), state::path(dir).display()),
+        )
+    })
+}
+
+/// Stops one recorded process: SIGTERM, SIGKILL after `grace`.
+async fn stop_record(record: &ProcessRecord, grace: Duration) -> io::Result<()> {
+    let what = format!("{:?} (pid {})", record.kind, record.pid);
+    let forced = pid::terminate(record.pid, &what, grace).await?;
+    tracing::info!(process = %what, forced, "stopped");
+    Ok(())
+}
+
+/// [`default_dir`] with the environment passed in, for tests.
+fn default_dir_from(var: impl Fn(&str) -> Option<OsString>) -> PathBuf {
+    let set = |name: &str| var(name).filter(|value| !value.is_empty());
+    if let Some(dir) = set("RASK_LOCAL_DIR") {
+        return PathBuf::from(dir);
+    }
+    let state_home = set("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .filter(|path| path.is_absolute())
+        .or_else(|| set("HOME").map(|home| PathBuf::from(home).join(".local").join("state")));
+    match state_home {
+        Some(base) => base.join("rask").join("local"),
+        None => std::env::temp_dir().join("rask-local"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    use std::net::{Ipv4Addr, TcpListener};
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<OsString> {
+        let map: HashMap<String, OsString> = pairs.iter().map(|(k, v)| ((*k).to_owned(), OsString::from(v))).collect();
+        move |name| map.get(name).cloned()
+    }
+
+    #[test]
+    fn default_dir_prefers_rask_local_dir_then_xdg_then_home() {
+        let all = [("RASK_LOCAL_DIR", "/r"), ("XDG_STATE_HOME", "/x"), ("HOME", "/h")];
+        assert_eq!(default_dir_from(env(&all)), PathBuf::from("/r"));
+        assert_eq!(default_dir_from(env(&all[1..])), PathBuf::from("/x/rask/local"));
+        assert_eq!(default_dir_from(env(&all[2..])), PathBuf::from("/h/.local/state/rask/local"));
+        let relative_xdg = [("XDG_STATE_HOME", "rel"), ("HOME", "/h")];
+        assert_eq!(default_dir_from(env(&relative_xdg)), PathBuf::from("/h/.local/state/rask/local"));
+    }
+
+    fn spec_on_free_ports(dir: &Path) -> LocalClusterSpec {
+        LocalClusterSpec {
+            dir: dir.to_owned(),
+            amqp_port: ports::free_port().expect("port"),
+            dist_port: ports::free_port().expect("port"),
+            redis_port: ports::free_port().expect("port"),
+            workers: 0,
+            worker_env: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn taken_and_clashing_ports_are_refused_with_the_option_to_change() {
+        let dir = std::env::temp_dir().join("rask-cluster-ports-test");
+        let mut spec = spec_on_free_ports(&dir);
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+        spec.redis_port = listener.local_addr().expect("addr").port();
+        let error = check_ports(&spec).expect_err("taken");
+        assert_eq!(error.kind(), io::ErrorKind::AddrInUse);
+        assert!(error.to_string().contains("--redis-port"), "{error}");
+
+        spec.dist_port = spec.amqp_port;
+        let error = check_ports(&spec).expect_err("clash");
+        assert_eq!(error.kind(), io::ErrorKind::InvalidInput);
+    }
+
+    #[tokio::test]
+    async fn nothing_recorded_means_not_found_and_stale_records_are_forgotten() {
+        let dir = std::env::temp_dir().join(format!("rask-cluster-stale-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        assert_eq!(status(&dir).expect_err("none").kind(), io::ErrorKind::NotFound);
+        assert_eq!(down(&dir).await.expect_err("none").kind(), io::ErrorKind::NotFound);
+
+        // A record whose pid now belongs to another program (this test) is
+        // not running, and down leaves that program alone.
+        let stale = ClusterState {
+            dir: dir.clone(),
+            amqp_url: String::new(),
+            redis_url: String::new(),
+            processes: vec![ProcessRecord {
+                kind: ProcessKind::Worker,
+                pid: std::process::id(),
+                name: "surely-not-this".into(),
+                address: None,
+                log: dir.join("logs/worker-1.log"),
+                alive: true,
+            }],
+        };
+        state::write(&stale).expect("write");
+        assert!(!status(&dir).expect("status").processes[0].alive);
+        check_nothing_recorded(&dir).expect("stale record forgotten");
+        assert_eq!(state::read(&dir).expect("read"), None);
+
+        state::write(&stale).expect("write");
+        let stopped = down(&dir).await.expect("down");
+        assert!(!stopped[0].alive);
+        assert_eq!(state::read(&dir).expect("read"), None);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

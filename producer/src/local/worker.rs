@@ -1,0 +1,182 @@
+//! [`Worker`]: one `rask-worker` process (or any worker binary) started by
+//! this process, with its own environment and log file.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use tokio::process::Command;
+use tokio::time::Instant;
+
+use super::logs;
+use super::pid;
+use super::spawn::{self, Lifetime, Spawned};
+
+/// How long a worker must stay up after start to count as started, until
+/// workers report readiness themselves (see [`Worker::wait_ready`]).
+const SETTLE: Duration = Duration::from_millis(500);
+
+/// What worker process to start, and how.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerSpec {
+    /// The worker binary, e.g. from [`sibling_binary`](super::sibling_binary)`("rask-worker")`.
+    pub program: PathBuf,
+    /// Command-line arguments.
+    pub args: Vec<String>,
+    /// Environment variables set on top of the caller's environment, e.g.
+    /// `RASK_AMQP_URL` and `RASK_REDIS_URL`.
+    pub env: Vec<(String, String)>,
+    /// Where its stdout and stderr are appended (created with its folder).
+    pub log: PathBuf,
+}
+
+/// A worker process this process started.
+///
+/// With [`Lifetime::TiedToCaller`] it also stops (SIGTERM, then SIGKILL
+/// after 10 s) when this value is dropped or the calling process dies.
+#[derive(Debug)]
+pub struct Worker {
+    process: Spawned,
+    started: Instant,
+}
+
+impl Worker {
+    /// Starts the worker in its own process group.
+    ///
+    /// # Errors
+    ///
+    /// Fails if the log cannot be opened or the program cannot be started.
+    pub fn spawn(spec: &WorkerSpec, lifetime: Lifetime) -> io::Result<Self> {
+        let mut command = Command::new(&spec.program);
+        command.args(&spec.args);
+        command.envs(spec.env.iter().map(|(key, value)| (key, value)));
+        let process = spawn::spawn(command, lifetime, &spec.log)?;
+        Ok(Self { process, started: Instant::now() })
+    }
+
+    /// The worker's pid.
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    /// Where its output goes.
+    pub fn log_path(&self) -> &Path {
+        self.process.log()
+    }
+
+    /// Whether it is still running.
+    ///
+    /// # Errors
+    ///
+    /// Fails only if the OS cannot report on the child.
+    pub fn is_running(&mut self) -> io::Result<bool> {
+        Ok(self.process.try_wait()?.is_none())
+    }
+
+    /// Returns once the worker counts as started.
+    ///
+    /// For now that means it is still alive 0.5 s after it was spawned (or
+    /// when `timeout` runs out, if sooner), so waiting for several workers
+    /// in turn costs 0.5 s in all. This is the hook for a real readiness
+    /// signal from the worker.
+    ///
+    /// # Errors
+    ///
+    /// Fails, quoting its log, if the worker exited.
+    pub async fn wait_ready(&mut self, timeout: Duration) -> io::Result<()> {
+        let settled = (self.started + SETTLE).saturating_duration_since(Instant::now());
+        match self.process.wait_timeout(settled.min(timeout)).await? {
+            None => Ok(()),
+            Some(status) => Err(io::Error::other(format!(
+                "worker (pid {}) exited right after starting ({status}){}",
+                self.pid(),
+                logs::tail(&[self.log_path()], logs::TAIL_LINES)
+            ))),
+        }
+    }
+
+    /// Asks the worker to shut down gracefully (SIGTERM). Does nothing if it
+    /// has already exited.
+    ///
+    /// # Errors
+    ///
+    /// Fails if the signal cannot be sent.
+    pub fn signal_term(&mut self) -> io::Result<()> {
+        if self.process.try_wait()?.is_some() {
+            return Ok(());
+        }
+        pid::send(self.pid(), Signal::SIGTERM)
+    }
+
+    /// Kills the worker with SIGKILL and returns its exit status.
+    ///
+    /// # Errors
+    ///
+    /// Fails if it is still running a few seconds after SIGKILL.
+    pub async fn kill(&mut self) -> io::Result<ExitStatus> {
+        if let Some(status) = self.process.try_wait()? {
+            return Ok(status);
+        }
+        // It may exit between the check and the signal; waiting tells.
+        let _ = pid::send(self.pid(), Signal::SIGKILL);
+        self.process
+            .wait_timeout(Duration::from_secs(5))
+            .await?
+            .ok_or_else(|| io::Error::other(format!("worker (pid {}) survived SIGKILL", self.pid())))
+    }
+
+    /// Waits up to `timeout` for the worker to exit: its status, or `None`
+    /// if it is still running.
+    ///
+    /// # Errors
+    ///
+    /// Fails only if the OS cannot report on the child.
+    pub async fn wait(&mut self, timeout: Duration) -> io::Result<Option<ExitStatus>> {
+        self.process.wait_timeout(timeout).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+
+    fn spec(script: &str, name: &str) -> WorkerSpec {
+        WorkerSpec {
+            program: PathBuf::from("sh"),
+            args: vec!["-c".into(), script.into()],
+            env: vec![("RASK_TEST_GREETING".into(), "hello".into())],
+            log: std::env::temp_dir().join(format!("rask-worker-test-{}-{name}.log", std::process::id())),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_worker_gets_its_env_and_stops_on_sigterm() {
+        let spec = spec("echo $RASK_TEST_GREETING; trap 'exit 0' TERM; while :; do sleep 0.05; done", "term");
+        let mut worker = Worker::spawn(&spec, Lifetime::TiedToCaller).expect("spawn");
+        worker.wait_ready(Duration::from_secs(5)).await.expect("ready");
+        assert!(worker.is_running().expect("running"));
+        worker.signal_term().expect("SIGTERM");
+        let status = worker.wait(Duration::from_secs(5)).await.expect("wait");
+        assert_eq!(status.and_then(|s| s.code()), Some(0));
+        assert_eq!(std::fs::read_to_string(&spec.log).expect("log"), "hello\n");
+        let _ = std::fs::remove_file(&spec.log);
+    }
+
+    #[tokio::test]
+    async fn a_worker_that_dies_at_once_is_not_ready_and_kill_works() {
+        let failing = spec("echo boom; exit 1", "fail");
+        let mut worker = Worker::spawn(&failing, Lifetime::TiedToCaller).expect("spawn");
+        let error = worker.wait_ready(Duration::from_secs(5)).await.expect_err("not ready");
+        assert!(error.to_string().contains("boom"), "{error}");
+        let _ = std::fs::remove_file(&failing.log);
+
+        let sleeper = spec("sleep 30", "kill");
+        let mut worker = Worker::spawn(&sleeper, Lifetime::TiedToCaller).expect("spawn");
+        let status = worker.kill().await.expect("kill");
+        assert_eq!(status.signal(), Some(9));
+        let _ = std::fs::remove_file(&sleeper.log);
+    }
+}

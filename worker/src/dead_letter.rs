@@ -1,0 +1,49 @@
+//! Dead-lettering messages that are not tasks: a copy goes to the dead-letter exchange with the
+//! reason in the `x-rask-reason` header, then the original is acknowledged.
+
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicPublishOptions, BasicRejectOptions};
+use lapin::types::{AMQPValue, ShortString};
+use lapin::Channel;
+use rask_common::message::REASON_HEADER;
+use rask_common::Settings;
+
+/// Publishes a copy of `delivery` with `reason` to the dead-letter exchange (confirmed), then
+/// acks the original. If the copy cannot be published, the original is rejected without requeue,
+/// which dead-letters it through the queue's own dead-letter exchange (without the reason).
+pub(crate) async fn dead_letter(
+    channel: &Channel,
+    settings: &Settings,
+    worker: &str,
+    delivery: &Delivery,
+    reason: &str,
+) {
+    tracing::warn!(reason, bytes = delivery.data.len(), "dead-lettering an undecodable message");
+    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+    headers.insert(ShortString::from(REASON_HEADER), AMQPValue::LongString(reason.into()));
+    headers.insert(ShortString::from("x-rask-worker"), AMQPValue::LongString(worker.into()));
+    let properties = delivery.properties.clone().with_headers(headers);
+    let published = async {
+        channel
+            .basic_publish(
+                settings.dead_letter_exchange.as_str().into(),
+                settings.queue.as_str().into(),
+                BasicPublishOptions::default(),
+                &delivery.data,
+                properties,
+            )
+            .await?
+            .await
+    }
+    .await;
+    let settled = match published {
+        Ok(confirm) if confirm.is_ack() => delivery.ack(BasicAckOptions::default()).await,
+        other => {
+            tracing::warn!(?other, "dead-letter copy not confirmed; rejecting the original instead");
+            delivery.reject(BasicRejectOptions { requeue: false }).await
+        }
+    };
+    if let Err(e) = settled {
+        tracing::warn!(error = %e, "could not settle a dead-lettered message; it will be redelivered");
+    }
+}

@@ -1,0 +1,19 @@
+//! The error type of `rask-worker`: what stops a worker (task failures never do; they are stored).
+
+/// A `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why a worker stopped or could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Settings, encoding, or the first connection to RabbitMQ or Redis failed.
+    #[error(transparent)]
+    Common(#[from] rask_common::Error),
+    /// RabbitMQ failed while consuming.
+    #[error("broker: {0}")]
+    Broker(#[from] lapin::Error),
+    /// The broker cancelled the worker's consumer (e.g. the queue was deleted).
+    #[error("the broker cancelled the consumer of queue {0}")]
+    ConsumerCancelled(String),
+}

@@ -1,0 +1,174 @@
+//! The worker loop: consume deliveries, run each under a concurrency permit, hand outcomes to the
+//! result writer, dead-letter what is not a task; on shutdown stop consuming and drain.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions};
+use lapin::types::FieldTable;
+use lapin::Channel;
+use lapin::message::Delivery;
+use rask_common::{broker, FailureKind, Outcome, Settings, Store, TaskFailure, TaskMessage};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::task::TaskTracker;
+
+use crate::dead_letter::dead_letter;
+use crate::error::{Error, Result};
+use crate::execute::execute;
+use crate::registry::Registry;
+use crate::writer::{self, Finished};
+
+/// A stateless worker: all its state is in RabbitMQ and Redis.
+pub struct Worker {
+    settings: Settings,
+    registry: Registry,
+    id: String,
+}
+
+/// What every task handler shares.
+struct Shared {
+    settings: Settings,
+    registry: Registry,
+    id: String,
+    dead_letters: Channel,
+    store: Store,
+    finished: mpsc::Sender<Finished>,
+}
+
+impl Worker {
+    /// A worker running `registry`'s functions with `settings`, under a fresh unique id
+    /// (`{host}-{pid}-{random}`).
+    pub fn new(settings: Settings, registry: Registry) -> Self {
+        let host = hostname::get().map_or_else(|_| "host".into(), |h| h.to_string_lossy().into_owned());
+        let random = &uuid::Uuid::new_v4().simple().to_string()[..6];
+        let id = format!("{host}-{}-{random}", std::process::id());
+        Worker { settings, registry, id }
+    }
+
+    /// This worker's unique id (reported in every failure it stores).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Connects, declares the topology and serves tasks until `shutdown` completes; then stops
+    /// consuming, finishes the tasks in flight, stores and acknowledges them, and returns.
+    ///
+    /// # Errors
+    /// [`Error`] if RabbitMQ or Redis cannot be reached at start, or the broker connection fails.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
+        let Worker { settings, registry, id } = self;
+        let store = Store::connect(&settings).await?;
+        let connection = broker::connect(&settings, &format!("rask-worker {id}")).await?;
+        let channel = connection.create_channel().await?;
+        broker::declare_topology(&channel, &settings).await?;
+        let prefetch = settings.effective_prefetch();
+        channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
+        let dead_letters = connection.create_channel().await?;
+        dead_letters.confirm_select(ConfirmSelectOptions::default()).await?;
+        let mut consumer = channel
+            .basic_consume(
+                settings.queue.as_str().into(),
+                id.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+
+        let (finished, finished_rx) = mpsc::channel(usize::from(prefetch).max(1) * 2);
+        let writer = tokio::spawn(writer::run(store.clone(), finished_rx, settings.result_batch));
+        let permits = Arc::new(Semaphore::new(settings.concurrency));
+        let tracker = TaskTracker::new();
+        tracing::info!(
+            worker = %id,
+            queue = %settings.queue,
+            concurrency = settings.concurrency,
+            prefetch,
+            functions = %registry.names().join(","),
+            "worker ready"
+        );
+        let shared = Arc::new(Shared { settings, registry, id, dead_letters, store, finished });
+
+        tokio::pin!(shutdown);
+        let outcome = loop {
+            let permit = tokio::select! {
+                () = &mut shutdown => break Ok(()),
+                permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            };
+            let delivery = tokio::select! {
+                () = &mut shutdown => break Ok(()),
+                delivery = consumer.next() => delivery,
+            };
+            match delivery {
+                Some(Ok(delivery)) => {
+                    let shared = shared.clone();
+                    tracker.spawn(async move {
+                        handle(&shared, delivery).await;
+                        drop(permit);
+                    });
+                }
+                Some(Err(e)) => break Err(Error::Broker(e)),
+                None => break Err(Error::ConsumerCancelled(shared.settings.queue.clone())),
+            }
+        };
+
+        tracing::info!(worker = %shared.id, in_flight = tracker.len(), "stopping: finishing tasks in flight");
+        if let Err(e) = channel
+            .basic_cancel(shared.id.as_str().into(), BasicCancelOptions::default())
+            .await
+        {
+            tracing::warn!(error = %e, "could not cancel the consumer");
+        }
+        tracker.close();
+        tracker.wait().await;
+        drop(shared);
+        if writer.await.is_err() {
+            tracing::error!("the result writer panicked");
+        }
+        // Deliveries prefetched but never started go back to the queue when the channel closes.
+        let _ = channel.close(200, "worker stopping".into()).await;
+        let _ = connection.close(200, "worker stopping".into()).await;
+        tracing::info!("worker stopped");
+        outcome
+    }
+}
+
+/// Decodes and runs one delivery and passes its outcome to the writer; dead-letters what is not
+/// a task (storing a `BadMessage` failure on its future when its key can be read).
+async fn handle(shared: &Shared, delivery: Delivery) {
+    let message = match TaskMessage::decode(&delivery.data) {
+        Ok(message) => message,
+        Err(undecodable) => {
+            if let Some(key) = undecodable.key.clone() {
+                let failure = Outcome::Failure(TaskFailure {
+                    kind: FailureKind::BadMessage,
+                    message: undecodable.reason.clone(),
+                    task: undecodable.function.clone().unwrap_or_default(),
+                    key: key.clone(),
+                    worker: shared.id.clone(),
+                });
+                if let Ok(bytes) = failure.encode() {
+                    writer::store_with_retry(&shared.store, &[(key, bytes)]).await;
+                }
+            }
+            let s = &shared.settings;
+            dead_letter(&shared.dead_letters, s, &shared.id, &delivery, &undecodable.reason).await;
+            return;
+        }
+    };
+    let outcome = execute(&shared.registry, &shared.id, &message).await;
+    if let Outcome::Failure(f) = &outcome {
+        tracing::info!(key = %f.key, task = %f.task, kind = ?f.kind, message = %f.message, "task failed");
+    }
+    let encoded = match outcome.encode() {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            tracing::error!(error = %e, "outcome does not encode");
+            return;
+        }
+    };
+    let finished = Finished { key: message.key, outcome: encoded, acker: delivery.acker };
+    if shared.finished.send(finished).await.is_err() {
+        tracing::error!("result writer stopped; the task will be redelivered");
+    }
+}

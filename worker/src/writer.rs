@@ -1,0 +1,55 @@
+//! The result writer: stores finished outcomes in batches (one Redis pipeline per batch), then
+//! acknowledges their deliveries. A delivery is acknowledged only after its outcome is stored;
+//! while Redis is unreachable the writer retries with backoff and acknowledges nothing.
+
+use std::time::Duration;
+
+use lapin::Acker;
+use lapin::options::BasicAckOptions;
+use rask_common::{Store, TaskKey};
+use tokio::sync::mpsc;
+
+/// A finished task: its encoded outcome and the delivery to acknowledge once it is stored.
+pub(crate) struct Finished {
+    pub(crate) key: TaskKey,
+    pub(crate) outcome: Vec<u8>,
+    pub(crate) acker: Acker,
+}
+
+/// First and largest pause between attempts to store a batch.
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(5));
+
+/// Runs until every sender is dropped and everything received is stored and acknowledged.
+pub(crate) async fn run(store: Store, mut finished: mpsc::Receiver<Finished>, max_batch: usize) {
+    let mut batch: Vec<Finished> = Vec::with_capacity(max_batch);
+    while finished.recv_many(&mut batch, max_batch).await > 0 {
+        let items: Vec<(TaskKey, Vec<u8>)> = batch
+            .iter_mut()
+            .map(|f| (f.key.clone(), std::mem::take(&mut f.outcome)))
+            .collect();
+        store_with_retry(&store, &items).await;
+        let acks = batch.drain(..).map(|f| async move {
+            if let Err(e) = f.acker.ack(BasicAckOptions::default()).await {
+                // The channel is gone: the broker redelivers the message, and the stored
+                // outcome makes the rerun harmless (write-once).
+                tracing::warn!(key = %f.key, error = %e, "ack failed; the task will be redelivered");
+            }
+        });
+        futures::future::join_all(acks).await;
+    }
+}
+
+/// Stores `items`, retrying with backoff until Redis takes them.
+pub(crate) async fn store_with_retry(store: &Store, items: &[(TaskKey, Vec<u8>)]) {
+    let mut pause = BACKOFF.0;
+    loop {
+        match store.put_outcomes(items).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, results = items.len(), retry_in = ?pause, "storing results failed");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(BACKOFF.1);
+            }
+        }
+    }
+}
