@@ -50,6 +50,12 @@ impl TaskKey {
     }
 }
 
+impl std::borrow::Borrow<str> for TaskKey {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl TryFrom<String> for TaskKey {
     type Error = Error;
     fn try_from(value: String) -> Result<Self> {

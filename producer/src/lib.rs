@@ -1,0 +1,44 @@
+//! # rask
+//!
+//! The client of rask, a distributed task system over RabbitMQ and Redis: submit typed tasks,
+//! map them over many inputs, gather results by future key, from any process.
+//!
+//! ```no_run
+//! use rask::{builtins::inc, Client, Settings};
+//!
+//! # async fn example() -> rask::Result<()> {
+//! let client = Client::connect(Settings::load()?).await?;
+//! let one = client.submit(inc, (41,)).await?;
+//! assert_eq!(one.result().await?, 42);
+//! let many = client.map(inc, (0..1000).map(|i| (i,))).await?;
+//! let values: Vec<i64> = client.gather(&many).await?;
+//! assert_eq!(values[999], 1000);
+//! # Ok(()) }
+//! ```
+//!
+//! Define your own tasks with [`task!`] in a crate shared by producers and workers; build the
+//! worker with the `rask-worker` library.
+//!
+//! ## Layout
+//! - [`Client`] (`client.rs`): connecting, submitting, mapping, releasing.
+//! - `publish.rs`: pipelined, confirmed publishing with a window.
+//! - `completions.rs`: one Redis subscription per client; waiters re-read on any gap.
+//! - [`Future`] (`future.rs`) and [`Gather`] (`gather.rs`): waiting for results.
+//! - [`local`]: a private RabbitMQ, Redis and workers on loopback (`rask local`).
+//! - [`Error`] (`error.rs`): what can fail.
+
+mod client;
+mod completions;
+mod error;
+mod future;
+mod gather;
+pub mod local;
+mod publish;
+
+pub use client::Client;
+pub use error::{Error, Result};
+pub use future::Future;
+pub use gather::{Gather, GatherEach};
+pub use rask_common::{
+    builtins, task, FailureKind, Settings, Task, TaskError, TaskFailure, TaskKey,
+};

@@ -86,7 +86,6 @@ pub(crate) async fn wait_ready(spec: &RedisSpec, process: &mut Spawned) -> io::R
     let deadline = Instant::now() + START_TIMEOUT;
     let client = redis::Client::open(spec.url())
         .map_err(|e| io::Error::other(format!("bad Redis URL {}: {e}", spec.url())))?;
-    let mut last_error = String::new();
     loop {
         if let Some(status) = process.try_wait()? {
             return Err(io::Error::other(format!(
@@ -95,11 +94,11 @@ pub(crate) async fn wait_ready(spec: &RedisSpec, process: &mut Spawned) -> io::R
                 spec.log_tail()
             )));
         }
-        match tokio::time::timeout(PROBE_TIMEOUT, ping(&client)).await {
+        let last_error = match tokio::time::timeout(PROBE_TIMEOUT, ping(&client)).await {
             Ok(Ok(())) => return Ok(()),
-            Ok(Err(e)) => last_error = e.to_string(),
-            Err(_) => last_error = format!("PING took over {PROBE_TIMEOUT:?}"),
-        }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("PING took over {PROBE_TIMEOUT:?}"),
+        };
         if Instant::now() >= deadline {
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,

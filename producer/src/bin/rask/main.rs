@@ -1,1 +1,40 @@
-fn main(){}
+//! `rask`: the command-line client. Parses the command once, then runs it; every subcommand
+//! lives in its own file under `cmd/`.
+
+mod cli;
+mod cmd;
+mod json;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Submit(args) => cmd::submit::run(&cli.global, args).await,
+        Command::Map(args) => cmd::map::run(&cli.global, args).await,
+        Command::Gather(args) => cmd::gather::run(&cli.global, args).await,
+        Command::Release(args) => cmd::release::run(&cli.global, args).await,
+        Command::Purge => cmd::purge::run(&cli.global).await,
+        Command::Local(command) => cmd::local::run(command).await,
+        Command::Demo(args) => cmd::demo::run(&cli.global, args).await,
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(output::EXIT_ERROR)
+        }
+    }
+}

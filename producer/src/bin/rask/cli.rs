@@ -1,0 +1,143 @@
+//! The command line: every subcommand, flag and help text.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// rask: submit tasks to RabbitMQ, run them on stateless workers, gather results from Redis.
+///
+/// Connection settings come from `rask.toml` and `RASK_*` variables (RASK_AMQP_URL,
+/// RASK_REDIS_URL, ...); with none set, rask talks to the local cluster of `rask local up`.
+#[derive(Parser)]
+#[command(name = "rask", version, about, long_about = None)]
+pub(crate) struct Cli {
+    #[command(flatten)]
+    pub(crate) global: Global,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// Flags every command takes.
+#[derive(Args)]
+pub(crate) struct Global {
+    /// Settings file (default: `rask.toml` in the working directory, if present).
+    #[arg(long, global = true)]
+    pub(crate) config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Command {
+    /// Submit one task and print its result as JSON.
+    Submit(SubmitArgs),
+    /// Submit one task per input line (a JSON array of arguments) and print results as JSON lines.
+    Map(MapArgs),
+    /// Print the results of tasks by key, as JSON lines in the order given.
+    Gather(GatherArgs),
+    /// Delete stored results by key.
+    Release(ReleaseArgs),
+    /// Empty the task queue and delete every stored result of this deployment (key prefix).
+    Purge,
+    /// Run a private local cluster (RabbitMQ, Redis, workers) on loopback, without Docker.
+    #[command(subcommand)]
+    Local(LocalCommand),
+    /// The main job: analyse batches of generated images on the cluster and print a summary.
+    Demo(DemoArgs),
+}
+
+#[derive(Args)]
+pub(crate) struct SubmitArgs {
+    /// Name of the function to run (e.g. `inc`).
+    pub(crate) function: String,
+    /// Arguments, each a JSON value (e.g. `41`, `'"text"'`, `'[1,2]'`).
+    pub(crate) args: Vec<String>,
+    /// Print the task's key and return without waiting for the result.
+    #[arg(long)]
+    pub(crate) key_only: bool,
+    /// Give up waiting after this long (e.g. `30s`, `5m`).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub(crate) timeout: Option<Duration>,
+}
+
+#[derive(Args)]
+pub(crate) struct MapArgs {
+    /// Name of the function to run for every input line.
+    pub(crate) function: String,
+    /// Read argument lines from this file instead of standard input.
+    #[arg(long)]
+    pub(crate) input: Option<PathBuf>,
+    /// Print the tasks' keys (one per line, in input order) without waiting for results.
+    #[arg(long)]
+    pub(crate) keys_only: bool,
+    /// Give up waiting after this long (e.g. `30s`, `5m`).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub(crate) timeout: Option<Duration>,
+}
+
+#[derive(Args)]
+pub(crate) struct GatherArgs {
+    /// Task keys, as printed by `submit --key-only` or `map --keys-only`.
+    #[arg(required = true)]
+    pub(crate) keys: Vec<String>,
+    /// Give up waiting after this long (e.g. `30s`, `5m`).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub(crate) timeout: Option<Duration>,
+}
+
+#[derive(Args)]
+pub(crate) struct ReleaseArgs {
+    /// Task keys whose results to delete.
+    #[arg(required = true)]
+    pub(crate) keys: Vec<String>,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum LocalCommand {
+    /// Start RabbitMQ, Redis and N workers in the background; return once all answer.
+    Up(LocalUpArgs),
+    /// Stop exactly what `up` started.
+    Down(LocalDirArgs),
+    /// List the cluster's processes with their PIDs and addresses.
+    Status(LocalDirArgs),
+}
+
+#[derive(Args)]
+pub(crate) struct LocalDirArgs {
+    /// The cluster's folder (default: $RASK_LOCAL_DIR, else ~/.local/state/rask/local).
+    #[arg(long)]
+    pub(crate) dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub(crate) struct LocalUpArgs {
+    /// How many `rask-worker` processes to start (0: servers only).
+    #[arg(long, default_value_t = 2)]
+    pub(crate) workers: usize,
+    /// RabbitMQ's AMQP port on 127.0.0.1.
+    #[arg(long, default_value_t = 5672)]
+    pub(crate) amqp_port: u16,
+    /// RabbitMQ's Erlang distribution port.
+    #[arg(long, default_value_t = 25672)]
+    pub(crate) dist_port: u16,
+    /// Redis's port on 127.0.0.1.
+    #[arg(long, default_value_t = 6379)]
+    pub(crate) redis_port: u16,
+    #[command(flatten)]
+    pub(crate) dir: LocalDirArgs,
+}
+
+#[derive(Args)]
+pub(crate) struct DemoArgs {
+    /// How many image batches to analyse.
+    #[arg(long, default_value_t = 48)]
+    pub(crate) batches: u32,
+    /// Images per batch.
+    #[arg(long, default_value_t = 16)]
+    pub(crate) images: u32,
+    /// Width and height of each image, in pixels.
+    #[arg(long, default_value_t = 96)]
+    pub(crate) size: u32,
+    /// Give up waiting after this long.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5m")]
+    pub(crate) timeout: Duration,
+}

@@ -1,0 +1,71 @@
+//! `rask demo`: the main job, after the classic Dask workshop. Image batches are generated
+//! here (deterministically, no downloads), shipped to the workers, analysed there (grayscale,
+//! blur, Sobel edges, histogram), and the per-batch statistics reduced on the cluster to one
+//! summary.
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rask::builtins::{image_stats, image_summary};
+use rask_common::image::{batch_len, generate_batch, BatchStats};
+
+use crate::cli::{DemoArgs, Global};
+use crate::output::connect;
+
+pub(crate) async fn run(global: &Global, args: DemoArgs) -> Result<ExitCode> {
+    let Some(bytes) = batch_len(args.images, args.size, args.size) else {
+        bail!("--images {} --size {} makes batches too large", args.images, args.size);
+    };
+    let client = connect(global).await?;
+    println!(
+        "rask demo: {} batches of {} images of {}x{} ({:.1} MiB in all)",
+        args.batches,
+        args.images,
+        args.size,
+        args.size,
+        (bytes as f64 * f64::from(args.batches)) / (1024.0 * 1024.0)
+    );
+    let started = Instant::now();
+    let batches = (0..args.batches).map(|id| (generate_batch(id, args.images, args.size, args.size),));
+    let futures = client.map(image_stats, batches).await.context("submitting batches")?;
+
+    let bar = ProgressBar::with_draw_target(Some(futures.len() as u64), ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} analysing [{bar:30}] {pos}/{len} batches ({elapsed})")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let mut stats: Vec<Option<BatchStats>> = vec![None; futures.len()];
+    let mut completed = client.as_completed(&futures);
+    let deadline = tokio::time::Instant::now() + args.timeout;
+    while let Some((index, result)) = tokio::time::timeout_at(deadline, completed.next())
+        .await
+        .context("timed out waiting for batches (are workers running?)")?
+    {
+        stats[index] = Some(result.with_context(|| format!("batch {index}"))?);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let stats: Vec<BatchStats> = stats.into_iter().flatten().collect();
+    let analysed = started.elapsed();
+
+    let summary = client
+        .submit(image_summary, (stats,))
+        .await?
+        .result_within(args.timeout)
+        .await
+        .context("reducing the batch statistics")?;
+    println!("{}", summary.render());
+    println!(
+        "analysed {} images on the cluster in {:.2} s ({:.0} images/s), summary reduced in {:.0} ms",
+        summary.images,
+        analysed.as_secs_f64(),
+        summary.images as f64 / analysed.as_secs_f64(),
+        (started.elapsed() - analysed).as_secs_f64() * 1000.0
+    );
+    client.close().await?;
+    Ok(ExitCode::SUCCESS)
+}

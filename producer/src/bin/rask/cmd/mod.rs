@@ -1,0 +1,9 @@
+//! One module per subcommand; each exposes `run`, returning the process exit code.
+
+pub(crate) mod demo;
+pub(crate) mod gather;
+pub(crate) mod local;
+pub(crate) mod map;
+pub(crate) mod purge;
+pub(crate) mod release;
+pub(crate) mod submit;

@@ -1,0 +1,67 @@
+//! How commands print results: values as JSON lines on stdout, failures on stderr, and the
+//! exit code that tells scripts whether everything succeeded.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use rask::{Client, Settings};
+use rmpv::Value;
+
+use crate::cli::Global;
+use crate::json::to_json;
+
+/// Some task failed (its error is on stderr).
+pub(crate) const EXIT_TASK_FAILED: u8 = 1;
+/// rask itself failed: bad usage, settings, connection, timeout.
+pub(crate) const EXIT_ERROR: u8 = 2;
+
+/// Loads settings (file from `--config`, else `rask.toml` if present, then `RASK_*`).
+pub(crate) fn settings(global: &Global) -> Result<Settings> {
+    match &global.config {
+        Some(file) => Settings::load_from(file, true),
+        None => Settings::load(),
+    }
+    .context("loading settings")
+}
+
+/// Connects a client with the command's settings.
+pub(crate) async fn connect(global: &Global) -> Result<Client> {
+    let settings = settings(global)?;
+    Client::connect(settings.clone()).await.with_context(|| {
+        format!(
+            "connecting to {} and {} (is a cluster running? try `rask local up`)",
+            rask_common::settings::mask_url(&settings.amqp_url),
+            rask_common::settings::mask_url(&settings.redis_url)
+        )
+    })
+}
+
+/// Prints results in order: a JSON line per value; for a failure, `null` on stdout (so lines
+/// stay aligned with inputs) and the error on stderr. Returns the exit code.
+pub(crate) fn print_results(results: Vec<rask::Result<Value>>) -> Result<ExitCode> {
+    let mut out = std::io::stdout().lock();
+    let mut failed = 0;
+    for (line, result) in results.into_iter().enumerate() {
+        match result {
+            Ok(value) => writeln!(out, "{}", to_json(value))?,
+            Err(error) => {
+                failed += 1;
+                writeln!(out, "null")?;
+                eprintln!("error: result {}: {error}", line + 1);
+            }
+        }
+    }
+    out.flush()?;
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(EXIT_TASK_FAILED) })
+}
+
+/// Prints one line per key.
+pub(crate) fn print_keys<'a>(keys: impl IntoIterator<Item = &'a rask::TaskKey>) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    for key in keys {
+        writeln!(out, "{key}")?;
+    }
+    out.flush()?;
+    Ok(())
+}

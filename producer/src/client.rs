@@ -1,0 +1,143 @@
+//! The [`Client`]: submits tasks to RabbitMQ and reads their outcomes from Redis.
+
+use std::sync::Arc;
+
+use lapin::options::{ConfirmSelectOptions, QueuePurgeOptions};
+use lapin::{Channel, Connection};
+use rask_common::message::encode_value;
+use rask_common::{broker, Settings, Store, Task, TaskKey, TaskMessage};
+
+use crate::completions::{Listener, Waiter};
+use crate::error::Result;
+use crate::future::Future;
+use crate::publish::publish_all;
+
+/// A connection to a rask deployment. Cheap to clone; clones share connections.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: Settings,
+    connection: Connection,
+    channel: Channel,
+    store: Store,
+    listener: Listener,
+}
+
+impl Client {
+    /// Connects to RabbitMQ (declaring the topology) and Redis (subscribing to completions).
+    ///
+    /// # Errors
+    /// [`crate::Error`] if either cannot be reached, or the topology is refused.
+    pub async fn connect(settings: Settings) -> Result<Self> {
+        settings.validate()?;
+        let store = Store::connect(&settings).await?;
+        let listener = Listener::start(&settings.redis_url, store.keys().done_channel()).await?;
+        let connection = broker::connect(&settings, "rask client").await?;
+        let channel = connection.create_channel().await?;
+        broker::declare_topology(&channel, &settings).await?;
+        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        Ok(Client { inner: Arc::new(Inner { settings, connection, channel, store, listener }) })
+    }
+
+    /// The settings this client was connected with.
+    pub fn settings(&self) -> &Settings {
+        &self.inner.settings
+    }
+
+    /// Submits one call of `task` and returns its future once the broker has confirmed it.
+    ///
+    /// # Errors
+    /// [`crate::Error`] if the arguments do not encode or the broker does not take the task.
+    pub async fn submit<T: Task>(&self, task: T, args: T::Args) -> Result<Future<T::Output>> {
+        let _ = task;
+        let key = TaskKey::unique(T::NAME);
+        self.publish(std::iter::once(Ok(TaskMessage::new(key.clone(), T::NAME, encode_value(&args)?))))
+            .await?;
+        Ok(self.future(key))
+    }
+
+    /// Submits one call of `task` per element of `args`, pipelined (no round trip per task), and
+    /// returns their futures in input order once the broker has confirmed all of them.
+    ///
+    /// # Errors
+    /// [`crate::Error`] for the first task the broker did not take; tasks before it are queued.
+    pub async fn map<T: Task>(
+        &self,
+        task: T,
+        args: impl IntoIterator<Item = T::Args>,
+    ) -> Result<Vec<Future<T::Output>>> {
+        let _ = task;
+        self.map_encoded(T::NAME, args.into_iter().map(|a| encode_value(&a).map_err(Into::into)))
+            .await
+    }
+
+    /// Submits calls of the function named `function` with arguments already encoded as
+    /// MessagePack tuples (arrays), for callers without a typed handle (the CLI). The futures
+    /// read results as any MessagePack value.
+    ///
+    /// # Errors
+    /// [`crate::Error`] for the first task that could not be encoded or published.
+    pub async fn map_encoded<T>(
+        &self,
+        function: &str,
+        args: impl IntoIterator<Item = Result<Vec<u8>>>,
+    ) -> Result<Vec<Future<T>>> {
+        let mut keys = Vec::new();
+        let messages = args.into_iter().map(|args| {
+            let key = TaskKey::unique(function);
+            keys.push(key.clone());
+            Ok(TaskMessage::new(key, function, args?))
+        });
+        self.publish(messages).await?;
+        Ok(keys.into_iter().map(|k| self.future(k)).collect())
+    }
+
+    /// A future for the task with `key`, submitted by this or any other process.
+    pub fn future<T>(&self, key: TaskKey) -> Future<T> {
+        Future::new(self.clone(), key)
+    }
+
+    /// Deletes the stored results of `keys`; returns how many existed.
+    ///
+    /// # Errors
+    /// [`crate::Error::Store`] if Redis fails.
+    pub async fn release(&self, keys: &[TaskKey]) -> Result<u64> {
+        Ok(self.inner.store.delete(keys).await?)
+    }
+
+    /// Empties the task queue and deletes every stored result of this deployment (key prefix).
+    /// Returns (messages purged, results deleted).
+    ///
+    /// # Errors
+    /// [`crate::Error`] if RabbitMQ or Redis fails.
+    pub async fn purge(&self) -> Result<(u32, u64)> {
+        let queue = self.inner.settings.queue.as_str();
+        let messages = self.inner.channel.queue_purge(queue.into(), QueuePurgeOptions::default()).await?;
+        let results = self.inner.store.purge().await?;
+        Ok((messages, results))
+    }
+
+    /// Closes the connection to RabbitMQ (Redis connections close when the last clone drops).
+    ///
+    /// # Errors
+    /// [`crate::Error::Broker`] if the close handshake fails.
+    pub async fn close(&self) -> Result<()> {
+        self.inner.connection.close(200, "client closing".into()).await?;
+        Ok(())
+    }
+
+    async fn publish(&self, messages: impl IntoIterator<Item = Result<TaskMessage>>) -> Result<()> {
+        publish_all(&self.inner.channel, &self.inner.settings, messages).await
+    }
+
+    pub(crate) fn waiter(&self, keys: Vec<TaskKey>) -> Waiter {
+        Waiter::new(self.inner.store.clone(), self.inner.listener.subscribe(), keys)
+    }
+
+    pub(crate) fn store(&self) -> &Store {
+        &self.inner.store
+    }
+}

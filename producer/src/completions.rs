@@ -1,0 +1,211 @@
+//! Learning of stored results without polling: one Redis subscription per client to the
+//! deployment's done channel, fanned out to every waiter in the process.
+//!
+//! Announcements carry keys only; a waiter reads the outcomes itself in batches (MGET). A
+//! waiter subscribes before its first read, and whenever announcements may have been missed (the
+//! subscription was re-established, or the waiter fell behind) it re-reads every key still
+//! pending. So a lost announcement can delay a result, never lose it.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use rask_common::{Outcome, Store, TaskKey};
+use tokio::sync::{broadcast, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::error::{Error, Result};
+
+/// What the listener tells waiters.
+#[derive(Debug, Clone)]
+pub(crate) enum Event {
+    /// These keys have stored outcomes.
+    Done(Arc<Vec<String>>),
+    /// Announcements may have been missed: re-read everything pending.
+    Resync,
+}
+
+/// Announcement batches buffered per waiter before it must resync.
+const BUFFER: usize = 4096;
+/// First and largest pause between attempts to resubscribe.
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(5));
+
+/// The subscription of one client; stops when dropped.
+pub(crate) struct Listener {
+    events: broadcast::Sender<Event>,
+    task: JoinHandle<()>,
+}
+
+impl Listener {
+    /// Subscribes to `channel` on the Redis at `url`; returns once subscribed.
+    pub(crate) async fn start(url: &str, channel: String) -> Result<Self> {
+        let client = redis::Client::open(url)?;
+        let (events, _) = broadcast::channel(BUFFER);
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let task = tokio::spawn(listen(client, channel, events.clone(), ready_tx));
+        match ready_rx.await {
+            Ok(Ok(())) => Ok(Listener { events, task }),
+            Ok(Err(e)) => Err(Error::Store(e)),
+            Err(_) => Err(Error::ListenerStopped),
+        }
+    }
+
+    /// A new receiver of every event from now on.
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn listen(
+    client: redis::Client,
+    channel: String,
+    events: broadcast::Sender<Event>,
+    ready: oneshot::Sender<redis::RedisResult<()>>,
+) {
+    let mut ready = Some(ready);
+    let mut pause = BACKOFF.0;
+    loop {
+        let subscribed = async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&channel).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        }
+        .await;
+        let mut pubsub = match subscribed {
+            Ok(pubsub) => pubsub,
+            Err(e) => {
+                if let Some(ready) = ready.take() {
+                    let _ = ready.send(Err(e));
+                    return;
+                }
+                tracing::warn!(error = %e, retry_in = ?pause, "resubscribing to completions failed");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(BACKOFF.1);
+                continue;
+            }
+        };
+        pause = BACKOFF.0;
+        match ready.take() {
+            Some(ready) => {
+                let _ = ready.send(Ok(()));
+            }
+            None => {
+                tracing::info!("resubscribed to completions; waiters re-read pending keys");
+                let _ = events.send(Event::Resync);
+            }
+        }
+        let mut messages = pubsub.on_message();
+        while let Some(message) = messages.next().await {
+            match rmp_serde::from_slice::<Vec<String>>(message.get_payload_bytes()) {
+                Ok(keys) => {
+                    let _ = events.send(Event::Done(Arc::new(keys)));
+                }
+                Err(e) => tracing::warn!(error = %e, "ignoring a malformed completion announcement"),
+            }
+        }
+        tracing::warn!("completion subscription lost; resubscribing");
+    }
+}
+
+/// Waits for the outcomes of a set of keys, yielding each (by its index) as it is stored.
+pub(crate) struct Waiter {
+    store: Store,
+    events: broadcast::Receiver<Event>,
+    keys: Vec<TaskKey>,
+    pending: HashMap<TaskKey, Vec<usize>>,
+    ready: VecDeque<(usize, Arc<Vec<u8>>)>,
+    rescan: bool,
+}
+
+impl Waiter {
+    /// A waiter for `keys`; `events` must be subscribed before the first read (it is: the
+    /// first call of [`Waiter::next`] reads everything).
+    pub(crate) fn new(store: Store, events: broadcast::Receiver<Event>, keys: Vec<TaskKey>) -> Self {
+        let mut pending: HashMap<TaskKey, Vec<usize>> = HashMap::with_capacity(keys.len());
+        for (i, key) in keys.iter().enumerate() {
+            pending.entry(key.clone()).or_default().push(i);
+        }
+        Waiter { store, events, keys, pending, ready: VecDeque::new(), rescan: true }
+    }
+
+    /// Indices of the keys still without an outcome.
+    pub(crate) fn pending_indices(&self) -> Vec<usize> {
+        self.pending.values().flatten().copied().collect()
+    }
+
+    /// The key at `index`.
+    pub(crate) fn key(&self, index: usize) -> &TaskKey {
+        &self.keys[index]
+    }
+
+    /// The next stored outcome as (index, outcome), or `None` when all are done. An outcome
+    /// that does not decode is that index's error; an `Err` outside means nothing more can be
+    /// learnt for now ([`Error::Store`]: try again; [`Error::ListenerStopped`]: give up).
+    pub(crate) async fn next(&mut self) -> Option<Result<(usize, Result<Outcome>)>> {
+        loop {
+            if let Some((index, bytes)) = self.ready.pop_front() {
+                return Some(Ok((index, Outcome::decode(&bytes).map_err(Error::from))));
+            }
+            if self.pending.is_empty() {
+                return None;
+            }
+            if self.rescan {
+                self.rescan = false;
+                let all: Vec<TaskKey> = self.pending.keys().cloned().collect();
+                if let Err(e) = self.fetch(&all).await {
+                    self.rescan = true;
+                    return Some(Err(e));
+                }
+                continue;
+            }
+            let mut announced: Vec<TaskKey> = Vec::new();
+            let mut first = Some(self.events.recv().await);
+            loop {
+                let event = match first.take() {
+                    Some(event) => event,
+                    None => match self.events.try_recv() {
+                        Err(broadcast::error::TryRecvError::Empty) => break,
+                        Err(broadcast::error::TryRecvError::Closed) => Err(broadcast::error::RecvError::Closed),
+                        Err(broadcast::error::TryRecvError::Lagged(n)) => Err(broadcast::error::RecvError::Lagged(n)),
+                        Ok(event) => Ok(event),
+                    },
+                };
+                match event {
+                    Ok(Event::Done(keys)) => announced.extend(
+                        keys.iter()
+                            .filter_map(|k| self.pending.get_key_value(k.as_str()))
+                            .map(|(k, _)| k.clone()),
+                    ),
+                    Ok(Event::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => self.rescan = true,
+                    Err(broadcast::error::RecvError::Closed) => return Some(Err(Error::ListenerStopped)),
+                }
+            }
+            if !announced.is_empty() && !self.rescan {
+                if let Err(e) = self.fetch(&announced).await {
+                    self.rescan = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
+
+    /// Reads `keys` and moves those with outcomes from pending to ready.
+    async fn fetch(&mut self, keys: &[TaskKey]) -> Result<()> {
+        let found = self.store.get_outcomes(keys).await?;
+        for (key, bytes) in keys.iter().zip(found) {
+            let Some(bytes) = bytes else { continue };
+            if let Some(indices) = self.pending.remove(key) {
+                let bytes = Arc::new(bytes);
+                self.ready.extend(indices.into_iter().map(|i| (i, bytes.clone())));
+            }
+        }
+        Ok(())
+    }
+}

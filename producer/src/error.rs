@@ -1,0 +1,83 @@
+//! The error type of the `rask` client library.
+
+use std::time::Duration;
+
+use rask_common::{TaskFailure, TaskKey};
+
+/// A `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything a client call can fail with. A task's own failure is [`Error::Task`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The task ran (or was rejected by a worker) and failed: which task, key, worker and why.
+    #[error(transparent)]
+    Task(Box<TaskFailure>),
+    /// The wait ended before these tasks finished.
+    #[error("timed out after {waited:?} with {pending} task(s) unfinished (first: {first})")]
+    Timeout {
+        /// How long the caller waited.
+        waited: Duration,
+        /// How many tasks had no result yet.
+        pending: usize,
+        /// The key of one of them.
+        first: TaskKey,
+    },
+    /// The task's result is stored but is not of the type the caller asked for.
+    #[error("result of {key} does not decode as {expected}: {error}")]
+    ResultType {
+        /// The task's key.
+        key: TaskKey,
+        /// The Rust type asked for.
+        expected: &'static str,
+        /// What the decoder said.
+        error: String,
+    },
+    /// RabbitMQ refused a published task (negative publisher confirm).
+    #[error("the broker refused task {0} (nack)")]
+    Nacked(TaskKey),
+    /// RabbitMQ could not route a published task to any queue.
+    #[error("task {key} could not be routed: exchange {exchange:?} has no queue bound for {routing_key:?}")]
+    Unroutable {
+        /// The task's key.
+        key: TaskKey,
+        /// The exchange it was published to.
+        exchange: String,
+        /// Its routing key.
+        routing_key: String,
+    },
+    /// The listener for completions stopped (the client is shutting down).
+    #[error("the completion listener stopped")]
+    ListenerStopped,
+    /// Settings, keys, encoding, or connecting.
+    #[error(transparent)]
+    Common(#[from] rask_common::Error),
+    /// RabbitMQ failed.
+    #[error("broker: {0}")]
+    Broker(#[from] lapin::Error),
+    /// Redis failed.
+    #[error("store: {0}")]
+    Store(#[from] redis::RedisError),
+}
+
+impl Error {
+    /// The task failure, if this is one.
+    pub fn failure(&self) -> Option<&TaskFailure> {
+        match self {
+            Error::Task(f) => Some(f),
+            _ => None,
+        }
+    }
+
+    /// Whether waiting timed out (the tasks may still finish later).
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Error::Timeout { .. })
+    }
+}
+
+impl From<TaskFailure> for Error {
+    fn from(failure: TaskFailure) -> Self {
+        Error::Task(Box::new(failure))
+    }
+}

@@ -1,0 +1,182 @@
+//! Bringing results back: [`Client::gather`] (all, in input order, with an optional timeout,
+//! failing fast or per item) and [`Client::as_completed`] (a stream in completion order).
+
+use std::future::IntoFuture;
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures::stream::{BoxStream, StreamExt};
+use rask_common::{Outcome, TaskKey};
+use serde::de::DeserializeOwned;
+use tokio::time::Instant;
+
+use crate::client::Client;
+use crate::completions::Waiter;
+use crate::error::{Error, Result};
+use crate::future::Future;
+
+/// First and largest pause before re-reading after Redis failed.
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(5));
+
+impl Client {
+    /// Gathers the results of `futures` in input order. Await it directly, or first set
+    /// [`Gather::timeout`] and/or choose per-item results with [`Gather::each`].
+    pub fn gather<'a, T>(&'a self, futures: &'a [Future<T>]) -> Gather<'a, T> {
+        Gather { client: self, futures, timeout: None }
+    }
+
+    /// The results of `futures` as they finish: `(index into futures, result)`.
+    pub fn as_completed<T: DeserializeOwned + Send + 'static>(
+        &self,
+        futures: &[Future<T>],
+    ) -> BoxStream<'static, (usize, Result<T>)> {
+        let waiter = self.waiter(futures.iter().map(|f| f.key().clone()).collect());
+        let state = (waiter, Vec::<usize>::new());
+        futures::stream::unfold(state, |(mut waiter, mut abandoned)| async move {
+            if let Some(index) = abandoned.pop() {
+                return Some(((index, Err(Error::ListenerStopped)), (waiter, abandoned)));
+            }
+            match next_outcome(&mut waiter).await? {
+                Ok((index, outcome)) => {
+                    let result = outcome.and_then(|o| decode::<T>(waiter.key(index), o));
+                    Some(((index, result), (waiter, abandoned)))
+                }
+                Err(error) => {
+                    // Nothing more can be learnt: every pending future gets the error.
+                    abandoned = waiter.pending_indices();
+                    let index = abandoned.pop()?;
+                    Some(((index, Err(error)), (waiter, abandoned)))
+                }
+            }
+        })
+        .boxed()
+    }
+}
+
+/// A pending [`Client::gather`]; await it for `Vec<T>` (the first failure is the error).
+#[must_use = "a gather does nothing until awaited"]
+pub struct Gather<'a, T> {
+    client: &'a Client,
+    futures: &'a [Future<T>],
+    timeout: Option<Duration>,
+}
+
+impl<'a, T> Gather<'a, T> {
+    /// Gives up with [`Error::Timeout`] if not every result is in after `timeout`.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Returns every result on its own instead of failing on the first failed task; on timeout
+    /// the unfinished ones are [`Error::Timeout`].
+    pub fn each(self) -> GatherEach<'a, T> {
+        GatherEach(self)
+    }
+}
+
+/// A pending gather with per-item results; await it for `Vec<Result<T>>`.
+#[must_use = "a gather does nothing until awaited"]
+pub struct GatherEach<'a, T>(Gather<'a, T>);
+
+type BoxFuture<'a, O> = Pin<Box<dyn std::future::Future<Output = O> + Send + 'a>>;
+
+impl<'a, T: DeserializeOwned + Send + 'static> IntoFuture for Gather<'a, T> {
+    type Output = Result<Vec<T>>;
+    type IntoFuture = BoxFuture<'a, Self::Output>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            let results = collect::<T>(self.client, self.futures, self.timeout, true).await?;
+            results.into_iter().collect()
+        })
+    }
+}
+
+impl<'a, T: DeserializeOwned + Send + 'static> IntoFuture for GatherEach<'a, T> {
+    type Output = Result<Vec<Result<T>>>;
+    type IntoFuture = BoxFuture<'a, Self::Output>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        let Gather { client, futures, timeout } = self.0;
+        Box::pin(collect::<T>(client, futures, timeout, false))
+    }
+}
+
+/// Waits for every outcome (or the deadline); with `fail_fast`, returns the first failure.
+async fn collect<T: DeserializeOwned>(
+    client: &Client,
+    futures: &[Future<T>],
+    timeout: Option<Duration>,
+    fail_fast: bool,
+) -> Result<Vec<Result<T>>> {
+    let keys: Vec<TaskKey> = futures.iter().map(|f| f.key().clone()).collect();
+    let mut results: Vec<Option<Result<T>>> = futures.iter().map(|_| None).collect();
+    let mut waiter = client.waiter(keys);
+    let started = Instant::now();
+    loop {
+        let next = match timeout {
+            Some(t) => match tokio::time::timeout_at(started + t, next_outcome(&mut waiter)).await {
+                Ok(next) => next,
+                Err(_elapsed) => break,
+            },
+            None => next_outcome(&mut waiter).await,
+        };
+        match next {
+            None => break,
+            Some(Err(e)) => return Err(e),
+            Some(Ok((index, outcome))) => {
+                let result = outcome.and_then(|o| decode::<T>(waiter.key(index), o));
+                if fail_fast {
+                    if let Err(e) = result {
+                        return Err(e);
+                    }
+                }
+                results[index] = Some(result);
+            }
+        }
+    }
+    let pending = results.iter().filter(|r| r.is_none()).count();
+    if pending > 0 {
+        let waited = started.elapsed();
+        let first = futures[results.iter().position(Option::is_none).expect("one is pending")].key().clone();
+        if fail_fast {
+            return Err(Error::Timeout { waited, pending, first });
+        }
+        return Ok(results
+            .into_iter()
+            .zip(futures)
+            .map(|(r, f)| {
+                r.unwrap_or_else(|| Err(Error::Timeout { waited, pending: 1, first: f.key().clone() }))
+            })
+            .collect());
+    }
+    Ok(results.into_iter().map(|r| r.expect("none pending")).collect())
+}
+
+/// The next outcome, riding out Redis failures with backoff (then re-reading what is pending).
+async fn next_outcome(waiter: &mut Waiter) -> Option<Result<(usize, Result<Outcome>)>> {
+    let mut pause = BACKOFF.0;
+    loop {
+        match waiter.next().await {
+            Some(Err(Error::Store(e))) => {
+                tracing::warn!(error = %e, retry_in = ?pause, "reading results failed; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(BACKOFF.1);
+            }
+            other => return other,
+        }
+    }
+}
+
+/// A stored outcome as the caller's type.
+fn decode<T: DeserializeOwned>(key: &TaskKey, outcome: Outcome) -> Result<T> {
+    match outcome {
+        Outcome::Value(bytes) => rmp_serde::from_slice(&bytes).map_err(|e| Error::ResultType {
+            key: key.clone(),
+            expected: std::any::type_name::<T>(),
+            error: e.to_string(),
+        }),
+        Outcome::Failure(failure) => Err(failure.into()),
+    }
+}

@@ -1,0 +1,57 @@
+//! Publishing task messages: pipelined on one confirm-mode channel, with a window of unconfirmed
+//! publishes, so submitting many tasks costs no round trip per task.
+
+use std::collections::VecDeque;
+
+use lapin::options::BasicPublishOptions;
+use lapin::{Channel, Confirmation, PublisherConfirm};
+use rask_common::{broker, Settings, TaskKey, TaskMessage};
+
+use crate::error::{Error, Result};
+
+/// Publishes `messages` in order, keeping at most `settings.publish_window` unconfirmed, and
+/// returns once every one is confirmed by the broker (persistent, routed to the task queue).
+///
+/// # Errors
+/// [`Error::Nacked`], [`Error::Unroutable`], or [`Error::Broker`] for the first that failed.
+pub(crate) async fn publish_all(
+    channel: &Channel,
+    settings: &Settings,
+    messages: impl IntoIterator<Item = Result<TaskMessage>>,
+) -> Result<()> {
+    let mut in_flight: VecDeque<(TaskKey, PublisherConfirm)> = VecDeque::new();
+    for message in messages {
+        let message = message?;
+        let body = message.encode()?;
+        let confirm = channel
+            .basic_publish(
+                settings.exchange.as_str().into(),
+                settings.queue.as_str().into(),
+                BasicPublishOptions { mandatory: true, ..Default::default() },
+                &body,
+                broker::task_properties(message.key.as_str(), &message.function),
+            )
+            .await?;
+        in_flight.push_back((message.key, confirm));
+        while in_flight.len() >= settings.publish_window {
+            let (key, confirm) = in_flight.pop_front().expect("window is not empty");
+            check(settings, key, confirm.await?)?;
+        }
+    }
+    for (key, confirm) in in_flight {
+        check(settings, key, confirm.await?)?;
+    }
+    Ok(())
+}
+
+fn check(settings: &Settings, key: TaskKey, confirmation: Confirmation) -> Result<()> {
+    match confirmation {
+        Confirmation::Ack(None) => Ok(()),
+        Confirmation::Ack(Some(_returned)) => Err(Error::Unroutable {
+            key,
+            exchange: settings.exchange.clone(),
+            routing_key: settings.queue.clone(),
+        }),
+        Confirmation::Nack(_) | Confirmation::NotRequested => Err(Error::Nacked(key)),
+    }
+}
