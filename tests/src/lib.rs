@@ -1,0 +1,212 @@
+//! The integration-test harness: real RabbitMQ and Redis processes, isolated tests.
+//!
+//! Servers: when `RASK_TEST_AMQP_URL` and `RASK_TEST_REDIS_URL` are set (as `scripts/test.sh`
+//! does, starting one RabbitMQ and one Redis for the whole suite), tests use them; otherwise the
+//! first test in a process starts a private pair on free ports with their own data folders, tied
+//! to the test process so they stop when it exits. Fault-injection tests start their own with
+//! [`PrivateServers`], which they may kill and restart.
+//!
+//! Isolation: every [`TestEnv`] has its own exchange, queues and Redis key prefix, so tests share
+//! servers without seeing each other's tasks or results.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rask::local::{self, Lifetime, RabbitMqSpec, RedisSpec, ServerProcess, WorkerSpec};
+use rask::{Client, Settings};
+use rask_worker::{Registry, Worker};
+use tokio::sync::OnceCell;
+use tokio_util::sync::CancellationToken;
+
+/// How long any test waits for results before failing (instead of hanging).
+pub const PATIENCE: Duration = Duration::from_secs(120);
+
+/// URLs of the servers the tests in this process use.
+#[derive(Debug, Clone)]
+pub struct ServerUrls {
+    /// AMQP URL of RabbitMQ.
+    pub amqp: String,
+    /// URL of Redis.
+    pub redis: String,
+}
+
+static SHARED: OnceCell<(ServerUrls, Option<PrivateServers>)> = OnceCell::const_new();
+
+/// The servers shared by the tests of this process (see the module docs).
+pub async fn shared_servers() -> ServerUrls {
+    let (urls, _servers) = SHARED
+        .get_or_init(|| async {
+            match (std::env::var("RASK_TEST_AMQP_URL"), std::env::var("RASK_TEST_REDIS_URL")) {
+                (Ok(amqp), Ok(redis)) => (ServerUrls { amqp, redis }, None),
+                _ => {
+                    let servers = PrivateServers::start("shared").await;
+                    (servers.urls(), Some(servers))
+                }
+            }
+        })
+        .await;
+    urls.clone()
+}
+
+/// A RabbitMQ and a Redis (append-only) of one test's own, on free ports, stopped when dropped
+/// or when the test process exits.
+pub struct PrivateServers {
+    /// The RabbitMQ node.
+    pub rabbitmq: ServerProcess,
+    /// The Redis server.
+    pub redis: ServerProcess,
+    _dir: TempDir,
+}
+
+impl PrivateServers {
+    /// Starts both; panics with the servers' own error (a test cannot go on without them).
+    pub async fn start(name: &str) -> Self {
+        let dir = TempDir::new(name);
+        let node_name = format!("rasktest{}{}", std::process::id(), unique_suffix());
+        let rabbit = RabbitMqSpec {
+            dir: dir.path.join("rabbitmq"),
+            port: local::free_port().expect("a free port"),
+            dist_port: local::free_port().expect("a free port"),
+            node_name,
+        };
+        let redis = RedisSpec {
+            dir: dir.path.join("redis"),
+            port: local::free_port().expect("a free port"),
+            append_only: true,
+        };
+        let (rabbitmq, redis) = tokio::join!(
+            ServerProcess::start_rabbitmq(&rabbit, Lifetime::TiedToCaller),
+            ServerProcess::start_redis(&redis, Lifetime::TiedToCaller)
+        );
+        PrivateServers {
+            rabbitmq: rabbitmq.expect("starting RabbitMQ"),
+            redis: redis.expect("starting Redis"),
+            _dir: dir,
+        }
+    }
+
+    /// Their URLs.
+    pub fn urls(&self) -> ServerUrls {
+        ServerUrls { amqp: self.rabbitmq.url(), redis: self.redis.url() }
+    }
+}
+
+/// One test's isolated corner of the servers: own exchange, queues and key prefix.
+pub struct TestEnv {
+    /// Settings naming this test's exchange, queues and prefix; clients and workers use them.
+    pub settings: Settings,
+    dir: TempDir,
+}
+
+impl TestEnv {
+    /// An environment on the shared servers, named after the test.
+    pub async fn new(name: &str) -> Self {
+        Self::on(shared_servers().await, name)
+    }
+
+    /// An environment on given servers.
+    pub fn on(urls: ServerUrls, name: &str) -> Self {
+        let id = format!("t-{name}-{}", unique_suffix());
+        let settings = Settings {
+            amqp_url: urls.amqp,
+            redis_url: urls.redis,
+            exchange: format!("{id}.x"),
+            queue: format!("{id}.tasks"),
+            dead_letter_exchange: format!("{id}.dead"),
+            dead_letter_queue: format!("{id}.dead"),
+            key_prefix: id.clone(),
+            concurrency: 2,
+            ..Settings::default()
+        };
+        TestEnv { settings, dir: TempDir::new(&id) }
+    }
+
+    /// A connected client.
+    pub async fn client(&self) -> Client {
+        Client::connect(self.settings.clone()).await.expect("client connects")
+    }
+
+    /// The `RASK_*` variables that give a process this environment's settings.
+    pub fn env_vars(&self) -> Vec<(String, String)> {
+        let s = &self.settings;
+        vec![
+            ("RASK_AMQP_URL".into(), s.amqp_url.clone()),
+            ("RASK_REDIS_URL".into(), s.redis_url.clone()),
+            ("RASK_EXCHANGE".into(), s.exchange.clone()),
+            ("RASK_QUEUE".into(), s.queue.clone()),
+            ("RASK_DEAD_LETTER_EXCHANGE".into(), s.dead_letter_exchange.clone()),
+            ("RASK_DEAD_LETTER_QUEUE".into(), s.dead_letter_queue.clone()),
+            ("RASK_KEY_PREFIX".into(), s.key_prefix.clone()),
+            ("RASK_RESULT_TTL".into(), humantime::format_duration(s.result_ttl).to_string()),
+            ("RASK_CONCURRENCY".into(), s.concurrency.to_string()),
+        ]
+    }
+
+    /// Starts `n` stock `rask-worker` processes with this environment (stopped on drop).
+    pub fn spawn_workers(&self, n: usize) -> Vec<local::Worker> {
+        let program = local::sibling_binary("rask-worker")
+            .expect("rask-worker is built (run `cargo build --workspace --bins` first)");
+        (0..n)
+            .map(|i| {
+                let spec = WorkerSpec {
+                    program: program.clone(),
+                    args: Vec::new(),
+                    env: self.env_vars(),
+                    log: self.dir.path.join(format!("worker-{i}.log")),
+                };
+                local::Worker::spawn(&spec, Lifetime::TiedToCaller).expect("worker starts")
+            })
+            .collect()
+    }
+
+    /// Runs a worker with `registry` inside this test process until the handle stops it.
+    pub fn run_worker(&self, registry: Registry) -> RunningWorker {
+        let stop = CancellationToken::new();
+        let worker = Worker::new(self.settings.clone(), registry);
+        let token = stop.clone();
+        let task = tokio::spawn(async move { worker.run(token.cancelled_owned()).await });
+        RunningWorker { stop, task }
+    }
+
+    /// A path for files of this test (deleted when the environment drops).
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path.join(name)
+    }
+}
+
+/// A worker running inside the test process.
+pub struct RunningWorker {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<rask_worker::Result<()>>,
+}
+
+impl RunningWorker {
+    /// Stops it gracefully and returns how its run ended.
+    pub async fn stop(self) -> rask_worker::Result<()> {
+        self.stop.cancel();
+        self.task.await.expect("worker task does not panic")
+    }
+}
+
+/// A folder deleted on drop.
+struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("rask-test-{}-{name}-{}", std::process::id(), unique_suffix()));
+        std::fs::create_dir_all(&path).expect("creating a temp dir");
+        TempDir { path }
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+fn unique_suffix() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..8].to_owned()
+}

@@ -35,16 +35,19 @@ fn candidate_dirs(dir: &Path) -> Vec<PathBuf> {
 /// file.
 fn find_in(name: &str, dirs: &[PathBuf]) -> io::Result<PathBuf> {
     let file = format!("{name}{}", std::env::consts::EXE_SUFFIX);
-    dirs.iter().map(|dir| dir.join(&file)).find(|path| path.is_file()).ok_or_else(|| {
-        let searched: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
-        io::Error::new(
-            io::ErrorKind::NotFound,
-            format!(
+    dirs.iter()
+        .map(|dir| dir.join(&file))
+        .find(|path| path.is_file())
+        .ok_or_else(|| {
+            let searched: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!(
                 "binary `{file}` not found in {}; build it with `cargo build --workspace --bins`",
                 searched.join(" or ")
             ),
-        )
-    })
+            )
+        })
 }
 
 #[cfg(test)]
@@ -54,7 +57,13 @@ mod tests {
     #[test]
     fn deps_folders_also_search_their_parent() {
         let dirs = candidate_dirs(Path::new("/x/target/debug/deps"));
-        assert_eq!(dirs, vec![PathBuf::from("/x/target/debug/deps"), PathBuf::from("/x/target/debug")]);
+        assert_eq!(
+            dirs,
+            vec![
+                PathBuf::from("/x/target/debug/deps"),
+                PathBuf::from("/x/target/debug")
+            ]
+        );
         assert_eq!(candidate_dirs(Path::new("/x/target/debug")).len(), 1);
     }
 
@@ -66,7 +75,10 @@ mod tests {
         std::fs::write(root.join("some-tool"), "").expect("fake binary");
         let dirs = candidate_dirs(&deps);
 
-        assert_eq!(find_in("some-tool", &dirs).expect("found"), root.join("some-tool"));
+        assert_eq!(
+            find_in("some-tool", &dirs).expect("found"),
+            root.join("some-tool")
+        );
         let error = find_in("missing-tool", &dirs).expect_err("missing");
         assert_eq!(error.kind(), io::ErrorKind::NotFound);
         assert!(error.to_string().contains("deps"), "{error}");

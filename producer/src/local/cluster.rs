@@ -1,30 +1,26 @@
-//! The local cluster behind `rask local up / down / status`: one RabbitMQ,
-//! one Redis and N workers, detached from the command that started them and
-//! recorded in `DIR/state.json` so a later command can find them.
+//! Starting the local cluster behind `rask local up`: one RabbitMQ, one
+//! Redis and N workers, detached from the command that started them and
+//! recorded in `DIR/state.json` so that `down` and `status` (in
+//! [`recorded`](super::recorded)) can find them.
 //!
 //! Layout of `DIR`: `rabbitmq/` and `redis/` (data and server logs),
 //! `logs/worker-N.log`, `state.json`.
 
 use std::ffi::OsString;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use super::binaries::sibling_binary;
 use super::pid;
 use super::ports;
 use super::rabbitmq_server::RabbitMqSpec;
+use super::recorded;
 use super::redis_server::RedisSpec;
 use super::server::ServerProcess;
 use super::spawn::Lifetime;
 use super::state::{self, ClusterState, ProcessKind, ProcessRecord};
 use super::worker::{Worker, WorkerSpec};
-
-/// How long workers get to finish after SIGTERM before SIGKILL.
-const WORKER_GRACE: Duration = Duration::from_secs(10);
-
-/// How long each server gets to stop after SIGTERM before SIGKILL.
-const SERVER_GRACE: Duration = Duration::from_secs(30);
 
 /// How long a worker may take to count as started.
 const WORKER_READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -80,9 +76,18 @@ pub fn default_dir() -> PathBuf {
 /// it); `NotFound` if RabbitMQ, Redis or `rask-worker` is missing; otherwise
 /// the error of the part that failed to start, quoting its log.
 pub async fn up(spec: &LocalClusterSpec) -> io::Result<ClusterState> {
-    check_nothing_recorded(&spec.dir)?;
+    // The servers run in their own folders, so relative paths would break.
+    let spec = &LocalClusterSpec {
+        dir: std::path::absolute(&spec.dir)?,
+        ..spec.clone()
+    };
+    recorded::ensure_not_running(&spec.dir)?;
     check_ports(spec)?;
-    let worker_program = if spec.workers > 0 { Some(sibling_binary("rask-worker")?) } else { None };
+    let worker_program = if spec.workers > 0 {
+        Some(sibling_binary("rask-worker")?)
+    } else {
+        None
+    };
 
     let mut started = Started::default();
     match start_parts(spec, worker_program, &mut started).await {
@@ -94,51 +99,6 @@ pub async fn up(spec: &LocalClusterSpec) -> io::Result<ClusterState> {
             Err(e)
         }
     }
-}
-
-/// Stops exactly the processes recorded in `DIR/state.json`: workers first
-/// (SIGTERM, SIGKILL after 10 s), then Redis, then RabbitMQ (each SIGTERM,
-/// SIGKILL after 30 s); then deletes the record. Returns the records, with
-/// `alive` telling whether each was still running. A process whose pid now
-/// belongs to another program is left alone.
-///
-/// # Errors
-///
-/// `NotFound` if no cluster is recorded in `dir`; an error if a process
-/// cannot be stopped (the record is then kept, so `down` can be retried).
-pub async fn down(dir: &Path) -> io::Result<Vec<ProcessRecord>> {
-    let mut state = read_recorded(dir)?;
-    for record in &mut state.processes {
-        record.alive = pid::is_alive_as(record.pid, &record.name);
-    }
-    let workers = state.processes.iter().filter(|r| r.kind == ProcessKind::Worker && r.alive);
-    let stops = workers.map(|record| stop_record(record, WORKER_GRACE));
-    for result in futures::future::join_all(stops).await {
-        result?;
-    }
-    for kind in [ProcessKind::Redis, ProcessKind::RabbitMq] {
-        for record in state.processes.iter().filter(|r| r.kind == kind && r.alive) {
-            stop_record(record, SERVER_GRACE).await?;
-        }
-    }
-    state::remove(dir)?;
-    tracing::info!(dir = %dir.display(), "local cluster stopped");
-    Ok(state.processes)
-}
-
-/// The processes recorded in `DIR/state.json`, each with `alive` checked
-/// now.
-///
-/// # Errors
-///
-/// `NotFound` if no cluster is recorded in `dir`; an error if the record
-/// cannot be read.
-pub fn status(dir: &Path) -> io::Result<ClusterState> {
-    let mut state = read_recorded(dir)?;
-    for record in &mut state.processes {
-        record.alive = pid::is_alive_as(record.pid, &record.name);
-    }
-    Ok(state)
 }
 
 /// The parts started so far, for cleaning up after a failed `up`.
@@ -179,7 +139,11 @@ async fn start_parts(
         dist_port: spec.dist_port,
         node_name: format!("rask-{}", spec.amqp_port),
     };
-    let redis_spec = RedisSpec { dir: spec.dir.join("redis"), port: spec.redis_port, append_only: true };
+    let redis_spec = RedisSpec {
+        dir: spec.dir.join("redis"),
+        port: spec.redis_port,
+        append_only: true,
+    };
     let mut state = ClusterState {
         dir: spec.dir.clone(),
         amqp_url: rabbitmq_spec.url(),
@@ -187,12 +151,20 @@ async fn start_parts(
         processes: Vec::new(),
     };
 
-    let rabbitmq = started.rabbitmq.insert(ServerProcess::start_rabbitmq(&rabbitmq_spec, Lifetime::Detached).await?);
-    state.processes.push(server_record(ProcessKind::RabbitMq, rabbitmq));
+    let rabbitmq = started
+        .rabbitmq
+        .insert(ServerProcess::start_rabbitmq(&rabbitmq_spec, Lifetime::Detached).await?);
+    state
+        .processes
+        .push(server_record(ProcessKind::RabbitMq, rabbitmq));
     state::write(&state)?;
 
-    let redis = started.redis.insert(ServerProcess::start_redis(&redis_spec, Lifetime::Detached).await?);
-    state.processes.push(server_record(ProcessKind::Redis, redis));
+    let redis = started
+        .redis
+        .insert(ServerProcess::start_redis(&redis_spec, Lifetime::Detached).await?);
+    state
+        .processes
+        .push(server_record(ProcessKind::Redis, redis));
     state::write(&state)?;
 
     if let Some(program) = worker_program {
@@ -208,20 +180,21 @@ async fn start_parts(
                 env,
                 log: spec.dir.join("logs").join(format!("worker-{number}.log")),
             };
-            started.workers.push(Worker::spawn(&worker_spec, Lifetime::Detached)?);
-        }
-        for worker in &mut started.workers {
-            worker.wait_ready(WORKER_READY_TIMEOUT).await?;
+            let worker = Worker::spawn(&worker_spec, Lifetime::Detached)?;
             state.processes.push(ProcessRecord {
                 kind: ProcessKind::Worker,
                 pid: worker.pid(),
-                name: pid::name(worker.pid()).unwrap_or_default(),
+                name: pid::name_of_program(&worker_spec.program),
                 address: None,
                 log: worker.log_path().to_owned(),
                 alive: true,
             });
+            started.workers.push(worker);
         }
         state::write(&state)?;
+        for worker in &mut started.workers {
+            worker.wait_ready(WORKER_READY_TIMEOUT).await?;
+        }
     }
     tracing::info!(dir = %spec.dir.display(), amqp = %state.amqp_url, redis = %state.redis_url, workers = spec.workers, "local cluster up");
     Ok(state)
@@ -239,44 +212,33 @@ fn server_record(kind: ProcessKind, server: &ServerProcess) -> ProcessRecord {
     }
 }
 
-/// Fails if a cluster recorded in `dir` still runs; forgets a record whose
-/// processes are all gone (e.g. after a reboot).
-fn check_nothing_recorded(dir: &Path) -> io::Result<()> {
-    let Some(state) = state::read(dir)? else { return Ok(()) };
-    let running: Vec<String> = state
-        .processes
-        .iter()
-        .filter(|r| pid::is_alive_as(r.pid, &r.name))
-        .map(|r| r.pid.to_string())
-        .collect();
-    if running.is_empty() {
-        tracing::warn!(dir = %dir.display(), "forgetting a stale record of a local cluster that no longer runs");
-        return state::remove(dir);
-    }
-    Err(io::Error::new(
-        io::ErrorKind::AlreadyExists,
-        format!(
-            "a local cluster is already running in {} (pids {}); stop it with `rask local down --dir {}`",
-            dir.display(),
-            running.join(", "),
-            dir.display()
-        ),
-    ))
-}
-
 /// Fails with a message naming the option to change if the ports clash
 /// with each other or are taken.
 fn check_ports(spec: &LocalClusterSpec) -> io::Result<()> {
     let ports = [
-        (spec.amqp_port, "AMQP", "is another broker running? pass --amqp-port"),
-        (spec.dist_port, "RabbitMQ distribution", "is another broker running? pass --dist-port"),
-        (spec.redis_port, "Redis", "is another Redis running? pass --redis-port"),
+        (
+            spec.amqp_port,
+            "AMQP",
+            "is another broker running? pass --amqp-port",
+        ),
+        (
+            spec.dist_port,
+            "RabbitMQ distribution",
+            "is another broker running? pass --dist-port",
+        ),
+        (
+            spec.redis_port,
+            "Redis",
+            "is another Redis running? pass --redis-port",
+        ),
     ];
     for (i, (port, role, _)) in ports.iter().enumerate() {
         if let Some((_, other, _)) = ports[..i].iter().find(|(p, _, _)| p == port) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("port {port} is given both for {other} and for {role}; pick different ports"),
+                format!(
+                    "port {port} is given both for {other} and for {role}; pick different ports"
+                ),
             ));
         }
     }
@@ -288,24 +250,6 @@ fn check_ports(spec: &LocalClusterSpec) -> io::Result<()> {
             ));
         }
     }
-    Ok(())
-}
-
-/// The recorded state, or `NotFound` with a clear message.
-fn read_recorded(dir: &Path) -> io::Result<ClusterState> {
-    state::read(dir)?.ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::NotFound,
-            format!("no local cluster is recorded in {} ({} does not exist)", dir.display(), state::path(dir).display()),
-        )
-    })
-}
-
-/// Stops one recorded process: SIGTERM, SIGKILL after `grace`.
-async fn stop_record(record: &ProcessRecord, grace: Duration) -> io::Result<()> {
-    let what = format!("{:?} (pid {})", record.kind, record.pid);
-    let forced = pid::terminate(record.pid, &what, grace).await?;
-    tracing::info!(process = %what, forced, "stopped");
     Ok(())
 }
 
@@ -330,20 +274,37 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
     use std::net::{Ipv4Addr, TcpListener};
+    use std::path::Path;
 
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<OsString> {
-        let map: HashMap<String, OsString> = pairs.iter().map(|(k, v)| ((*k).to_owned(), OsString::from(v))).collect();
+        let map: HashMap<String, OsString> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), OsString::from(v)))
+            .collect();
         move |name| map.get(name).cloned()
     }
 
     #[test]
     fn default_dir_prefers_rask_local_dir_then_xdg_then_home() {
-        let all = [("RASK_LOCAL_DIR", "/r"), ("XDG_STATE_HOME", "/x"), ("HOME", "/h")];
+        let all = [
+            ("RASK_LOCAL_DIR", "/r"),
+            ("XDG_STATE_HOME", "/x"),
+            ("HOME", "/h"),
+        ];
         assert_eq!(default_dir_from(env(&all)), PathBuf::from("/r"));
-        assert_eq!(default_dir_from(env(&all[1..])), PathBuf::from("/x/rask/local"));
-        assert_eq!(default_dir_from(env(&all[2..])), PathBuf::from("/h/.local/state/rask/local"));
+        assert_eq!(
+            default_dir_from(env(&all[1..])),
+            PathBuf::from("/x/rask/local")
+        );
+        assert_eq!(
+            default_dir_from(env(&all[2..])),
+            PathBuf::from("/h/.local/state/rask/local")
+        );
         let relative_xdg = [("XDG_STATE_HOME", "rel"), ("HOME", "/h")];
-        assert_eq!(default_dir_from(env(&relative_xdg)), PathBuf::from("/h/.local/state/rask/local"));
+        assert_eq!(
+            default_dir_from(env(&relative_xdg)),
+            PathBuf::from("/h/.local/state/rask/local")
+        );
     }
 
     fn spec_on_free_ports(dir: &Path) -> LocalClusterSpec {
@@ -370,39 +331,5 @@ mod tests {
         spec.dist_port = spec.amqp_port;
         let error = check_ports(&spec).expect_err("clash");
         assert_eq!(error.kind(), io::ErrorKind::InvalidInput);
-    }
-
-    #[tokio::test]
-    async fn nothing_recorded_means_not_found_and_stale_records_are_forgotten() {
-        let dir = std::env::temp_dir().join(format!("rask-cluster-stale-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        assert_eq!(status(&dir).expect_err("none").kind(), io::ErrorKind::NotFound);
-        assert_eq!(down(&dir).await.expect_err("none").kind(), io::ErrorKind::NotFound);
-
-        // A record whose pid now belongs to another program (this test) is
-        // not running, and down leaves that program alone.
-        let stale = ClusterState {
-            dir: dir.clone(),
-            amqp_url: String::new(),
-            redis_url: String::new(),
-            processes: vec![ProcessRecord {
-                kind: ProcessKind::Worker,
-                pid: std::process::id(),
-                name: "surely-not-this".into(),
-                address: None,
-                log: dir.join("logs/worker-1.log"),
-                alive: true,
-            }],
-        };
-        state::write(&stale).expect("write");
-        assert!(!status(&dir).expect("status").processes[0].alive);
-        check_nothing_recorded(&dir).expect("stale record forgotten");
-        assert_eq!(state::read(&dir).expect("read"), None);
-
-        state::write(&stale).expect("write");
-        let stopped = down(&dir).await.expect("down");
-        assert!(!stopped[0].alive);
-        assert_eq!(state::read(&dir).expect("read"), None);
-        let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -11,7 +11,9 @@ pub(crate) const TAIL_LINES: usize = 20;
 pub(crate) fn tail(paths: &[&Path], lines: usize) -> String {
     let mut out = String::new();
     for path in paths {
-        let Ok(bytes) = std::fs::read(path) else { continue };
+        let Ok(bytes) = std::fs::read(path) else {
+            continue;
+        };
         let text = String::from_utf8_lossy(&bytes);
         let all: Vec<&str> = text.lines().collect();
         let start = all.len().saturating_sub(lines);

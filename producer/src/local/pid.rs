@@ -8,11 +8,16 @@
 //! process name recorded at start before signalling anything.
 
 use std::io;
+use std::path::Path;
 use std::time::Duration;
 
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 use tokio::time::{sleep, Instant};
+
+/// How many bytes of a program's name the kernel keeps (`TASK_COMM_LEN`
+/// less the terminating NUL).
+const COMM_LEN: usize = 15;
 
 /// How often [`wait_until_gone`] looks again.
 const POLL: Duration = Duration::from_millis(50);
@@ -40,15 +45,32 @@ pub(crate) fn name(pid: u32) -> Option<String> {
     Some(comm.trim_end().to_owned())
 }
 
+/// The name the kernel gives a process started from `program`: its file
+/// name, cut to 15 bytes. Known before the child has finished `exec`,
+/// unlike [`name`], which may still show the parent's name right after a
+/// spawn.
+pub(crate) fn name_of_program(program: &Path) -> String {
+    let file_name = program
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut end = file_name.len().min(COMM_LEN);
+    while !file_name.is_char_boundary(end) {
+        end -= 1;
+    }
+    file_name[..end].to_owned()
+}
+
 /// Whether `pid` is alive and still the process we recorded as `expected`
-/// (compared by name when `/proc` is available).
+/// (compared by name when `/proc` is available; an empty `expected`, for a
+/// name that could not be read at start, skips the comparison).
 pub(crate) fn is_alive_as(pid: u32, expected: &str) -> bool {
     if !is_alive(pid) {
         return false;
     }
     match name(pid) {
-        Some(actual) => actual == expected,
-        None => true,
+        Some(actual) if !expected.is_empty() => actual == expected,
+        _ => true,
     }
 }
 
@@ -102,7 +124,12 @@ pub(crate) async fn terminate(pid: u32, what: &str, grace: Duration) -> io::Resu
     if wait_until_gone(pid, grace).await {
         return Ok(false);
     }
-    tracing::warn!(pid, what, ?grace, "still running after SIGTERM; sending SIGKILL");
+    tracing::warn!(
+        pid,
+        what,
+        ?grace,
+        "still running after SIGTERM; sending SIGKILL"
+    );
     kill(pid, what).await?;
     Ok(true)
 }
@@ -117,7 +144,9 @@ pub(crate) async fn kill(pid: u32, what: &str) -> io::Result<()> {
     if wait_until_gone(pid, Duration::from_secs(5)).await {
         Ok(())
     } else {
-        Err(io::Error::other(format!("{what} (pid {pid}) is still running after SIGKILL")))
+        Err(io::Error::other(format!(
+            "{what} (pid {pid}) is still running after SIGKILL"
+        )))
     }
 }
 
@@ -154,6 +183,16 @@ mod tests {
         let own_name = name(me).expect("/proc is available on Linux");
         assert!(is_alive_as(me, &own_name));
         assert!(!is_alive_as(me, "surely-not-this"));
+        assert!(is_alive_as(me, ""));
+    }
+
+    #[test]
+    fn program_names_are_cut_like_the_kernel_does() {
+        assert_eq!(name_of_program(Path::new("/x/rask-worker")), "rask-worker");
+        assert_eq!(
+            name_of_program(Path::new("/x/a-very-long-worker-name")),
+            "a-very-long-wor"
+        );
     }
 
     #[test]
@@ -164,11 +203,16 @@ mod tests {
 
     #[tokio::test]
     async fn terminate_stops_a_child_and_zombies_count_as_gone() {
-        let mut child = std::process::Command::new("sleep").arg("30").spawn().expect("spawn sleep");
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("spawn sleep");
         let pid = child.id();
         assert!(is_alive(pid));
         // Not reaped yet: it becomes a zombie, which must count as gone.
-        let killed = terminate(pid, "sleep", Duration::from_secs(5)).await.expect("terminate");
+        let killed = terminate(pid, "sleep", Duration::from_secs(5))
+            .await
+            .expect("terminate");
         assert!(!killed, "sleep exits on SIGTERM");
         assert!(!is_alive(pid));
         child.wait().expect("reap");

@@ -49,10 +49,18 @@ pub(crate) async fn accepts_connections(port: u16) -> bool {
 /// # Errors
 ///
 /// `TimedOut` if a port is still taken after `timeout`.
-pub(crate) async fn wait_until_free(ports: &[u16], what: &str, timeout: Duration) -> io::Result<()> {
+pub(crate) async fn wait_until_free(
+    ports: &[u16],
+    what: &str,
+    timeout: Duration,
+) -> io::Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
-        let taken: Vec<u16> = ports.iter().copied().filter(|p| !port_is_free(*p)).collect();
+        let taken: Vec<u16> = ports
+            .iter()
+            .copied()
+            .filter(|p| !port_is_free(*p))
+            .collect();
         if taken.is_empty() {
             return Ok(());
         }

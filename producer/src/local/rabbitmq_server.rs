@@ -36,7 +36,7 @@ const POLL: Duration = Duration::from_millis(200);
 /// Where and how to run one private RabbitMQ node.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RabbitMqSpec {
-    /// The node's own folder: data (`mnesia/`), logs (`log/`), pid file,
+    /// The node's own folder (made absolute at start): data (`mnesia/`), logs (`log/`), pid file,
     /// Erlang cookie. Created if missing; reused by a restart, so durable
     /// queues and persistent messages survive.
     pub dir: PathBuf,
@@ -64,7 +64,9 @@ impl RabbitMqSpec {
 
     /// The node's own log, where boot errors are explained.
     pub fn node_log(&self) -> PathBuf {
-        self.dir.join("log").join(format!("{}@localhost.log", self.node_name))
+        self.dir
+            .join("log")
+            .join(format!("{}@localhost.log", self.node_name))
     }
 
     /// The pid file RabbitMQ writes once booting (removed on a clean stop).
@@ -74,7 +76,10 @@ impl RabbitMqSpec {
 
     /// The ports the node listens on, with names for error messages.
     pub(crate) fn ports(&self) -> [(u16, &'static str); 2] {
-        [(self.port, "AMQP"), (self.dist_port, "RabbitMQ distribution")]
+        [
+            (self.port, "AMQP"),
+            (self.dist_port, "RabbitMQ distribution"),
+        ]
     }
 
     /// The last lines of both logs, for error messages.
@@ -97,11 +102,17 @@ pub(crate) fn command(spec: &RabbitMqSpec) -> io::Result<Command> {
         ));
     }
     let dir = &spec.dir;
-    let context = |e: io::Error, what: &str| io::Error::new(e.kind(), format!("{what} in {}: {e}", dir.display()));
-    std::fs::create_dir_all(dir.join("log")).map_err(|e| context(e, "cannot create the RabbitMQ folder"))?;
-    std::fs::write(dir.join("enabled_plugins"), "[].\n").map_err(|e| context(e, "cannot write enabled_plugins"))?;
+    let context = |e: io::Error, what: &str| {
+        io::Error::new(e.kind(), format!("{what} in {}: {e}", dir.display()))
+    };
+    std::fs::create_dir_all(dir.join("log"))
+        .map_err(|e| context(e, "cannot create the RabbitMQ folder"))?;
+    std::fs::write(dir.join("enabled_plugins"), "[].\n")
+        .map_err(|e| context(e, "cannot write enabled_plugins"))?;
     match std::fs::remove_file(spec.pid_file()) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(context(e, "cannot remove the stale pid file")),
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            return Err(context(e, "cannot remove the stale pid file"))
+        }
         _ => {}
     }
 
@@ -148,7 +159,12 @@ pub(crate) async fn wait_ready(spec: &RabbitMqSpec, process: &mut Spawned) -> io
             )));
         }
         if ports::accepts_connections(spec.port).await {
-            match tokio::time::timeout(PROBE_TIMEOUT, Connection::connect(&url, ConnectionProperties::default())).await {
+            match tokio::time::timeout(
+                PROBE_TIMEOUT,
+                Connection::connect(&url, ConnectionProperties::default()),
+            )
+            .await
+            {
                 Ok(Ok(connection)) => {
                     let _ = connection.close(200, "rask readiness probe".into()).await;
                     return read_pid_file(spec);
@@ -176,9 +192,18 @@ pub(crate) async fn wait_ready(spec: &RabbitMqSpec, process: &mut Spawned) -> io
 fn read_pid_file(spec: &RabbitMqSpec) -> io::Result<u32> {
     let path = spec.pid_file();
     let text = std::fs::read_to_string(&path).map_err(|e| {
-        io::Error::new(e.kind(), format!("RabbitMQ is up but its pid file {} is unreadable: {e}", path.display()))
+        io::Error::new(
+            e.kind(),
+            format!(
+                "RabbitMQ is up but its pid file {} is unreadable: {e}",
+                path.display()
+            ),
+        )
     })?;
-    text.trim()
-        .parse()
-        .map_err(|e| io::Error::other(format!("RabbitMQ pid file {} holds {text:?}: {e}", path.display())))
+    text.trim().parse().map_err(|e| {
+        io::Error::other(format!(
+            "RabbitMQ pid file {} holds {text:?}: {e}",
+            path.display()
+        ))
+    })
 }

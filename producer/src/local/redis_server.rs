@@ -24,7 +24,7 @@ const POLL: Duration = Duration::from_millis(50);
 /// Where and how to run one private Redis.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RedisSpec {
-    /// Redis's own folder: the append-only files and the log.
+    /// Redis's own folder (made absolute at start): the append-only files and the log.
     /// Created if missing; reused by a restart.
     pub dir: PathBuf,
     /// The port, on 127.0.0.1.
@@ -59,7 +59,10 @@ impl RedisSpec {
 /// Fails if the folder cannot be created.
 pub(crate) fn command(spec: &RedisSpec) -> io::Result<Command> {
     std::fs::create_dir_all(&spec.dir).map_err(|e| {
-        io::Error::new(e.kind(), format!("cannot create the Redis folder {}: {e}", spec.dir.display()))
+        io::Error::new(
+            e.kind(),
+            format!("cannot create the Redis folder {}: {e}", spec.dir.display()),
+        )
     })?;
     let mut command = Command::new("redis-server");
     command

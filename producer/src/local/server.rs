@@ -45,6 +45,9 @@ pub struct ServerProcess {
     process: Option<Spawned>,
     /// The pid that serves: the Erlang VM for RabbitMQ, `redis-server`.
     pid: u32,
+    /// That process's name at start (`beam.smp`, `redis-server`), so a
+    /// reused pid is never signalled.
+    name: String,
 }
 
 impl ServerProcess {
@@ -57,7 +60,11 @@ impl ServerProcess {
     /// RabbitMQ is not installed; otherwise an error quoting its logs if it
     /// exits or is not ready within 60 s (what was started is stopped).
     pub async fn start_rabbitmq(spec: &RabbitMqSpec, lifetime: Lifetime) -> io::Result<Self> {
-        Self::start(Server::RabbitMq(spec.clone()), lifetime).await
+        let spec = RabbitMqSpec {
+            dir: std::path::absolute(&spec.dir)?,
+            ..spec.clone()
+        };
+        Self::start(Server::RabbitMq(spec), lifetime).await
     }
 
     /// Starts a Redis and returns once it answers `PING`.
@@ -68,7 +75,11 @@ impl ServerProcess {
     /// on the `PATH`; otherwise an error quoting its log if it exits or does
     /// not answer within 30 s (what was started is stopped).
     pub async fn start_redis(spec: &RedisSpec, lifetime: Lifetime) -> io::Result<Self> {
-        Self::start(Server::Redis(spec.clone()), lifetime).await
+        let spec = RedisSpec {
+            dir: std::path::absolute(&spec.dir)?,
+            ..spec.clone()
+        };
+        Self::start(Server::Redis(spec), lifetime).await
     }
 
     /// The URL clients connect with: `amqp://guest:guest@127.0.0.1:PORT/%2f`
@@ -97,7 +108,7 @@ impl ServerProcess {
     /// Whether the server process is still alive (it may have crashed, or
     /// been stopped).
     pub fn is_running(&self) -> bool {
-        self.process.is_some() && pid::is_alive(self.pid)
+        self.process.is_some() && pid::is_alive_as(self.pid, &self.name)
     }
 
     /// Where the server's output goes (for RabbitMQ its console log; its
@@ -117,10 +128,14 @@ impl ServerProcess {
     ///
     /// Fails if the process survives SIGKILL or its ports stay taken.
     pub async fn stop(&mut self) -> io::Result<()> {
-        let Some(mut process) = self.process.take() else { return Ok(()) };
+        let Some(mut process) = self.process.take() else {
+            return Ok(());
+        };
         let what = self.describe();
-        let forced = pid::terminate(self.pid, &what, STOP_TIMEOUT).await?;
-        tracing::info!(server = %what, forced, "stopped");
+        if self.still_serving(&mut process)? {
+            let forced = pid::terminate(self.pid, &what, STOP_TIMEOUT).await?;
+            tracing::info!(server = %what, forced, "stopped");
+        }
         self.finish(&mut process, &what).await
     }
 
@@ -132,12 +147,14 @@ impl ServerProcess {
     ///
     /// Fails if the process survives SIGKILL or its ports stay taken.
     pub async fn kill(&mut self) -> io::Result<()> {
-        let Some(mut process) = self.process.take() else { return Ok(()) };
+        let Some(mut process) = self.process.take() else {
+            return Ok(());
+        };
         let what = self.describe();
-        if pid::is_alive(self.pid) {
+        if self.still_serving(&mut process)? {
             pid::kill(self.pid, &what).await?;
+            tracing::info!(server = %what, "killed");
         }
-        tracing::info!(server = %what, "killed");
         self.finish(&mut process, &what).await
     }
 
@@ -158,14 +175,25 @@ impl ServerProcess {
     /// does not.
     async fn start(server: Server, lifetime: Lifetime) -> io::Result<Self> {
         let (command, log, ports) = match &server {
-            Server::RabbitMq(spec) => (rabbitmq_server::command(spec)?, spec.console_log(), spec.ports().to_vec()),
-            Server::Redis(spec) => (redis_server::command(spec)?, spec.log(), vec![(spec.port, "Redis")]),
+            Server::RabbitMq(spec) => (
+                rabbitmq_server::command(spec)?,
+                spec.console_log(),
+                spec.ports().to_vec(),
+            ),
+            Server::Redis(spec) => (
+                redis_server::command(spec)?,
+                spec.log(),
+                vec![(spec.port, "Redis")],
+            ),
         };
         for (port, role) in &ports {
             if !ports::port_is_free(*port) {
                 return Err(io::Error::new(
                     io::ErrorKind::AddrInUse,
-                    format!("port {port} ({role}) is already in use; cannot start {} there", name(&server)),
+                    format!(
+                        "port {port} ({role}) is already in use; cannot start {} there",
+                        name(&server)
+                    ),
                 ));
             }
         }
@@ -178,11 +206,19 @@ impl ServerProcess {
         })?;
         let ready = match &server {
             Server::RabbitMq(spec) => rabbitmq_server::wait_ready(spec, &mut process).await,
-            Server::Redis(spec) => redis_server::wait_ready(spec, &mut process).await.map(|()| process.pid()),
+            Server::Redis(spec) => redis_server::wait_ready(spec, &mut process)
+                .await
+                .map(|()| process.pid()),
         };
         match ready {
-            Ok(pid) => {
-                let started = Self { server, lifetime, process: Some(process), pid };
+            Ok(serving_pid) => {
+                let started = Self {
+                    server,
+                    lifetime,
+                    process: Some(process),
+                    pid: serving_pid,
+                    name: pid::name(serving_pid).unwrap_or_default(),
+                };
                 tracing::info!(server = %started.describe(), ?lifetime, "started");
                 Ok(started)
             }
@@ -191,6 +227,14 @@ impl ServerProcess {
                 Err(e)
             }
         }
+    }
+
+    /// Whether the serving process is still there to signal. Once the
+    /// spawned process has exited, the serving one is gone too (RabbitMQ's
+    /// start script outlives its VM) and its pid may belong to another
+    /// program by now.
+    fn still_serving(&self, process: &mut Spawned) -> io::Result<bool> {
+        Ok(process.try_wait()?.is_none() && pid::is_alive_as(self.pid, &self.name))
     }
 
     /// After the serving process is gone: reap the direct child and wait
@@ -210,7 +254,10 @@ impl ServerProcess {
     fn describe(&self) -> String {
         match &self.server {
             Server::RabbitMq(spec) => {
-                format!("RabbitMQ node {}@localhost (port {}, pid {})", spec.node_name, spec.port, self.pid)
+                format!(
+                    "RabbitMQ node {}@localhost (port {}, pid {})",
+                    spec.node_name, spec.port, self.pid
+                )
             }
             Server::Redis(spec) => format!("Redis (port {}, pid {})", spec.port, self.pid),
         }

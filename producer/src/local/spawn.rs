@@ -10,12 +10,10 @@
 //! signalled.
 
 use std::fs::{File, OpenOptions};
-use std::io;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
-
-use std::io::Write;
 
 use tokio::process::{Child, Command};
 
@@ -68,7 +66,11 @@ struct Watchdog {
 /// Fails if the log cannot be opened or the program cannot be started;
 /// the message names the program and the log.
 pub(crate) fn spawn(mut command: Command, lifetime: Lifetime, log: &Path) -> io::Result<Spawned> {
-    let program = command.as_std().get_program().to_string_lossy().into_owned();
+    let program = command
+        .as_std()
+        .get_program()
+        .to_string_lossy()
+        .into_owned();
     let out = open_log(log)?;
     let err = out.try_clone()?;
     command
@@ -78,12 +80,20 @@ pub(crate) fn spawn(mut command: Command, lifetime: Lifetime, log: &Path) -> io:
         .process_group(0)
         .kill_on_drop(false);
     let child = command.spawn().map_err(|e| {
-        io::Error::new(e.kind(), format!("cannot start {program} (log {}): {e}", log.display()))
+        io::Error::new(
+            e.kind(),
+            format!("cannot start {program} (log {}): {e}", log.display()),
+        )
     })?;
     let pid = child
         .id()
         .ok_or_else(|| io::Error::other(format!("{program} exited before its pid was read")))?;
-    let mut spawned = Spawned { child, pid, log: log.to_owned(), watchdog: None };
+    let mut spawned = Spawned {
+        child,
+        pid,
+        log: log.to_owned(),
+        watchdog: None,
+    };
     if lifetime == Lifetime::TiedToCaller {
         match start_watchdog(pid) {
             Ok(watchdog) => spawned.watchdog = Some(watchdog),
@@ -131,7 +141,10 @@ impl Spawned {
     /// # Errors
     ///
     /// Fails only if the OS cannot report on the child.
-    pub(crate) async fn wait_timeout(&mut self, timeout: Duration) -> io::Result<Option<ExitStatus>> {
+    pub(crate) async fn wait_timeout(
+        &mut self,
+        timeout: Duration,
+    ) -> io::Result<Option<ExitStatus>> {
         match tokio::time::timeout(timeout, self.child.wait()).await {
             Ok(status) => {
                 let status = status?;
@@ -166,7 +179,10 @@ impl Drop for Spawned {
 fn open_log(path: &Path) -> io::Result<File> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(|e| {
-            io::Error::new(e.kind(), format!("cannot create log folder {}: {e}", parent.display()))
+            io::Error::new(
+                e.kind(),
+                format!("cannot create log folder {}: {e}", parent.display()),
+            )
         })?;
     }
     OpenOptions::new()
@@ -194,7 +210,10 @@ fn start_watchdog(pgid: u32) -> io::Result<Watchdog> {
         .stdin
         .take()
         .ok_or_else(|| io::Error::other("the watchdog has no stdin pipe"))?;
-    Ok(Watchdog { _process: process, stdin: File::from(stdin.into_owned_fd()?) })
+    Ok(Watchdog {
+        _process: process,
+        stdin: File::from(stdin.into_owned_fd()?),
+    })
 }
 
 #[cfg(test)]
@@ -225,7 +244,10 @@ mod tests {
         let mut command = Command::new("sh");
         command.args(["-c", "echo hello; exit 3"]);
         let mut spawned = spawn(command, Lifetime::TiedToCaller, &log).expect("spawn");
-        let status = spawned.wait_timeout(Duration::from_secs(5)).await.expect("wait");
+        let status = spawned
+            .wait_timeout(Duration::from_secs(5))
+            .await
+            .expect("wait");
         assert_eq!(status.and_then(|s| s.code()), Some(3));
         assert!(spawned.watchdog.is_none());
         assert_eq!(std::fs::read_to_string(&log).expect("log"), "hello\n");

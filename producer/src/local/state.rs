@@ -74,11 +74,19 @@ pub(crate) fn read(dir: &Path) -> io::Result<Option<ClusterState>> {
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io::Error::new(e.kind(), format!("cannot read {}: {e}", path.display()))),
+        Err(e) => {
+            return Err(io::Error::new(
+                e.kind(),
+                format!("cannot read {}: {e}", path.display()),
+            ))
+        }
     };
-    serde_json::from_str(&text)
-        .map(Some)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{} is not a valid state file: {e}", path.display())))
+    serde_json::from_str(&text).map(Some).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} is not a valid state file: {e}", path.display()),
+        )
+    })
 }
 
 /// Writes the state atomically (a temporary file renamed over the old one),
@@ -104,9 +112,10 @@ pub(crate) fn write(state: &ClusterState) -> io::Result<()> {
 pub(crate) fn remove(dir: &Path) -> io::Result<()> {
     let path = path(dir);
     match std::fs::remove_file(&path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => {
-            Err(io::Error::new(e.kind(), format!("cannot remove {}: {e}", path.display())))
-        }
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io::Error::new(
+            e.kind(),
+            format!("cannot remove {}: {e}", path.display()),
+        )),
         _ => Ok(()),
     }
 }

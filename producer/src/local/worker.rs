@@ -53,7 +53,10 @@ impl Worker {
         command.args(&spec.args);
         command.envs(spec.env.iter().map(|(key, value)| (key, value)));
         let process = spawn::spawn(command, lifetime, &spec.log)?;
-        Ok(Self { process, started: Instant::now() })
+        Ok(Self {
+            process,
+            started: Instant::now(),
+        })
     }
 
     /// The worker's pid.
@@ -124,7 +127,9 @@ impl Worker {
         self.process
             .wait_timeout(Duration::from_secs(5))
             .await?
-            .ok_or_else(|| io::Error::other(format!("worker (pid {}) survived SIGKILL", self.pid())))
+            .ok_or_else(|| {
+                io::Error::other(format!("worker (pid {}) survived SIGKILL", self.pid()))
+            })
     }
 
     /// Waits up to `timeout` for the worker to exit: its status, or `None`
@@ -148,15 +153,24 @@ mod tests {
             program: PathBuf::from("sh"),
             args: vec!["-c".into(), script.into()],
             env: vec![("RASK_TEST_GREETING".into(), "hello".into())],
-            log: std::env::temp_dir().join(format!("rask-worker-test-{}-{name}.log", std::process::id())),
+            log: std::env::temp_dir().join(format!(
+                "rask-worker-test-{}-{name}.log",
+                std::process::id()
+            )),
         }
     }
 
     #[tokio::test]
     async fn a_worker_gets_its_env_and_stops_on_sigterm() {
-        let spec = spec("echo $RASK_TEST_GREETING; trap 'exit 0' TERM; while :; do sleep 0.05; done", "term");
+        let spec = spec(
+            "echo $RASK_TEST_GREETING; trap 'exit 0' TERM; while :; do sleep 0.05; done",
+            "term",
+        );
         let mut worker = Worker::spawn(&spec, Lifetime::TiedToCaller).expect("spawn");
-        worker.wait_ready(Duration::from_secs(5)).await.expect("ready");
+        worker
+            .wait_ready(Duration::from_secs(5))
+            .await
+            .expect("ready");
         assert!(worker.is_running().expect("running"));
         worker.signal_term().expect("SIGTERM");
         let status = worker.wait(Duration::from_secs(5)).await.expect("wait");
@@ -169,7 +183,10 @@ mod tests {
     async fn a_worker_that_dies_at_once_is_not_ready_and_kill_works() {
         let failing = spec("echo boom; exit 1", "fail");
         let mut worker = Worker::spawn(&failing, Lifetime::TiedToCaller).expect("spawn");
-        let error = worker.wait_ready(Duration::from_secs(5)).await.expect_err("not ready");
+        let error = worker
+            .wait_ready(Duration::from_secs(5))
+            .await
+            .expect_err("not ready");
         assert!(error.to_string().contains("boom"), "{error}");
         let _ = std::fs::remove_file(&failing.log);
 

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Runs rask's whole test suite (what CI runs, through .ci/run): installs what
+# is missing, builds, starts private RabbitMQ and Redis servers on ports
+# 35672 and 36379 for the tests, runs them with cargo-nextest, and stops the
+# servers again. Extra arguments go to nextest, e.g.
+#   scripts/test.sh -E 'test(retry)'
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/install-deps.sh
+cargo build --workspace --bins --examples
+
+rask=target/debug/rask
+servers_dir="$(mktemp -d "${TMPDIR:-/tmp}/rask-test-servers.XXXXXX")"
+stop_servers() {
+    local status=$?
+    if [ -e "$servers_dir/state.json" ]; then
+        "$rask" local down --dir "$servers_dir" >/dev/null || true
+    fi
+    if [ "$status" -eq 0 ]; then
+        rm -rf "$servers_dir"
+    else
+        echo "test.sh: the test servers' logs are kept in $servers_dir" >&2
+    fi
+}
+trap stop_servers EXIT
+"$rask" local up --workers 0 --dir "$servers_dir" \
+    --amqp-port 35672 --dist-port 35673 --redis-port 36379
+
+export RASK_TEST_AMQP_URL='amqp://guest:guest@127.0.0.1:35672/%2f'
+export RASK_TEST_REDIS_URL='redis://127.0.0.1:36379/'
+
+if [ -f docker-compose.yml ]; then
+    docker-compose config -q
+fi
+
+cargo nextest run --workspace --no-fail-fast "$@"

@@ -1,0 +1,197 @@
+//! The core path against real servers: submit, map, gather, re-attach, release, TTL, and every
+//! way a task can fail ending as a typed error on its future.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use rask::builtins::{add, fail, inc};
+use rask::{Error, FailureKind, Future, TaskKey};
+use rask_common::message::encode_value;
+use rask_tests::{TestEnv, PATIENCE};
+use rask_worker::Registry;
+
+rask::task! {
+    /// Panics on purpose.
+    fn explode(text: String) -> i64 { panic!("boom: {text}") }
+}
+
+fn failure(error: Error) -> rask::TaskFailure {
+    match error {
+        Error::Task(f) => *f,
+        other => panic!("expected a task failure, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn map_and_gather_10000_tasks_on_two_worker_processes() {
+    let env = TestEnv::new("map10k").await;
+    let _workers = env.spawn_workers(2);
+    let client = env.client().await;
+    let futures = client.map(inc, (0..10_000).map(|i| (i,))).await.unwrap();
+    assert_eq!(futures.len(), 10_000);
+    let values = client.gather(&futures).timeout(PATIENCE).await.unwrap();
+    assert_eq!(values, (1..=10_000).collect::<Vec<i64>>());
+}
+
+#[tokio::test]
+async fn a_second_client_reattaches_by_key() {
+    let env = TestEnv::new("reattach").await;
+    let worker = env.run_worker(Registry::with_builtins());
+    let first = env.client().await;
+    let key = first.submit(add, (20, 22)).await.unwrap().key().clone();
+    first.close().await.unwrap();
+    drop(first);
+
+    let second = env.client().await;
+    let future: Future<i64> = second.future(TaskKey::new(key.as_str()).unwrap());
+    assert_eq!(future.result_within(PATIENCE).await.unwrap(), 42);
+    assert!(future.done().await.unwrap());
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn release_deletes_the_result() {
+    let env = TestEnv::new("release").await;
+    let worker = env.run_worker(Registry::with_builtins());
+    let client = env.client().await;
+    let future = client.submit(inc, (1,)).await.unwrap();
+    assert_eq!(future.result_within(PATIENCE).await.unwrap(), 2);
+    assert_eq!(client.release(&[future.key().clone()]).await.unwrap(), 1);
+    assert!(!future.done().await.unwrap());
+    assert_eq!(client.release(&[future.key().clone()]).await.unwrap(), 0);
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn results_are_stored_with_the_configured_ttl() {
+    let mut env = TestEnv::new("ttl").await;
+    env.settings.result_ttl = Duration::from_secs(90);
+    let worker = env.run_worker(Registry::with_builtins());
+    let client = env.client().await;
+    let future = client.submit(inc, (1,)).await.unwrap();
+    future.result_within(PATIENCE).await.unwrap();
+
+    let redis = redis::Client::open(env.settings.redis_url.as_str()).unwrap();
+    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+    let key = format!("{}:result:{}", env.settings.key_prefix, future.key());
+    let ttl_ms: i64 = redis::cmd("PTTL").arg(&key).query_async(&mut conn).await.unwrap();
+    assert!(ttl_ms > 80_000 && ttl_ms <= 90_000, "PTTL {key} = {ttl_ms}");
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_unknown_function_fails_naming_it_and_the_known_ones() {
+    let env = TestEnv::new("unknown").await;
+    let worker = env.run_worker(Registry::with_builtins());
+    let client = env.client().await;
+    let futures = client
+        .map_encoded::<i64>("no_such_fn", [encode_value(&(1,)).map_err(Into::into)])
+        .await
+        .unwrap();
+    let f = failure(futures[0].result_within(PATIENCE).await.unwrap_err());
+    assert_eq!(f.kind, FailureKind::UnknownTask);
+    assert_eq!(f.task, "no_such_fn");
+    assert_eq!(&f.key, futures[0].key());
+    assert!(f.message.contains("no_such_fn") && f.message.contains("inc"), "{}", f.message);
+    assert!(!f.worker.is_empty());
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_arguments_fail_naming_the_expected_types() {
+    let env = TestEnv::new("badargs").await;
+    let worker = env.run_worker(Registry::with_builtins());
+    let client = env.client().await;
+    let futures = client
+        .map_encoded::<i64>("add", [encode_value(&("one", 2)).map_err(Into::into)])
+        .await
+        .unwrap();
+    let f = failure(futures[0].result_within(PATIENCE).await.unwrap_err());
+    assert_eq!(f.kind, FailureKind::BadArguments);
+    assert!(f.message.contains("(i64, i64)"), "{}", f.message);
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_panic_fails_the_future_with_its_message_and_the_worker_goes_on() {
+    let env = TestEnv::new("panic").await;
+    let worker = env.run_worker(Registry::with_builtins().with::<explode>());
+    let client = env.client().await;
+    let boom = client.submit(explode, ("now".into(),)).await.unwrap();
+    let f = failure(boom.result_within(PATIENCE).await.unwrap_err());
+    assert_eq!(f.kind, FailureKind::Panicked);
+    assert_eq!(f.message, "boom: now");
+    let after = client.submit(inc, (9,)).await.unwrap();
+    assert_eq!(after.result_within(PATIENCE).await.unwrap(), 10);
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn fail_returns_a_typed_error_with_task_key_and_worker() {
+    let env = TestEnv::new("fail").await;
+    let worker = env.run_worker(Registry::with_builtins());
+    let client = env.client().await;
+    let future = client.submit(fail, ("it broke".into(),)).await.unwrap();
+    let f = failure(future.result_within(PATIENCE).await.unwrap_err());
+    assert_eq!(f.kind, FailureKind::Failed);
+    assert_eq!(f.message, "it broke");
+    assert_eq!(f.task, "fail");
+    assert_eq!(&f.key, future.key());
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn gather_times_out_with_a_typed_error_when_nothing_runs() {
+    let env = TestEnv::new("timeout").await;
+    let client = env.client().await; // no worker consumes this test's queue
+    let futures = client.map(inc, [(1,), (2,)]).await.unwrap();
+    let error = client.gather(&futures).timeout(Duration::from_millis(300)).await.unwrap_err();
+    match error {
+        Error::Timeout { pending, waited, .. } => {
+            assert_eq!(pending, 2);
+            assert!(waited >= Duration::from_millis(300));
+        }
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn gather_each_returns_failures_per_item_in_input_order() {
+    let env = TestEnv::new("each").await;
+    let worker = env.run_worker(Registry::with_builtins());
+    let client = env.client().await;
+    let futures = client
+        .map_encoded::<i64>(
+            "inc",
+            [encode_value(&(1,)), encode_value(&("x",)), encode_value(&(3,))]
+                .into_iter()
+                .map(|r| r.map_err(Into::into)),
+        )
+        .await
+        .unwrap();
+    let results = client.gather(&futures).timeout(PATIENCE).each().await.unwrap();
+    assert_eq!(results[0].as_ref().unwrap(), &2);
+    assert_eq!(results[1].as_ref().unwrap_err().failure().unwrap().kind, FailureKind::BadArguments);
+    assert_eq!(results[2].as_ref().unwrap(), &4);
+    // Fail-fast gather returns the failure itself.
+    let first = client.gather(&futures).timeout(PATIENCE).await.unwrap_err();
+    assert_eq!(first.failure().unwrap().key, *futures[1].key());
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn as_completed_yields_every_result_once() {
+    let env = TestEnv::new("ascompleted").await;
+    let worker = env.run_worker(Registry::with_builtins());
+    let client = env.client().await;
+    let futures = client.map(inc, (0..200).map(|i| (i,))).await.unwrap();
+    let mut seen = vec![false; futures.len()];
+    let mut stream = client.as_completed(&futures);
+    while let Some((index, result)) = tokio::time::timeout(PATIENCE, stream.next()).await.unwrap() {
+        assert!(!seen[index], "index {index} yielded twice");
+        seen[index] = true;
+        assert_eq!(result.unwrap(), index as i64 + 1);
+    }
+    assert!(seen.iter().all(|s| *s));
+    worker.stop().await.unwrap();
+}
