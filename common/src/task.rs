@@ -97,6 +97,7 @@ macro_rules! task {
     ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) -> Result<$ok:ty, $err:ty> $body:block) => {
         $crate::task!(@handle [$(#[$meta])*] $vis $name [$($arg : $ty),*] $ok
             [$crate::task::Invocation::Blocking(::std::boxed::Box::new(move || {
+                #[allow(clippy::redundant_closure_call)]
                 let result: ::std::result::Result<$ok, $err> = (move || $body)();
                 result.map_err(|e| $crate::task::TaskError::from_display(&e))
             }))]);
@@ -104,6 +105,7 @@ macro_rules! task {
     ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) -> $ret:ty $body:block) => {
         $crate::task!(@handle [$(#[$meta])*] $vis $name [$($arg : $ty),*] $ret
             [$crate::task::Invocation::Blocking(::std::boxed::Box::new(move || {
+                #[allow(clippy::redundant_closure_call)]
                 let value: $ret = (move || $body)();
                 Ok(value)
             }))]);

@@ -26,7 +26,7 @@ pub(crate) async fn run(command: LocalCommand) -> Result<ExitCode> {
         LocalCommand::Down(args) => {
             let stopped = local::down(&dir(&args)).await?;
             for p in stopped {
-                println!("stopped {:?} pid {}", p.kind, p.pid);
+                println!("stopped {} pid {}", kind_name(p.kind), p.pid);
             }
         }
         LocalCommand::Status(args) => print_state(&local::status(&dir(&args))?),
@@ -41,8 +41,16 @@ fn dir(args: &LocalDirArgs) -> std::path::PathBuf {
 fn print_state(state: &ClusterState) {
     println!("{:<10} {:>8}  {:<7} ADDRESS", "PROCESS", "PID", "STATE");
     for p in &state.processes {
-        let kind = format!("{:?}", p.kind).to_lowercase();
+        let kind = kind_name(p.kind);
         let alive = if p.alive { "running" } else { "dead" };
         println!("{kind:<10} {:>8}  {alive:<7} {}", p.pid, p.address.as_deref().unwrap_or("-"));
+    }
+}
+
+fn kind_name(kind: rask::local::ProcessKind) -> &'static str {
+    match kind {
+        rask::local::ProcessKind::RabbitMq => "rabbitmq",
+        rask::local::ProcessKind::Redis => "redis",
+        rask::local::ProcessKind::Worker => "worker",
     }
 }

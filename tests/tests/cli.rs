@@ -1,0 +1,151 @@
+//! The `rask` command line through the built binary, against real servers and worker processes.
+
+use std::process::{Output, Stdio};
+
+use rask_tests::{TestEnv, PATIENCE};
+use tokio::io::AsyncWriteExt;
+
+/// Runs `rask ARGS` with the environment's settings, feeding `stdin`; fails the test on a hang.
+async fn rask(env: &TestEnv, args: &[&str], stdin: &str) -> Output {
+    let program = rask::local::sibling_binary("rask").expect("rask is built");
+    let mut child = tokio::process::Command::new(program)
+        .args(args)
+        .envs(env.env_vars())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("rask starts");
+    let mut input = child.stdin.take().expect("stdin is piped");
+    input.write_all(stdin.as_bytes()).await.unwrap();
+    drop(input);
+    tokio::time::timeout(PATIENCE, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("rask {args:?} hung"))
+        .unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn submit_prints_the_result_as_json() {
+    let env = TestEnv::new("cli-submit").await;
+    let _workers = env.spawn_workers(1);
+    let out = rask(&env, &["submit", "inc", "41"], "").await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "42\n");
+    let out = rask(&env, &["submit", "sum", "[1, 2, 3.5]"], "").await;
+    assert_eq!(stdout(&out), "6.5\n");
+    let out = rask(&env, &["submit", "echo", r#"{"a": [1, "b"]}"#], "").await;
+    assert_eq!(stdout(&out), "{\"a\":[1,\"b\"]}\n");
+}
+
+#[tokio::test]
+async fn a_failed_task_prints_its_error_and_exits_non_zero() {
+    let env = TestEnv::new("cli-fail").await;
+    let _workers = env.spawn_workers(1);
+    let out = rask(&env, &["submit", "fail", r#""out of cheese""#], "").await;
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stdout(&out), "null\n");
+    assert!(stderr(&out).contains("out of cheese") && stderr(&out).contains("fail"), "{}", stderr(&out));
+    let out = rask(&env, &["submit", "inc", "not json"], "").await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("not JSON"), "{}", stderr(&out));
+}
+
+#[tokio::test]
+async fn key_only_then_gather_and_release_by_key() {
+    let env = TestEnv::new("cli-keys").await;
+    let _workers = env.spawn_workers(1);
+    let out = rask(&env, &["submit", "add", "2", "3", "--key-only"], "").await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let key = stdout(&out).trim().to_owned();
+    assert!(key.starts_with("add-"), "{key}");
+    let out = rask(&env, &["gather", &key, "--timeout", "2m"], "").await;
+    assert_eq!(stdout(&out), "5\n");
+    let out = rask(&env, &["release", &key], "").await;
+    assert_eq!(stdout(&out), "1\n");
+    let out = rask(&env, &["gather", &key, "--timeout", "200ms"], "").await;
+    assert_eq!(out.status.code(), Some(1), "a released result is gone: {}", stderr(&out));
+    assert!(stderr(&out).contains("timed out"), "{}", stderr(&out));
+}
+
+#[tokio::test]
+async fn map_prints_results_in_input_order_and_keeps_going_past_failures() {
+    let env = TestEnv::new("cli-map").await;
+    let _workers = env.spawn_workers(2);
+    let input: String = (0..500).map(|i| format!("[{i}]\n")).collect::<String>() + "[\"x\"]\n[7]\n";
+    let out = rask(&env, &["map", "inc"], &input).await;
+    assert_eq!(out.status.code(), Some(1));
+    let lines: Vec<String> = stdout(&out).lines().map(str::to_owned).collect();
+    let mut expected: Vec<String> = (1..=500).map(|i| i.to_string()).collect();
+    expected.push("null".into());
+    expected.push("8".into());
+    assert_eq!(lines, expected);
+    assert!(stderr(&out).contains("result 501"), "{}", stderr(&out));
+
+    let file = env.path("args.jsonl");
+    std::fs::write(&file, "[1, 2]\n[3, 4]\n").unwrap();
+    let out = rask(&env, &["map", "add", "--input", file.to_str().unwrap(), "--keys-only"], "").await;
+    let keys: Vec<String> = stdout(&out).lines().map(str::to_owned).collect();
+    assert_eq!(keys.len(), 2);
+    let mut args = vec!["gather"];
+    args.extend(keys.iter().map(String::as_str));
+    let out = rask(&env, &args, "").await;
+    assert_eq!(stdout(&out), "3\n7\n");
+}
+
+#[tokio::test]
+async fn purge_empties_the_queue_and_results() {
+    let env = TestEnv::new("cli-purge").await;
+    // No worker: the three tasks stay queued.
+    let out = rask(&env, &["map", "inc", "--keys-only"], "[1]\n[2]\n[3]\n").await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = rask(&env, &["purge"], "").await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("purged 3 queued task(s)"), "{}", stdout(&out));
+}
+
+#[tokio::test]
+async fn local_up_status_demo_down() {
+    let port = || rask::local::free_port().unwrap();
+    let (amqp, dist, redis) = (port(), port(), port());
+    // Plain default settings, pointed at the ports of the cluster this test starts.
+    let mut env = TestEnv::new("cli-local").await;
+    env.settings = rask::Settings {
+        amqp_url: format!("amqp://guest:guest@127.0.0.1:{amqp}/%2f"),
+        redis_url: format!("redis://127.0.0.1:{redis}/"),
+        ..rask::Settings::default()
+    };
+    let dir = env.path("cluster");
+    let dir = dir.to_str().unwrap();
+    let (amqp, dist, redis) = (amqp.to_string(), dist.to_string(), redis.to_string());
+    let up = rask(
+        &env,
+        &["local", "up", "--workers", "2", "--dir", dir, "--amqp-port", &amqp, "--dist-port", &dist, "--redis-port", &redis],
+        "",
+    )
+    .await;
+    assert!(up.status.success(), "{}", stderr(&up));
+
+    let status = rask(&env, &["local", "status", "--dir", dir], "").await;
+    let text = stdout(&status);
+    assert_eq!(text.matches("running").count(), 4, "{text}");
+    assert!(text.contains(&format!("127.0.0.1:{amqp}")) && text.contains(&format!("127.0.0.1:{redis}")), "{text}");
+
+    let demo = rask(&env, &["demo", "--batches", "8", "--images", "4", "--size", "32", "--timeout", "60s"], "").await;
+    assert!(demo.status.success(), "{}", stderr(&demo));
+    assert!(stdout(&demo).contains("8 batches, 32 images"), "{}", stdout(&demo));
+
+    let down = rask(&env, &["local", "down", "--dir", dir], "").await;
+    assert!(down.status.success(), "{}", stderr(&down));
+    let status = rask(&env, &["local", "status", "--dir", dir], "").await;
+    assert_eq!(status.status.code(), Some(2), "nothing recorded after down: {}", stdout(&status));
+}
