@@ -28,7 +28,10 @@ pub async fn connect(settings: &Settings, role: &str) -> Result<Connection> {
 /// # Errors
 /// [`crate::Error::Broker`] if RabbitMQ refuses, e.g. because a queue exists with other arguments.
 pub async fn declare_topology(channel: &Channel, settings: &Settings) -> Result<()> {
-    let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
     channel
         .exchange_declare(
             settings.dead_letter_exchange.as_str().into(),
@@ -45,9 +48,16 @@ pub async fn declare_topology(channel: &Channel, settings: &Settings) -> Result<
             FieldTable::default(),
         )
         .await?;
-    let queue = QueueDeclareOptions { durable: true, ..Default::default() };
+    let queue = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
     channel
-        .queue_declare(settings.dead_letter_queue.as_str().into(), queue, FieldTable::default())
+        .queue_declare(
+            settings.dead_letter_queue.as_str().into(),
+            queue,
+            FieldTable::default(),
+        )
         .await?;
     channel
         .queue_bind(
@@ -63,7 +73,9 @@ pub async fn declare_topology(channel: &Channel, settings: &Settings) -> Result<
         ShortString::from("x-dead-letter-exchange"),
         AMQPValue::LongString(settings.dead_letter_exchange.as_str().into()),
     );
-    channel.queue_declare(settings.queue.as_str().into(), queue, args).await?;
+    channel
+        .queue_declare(settings.queue.as_str().into(), queue, args)
+        .await?;
     channel
         .queue_bind(
             settings.queue.as_str().into(),

@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::image::{analyze_batch, merge, merge_summaries, BatchStats, ImageBatch, ImageError, Summary};
+use crate::image::{
+    analyze_batch, merge, merge_summaries, BatchStats, ImageBatch, ImageError, Summary,
+};
 
 crate::task! {
     /// `x + 1` (the throughput and latency benchmarks' task).
@@ -101,7 +103,10 @@ mod tests {
 
     #[test]
     fn sums_ints_and_floats() {
-        assert_eq!(run(sum::invoke((vec![Number::Int(2), Number::Int(3)],))), Ok(Number::Int(5)));
+        assert_eq!(
+            run(sum::invoke((vec![Number::Int(2), Number::Int(3)],))),
+            Ok(Number::Int(5))
+        );
         assert_eq!(
             run(sum::invoke((vec![Number::Int(2), Number::Float(0.5)],))),
             Ok(Number::Float(2.5))
@@ -111,7 +116,8 @@ mod tests {
 
     #[test]
     fn numbers_decode_from_msgpack_ints_and_floats() {
-        let bytes = rmp_serde::to_vec(&(vec![rmpv::Value::from(1), rmpv::Value::from(1.5)],)).unwrap();
+        let bytes =
+            rmp_serde::to_vec(&(vec![rmpv::Value::from(1), rmpv::Value::from(1.5)],)).unwrap();
         let (ns,): (Vec<Number>,) = rmp_serde::from_slice(&bytes).unwrap();
         assert_eq!(ns, vec![Number::Int(1), Number::Float(1.5)]);
     }
@@ -120,7 +126,10 @@ mod tests {
     fn inc_and_fail() {
         assert_eq!(run(inc::invoke((41,))), Ok(42));
         assert!(run(inc::invoke((i64::MAX,))).is_err());
-        assert_eq!(run(fail::invoke(("no".into(),))).unwrap_err().message(), "no");
+        assert_eq!(
+            run(fail::invoke(("no".into(),))).unwrap_err().message(),
+            "no"
+        );
         assert_eq!(run(leaf::invoke((10,))), Ok(4));
     }
 }

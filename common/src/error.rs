@@ -40,7 +40,9 @@ impl Error {
     pub fn is_connection(&self) -> bool {
         match self {
             Error::Broker(_) => true,
-            Error::Store(e) => e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal(),
+            Error::Store(e) => {
+                e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal()
+            }
             _ => false,
         }
     }

@@ -26,7 +26,9 @@ impl TaskKey {
         let key = key.into();
         let valid = !key.is_empty()
             && key.len() <= MAX_KEY_LEN
-            && key.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b));
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b));
         if valid {
             Ok(TaskKey(key))
         } else {
@@ -90,7 +92,9 @@ pub struct Keys {
 impl Keys {
     /// Keys under `prefix` (the `key_prefix` setting).
     pub fn new(prefix: impl Into<String>) -> Self {
-        Keys { prefix: prefix.into() }
+        Keys {
+            prefix: prefix.into(),
+        }
     }
 
     /// Where the result of `key` is stored: `{prefix}:result:{key}`.

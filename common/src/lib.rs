@@ -16,8 +16,8 @@
 
 pub mod broker;
 pub mod builtins;
-pub mod image;
 pub mod error;
+pub mod image;
 pub mod keys;
 pub mod message;
 pub mod outcome;

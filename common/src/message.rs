@@ -74,7 +74,11 @@ impl TaskMessage {
             Some(PROTOCOL_VERSION) => {}
             Some(found) => {
                 return Err(fail(
-                    Error::Version { found, supported: PROTOCOL_VERSION }.to_string(),
+                    Error::Version {
+                        found,
+                        supported: PROTOCOL_VERSION,
+                    }
+                    .to_string(),
                 ))
             }
             None => return Err(fail("message has no protocol version".into())),
@@ -126,7 +130,11 @@ mod tests {
     use super::*;
 
     fn message() -> TaskMessage {
-        TaskMessage::new(TaskKey::new("inc-1").unwrap(), "inc", encode_value(&(41,)).unwrap())
+        TaskMessage::new(
+            TaskKey::new("inc-1").unwrap(),
+            "inc",
+            encode_value(&(41,)).unwrap(),
+        )
     }
 
     #[test]
@@ -139,7 +147,11 @@ mod tests {
     fn garbage_is_undecodable_without_key() {
         let err = TaskMessage::decode(b"\xc1\xff garbage").unwrap_err();
         assert_eq!(err.key, None);
-        assert!(err.reason.contains("not a rask task message"), "{}", err.reason);
+        assert!(
+            err.reason.contains("not a rask task message"),
+            "{}",
+            err.reason
+        );
     }
 
     #[test]

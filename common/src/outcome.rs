@@ -107,7 +107,10 @@ mod tests {
             worker: "w1".into(),
         };
         let outcome = Outcome::Failure(failure.clone());
-        assert_eq!(Outcome::decode(&outcome.encode().unwrap()).unwrap(), outcome);
+        assert_eq!(
+            Outcome::decode(&outcome.encode().unwrap()).unwrap(),
+            outcome
+        );
         let text = failure.to_string();
         assert!(text.contains("explode") && text.contains("panicked") && text.contains("boom"));
     }

@@ -120,7 +120,11 @@ impl Settings {
             );
         }
         if self.key_prefix.is_empty() || self.key_prefix.contains(char::is_whitespace) {
-            return bad("key_prefix", &format!("{:?}", self.key_prefix), "must be non-empty without spaces");
+            return bad(
+                "key_prefix",
+                &format!("{:?}", self.key_prefix),
+                "must be non-empty without spaces",
+            );
         }
         for (name, value) in [
             ("exchange", &self.exchange),
@@ -133,10 +137,18 @@ impl Settings {
             }
         }
         if !self.amqp_url.starts_with("amqp://") && !self.amqp_url.starts_with("amqps://") {
-            return bad("amqp_url", &mask_url(&self.amqp_url), "must start with amqp:// or amqps://");
+            return bad(
+                "amqp_url",
+                &mask_url(&self.amqp_url),
+                "must start with amqp:// or amqps://",
+            );
         }
         if !self.redis_url.starts_with("redis://") && !self.redis_url.starts_with("rediss://") {
-            return bad("redis_url", &mask_url(&self.redis_url), "must start with redis:// or rediss://");
+            return bad(
+                "redis_url",
+                &mask_url(&self.redis_url),
+                "must start with redis:// or rediss://",
+            );
         }
         Ok(())
     }
@@ -175,7 +187,9 @@ pub fn mask_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    let (authority, path) = rest.split_once('/').map_or((rest, None), |(a, p)| (a, Some(p)));
+    let (authority, path) = rest
+        .split_once('/')
+        .map_or((rest, None), |(a, p)| (a, Some(p)));
     let masked = match authority.rsplit_once('@') {
         Some((userinfo, host)) => match userinfo.split_once(':') {
             Some((user, _password)) => format!("{user}:***@{host}"),
@@ -195,14 +209,20 @@ mod tests {
 
     #[test]
     fn masks_passwords_only() {
-        assert_eq!(mask_url("amqp://u:secret@h:5672/%2f"), "amqp://u:***@h:5672/%2f");
+        assert_eq!(
+            mask_url("amqp://u:secret@h:5672/%2f"),
+            "amqp://u:***@h:5672/%2f"
+        );
         assert_eq!(mask_url("redis://h:6379/"), "redis://h:6379/");
         assert_eq!(mask_url("redis://:pw@h"), "redis://:***@h");
     }
 
     #[test]
     fn debug_never_shows_passwords() {
-        let s = Settings { amqp_url: "amqp://u:hunter2@h/%2f".into(), ..Settings::default() };
+        let s = Settings {
+            amqp_url: "amqp://u:hunter2@h/%2f".into(),
+            ..Settings::default()
+        };
         assert!(!format!("{s:?}").contains("hunter2"));
     }
 

@@ -98,7 +98,10 @@ impl Store {
             return Ok(0);
         }
         let names: Vec<String> = keys.iter().map(|k| self.keys.result(k)).collect();
-        Ok(redis::cmd("DEL").arg(names).query_async(&mut self.conn.clone()).await?)
+        Ok(redis::cmd("DEL")
+            .arg(names)
+            .query_async(&mut self.conn.clone())
+            .await?)
     }
 
     /// Deletes every key of this deployment's prefix (results), by SCAN; returns how many.
@@ -120,7 +123,10 @@ impl Store {
                 .query_async(&mut conn)
                 .await?;
             if !batch.is_empty() {
-                deleted += redis::cmd("DEL").arg(batch).query_async::<u64>(&mut conn).await?;
+                deleted += redis::cmd("DEL")
+                    .arg(batch)
+                    .query_async::<u64>(&mut conn)
+                    .await?;
             }
             if next == 0 {
                 return Ok(deleted);

@@ -40,7 +40,9 @@ pub struct TaskError {
 impl TaskError {
     /// An error with this message.
     pub fn new(message: impl Into<String>) -> Self {
-        TaskError { message: message.into() }
+        TaskError {
+            message: message.into(),
+        }
     }
 
     /// An error carrying the `Display` text of `error` (how [`task!`](crate::task!) converts the

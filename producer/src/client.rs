@@ -38,8 +38,18 @@ impl Client {
         let connection = broker::connect(&settings, "rask client").await?;
         let channel = connection.create_channel().await?;
         broker::declare_topology(&channel, &settings).await?;
-        channel.confirm_select(ConfirmSelectOptions::default()).await?;
-        Ok(Client { inner: Arc::new(Inner { settings, connection, channel, store, listener }) })
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(Client {
+            inner: Arc::new(Inner {
+                settings,
+                connection,
+                channel,
+                store,
+                listener,
+            }),
+        })
     }
 
     /// The settings this client was connected with.
@@ -54,8 +64,12 @@ impl Client {
     pub async fn submit<T: Task>(&self, task: T, args: T::Args) -> Result<Future<T::Output>> {
         let _ = task;
         let key = TaskKey::unique(T::NAME);
-        self.publish(std::iter::once(Ok(TaskMessage::new(key.clone(), T::NAME, encode_value(&args)?))))
-            .await?;
+        self.publish(std::iter::once(Ok(TaskMessage::new(
+            key.clone(),
+            T::NAME,
+            encode_value(&args)?,
+        ))))
+        .await?;
         Ok(self.future(key))
     }
 
@@ -70,8 +84,12 @@ impl Client {
         args: impl IntoIterator<Item = T::Args>,
     ) -> Result<Vec<Future<T::Output>>> {
         let _ = task;
-        self.map_encoded(T::NAME, args.into_iter().map(|a| encode_value(&a).map_err(Into::into)))
-            .await
+        self.map_encoded(
+            T::NAME,
+            args.into_iter()
+                .map(|a| encode_value(&a).map_err(Into::into)),
+        )
+        .await
     }
 
     /// Submits calls of the function named `function` with arguments already encoded as
@@ -115,7 +133,11 @@ impl Client {
     /// [`crate::Error`] if RabbitMQ or Redis fails.
     pub async fn purge(&self) -> Result<(u32, u64)> {
         let queue = self.inner.settings.queue.as_str();
-        let messages = self.inner.channel.queue_purge(queue.into(), QueuePurgeOptions::default()).await?;
+        let messages = self
+            .inner
+            .channel
+            .queue_purge(queue.into(), QueuePurgeOptions::default())
+            .await?;
         let results = self.inner.store.purge().await?;
         Ok((messages, results))
     }
@@ -125,7 +147,10 @@ impl Client {
     /// # Errors
     /// [`crate::Error::Broker`] if the close handshake fails.
     pub async fn close(&self) -> Result<()> {
-        self.inner.connection.close(200, "client closing".into()).await?;
+        self.inner
+            .connection
+            .close(200, "client closing".into())
+            .await?;
         Ok(())
     }
 
@@ -134,7 +159,11 @@ impl Client {
     }
 
     pub(crate) fn waiter(&self, keys: Vec<TaskKey>) -> Waiter {
-        Waiter::new(self.inner.store.clone(), self.inner.listener.subscribe(), keys)
+        Waiter::new(
+            self.inner.store.clone(),
+            self.inner.listener.subscribe(),
+            keys,
+        )
     }
 
     pub(crate) fn store(&self) -> &Store {

@@ -107,7 +107,9 @@ async fn listen(
                 Ok(keys) => {
                     let _ = events.send(Event::Done(Arc::new(keys)));
                 }
-                Err(e) => tracing::warn!(error = %e, "ignoring a malformed completion announcement"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "ignoring a malformed completion announcement")
+                }
             }
         }
         tracing::warn!("completion subscription lost; resubscribing");
@@ -127,12 +129,23 @@ pub(crate) struct Waiter {
 impl Waiter {
     /// A waiter for `keys`; `events` must be subscribed before the first read (it is: the
     /// first call of [`Waiter::next`] reads everything).
-    pub(crate) fn new(store: Store, events: broadcast::Receiver<Event>, keys: Vec<TaskKey>) -> Self {
+    pub(crate) fn new(
+        store: Store,
+        events: broadcast::Receiver<Event>,
+        keys: Vec<TaskKey>,
+    ) -> Self {
         let mut pending: HashMap<TaskKey, Vec<usize>> = HashMap::with_capacity(keys.len());
         for (i, key) in keys.iter().enumerate() {
             pending.entry(key.clone()).or_default().push(i);
         }
-        Waiter { store, events, keys, pending, ready: VecDeque::new(), rescan: true }
+        Waiter {
+            store,
+            events,
+            keys,
+            pending,
+            ready: VecDeque::new(),
+            rescan: true,
+        }
     }
 
     /// Indices of the keys still without an outcome.
@@ -172,8 +185,12 @@ impl Waiter {
                     Some(event) => event,
                     None => match self.events.try_recv() {
                         Err(broadcast::error::TryRecvError::Empty) => break,
-                        Err(broadcast::error::TryRecvError::Closed) => Err(broadcast::error::RecvError::Closed),
-                        Err(broadcast::error::TryRecvError::Lagged(n)) => Err(broadcast::error::RecvError::Lagged(n)),
+                        Err(broadcast::error::TryRecvError::Closed) => {
+                            Err(broadcast::error::RecvError::Closed)
+                        }
+                        Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                            Err(broadcast::error::RecvError::Lagged(n))
+                        }
                         Ok(event) => Ok(event),
                     },
                 };
@@ -183,8 +200,12 @@ impl Waiter {
                             .filter_map(|k| self.pending.get_key_value(k.as_str()))
                             .map(|(k, _)| k.clone()),
                     ),
-                    Ok(Event::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => self.rescan = true,
-                    Err(broadcast::error::RecvError::Closed) => return Some(Err(Error::ListenerStopped)),
+                    Ok(Event::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                        self.rescan = true
+                    }
+                    Err(broadcast::error::RecvError::Closed) => {
+                        return Some(Err(Error::ListenerStopped))
+                    }
                 }
             }
             if !announced.is_empty() && !self.rescan {
@@ -203,7 +224,8 @@ impl Waiter {
             let Some(bytes) = bytes else { continue };
             if let Some(indices) = self.pending.remove(key) {
                 let bytes = Arc::new(bytes);
-                self.ready.extend(indices.into_iter().map(|i| (i, bytes.clone())));
+                self.ready
+                    .extend(indices.into_iter().map(|i| (i, bytes.clone())));
             }
         }
         Ok(())

@@ -20,7 +20,11 @@ pub struct Future<T> {
 
 impl<T> Future<T> {
     pub(crate) fn new(client: Client, key: TaskKey) -> Self {
-        Future { client, key, output: PhantomData }
+        Future {
+            client,
+            key,
+            output: PhantomData,
+        }
     }
 
     /// The task's key: pass it to another process to gather the result there.
@@ -38,7 +42,11 @@ impl<T> Future<T> {
     /// # Errors
     /// [`crate::Error::Store`] if Redis fails.
     pub async fn done(&self) -> Result<bool> {
-        let found = self.client.store().get_outcomes(std::slice::from_ref(&self.key)).await?;
+        let found = self
+            .client
+            .store()
+            .get_outcomes(std::slice::from_ref(&self.key))
+            .await?;
         Ok(found.into_iter().next().flatten().is_some())
     }
 }
@@ -58,7 +66,11 @@ impl<T: DeserializeOwned + Send + 'static> Future<T> {
     /// # Errors
     /// As [`Future::result`], or [`crate::Error::Timeout`].
     pub async fn result_within(&self, timeout: Duration) -> Result<T> {
-        let mut values = self.client.gather(std::slice::from_ref(self)).timeout(timeout).await?;
+        let mut values = self
+            .client
+            .gather(std::slice::from_ref(self))
+            .timeout(timeout)
+            .await?;
         Ok(values.remove(0))
     }
 }

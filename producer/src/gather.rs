@@ -22,7 +22,11 @@ impl Client {
     /// Gathers the results of `futures` in input order. Await it directly, or first set
     /// [`Gather::timeout`] and/or choose per-item results with [`Gather::each`].
     pub fn gather<'a, T>(&'a self, futures: &'a [Future<T>]) -> Gather<'a, T> {
-        Gather { client: self, futures, timeout: None }
+        Gather {
+            client: self,
+            futures,
+            timeout: None,
+        }
     }
 
     /// The results of `futures` as they finish: `(index into futures, result)`.
@@ -98,7 +102,11 @@ impl<'a, T: DeserializeOwned + Send + 'static> IntoFuture for GatherEach<'a, T> 
     type IntoFuture = BoxFuture<'a, Self::Output>;
 
     fn into_future(self) -> Self::IntoFuture {
-        let Gather { client, futures, timeout } = self.0;
+        let Gather {
+            client,
+            futures,
+            timeout,
+        } = self.0;
         Box::pin(collect::<T>(client, futures, timeout, false))
     }
 }
@@ -116,10 +124,12 @@ async fn collect<T: DeserializeOwned>(
     let started = Instant::now();
     loop {
         let next = match timeout {
-            Some(t) => match tokio::time::timeout_at(started + t, next_outcome(&mut waiter)).await {
-                Ok(next) => next,
-                Err(_elapsed) => break,
-            },
+            Some(t) => {
+                match tokio::time::timeout_at(started + t, next_outcome(&mut waiter)).await {
+                    Ok(next) => next,
+                    Err(_elapsed) => break,
+                }
+            }
             None => next_outcome(&mut waiter).await,
         };
         match next {
@@ -139,19 +149,37 @@ async fn collect<T: DeserializeOwned>(
     let pending = results.iter().filter(|r| r.is_none()).count();
     if pending > 0 {
         let waited = started.elapsed();
-        let first = futures[results.iter().position(Option::is_none).expect("one is pending")].key().clone();
+        let first = futures[results
+            .iter()
+            .position(Option::is_none)
+            .expect("one is pending")]
+        .key()
+        .clone();
         if fail_fast {
-            return Err(Error::Timeout { waited, pending, first });
+            return Err(Error::Timeout {
+                waited,
+                pending,
+                first,
+            });
         }
         return Ok(results
             .into_iter()
             .zip(futures)
             .map(|(r, f)| {
-                r.unwrap_or_else(|| Err(Error::Timeout { waited, pending: 1, first: f.key().clone() }))
+                r.unwrap_or_else(|| {
+                    Err(Error::Timeout {
+                        waited,
+                        pending: 1,
+                        first: f.key().clone(),
+                    })
+                })
             })
             .collect());
     }
-    Ok(results.into_iter().map(|r| r.expect("none pending")).collect())
+    Ok(results
+        .into_iter()
+        .map(|r| r.expect("none pending"))
+        .collect())
 }
 
 /// The next outcome, riding out Redis failures with backoff (then re-reading what is pending).

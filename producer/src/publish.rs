@@ -27,7 +27,10 @@ pub(crate) async fn publish_all(
             .basic_publish(
                 settings.exchange.as_str().into(),
                 settings.queue.as_str().into(),
-                BasicPublishOptions { mandatory: true, ..Default::default() },
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
                 &body,
                 broker::task_properties(message.key.as_str(), &message.function),
             )

@@ -36,7 +36,10 @@ static SHARED: OnceCell<(ServerUrls, Option<PrivateServers>)> = OnceCell::const_
 pub async fn shared_servers() -> ServerUrls {
     let (urls, _servers) = SHARED
         .get_or_init(|| async {
-            match (std::env::var("RASK_TEST_AMQP_URL"), std::env::var("RASK_TEST_REDIS_URL")) {
+            match (
+                std::env::var("RASK_TEST_AMQP_URL"),
+                std::env::var("RASK_TEST_REDIS_URL"),
+            ) {
                 (Ok(amqp), Ok(redis)) => (ServerUrls { amqp, redis }, None),
                 _ => {
                     let servers = PrivateServers::start("shared").await;
@@ -87,7 +90,10 @@ impl PrivateServers {
 
     /// Their URLs.
     pub fn urls(&self) -> ServerUrls {
-        ServerUrls { amqp: self.rabbitmq.url(), redis: self.redis.url() }
+        ServerUrls {
+            amqp: self.rabbitmq.url(),
+            redis: self.redis.url(),
+        }
     }
 }
 
@@ -118,12 +124,17 @@ impl TestEnv {
             concurrency: 2,
             ..Settings::default()
         };
-        TestEnv { settings, dir: TempDir::new(&id) }
+        TestEnv {
+            settings,
+            dir: TempDir::new(&id),
+        }
     }
 
     /// A connected client.
     pub async fn client(&self) -> Client {
-        Client::connect(self.settings.clone()).await.expect("client connects")
+        Client::connect(self.settings.clone())
+            .await
+            .expect("client connects")
     }
 
     /// The `RASK_*` variables that give a process this environment's settings.
@@ -134,10 +145,16 @@ impl TestEnv {
             ("RASK_REDIS_URL".into(), s.redis_url.clone()),
             ("RASK_EXCHANGE".into(), s.exchange.clone()),
             ("RASK_QUEUE".into(), s.queue.clone()),
-            ("RASK_DEAD_LETTER_EXCHANGE".into(), s.dead_letter_exchange.clone()),
+            (
+                "RASK_DEAD_LETTER_EXCHANGE".into(),
+                s.dead_letter_exchange.clone(),
+            ),
             ("RASK_DEAD_LETTER_QUEUE".into(), s.dead_letter_queue.clone()),
             ("RASK_KEY_PREFIX".into(), s.key_prefix.clone()),
-            ("RASK_RESULT_TTL".into(), humantime::format_duration(s.result_ttl).to_string()),
+            (
+                "RASK_RESULT_TTL".into(),
+                humantime::format_duration(s.result_ttl).to_string(),
+            ),
             ("RASK_CONCURRENCY".into(), s.concurrency.to_string()),
         ]
     }
@@ -195,7 +212,11 @@ struct TempDir {
 
 impl TempDir {
     fn new(name: &str) -> Self {
-        let path = std::env::temp_dir().join(format!("rask-test-{}-{name}-{}", std::process::id(), unique_suffix()));
+        let path = std::env::temp_dir().join(format!(
+            "rask-test-{}-{name}-{}",
+            std::process::id(),
+            unique_suffix()
+        ));
         std::fs::create_dir_all(&path).expect("creating a temp dir");
         TempDir { path }
     }

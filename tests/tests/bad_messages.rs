@@ -17,11 +17,22 @@ async fn undecodable_messages_are_dead_lettered_and_the_worker_keeps_serving() {
     let env = TestEnv::new("deadletter").await;
     let worker = env.run_worker(Registry::with_builtins());
     let client = env.client().await;
-    let connection = broker::connect(&env.settings, "test publisher").await.unwrap();
+    let connection = broker::connect(&env.settings, "test publisher")
+        .await
+        .unwrap();
     let channel = connection.create_channel().await.unwrap();
 
-    let garbage: Vec<Vec<u8>> = vec![b"not msgpack at all".to_vec(), vec![0xc1], Vec::new(), vec![0x93, 0x01]];
-    let mut bad_version = TaskMessage::new(TaskKey::unique("inc"), "inc", rmp_serde::to_vec(&(1,)).unwrap());
+    let garbage: Vec<Vec<u8>> = vec![
+        b"not msgpack at all".to_vec(),
+        vec![0xc1],
+        Vec::new(),
+        vec![0x93, 0x01],
+    ];
+    let mut bad_version = TaskMessage::new(
+        TaskKey::unique("inc"),
+        "inc",
+        rmp_serde::to_vec(&(1,)).unwrap(),
+    );
     bad_version.version = 999;
     let bad_key = bad_version.key.clone();
     let mut bodies = garbage.clone();
@@ -60,21 +71,29 @@ async fn undecodable_messages_are_dead_lettered_and_the_worker_keeps_serving() {
         .basic_consume(
             env.settings.dead_letter_queue.as_str().into(),
             "dead-letter reader".into(),
-            BasicConsumeOptions { no_ack: true, ..Default::default() },
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
             FieldTable::default(),
         )
         .await
         .unwrap();
-    let dead: Vec<_> = tokio::time::timeout(PATIENCE, consumer.take(bodies.len()).collect::<Vec<_>>())
-        .await
-        .expect("every bad message reaches the dead-letter queue")
-        .into_iter()
-        .map(|d| d.unwrap())
-        .collect();
+    let dead: Vec<_> =
+        tokio::time::timeout(PATIENCE, consumer.take(bodies.len()).collect::<Vec<_>>())
+            .await
+            .expect("every bad message reaches the dead-letter queue")
+            .into_iter()
+            .map(|d| d.unwrap())
+            .collect();
     for message in &dead {
         let headers = message.properties.headers().clone().unwrap_or_default();
         let reason = headers.inner().get(REASON_HEADER).map(|v| format!("{v:?}"));
-        assert!(reason.is_some_and(|r| !r.is_empty()), "no reason on {:?}", message.data);
+        assert!(
+            reason.is_some_and(|r| !r.is_empty()),
+            "no reason on {:?}",
+            message.data
+        );
     }
     let mut dead_bodies: Vec<Vec<u8>> = dead.iter().map(|m| m.data.clone()).collect();
     dead_bodies.sort();

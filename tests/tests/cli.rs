@@ -54,7 +54,11 @@ async fn a_failed_task_prints_its_error_and_exits_non_zero() {
     let out = rask(&env, &["submit", "fail", r#""out of cheese""#], "").await;
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(stdout(&out), "null\n");
-    assert!(stderr(&out).contains("out of cheese") && stderr(&out).contains("fail"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("out of cheese") && stderr(&out).contains("fail"),
+        "{}",
+        stderr(&out)
+    );
     let out = rask(&env, &["submit", "inc", "not json"], "").await;
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("not JSON"), "{}", stderr(&out));
@@ -73,7 +77,12 @@ async fn key_only_then_gather_and_release_by_key() {
     let out = rask(&env, &["release", &key], "").await;
     assert_eq!(stdout(&out), "1\n");
     let out = rask(&env, &["gather", &key, "--timeout", "200ms"], "").await;
-    assert_eq!(out.status.code(), Some(1), "a released result is gone: {}", stderr(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a released result is gone: {}",
+        stderr(&out)
+    );
     assert!(stderr(&out).contains("timed out"), "{}", stderr(&out));
 }
 
@@ -93,7 +102,18 @@ async fn map_prints_results_in_input_order_and_keeps_going_past_failures() {
 
     let file = env.path("args.jsonl");
     std::fs::write(&file, "[1, 2]\n[3, 4]\n").unwrap();
-    let out = rask(&env, &["map", "add", "--input", file.to_str().unwrap(), "--keys-only"], "").await;
+    let out = rask(
+        &env,
+        &[
+            "map",
+            "add",
+            "--input",
+            file.to_str().unwrap(),
+            "--keys-only",
+        ],
+        "",
+    )
+    .await;
     let keys: Vec<String> = stdout(&out).lines().map(str::to_owned).collect();
     assert_eq!(keys.len(), 2);
     let mut args = vec!["gather"];
@@ -110,7 +130,11 @@ async fn purge_empties_the_queue_and_results() {
     assert!(out.status.success(), "{}", stderr(&out));
     let out = rask(&env, &["purge"], "").await;
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stdout(&out).contains("purged 3 queued task(s)"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("purged 3 queued task(s)"),
+        "{}",
+        stdout(&out)
+    );
 }
 
 #[tokio::test]
@@ -129,7 +153,20 @@ async fn local_up_status_demo_down() {
     let (amqp, dist, redis) = (amqp.to_string(), dist.to_string(), redis.to_string());
     let up = rask(
         &env,
-        &["local", "up", "--workers", "2", "--dir", dir, "--amqp-port", &amqp, "--dist-port", &dist, "--redis-port", &redis],
+        &[
+            "local",
+            "up",
+            "--workers",
+            "2",
+            "--dir",
+            dir,
+            "--amqp-port",
+            &amqp,
+            "--dist-port",
+            &dist,
+            "--redis-port",
+            &redis,
+        ],
         "",
     )
     .await;
@@ -138,14 +175,41 @@ async fn local_up_status_demo_down() {
     let status = rask(&env, &["local", "status", "--dir", dir], "").await;
     let text = stdout(&status);
     assert_eq!(text.matches("running").count(), 4, "{text}");
-    assert!(text.contains(&format!("127.0.0.1:{amqp}")) && text.contains(&format!("127.0.0.1:{redis}")), "{text}");
+    assert!(
+        text.contains(&format!("127.0.0.1:{amqp}")) && text.contains(&format!("127.0.0.1:{redis}")),
+        "{text}"
+    );
 
-    let demo = rask(&env, &["demo", "--batches", "8", "--images", "4", "--size", "32", "--timeout", "60s"], "").await;
+    let demo = rask(
+        &env,
+        &[
+            "demo",
+            "--batches",
+            "8",
+            "--images",
+            "4",
+            "--size",
+            "32",
+            "--timeout",
+            "60s",
+        ],
+        "",
+    )
+    .await;
     assert!(demo.status.success(), "{}", stderr(&demo));
-    assert!(stdout(&demo).contains("8 batches, 32 images"), "{}", stdout(&demo));
+    assert!(
+        stdout(&demo).contains("8 batches, 32 images"),
+        "{}",
+        stdout(&demo)
+    );
 
     let down = rask(&env, &["local", "down", "--dir", dir], "").await;
     assert!(down.status.success(), "{}", stderr(&down));
     let status = rask(&env, &["local", "status", "--dir", dir], "").await;
-    assert_eq!(status.status.code(), Some(2), "nothing recorded after down: {}", stdout(&status));
+    assert_eq!(
+        status.status.code(),
+        Some(2),
+        "nothing recorded after down: {}",
+        stdout(&status)
+    );
 }

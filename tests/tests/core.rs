@@ -74,7 +74,11 @@ async fn results_are_stored_with_the_configured_ttl() {
     let redis = redis::Client::open(env.settings.redis_url.as_str()).unwrap();
     let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
     let key = format!("{}:result:{}", env.settings.key_prefix, future.key());
-    let ttl_ms: i64 = redis::cmd("PTTL").arg(&key).query_async(&mut conn).await.unwrap();
+    let ttl_ms: i64 = redis::cmd("PTTL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     assert!(ttl_ms > 80_000 && ttl_ms <= 90_000, "PTTL {key} = {ttl_ms}");
     worker.stop().await.unwrap();
 }
@@ -92,7 +96,11 @@ async fn an_unknown_function_fails_naming_it_and_the_known_ones() {
     assert_eq!(f.kind, FailureKind::UnknownTask);
     assert_eq!(f.task, "no_such_fn");
     assert_eq!(&f.key, futures[0].key());
-    assert!(f.message.contains("no_such_fn") && f.message.contains("inc"), "{}", f.message);
+    assert!(
+        f.message.contains("no_such_fn") && f.message.contains("inc"),
+        "{}",
+        f.message
+    );
     assert!(!f.worker.is_empty());
     worker.stop().await.unwrap();
 }
@@ -145,9 +153,15 @@ async fn gather_times_out_with_a_typed_error_when_nothing_runs() {
     let env = TestEnv::new("timeout").await;
     let client = env.client().await; // no worker consumes this test's queue
     let futures = client.map(inc, [(1,), (2,)]).await.unwrap();
-    let error = client.gather(&futures).timeout(Duration::from_millis(300)).await.unwrap_err();
+    let error = client
+        .gather(&futures)
+        .timeout(Duration::from_millis(300))
+        .await
+        .unwrap_err();
     match error {
-        Error::Timeout { pending, waited, .. } => {
+        Error::Timeout {
+            pending, waited, ..
+        } => {
             assert_eq!(pending, 2);
             assert!(waited >= Duration::from_millis(300));
         }
@@ -163,15 +177,27 @@ async fn gather_each_returns_failures_per_item_in_input_order() {
     let futures = client
         .map_encoded::<i64>(
             "inc",
-            [encode_value(&(1,)), encode_value(&("x",)), encode_value(&(3,))]
-                .into_iter()
-                .map(|r| r.map_err(Into::into)),
+            [
+                encode_value(&(1,)),
+                encode_value(&("x",)),
+                encode_value(&(3,)),
+            ]
+            .into_iter()
+            .map(|r| r.map_err(Into::into)),
         )
         .await
         .unwrap();
-    let results = client.gather(&futures).timeout(PATIENCE).each().await.unwrap();
+    let results = client
+        .gather(&futures)
+        .timeout(PATIENCE)
+        .each()
+        .await
+        .unwrap();
     assert_eq!(results[0].as_ref().unwrap(), &2);
-    assert_eq!(results[1].as_ref().unwrap_err().failure().unwrap().kind, FailureKind::BadArguments);
+    assert_eq!(
+        results[1].as_ref().unwrap_err().failure().unwrap().kind,
+        FailureKind::BadArguments
+    );
     assert_eq!(results[2].as_ref().unwrap(), &4);
     // Fail-fast gather returns the failure itself.
     let first = client.gather(&futures).timeout(PATIENCE).await.unwrap_err();

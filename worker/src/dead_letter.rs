@@ -18,10 +18,20 @@ pub(crate) async fn dead_letter(
     delivery: &Delivery,
     reason: &str,
 ) {
-    tracing::warn!(reason, bytes = delivery.data.len(), "dead-lettering an undecodable message");
+    tracing::warn!(
+        reason,
+        bytes = delivery.data.len(),
+        "dead-lettering an undecodable message"
+    );
     let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-    headers.insert(ShortString::from(REASON_HEADER), AMQPValue::LongString(reason.into()));
-    headers.insert(ShortString::from("x-rask-worker"), AMQPValue::LongString(worker.into()));
+    headers.insert(
+        ShortString::from(REASON_HEADER),
+        AMQPValue::LongString(reason.into()),
+    );
+    headers.insert(
+        ShortString::from("x-rask-worker"),
+        AMQPValue::LongString(worker.into()),
+    );
     let properties = delivery.properties.clone().with_headers(headers);
     let published = async {
         channel
@@ -39,7 +49,10 @@ pub(crate) async fn dead_letter(
     let settled = match published {
         Ok(confirm) if confirm.is_ack() => delivery.ack(BasicAckOptions::default()).await,
         other => {
-            tracing::warn!(?other, "dead-letter copy not confirmed; rejecting the original instead");
+            tracing::warn!(
+                ?other,
+                "dead-letter copy not confirmed; rejecting the original instead"
+            );
             delivery.reject(BasicRejectOptions { requeue: false }).await
         }
     };

@@ -94,11 +94,28 @@ mod tests {
     #[tokio::test]
     async fn panics_become_failures_with_the_message() {
         let registry = Registry::new().with::<explode>().with::<explode_later>();
-        let f = failure(execute(&registry, "w", &msg("explode", encode_value(&("x",)).unwrap())).await);
+        let f = failure(
+            execute(
+                &registry,
+                "w",
+                &msg("explode", encode_value(&("x",)).unwrap()),
+            )
+            .await,
+        );
         assert_eq!(f.kind, FailureKind::Panicked);
         assert_eq!(f.message, "boom: x");
-        let f = failure(execute(&registry, "w", &msg("explode_later", encode_value(&(1,)).unwrap())).await);
-        assert_eq!((f.kind, f.message.as_str()), (FailureKind::Panicked, "late boom"));
+        let f = failure(
+            execute(
+                &registry,
+                "w",
+                &msg("explode_later", encode_value(&(1,)).unwrap()),
+            )
+            .await,
+        );
+        assert_eq!(
+            (f.kind, f.message.as_str()),
+            (FailureKind::Panicked, "late boom")
+        );
     }
 
     #[tokio::test]
@@ -106,7 +123,11 @@ mod tests {
         let registry = Registry::with_builtins();
         let f = failure(execute(&registry, "w1", &msg("nope", encode_value(&(1,)).unwrap())).await);
         assert_eq!(f.kind, FailureKind::UnknownTask);
-        assert!(f.message.contains("\"nope\"") && f.message.contains("inc"), "{}", f.message);
+        assert!(
+            f.message.contains("\"nope\"") && f.message.contains("inc"),
+            "{}",
+            f.message
+        );
         assert_eq!(f.worker, "w1");
         let f = failure(execute(&registry, "w1", &msg("add", encode_value(&(1,)).unwrap())).await);
         assert_eq!(f.kind, FailureKind::BadArguments);

@@ -26,7 +26,9 @@ impl<T: Task> Callable for Typed<T> {
         };
         Ok(match T::invoke(args) {
             Invocation::Blocking(f) => Invocation::Blocking(Box::new(move || encode(f()?))),
-            Invocation::Async(fut) => Invocation::Async(Box::pin(async move { encode(fut.await?) })),
+            Invocation::Async(fut) => {
+                Invocation::Async(Box::pin(async move { encode(fut.await?) }))
+            }
         })
     }
 
@@ -41,7 +43,10 @@ pub(crate) enum PrepareError {
     /// No function has that name; carries the names that exist.
     Unknown(Vec<String>),
     /// The arguments do not decode as the function's parameters.
-    BadArguments { expected: &'static str, error: String },
+    BadArguments {
+        expected: &'static str,
+        error: String,
+    },
 }
 
 /// The functions a worker runs, by name. Cheap to clone.
@@ -72,8 +77,9 @@ impl Registry {
     }
 
     /// Adds task `T` (replacing a function of the same name).
-    pub fn with<T: Task>(mut self, ) -> Self {
-        self.functions.insert(T::NAME, Arc::new(Typed::<T>(std::marker::PhantomData)));
+    pub fn with<T: Task>(mut self) -> Self {
+        self.functions
+            .insert(T::NAME, Arc::new(Typed::<T>(std::marker::PhantomData)));
         self
     }
 
@@ -83,12 +89,21 @@ impl Registry {
     }
 
     /// Decodes `args` for function `name` and prepares the call.
-    pub(crate) fn prepare(&self, name: &str, args: &[u8]) -> Result<ErasedInvocation, PrepareError> {
-        let callable = self.functions.get(name).ok_or_else(|| PrepareError::Unknown(self.names()))?;
-        callable.prepare(args).map_err(|error| PrepareError::BadArguments {
-            expected: callable.signature(),
-            error,
-        })
+    pub(crate) fn prepare(
+        &self,
+        name: &str,
+        args: &[u8],
+    ) -> Result<ErasedInvocation, PrepareError> {
+        let callable = self
+            .functions
+            .get(name)
+            .ok_or_else(|| PrepareError::Unknown(self.names()))?;
+        callable
+            .prepare(args)
+            .map_err(|error| PrepareError::BadArguments {
+                expected: callable.signature(),
+                error,
+            })
     }
 }
 
@@ -116,7 +131,8 @@ mod tests {
     #[test]
     fn prepares_and_encodes_results() {
         let registry = Registry::with_builtins();
-        let Ok(Invocation::Blocking(f)) = registry.prepare("inc", &encode_value(&(41,)).unwrap()) else {
+        let Ok(Invocation::Blocking(f)) = registry.prepare("inc", &encode_value(&(41,)).unwrap())
+        else {
             panic!("inc is a blocking task");
         };
         assert_eq!(decode_value::<i64>(&f().unwrap()).unwrap(), 42);

@@ -5,10 +5,12 @@ use std::future::Future;
 use std::sync::Arc;
 
 use futures::StreamExt;
-use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions};
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
+};
 use lapin::types::FieldTable;
 use lapin::Channel;
-use lapin::message::Delivery;
 use rask_common::{broker, FailureKind, Outcome, Settings, Store, TaskFailure, TaskMessage};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::task::TaskTracker;
@@ -40,10 +42,15 @@ impl Worker {
     /// A worker running `registry`'s functions with `settings`, under a fresh unique id
     /// (`{host}-{pid}-{random}`).
     pub fn new(settings: Settings, registry: Registry) -> Self {
-        let host = hostname::get().map_or_else(|_| "host".into(), |h| h.to_string_lossy().into_owned());
+        let host =
+            hostname::get().map_or_else(|_| "host".into(), |h| h.to_string_lossy().into_owned());
         let random = &uuid::Uuid::new_v4().simple().to_string()[..6];
         let id = format!("{host}-{}-{random}", std::process::id());
-        Worker { settings, registry, id }
+        Worker {
+            settings,
+            registry,
+            id,
+        }
     }
 
     /// This worker's unique id (reported in every failure it stores).
@@ -57,15 +64,23 @@ impl Worker {
     /// # Errors
     /// [`Error`] if RabbitMQ or Redis cannot be reached at start, or the broker connection fails.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
-        let Worker { settings, registry, id } = self;
+        let Worker {
+            settings,
+            registry,
+            id,
+        } = self;
         let store = Store::connect(&settings).await?;
         let connection = broker::connect(&settings, &format!("rask-worker {id}")).await?;
         let channel = connection.create_channel().await?;
         broker::declare_topology(&channel, &settings).await?;
         let prefetch = settings.effective_prefetch();
-        channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
+        channel
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await?;
         let dead_letters = connection.create_channel().await?;
-        dead_letters.confirm_select(ConfirmSelectOptions::default()).await?;
+        dead_letters
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
         let mut consumer = channel
             .basic_consume(
                 settings.queue.as_str().into(),
@@ -76,7 +91,11 @@ impl Worker {
             .await?;
 
         let (finished, finished_rx) = mpsc::channel(usize::from(prefetch).max(1) * 2);
-        let writer = tokio::spawn(writer::run(store.clone(), finished_rx, settings.result_batch));
+        let writer = tokio::spawn(writer::run(
+            store.clone(),
+            finished_rx,
+            settings.result_batch,
+        ));
         let permits = Arc::new(Semaphore::new(settings.concurrency));
         let tracker = TaskTracker::new();
         tracing::info!(
@@ -87,7 +106,14 @@ impl Worker {
             functions = %registry.names().join(","),
             "worker ready"
         );
-        let shared = Arc::new(Shared { settings, registry, id, dead_letters, store, finished });
+        let shared = Arc::new(Shared {
+            settings,
+            registry,
+            id,
+            dead_letters,
+            store,
+            finished,
+        });
 
         tokio::pin!(shutdown);
         let outcome = loop {
@@ -152,7 +178,14 @@ async fn handle(shared: &Shared, delivery: Delivery) {
                 }
             }
             let s = &shared.settings;
-            dead_letter(&shared.dead_letters, s, &shared.id, &delivery, &undecodable.reason).await;
+            dead_letter(
+                &shared.dead_letters,
+                s,
+                &shared.id,
+                &delivery,
+                &undecodable.reason,
+            )
+            .await;
             return;
         }
     };
@@ -167,7 +200,11 @@ async fn handle(shared: &Shared, delivery: Delivery) {
             return;
         }
     };
-    let finished = Finished { key: message.key, outcome: encoded, acker: delivery.acker };
+    let finished = Finished {
+        key: message.key,
+        outcome: encoded,
+        acker: delivery.acker,
+    };
     if shared.finished.send(finished).await.is_err() {
         tracing::error!("result writer stopped; the task will be redelivered");
     }

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use lapin::Acker;
 use lapin::options::BasicAckOptions;
+use lapin::Acker;
 use rask_common::{Store, TaskKey};
 use tokio::sync::mpsc;
 

@@ -14,7 +14,10 @@ pub(crate) fn parse_args(args: &[String]) -> Result<Vec<serde_json::Value>> {
         .enumerate()
         .map(|(i, a)| {
             serde_json::from_str(a).with_context(|| {
-                format!("argument {} ({a:?}) is not JSON; quote text as '\"{a}\"'", i + 1)
+                format!(
+                    "argument {} ({a:?}) is not JSON; quote text as '\"{a}\"'",
+                    i + 1
+                )
             })
         })
         .collect()
@@ -59,7 +62,13 @@ mod tests {
 
     #[test]
     fn round_trips_common_values() {
-        let args = parse_args(&["41".into(), "\"x\"".into(), "[1,2.5]".into(), "{\"a\":null}".into()]).unwrap();
+        let args = parse_args(&[
+            "41".into(),
+            "\"x\"".into(),
+            "[1,2.5]".into(),
+            "{\"a\":null}".into(),
+        ])
+        .unwrap();
         let bytes = encode_args(&args).unwrap();
         let value: Value = rmp_serde::from_slice(&bytes).unwrap();
         assert_eq!(to_json(value), serde_json::Value::Array(args));

@@ -53,7 +53,11 @@ pub(crate) fn print_results(results: Vec<rask::Result<Value>>) -> Result<ExitCod
         }
     }
     out.flush()?;
-    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(EXIT_TASK_FAILED) })
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_TASK_FAILED)
+    })
 }
 
 /// Prints one line per key.

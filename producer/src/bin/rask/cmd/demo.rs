@@ -17,7 +17,11 @@ use crate::output::connect;
 
 pub(crate) async fn run(global: &Global, args: DemoArgs) -> Result<ExitCode> {
     let Some(bytes) = batch_len(args.images, args.size, args.size) else {
-        bail!("--images {} --size {} makes batches too large", args.images, args.size);
+        bail!(
+            "--images {} --size {} makes batches too large",
+            args.images,
+            args.size
+        );
     };
     let client = connect(global).await?;
     println!(
@@ -29,14 +33,21 @@ pub(crate) async fn run(global: &Global, args: DemoArgs) -> Result<ExitCode> {
         (bytes as f64 * f64::from(args.batches)) / (1024.0 * 1024.0)
     );
     let started = Instant::now();
-    let batches = (0..args.batches).map(|id| (generate_batch(id, args.images, args.size, args.size),));
-    let futures = client.map(image_stats, batches).await.context("submitting batches")?;
+    let batches =
+        (0..args.batches).map(|id| (generate_batch(id, args.images, args.size, args.size),));
+    let futures = client
+        .map(image_stats, batches)
+        .await
+        .context("submitting batches")?;
 
-    let bar = ProgressBar::with_draw_target(Some(futures.len() as u64), ProgressDrawTarget::stderr());
+    let bar =
+        ProgressBar::with_draw_target(Some(futures.len() as u64), ProgressDrawTarget::stderr());
     bar.set_style(
-        ProgressStyle::with_template("{spinner} analysing [{bar:30}] {pos}/{len} batches ({elapsed})")
-            .expect("valid template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{spinner} analysing [{bar:30}] {pos}/{len} batches ({elapsed})",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
     );
     let mut stats: Vec<Option<BatchStats>> = vec![None; futures.len()];
     let mut completed = client.as_completed(&futures);

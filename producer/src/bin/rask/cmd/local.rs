@@ -21,7 +21,10 @@ pub(crate) async fn run(command: LocalCommand) -> Result<ExitCode> {
             let state = local::up(&spec).await?;
             println!("local cluster up in {}", state.dir.display());
             print_state(&state);
-            println!("export RASK_AMQP_URL={} RASK_REDIS_URL={}", state.amqp_url, state.redis_url);
+            println!(
+                "export RASK_AMQP_URL={} RASK_REDIS_URL={}",
+                state.amqp_url, state.redis_url
+            );
         }
         LocalCommand::Down(args) => {
             let stopped = local::down(&dir(&args)).await?;
@@ -43,7 +46,11 @@ fn print_state(state: &ClusterState) {
     for p in &state.processes {
         let kind = kind_name(p.kind);
         let alive = if p.alive { "running" } else { "dead" };
-        println!("{kind:<10} {:>8}  {alive:<7} {}", p.pid, p.address.as_deref().unwrap_or("-"));
+        println!(
+            "{kind:<10} {:>8}  {alive:<7} {}",
+            p.pid,
+            p.address.as_deref().unwrap_or("-")
+        );
     }
 }
 

@@ -17,19 +17,32 @@ pub(crate) async fn run(global: &Global, args: MapArgs) -> Result<ExitCode> {
             .lines()
             .map(str::to_owned)
             .collect(),
-        None => std::io::stdin().lock().lines().collect::<Result<_, _>>().context("reading stdin")?,
+        None => std::io::stdin()
+            .lock()
+            .lines()
+            .collect::<Result<_, _>>()
+            .context("reading stdin")?,
     };
     let mut encoded = Vec::with_capacity(lines.len());
-    for (n, line) in lines.iter().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+    for (n, line) in lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
         let parsed: serde_json::Value = serde_json::from_str(line)
             .with_context(|| format!("line {}: not JSON: {line:?}", n + 1))?;
         let serde_json::Value::Array(items) = parsed else {
-            bail!("line {}: expected a JSON array of arguments, e.g. [41], got {line:?}", n + 1);
+            bail!(
+                "line {}: expected a JSON array of arguments, e.g. [41], got {line:?}",
+                n + 1
+            );
         };
         encoded.push(encode_args(&items)?);
     }
     let client = connect(global).await?;
-    let futures = client.map_encoded::<Value>(&args.function, encoded.into_iter().map(Ok)).await?;
+    let futures = client
+        .map_encoded::<Value>(&args.function, encoded.into_iter().map(Ok))
+        .await?;
     if args.keys_only {
         print_keys(futures.iter().map(|f| f.key()))?;
         return Ok(ExitCode::SUCCESS);

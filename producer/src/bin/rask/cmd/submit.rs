@@ -12,7 +12,9 @@ use crate::output::{connect, print_keys, print_results};
 pub(crate) async fn run(global: &Global, args: SubmitArgs) -> Result<ExitCode> {
     let encoded = encode_args(&parse_args(&args.args)?)?;
     let client = connect(global).await?;
-    let futures = client.map_encoded::<Value>(&args.function, [Ok(encoded)]).await?;
+    let futures = client
+        .map_encoded::<Value>(&args.function, [Ok(encoded)])
+        .await?;
     if args.key_only {
         print_keys(futures.iter().map(|f| f.key()))?;
         return Ok(ExitCode::SUCCESS);
