@@ -221,3 +221,52 @@ async fn as_completed_yields_every_result_once() {
     assert!(seen.iter().all(|s| *s));
     worker.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_lost_notification_delays_a_result_but_never_loses_it() {
+    let env = TestEnv::new("lostnote").await;
+    let client = env.client().await;
+    let real = client.submit(inc, (1,)).await.unwrap();
+    let silent_key = TaskKey::unique("inc");
+    let futures: Vec<Future<i64>> = vec![real.clone(), client.future(silent_key.clone())];
+    let mut stream = client.as_completed(&futures);
+
+    // The first result arrives through the normal path, so the waiter has read both keys once
+    // and is now waiting for announcements.
+    let worker = env.run_worker(Registry::with_builtins());
+    let (index, value) = tokio::time::timeout(PATIENCE, stream.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((index, value.unwrap()), (0, 2));
+
+    // Store the second result without announcing it, then cut every subscriber's connection.
+    let bytes = rask_common::Outcome::Value(encode_value(&41i64).unwrap())
+        .encode()
+        .unwrap();
+    let redis = redis::Client::open(env.settings.redis_url.as_str()).unwrap();
+    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+    let key = rask_common::Keys::new(env.settings.key_prefix.as_str()).result(&silent_key);
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg(bytes)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(killed >= 1);
+
+    // The waiter resubscribes, re-reads what is pending, and finds it.
+    let (index, value) = tokio::time::timeout(PATIENCE, stream.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((index, value.unwrap()), (1, 41));
+    worker.stop().await.unwrap();
+}

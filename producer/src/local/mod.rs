@@ -62,4 +62,4 @@ pub use redis_server::RedisSpec;
 pub use server::ServerProcess;
 pub use spawn::Lifetime;
 pub use state::{ClusterState, ProcessKind, ProcessRecord};
-pub use worker::{Worker, WorkerSpec};
+pub use worker::{Worker, WorkerSpec, READY_MARKER};

@@ -14,9 +14,11 @@ use super::logs;
 use super::pid;
 use super::spawn::{self, Lifetime, Spawned};
 
-/// How long a worker must stay up after start to count as started, until
-/// workers report readiness themselves (see [`Worker::wait_ready`]).
-const SETTLE: Duration = Duration::from_millis(500);
+/// What a worker writes to its log once it consumes (`rask_worker::Worker::run` logs it).
+pub const READY_MARKER: &str = "worker ready";
+
+/// How often the log is checked for [`READY_MARKER`].
+const POLL: Duration = Duration::from_millis(25);
 
 /// What worker process to start, and how.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,7 +41,6 @@ pub struct WorkerSpec {
 #[derive(Debug)]
 pub struct Worker {
     process: Spawned,
-    started: Instant,
 }
 
 impl Worker {
@@ -53,10 +54,7 @@ impl Worker {
         command.args(&spec.args);
         command.envs(spec.env.iter().map(|(key, value)| (key, value)));
         let process = spawn::spawn(command, lifetime, &spec.log)?;
-        Ok(Self {
-            process,
-            started: Instant::now(),
-        })
+        Ok(Self { process })
     }
 
     /// The worker's pid.
@@ -78,25 +76,34 @@ impl Worker {
         Ok(self.process.try_wait()?.is_none())
     }
 
-    /// Returns once the worker counts as started.
-    ///
-    /// For now that means it is still alive 0.5 s after it was spawned (or
-    /// when `timeout` runs out, if sooner), so waiting for several workers
-    /// in turn costs 0.5 s in all. This is the hook for a real readiness
-    /// signal from the worker.
+    /// Returns once the worker has logged [`READY_MARKER`]: connected, topology declared,
+    /// consuming.
     ///
     /// # Errors
     ///
-    /// Fails, quoting its log, if the worker exited.
+    /// Fails, quoting its log, if the worker exited or is not ready within `timeout`.
     pub async fn wait_ready(&mut self, timeout: Duration) -> io::Result<()> {
-        let settled = (self.started + SETTLE).saturating_duration_since(Instant::now());
-        match self.process.wait_timeout(settled.min(timeout)).await? {
-            None => Ok(()),
-            Some(status) => Err(io::Error::other(format!(
-                "worker (pid {}) exited right after starting ({status}){}",
-                self.pid(),
-                logs::tail(&[self.log_path()], logs::TAIL_LINES)
-            ))),
+        let deadline = Instant::now() + timeout;
+        loop {
+            let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+            if log.contains(READY_MARKER) {
+                return Ok(());
+            }
+            if let Some(status) = self.process.try_wait()? {
+                return Err(io::Error::other(format!(
+                    "worker (pid {}) exited right after starting ({status}){}",
+                    self.pid(),
+                    logs::tail(&[self.log_path()], logs::TAIL_LINES)
+                )));
+            }
+            if Instant::now() >= deadline {
+                return Err(io::Error::other(format!(
+                    "worker (pid {}) not ready after {timeout:?}{}",
+                    self.pid(),
+                    logs::tail(&[self.log_path()], logs::TAIL_LINES)
+                )));
+            }
+            tokio::time::sleep(POLL).await;
         }
     }
 
@@ -163,7 +170,7 @@ mod tests {
     #[tokio::test]
     async fn a_worker_gets_its_env_and_stops_on_sigterm() {
         let spec = spec(
-            "echo $RASK_TEST_GREETING; trap 'exit 0' TERM; while :; do sleep 0.05; done",
+            "echo $RASK_TEST_GREETING worker ready; trap 'exit 0' TERM; while :; do sleep 0.05; done",
             "term",
         );
         let mut worker = Worker::spawn(&spec, Lifetime::TiedToCaller).expect("spawn");
@@ -175,7 +182,10 @@ mod tests {
         worker.signal_term().expect("SIGTERM");
         let status = worker.wait(Duration::from_secs(5)).await.expect("wait");
         assert_eq!(status.and_then(|s| s.code()), Some(0));
-        assert_eq!(std::fs::read_to_string(&spec.log).expect("log"), "hello\n");
+        assert_eq!(
+            std::fs::read_to_string(&spec.log).expect("log"),
+            "hello worker ready\n"
+        );
         let _ = std::fs::remove_file(&spec.log);
     }
 
