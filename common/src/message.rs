@@ -24,7 +24,8 @@ pub struct TaskMessage {
     pub key: TaskKey,
     /// Name of the registered function to run.
     pub function: String,
-    /// The function's arguments as one MessagePack value (a tuple, i.e. an array).
+    /// The function's arguments as one MessagePack value: a tuple, i.e. an array (nil or an
+    /// empty array for a function without parameters).
     #[serde(with = "serde_bytes")]
     pub args: Vec<u8>,
 }
@@ -100,6 +101,7 @@ pub struct Undecodable {
 
 /// The fields read from a message that may be malformed otherwise.
 #[derive(Deserialize)]
+#[serde(rename = "TaskMessage")]
 struct Probe {
     #[serde(default)]
     version: Option<u16>,

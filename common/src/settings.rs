@@ -119,11 +119,12 @@ impl Settings {
                 "must be at least 1s",
             );
         }
-        if self.key_prefix.is_empty() || self.key_prefix.contains(char::is_whitespace) {
+        let prefix_ok = |c: char| c.is_ascii_alphanumeric() || "_.:-".contains(c);
+        if self.key_prefix.is_empty() || !self.key_prefix.chars().all(prefix_ok) {
             return bad(
                 "key_prefix",
                 &format!("{:?}", self.key_prefix),
-                "must be non-empty without spaces",
+                "must be non-empty, of [A-Za-z0-9_.:-]",
             );
         }
         for (name, value) in [
@@ -160,6 +161,34 @@ impl Settings {
         } else {
             u16::try_from(self.concurrency.saturating_mul(4)).unwrap_or(u16::MAX)
         }
+    }
+}
+
+/// `RASK_*` variables read by rask's tools rather than by [`Settings`].
+const OTHER_VARIABLES: &[&str] = &[
+    "RASK_LOCAL_DIR",
+    "RASK_TEST_AMQP_URL",
+    "RASK_TEST_REDIS_URL",
+];
+
+impl Settings {
+    /// The `RASK_*` variables in `vars` that name no setting (most likely typos), so that
+    /// binaries can warn about them instead of silently ignoring them.
+    pub fn unknown_variables(vars: impl IntoIterator<Item = String>) -> Vec<String> {
+        let known: Vec<String> = match rmp_serde::to_vec_named(&Settings::default())
+            .ok()
+            .and_then(|bytes| rmp_serde::from_slice::<rmpv::Value>(&bytes).ok())
+        {
+            Some(rmpv::Value::Map(fields)) => fields
+                .iter()
+                .filter_map(|(k, _)| k.as_str().map(|k| format!("RASK_{}", k.to_uppercase())))
+                .collect(),
+            _ => Vec::new(),
+        };
+        vars.into_iter()
+            .filter(|v| v.starts_with("RASK_"))
+            .filter(|v| !known.contains(v) && !OTHER_VARIABLES.contains(&v.as_str()))
+            .collect()
     }
 }
 
@@ -206,6 +235,19 @@ pub fn mask_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unknown_variables_are_reported() {
+        let vars = [
+            "RASK_AMQP_URL",
+            "RASK_RESULT_TLL",
+            "RASK_LOCAL_DIR",
+            "PATH",
+            "RASK_PREFETCH",
+        ];
+        let unknown = Settings::unknown_variables(vars.iter().map(|v| (*v).to_owned()));
+        assert_eq!(unknown, vec!["RASK_RESULT_TLL".to_owned()]);
+    }
 
     #[test]
     fn masks_passwords_only() {

@@ -77,7 +77,8 @@ impl Client {
     /// returns their futures in input order once the broker has confirmed all of them.
     ///
     /// # Errors
-    /// [`crate::Error`] for the first task the broker did not take; tasks before it are queued.
+    /// [`crate::Error`] for the first task the broker did not take. Tasks published before it
+    /// (and possibly some after it, within the publish window) are queued and will run.
     pub async fn map<T: Task>(
         &self,
         task: T,
@@ -142,11 +143,13 @@ impl Client {
         Ok((messages, results))
     }
 
-    /// Closes the connection to RabbitMQ (Redis connections close when the last clone drops).
+    /// Stops listening for completions and closes the connection to RabbitMQ (Redis connections
+    /// close when the last clone drops). Waits still running on clones fail.
     ///
     /// # Errors
     /// [`crate::Error::Broker`] if the close handshake fails.
     pub async fn close(&self) -> Result<()> {
+        self.inner.listener.stop();
         self.inner
             .connection
             .close(200, "client closing".into())

@@ -57,6 +57,13 @@ impl Listener {
     }
 }
 
+impl Listener {
+    /// Stops listening; waiters then fail with [`Error::ListenerStopped`].
+    pub(crate) fn stop(&self) {
+        self.task.abort();
+    }
+}
+
 impl Drop for Listener {
     fn drop(&mut self) {
         self.task.abort();

@@ -38,7 +38,10 @@ pub(crate) async fn dead_letter(
             .basic_publish(
                 settings.dead_letter_exchange.as_str().into(),
                 settings.queue.as_str().into(),
-                BasicPublishOptions::default(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
                 &delivery.data,
                 properties,
             )
@@ -47,7 +50,7 @@ pub(crate) async fn dead_letter(
     }
     .await;
     let settled = match published {
-        Ok(confirm) if confirm.is_ack() => delivery.ack(BasicAckOptions::default()).await,
+        Ok(lapin::Confirmation::Ack(None)) => delivery.ack(BasicAckOptions::default()).await,
         other => {
             tracing::warn!(
                 ?other,

@@ -7,6 +7,10 @@ use rask_common::builtins;
 use rask_common::message::{decode_value, encode_value};
 use rask_common::{Invocation, Task, TaskError};
 
+/// MessagePack's empty array and nil.
+const EMPTY_ARRAY: u8 = 0x90;
+const NIL: u8 = 0xc0;
+
 /// A prepared call whose result is already MessagePack.
 pub(crate) type ErasedInvocation = Invocation<Vec<u8>>;
 
@@ -20,7 +24,13 @@ struct Typed<T>(std::marker::PhantomData<fn() -> T>);
 
 impl<T: Task> Callable for Typed<T> {
     fn prepare(&self, args: &[u8]) -> Result<ErasedInvocation, String> {
-        let args: T::Args = decode_value(args).map_err(|e| e.to_string())?;
+        let args: T::Args = match decode_value(args) {
+            Ok(args) => args,
+            // A task without parameters takes `()`, which MessagePack writes as nil; callers
+            // that always send an argument array (the CLI) send `[]` for it.
+            Err(_) if args == [EMPTY_ARRAY] => decode_value(&[NIL]).map_err(|e| e.to_string())?,
+            Err(e) => return Err(e.to_string()),
+        };
         let encode = |value: T::Output| {
             encode_value(&value).map_err(|e| TaskError::new(format!("result does not encode: {e}")))
         };
@@ -125,6 +135,22 @@ mod tests {
         match registry.prepare("inc", &args).err().unwrap() {
             PrepareError::BadArguments { expected, .. } => assert_eq!(expected, "(i64,)"),
             other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    rask_common::task! {
+        /// Test: no parameters.
+        fn constant() -> i64 { 7 }
+    }
+
+    #[test]
+    fn tasks_without_parameters_take_nil_or_an_empty_array() {
+        let registry = Registry::new().with::<constant>();
+        for args in [encode_value(&()).unwrap(), vec![EMPTY_ARRAY]] {
+            let Ok(Invocation::Blocking(f)) = registry.prepare("constant", &args) else {
+                panic!("constant takes {args:?}");
+            };
+            assert_eq!(decode_value::<i64>(&f().unwrap()).unwrap(), 7);
         }
     }
 

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use futures::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
+    BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions,
+    ConfirmSelectOptions,
 };
 use lapin::types::FieldTable;
 use lapin::Channel;
@@ -196,7 +197,10 @@ async fn handle(shared: &Shared, delivery: Delivery) {
     let encoded = match outcome.encode() {
         Ok(bytes) => bytes,
         Err(e) => {
-            tracing::error!(error = %e, "outcome does not encode");
+            tracing::error!(key = %message.key, error = %e, "outcome does not encode; dead-lettering");
+            if let Err(e) = delivery.reject(BasicRejectOptions { requeue: false }).await {
+                tracing::warn!(error = %e, "could not reject; the task will be redelivered");
+            }
             return;
         }
     };

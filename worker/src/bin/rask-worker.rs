@@ -33,6 +33,9 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    for name in Settings::unknown_variables(std::env::vars().map(|(k, _)| k)) {
+        tracing::warn!(variable = %name, "ignoring a RASK_* variable that names no setting");
+    }
     let mut settings = match &args.config {
         Some(file) => Settings::load_from(file, true),
         None => Settings::load(),

@@ -11,13 +11,16 @@ use rmpv::Value;
 use crate::cli::Global;
 use crate::json::to_json;
 
-/// Some task failed (its error is on stderr).
+/// Some task failed or was not done within `--timeout` (its error is on stderr).
 pub(crate) const EXIT_TASK_FAILED: u8 = 1;
-/// rask itself failed: bad usage, settings, connection, timeout.
+/// rask itself failed: bad usage, bad input, settings, connection.
 pub(crate) const EXIT_ERROR: u8 = 2;
 
 /// Loads settings (file from `--config`, else `rask.toml` if present, then `RASK_*`).
 pub(crate) fn settings(global: &Global) -> Result<Settings> {
+    for name in Settings::unknown_variables(std::env::vars().map(|(k, _)| k)) {
+        eprintln!("warning: ignoring {name}: it names no rask setting");
+    }
     match &global.config {
         Some(file) => Settings::load_from(file, true),
         None => Settings::load(),
