@@ -34,4 +34,8 @@ if [ -f docker-compose.yml ]; then
     docker-compose config -q
 fi
 
+# Doctests first (nextest does not run them): API docs and the README's Rust examples.
+if [ "$#" -eq 0 ]; then
+    cargo test --workspace --doc
+fi
 cargo nextest run --workspace --no-fail-fast "$@"

@@ -42,3 +42,8 @@ pub use gather::{Gather, GatherEach};
 pub use rask_common::{
     builtins, task, FailureKind, Settings, Task, TaskError, TaskFailure, TaskKey,
 };
+
+/// The README's Rust examples, compiled as doctests so that they cannot drift from the code.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeExamples;
