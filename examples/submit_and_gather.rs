@@ -18,7 +18,9 @@ async fn main() -> anyhow::Result<()> {
     let client = Client::connect(Settings::load()?).await?;
 
     // One task: `submit` returns once the broker has confirmed it; `result` waits for the value.
-    let one = client.submit(word_count, ("the quick brown fox".to_owned(),)).await?;
+    let one = client
+        .submit(word_count, ("the quick brown fox".to_owned(),))
+        .await?;
     println!("submitted {}", one.key());
     assert_eq!(one.result().await?, 4);
 
@@ -28,7 +30,10 @@ async fn main() -> anyhow::Result<()> {
         .await?
         .result()
         .await?;
-    println!("text_stats: {} lines, {} words, {} chars", stats.lines, stats.words, stats.chars);
+    println!(
+        "text_stats: {} lines, {} words, {} chars",
+        stats.lines, stats.words, stats.chars
+    );
 
     // A hundred tasks, published pipelined; the futures come back in input order.
     let texts = (1..=100).map(|n| (vec!["word"; n].join(" "),));
@@ -59,19 +64,28 @@ async fn main() -> anyhow::Result<()> {
     assert_eq!(client.future::<usize>(parsed).result().await?, 42);
 
     // Waiting with a limit: on timeout the tasks keep running and can be gathered later.
-    match client.gather(&futures).timeout(Duration::from_secs(30)).await {
+    match client
+        .gather(&futures)
+        .timeout(Duration::from_secs(30))
+        .await
+    {
         Ok(counts) => println!("gathered {} results within 30 s", counts.len()),
         Err(e) if e.is_timeout() => println!("not done yet: {e}"),
         Err(e) => return Err(e.into()),
     }
 
     // A failed task is an error carrying a structured failure: which task, key, worker and why.
-    let bad = client.submit(parse_number, ("forty-two".to_owned(),)).await?;
+    let bad = client
+        .submit(parse_number, ("forty-two".to_owned(),))
+        .await?;
     match bad.result().await {
         Ok(n) => println!("parsed {n}?"),
         Err(e) => match e.failure() {
             Some(failure) if failure.kind == FailureKind::Failed => {
-                println!("{} failed on worker {}: {}", failure.key, failure.worker, failure.message);
+                println!(
+                    "{} failed on worker {}: {}",
+                    failure.key, failure.worker, failure.message
+                );
             }
             Some(failure) => println!("{failure}"),
             None => return Err(e.into()),

@@ -1,10 +1,13 @@
 //! Publishing task messages: pipelined on one confirm-mode channel, with a window of unconfirmed
 //! publishes, so submitting many tasks costs no round trip per task.
+//!
+//! lapin resolves a publish once its frames are written to the socket and its confirm once the
+//! broker acknowledges it; keeping a whole window of both in flight lets many publishes share
+//! each socket write and each confirm (RabbitMQ confirms in batches with `multiple`).
 
-use std::collections::VecDeque;
-
+use futures::stream::{FuturesOrdered, StreamExt};
 use lapin::options::BasicPublishOptions;
-use lapin::{Channel, Confirmation, PublisherConfirm};
+use lapin::{Channel, Confirmation};
 use rask_common::{broker, Settings, TaskKey, TaskMessage};
 
 use crate::error::{Error, Result};
@@ -19,30 +22,31 @@ pub(crate) async fn publish_all(
     settings: &Settings,
     messages: impl IntoIterator<Item = Result<TaskMessage>>,
 ) -> Result<()> {
-    let mut in_flight: VecDeque<(TaskKey, PublisherConfirm)> = VecDeque::new();
+    let mut in_flight = FuturesOrdered::new();
     for message in messages {
         let message = message?;
         let body = message.encode()?;
-        let confirm = channel
-            .basic_publish(
-                settings.exchange.as_str().into(),
-                settings.queue.as_str().into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..Default::default()
-                },
-                &body,
-                broker::task_properties(message.key.as_str(), &message.function),
-            )
-            .await?;
-        in_flight.push_back((message.key, confirm));
-        while in_flight.len() >= settings.publish_window {
-            let (key, confirm) = in_flight.pop_front().expect("window is not empty");
-            check(settings, key, confirm.await?)?;
+        in_flight.push_back(async move {
+            let confirm = channel
+                .basic_publish(
+                    settings.exchange.as_str().into(),
+                    settings.queue.as_str().into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
+                    &body,
+                    broker::task_properties(message.key.as_str(), &message.function),
+                )
+                .await?;
+            check(settings, message.key, confirm.await?)
+        });
+        if in_flight.len() >= settings.publish_window {
+            in_flight.next().await.expect("the window is not empty")?;
         }
     }
-    for (key, confirm) in in_flight {
-        check(settings, key, confirm.await?)?;
+    while let Some(published) = in_flight.next().await {
+        published?;
     }
     Ok(())
 }
