@@ -41,7 +41,10 @@ impl Error {
         match self {
             Error::Broker(_) => true,
             Error::Store(e) => {
-                e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal()
+                e.is_io_error()
+                    || e.is_timeout()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal()
             }
             _ => false,
         }

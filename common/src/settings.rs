@@ -35,9 +35,11 @@ pub struct Settings {
     pub result_ttl: Duration,
     /// Tasks a worker runs at once. Default: the number of CPUs.
     pub concurrency: usize,
-    /// Unacknowledged deliveries a worker holds (AMQP `basic.qos`). Default `0`, meaning
-    /// 4 × `concurrency`: enough to overlap storing results with running tasks, small enough
-    /// that a busy worker does not hoard work an idle one could run.
+    /// Unacknowledged deliveries a worker holds (AMQP `basic.qos`), counting those running and
+    /// those whose results are being stored. Default `0`, meaning 16 × `concurrency`: enough to
+    /// keep short tasks flowing while results are stored in batches (at 4 × a worker spends
+    /// most of its time waiting for acks to free credit). For tasks that run for seconds, set it
+    /// to `concurrency` so that a busy worker does not hold tasks an idle one could run.
     pub prefetch: u16,
     /// Unconfirmed publishes a producer keeps in flight while submitting many tasks. Default `1024`.
     pub publish_window: usize,
@@ -154,12 +156,12 @@ impl Settings {
         Ok(())
     }
 
-    /// The prefetch a worker asks for: [`Settings::prefetch`], or 4 × concurrency when it is 0.
+    /// The prefetch a worker asks for: [`Settings::prefetch`], or 16 × concurrency when it is 0.
     pub fn effective_prefetch(&self) -> u16 {
         if self.prefetch > 0 {
             self.prefetch
         } else {
-            u16::try_from(self.concurrency.saturating_mul(4)).unwrap_or(u16::MAX)
+            u16::try_from(self.concurrency.saturating_mul(16)).unwrap_or(u16::MAX)
         }
     }
 }

@@ -70,6 +70,15 @@ impl Error {
         }
     }
 
+    /// Whether Redis failed (lost connection, timeout, refusal): reading again later may work.
+    pub fn is_store_failure(&self) -> bool {
+        match self {
+            Error::Store(_) => true,
+            Error::Common(e) => matches!(e, rask_common::Error::Store(_)),
+            _ => false,
+        }
+    }
+
     /// Whether waiting timed out (the tasks may still finish later).
     pub fn is_timeout(&self) -> bool {
         matches!(self, Error::Timeout { .. })

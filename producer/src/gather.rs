@@ -187,7 +187,7 @@ async fn next_outcome(waiter: &mut Waiter) -> Option<Result<(usize, Result<Outco
     let mut pause = BACKOFF.0;
     loop {
         match waiter.next().await {
-            Some(Err(Error::Store(e))) => {
+            Some(Err(e)) if e.is_store_failure() => {
                 tracing::warn!(error = %e, retry_in = ?pause, "reading results failed; retrying");
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(BACKOFF.1);

@@ -12,6 +12,10 @@ use rask_common::{broker, Settings, TaskKey, TaskMessage};
 
 use crate::error::{Error, Result};
 
+/// Most bytes of task messages kept unconfirmed at once, whatever the window: bounds the
+/// client's memory when tasks carry large arguments.
+const MAX_IN_FLIGHT_BYTES: usize = 64 << 20;
+
 /// Publishes `messages` in order, keeping at most `settings.publish_window` unconfirmed, and
 /// returns once every one is confirmed by the broker (persistent, routed to the task queue).
 ///
@@ -23,9 +27,11 @@ pub(crate) async fn publish_all(
     messages: impl IntoIterator<Item = Result<TaskMessage>>,
 ) -> Result<()> {
     let mut in_flight = FuturesOrdered::new();
+    let mut in_flight_bytes = 0;
     for message in messages {
         let message = message?;
         let body = message.encode()?;
+        in_flight_bytes += body.len();
         in_flight.push_back(async move {
             let confirm = channel
                 .basic_publish(
@@ -39,10 +45,10 @@ pub(crate) async fn publish_all(
                     broker::task_properties(message.key.as_str(), &message.function),
                 )
                 .await?;
-            check(settings, message.key, confirm.await?)
+            check(settings, message.key, confirm.await?).map(|()| body.len())
         });
-        if in_flight.len() >= settings.publish_window {
-            in_flight.next().await.expect("the window is not empty")?;
+        while in_flight.len() >= settings.publish_window || in_flight_bytes > MAX_IN_FLIGHT_BYTES {
+            in_flight_bytes -= in_flight.next().await.expect("the window is not empty")?;
         }
     }
     while let Some(published) = in_flight.next().await {

@@ -213,3 +213,27 @@ async fn local_up_status_demo_down() {
         stdout(&status)
     );
 }
+
+#[tokio::test]
+async fn bench_smoke_runs_every_workload() {
+    // `rask bench` starts a private cluster of its own, so the environment's servers go unused;
+    // the smoke sizes only show that every workload and its floor still run, never how fast.
+    let env = TestEnv::new("cli-bench").await;
+    let out = rask(&env, &["bench", "--smoke", "--json"], "").await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    for workload in ["throughput", "latency", "dag", "payload", "scale"] {
+        for system in ["rask", "floor"] {
+            let line = format!("RESULT system={system} workload={workload} ");
+            assert!(text.contains(&line), "no `{line}` in:\n{text}");
+        }
+    }
+    assert!(text.contains("RESULT system=rask workload=idle "), "{text}");
+    let last = text.lines().last().unwrap_or_default();
+    let json: serde_json::Value = serde_json::from_str(last).expect("the last line is JSON");
+    assert_eq!(
+        json["workloads"].as_array().map(Vec::len),
+        Some(5),
+        "{json}"
+    );
+}

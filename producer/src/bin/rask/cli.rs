@@ -43,6 +43,9 @@ pub(crate) enum Command {
     Local(LocalCommand),
     /// The main job: analyse batches of generated images on the cluster and print a summary.
     Demo(DemoArgs),
+    /// Run the canonical benchmark workloads on a private cluster, beside the raw lapin + Redis
+    /// floor measured in the same run; prints `RESULT` lines and a table (or JSON).
+    Bench(BenchArgs),
 }
 
 #[derive(Args)]
@@ -140,4 +143,28 @@ pub(crate) struct DemoArgs {
     /// Give up waiting after this long.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "5m")]
     pub(crate) timeout: Duration,
+}
+
+#[derive(Args)]
+pub(crate) struct BenchArgs {
+    /// Workloads to run, comma-separated (default: all, in the canonical order).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub(crate) workloads: Vec<crate::cmd::bench::Workload>,
+    /// Print one JSON document (as the last line) instead of the table; `RESULT` lines stay.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Tiny sizes (200 tasks, 20 round trips, a 16-leaf tree, 10 payloads of 64 KiB, scale
+    /// 400), so that CI can check the command still works; the figures mean nothing.
+    #[arg(long)]
+    pub(crate) smoke: bool,
+    /// Worker processes to start, and floor consumers to run.
+    #[arg(long, default_value_t = 2)]
+    pub(crate) workers: usize,
+    /// Run every workload this many times and report the medians.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) runs: u32,
+    /// Use the cluster of the settings (`rask.toml`, `RASK_*`) and its running workers instead
+    /// of starting a private one; worker memory and CPU are then not measured.
+    #[arg(long)]
+    pub(crate) use_running: bool,
 }

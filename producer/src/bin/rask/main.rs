@@ -29,6 +29,7 @@ async fn main() -> ExitCode {
         Command::Purge => cmd::purge::run(&cli.global).await,
         Command::Local(command) => cmd::local::run(command).await,
         Command::Demo(args) => cmd::demo::run(&cli.global, args).await,
+        Command::Bench(args) => cmd::bench::run(&cli.global, args).await,
     };
     match result {
         Ok(code) => code,

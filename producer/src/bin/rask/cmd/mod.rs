@@ -1,5 +1,6 @@
 //! One module per subcommand; each exposes `run`, returning the process exit code.
 
+pub(crate) mod bench;
 pub(crate) mod demo;
 pub(crate) mod gather;
 pub(crate) mod local;

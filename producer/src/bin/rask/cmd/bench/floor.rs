@@ -1,0 +1,534 @@
+//! The floor: the same message sizes pushed straight through lapin and Redis with no rask code in
+//! between, on the same servers and in the same run, so that each rask figure can be read as a
+//! fraction of what the infrastructure itself allows with the same guarantees.
+//!
+//! - A publisher on its own connection publishes persistent messages (`mandatory`, one durable
+//!   queue) on a confirm-mode channel, keeping a window of unconfirmed publishes, like rask's.
+//! - One consumer per rask worker, each on its own connection with a prefetch of [`PREFETCH`]
+//!   (64; [`PREFETCH_LARGE`], 8, for 1 MiB messages, as the payload floor of `workloads.md` and
+//!   rask's default prefetch), takes what deliveries are ready (up to the prefetch), stores one
+//!   value per delivery with `SET key value NX PX ttl` in one pipeline, then acks each delivery;
+//!   batches overlap, so up to the prefetch messages are in flight per consumer. With a notify
+//!   channel it also `PUBLISH`es the batch's keys after storing.
+//! - The client waits by polling `MGET` over the keys still pending, in order (results come back
+//!   roughly in order), or, one message at a time, by waiting for the notification and `GET`ting.
+//!
+//! The consumers run as tasks in the bench process on their own connections: they share the
+//! machine's cores with the client, as rask's worker processes do.
+//!
+//! A message body is `[value length: u32 LE][value][zeros]`, as long as rask's encoded task
+//! message for the same call; the consumer stores the value, as long as rask's stored outcome. The
+//! client checks every byte of every value.
+
+use std::collections::VecDeque;
+use std::ops::Range;
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context, Result};
+use futures::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use rask::{Settings, Task, TaskKey};
+use rask_common::message::encode_value;
+use rask_common::{Outcome, TaskMessage};
+use redis::aio::MultiplexedConnection;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{random_bytes, PATIENCE};
+
+/// Unacknowledged deliveries per consumer (`basic.qos`), and the largest batch it stores at once.
+pub(super) const PREFETCH: u16 = 64;
+/// The prefetch for messages of a MiB or more.
+pub(super) const PREFETCH_LARGE: u16 = 8;
+/// How long the floor's Redis connections wait for a reply (the redis crate's default, 500 ms,
+/// is too short for a pipeline of many MiB on a busy machine).
+const REDIS_REPLY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Pause between two `MGET` polls while a result is missing.
+const POLL: Duration = Duration::from_millis(1);
+/// Most bytes of values one `MGET` may bring back (fewer keys per `MGET` for big values).
+const MGET_BYTES: usize = 8 << 20;
+/// Most keys per `MGET` (as rask's store reads them).
+const MGET_KEYS: usize = 1000;
+/// Keys per `DEL` when cleaning up.
+const DEL_KEYS: usize = 10_000;
+/// An unused floor queue disappears by itself after this long (`x-expires`), in case the bench
+/// dies before deleting it on a cluster it did not start.
+const QUEUE_EXPIRES_MS: i32 = 10 * 60 * 1000;
+
+/// The servers and sizes every floor stage uses.
+pub(super) struct Floor {
+    amqp_url: String,
+    redis: redis::Client,
+    /// Prefix of the floor's own Redis keys, queues and channel.
+    prefix: String,
+    consumers: usize,
+    ttl_ms: u64,
+    window: usize,
+    stages: usize,
+}
+
+/// The sizes of one kind of message and its stored value, and how to make them.
+#[derive(Clone, Debug)]
+pub(super) struct Shape {
+    function: &'static str,
+    body_len: usize,
+    value_len: usize,
+    salt: u64,
+}
+
+impl Shape {
+    /// The shape of a call of `T` with `args` returning `output` as rask encodes them: the task
+    /// message and the stored outcome. `salt` makes the values of different shapes differ.
+    pub(super) fn of<T: Task>(_: T, args: T::Args, output: T::Output, salt: u64) -> Result<Self> {
+        let message = TaskMessage::new(TaskKey::unique(T::NAME), T::NAME, encode_value(&args)?);
+        let outcome = Outcome::Value(encode_value(&output)?);
+        Ok(Shape {
+            function: T::NAME,
+            body_len: message.encode()?.len(),
+            value_len: outcome.encode()?.len(),
+            salt,
+        })
+    }
+
+    /// The value stored for message `i`.
+    fn value(&self, i: usize) -> Vec<u8> {
+        random_bytes(self.salt ^ (i as u64), self.value_len)
+    }
+
+    /// The body of message `i`.
+    fn body(&self, i: usize) -> Vec<u8> {
+        let len = u32::try_from(self.value_len).expect("values are far below 4 GiB");
+        let mut body = Vec::with_capacity(self.body_len.max(4 + self.value_len));
+        body.extend_from_slice(&len.to_le_bytes());
+        body.extend_from_slice(&self.value(i));
+        body.resize(body.capacity(), 0);
+        body
+    }
+}
+
+impl Floor {
+    /// A floor on the servers of `settings`, with `consumers` consumers per stage.
+    pub(super) fn new(settings: &Settings, prefix: String, consumers: usize) -> Result<Self> {
+        Ok(Floor {
+            amqp_url: settings.amqp_url.clone(),
+            redis: redis::Client::open(settings.redis_url.as_str())?,
+            prefix,
+            consumers,
+            ttl_ms: u64::try_from(settings.result_ttl.as_millis()).unwrap_or(u64::MAX),
+            window: settings.publish_window,
+            stages: 0,
+        })
+    }
+
+    /// Declares a fresh queue and starts the publisher, the consumers (with `prefetch`) and the
+    /// client's Redis connections; with `notify`, consumers announce stored keys and the client
+    /// subscribes.
+    pub(super) async fn stage(&mut self, notify: bool, prefetch: u16) -> Result<Stage> {
+        self.stages += 1;
+        let queue = format!("{}.q{}", self.prefix, self.stages);
+        let notify = notify.then(|| format!("{}:done", self.prefix));
+        let publisher = connect(&self.amqp_url, "rask bench floor publisher").await?;
+        let channel = publisher.create_channel().await?;
+        let mut arguments = FieldTable::default();
+        arguments.insert(
+            ShortString::from("x-expires"),
+            AMQPValue::LongInt(QUEUE_EXPIRES_MS),
+        );
+        channel
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                arguments,
+            )
+            .await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        let notifications = match &notify {
+            Some(name) => {
+                let mut pubsub = self.redis.get_async_pubsub().await?;
+                pubsub.subscribe(name).await?;
+                Some(pubsub)
+            }
+            None => None,
+        };
+        let stop = CancellationToken::new();
+        let mut consumers = Vec::with_capacity(self.consumers);
+        for n in 0..self.consumers {
+            let connection =
+                connect(&self.amqp_url, &format!("rask bench floor consumer {n}")).await?;
+            // Consuming before the stage is returned, as rask's workers are before a workload.
+            let channel = connection.create_channel().await?;
+            channel
+                .basic_qos(prefetch, BasicQosOptions::default())
+                .await?;
+            let deliveries = channel
+                .basic_consume(
+                    queue.as_str().into(),
+                    "".into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            let consumer = Consumer {
+                channel,
+                redis: self.redis_connection().await?,
+                prefetch,
+                key_prefix: self.key_prefix(),
+                ttl_ms: self.ttl_ms,
+                notify: notify.clone(),
+            };
+            let task = tokio::spawn(consumer.run(deliveries, stop.clone()));
+            consumers.push((connection, task));
+        }
+        Ok(Stage {
+            queue,
+            key_prefix: self.key_prefix(),
+            window: self.window,
+            publisher,
+            channel,
+            consumers,
+            stop,
+            redis: self.redis_connection().await?,
+            notifications,
+            keys: Vec::new(),
+        })
+    }
+
+    async fn redis_connection(&self) -> Result<MultiplexedConnection> {
+        let config =
+            redis::AsyncConnectionConfig::new().set_response_timeout(Some(REDIS_REPLY_TIMEOUT));
+        Ok(self
+            .redis
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?)
+    }
+
+    fn key_prefix(&self) -> String {
+        format!("{}:result:", self.prefix)
+    }
+}
+
+async fn connect(url: &str, name: &str) -> Result<Connection> {
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
+    Connection::connect(url, properties)
+        .await
+        .with_context(|| format!("connecting the {name}"))
+}
+
+/// One floor measurement's queue, publisher, consumers and client connections.
+pub(super) struct Stage {
+    queue: String,
+    key_prefix: String,
+    window: usize,
+    publisher: Connection,
+    channel: Channel,
+    consumers: Vec<(Connection, JoinHandle<Result<()>>)>,
+    stop: CancellationToken,
+    redis: MultiplexedConnection,
+    notifications: Option<redis::aio::PubSub>,
+    /// Every key published, to delete at the end.
+    keys: Vec<String>,
+}
+
+impl Stage {
+    /// Publishes messages `range` of `shape` (persistent, confirmed, with a window) and returns
+    /// their Redis keys once the broker has confirmed them all.
+    pub(super) async fn publish(
+        &mut self,
+        shape: &Shape,
+        range: Range<usize>,
+    ) -> Result<Vec<String>> {
+        let mut keys = Vec::with_capacity(range.len());
+        let mut in_flight = VecDeque::with_capacity(self.window);
+        for i in range {
+            let id = format!("{}-{}", shape.function, uuid::Uuid::new_v4().simple());
+            let properties = BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_content_type(rask_common::broker::CONTENT_TYPE.into())
+                .with_message_id(id.as_str().into())
+                .with_type(shape.function.into());
+            let confirm = self
+                .channel
+                .basic_publish(
+                    "".into(),
+                    self.queue.as_str().into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
+                    &shape.body(i),
+                    properties,
+                )
+                .await?;
+            keys.push(format!("{}{id}", self.key_prefix));
+            in_flight.push_back(confirm);
+            while in_flight.len() >= self.window {
+                let confirm = in_flight.pop_front().expect("the window is not empty");
+                check(confirm.await?)?;
+            }
+        }
+        for confirm in in_flight {
+            check(confirm.await?)?;
+        }
+        self.keys.extend(keys.iter().cloned());
+        Ok(keys)
+    }
+
+    /// Polls `MGET` until every key has its value, checking each against message `first + i` of
+    /// `shape`.
+    pub(super) async fn collect(
+        &mut self,
+        shape: &Shape,
+        first: usize,
+        keys: &[String],
+    ) -> Result<()> {
+        let chunk = (MGET_BYTES / shape.value_len.max(1)).clamp(1, MGET_KEYS);
+        let deadline = Instant::now() + PATIENCE;
+        let mut pending: VecDeque<usize> = (0..keys.len()).collect();
+        while !pending.is_empty() {
+            let batch: Vec<usize> = pending.drain(..chunk.min(pending.len())).collect();
+            let names: Vec<&str> = batch.iter().map(|&i| keys[i].as_str()).collect();
+            let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
+                .arg(&names)
+                .query_async(&mut self.redis)
+                .await?;
+            let mut missing = Vec::new();
+            for (i, value) in batch.into_iter().zip(values) {
+                match value {
+                    Some(value) => check_value(shape, first + i, &value)?,
+                    None => missing.push(i),
+                }
+            }
+            if !missing.is_empty() {
+                for i in missing.into_iter().rev() {
+                    pending.push_front(i);
+                }
+                self.check_consumers().await?;
+                if Instant::now() > deadline {
+                    bail!(
+                        "floor: {} of {} results still missing after {PATIENCE:?}",
+                        pending.len(),
+                        keys.len()
+                    );
+                }
+                tokio::time::sleep(POLL).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// One round trip: publishes message `i` of `shape`, waits for the notification of its key,
+    /// reads the value and checks it.
+    pub(super) async fn round_trip(&mut self, shape: &Shape, i: usize) -> Result<()> {
+        let keys = self.publish(shape, i..i + 1).await?;
+        let key = keys[0].as_bytes();
+        let notifications = self
+            .notifications
+            .as_mut()
+            .context("the stage was opened without notifications")?;
+        let mut messages = notifications.on_message();
+        loop {
+            let message = tokio::time::timeout(PATIENCE, messages.next())
+                .await
+                .context("floor: no notification")?
+                .context("floor: the notification subscription ended")?;
+            if message
+                .get_payload_bytes()
+                .split(|b| *b == b'\n')
+                .any(|k| k == key)
+            {
+                break;
+            }
+        }
+        drop(messages);
+        let value: Option<Vec<u8>> = redis::cmd("GET")
+            .arg(&keys[0])
+            .query_async(&mut self.redis)
+            .await?;
+        check_value(
+            shape,
+            i,
+            &value.context("floor: notified, but no value stored")?,
+        )
+    }
+
+    /// Fails, with its error, if a consumer has stopped.
+    async fn check_consumers(&mut self) -> Result<()> {
+        if let Some(n) = self
+            .consumers
+            .iter()
+            .position(|(_, task)| task.is_finished())
+        {
+            let (_, task) = self.consumers.swap_remove(n);
+            task.await.context("a floor consumer panicked")??;
+            bail!("floor: a consumer stopped early");
+        }
+        Ok(())
+    }
+
+    /// Stops the consumers, deletes the queue and every stored value, closes the connections.
+    pub(super) async fn close(mut self) -> Result<()> {
+        self.stop.cancel();
+        for (connection, task) in self.consumers {
+            task.await.context("a floor consumer panicked")??;
+            connection.close(200, "floor done".into()).await?;
+        }
+        self.channel
+            .queue_delete(self.queue.as_str().into(), QueueDeleteOptions::default())
+            .await?;
+        for chunk in self.keys.chunks(DEL_KEYS) {
+            redis::cmd("DEL")
+                .arg(chunk)
+                .query_async::<u64>(&mut self.redis)
+                .await?;
+        }
+        self.publisher.close(200, "floor done".into()).await?;
+        Ok(())
+    }
+}
+
+fn check(confirmation: Confirmation) -> Result<()> {
+    match confirmation {
+        Confirmation::Ack(None) => Ok(()),
+        Confirmation::Ack(Some(_)) => bail!("floor: a message could not be routed"),
+        Confirmation::Nack(_) | Confirmation::NotRequested => {
+            bail!("floor: the broker nacked a message")
+        }
+    }
+}
+
+fn check_value(shape: &Shape, i: usize, value: &[u8]) -> Result<()> {
+    ensure!(
+        value == shape.value(i).as_slice(),
+        "floor: the value of {} message {i} is wrong ({} bytes, expected {})",
+        shape.function,
+        value.len(),
+        shape.value_len
+    );
+    Ok(())
+}
+
+/// One floor consumer: its channel and Redis connection.
+struct Consumer {
+    channel: Channel,
+    redis: MultiplexedConnection,
+    prefetch: u16,
+    key_prefix: String,
+    ttl_ms: u64,
+    notify: Option<String>,
+}
+
+impl Consumer {
+    /// Takes `deliveries` until `stop`, storing batches concurrently (bounded by the prefetch).
+    async fn run(self, deliveries: lapin::Consumer, stop: CancellationToken) -> Result<()> {
+        let mut batches = deliveries.ready_chunks(usize::from(self.prefetch));
+        let mut storing: JoinSet<Result<()>> = JoinSet::new();
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                Some(stored) = storing.join_next() => stored??,
+                batch = batches.next() => {
+                    let Some(batch) = batch else { break };
+                    let deliveries = batch.into_iter().collect::<lapin::Result<Vec<_>>>()?;
+                    storing.spawn(self.store_and_ack(deliveries));
+                }
+            }
+        }
+        while let Some(stored) = storing.join_next().await {
+            stored??;
+        }
+        let _ = self.channel.close(200, "floor done".into()).await;
+        Ok(())
+    }
+
+    /// `SET key value NX PX ttl` for every delivery (and `PUBLISH` the keys) in one pipeline,
+    /// then acks each delivery.
+    fn store_and_ack(
+        &self,
+        deliveries: Vec<Delivery>,
+    ) -> impl std::future::Future<Output = Result<()>> + Send + 'static {
+        let mut pipe = redis::pipe();
+        let mut announced = Vec::new();
+        for delivery in &deliveries {
+            let id = delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|id| id.as_str())
+                .unwrap_or_default();
+            let key = format!("{}{id}", self.key_prefix);
+            let value = value_of(&delivery.data);
+            pipe.cmd("SET")
+                .arg(&key)
+                .arg(value)
+                .arg("NX")
+                .arg("PX")
+                .arg(self.ttl_ms)
+                .ignore();
+            if self.notify.is_some() {
+                if !announced.is_empty() {
+                    announced.push(b'\n');
+                }
+                announced.extend_from_slice(key.as_bytes());
+            }
+        }
+        if let Some(channel) = &self.notify {
+            pipe.cmd("PUBLISH").arg(channel).arg(announced).ignore();
+        }
+        let mut redis = self.redis.clone();
+        async move {
+            pipe.query_async::<()>(&mut redis)
+                .await
+                .context("floor consumer: storing values")?;
+            for delivery in deliveries {
+                delivery
+                    .acker
+                    .ack(BasicAckOptions::default())
+                    .await
+                    .context("floor consumer: acking")?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The value inside a floor message body (see the module docs).
+fn value_of(body: &[u8]) -> &[u8] {
+    let Some((len, rest)) = body.split_first_chunk::<4>() else {
+        return &[];
+    };
+    let len = u32::from_le_bytes(*len) as usize;
+    &rest[..len.min(rest.len())]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rask::builtins::{echo, inc};
+
+    #[test]
+    fn bodies_are_as_long_as_rask_messages_and_carry_the_value() {
+        let shape = Shape::of(inc, (19_999,), 20_000, 7).unwrap();
+        assert!(shape.body_len > 60 && shape.value_len < 20, "{shape:?}");
+        let body = shape.body(3);
+        assert_eq!(body.len(), shape.body_len);
+        assert_eq!(value_of(&body), shape.value(3).as_slice());
+        assert_ne!(shape.value(3), shape.value(4));
+
+        let big = rmpv::Value::Binary(vec![0; 1 << 20]);
+        let shape = Shape::of(echo, (big.clone(),), big, 8).unwrap();
+        assert!(shape.value_len > 1 << 20 && shape.body_len >= shape.value_len + 4);
+        assert_eq!(value_of(&shape.body(1)), shape.value(1).as_slice());
+    }
+}
