@@ -47,6 +47,16 @@ crate::task! {
 }
 
 crate::task! {
+    /// The sum of a list of integers (the fan-in of task graphs).
+    pub fn sum_ints(numbers: Vec<i64>) -> Result<i64, String> {
+        numbers
+            .iter()
+            .try_fold(0i64, |total, n| total.checked_add(*n))
+            .ok_or_else(|| "sum_ints overflows i64".to_owned())
+    }
+}
+
+crate::task! {
     /// Returns its argument unchanged (any value: bytes, text, lists, maps).
     pub fn echo(value: rmpv::Value) -> rmpv::Value { value }
 }
@@ -131,5 +141,7 @@ mod tests {
             "no"
         );
         assert_eq!(run(leaf::invoke((10,))), Ok(4));
+        assert_eq!(run(sum_ints::invoke((vec![1, 2, 3],))), Ok(6));
+        assert!(run(sum_ints::invoke((vec![i64::MAX, 1],))).is_err());
     }
 }

@@ -107,6 +107,31 @@ impl Keys {
         format!("{}:result:", self.prefix)
     }
 
+    /// The key prefix itself (for scripts that build key names).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The message of a graph task, kept until its inputs are ready: `{prefix}:task:{key}`.
+    pub fn task(&self, key: &TaskKey) -> String {
+        format!("{}:task:{}", self.prefix, key.0)
+    }
+
+    /// The set of inputs a graph task still waits for: `{prefix}:pending:{key}`.
+    pub fn pending(&self, key: &TaskKey) -> String {
+        format!("{}:pending:{}", self.prefix, key.0)
+    }
+
+    /// The set of graph tasks waiting for the result of `key`: `{prefix}:dependents:{key}`.
+    pub fn dependents(&self, key: &TaskKey) -> String {
+        format!("{}:dependents:{}", self.prefix, key.0)
+    }
+
+    /// Patterns (for `SCAN MATCH`) of every graph bookkeeping key of this prefix.
+    pub fn graph_patterns(&self) -> [String; 3] {
+        ["task", "pending", "dependents"].map(|kind| format!("{}:{kind}:*", self.prefix))
+    }
+
     /// The channel on which workers announce stored results (keys only): `{prefix}:done`.
     pub fn done_channel(&self) -> String {
         format!("{}:done", self.prefix)
@@ -134,6 +159,9 @@ mod tests {
         let key = TaskKey::new("inc-1").unwrap();
         assert_eq!(keys.result(&key), "p:result:inc-1");
         assert_eq!(keys.done_channel(), "p:done");
+        assert_eq!(keys.task(&key), "p:task:inc-1");
+        assert_eq!(keys.pending(&key), "p:pending:inc-1");
+        assert_eq!(keys.dependents(&key), "p:dependents:inc-1");
     }
 
     #[test]

@@ -8,6 +8,9 @@
 //! - [`outcome`]: what a worker stores for a task: a value or a structured [`TaskFailure`].
 //! - [`keys`]: task keys and the one place that builds Redis key and channel names.
 //! - [`task`]: the [`Task`] trait and the [`task!`] macro that defines typed tasks.
+//! - [`graph`]: lazy task graphs: [`graph::Delayed`] calls, their [`graph::Arg`]s, content keys.
+//! - [`dependencies`]: the Redis scripts that register graph tasks and release them when their
+//!   inputs are stored.
 //! - [`builtins`]: the functions every stock worker runs (`inc`, `add`, `sum`, `echo`, …).
 //! - [`image`]: the image-batch computation of the demo.
 //! - [`settings`]: typed [`Settings`], loaded from defaults, `rask.toml` and `RASK_*` variables.
@@ -16,7 +19,9 @@
 
 pub mod broker;
 pub mod builtins;
+pub mod dependencies;
 pub mod error;
+pub mod graph;
 pub mod image;
 pub mod keys;
 pub mod message;
@@ -26,6 +31,7 @@ pub mod store;
 pub mod task;
 
 pub use error::{Error, Result};
+pub use graph::{Arg, Delayed};
 pub use keys::{Keys, TaskKey};
 pub use message::{TaskMessage, PROTOCOL_VERSION};
 pub use outcome::{FailureKind, Outcome, TaskFailure};

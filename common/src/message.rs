@@ -28,6 +28,11 @@ pub struct TaskMessage {
     /// empty array for a function without parameters).
     #[serde(with = "serde_bytes")]
     pub args: Vec<u8>,
+    /// Keys of the tasks whose results this one takes (task graphs): `args` holds a placeholder
+    /// ([`crate::graph::DEPENDENCY_EXT`]) where each goes. Empty, and then not written, for
+    /// plain tasks, so older readers and writers are unaffected.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deps: Vec<TaskKey>,
 }
 
 impl TaskMessage {
@@ -38,7 +43,14 @@ impl TaskMessage {
             key,
             function: function.into(),
             args,
+            deps: Vec::new(),
         }
+    }
+
+    /// The same message, waiting for the results of `deps`.
+    pub fn with_deps(mut self, deps: Vec<TaskKey>) -> Self {
+        self.deps = deps;
+        self
     }
 
     /// The message body.
@@ -142,6 +154,14 @@ mod tests {
     #[test]
     fn round_trips() {
         let m = message();
+        assert_eq!(TaskMessage::decode(&m.encode().unwrap()).unwrap(), m);
+    }
+
+    #[test]
+    fn deps_round_trip_and_are_omitted_when_empty() {
+        let plain = message().encode().unwrap();
+        assert!(!plain.windows(4).any(|w| w == b"deps"));
+        let m = message().with_deps(vec![TaskKey::new("inc-2").unwrap()]);
         assert_eq!(TaskMessage::decode(&m.encode().unwrap()).unwrap(), m);
     }
 

@@ -75,6 +75,9 @@ pub enum FailureKind {
     Failed,
     /// The message itself was malformed (e.g. a wrong protocol version).
     BadMessage,
+    /// A task this one depends on (in a task graph) failed, so this one did not run; the message
+    /// names the root task that failed, its key and its error.
+    DependencyFailed,
     /// A failure kind written by a newer rask that this build does not know.
     #[serde(other)]
     Other,
@@ -88,6 +91,7 @@ impl fmt::Display for FailureKind {
             FailureKind::Panicked => "panicked",
             FailureKind::Failed => "failed",
             FailureKind::BadMessage => "had a malformed message",
+            FailureKind::DependencyFailed => "did not run: a dependency failed",
             FailureKind::Other => "failed (unknown kind)",
         })
     }

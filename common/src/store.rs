@@ -13,7 +13,10 @@ use crate::keys::{Keys, TaskKey};
 use crate::settings::Settings;
 
 /// Most keys read by one MGET (several MGETs go in one pipeline).
-const MGET_CHUNK: usize = 1000;
+const MGET_CHUNK: usize = 256;
+/// How long a command or pipeline may take before it fails: long enough for a pipeline of
+/// hundreds of MiB of results on a busy machine (the redis crate's default is 500 ms).
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A cheap-to-clone handle on the result store (reconnects by itself).
 #[derive(Clone)]
@@ -30,7 +33,9 @@ impl Store {
     /// [`crate::Error::Store`] if Redis cannot be reached.
     pub async fn connect(settings: &Settings) -> Result<Self> {
         let client = redis::Client::open(settings.redis_url.as_str())?;
-        let conn = client.get_connection_manager().await?;
+        let config =
+            redis::aio::ConnectionManagerConfig::new().set_response_timeout(Some(RESPONSE_TIMEOUT));
+        let conn = client.get_connection_manager_with_config(config).await?;
         Ok(Store {
             conn,
             keys: Keys::new(settings.key_prefix.clone()),
@@ -43,6 +48,16 @@ impl Store {
         &self.keys
     }
 
+    /// A connection handle (cheap clone) for the other modules of this crate.
+    pub(crate) fn conn(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// The TTL of everything stored, in milliseconds.
+    pub(crate) fn ttl_ms(&self) -> u64 {
+        u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX)
+    }
+
     /// Stores encoded outcomes, each only if none is stored yet (write-once), with the TTL, and
     /// announces their keys, all in one pipeline.
     ///
@@ -52,7 +67,7 @@ impl Store {
         if outcomes.is_empty() {
             return Ok(());
         }
-        let ttl_ms = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX);
+        let ttl_ms = self.ttl_ms();
         let mut pipe = redis::pipe();
         for (key, bytes) in outcomes {
             pipe.cmd("SET")
@@ -89,7 +104,8 @@ impl Store {
         Ok(chunks.into_iter().flatten().collect())
     }
 
-    /// Deletes the stored outcomes of `keys`; returns how many existed.
+    /// Deletes the stored outcomes of `keys`, and their graph task records (so that a graph
+    /// submitted again runs them again); returns how many outcomes existed.
     ///
     /// # Errors
     /// [`crate::Error::Store`] if Redis fails.
@@ -98,18 +114,35 @@ impl Store {
             return Ok(0);
         }
         let names: Vec<String> = keys.iter().map(|k| self.keys.result(k)).collect();
-        Ok(redis::cmd("DEL")
+        let records: Vec<String> = keys.iter().map(|k| self.keys.task(k)).collect();
+        let (deleted,): (u64,) = redis::pipe()
+            .cmd("DEL")
             .arg(names)
+            .cmd("DEL")
+            .arg(records)
+            .ignore()
             .query_async(&mut self.conn.clone())
-            .await?)
+            .await?;
+        Ok(deleted)
     }
 
-    /// Deletes every key of this deployment's prefix (results), by SCAN; returns how many.
+    /// Deletes every result of this deployment's prefix, and its graph bookkeeping (task
+    /// records, pending and dependents sets), by SCAN; returns how many results.
     ///
     /// # Errors
     /// [`crate::Error::Store`] if Redis fails.
     pub async fn purge(&self) -> Result<u64> {
-        let pattern = format!("{}*", self.keys.result_pattern_prefix());
+        let deleted = self
+            .scan_delete(&format!("{}*", self.keys.result_pattern_prefix()))
+            .await?;
+        for pattern in self.keys.graph_patterns() {
+            self.scan_delete(&pattern).await?;
+        }
+        Ok(deleted)
+    }
+
+    /// Deletes every key matching `pattern`, by SCAN; returns how many.
+    async fn scan_delete(&self, pattern: &str) -> Result<u64> {
         let mut conn = self.conn.clone();
         let mut cursor: u64 = 0;
         let mut deleted = 0;
@@ -117,7 +150,7 @@ impl Store {
             let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
                 .arg(cursor)
                 .arg("MATCH")
-                .arg(&pattern)
+                .arg(pattern)
                 .arg("COUNT")
                 .arg(1000)
                 .query_async(&mut conn)

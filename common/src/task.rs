@@ -128,6 +128,22 @@ macro_rules! task {
                 $invocation
             }
         }
+
+        impl $name {
+            /// A lazy call of this task: sends nothing; submit it with the client's `persist`
+            /// or `compute`. Each argument is a value, another task's `Delayed` result, or the
+            /// key of a submitted task's result.
+            #[allow(dead_code, clippy::too_many_arguments)]
+            $vis fn delayed(
+                self,
+                $($arg: impl ::std::convert::Into<$crate::graph::Arg<$ty>>),*
+            ) -> $crate::graph::Delayed<$out> {
+                $crate::graph::Delayed::new(
+                    <Self as $crate::task::Task>::NAME,
+                    ::std::vec![$($crate::graph::Arg::<$ty>::erase(::std::convert::Into::into($arg))),*],
+                )
+            }
+        }
     };
 }
 
@@ -170,5 +186,9 @@ mod tests {
             Err(TaskError::new("3 > 2"))
         );
         assert!(matches!(later::invoke((1,)), Invocation::Async(_)));
+        let lazy = checked.delayed(double.delayed(2), 10);
+        assert!(lazy.key().as_str().starts_with("checked-"));
+        assert_eq!(lazy.node().deps().len(), 1);
+        assert!(later.delayed(1u8).key().as_str().starts_with("later-"));
     }
 }

@@ -157,7 +157,10 @@ impl Client {
         Ok(())
     }
 
-    async fn publish(&self, messages: impl IntoIterator<Item = Result<TaskMessage>>) -> Result<()> {
+    pub(crate) async fn publish(
+        &self,
+        messages: impl IntoIterator<Item = Result<TaskMessage>>,
+    ) -> Result<()> {
         publish_all(&self.inner.channel, &self.inner.settings, messages).await
     }
 

@@ -155,6 +155,13 @@ impl Waiter {
         }
     }
 
+    /// A waiter for keys that cannot have outcomes yet (fresh unique keys not yet published):
+    /// it skips the first read and only listens.
+    pub(crate) fn for_unpublished(mut self) -> Self {
+        self.rescan = false;
+        self
+    }
+
     /// Indices of the keys still without an outcome.
     pub(crate) fn pending_indices(&self) -> Vec<usize> {
         self.pending.values().flatten().copied().collect()

@@ -34,6 +34,16 @@ pub enum Error {
         /// What the decoder said.
         error: String,
     },
+    /// An argument of a delayed call did not encode as MessagePack (found by `persist`).
+    #[error("an argument of {function} (key {key}) does not encode: {error}")]
+    Argument {
+        /// The function called.
+        function: String,
+        /// The call's key.
+        key: TaskKey,
+        /// What the encoder said.
+        error: String,
+    },
     /// RabbitMQ refused a published task (negative publisher confirm).
     #[error("the broker refused task {0} (nack)")]
     Nacked(TaskKey),

@@ -182,6 +182,15 @@ async fn collect<T: DeserializeOwned>(
         .collect())
 }
 
+/// The value of the one key `waiter` waits for.
+pub(crate) async fn single<T: DeserializeOwned>(waiter: &mut Waiter) -> Result<T> {
+    match next_outcome(waiter).await {
+        Some(Ok((index, outcome))) => outcome.and_then(|o| decode::<T>(waiter.key(index), o)),
+        Some(Err(e)) => Err(e),
+        None => Err(Error::ListenerStopped),
+    }
+}
+
 /// The next outcome, riding out Redis failures with backoff (then re-reading what is pending).
 async fn next_outcome(waiter: &mut Waiter) -> Option<Result<(usize, Result<Outcome>)>> {
     let mut pause = BACKOFF.0;

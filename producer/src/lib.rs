@@ -21,17 +21,20 @@
 //!
 //! ## Layout
 //! - [`Client`] (`client.rs`): connecting, submitting, mapping, releasing.
+//! - `graph.rs`: [`Client::persist`] and [`Client::compute`] of lazy task graphs ([`Delayed`]).
 //! - `publish.rs`: pipelined, confirmed publishing with a window.
 //! - `completions.rs`: one Redis subscription per client; waiters re-read on any gap.
 //! - [`Future`] (`future.rs`) and [`Gather`] (`gather.rs`): waiting for results.
 //! - [`local`]: a private RabbitMQ, Redis and workers on loopback (`rask local`).
 //! - [`Error`] (`error.rs`): what can fail.
 
+mod call;
 mod client;
 mod completions;
 mod error;
 mod future;
 mod gather;
+mod graph;
 pub mod local;
 mod publish;
 
@@ -40,7 +43,7 @@ pub use error::{Error, Result};
 pub use future::Future;
 pub use gather::{Gather, GatherEach};
 pub use rask_common::{
-    builtins, task, FailureKind, Settings, Task, TaskError, TaskFailure, TaskKey,
+    builtins, task, Arg, Delayed, FailureKind, Settings, Task, TaskError, TaskFailure, TaskKey,
 };
 
 /// The README's Rust examples, compiled as doctests so that they cannot drift from the code.

@@ -270,3 +270,21 @@ async fn a_lost_notification_delays_a_result_but_never_loses_it() {
     assert_eq!((index, value.unwrap()), (1, 41));
     worker.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn call_returns_the_value_or_the_typed_failure() {
+    let env = TestEnv::new("call").await;
+    let worker = env.run_worker(Registry::with_builtins());
+    let client = env.client().await;
+    let value = tokio::time::timeout(PATIENCE, client.call(add, (40, 2)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(value, 42);
+    let error = tokio::time::timeout(PATIENCE, client.call(fail, ("nope".into(),)))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(failure(error).message, "nope");
+    worker.stop().await.unwrap();
+}

@@ -24,14 +24,20 @@
 //! - [`Worker`] (`worker.rs`): consume, run under a concurrency limit, hand outcomes on, drain on
 //!   shutdown.
 //! - `execute.rs`: one task to an outcome; panics and errors become stored failures.
+//! - `inputs.rs`: a graph task's inputs read in one `MGET` and substituted, or its
+//!   `DependencyFailed` outcome.
 //! - `writer.rs`: outcomes to Redis in batches, then acknowledgements (never before).
+//! - `release.rs`: after a batch is stored, publish the graph tasks it made ready (before the
+//!   acknowledgements).
 //! - `dead_letter.rs`: messages that are not tasks go to the dead-letter queue with a reason.
 //! - [`Registry`] (`registry.rs`): functions by name, arguments decoded per function.
 
 mod dead_letter;
 mod error;
 mod execute;
+mod inputs;
 mod registry;
+mod release;
 mod signal;
 mod worker;
 mod writer;

@@ -78,6 +78,7 @@ impl Registry {
             .with::<builtins::add>()
             .with::<builtins::leaf>()
             .with::<builtins::sum>()
+            .with::<builtins::sum_ints>()
             .with::<builtins::echo>()
             .with::<builtins::sleep_ms>()
             .with::<builtins::fail>()

@@ -19,7 +19,9 @@ use tokio_util::task::TaskTracker;
 use crate::dead_letter::dead_letter;
 use crate::error::{Error, Result};
 use crate::execute::execute;
+use crate::inputs;
 use crate::registry::Registry;
+use crate::release::Releaser;
 use crate::writer::{self, Finished};
 
 /// A stateless worker: all its state is in RabbitMQ and Redis.
@@ -71,7 +73,7 @@ impl Worker {
             id,
         } = self;
         let store = Store::connect(&settings).await?;
-        let connection = broker::connect(&settings, &format!("rask-worker {id}")).await?;
+        let connection = Arc::new(broker::connect(&settings, &format!("rask-worker {id}")).await?);
         let channel = connection.create_channel().await?;
         broker::declare_topology(&channel, &settings).await?;
         let prefetch = settings.effective_prefetch();
@@ -91,11 +93,13 @@ impl Worker {
             )
             .await?;
 
+        let releaser = Releaser::new(store.clone(), connection.clone(), settings.clone()).await?;
         let (finished, finished_rx) = mpsc::channel(usize::from(prefetch).max(1) * 2);
         let writer = tokio::spawn(writer::run(
             store.clone(),
             finished_rx,
             settings.result_batch,
+            releaser,
         ));
         let permits = Arc::new(Semaphore::new(settings.concurrency));
         let tracker = TaskTracker::new();
@@ -190,14 +194,18 @@ async fn handle(shared: &Shared, delivery: Delivery) {
             return;
         }
     };
-    let outcome = execute(&shared.registry, &shared.id, &message).await;
+    let key = message.key.clone();
+    let outcome = match inputs::resolve(&shared.store, &shared.id, message).await {
+        Ok(message) => execute(&shared.registry, &shared.id, &message).await,
+        Err(outcome) => outcome,
+    };
     if let Outcome::Failure(f) = &outcome {
         tracing::info!(key = %f.key, task = %f.task, kind = ?f.kind, message = %f.message, "task failed");
     }
     let encoded = match outcome.encode() {
         Ok(bytes) => bytes,
         Err(e) => {
-            tracing::error!(key = %message.key, error = %e, "outcome does not encode; dead-lettering");
+            tracing::error!(key = %key, error = %e, "outcome does not encode; dead-lettering");
             if let Err(e) = delivery.reject(BasicRejectOptions { requeue: false }).await {
                 tracing::warn!(error = %e, "could not reject; the task will be redelivered");
             }
@@ -205,7 +213,7 @@ async fn handle(shared: &Shared, delivery: Delivery) {
         }
     };
     let finished = Finished {
-        key: message.key,
+        key,
         outcome: encoded,
         acker: delivery.acker,
     };

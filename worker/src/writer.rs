@@ -1,13 +1,17 @@
-//! The result writer: stores finished outcomes in batches (one Redis pipeline per batch), then
-//! acknowledges their deliveries. A delivery is acknowledged only after its outcome is stored;
-//! while Redis is unreachable the writer retries with backoff and acknowledges nothing.
+//! The result writer: stores finished outcomes in batches (one Redis pipeline per batch),
+//! releases and publishes the graph tasks waiting for them, then acknowledges their deliveries.
+//! A delivery is acknowledged only after its outcome is stored and its ready dependents are
+//! published; while Redis is unreachable the writer retries with backoff and acknowledges
+//! nothing.
 
 use std::time::Duration;
 
-use lapin::options::BasicAckOptions;
+use lapin::options::{BasicAckOptions, BasicRejectOptions};
 use lapin::Acker;
 use rask_common::{Store, TaskKey};
 use tokio::sync::mpsc;
+
+use crate::release::Releaser;
 
 /// A finished task: its encoded outcome and the delivery to acknowledge once it is stored.
 pub(crate) struct Finished {
@@ -20,7 +24,12 @@ pub(crate) struct Finished {
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(5));
 
 /// Runs until every sender is dropped and everything received is stored and acknowledged.
-pub(crate) async fn run(store: Store, mut finished: mpsc::Receiver<Finished>, max_batch: usize) {
+pub(crate) async fn run(
+    store: Store,
+    mut finished: mpsc::Receiver<Finished>,
+    max_batch: usize,
+    mut releaser: Releaser,
+) {
     let mut batch: Vec<Finished> = Vec::with_capacity(max_batch);
     while finished.recv_many(&mut batch, max_batch).await > 0 {
         let items: Vec<(TaskKey, Vec<u8>)> = batch
@@ -28,6 +37,19 @@ pub(crate) async fn run(store: Store, mut finished: mpsc::Receiver<Finished>, ma
             .map(|f| (f.key.clone(), std::mem::take(&mut f.outcome)))
             .collect();
         store_with_retry(&store, &items).await;
+        let keys: Vec<TaskKey> = items.into_iter().map(|(k, _)| k).collect();
+        if let Err(e) = releaser.release(&keys).await {
+            // Redelivery stores nothing new (write-once) but releases the dependents again.
+            tracing::warn!(error = %e, tasks = batch.len(), "publishing ready dependents failed; requeueing the batch");
+            let rejects = batch.drain(..).map(|f| async move {
+                let requeue = BasicRejectOptions { requeue: true };
+                if let Err(e) = f.acker.reject(requeue).await {
+                    tracing::warn!(key = %f.key, error = %e, "reject failed; the task will be redelivered");
+                }
+            });
+            futures::future::join_all(rejects).await;
+            continue;
+        }
         let acks = batch.drain(..).map(|f| async move {
             if let Err(e) = f.acker.ack(BasicAckOptions::default()).await {
                 // The channel is gone: the broker redelivers the message, and the stored

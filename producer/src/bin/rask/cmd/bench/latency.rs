@@ -1,4 +1,5 @@
-//! `latency`: sequential round trips, each submitting one `inc` and waiting for its result;
+//! `latency`: sequential round trips, each submitting one `inc` and waiting for its result
+//! (rask: `Client::call`);
 //! p50/p90/p99 in µs. The first 5% of round trips (at least one) warm up connections and
 //! caches and are not counted, for rask and the floor alike. The floor publishes one message,
 //! its consumer stores the value and publishes a notification, and the client waits for that
@@ -13,25 +14,24 @@ use tokio::time::Instant;
 
 use super::floor::{Floor, Shape, PREFETCH};
 use super::report::Figures;
-use super::{release, PATIENCE};
+use super::PATIENCE;
 
 /// Round trips not counted before the `n` that are.
 fn warmup(n: usize) -> usize {
     (n / 20).max(1)
 }
 
-/// rask: `submit(inc, i)` then `result()`, `n` times (after the warm-up); checks every result.
+/// rask: `call(inc, i)` (submit and wait in one step, the confirm overlapping the run), `n`
+/// times after the warm-up; checks every result. Results are purged afterwards.
 pub(super) async fn rask(client: &Client, n: usize) -> Result<Figures> {
     let warmup = warmup(n);
     let mut samples = Vec::with_capacity(n);
-    let mut futures = Vec::with_capacity(warmup + n);
     for i in 0..(warmup + n) as i64 {
         let started = Instant::now();
-        let future = client.submit(inc, (i,)).await.context("submitting")?;
-        let value = future
-            .result_within(PATIENCE)
+        let value = tokio::time::timeout(PATIENCE, client.call(inc, (i,)))
             .await
-            .context("waiting for the result")?;
+            .context("waiting for the result")?
+            .context("calling inc")?;
         let elapsed = started.elapsed();
         ensure!(
             value == i + 1,
@@ -41,9 +41,8 @@ pub(super) async fn rask(client: &Client, n: usize) -> Result<Figures> {
         if i as usize >= warmup {
             samples.push(elapsed);
         }
-        futures.push(future);
     }
-    release(client, &futures).await?;
+    client.purge().await.context("purging results")?;
     Ok(percentiles(samples))
 }
 

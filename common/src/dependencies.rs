@@ -1,0 +1,157 @@
+//! Task-graph bookkeeping in Redis, done by atomic Lua scripts so that no scheduler is needed.
+//!
+//! A graph task whose inputs are not all stored waits as a record: its message at
+//! [`Keys::task`], the keys it still waits for in the set [`Keys::pending`], and its key in the
+//! set [`Keys::dependents`] of each of those inputs. When a worker has stored a batch of outcomes
+//! it runs [`Store::release_dependents`], which removes the stored keys from their dependents'
+//! pending sets and returns the messages of those that have nothing pending and no result yet;
+//! the worker publishes them before acknowledging. Releasing is idempotent (`SREM` of a removed
+//! member changes nothing, and a ready dependent without a result is returned again), so a
+//! redelivered task releases its dependents again; a dependent published twice runs twice,
+//! harmlessly, since results are write-once.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+use crate::error::Result;
+#[cfg(doc)]
+use crate::keys::Keys;
+use crate::keys::TaskKey;
+use crate::message::TaskMessage;
+use crate::store::Store;
+
+/// Most scripts sent in one pipeline.
+const PIPELINE_CHUNK: usize = 1000;
+
+/// Registers one graph task. KEYS: its result, task record and pending set, then for each
+/// dependency its result and dependents set. ARGV: its key, its message, the TTL in ms, then the
+/// dependency keys. Returns 0 (already stored or registered: nothing to do), 1 (waiting) or
+/// 2 (ready: the caller publishes it).
+static REGISTER: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if not redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then return 0 end
+local pending = 0
+for i = 1, #ARGV - 3 do
+  if redis.call('EXISTS', KEYS[2 + 2 * i]) == 0 then
+    local dependents = KEYS[3 + 2 * i]
+    redis.call('SADD', dependents, ARGV[1])
+    redis.call('PEXPIRE', dependents, ARGV[3])
+    redis.call('SADD', KEYS[3], ARGV[3 + i])
+    pending = pending + 1
+  end
+end
+if pending == 0 then return 2 end
+redis.call('PEXPIRE', KEYS[3], ARGV[3])
+return 1
+",
+    )
+});
+
+/// Releases the dependents of stored outcomes. ARGV: the key prefix, then the stored keys.
+/// Returns the messages of the dependents that became (or still are) ready.
+static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local prefix = ARGV[1]
+local ready = {}
+for i = 2, #ARGV do
+  local dependents = redis.call('SMEMBERS', prefix .. ':dependents:' .. ARGV[i])
+  for _, d in ipairs(dependents) do
+    local pending = prefix .. ':pending:' .. d
+    redis.call('SREM', pending, ARGV[i])
+    if redis.call('SCARD', pending) == 0
+        and redis.call('EXISTS', prefix .. ':result:' .. d) == 0 then
+      local message = redis.call('GET', prefix .. ':task:' .. d)
+      if message then table.insert(ready, message) end
+    end
+  end
+end
+return ready
+",
+    )
+});
+
+/// What registering a graph task found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registration {
+    /// Its result is stored, or another call (of any process) registered it: nothing to do.
+    Known,
+    /// It waits for inputs; a worker publishes it when the last one is stored.
+    Waiting,
+    /// Every input is stored: the caller must publish it now.
+    Ready,
+}
+
+impl Store {
+    /// Registers graph tasks (each message with its `deps`), in one pipeline per 1000 tasks,
+    /// each atomically; returns what each needs, in order. Records and sets live for the TTL.
+    ///
+    /// # Errors
+    /// [`crate::Error::Store`] if Redis fails; tasks registered before the failure stay.
+    pub async fn register_tasks(&self, tasks: &[TaskMessage]) -> Result<Vec<Registration>> {
+        let keys = self.keys();
+        let ttl_ms = self.ttl_ms();
+        let mut found = Vec::with_capacity(tasks.len());
+        for chunk in tasks.chunks(PIPELINE_CHUNK) {
+            let mut invocations = Vec::with_capacity(chunk.len());
+            for task in chunk {
+                let mut inv = REGISTER.prepare_invoke();
+                inv.key(keys.result(&task.key))
+                    .key(keys.task(&task.key))
+                    .key(keys.pending(&task.key))
+                    .arg(task.key.as_str())
+                    .arg(task.encode()?)
+                    .arg(ttl_ms);
+                for dep in &task.deps {
+                    inv.key(keys.result(dep))
+                        .key(keys.dependents(dep))
+                        .arg(dep.as_str());
+                }
+                invocations.push(inv);
+            }
+            let mut pipe = redis::pipe();
+            pipe.load_script(&REGISTER).ignore();
+            for inv in &invocations {
+                pipe.invoke_script(inv);
+            }
+            let codes: Vec<u8> = pipe.query_async(&mut self.conn()).await?;
+            found.extend(codes.into_iter().map(|code| match code {
+                0 => Registration::Known,
+                1 => Registration::Waiting,
+                _ => Registration::Ready,
+            }));
+        }
+        Ok(found)
+    }
+
+    /// Marks the outcomes of `stored` as available to their dependents (atomically) and returns
+    /// the messages of the dependents that are ready to run, without duplicates. Call it after
+    /// the outcomes are stored and publish the result before acknowledging the tasks.
+    ///
+    /// # Errors
+    /// [`crate::Error::Store`] if Redis fails (call again: releasing is idempotent).
+    pub async fn release_dependents(&self, stored: &[TaskKey]) -> Result<Vec<TaskMessage>> {
+        if stored.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut inv = RELEASE.prepare_invoke();
+        inv.arg(self.keys().prefix());
+        for key in stored {
+            inv.arg(key.as_str());
+        }
+        let bodies: Vec<Vec<u8>> = inv.invoke_async(&mut self.conn()).await?;
+        let mut seen = std::collections::HashSet::new();
+        let mut ready = Vec::with_capacity(bodies.len());
+        for body in bodies {
+            match TaskMessage::decode(&body) {
+                Ok(message) if seen.insert(message.key.clone()) => ready.push(message),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(reason = %e.reason, "skipping an undecodable task record"),
+            }
+        }
+        Ok(ready)
+    }
+}

@@ -1,0 +1,137 @@
+//! Submitting task graphs: [`Client::persist`] and [`Client::compute`] (and their `_many`
+//! forms) send a whole graph of [`Delayed`] calls at once.
+//!
+//! Every distinct node (by key) is registered in Redis atomically
+//! ([`rask_common::dependencies`]): a node whose result is stored, or that another call already
+//! registered, is left alone; a node with every input stored is published now; the others wait
+//! as records that workers publish when their last input is stored. The client makes no round
+//! trip per graph level, and may exit once `persist` returns.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use rask_common::dependencies::Registration;
+use rask_common::graph::{Arg, Dep, Node};
+use rask_common::Delayed;
+use serde::de::DeserializeOwned;
+
+use crate::client::Client;
+use crate::error::{Error, Result};
+use crate::future::Future;
+
+impl Client {
+    /// Submits `delayed` and everything it depends on, and returns the future of its result
+    /// once every task that can run now is confirmed by the broker. The graph then finishes
+    /// without this client; any process can wait for the key.
+    ///
+    /// ```no_run
+    /// use rask::builtins::{add, inc, sum_ints};
+    ///
+    /// # async fn example(client: rask::Client) -> rask::Result<()> {
+    /// let leaves: Vec<_> = (0..100).map(|i| inc.delayed(i)).collect();
+    /// let total = sum_ints.delayed(leaves); // nothing is sent yet
+    /// let future = client.persist(&total).await?; // the whole graph, at once
+    /// assert_eq!(future.result().await?, 5050);
+    /// // Graphs built on persisted results reuse them; identical calls share content keys.
+    /// let doubled = add.delayed(&future, sum_ints.delayed((0..100).map(|i| inc.delayed(i)).collect::<Vec<_>>()));
+    /// assert_eq!(client.compute(&doubled).await?, 10100);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Argument`] if an argument did not encode; [`crate::Error`] if Redis or the broker failed (the tasks
+    /// registered or published before the failure stay).
+    pub async fn persist<T>(&self, delayed: &Delayed<T>) -> Result<Future<T>> {
+        self.submit_graph(&[delayed.node()]).await?;
+        Ok(self.future(delayed.key().clone()))
+    }
+
+    /// [`Client::persist`] for several results of one graph (shared parts are submitted once).
+    ///
+    /// # Errors
+    /// As [`Client::persist`].
+    pub async fn persist_many<T>(&self, delayed: &[Delayed<T>]) -> Result<Vec<Future<T>>> {
+        let roots: Vec<&Arc<Node>> = delayed.iter().map(Delayed::node).collect();
+        self.submit_graph(&roots).await?;
+        Ok(delayed
+            .iter()
+            .map(|d| self.future(d.key().clone()))
+            .collect())
+    }
+
+    /// Submits `delayed` (as [`Client::persist`]) and waits for its value, without a time limit
+    /// (persist, then [`Client::gather`] with a timeout, to bound the wait).
+    ///
+    /// # Errors
+    /// As [`Client::persist`]; [`crate::Error::Task`] if the task or one it depends on failed
+    /// (`FailureKind::DependencyFailed`, naming the task that failed first).
+    pub async fn compute<T: DeserializeOwned + Send + 'static>(
+        &self,
+        delayed: &Delayed<T>,
+    ) -> Result<T> {
+        self.persist(delayed).await?.result().await
+    }
+
+    /// [`Client::compute`] for several results, in input order.
+    ///
+    /// # Errors
+    /// As [`Client::compute`], for the first failure.
+    pub async fn compute_many<T: DeserializeOwned + Send + 'static>(
+        &self,
+        delayed: &[Delayed<T>],
+    ) -> Result<Vec<T>> {
+        let futures = self.persist_many(delayed).await?;
+        self.gather(&futures).await
+    }
+
+    /// Registers every distinct node reachable from `roots` and publishes the ready ones.
+    async fn submit_graph(&self, roots: &[&Arc<Node>]) -> Result<()> {
+        let mut messages = Vec::new();
+        for node in distinct_nodes(roots) {
+            messages.push(node.message().map_err(|e| Error::Argument {
+                function: node.function().to_owned(),
+                key: node.key().clone(),
+                error: e.to_owned(),
+            })?);
+        }
+        let found = self.store().register_tasks(&messages).await?;
+        let ready = messages
+            .into_iter()
+            .zip(found)
+            .filter(|(_, r)| *r == Registration::Ready)
+            .map(|(m, _)| Ok(m));
+        self.publish(ready).await
+    }
+}
+
+/// Every node reachable from `roots`, once each (by key), without recursion.
+fn distinct_nodes<'a>(roots: &[&'a Arc<Node>]) -> Vec<&'a Arc<Node>> {
+    let mut seen = HashSet::new();
+    let mut stack: Vec<&Arc<Node>> = roots.to_vec();
+    let mut nodes = Vec::new();
+    while let Some(node) = stack.pop() {
+        if !seen.insert(node.key()) {
+            continue;
+        }
+        nodes.push(node);
+        stack.extend(node.deps().iter().filter_map(|d| match d {
+            Dep::Node(n) => Some(n),
+            Dep::Key(_) => None,
+        }));
+    }
+    nodes
+}
+
+/// A future as a graph argument: the task waits for its result. For a list of futures (fan-in),
+/// use `Arg::list(futures.iter().map(Arg::from))` (the orphan rule forbids a `From<Vec<_>>` here).
+impl<T> From<&Future<T>> for Arg<T> {
+    fn from(future: &Future<T>) -> Self {
+        Arg::key(future.key().clone())
+    }
+}
+
+impl<T> From<Future<T>> for Arg<T> {
+    fn from(future: Future<T>) -> Self {
+        Arg::key(future.key().clone())
+    }
+}

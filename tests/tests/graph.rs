@@ -1,0 +1,356 @@
+//! Lazy task graphs against real servers: results, reuse of identical work (content keys),
+//! persisted graphs finishing without their producer, failures propagating downstream, and
+//! large graphs (1,024-leaf reduction tree, 1,000-input fan-in, 10,000 nodes).
+
+use std::time::Duration;
+
+use rask::builtins::{add, inc, leaf, sleep_ms, sum_ints};
+use rask::{Arg, Client, Delayed, Error, FailureKind, Future, TaskKey};
+use rask_common::dependencies::Registration;
+use rask_common::message::encode_value;
+use rask_common::{Outcome, Store};
+use rask_tests::{TestEnv, PATIENCE};
+use rask_worker::Registry;
+
+rask::task! {
+    /// Returns `x` after counting its run in the Redis counter `counter`.
+    async fn counted(redis_url: String, counter: String, x: i64) -> Result<i64, String> {
+        let client = redis::Client::open(redis_url).map_err(|e| e.to_string())?;
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .map_err(|e| e.to_string())?;
+        redis::cmd("INCR")
+            .arg(counter)
+            .query_async::<i64>(&mut conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(x)
+    }
+}
+
+rask::task! {
+    /// `x`, except that it fails for `bad`.
+    fn fail_on(x: i64, bad: i64) -> Result<i64, String> {
+        if x == bad { Err(format!("refusing {x}")) } else { Ok(x) }
+    }
+}
+
+fn registry() -> Registry {
+    Registry::with_builtins()
+        .with::<counted>()
+        .with::<fail_on>()
+}
+
+/// Counts runs of [`counted`] in one Redis key of this test.
+struct Counter {
+    url: String,
+    key: String,
+}
+
+impl Counter {
+    fn new(env: &TestEnv, name: &str) -> Self {
+        Counter {
+            url: env.settings.redis_url.clone(),
+            key: format!("{}:test-counter:{name}", env.settings.key_prefix),
+        }
+    }
+
+    fn wrap(&self, x: impl Into<Arg<i64>>) -> Delayed<i64> {
+        counted.delayed(self.url.clone(), self.key.clone(), x)
+    }
+
+    async fn runs(&self) -> i64 {
+        let client = redis::Client::open(self.url.as_str()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let runs: Option<i64> = redis::cmd("GET")
+            .arg(&self.key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        runs.unwrap_or(0)
+    }
+}
+
+/// A binary reduction tree of `add` over `leaves`.
+fn reduce(mut level: Vec<Delayed<i64>>) -> Delayed<i64> {
+    while level.len() > 1 {
+        level = level
+            .chunks(2)
+            .map(|pair| match pair {
+                [a, b] => add.delayed(a, b),
+                [a] => a.clone(),
+                _ => unreachable!("chunks of two"),
+            })
+            .collect();
+    }
+    level.pop().expect("at least one leaf")
+}
+
+async fn persisted_value(future: &Future<i64>) -> rask::Result<i64> {
+    future.result_within(PATIENCE).await
+}
+
+/// `compute` waits without a limit: bound it, so that a bug fails the test instead of hanging it.
+async fn within<T>(compute: impl std::future::Future<Output = rask::Result<T>>) -> rask::Result<T> {
+    tokio::time::timeout(PATIENCE, compute)
+        .await
+        .expect("computed within PATIENCE")
+}
+
+fn failure(error: Error) -> rask::TaskFailure {
+    match error {
+        Error::Task(f) => *f,
+        other => panic!("expected a task failure, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_diamond_computes_and_runs_the_shared_top_once() {
+    let env = TestEnv::new("diamond").await;
+    let worker = env.run_worker(registry());
+    let client = env.client().await;
+    let runs = Counter::new(&env, "top");
+    let top = runs.wrap(inc.delayed(1)); // 2
+    let left = add.delayed(&top, 10); // 12
+    let right = add.delayed(runs.wrap(inc.delayed(1)), 20); // the same top, built again: 22
+    let bottom = add.delayed(left, right); // 34
+    let future = client.persist(&bottom).await.unwrap();
+    assert_eq!(persisted_value(&future).await.unwrap(), 34);
+    assert_eq!(runs.runs().await, 1);
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_reduction_tree_over_1024_leaves_on_two_worker_processes() {
+    let env = TestEnv::new("tree").await;
+    let _workers = env.spawn_workers(2);
+    let client = env.client().await;
+    let root = reduce((0..1024).map(|i| leaf.delayed(i)).collect());
+    let expected: i64 = (0..1024).map(|i: i64| i % 7 + 1).sum();
+    let future = client.persist(&root).await.unwrap();
+    assert_eq!(persisted_value(&future).await.unwrap(), expected);
+}
+
+#[tokio::test]
+async fn a_persisted_graph_finishes_without_its_producer() {
+    let env = TestEnv::new("persist").await;
+    let worker = env.run_worker(registry());
+    let first = env.client().await;
+    let root = reduce((0..64).map(|i| inc.delayed(i)).collect());
+    let key = first.persist(&root).await.unwrap().key().clone();
+    first.close().await.unwrap();
+    drop(first);
+    drop(root);
+
+    let second = env.client().await;
+    let future: Future<i64> = second.future(TaskKey::new(key.as_str()).unwrap());
+    assert_eq!(
+        persisted_value(&future).await.unwrap(),
+        (1..=64).sum::<i64>()
+    );
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn compute_reuses_persisted_inputs() {
+    let env = TestEnv::new("reuse").await;
+    let worker = env.run_worker(registry());
+    let client = env.client().await;
+    let runs = Counter::new(&env, "input");
+    let input = client.persist(&runs.wrap(41)).await.unwrap();
+    assert_eq!(persisted_value(&input).await.unwrap(), 41);
+
+    // By future, and by rebuilding the same call (same content key): neither runs it again.
+    assert_eq!(
+        within(client.compute(&add.delayed(&input, 1)))
+            .await
+            .unwrap(),
+        42
+    );
+    assert_eq!(
+        within(client.compute(&add.delayed(runs.wrap(41), 2)))
+            .await
+            .unwrap(),
+        43
+    );
+    assert_eq!(runs.runs().await, 1);
+
+    // A future of a plain submit works too, finished or not.
+    let plain = client.submit(inc, (1,)).await.unwrap();
+    let pair = [
+        add.delayed(&plain, Arg::key(input.key().clone())),
+        inc.delayed(&plain),
+    ];
+    assert_eq!(
+        within(client.compute_many(&pair)).await.unwrap(),
+        vec![43, 3]
+    );
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn impure_calls_run_every_time() {
+    let env = TestEnv::new("impure").await;
+    let worker = env.run_worker(registry());
+    let client = env.client().await;
+    let runs = Counter::new(&env, "impure");
+    let twice = [runs.wrap(1).impure(), runs.wrap(1).impure()];
+    assert_ne!(twice[0].key(), twice[1].key());
+    assert_eq!(
+        within(client.compute_many(&twice)).await.unwrap(),
+        vec![1, 1]
+    );
+    assert_eq!(runs.runs().await, 2);
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn identical_graphs_from_two_producers_run_once() {
+    let env = TestEnv::new("twoproducers").await;
+    let worker = env.run_worker(registry());
+    let (a, b) = (env.client().await, env.client().await);
+    let runs = Counter::new(&env, "leaves");
+    let graph = |client: Client| {
+        let leaves: Vec<Delayed<i64>> = (0..50).map(|i| runs.wrap(i)).collect();
+        let root = sum_ints.delayed(leaves);
+        async move { within(client.compute(&root)).await }
+    };
+    let (x, y) = tokio::join!(graph(a), graph(b));
+    assert_eq!((x.unwrap(), y.unwrap()), (1225, 1225));
+    assert_eq!(runs.runs().await, 50);
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_failed_leaf_fails_everything_downstream_naming_it() {
+    let env = TestEnv::new("failure").await;
+    let worker = env.run_worker(registry());
+    let client = env.client().await;
+    let runs = Counter::new(&env, "downstream");
+    let leaves: Vec<Delayed<i64>> = (0..16).map(|i| fail_on.delayed(i, 5)).collect();
+    let bad = leaves[5].key().clone();
+    let root = runs.wrap(reduce(leaves));
+    let error = client.persist(&root).await.unwrap();
+    let f = failure(persisted_value(&error).await.unwrap_err());
+    assert_eq!(f.kind, FailureKind::DependencyFailed);
+    assert_eq!(&f.key, root.key());
+    assert!(
+        f.message.contains(bad.as_str())
+            && f.message.contains("fail_on")
+            && f.message.contains("refusing 5"),
+        "{}",
+        f.message
+    );
+    assert_eq!(
+        runs.runs().await,
+        0,
+        "nothing downstream of the failure runs"
+    );
+    // A sibling branch without the failure still succeeds.
+    let fine = reduce((0..4).map(|i| fail_on.delayed(i, 5)).collect());
+    assert_eq!(within(client.compute(&fine)).await.unwrap(), 6);
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_fan_in_of_1000_inputs() {
+    let env = TestEnv::new("fanin").await;
+    let worker = env.run_worker(registry());
+    let client = env.client().await;
+    let inputs: Vec<Delayed<i64>> = (0..1000).map(|i| inc.delayed(i)).collect();
+    let total = sum_ints.delayed(inputs);
+    assert_eq!(
+        within(client.compute(&total)).await.unwrap(),
+        (1..=1000).sum::<i64>()
+    );
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_graph_of_10000_nodes_on_two_worker_processes() {
+    let env = TestEnv::new("graph10k").await;
+    let _workers = env.spawn_workers(2);
+    let client = env.client().await;
+    let groups: Vec<Delayed<i64>> = (0..100)
+        .map(|g| sum_ints.delayed((0..99).map(|i| inc.delayed(g * 99 + i)).collect::<Vec<_>>()))
+        .collect();
+    let root = sum_ints.delayed(groups);
+    let future = client.persist(&root).await.unwrap();
+    assert_eq!(
+        persisted_value(&future).await.unwrap(),
+        (1..=9900).sum::<i64>()
+    );
+}
+
+#[tokio::test]
+async fn releasing_is_idempotent_so_redelivered_tasks_release_again() {
+    let env = TestEnv::new("idempotent").await;
+    let store = Store::connect(&env.settings).await.unwrap();
+    let (a, b) = (inc.delayed(1), inc.delayed(2));
+    let c = add.delayed(&a, &b);
+    let message = c.node().message().unwrap();
+    assert_eq!(message.deps, vec![a.key().clone(), b.key().clone()]);
+    let registered = store
+        .register_tasks(std::slice::from_ref(&message))
+        .await
+        .unwrap();
+    assert_eq!(registered, vec![Registration::Waiting]);
+    let again = store
+        .register_tasks(std::slice::from_ref(&message))
+        .await
+        .unwrap();
+    assert_eq!(again, vec![Registration::Known], "registered once");
+
+    let value = |x: i64| Outcome::Value(encode_value(&x).unwrap()).encode().unwrap();
+    store
+        .put_outcomes(&[(a.key().clone(), value(2))])
+        .await
+        .unwrap();
+    let a_done = [a.key().clone()];
+    assert!(store.release_dependents(&a_done).await.unwrap().is_empty());
+    store
+        .put_outcomes(&[(b.key().clone(), value(3))])
+        .await
+        .unwrap();
+    let b_done = [b.key().clone()];
+    assert_eq!(
+        store.release_dependents(&b_done).await.unwrap(),
+        vec![message.clone()]
+    );
+    // The worker died before acking: the redelivered tasks release `c` again.
+    assert_eq!(
+        store.release_dependents(&b_done).await.unwrap(),
+        vec![message.clone()]
+    );
+    assert_eq!(
+        store.release_dependents(&a_done).await.unwrap(),
+        vec![message]
+    );
+    // Once `c` has a result, nothing releases it any more.
+    store
+        .put_outcomes(&[(c.key().clone(), value(5))])
+        .await
+        .unwrap();
+    assert!(store.release_dependents(&b_done).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_graph_survives_its_worker_being_killed() {
+    let env = TestEnv::new("killed").await;
+    let mut first = env.spawn_workers(1);
+    let client = env.client().await;
+    let mut chain = sleep_ms.delayed(200);
+    for _ in 0..14 {
+        chain = sleep_ms.delayed(chain);
+    }
+    let future = client.persist(&chain).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    first[0].kill().await.unwrap();
+    assert!(
+        !future.done().await.unwrap(),
+        "the chain outlives the first worker"
+    );
+    let _second = env.spawn_workers(1);
+    assert_eq!(future.result_within(PATIENCE).await.unwrap(), 200);
+}

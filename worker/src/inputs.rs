@@ -1,0 +1,88 @@
+//! The inputs of a graph task: the stored results of its dependencies, read in one batched read
+//! (`MGET`) and put where the message's placeholders are, or the `DependencyFailed` failure
+//! that replaces running it when one of them failed.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use rask_common::graph::substitute;
+use rask_common::{FailureKind, Outcome, Store, TaskFailure, TaskKey, TaskMessage};
+
+/// First and largest pause between attempts to read inputs.
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(5));
+
+/// `message` with its inputs in place of the placeholders, ready to execute; or the outcome to
+/// store instead of running it (an input failed or is missing). Plain tasks pass through.
+pub(crate) async fn resolve(
+    store: &Store,
+    worker: &str,
+    message: TaskMessage,
+) -> Result<TaskMessage, Outcome> {
+    if message.deps.is_empty() {
+        return Ok(message);
+    }
+    let stored = read_with_retry(store, &message.deps).await;
+    let fail = |text: String| {
+        Outcome::Failure(TaskFailure {
+            kind: FailureKind::DependencyFailed,
+            message: text,
+            task: message.function.clone(),
+            key: message.key.clone(),
+            worker: worker.to_owned(),
+        })
+    };
+    let mut values: HashMap<&str, rmpv::Value> = HashMap::with_capacity(stored.len());
+    for (key, bytes) in message.deps.iter().zip(stored) {
+        let Some(bytes) = bytes else {
+            return Err(fail(format!(
+                "input {key} has no stored result (it expired or was released before this task ran)"
+            )));
+        };
+        let value = match Outcome::decode(&bytes) {
+            Ok(Outcome::Value(value)) => value,
+            Ok(Outcome::Failure(f)) if f.kind == FailureKind::DependencyFailed => {
+                return Err(fail(f.message))
+            }
+            Ok(Outcome::Failure(f)) => {
+                return Err(fail(format!(
+                    "root task {} (key {}) {}: {}",
+                    f.task, f.key, f.kind, f.message
+                )))
+            }
+            Err(e) => return Err(fail(format!("input {key} is not a stored outcome: {e}"))),
+        };
+        match rmpv::decode::read_value(&mut value.as_slice()) {
+            Ok(value) => values.insert(key.as_str(), value),
+            Err(e) => return Err(fail(format!("input {key} is not MessagePack: {e}"))),
+        };
+    }
+    let mut args = match rmpv::decode::read_value(&mut message.args.as_slice()) {
+        Ok(args) => args,
+        // Left to the registry, which reports it as BadArguments.
+        Err(_) => return Ok(message),
+    };
+    substitute(&mut args, &|key| values.get(key).cloned());
+    let mut bytes = Vec::with_capacity(message.args.len());
+    if let Err(e) = rmpv::encode::write_value(&mut bytes, &args) {
+        return Err(fail(format!("arguments do not re-encode: {e}")));
+    }
+    Ok(TaskMessage {
+        args: bytes,
+        ..message
+    })
+}
+
+/// Reads the outcomes of `keys`, retrying with backoff until Redis answers.
+async fn read_with_retry(store: &Store, keys: &[TaskKey]) -> Vec<Option<Vec<u8>>> {
+    let mut pause = BACKOFF.0;
+    loop {
+        match store.get_outcomes(keys).await {
+            Ok(found) => return found,
+            Err(e) => {
+                tracing::warn!(error = %e, inputs = keys.len(), retry_in = ?pause, "reading inputs failed");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(BACKOFF.1);
+            }
+        }
+    }
+}
