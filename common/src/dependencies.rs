@@ -52,9 +52,10 @@ return 1
 
 /// Releases the dependents of stored outcomes. ARGV: the key prefix, then the stored keys.
 /// Returns the messages of the dependents that became (or still are) ready.
-static RELEASE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
+static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE_LUA));
+
+/// The source of [`RELEASE`] (loaded again when Redis answers `NOSCRIPT` in a pipeline).
+const RELEASE_LUA: &str = r"
 local prefix = ARGV[1]
 local ready = {}
 for i = 2, #ARGV do
@@ -70,9 +71,7 @@ for i = 2, #ARGV do
   end
 end
 return ready
-",
-    )
-});
+";
 
 /// What registering a graph task found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,6 +126,42 @@ impl Store {
         Ok(found)
     }
 
+    /// Stores `outcomes` write-once, releases their dependents (the release script) and announces
+    /// them, in that order in one pipeline: one round trip. Returns the messages of the
+    /// dependents that are ready to run, without duplicates; publish them before acknowledging.
+    ///
+    /// # Errors
+    /// [`crate::Error::Store`] if Redis fails (call again: storing and releasing are idempotent).
+    pub async fn store_and_release(
+        &self,
+        outcomes: &[(TaskKey, Vec<u8>)],
+    ) -> Result<Vec<TaskMessage>> {
+        if outcomes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = self.outcomes_pipeline(outcomes);
+        pipe.cmd("EVALSHA")
+            .arg(RELEASE.get_hash())
+            .arg(0)
+            .arg(self.keys().prefix());
+        for (key, _) in outcomes {
+            pipe.arg(key.as_str());
+        }
+        self.announce(&mut pipe, outcomes)?;
+        let bodies: (Vec<Vec<u8>>,) = match pipe.query_async(&mut self.conn()).await {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                redis::cmd("SCRIPT")
+                    .arg("LOAD")
+                    .arg(RELEASE_LUA)
+                    .query_async::<String>(&mut self.conn())
+                    .await?;
+                pipe.query_async(&mut self.conn()).await?
+            }
+            other => other?,
+        };
+        Ok(decode_ready(bodies.0))
+    }
+
     /// Marks the outcomes of `stored` as available to their dependents (atomically) and returns
     /// the messages of the dependents that are ready to run, without duplicates. Call it after
     /// the outcomes are stored and publish the result before acknowledging the tasks.
@@ -143,15 +178,20 @@ impl Store {
             inv.arg(key.as_str());
         }
         let bodies: Vec<Vec<u8>> = inv.invoke_async(&mut self.conn()).await?;
-        let mut seen = std::collections::HashSet::new();
-        let mut ready = Vec::with_capacity(bodies.len());
-        for body in bodies {
-            match TaskMessage::decode(&body) {
-                Ok(message) if seen.insert(message.key.clone()) => ready.push(message),
-                Ok(_) => {}
-                Err(e) => tracing::warn!(reason = %e.reason, "skipping an undecodable task record"),
-            }
-        }
-        Ok(ready)
+        Ok(decode_ready(bodies))
     }
+}
+
+/// The ready dependents' task records as messages, without duplicates.
+fn decode_ready(bodies: Vec<Vec<u8>>) -> Vec<TaskMessage> {
+    let mut seen = std::collections::HashSet::new();
+    let mut ready = Vec::with_capacity(bodies.len());
+    for body in bodies {
+        match TaskMessage::decode(&body) {
+            Ok(message) if seen.insert(message.key.clone()) => ready.push(message),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(reason = %e.reason, "skipping an undecodable task record"),
+        }
+    }
+    ready
 }

@@ -67,6 +67,14 @@ impl Store {
         if outcomes.is_empty() {
             return Ok(());
         }
+        let mut pipe = self.outcomes_pipeline(outcomes);
+        self.announce(&mut pipe, outcomes)?;
+        pipe.query_async::<()>(&mut self.conn.clone()).await?;
+        Ok(())
+    }
+
+    /// A pipeline that stores `outcomes` write-once with the TTL (replies ignored).
+    pub(crate) fn outcomes_pipeline(&self, outcomes: &[(TaskKey, Vec<u8>)]) -> redis::Pipeline {
         let ttl_ms = self.ttl_ms();
         let mut pipe = redis::pipe();
         for (key, bytes) in outcomes {
@@ -78,12 +86,20 @@ impl Store {
                 .arg(ttl_ms)
                 .ignore();
         }
+        pipe
+    }
+
+    /// Adds the announcement of `outcomes` (their keys only) to `pipe` (reply ignored).
+    pub(crate) fn announce(
+        &self,
+        pipe: &mut redis::Pipeline,
+        outcomes: &[(TaskKey, Vec<u8>)],
+    ) -> Result<()> {
         let announced: Vec<&str> = outcomes.iter().map(|(k, _)| k.as_str()).collect();
         pipe.cmd("PUBLISH")
             .arg(self.keys.done_channel())
             .arg(rmp_serde::to_vec(&announced)?)
             .ignore();
-        pipe.query_async::<()>(&mut self.conn.clone()).await?;
         Ok(())
     }
 

@@ -1,16 +1,13 @@
-//! Releasing graph tasks: after a batch of outcomes is stored, mark them available to their
-//! dependents (one atomic script) and publish the dependents that became ready, confirmed,
-//! before the batch is acknowledged. No scheduler and no client round trip per graph level.
+//! Releasing graph tasks: the writer stores a batch of outcomes and runs the release script in
+//! one pipeline (`Store::store_and_release`); this module publishes the dependents that became
+//! ready, confirmed, before the batch is acknowledged. No scheduler, no client round trip per
+//! graph level.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{Channel, Confirmation, Connection};
-use rask_common::{broker, Settings, Store, TaskKey, TaskMessage};
-
-/// First and largest pause between attempts to run the release script.
-const BACKOFF: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(5));
+use rask_common::{broker, Settings, TaskKey, TaskMessage};
 
 /// Why ready dependents could not be published (the batch is requeued, not acknowledged).
 #[derive(Debug, thiserror::Error)]
@@ -35,9 +32,8 @@ pub(crate) enum PublishError {
     Nacked(TaskKey),
 }
 
-/// Releases dependents and publishes them on a confirm-mode channel of its own.
+/// Publishes released dependents on a confirm-mode channel of its own.
 pub(crate) struct Releaser {
-    store: Store,
     connection: Arc<Connection>,
     channel: Option<Channel>,
     settings: Settings,
@@ -46,12 +42,10 @@ pub(crate) struct Releaser {
 impl Releaser {
     /// Publishes on a channel of `connection`, opened now and reopened whenever it is closed.
     pub(crate) async fn new(
-        store: Store,
         connection: Arc<Connection>,
         settings: Settings,
     ) -> rask_common::Result<Self> {
         let mut releaser = Releaser {
-            store,
             connection,
             channel: None,
             settings,
@@ -76,13 +70,15 @@ impl Releaser {
         Ok(self.channel.clone().expect("just opened"))
     }
 
-    /// Releases the dependents of `stored` (retrying Redis until it answers) and publishes the
-    /// ready ones. `Err` says a publish was not confirmed: the caller must not acknowledge the
-    /// batch, so that its redelivery releases (and publishes) the dependents again.
-    pub(crate) async fn release(&mut self, stored: &[TaskKey]) -> Result<usize, PublishError> {
-        let ready = self.release_with_retry(stored).await;
-        let count = ready.len();
-        if count == 0 {
+    /// Publishes the dependents `ready` to run (confirmed); returns how many.
+    ///
+    /// # Errors
+    /// [`PublishError`] for the first that was not confirmed: acknowledge nothing then.
+    pub(crate) async fn publish_ready(
+        &mut self,
+        ready: &[TaskMessage],
+    ) -> Result<usize, PublishError> {
+        if ready.is_empty() {
             return Ok(0);
         }
         let channel = self.channel().await.map_err(PublishError::Channel)?;
@@ -92,21 +88,7 @@ impl Releaser {
         for result in futures::future::join_all(publishes).await {
             result?;
         }
-        Ok(count)
-    }
-
-    async fn release_with_retry(&self, stored: &[TaskKey]) -> Vec<TaskMessage> {
-        let mut pause = BACKOFF.0;
-        loop {
-            match self.store.release_dependents(stored).await {
-                Ok(ready) => return ready,
-                Err(e) => {
-                    tracing::warn!(error = %e, retry_in = ?pause, "releasing dependents failed");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(BACKOFF.1);
-                }
-            }
-        }
+        Ok(ready.len())
     }
 }
 

@@ -93,7 +93,7 @@ impl Worker {
             )
             .await?;
 
-        let releaser = Releaser::new(store.clone(), connection.clone(), settings.clone()).await?;
+        let releaser = Releaser::new(connection.clone(), settings.clone()).await?;
         let (finished, finished_rx) = mpsc::channel(usize::from(prefetch).max(1) * 2);
         let writer = tokio::spawn(writer::run(
             store.clone(),

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use lapin::options::{BasicAckOptions, BasicRejectOptions};
 use lapin::Acker;
-use rask_common::{Store, TaskKey};
+use rask_common::{Store, TaskKey, TaskMessage};
 use tokio::sync::mpsc;
 
 use crate::release::Releaser;
@@ -36,9 +36,8 @@ pub(crate) async fn run(
             .iter_mut()
             .map(|f| (f.key.clone(), std::mem::take(&mut f.outcome)))
             .collect();
-        store_with_retry(&store, &items).await;
-        let keys: Vec<TaskKey> = items.into_iter().map(|(k, _)| k).collect();
-        if let Err(e) = releaser.release(&keys).await {
+        let ready = store_and_release_with_retry(&store, &items).await;
+        if let Err(e) = releaser.publish_ready(&ready).await {
             // Redelivery stores nothing new (write-once) but releases the dependents again.
             tracing::warn!(error = %e, tasks = batch.len(), "publishing ready dependents failed; requeueing the batch");
             let rejects = batch.drain(..).map(|f| async move {
@@ -58,6 +57,25 @@ pub(crate) async fn run(
             }
         });
         futures::future::join_all(acks).await;
+    }
+}
+
+/// Stores `items` and releases their dependents in one round trip, retrying with backoff until
+/// Redis takes them; returns the dependents ready to run.
+async fn store_and_release_with_retry(
+    store: &Store,
+    items: &[(TaskKey, Vec<u8>)],
+) -> Vec<TaskMessage> {
+    let mut pause = BACKOFF.0;
+    loop {
+        match store.store_and_release(items).await {
+            Ok(ready) => return ready,
+            Err(e) => {
+                tracing::warn!(error = %e, results = items.len(), retry_in = ?pause, "storing results failed");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(BACKOFF.1);
+            }
+        }
     }
 }
 

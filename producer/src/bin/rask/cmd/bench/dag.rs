@@ -1,53 +1,47 @@
 //! `dag`: a binary reduction tree of `leaf(i) = i % 7 + 1` tasks summed pairwise by `add` tasks
 //! (1,024 leaves and 1,023 adds: 2,047 tasks); seconds until the root's result is back, whose
-//! sum is checked. Until rask can submit a graph, the client runs it level by level: map a
-//! level, gather it, map the next level over the pairs of results. The floor does the same
-//! levels with messages of the same sizes.
+//! sum is checked. rask submits the tree as one graph; the floor, which has no dependency
+//! tracking, runs it level by level from the client (publish a level, wait for it, publish the
+//! next) with messages of the same sizes.
 
 use anyhow::{ensure, Context, Result};
 use rask::builtins::{add, leaf};
-use rask::Client;
+use rask::{Client, Delayed, TaskKey};
 use tokio::time::Instant;
 
 use super::floor::{Floor, Shape, PREFETCH};
 use super::report::Figures;
-use super::{release, PATIENCE};
+use super::PATIENCE;
 
-/// rask: the tree over `leaves` leaves (a power of two), level by level.
+/// rask: the tree over `leaves` leaves (a power of two), built with `delayed` and computed as one
+/// graph: workers release each `add` as its inputs are stored, with no client round trip per
+/// level. Leaves are impure (fresh keys), so repeated runs cannot reuse earlier results.
 pub(super) async fn rask(client: &Client, leaves: usize) -> Result<Figures> {
     ensure!(
         leaves.is_power_of_two(),
         "the tree needs a power-of-two number of leaves"
     );
     let started = Instant::now();
-    let futures = client
-        .map(leaf, (0..leaves as i64).map(|i| (i,)))
-        .await
-        .context("submitting the leaves")?;
-    let mut values: Vec<i64> = client
-        .gather(&futures)
-        .timeout(PATIENCE)
-        .await
-        .context("gathering the leaves")?;
-    let mut keys = vec![futures];
-    while values.len() > 1 {
-        let pairs: Vec<(i64, i64)> = values.chunks(2).map(|p| (p[0], p[1])).collect();
-        let futures = client.map(add, pairs).await.context("submitting a level")?;
-        values = client
-            .gather(&futures)
-            .timeout(PATIENCE)
-            .await
-            .context("gathering a level")?;
-        keys.push(futures);
+    let mut level: Vec<Delayed<i64>> = (0..leaves as i64)
+        .map(|i| leaf.delayed(i).impure())
+        .collect();
+    let mut keys: Vec<TaskKey> = level.iter().map(|d| d.key().clone()).collect();
+    while level.len() > 1 {
+        level = level.chunks(2).map(|p| add.delayed(&p[0], &p[1])).collect();
+        keys.extend(level.iter().map(|d| d.key().clone()));
     }
+    let value = tokio::time::timeout(PATIENCE, client.compute(&level[0]))
+        .await
+        .context("waiting for the root")?
+        .context("computing the tree")?;
     let seconds = started.elapsed().as_secs_f64();
     let expected: i64 = (0..leaves as i64).map(|i| i % 7 + 1).sum();
     ensure!(
-        values == [expected],
-        "the tree summed to {values:?}, expected {expected}"
+        value == expected,
+        "the tree summed to {value}, expected {expected}"
     );
-    for level in &keys {
-        release(client, level).await?;
+    for chunk in keys.chunks(10_000) {
+        client.release(chunk).await.context("releasing results")?;
     }
     Ok(figures(leaves, seconds))
 }
