@@ -70,21 +70,34 @@ impl Releaser {
         Ok(self.channel.clone().expect("just opened"))
     }
 
+    /// A handle publishing on the current channel (reopened first if it was closed).
+    ///
+    /// # Errors
+    /// [`PublishError::Channel`] if no channel can be opened.
+    pub(crate) async fn publisher(&mut self) -> Result<Publisher, PublishError> {
+        let channel = self.channel().await.map_err(PublishError::Channel)?;
+        Ok(Publisher {
+            channel,
+            settings: self.settings.clone(),
+        })
+    }
+}
+
+/// Publishes ready dependents on one channel; owned, so a batch can settle in its own task.
+pub(crate) struct Publisher {
+    channel: Channel,
+    settings: Settings,
+}
+
+impl Publisher {
     /// Publishes the dependents `ready` to run (confirmed); returns how many.
     ///
     /// # Errors
     /// [`PublishError`] for the first that was not confirmed: acknowledge nothing then.
-    pub(crate) async fn publish_ready(
-        &mut self,
-        ready: &[TaskMessage],
-    ) -> Result<usize, PublishError> {
-        if ready.is_empty() {
-            return Ok(0);
-        }
-        let channel = self.channel().await.map_err(PublishError::Channel)?;
+    pub(crate) async fn publish(&self, ready: &[TaskMessage]) -> Result<usize, PublishError> {
         let publishes = ready
             .iter()
-            .map(|message| publish(&channel, &self.settings, message));
+            .map(|message| publish(&self.channel, &self.settings, message));
         for result in futures::future::join_all(publishes).await {
             result?;
         }

@@ -10,8 +10,9 @@ use lapin::options::{BasicAckOptions, BasicRejectOptions};
 use lapin::Acker;
 use rask_common::{Store, TaskKey, TaskMessage};
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 
-use crate::release::Releaser;
+use crate::release::{Publisher, Releaser};
 
 /// A finished task: its encoded outcome and the delivery to acknowledge once it is stored.
 pub(crate) struct Finished {
@@ -19,6 +20,9 @@ pub(crate) struct Finished {
     pub(crate) outcome: Vec<u8>,
     pub(crate) acker: Acker,
 }
+
+/// Stored batches that may be settling (publishing dependents, acking) at once.
+const SETTLING_BATCHES: usize = 4;
 
 /// First and largest pause between attempts to store a batch.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(5));
@@ -30,6 +34,7 @@ pub(crate) async fn run(
     max_batch: usize,
     mut releaser: Releaser,
 ) {
+    let mut settling = JoinSet::new();
     let mut batch: Vec<Finished> = Vec::with_capacity(max_batch);
     while finished.recv_many(&mut batch, max_batch).await > 0 {
         let items: Vec<(TaskKey, Vec<u8>)> = batch
@@ -37,27 +42,57 @@ pub(crate) async fn run(
             .map(|f| (f.key.clone(), std::mem::take(&mut f.outcome)))
             .collect();
         let ready = store_and_release_with_retry(&store, &items).await;
-        if let Err(e) = releaser.publish_ready(&ready).await {
-            // Redelivery stores nothing new (write-once) but releases the dependents again.
-            tracing::warn!(error = %e, tasks = batch.len(), "publishing ready dependents failed; requeueing the batch");
-            let rejects = batch.drain(..).map(|f| async move {
-                let requeue = BasicRejectOptions { requeue: true };
-                if let Err(e) = f.acker.reject(requeue).await {
-                    tracing::warn!(key = %f.key, error = %e, "reject failed; the task will be redelivered");
+        let done = std::mem::replace(&mut batch, Vec::with_capacity(max_batch));
+        let publisher = if ready.is_empty() {
+            None
+        } else {
+            match releaser.publisher().await {
+                Ok(publisher) => Some(publisher),
+                Err(e) => {
+                    tracing::warn!(error = %e, tasks = done.len(), "cannot publish ready dependents; requeueing the batch");
+                    requeue(done).await;
+                    continue;
                 }
-            });
-            futures::future::join_all(rejects).await;
-            continue;
-        }
-        let acks = batch.drain(..).map(|f| async move {
-            if let Err(e) = f.acker.ack(BasicAckOptions::default()).await {
-                // The channel is gone: the broker redelivers the message, and the stored
-                // outcome makes the rerun harmless (write-once).
-                tracing::warn!(key = %f.key, error = %e, "ack failed; the task will be redelivered");
             }
-        });
-        futures::future::join_all(acks).await;
+        };
+        // Settle (publish dependents, then ack) while the next batch is being stored.
+        while settling.len() >= SETTLING_BATCHES {
+            settling.join_next().await;
+        }
+        settling.spawn(settle(done, ready, publisher));
     }
+    while settling.join_next().await.is_some() {}
+}
+
+/// Publishes a stored batch's ready dependents (confirmed), then acks the batch; if a dependent
+/// cannot be published, requeues the batch instead (redelivery stores nothing new, since results
+/// are write-once, but releases the dependents again).
+async fn settle(batch: Vec<Finished>, ready: Vec<TaskMessage>, publisher: Option<Publisher>) {
+    if let Some(publisher) = publisher {
+        if let Err(e) = publisher.publish(&ready).await {
+            tracing::warn!(error = %e, tasks = batch.len(), "publishing ready dependents failed; requeueing the batch");
+            requeue(batch).await;
+            return;
+        }
+    }
+    let acks = batch.into_iter().map(|f| async move {
+        if let Err(e) = f.acker.ack(BasicAckOptions::default()).await {
+            // The channel is gone: the broker redelivers the message, and the stored
+            // outcome makes the rerun harmless (write-once).
+            tracing::warn!(key = %f.key, error = %e, "ack failed; the task will be redelivered");
+        }
+    });
+    futures::future::join_all(acks).await;
+}
+
+/// Rejects every delivery of `batch` with requeue.
+async fn requeue(batch: Vec<Finished>) {
+    let rejects = batch.into_iter().map(|f| async move {
+        if let Err(e) = f.acker.reject(BasicRejectOptions { requeue: true }).await {
+            tracing::warn!(key = %f.key, error = %e, "reject failed; the task will be redelivered");
+        }
+    });
+    futures::future::join_all(rejects).await;
 }
 
 /// Stores `items` and releases their dependents in one round trip, retrying with backoff until
