@@ -291,6 +291,55 @@ impl<T> Delayed<T> {
     pub fn node(&self) -> &Arc<Node> {
         &self.node
     }
+
+    /// The graph as Graphviz DOT (`dot -Tsvg`): one node per distinct key, labelled with the
+    /// function and the key's first 8 hex digits (inputs known only by key, e.g. futures, are
+    /// dashed boxes labelled with their key), and one edge from each input to each task using it.
+    pub fn to_dot(&self) -> String {
+        use std::fmt::Write as _;
+        let mut dot = String::from("digraph rask {\n  rankdir=BT;\n");
+        let mut seen = std::collections::HashSet::new();
+        let mut stack: Vec<&Arc<Node>> = vec![&self.node];
+        while let Some(node) = stack.pop() {
+            if !seen.insert(node.key.as_str()) {
+                continue;
+            }
+            let label = format!("{}\\n{}", node.function, short_key(&node.key));
+            let _ = writeln!(dot, "  \"{}\" [label=\"{}\"];", node.key, escape(&label));
+            for dep in node.dep_keys() {
+                let _ = writeln!(dot, "  \"{dep}\" -> \"{}\";", node.key);
+            }
+            for dep in &node.deps {
+                match dep {
+                    Dep::Node(input) => stack.push(input),
+                    Dep::Key(key) => {
+                        if seen.insert(key.as_str()) {
+                            let _ = writeln!(
+                                dot,
+                                "  \"{key}\" [label=\"{key}\", shape=box, style=dashed];"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        dot.push_str("}\n");
+        dot
+    }
+}
+
+/// `{function}-{first 8 hex digits}` of a `{function}-{hex}` key; other keys unchanged.
+fn short_key(key: &TaskKey) -> &str {
+    let text = key.as_str();
+    match text.rfind('-') {
+        Some(dash) if text.len() > dash + 9 => &text[..dash + 9],
+        _ => text,
+    }
+}
+
+/// `text` as the inside of a DOT string (keys and function names hold no quotes; to be sure).
+fn escape(text: &str) -> String {
+    text.replace('"', "\\\"")
 }
 
 impl<T> Clone for Delayed<T> {
@@ -399,6 +448,34 @@ mod tests {
         let list = args.as_array().unwrap()[0].as_array().unwrap().clone();
         assert_eq!(list[0], rmpv::Value::from(5));
         assert_eq!(list[1], placeholder(d.key()));
+    }
+
+    #[test]
+    fn dot_has_one_node_per_key_and_edges_from_inputs() {
+        let a = inc.delayed(1);
+        let earlier = TaskKey::new("inc-earlier").unwrap();
+        let pair = [
+            add.delayed(&a, 2),
+            add.delayed(&a, Arg::key(earlier.clone())),
+        ];
+        let root = sum_ints.delayed(pair.to_vec());
+        let dot = root.to_dot();
+        assert!(dot.starts_with("digraph rask {") && dot.trim_end().ends_with('}'));
+        let nodes = dot.lines().filter(|l| l.contains("[label=")).count();
+        assert_eq!(
+            nodes, 5,
+            "root, two adds, inc once, the earlier key:\n{dot}"
+        );
+        let edge = |from: &TaskKey, to: &TaskKey| format!("\"{from}\" -> \"{to}\";");
+        for add_call in &pair {
+            assert!(dot.contains(&edge(a.key(), add_call.key())), "{dot}");
+            assert!(dot.contains(&edge(add_call.key(), root.key())), "{dot}");
+        }
+        assert!(dot.contains(&edge(&earlier, pair[1].key())), "{dot}");
+        assert_eq!(dot.matches(" -> ").count(), 5, "{dot}");
+        let short = &a.key().as_str()[..12]; // "inc-" and 8 hex digits
+        assert!(dot.contains(&format!("label=\"inc\\n{short}\"")), "{dot}");
+        assert!(dot.contains("style=dashed"), "{dot}");
     }
 
     #[test]

@@ -78,6 +78,9 @@ pub enum FailureKind {
     /// A task this one depends on (in a task graph) failed, so this one did not run; the message
     /// names the root task that failed, its key and its error.
     DependencyFailed,
+    /// A client cancelled the task before it had an outcome (`Client::cancel`); if a worker was
+    /// already running it, its outcome is dropped (write-once).
+    Cancelled,
     /// A failure kind written by a newer rask that this build does not know.
     #[serde(other)]
     Other,
@@ -92,6 +95,7 @@ impl fmt::Display for FailureKind {
             FailureKind::Failed => "failed",
             FailureKind::BadMessage => "had a malformed message",
             FailureKind::DependencyFailed => "did not run: a dependency failed",
+            FailureKind::Cancelled => "was cancelled",
             FailureKind::Other => "failed (unknown kind)",
         })
     }

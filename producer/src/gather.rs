@@ -83,7 +83,7 @@ impl<'a, T> Gather<'a, T> {
 #[must_use = "a gather does nothing until awaited"]
 pub struct GatherEach<'a, T>(Gather<'a, T>);
 
-type BoxFuture<'a, O> = Pin<Box<dyn std::future::Future<Output = O> + Send + 'a>>;
+pub(crate) type BoxFuture<'a, O> = Pin<Box<dyn std::future::Future<Output = O> + Send + 'a>>;
 
 impl<'a, T: DeserializeOwned + Send + 'static> IntoFuture for Gather<'a, T> {
     type Output = Result<Vec<T>>;
@@ -192,7 +192,7 @@ pub(crate) async fn single<T: DeserializeOwned>(waiter: &mut Waiter) -> Result<T
 }
 
 /// The next outcome, riding out Redis failures with backoff (then re-reading what is pending).
-async fn next_outcome(waiter: &mut Waiter) -> Option<Result<(usize, Result<Outcome>)>> {
+pub(crate) async fn next_outcome(waiter: &mut Waiter) -> Option<Result<(usize, Result<Outcome>)>> {
     let mut pause = BACKOFF.0;
     loop {
         match waiter.next().await {

@@ -24,6 +24,7 @@
 //! - `graph.rs`: [`Client::persist`] and [`Client::compute`] of lazy task graphs ([`Delayed`]).
 //! - `publish.rs`: pipelined, confirmed publishing with a window.
 //! - `completions.rs`: one Redis subscription per client; waiters re-read on any gap.
+//! - `scatter.rs`: [`Client::scatter`] (local data as stored results) and [`Client::wait`].
 //! - [`Future`] (`future.rs`) and [`Gather`] (`gather.rs`): waiting for results.
 //! - [`local`]: a private RabbitMQ, Redis and workers on loopback (`rask local`).
 //! - [`Error`] (`error.rs`): what can fail.
@@ -37,6 +38,7 @@ mod gather;
 mod graph;
 pub mod local;
 mod publish;
+mod scatter;
 
 pub use client::Client;
 pub use error::{Error, Result};
@@ -45,6 +47,7 @@ pub use gather::{Gather, GatherEach};
 pub use rask_common::{
     builtins, task, Arg, Delayed, FailureKind, Settings, Task, TaskError, TaskFailure, TaskKey,
 };
+pub use scatter::Wait;
 
 /// The README's Rust examples, compiled as doctests so that they cannot drift from the code.
 #[cfg(doctest)]

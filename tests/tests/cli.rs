@@ -202,6 +202,11 @@ async fn local_up_status_demo_down() {
         "{}",
         stdout(&demo)
     );
+    assert!(
+        stdout(&demo).contains("reused by it"),
+        "the final compute reuses the persisted group summary: {}",
+        stdout(&demo)
+    );
 
     let down = rask(&env, &["local", "down", "--dir", dir], "").await;
     assert!(down.status.success(), "{}", stderr(&down));

@@ -354,3 +354,110 @@ async fn a_graph_survives_its_worker_being_killed() {
     let _second = env.spawn_workers(1);
     assert_eq!(future.result_within(PATIENCE).await.unwrap(), 200);
 }
+
+#[tokio::test]
+async fn scattered_values_are_graph_inputs_and_gatherable() {
+    let env = TestEnv::new("scatter").await;
+    let worker = env.run_worker(registry());
+    let client = env.client().await;
+    let data = client.scatter([10_i64, 20, 30]).await.unwrap();
+    assert!(data[0].key().as_str().starts_with("scatter-"));
+    let again = client.scatter([20_i64]).await.unwrap();
+    assert_eq!(again[0].key(), data[1].key(), "content addressed");
+    let sums: Vec<Delayed<i64>> = data.iter().map(|d| add.delayed(d, 1)).collect();
+    assert_eq!(
+        within(client.compute_many(&sums)).await.unwrap(),
+        vec![11, 21, 31]
+    );
+    let total = sum_ints.delayed(Arg::list(data.iter().map(Arg::from)));
+    assert_eq!(within(client.compute(&total)).await.unwrap(), 60);
+    assert_eq!(
+        client.gather(&data).timeout(PATIENCE).await.unwrap(),
+        vec![10, 20, 30]
+    );
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn scattering_releases_graph_tasks_waiting_for_it() {
+    let env = TestEnv::new("scatterlate").await;
+    let worker = env.run_worker(registry());
+    let client = env.client().await;
+    // The graph is submitted before the data it names exists.
+    let key = rask_common::graph::content_key("scatter", &encode_value(&5_i64).unwrap());
+    let future = client
+        .persist(&inc.delayed(Arg::key(key.clone())))
+        .await
+        .unwrap();
+    assert!(!future.done().await.unwrap());
+    let data = client.scatter([5_i64]).await.unwrap();
+    assert_eq!(data[0].key(), &key);
+    assert_eq!(persisted_value(&future).await.unwrap(), 6);
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn wait_returns_once_every_outcome_is_stored_failures_included() {
+    let env = TestEnv::new("wait").await;
+    let client = env.client().await;
+    let slow = client.submit(sleep_ms, (300,)).await.unwrap();
+    let failing = client.submit(fail_on, (5, 5)).await.unwrap();
+    let error = client
+        .wait(std::slice::from_ref(&slow))
+        .timeout(Duration::from_millis(200))
+        .await
+        .unwrap_err();
+    assert!(error.is_timeout(), "{error:?}");
+    let worker = env.run_worker(registry());
+    client
+        .wait(std::slice::from_ref(&failing))
+        .timeout(PATIENCE)
+        .await
+        .unwrap();
+    client
+        .wait(std::slice::from_ref(&slow))
+        .timeout(PATIENCE)
+        .await
+        .unwrap();
+    assert!(slow.done().await.unwrap() && failing.done().await.unwrap());
+    assert_eq!(slow.result().await.unwrap(), 300);
+    assert!(failing.result().await.is_err());
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn cancelling_fails_the_task_and_its_dependents_but_keeps_outcomes() {
+    let env = TestEnv::new("cancel").await;
+    let client = env.client().await;
+    // No worker yet: `inc` is queued, `add` waits for it.
+    let first = inc.delayed(1);
+    let second = add.delayed(&first, 2);
+    let root = client.persist(&second).await.unwrap();
+    let done = client.scatter([7_i64]).await.unwrap();
+    let cancelled: Future<i64> = client.future(first.key().clone());
+    let both = [cancelled.clone(), done[0].clone()];
+    assert_eq!(
+        client.cancel(&both).await.unwrap(),
+        1,
+        "only the unfinished one"
+    );
+
+    let worker = env.run_worker(registry());
+    let f = failure(cancelled.result_within(PATIENCE).await.unwrap_err());
+    assert_eq!(f.kind, FailureKind::Cancelled);
+    assert_eq!(f.task, "inc");
+    let f = failure(persisted_value(&root).await.unwrap_err());
+    assert_eq!(f.kind, FailureKind::DependencyFailed);
+    assert!(
+        f.message.contains(first.key().as_str()) && f.message.contains("cancelled"),
+        "{}",
+        f.message
+    );
+    assert_eq!(done[0].result_within(PATIENCE).await.unwrap(), 7);
+    // The queued `inc` runs (before or alongside the sentinel); the cancellation stays.
+    let sentinel = client.submit(inc, (0,)).await.unwrap();
+    assert_eq!(sentinel.result_within(PATIENCE).await.unwrap(), 1);
+    let f = failure(cancelled.result_within(PATIENCE).await.unwrap_err());
+    assert_eq!(f.kind, FailureKind::Cancelled);
+    worker.stop().await.unwrap();
+}

@@ -1,7 +1,9 @@
 //! `rask demo`: the main job, after the classic Dask workshop. Image batches are generated
 //! here (deterministically, no downloads), shipped to the workers, analysed there (grayscale,
 //! blur, Sobel edges, histogram), and the per-batch statistics reduced on the cluster to one
-//! summary.
+//! summary by a small task graph: `image_summary` per group of [`GROUP`] batches, then
+//! `merge_image_summaries` over the groups. The first group's summary is persisted on its own
+//! first, to show that the final graph reuses it (same content key) instead of computing it again.
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -9,11 +11,15 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use rask::builtins::{image_stats, image_summary};
-use rask_common::image::{batch_len, generate_batch, BatchStats};
+use rask::builtins::{image_stats, image_summary, merge_image_summaries};
+use rask::{Arg, Delayed};
+use rask_common::image::{batch_len, generate_batch, Summary};
 
 use crate::cli::{DemoArgs, Global};
 use crate::output::connect;
+
+/// Batches per `image_summary` task of the reduction tree.
+const GROUP: usize = 8;
 
 pub(crate) async fn run(global: &Global, args: DemoArgs) -> Result<ExitCode> {
     let Some(bytes) = batch_len(args.images, args.size, args.size) else {
@@ -49,25 +55,39 @@ pub(crate) async fn run(global: &Global, args: DemoArgs) -> Result<ExitCode> {
         .expect("valid template")
         .progress_chars("=> "),
     );
-    let mut stats: Vec<Option<BatchStats>> = vec![None; futures.len()];
     let mut completed = client.as_completed(&futures);
     let deadline = tokio::time::Instant::now() + args.timeout;
     while let Some((index, result)) = tokio::time::timeout_at(deadline, completed.next())
         .await
         .context("timed out waiting for batches (are workers running?)")?
     {
-        stats[index] = Some(result.with_context(|| format!("batch {index}"))?);
+        result.with_context(|| format!("batch {index}"))?;
         bar.inc(1);
     }
     bar.finish_and_clear();
-    let stats: Vec<BatchStats> = stats.into_iter().flatten().collect();
     let analysed = started.elapsed();
 
-    let summary = client
-        .submit(image_summary, (stats,))
-        .await?
-        .result_within(args.timeout)
+    // The reduction tree over the stored per-batch statistics (nothing is shipped back here).
+    let groups: Vec<Delayed<Summary>> = futures
+        .chunks(GROUP)
+        .map(|group| image_summary.delayed(Arg::list(group.iter().map(Arg::from))))
+        .collect();
+    let reused = match groups.first() {
+        Some(first) => {
+            let first = client.persist(first).await?;
+            client
+                .wait(std::slice::from_ref(&first))
+                .timeout(args.timeout)
+                .await
+                .context("summarising the first group")?;
+            first.done().await?.then(|| first.key().clone())
+        }
+        None => None,
+    };
+    let root = merge_image_summaries.delayed(groups);
+    let summary = tokio::time::timeout(args.timeout, client.compute(&root))
         .await
+        .context("timed out reducing the batch statistics")?
         .context("reducing the batch statistics")?;
     println!("{}", summary.render());
     println!(
@@ -77,6 +97,11 @@ pub(crate) async fn run(global: &Global, args: DemoArgs) -> Result<ExitCode> {
         summary.images as f64 / analysed.as_secs_f64(),
         (started.elapsed() - analysed).as_secs_f64() * 1000.0
     );
+    if let Some(key) = reused {
+        println!(
+            "first group's summary {key} was persisted before the final compute and reused by it"
+        );
+    }
     client.close().await?;
     Ok(ExitCode::SUCCESS)
 }
