@@ -88,6 +88,32 @@ pub async fn declare_topology(channel: &Channel, settings: &Settings) -> Result<
     Ok(())
 }
 
+/// Publishes an encoded task message (`body` of `message`) to the task exchange with the
+/// `mandatory` flag, so that an unroutable task comes back instead of vanishing. Resolves once the
+/// frames are written; await the returned confirm for the broker's answer.
+///
+/// # Errors
+/// [`crate::Error::Broker`] if the channel is closed.
+pub async fn publish_task(
+    channel: &Channel,
+    settings: &Settings,
+    message: &crate::TaskMessage,
+    body: &[u8],
+) -> Result<lapin::PublisherConfirm> {
+    Ok(channel
+        .basic_publish(
+            settings.exchange.as_str().into(),
+            settings.queue.as_str().into(),
+            lapin::options::BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            body,
+            task_properties(message.key.as_str(), &message.function),
+        )
+        .await?)
+}
+
 /// Properties of a task message: persistent, typed, identified by its key.
 pub fn task_properties(key: &str, function: &str) -> BasicProperties {
     BasicProperties::default()

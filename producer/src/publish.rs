@@ -6,7 +6,6 @@
 //! each socket write and each confirm (RabbitMQ confirms in batches with `multiple`).
 
 use futures::stream::{FuturesOrdered, StreamExt};
-use lapin::options::BasicPublishOptions;
 use lapin::{Channel, Confirmation};
 use rask_common::{broker, Settings, TaskKey, TaskMessage};
 
@@ -33,18 +32,7 @@ pub(crate) async fn publish_all(
         let body = message.encode()?;
         in_flight_bytes += body.len();
         in_flight.push_back(async move {
-            let confirm = channel
-                .basic_publish(
-                    settings.exchange.as_str().into(),
-                    settings.queue.as_str().into(),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..Default::default()
-                    },
-                    &body,
-                    broker::task_properties(message.key.as_str(), &message.function),
-                )
-                .await?;
+            let confirm = broker::publish_task(channel, settings, &message, &body).await?;
             check(settings, message.key, confirm.await?).map(|()| body.len())
         });
         while in_flight.len() >= settings.publish_window || in_flight_bytes > MAX_IN_FLIGHT_BYTES {

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::ConfirmSelectOptions;
 use lapin::{Channel, Confirmation, Connection};
 use rask_common::{broker, Settings, TaskKey, TaskMessage};
 
@@ -116,19 +116,12 @@ async fn publish(
         .encode()
         .map_err(|source| PublishError::Encode { key: key(), source })?;
     let failed = |source| PublishError::Broker { key: key(), source };
-    let confirm = channel
-        .basic_publish(
-            s.exchange.as_str().into(),
-            s.queue.as_str().into(),
-            BasicPublishOptions {
-                mandatory: true,
-                ..Default::default()
-            },
-            &body,
-            broker::task_properties(message.key.as_str(), &message.function),
-        )
+    let confirm = broker::publish_task(channel, s, message, &body)
         .await
-        .map_err(failed)?;
+        .map_err(|e| match e {
+            rask_common::Error::Broker(source) => PublishError::Broker { key: key(), source },
+            source => PublishError::Encode { key: key(), source },
+        })?;
     match confirm.await.map_err(failed)? {
         Confirmation::Ack(None) => Ok(()),
         Confirmation::Ack(Some(_)) => Err(PublishError::Unroutable(key())),

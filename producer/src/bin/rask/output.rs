@@ -63,6 +63,34 @@ pub(crate) fn print_results(results: Vec<rask::Result<Value>>) -> Result<ExitCod
     })
 }
 
+/// Prints the keys of `futures` (`keys_only`), or waits for them (up to `timeout`) and prints
+/// their results; returns the exit code.
+pub(crate) async fn keys_or_results(
+    client: &Client,
+    futures: &[rask::Future<Value>],
+    keys_only: bool,
+    timeout: Option<std::time::Duration>,
+) -> Result<ExitCode> {
+    if keys_only {
+        print_keys(futures.iter().map(|f| f.key()))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let gather = client.gather(futures);
+    let results = match timeout {
+        Some(t) => gather.timeout(t).each().await?,
+        None => gather.each().await?,
+    };
+    print_results(results)
+}
+
+/// Parses task keys given on the command line.
+pub(crate) fn parse_keys(keys: Vec<String>) -> Result<Vec<rask::TaskKey>> {
+    Ok(keys
+        .into_iter()
+        .map(rask::TaskKey::new)
+        .collect::<Result<Vec<_>, _>>()?)
+}
+
 /// Prints one line per key.
 pub(crate) fn print_keys<'a>(keys: impl IntoIterator<Item = &'a rask::TaskKey>) -> Result<()> {
     let mut out = std::io::stdout().lock();

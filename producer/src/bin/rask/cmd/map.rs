@@ -8,7 +8,7 @@ use rmpv::Value;
 
 use crate::cli::{Global, MapArgs};
 use crate::json::encode_args;
-use crate::output::{connect, print_keys, print_results};
+use crate::output::{connect, keys_or_results};
 
 pub(crate) async fn run(global: &Global, args: MapArgs) -> Result<ExitCode> {
     let lines: Vec<String> = match &args.input {
@@ -43,14 +43,5 @@ pub(crate) async fn run(global: &Global, args: MapArgs) -> Result<ExitCode> {
     let futures = client
         .map_encoded::<Value>(&args.function, encoded.into_iter().map(Ok))
         .await?;
-    if args.keys_only {
-        print_keys(futures.iter().map(|f| f.key()))?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    let gather = client.gather(&futures);
-    let results = match args.timeout {
-        Some(t) => gather.timeout(t).each().await?,
-        None => gather.each().await?,
-    };
-    print_results(results)
+    keys_or_results(&client, &futures, args.keys_only, args.timeout).await
 }

@@ -3,17 +3,12 @@
 use std::process::ExitCode;
 
 use anyhow::Result;
-use rask::TaskKey;
 
 use crate::cli::{Global, ReleaseArgs};
-use crate::output::connect;
+use crate::output::{connect, parse_keys};
 
 pub(crate) async fn run(global: &Global, args: ReleaseArgs) -> Result<ExitCode> {
-    let keys = args
-        .keys
-        .into_iter()
-        .map(TaskKey::new)
-        .collect::<Result<Vec<_>, _>>()?;
+    let keys = parse_keys(args.keys)?;
     let client = connect(global).await?;
     let deleted = client.release(&keys).await?;
     println!("{deleted}");

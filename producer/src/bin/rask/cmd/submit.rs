@@ -7,7 +7,7 @@ use rmpv::Value;
 
 use crate::cli::{Global, SubmitArgs};
 use crate::json::{encode_args, parse_args};
-use crate::output::{connect, print_keys, print_results};
+use crate::output::{connect, keys_or_results};
 
 pub(crate) async fn run(global: &Global, args: SubmitArgs) -> Result<ExitCode> {
     let encoded = encode_args(&parse_args(&args.args)?)?;
@@ -15,14 +15,5 @@ pub(crate) async fn run(global: &Global, args: SubmitArgs) -> Result<ExitCode> {
     let futures = client
         .map_encoded::<Value>(&args.function, [Ok(encoded)])
         .await?;
-    if args.key_only {
-        print_keys(futures.iter().map(|f| f.key()))?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    let gather = client.gather(&futures);
-    let results = match args.timeout {
-        Some(t) => gather.timeout(t).each().await?,
-        None => gather.each().await?,
-    };
-    print_results(results)
+    keys_or_results(&client, &futures, args.key_only, args.timeout).await
 }
