@@ -45,6 +45,11 @@ pub struct Settings {
     pub publish_window: usize,
     /// Most results a worker writes to Redis in one pipeline. Default `256`.
     pub result_batch: usize,
+    /// How long a stopping worker (SIGTERM/SIGINT) lets running tasks finish; tasks still running
+    /// after it are released back to the queue unacknowledged and run again elsewhere.
+    /// Default `30s`.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
 }
 
 impl Default for Settings {
@@ -62,6 +67,7 @@ impl Default for Settings {
             prefetch: 0,
             publish_window: 1024,
             result_batch: 256,
+            shutdown_grace: Duration::from_secs(30),
         }
     }
 }
@@ -209,6 +215,7 @@ impl fmt::Debug for Settings {
             .field("prefetch", &self.prefetch)
             .field("publish_window", &self.publish_window)
             .field("result_batch", &self.result_batch)
+            .field("shutdown_grace", &self.shutdown_grace)
             .finish()
     }
 }

@@ -161,14 +161,25 @@ impl TestEnv {
 
     /// Starts `n` stock `rask-worker` processes with this environment (stopped on drop).
     pub fn spawn_workers(&self, n: usize) -> Vec<local::Worker> {
+        self.spawn_workers_with(n, &[])
+    }
+
+    /// Like [`TestEnv::spawn_workers`], with extra `RASK_*` variables (e.g. a shorter grace).
+    pub fn spawn_workers_with(&self, n: usize, extra: &[(&str, &str)]) -> Vec<local::Worker> {
         let program = local::sibling_binary("rask-worker")
             .expect("rask-worker is built (run `cargo build --workspace --bins` first)");
         (0..n)
             .map(|i| {
+                let mut env = self.env_vars();
+                env.extend(
+                    extra
+                        .iter()
+                        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+                );
                 let spec = WorkerSpec {
                     program: program.clone(),
                     args: Vec::new(),
-                    env: self.env_vars(),
+                    env,
                     log: self.dir.path.join(format!("worker-{i}.log")),
                 };
                 local::Worker::spawn(&spec, Lifetime::TiedToCaller).expect("worker starts")

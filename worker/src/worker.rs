@@ -62,7 +62,10 @@ impl Worker {
     }
 
     /// Connects, declares the topology and serves tasks until `shutdown` completes; then stops
-    /// consuming, finishes the tasks in flight, stores and acknowledges them, and returns.
+    /// consuming, finishes the tasks in flight (for at most `shutdown_grace`), stores and
+    /// acknowledges them, and returns. Tasks still running after the grace period are not
+    /// acknowledged: closing the channel returns them to the queue. A binary should exit when
+    /// this returns rather than wait for such tasks' threads.
     ///
     /// # Errors
     /// [`Error`] if RabbitMQ or Redis cannot be reached at start, or the broker connection fails.
@@ -150,11 +153,21 @@ impl Worker {
         {
             tracing::warn!(error = %e, "could not cancel the consumer");
         }
+        let grace = shared.settings.shutdown_grace;
         tracker.close();
-        tracker.wait().await;
-        drop(shared);
-        if writer.await.is_err() {
-            tracing::error!("the result writer panicked");
+        let drained = tokio::time::timeout(grace, async move {
+            tracker.wait().await;
+            drop(shared);
+            writer.await
+        })
+        .await;
+        match drained {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => tracing::error!("the result writer panicked"),
+            Err(_) => tracing::warn!(
+                ?grace,
+                "grace period over: tasks still running go back to the queue unacknowledged"
+            ),
         }
         // Deliveries prefetched but never started go back to the queue when the channel closes.
         let _ = channel.close(200, "worker stopping".into()).await;

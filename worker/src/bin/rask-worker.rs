@@ -55,5 +55,8 @@ async fn main() -> anyhow::Result<()> {
     Worker::new(settings, Registry::with_builtins())
         .run(rask_worker::shutdown_signal())
         .await
-        .context("worker failed")
+        .context("worker failed")?;
+    // Tasks still running after the grace period were released to the queue; do not wait for
+    // their threads (the runtime would on drop).
+    std::process::exit(0)
 }
