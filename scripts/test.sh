@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs rask's whole test suite (what CI runs, through .ci/run): installs what
 # is missing, builds, starts private RabbitMQ and Redis servers on ports
-# 35672 and 36379 for the tests, runs them with cargo-nextest, and stops the
+# 30672 and 30379 for the tests, runs them with cargo-nextest, and stops the
 # servers again. Extra arguments go to nextest, e.g.
 #   scripts/test.sh -E 'test(retry)'
 set -euo pipefail
@@ -25,10 +25,10 @@ stop_servers() {
 }
 trap stop_servers EXIT
 "$rask" local up --workers 0 --dir "$servers_dir" \
-    --amqp-port 35672 --dist-port 35673 --redis-port 36379
+    --amqp-port 30672 --dist-port 30673 --redis-port 30379
 
-export RASK_TEST_AMQP_URL='amqp://guest:guest@127.0.0.1:35672/%2f'
-export RASK_TEST_REDIS_URL='redis://127.0.0.1:36379/'
+export RASK_TEST_AMQP_URL='amqp://guest:guest@127.0.0.1:30672/%2f'
+export RASK_TEST_REDIS_URL='redis://127.0.0.1:30379/'
 
 if [ -f docker-compose.yml ]; then
     docker-compose config -q

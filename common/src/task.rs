@@ -25,7 +25,7 @@ pub trait Task: Send + Sync + 'static {
 
 /// A prepared call of a task body.
 pub enum Invocation<T> {
-    /// A plain function: may use the CPU for long, so workers run it on the blocking pool.
+    /// A plain function: may use the CPU for long, so workers run it off their async work.
     Blocking(Box<dyn FnOnce() -> Result<T, TaskError> + Send>),
     /// An `async fn`: runs on the worker's async runtime.
     Async(Pin<Box<dyn Future<Output = Result<T, TaskError>> + Send>>),
@@ -65,7 +65,7 @@ impl fmt::Display for TaskError {
 
 /// Defines a task: a unit struct named like the function that implements [`Task`].
 ///
-/// The body is a plain function (run on the worker's blocking pool) or an `async fn` (run on its
+/// The body is a plain function (run off the worker's async work) or an `async fn` (run on its
 /// runtime). It returns its value, or `Result<T, E>` with any `E: Display` for errors.
 ///
 /// ```

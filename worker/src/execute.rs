@@ -2,13 +2,17 @@
 //! task (unknown function, bad arguments, error, panic) becomes a stored [`TaskFailure`].
 
 use std::any::Any;
+use std::panic::AssertUnwindSafe;
+
+use futures::FutureExt;
 
 use rask_common::{FailureKind, Invocation, Outcome, TaskFailure, TaskMessage};
 
 use crate::registry::{PrepareError, Registry};
 
-/// Runs `message` with the function `registry` has for it: plain functions on the blocking pool,
-/// async ones on the runtime, each in its own task so a panic is caught and reported.
+/// Runs `message` with the function `registry` has for it: plain functions in place off the
+/// runtime's other work (`block_in_place`, or the blocking pool on a single-threaded runtime),
+/// async ones on the runtime; a panic is caught and reported either way.
 pub(crate) async fn execute(registry: &Registry, worker: &str, message: &TaskMessage) -> Outcome {
     let fail = |kind: FailureKind, text: String| {
         Outcome::Failure(TaskFailure {
@@ -38,9 +42,22 @@ pub(crate) async fn execute(registry: &Registry, worker: &str, message: &TaskMes
             )
         }
     };
+    let multi_thread = tokio::runtime::Handle::current().runtime_flavor()
+        == tokio::runtime::RuntimeFlavor::MultiThread;
     let joined = match invocation {
+        // On a multi-threaded runtime, run the body on this thread and let the runtime move its
+        // other work elsewhere: no hand-off to the blocking pool and back per task.
+        Invocation::Blocking(f) if multi_thread => {
+            match tokio::task::block_in_place(|| std::panic::catch_unwind(AssertUnwindSafe(f))) {
+                Ok(result) => Ok(result),
+                Err(payload) => return fail(FailureKind::Panicked, panic_text(payload)),
+            }
+        }
         Invocation::Blocking(f) => tokio::task::spawn_blocking(f).await,
-        Invocation::Async(fut) => tokio::spawn(fut).await,
+        Invocation::Async(fut) => match AssertUnwindSafe(fut).catch_unwind().await {
+            Ok(result) => Ok(result),
+            Err(payload) => return fail(FailureKind::Panicked, panic_text(payload)),
+        },
     };
     match joined {
         Ok(Ok(bytes)) => Outcome::Value(bytes),
@@ -116,6 +133,25 @@ mod tests {
             (f.kind, f.message.as_str()),
             (FailureKind::Panicked, "late boom")
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn panics_on_a_multi_threaded_runtime_become_failures_too() {
+        let registry = Registry::with_builtins().with::<explode>();
+        let f = failure(
+            execute(
+                &registry,
+                "w",
+                &msg("explode", encode_value(&("y",)).unwrap()),
+            )
+            .await,
+        );
+        assert_eq!(
+            (f.kind, f.message.as_str()),
+            (FailureKind::Panicked, "boom: y")
+        );
+        let ok = execute(&registry, "w", &msg("inc", encode_value(&(1,)).unwrap())).await;
+        assert_eq!(ok, Outcome::Value(encode_value(&2i64).unwrap()));
     }
 
     #[tokio::test]

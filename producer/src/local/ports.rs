@@ -23,16 +23,32 @@ pub fn port_is_free(port: u16) -> bool {
     TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok()
 }
 
-/// A loopback port that was free a moment ago, chosen by the operating
-/// system (binds `127.0.0.1:0`).
+/// A loopback port that was free a moment ago, for a private server.
 ///
-/// Another process may take it before the caller binds it; for test servers
-/// on a developer machine that race is rare enough to accept.
+/// Chosen at random below Linux's ephemeral range (32768 and up), where the operating system
+/// hands out the local ports of outgoing connections: a port from that range can be taken by any
+/// client connection between this check and the server's bind (seen with RabbitMQ's
+/// distribution port while tests ran in parallel). Another process may still take it first;
+/// random choice in a range of 10,000 (20000-29999; the test script keeps 30000 and up for its
+/// suite servers) makes that rare.
 ///
 /// # Errors
 ///
-/// Fails only if the OS refuses to hand out an ephemeral port.
+/// Fails only if no port in the range is free and the OS refuses an ephemeral one.
 pub fn free_port() -> io::Result<u16> {
+    use std::hash::{BuildHasher, Hasher};
+    const LOW: u16 = 20_000;
+    const SPAN: u16 = 10_000;
+    let random = std::collections::hash_map::RandomState::new();
+    for attempt in 0u64..200 {
+        let mut hasher = random.build_hasher();
+        hasher.write_u64(attempt);
+        hasher.write_u32(std::process::id());
+        let port = LOW + (hasher.finish() % u64::from(SPAN)) as u16;
+        if port_is_free(port) {
+            return Ok(port);
+        }
+    }
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
     Ok(listener.local_addr()?.port())
 }
