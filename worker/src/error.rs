@@ -17,3 +17,14 @@ pub enum Error {
     #[error("the broker cancelled the consumer of queue {0}")]
     ConsumerCancelled(String),
 }
+
+impl Error {
+    /// Whether the error came from a lost or refused connection, so that connecting again may
+    /// fix it.
+    pub fn is_connection(&self) -> bool {
+        match self {
+            Error::Common(e) => e.is_connection(),
+            Error::Broker(_) | Error::ConsumerCancelled(_) => true,
+        }
+    }
+}

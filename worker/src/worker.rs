@@ -4,7 +4,8 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use futures::StreamExt;
+use futures::future::FusedFuture;
+use futures::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{
     BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions,
@@ -23,6 +24,12 @@ use crate::inputs;
 use crate::registry::Registry;
 use crate::release::Releaser;
 use crate::writer::{self, Finished};
+
+/// First and largest pause between attempts to reconnect.
+const RECONNECT: (std::time::Duration, std::time::Duration) = (
+    std::time::Duration::from_millis(100),
+    std::time::Duration::from_secs(5),
+);
 
 /// A stateless worker: all its state is in RabbitMQ and Redis.
 pub struct Worker {
@@ -67,14 +74,41 @@ impl Worker {
     /// acknowledged: closing the channel returns them to the queue. A binary should exit when
     /// this returns rather than wait for such tasks' threads.
     ///
+    /// When the connection to RabbitMQ or Redis fails (a broker restart, say), the worker drains
+    /// what it runs, then connects again with backoff (100 ms doubling to 5 s, logged) and goes
+    /// on consuming; only a failure that reconnecting cannot fix ends it.
+    ///
     /// # Errors
-    /// [`Error`] if RabbitMQ or Redis cannot be reached at start, or the broker connection fails.
+    /// [`Error`] if the settings are refused (e.g. the queue exists with other arguments).
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
-        let Worker {
-            settings,
-            registry,
-            id,
-        } = self;
+        let mut pause = RECONNECT.0;
+        let shutdown = shutdown.fuse();
+        tokio::pin!(shutdown);
+        loop {
+            match self.serve(shutdown.as_mut()).await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_connection() && !shutdown.is_terminated() => {
+                    tracing::warn!(error = %e, retry_in = ?pause, "connection lost; reconnecting");
+                    tokio::select! {
+                        () = &mut shutdown => return Ok(()),
+                        () = tokio::time::sleep(pause) => {}
+                    }
+                    pause = (pause * 2).min(RECONNECT.1);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// One connection's worth of [`Worker::run`]: returns `Ok` once `shutdown` completed and the
+    /// worker drained, or the error that ended the connection.
+    async fn serve(
+        &self,
+        shutdown: std::pin::Pin<&mut futures::future::Fuse<impl Future<Output = ()> + Send>>,
+    ) -> Result<()> {
+        let settings = self.settings.clone();
+        let registry = self.registry.clone();
+        let id = self.id.clone();
         let store = Store::connect(&settings).await?;
         let connection = Arc::new(broker::connect(&settings, &format!("rask-worker {id}")).await?);
         let channel = connection.create_channel().await?;
@@ -123,7 +157,7 @@ impl Worker {
             finished,
         });
 
-        tokio::pin!(shutdown);
+        let mut shutdown = shutdown;
         let outcome = loop {
             let permit = tokio::select! {
                 () = &mut shutdown => break Ok(()),
