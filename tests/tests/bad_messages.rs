@@ -101,3 +101,47 @@ async fn undecodable_messages_are_dead_lettered_and_the_worker_keeps_serving() {
     assert_eq!(dead_bodies, bodies);
     worker.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn graph_tasks_waiting_on_a_malformed_message_fail_instead_of_hanging() {
+    let env = TestEnv::new("badgraph").await;
+    let worker = env.run_worker(Registry::with_builtins());
+    let client = env.client().await;
+    // A graph task that takes the result of `bad`, whose message will be malformed.
+    let mut bad = TaskMessage::new(
+        TaskKey::unique("inc"),
+        "inc",
+        rmp_serde::to_vec(&(1,)).unwrap(),
+    );
+    bad.version = 999;
+    let dependent = client
+        .persist(&rask::builtins::add.delayed(rask::Arg::key(bad.key.clone()), 1))
+        .await
+        .unwrap();
+
+    let connection = broker::connect(&env.settings, "test publisher")
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .basic_publish(
+            env.settings.exchange.as_str().into(),
+            env.settings.queue.as_str().into(),
+            BasicPublishOptions::default(),
+            &bad.encode().unwrap(),
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    match dependent.result_within(PATIENCE).await.unwrap_err() {
+        Error::Task(f) => {
+            assert_eq!(f.kind, FailureKind::DependencyFailed);
+            assert!(f.message.contains(bad.key.as_str()), "{}", f.message);
+        }
+        other => panic!("expected a task failure, got {other:?}"),
+    }
+    worker.stop().await.unwrap();
+}

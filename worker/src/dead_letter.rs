@@ -8,16 +8,16 @@ use lapin::Channel;
 use rask_common::message::REASON_HEADER;
 use rask_common::Settings;
 
-/// Publishes a copy of `delivery` with `reason` to the dead-letter exchange (confirmed), then
-/// acks the original. If the copy cannot be published, the original is rejected without requeue,
-/// which dead-letters it through the queue's own dead-letter exchange (without the reason).
-pub(crate) async fn dead_letter(
+/// Publishes a copy of `delivery` with `reason` to the dead-letter exchange and waits for the
+/// broker's confirm; returns whether it was confirmed (routed and stored). The original is left
+/// for the caller to settle.
+pub(crate) async fn copy_to_dead_letters(
     channel: &Channel,
     settings: &Settings,
     worker: &str,
     delivery: &Delivery,
     reason: &str,
-) {
+) -> bool {
     tracing::warn!(
         reason,
         bytes = delivery.data.len(),
@@ -49,15 +49,23 @@ pub(crate) async fn dead_letter(
             .await
     }
     .await;
-    let settled = match published {
-        Ok(lapin::Confirmation::Ack(None)) => delivery.ack(BasicAckOptions::default()).await,
+    match published {
+        Ok(lapin::Confirmation::Ack(None)) => true,
         other => {
-            tracing::warn!(
-                ?other,
-                "dead-letter copy not confirmed; rejecting the original instead"
-            );
-            delivery.reject(BasicRejectOptions { requeue: false }).await
+            tracing::warn!(?other, "dead-letter copy not confirmed");
+            false
         }
+    }
+}
+
+/// Settles an undecodable delivery whose key could not be read: acked once its copy is in the
+/// dead-letter queue, else rejected without requeue, which dead-letters it through the queue's
+/// own dead-letter exchange (without the reason).
+pub(crate) async fn settle_unkeyed(delivery: &Delivery, copied: bool) {
+    let settled = if copied {
+        delivery.ack(BasicAckOptions::default()).await
+    } else {
+        delivery.reject(BasicRejectOptions { requeue: false }).await
     };
     if let Err(e) = settled {
         tracing::warn!(error = %e, "could not settle a dead-lettered message; it will be redelivered");

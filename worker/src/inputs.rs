@@ -3,13 +3,11 @@
 //! that replaces running it when one of them failed.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use rask_common::graph::substitute;
-use rask_common::{FailureKind, Outcome, Store, TaskFailure, TaskKey, TaskMessage};
+use rask_common::{FailureKind, Outcome, Store, TaskFailure, TaskMessage};
 
-/// First and largest pause between attempts to read inputs.
-const BACKOFF: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(5));
+use crate::retry;
 
 /// `message` with its inputs in place of the placeholders, ready to execute; or the outcome to
 /// store instead of running it (an input failed or is missing). Plain tasks pass through.
@@ -21,7 +19,7 @@ pub(crate) async fn resolve(
     if message.deps.is_empty() {
         return Ok(message);
     }
-    let stored = read_with_retry(store, &message.deps).await;
+    let stored = retry::until_ok("reading inputs", || store.get_outcomes(&message.deps)).await;
     let fail = |text: String| {
         Outcome::Failure(TaskFailure {
             kind: FailureKind::DependencyFailed,
@@ -70,19 +68,4 @@ pub(crate) async fn resolve(
         args: bytes,
         ..message
     })
-}
-
-/// Reads the outcomes of `keys`, retrying with backoff until Redis answers.
-async fn read_with_retry(store: &Store, keys: &[TaskKey]) -> Vec<Option<Vec<u8>>> {
-    let mut pause = BACKOFF.0;
-    loop {
-        match store.get_outcomes(keys).await {
-            Ok(found) => return found,
-            Err(e) => {
-                tracing::warn!(error = %e, inputs = keys.len(), retry_in = ?pause, "reading inputs failed");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(BACKOFF.1);
-            }
-        }
-    }
 }

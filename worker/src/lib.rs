@@ -38,6 +38,7 @@ mod execute;
 mod inputs;
 mod registry;
 mod release;
+mod retry;
 mod signal;
 mod worker;
 mod writer;

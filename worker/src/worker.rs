@@ -13,11 +13,13 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::Channel;
-use rask_common::{broker, FailureKind, Outcome, Settings, Store, TaskFailure, TaskMessage};
+use rask_common::{
+    broker, FailureKind, Outcome, Settings, Store, TaskFailure, TaskKey, TaskMessage,
+};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::task::TaskTracker;
 
-use crate::dead_letter::dead_letter;
+use crate::dead_letter::{copy_to_dead_letters, settle_unkeyed};
 use crate::error::{Error, Result};
 use crate::execute::execute;
 use crate::inputs;
@@ -217,27 +219,24 @@ async fn handle(shared: &Shared, delivery: Delivery) {
     let message = match TaskMessage::decode(&delivery.data) {
         Ok(message) => message,
         Err(undecodable) => {
-            if let Some(key) = undecodable.key.clone() {
-                let failure = Outcome::Failure(TaskFailure {
-                    kind: FailureKind::BadMessage,
-                    message: undecodable.reason.clone(),
-                    task: undecodable.function.clone().unwrap_or_default(),
-                    key: key.clone(),
-                    worker: shared.id.clone(),
-                });
-                if let Ok(bytes) = failure.encode() {
-                    writer::store_with_retry(&shared.store, &[(key, bytes)]).await;
-                }
-            }
+            let reason = &undecodable.reason;
             let s = &shared.settings;
-            dead_letter(
-                &shared.dead_letters,
-                s,
-                &shared.id,
-                &delivery,
-                &undecodable.reason,
-            )
-            .await;
+            let copied =
+                copy_to_dead_letters(&shared.dead_letters, s, &shared.id, &delivery, reason).await;
+            let Some(key) = undecodable.key.clone() else {
+                settle_unkeyed(&delivery, copied).await;
+                return;
+            };
+            // Whoever waits on the key (a client, or graph tasks depending on it) learns why:
+            // the failure is stored and released like any outcome, then the delivery is acked.
+            let failure = Outcome::Failure(TaskFailure {
+                kind: FailureKind::BadMessage,
+                message: undecodable.reason.clone(),
+                task: undecodable.function.clone().unwrap_or_default(),
+                key: key.clone(),
+                worker: shared.id.clone(),
+            });
+            finish(shared, key, failure, delivery).await;
             return;
         }
     };
@@ -246,6 +245,12 @@ async fn handle(shared: &Shared, delivery: Delivery) {
         Ok(message) => execute(&shared.registry, &shared.id, &message).await,
         Err(outcome) => outcome,
     };
+    finish(shared, key, outcome, delivery).await;
+}
+
+/// Hands `outcome` to the result writer, which stores it, releases its dependents and then
+/// acknowledges `delivery`.
+async fn finish(shared: &Shared, key: TaskKey, outcome: Outcome, delivery: Delivery) {
     if let Outcome::Failure(f) = &outcome {
         tracing::info!(key = %f.key, task = %f.task, kind = ?f.kind, message = %f.message, "task failed");
     }

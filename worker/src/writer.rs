@@ -4,8 +4,6 @@
 //! published; while Redis is unreachable the writer retries with backoff and acknowledges
 //! nothing.
 
-use std::time::Duration;
-
 use lapin::options::{BasicAckOptions, BasicRejectOptions};
 use lapin::Acker;
 use rask_common::{Store, TaskKey, TaskMessage};
@@ -13,6 +11,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::release::{Publisher, Releaser};
+use crate::retry;
 
 /// A finished task: its encoded outcome and the delivery to acknowledge once it is stored.
 pub(crate) struct Finished {
@@ -23,9 +22,6 @@ pub(crate) struct Finished {
 
 /// Stored batches that may be settling (publishing dependents, acking) at once.
 const SETTLING_BATCHES: usize = 4;
-
-/// First and largest pause between attempts to store a batch.
-const BACKOFF: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(5));
 
 /// Runs until every sender is dropped and everything received is stored and acknowledged.
 pub(crate) async fn run(
@@ -41,7 +37,7 @@ pub(crate) async fn run(
             .iter_mut()
             .map(|f| (f.key.clone(), std::mem::take(&mut f.outcome)))
             .collect();
-        let ready = store_and_release_with_retry(&store, &items).await;
+        let ready = retry::until_ok("storing results", || store.store_and_release(&items)).await;
         let done = std::mem::replace(&mut batch, Vec::with_capacity(max_batch));
         let publisher = if ready.is_empty() {
             None
@@ -93,38 +89,4 @@ async fn requeue(batch: Vec<Finished>) {
         }
     });
     futures::future::join_all(rejects).await;
-}
-
-/// Stores `items` and releases their dependents in one round trip, retrying with backoff until
-/// Redis takes them; returns the dependents ready to run.
-async fn store_and_release_with_retry(
-    store: &Store,
-    items: &[(TaskKey, Vec<u8>)],
-) -> Vec<TaskMessage> {
-    let mut pause = BACKOFF.0;
-    loop {
-        match store.store_and_release(items).await {
-            Ok(ready) => return ready,
-            Err(e) => {
-                tracing::warn!(error = %e, results = items.len(), retry_in = ?pause, "storing results failed");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(BACKOFF.1);
-            }
-        }
-    }
-}
-
-/// Stores `items`, retrying with backoff until Redis takes them.
-pub(crate) async fn store_with_retry(store: &Store, items: &[(TaskKey, Vec<u8>)]) {
-    let mut pause = BACKOFF.0;
-    loop {
-        match store.put_outcomes(items).await {
-            Ok(()) => return,
-            Err(e) => {
-                tracing::warn!(error = %e, results = items.len(), retry_in = ?pause, "storing results failed");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(BACKOFF.1);
-            }
-        }
-    }
 }
