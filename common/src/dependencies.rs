@@ -2,9 +2,9 @@
 //!
 //! A graph task whose inputs are not all stored waits as a record: its message at
 //! [`Keys::task`], the keys it still waits for in the set [`Keys::pending`], and its key in the
-//! set [`Keys::dependents`] of each of those inputs. When a worker has stored a batch of outcomes
-//! it runs [`Store::release_dependents`], which removes the stored keys from their dependents'
-//! pending sets and returns the messages of those that have nothing pending and no result yet;
+//! set [`Keys::dependents`] of each of those inputs. A worker stores a batch of outcomes with
+//! [`Store::store_and_release`], whose release script (in the same pipeline) removes the stored
+//! keys from their dependents' pending sets and returns the messages of those that have nothing pending and no result yet;
 //! the worker publishes them before acknowledging. Releasing is idempotent (`SREM` of a removed
 //! member changes nothing, and a ready dependent without a result is returned again), so a
 //! redelivered task releases its dependents again; a dependent published twice runs twice,
@@ -160,25 +160,6 @@ impl Store {
             other => other?,
         };
         Ok(decode_ready(bodies.0))
-    }
-
-    /// Marks the outcomes of `stored` as available to their dependents (atomically) and returns
-    /// the messages of the dependents that are ready to run, without duplicates. Call it after
-    /// the outcomes are stored and publish the result before acknowledging the tasks.
-    ///
-    /// # Errors
-    /// [`crate::Error::Store`] if Redis fails (call again: releasing is idempotent).
-    pub async fn release_dependents(&self, stored: &[TaskKey]) -> Result<Vec<TaskMessage>> {
-        if stored.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut inv = RELEASE.prepare_invoke();
-        inv.arg(self.keys().prefix());
-        for key in stored {
-            inv.arg(key.as_str());
-        }
-        let bodies: Vec<Vec<u8>> = inv.invoke_async(&mut self.conn()).await?;
-        Ok(decode_ready(bodies))
     }
 }
 

@@ -58,21 +58,6 @@ impl Store {
         u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Stores encoded outcomes, each only if none is stored yet (write-once), with the TTL, and
-    /// announces their keys, all in one pipeline.
-    ///
-    /// # Errors
-    /// [`crate::Error::Store`]: nothing may be acknowledged then, since nothing may be stored.
-    pub async fn put_outcomes(&self, outcomes: &[(TaskKey, Vec<u8>)]) -> Result<()> {
-        if outcomes.is_empty() {
-            return Ok(());
-        }
-        let mut pipe = self.outcomes_pipeline(outcomes);
-        self.announce(&mut pipe, outcomes)?;
-        pipe.query_async::<()>(&mut self.conn.clone()).await?;
-        Ok(())
-    }
-
     /// A pipeline that stores `outcomes` write-once with the TTL (replies ignored).
     pub(crate) fn outcomes_pipeline(&self, outcomes: &[(TaskKey, Vec<u8>)]) -> redis::Pipeline {
         let ttl_ms = self.ttl_ms();

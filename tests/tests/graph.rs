@@ -302,37 +302,31 @@ async fn releasing_is_idempotent_so_redelivered_tasks_release_again() {
         .unwrap();
     assert_eq!(again, vec![Registration::Known], "registered once");
 
+    // What a worker does per stored batch: store (write-once), release, announce.
     let value = |x: i64| Outcome::Value(encode_value(&x).unwrap()).encode().unwrap();
-    store
-        .put_outcomes(&[(a.key().clone(), value(2))])
-        .await
-        .unwrap();
-    let a_done = [a.key().clone()];
-    assert!(store.release_dependents(&a_done).await.unwrap().is_empty());
-    store
-        .put_outcomes(&[(b.key().clone(), value(3))])
-        .await
-        .unwrap();
-    let b_done = [b.key().clone()];
+    let a_done = [(a.key().clone(), value(2))];
+    let b_done = [(b.key().clone(), value(3))];
+    assert!(store.store_and_release(&a_done).await.unwrap().is_empty());
     assert_eq!(
-        store.release_dependents(&b_done).await.unwrap(),
+        store.store_and_release(&b_done).await.unwrap(),
         vec![message.clone()]
     );
     // The worker died before acking: the redelivered tasks release `c` again.
     assert_eq!(
-        store.release_dependents(&b_done).await.unwrap(),
+        store.store_and_release(&b_done).await.unwrap(),
         vec![message.clone()]
     );
     assert_eq!(
-        store.release_dependents(&a_done).await.unwrap(),
+        store.store_and_release(&a_done).await.unwrap(),
         vec![message]
     );
     // Once `c` has a result, nothing releases it any more.
-    store
-        .put_outcomes(&[(c.key().clone(), value(5))])
+    assert!(store
+        .store_and_release(&[(c.key().clone(), value(5))])
         .await
-        .unwrap();
-    assert!(store.release_dependents(&b_done).await.unwrap().is_empty());
+        .unwrap()
+        .is_empty());
+    assert!(store.store_and_release(&b_done).await.unwrap().is_empty());
 }
 
 #[tokio::test]
