@@ -7,7 +7,7 @@
 //! - [`message`]: the task message published to RabbitMQ (MessagePack, versioned).
 //! - [`outcome`]: what a worker stores for a task: a value or a structured [`TaskFailure`].
 //! - [`keys`]: task keys and the one place that builds Redis key and channel names.
-//! - [`task`]: the [`Task`] trait and the [`task!`] macro that defines typed tasks.
+//! - [`task`](mod@task): the [`Task`] trait and the [`task!`] macro that defines typed tasks.
 //! - [`graph`]: lazy task graphs: [`graph::Delayed`] calls, their [`graph::Arg`]s, content keys.
 //! - [`dependencies`]: the Redis scripts that register graph tasks and release them when their
 //!   inputs are stored.
