@@ -1,8 +1,16 @@
 //! RabbitMQ: connecting, and declaring the topology every producer and worker relies on.
 //!
 //! Topology (names from [`Settings`]): a durable direct exchange routes tasks to a durable task
-//! queue (routing key = queue name) whose rejected messages go to a durable fanout dead-letter
-//! exchange and its durable dead-letter queue.
+//! queue (routing key = queue name; a priority queue up to `max_priority`) whose rejected
+//! messages go to a durable fanout dead-letter exchange and its durable dead-letter queue.
+//!
+//! Delayed tasks (countdown, eta, retries) wait in a delay queue per delay,
+//! `{queue}.delay.{ms}ms`, whose messages expire after that delay (`x-message-ttl`) into the
+//! task exchange with the task queue's routing key. A delay queue deletes itself a minute after
+//! its last declaration's messages could have expired (`x-expires`); every publisher declares it
+//! again before publishing to it.
+
+use std::time::Duration;
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
@@ -73,6 +81,12 @@ pub async fn declare_topology(channel: &Channel, settings: &Settings) -> Result<
         ShortString::from("x-dead-letter-exchange"),
         AMQPValue::LongString(settings.dead_letter_exchange.as_str().into()),
     );
+    if settings.max_priority > 0 {
+        args.insert(
+            ShortString::from("x-max-priority"),
+            AMQPValue::ShortShortUInt(settings.max_priority),
+        );
+    }
     channel
         .queue_declare(settings.queue.as_str().into(), queue, args)
         .await?;
@@ -88,37 +102,111 @@ pub async fn declare_topology(channel: &Channel, settings: &Settings) -> Result<
     Ok(())
 }
 
-/// Publishes an encoded task message (`body` of `message`) to the task exchange with the
-/// `mandatory` flag, so that an unroutable task comes back instead of vanishing. Resolves once the
-/// frames are written; await the returned confirm for the broker's answer.
+/// Where a task message goes: the task queue, or a delay queue in front of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Destination {
+    exchange: String,
+    routing_key: String,
+}
+
+impl Destination {
+    /// The task queue, through the task exchange.
+    pub fn tasks(settings: &Settings) -> Self {
+        Destination {
+            exchange: settings.exchange.clone(),
+            routing_key: settings.queue.clone(),
+        }
+    }
+
+    /// The task queue after `delay` (through a delay queue when it is not zero), declaring the
+    /// delay queue first.
+    ///
+    /// # Errors
+    /// [`crate::Error::Broker`] if RabbitMQ refuses the declaration.
+    pub async fn after(channel: &Channel, settings: &Settings, delay: Duration) -> Result<Self> {
+        let ms = crate::retry::duration_ms(delay);
+        if ms == 0 {
+            return Ok(Destination::tasks(settings));
+        }
+        let name = format!("{}.delay.{ms}ms", settings.queue);
+        let mut args = FieldTable::default();
+        let ttl = i64::try_from(ms).unwrap_or(i64::MAX);
+        args.insert(
+            ShortString::from("x-message-ttl"),
+            AMQPValue::LongLongInt(ttl),
+        );
+        args.insert(
+            ShortString::from("x-expires"),
+            AMQPValue::LongLongInt(ttl.saturating_add(60_000)),
+        );
+        args.insert(
+            ShortString::from("x-dead-letter-exchange"),
+            AMQPValue::LongString(settings.exchange.as_str().into()),
+        );
+        args.insert(
+            ShortString::from("x-dead-letter-routing-key"),
+            AMQPValue::LongString(settings.queue.as_str().into()),
+        );
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        channel
+            .queue_declare(name.as_str().into(), durable, args)
+            .await?;
+        Ok(Destination {
+            exchange: String::new(),
+            routing_key: name,
+        })
+    }
+
+    /// The exchange published to (`""`, the default exchange, for a delay queue).
+    pub fn exchange(&self) -> &str {
+        &self.exchange
+    }
+
+    /// The routing key published with.
+    pub fn routing_key(&self) -> &str {
+        &self.routing_key
+    }
+}
+
+/// Publishes an encoded task message (`body` of `message`) to `to` with the `mandatory` flag,
+/// so that an unroutable task comes back instead of vanishing. Resolves once the frames are
+/// written; await the returned confirm for the broker's answer.
 ///
 /// # Errors
 /// [`crate::Error::Broker`] if the channel is closed.
 pub async fn publish_task(
     channel: &Channel,
-    settings: &Settings,
+    to: &Destination,
     message: &crate::TaskMessage,
     body: &[u8],
 ) -> Result<lapin::PublisherConfirm> {
     Ok(channel
         .basic_publish(
-            settings.exchange.as_str().into(),
-            settings.queue.as_str().into(),
+            to.exchange.as_str().into(),
+            to.routing_key.as_str().into(),
             lapin::options::BasicPublishOptions {
                 mandatory: true,
                 ..Default::default()
             },
             body,
-            task_properties(message.key.as_str(), &message.function),
+            task_properties(message),
         )
         .await?)
 }
 
-/// Properties of a task message: persistent, typed, identified by its key.
-pub fn task_properties(key: &str, function: &str) -> BasicProperties {
-    BasicProperties::default()
+/// Properties of a task message: persistent, typed, identified by its key, with its priority.
+pub fn task_properties(message: &crate::TaskMessage) -> BasicProperties {
+    let properties = BasicProperties::default()
         .with_delivery_mode(2)
         .with_content_type(CONTENT_TYPE.into())
-        .with_message_id(key.into())
-        .with_type(function.into())
+        .with_message_id(message.key.as_str().into())
+        .with_type(message.function.as_str().into());
+    if message.priority > 0 {
+        properties.with_priority(message.priority)
+    } else {
+        properties
+    }
 }

@@ -6,6 +6,7 @@
 //! ## Layout
 //! - [`message`]: the task message published to RabbitMQ (MessagePack, versioned).
 //! - [`outcome`]: what a worker stores for a task: a value or a structured [`TaskFailure`].
+//! - [`retry`]: the per-task [`RetryPolicy`] (attempts, exponential backoff with jitter).
 //! - [`keys`]: task keys and the one place that builds Redis key and channel names.
 //! - [`task`](mod@task): the [`Task`] trait and the [`task!`] macro that defines typed tasks.
 //! - [`graph`]: lazy task graphs: [`graph::Delayed`] calls, their [`graph::Arg`]s, content keys.
@@ -26,6 +27,7 @@ pub mod image;
 pub mod keys;
 pub mod message;
 pub mod outcome;
+pub mod retry;
 pub mod settings;
 pub mod store;
 pub mod task;
@@ -35,6 +37,7 @@ pub use graph::{Arg, Delayed};
 pub use keys::{Keys, TaskKey};
 pub use message::{TaskMessage, PROTOCOL_VERSION};
 pub use outcome::{FailureKind, Outcome, TaskFailure};
+pub use retry::RetryPolicy;
 pub use settings::Settings;
 pub use store::Store;
 pub use task::{Invocation, Task, TaskError};

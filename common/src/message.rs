@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::keys::TaskKey;
+pub use crate::retry::RetryPolicy;
 
 /// The protocol version this build writes and accepts.
 pub const PROTOCOL_VERSION: u16 = 1;
@@ -33,6 +34,25 @@ pub struct TaskMessage {
     /// plain tasks, so older readers and writers are unaffected.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub deps: Vec<TaskKey>,
+    /// Attempts already made at this task: 0 when a producer publishes it, one more each time a
+    /// worker schedules a retry ([`RetryPolicy`]). Not written when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempt: u32,
+    /// How to retry the task when it fails with a retryable error; `None` (not written): never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryPolicy>,
+    /// Longest the task may run, in milliseconds, before it fails with `TimedOut`; `None` (not
+    /// written): the worker's `task_time_limit`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_limit_ms: Option<u64>,
+    /// AMQP priority (0 = lowest, the default; at most the `max_priority` setting). Kept in the
+    /// body too, so that a retry is republished with it. Not written when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub priority: u8,
+}
+
+fn is_zero<T: Default + PartialEq>(n: &T) -> bool {
+    *n == T::default()
 }
 
 impl TaskMessage {
@@ -44,6 +64,10 @@ impl TaskMessage {
             function: function.into(),
             args,
             deps: Vec::new(),
+            attempt: 0,
+            retry: None,
+            time_limit_ms: None,
+            priority: 0,
         }
     }
 
@@ -162,6 +186,20 @@ mod tests {
         let plain = message().encode().unwrap();
         assert!(!plain.windows(4).any(|w| w == b"deps"));
         let m = message().with_deps(vec![TaskKey::new("inc-2").unwrap()]);
+        assert_eq!(TaskMessage::decode(&m.encode().unwrap()).unwrap(), m);
+    }
+
+    #[test]
+    fn scheduling_fields_round_trip_and_are_omitted_when_default() {
+        let plain = message().encode().unwrap();
+        for field in ["attempt", "retry", "time_limit_ms", "priority"] {
+            assert!(!plain.windows(field.len()).any(|w| w == field.as_bytes()), "{field}");
+        }
+        let mut m = message();
+        m.attempt = 2;
+        m.retry = Some(RetryPolicy::new(5));
+        m.time_limit_ms = Some(1500);
+        m.priority = 7;
         assert_eq!(TaskMessage::decode(&m.encode().unwrap()).unwrap(), m);
     }
 

@@ -47,15 +47,46 @@ pub struct TaskFailure {
     pub key: TaskKey,
     /// Id of the worker that reported the failure.
     pub worker: String,
+    /// Attempts made at the task, the failed one included (more than 1 after retries).
+    #[serde(default = "one")]
+    pub attempts: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl TaskFailure {
+    /// A failure of the first attempt at `task` (key `key`) reported by `worker`.
+    pub fn new(
+        kind: FailureKind,
+        message: impl Into<String>,
+        task: impl Into<String>,
+        key: TaskKey,
+        worker: impl Into<String>,
+    ) -> Self {
+        TaskFailure {
+            kind,
+            message: message.into(),
+            task: task.into(),
+            key,
+            worker: worker.into(),
+            attempts: 1,
+        }
+    }
 }
 
 impl fmt::Display for TaskFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "task {} (key {}) {} on worker {}: {}",
-            self.task, self.key, self.kind, self.worker, self.message
-        )
+            "task {} (key {}) {} on worker {}",
+            self.task, self.key, self.kind, self.worker
+        )?;
+        if self.attempts > 1 {
+            write!(f, " after {} attempts", self.attempts)?;
+        }
+        write!(f, ": {}", self.message)
     }
 }
 
@@ -81,6 +112,11 @@ pub enum FailureKind {
     /// A client cancelled the task before it had an outcome (`Client::cancel`); if a worker was
     /// already running it, its outcome is dropped (write-once).
     Cancelled,
+    /// The task ran longer than its time limit; the worker stopped waiting for it.
+    TimedOut,
+    /// The message was delivered more times than the `max_deliveries` setting allows without
+    /// finishing (each delivery crashed or lost its worker): it is dead-lettered.
+    DeliveryLimit,
     /// A failure kind written by a newer rask that this build does not know.
     #[serde(other)]
     Other,
@@ -96,6 +132,8 @@ impl fmt::Display for FailureKind {
             FailureKind::BadMessage => "had a malformed message",
             FailureKind::DependencyFailed => "did not run: a dependency failed",
             FailureKind::Cancelled => "was cancelled",
+            FailureKind::TimedOut => "timed out",
+            FailureKind::DeliveryLimit => "hit the delivery limit",
             FailureKind::Other => "failed (unknown kind)",
         })
     }
@@ -107,13 +145,13 @@ mod tests {
 
     #[test]
     fn round_trips_and_displays() {
-        let failure = TaskFailure {
-            kind: FailureKind::Panicked,
-            message: "boom".into(),
-            task: "explode".into(),
-            key: TaskKey::new("explode-1").unwrap(),
-            worker: "w1".into(),
-        };
+        let mut failure = TaskFailure::new(
+            FailureKind::Panicked,
+            "boom",
+            "explode",
+            TaskKey::new("explode-1").unwrap(),
+            "w1",
+        );
         let outcome = Outcome::Failure(failure.clone());
         assert_eq!(
             Outcome::decode(&outcome.encode().unwrap()).unwrap(),
@@ -121,5 +159,8 @@ mod tests {
         );
         let text = failure.to_string();
         assert!(text.contains("explode") && text.contains("panicked") && text.contains("boom"));
+        assert!(!text.contains("attempts"), "{text}");
+        failure.attempts = 3;
+        assert!(failure.to_string().contains("after 3 attempts"));
     }
 }

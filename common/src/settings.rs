@@ -50,6 +50,24 @@ pub struct Settings {
     /// Default `30s`.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Deliveries of one task message that may end without a stored outcome (the worker running
+    /// it crashed, lost its connection, or stopped past its grace period) before the next
+    /// delivery dead-letters it and fails its future with `DeliveryLimit`. `0` means no limit.
+    /// Default `5`.
+    pub max_deliveries: u32,
+    /// Largest task message body, in bytes, a producer publishes and a worker accepts (larger
+    /// ones fail with a clear error, or are dead-lettered). Default `67108864` (64 MiB; RabbitMQ
+    /// refuses bodies over 128 MiB by default).
+    pub max_message_bytes: usize,
+    /// How long a task may run before its future fails with `TimedOut`, unless its message sets
+    /// its own limit. `0s` means no limit. Default `0s`.
+    #[serde(with = "humantime_serde")]
+    pub task_time_limit: Duration,
+    /// Highest task priority (the task queue's `x-max-priority`); tasks submitted with a higher
+    /// one are clamped to it. `0` declares a queue without priorities. Changing it on an
+    /// existing queue makes RabbitMQ refuse the declaration: purge and delete the queue first.
+    /// Default `9`.
+    pub max_priority: u8,
 }
 
 impl Default for Settings {
@@ -68,6 +86,10 @@ impl Default for Settings {
             publish_window: 1024,
             result_batch: 256,
             shutdown_grace: Duration::from_secs(30),
+            max_deliveries: 5,
+            max_message_bytes: 64 << 20,
+            task_time_limit: Duration::ZERO,
+            max_priority: 9,
         }
     }
 }
@@ -120,6 +142,13 @@ impl Settings {
         if self.result_batch == 0 {
             return bad("result_batch", &0, "must be at least 1");
         }
+        if self.max_message_bytes < 1024 {
+            return bad(
+                "max_message_bytes",
+                &self.max_message_bytes,
+                "must be at least 1024",
+            );
+        }
         if self.result_ttl < Duration::from_secs(1) {
             return bad(
                 "result_ttl",
@@ -160,6 +189,11 @@ impl Settings {
             );
         }
         Ok(())
+    }
+
+    /// The time limit of tasks whose message sets none: [`Settings::task_time_limit`], if any.
+    pub fn default_time_limit(&self) -> Option<Duration> {
+        (!self.task_time_limit.is_zero()).then_some(self.task_time_limit)
     }
 
     /// The prefetch a worker asks for: [`Settings::prefetch`], or 16 × concurrency when it is 0.
@@ -216,6 +250,10 @@ impl fmt::Debug for Settings {
             .field("publish_window", &self.publish_window)
             .field("result_batch", &self.result_batch)
             .field("shutdown_grace", &self.shutdown_grace)
+            .field("max_deliveries", &self.max_deliveries)
+            .field("max_message_bytes", &self.max_message_bytes)
+            .field("task_time_limit", &self.task_time_limit)
+            .field("max_priority", &self.max_priority)
             .finish()
     }
 }

@@ -31,10 +31,12 @@ pub enum Invocation<T> {
     Async(Pin<Box<dyn Future<Output = Result<T, TaskError>> + Send>>),
 }
 
-/// The error a task body returns; stored on the task's future as a `Failed` failure.
+/// The error a task body returns; stored on the task's future as a `Failed` failure, unless it
+/// is [`TaskError::retryable`] and the task's retry policy allows another attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskError {
     message: String,
+    retryable: bool,
 }
 
 impl TaskError {
@@ -42,11 +44,36 @@ impl TaskError {
     pub fn new(message: impl Into<String>) -> Self {
         TaskError {
             message: message.into(),
+            retryable: false,
         }
     }
 
-    /// An error carrying the `Display` text of `error` (how [`task!`](crate::task!) converts the
-    /// error type of a fallible body).
+    /// An error worth retrying (a timeout talking to another service, say): when the task was
+    /// submitted with a [`crate::retry::RetryPolicy`] that allows another attempt, the worker
+    /// schedules one instead of storing the failure.
+    pub fn retryable(message: impl Into<String>) -> Self {
+        TaskError {
+            message: message.into(),
+            retryable: true,
+        }
+    }
+
+    /// Whether the error is [`TaskError::retryable`].
+    pub fn is_retryable(&self) -> bool {
+        self.retryable
+    }
+
+    /// The error a task body's error `E` becomes (how [`task!`](crate::task!) converts it): a
+    /// [`TaskError`] stays as it is (keeping [`TaskError::is_retryable`]), anything else becomes
+    /// its `Display` text.
+    pub fn from_error<E: fmt::Display + 'static>(error: E) -> Self {
+        match (&error as &dyn std::any::Any).downcast_ref::<TaskError>() {
+            Some(task_error) => task_error.clone(),
+            None => TaskError::from_display(&error),
+        }
+    }
+
+    /// A (not retryable) error carrying the `Display` text of `error`.
     pub fn from_display(error: &dyn fmt::Display) -> Self {
         TaskError::new(error.to_string())
     }
@@ -86,7 +113,7 @@ macro_rules! task {
         $crate::task!(@handle [$(#[$meta])*] $vis $name [$($arg : $ty),*] $ok
             [$crate::task::Invocation::Async(::std::boxed::Box::pin(async move {
                 let result: ::std::result::Result<$ok, $err> = async move $body.await;
-                result.map_err(|e| $crate::task::TaskError::from_display(&e))
+                result.map_err($crate::task::TaskError::from_error)
             }))]);
     };
     ($(#[$meta:meta])* $vis:vis async fn $name:ident($($arg:ident : $ty:ty),* $(,)?) -> $ret:ty $body:block) => {
@@ -101,7 +128,7 @@ macro_rules! task {
             [$crate::task::Invocation::Blocking(::std::boxed::Box::new(move || {
                 #[allow(clippy::redundant_closure_call)]
                 let result: ::std::result::Result<$ok, $err> = (move || $body)();
-                result.map_err(|e| $crate::task::TaskError::from_display(&e))
+                result.map_err($crate::task::TaskError::from_error)
             }))]);
     };
     ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) -> $ret:ty $body:block) => {
@@ -165,6 +192,15 @@ mod tests {
         }
     }
     crate::task! {
+        /// Test: a retryable error keeps its flag through the macro.
+        fn flaky(x: i64) -> Result<i64, TaskError> {
+            if x > 0 {
+                return Err(TaskError::retryable("try again"));
+            }
+            Ok(x)
+        }
+    }
+    crate::task! {
         /// Test: async.
         async fn later(x: u8) -> u8 { x }
     }
@@ -186,6 +222,9 @@ mod tests {
             Err(TaskError::new("3 > 2"))
         );
         assert!(matches!(later::invoke((1,)), Invocation::Async(_)));
+        let err = run_blocking(flaky::invoke((1,))).unwrap_err();
+        assert!(err.is_retryable() && err.message() == "try again");
+        assert!(!run_blocking(checked::invoke((3, 2))).unwrap_err().is_retryable());
         let lazy = checked.delayed(double.delayed(2), 10);
         assert!(lazy.key().as_str().starts_with("checked-"));
         assert_eq!(lazy.node().deps().len(), 1);

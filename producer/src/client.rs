@@ -5,11 +5,13 @@ use std::sync::Arc;
 use lapin::options::{ConfirmSelectOptions, QueuePurgeOptions};
 use lapin::{Channel, Connection};
 use rask_common::message::encode_value;
-use rask_common::{broker, Settings, Store, Task, TaskKey, TaskMessage};
+use rask_common::broker::{self, Destination};
+use rask_common::{Settings, Store, Task, TaskKey, TaskMessage};
 
 use crate::completions::{Listener, Waiter};
 use crate::error::Result;
 use crate::future::Future;
+use crate::options::TaskOptions;
 use crate::publish::publish_all;
 
 /// A connection to a rask deployment. Cheap to clone; clones share connections.
@@ -62,14 +64,25 @@ impl Client {
     /// # Errors
     /// [`crate::Error`] if the arguments do not encode or the broker does not take the task.
     pub async fn submit<T: Task>(&self, task: T, args: T::Args) -> Result<Future<T::Output>> {
+        self.submit_with(task, args, &TaskOptions::default()).await
+    }
+
+    /// [`Client::submit`] with scheduling options: a countdown or eta, a priority, a retry
+    /// policy, a time limit.
+    ///
+    /// # Errors
+    /// As [`Client::submit`].
+    pub async fn submit_with<T: Task>(
+        &self,
+        task: T,
+        args: T::Args,
+        options: &TaskOptions,
+    ) -> Result<Future<T::Output>> {
         let _ = task;
         let key = TaskKey::unique(T::NAME);
-        self.publish(std::iter::once(Ok(TaskMessage::new(
-            key.clone(),
-            T::NAME,
-            encode_value(&args)?,
-        ))))
-        .await?;
+        let message = TaskMessage::new(key.clone(), T::NAME, encode_value(&args)?);
+        self.publish_with(std::iter::once(Ok(message)), options)
+            .await?;
         Ok(self.future(key))
     }
 
@@ -84,11 +97,25 @@ impl Client {
         task: T,
         args: impl IntoIterator<Item = T::Args>,
     ) -> Result<Vec<Future<T::Output>>> {
+        self.map_with(task, args, &TaskOptions::default()).await
+    }
+
+    /// [`Client::map`] with scheduling options, the same for every task.
+    ///
+    /// # Errors
+    /// As [`Client::map`].
+    pub async fn map_with<T: Task>(
+        &self,
+        task: T,
+        args: impl IntoIterator<Item = T::Args>,
+        options: &TaskOptions,
+    ) -> Result<Vec<Future<T::Output>>> {
         let _ = task;
-        self.map_encoded(
+        self.map_encoded_with(
             T::NAME,
             args.into_iter()
                 .map(|a| encode_value(&a).map_err(Into::into)),
+            options,
         )
         .await
     }
@@ -104,13 +131,27 @@ impl Client {
         function: &str,
         args: impl IntoIterator<Item = Result<Vec<u8>>>,
     ) -> Result<Vec<Future<T>>> {
+        self.map_encoded_with(function, args, &TaskOptions::default())
+            .await
+    }
+
+    /// [`Client::map_encoded`] with scheduling options, the same for every task.
+    ///
+    /// # Errors
+    /// As [`Client::map_encoded`].
+    pub async fn map_encoded_with<T>(
+        &self,
+        function: &str,
+        args: impl IntoIterator<Item = Result<Vec<u8>>>,
+        options: &TaskOptions,
+    ) -> Result<Vec<Future<T>>> {
         let mut keys = Vec::new();
         let messages = args.into_iter().map(|args| {
             let key = TaskKey::unique(function);
             keys.push(key.clone());
             Ok(TaskMessage::new(key, function, args?))
         });
-        self.publish(messages).await?;
+        self.publish_with(messages, options).await?;
         Ok(keys.into_iter().map(|k| self.future(k)).collect())
     }
 
@@ -157,11 +198,27 @@ impl Client {
         Ok(())
     }
 
+    /// Publishes `messages` to the task queue, to run now.
     pub(crate) async fn publish(
         &self,
         messages: impl IntoIterator<Item = Result<TaskMessage>>,
     ) -> Result<()> {
-        publish_all(&self.inner.channel, &self.inner.settings, messages).await
+        let to = Destination::tasks(&self.inner.settings);
+        publish_all(&self.inner.channel, &self.inner.settings, &to, messages).await
+    }
+
+    /// Publishes `messages` with `options` applied, through a delay queue if they start later.
+    pub(crate) async fn publish_with(
+        &self,
+        messages: impl IntoIterator<Item = Result<TaskMessage>>,
+        options: &TaskOptions,
+    ) -> Result<()> {
+        let s = &self.inner.settings;
+        let to = Destination::after(&self.inner.channel, s, options.delay()).await?;
+        let messages = messages
+            .into_iter()
+            .map(|m| m.map(|m| options.apply(m, s.max_priority)));
+        publish_all(&self.inner.channel, s, &to, messages).await
     }
 
     pub(crate) fn waiter(&self, keys: Vec<TaskKey>) -> Waiter {

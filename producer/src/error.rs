@@ -57,6 +57,17 @@ pub enum Error {
         /// Its routing key.
         routing_key: String,
     },
+    /// A task message is larger than the `max_message_bytes` setting allows; nothing of it was
+    /// published.
+    #[error("task {key} is {bytes} bytes encoded, over max_message_bytes = {max}")]
+    TooLarge {
+        /// The task's key.
+        key: TaskKey,
+        /// Its encoded size.
+        bytes: usize,
+        /// The limit.
+        max: usize,
+    },
     /// The listener for completions stopped (the client is shutting down).
     #[error("the completion listener stopped")]
     ListenerStopped,

@@ -22,6 +22,7 @@
 //! ## Layout
 //! - [`Client`] (`client.rs`): connecting, submitting, mapping, releasing.
 //! - `graph.rs`: [`Client::persist`] and [`Client::compute`] of lazy task graphs ([`Delayed`]).
+//! - [`TaskOptions`] (`options.rs`): countdown/eta, priority, retries, time limit per task.
 //! - `publish.rs`: pipelined, confirmed publishing with a window.
 //! - `completions.rs`: one Redis subscription per client; waiters re-read on any gap.
 //! - `scatter.rs`: [`Client::scatter`] (local data as stored results) and [`Client::wait`].
@@ -37,6 +38,7 @@ mod future;
 mod gather;
 mod graph;
 pub mod local;
+mod options;
 mod publish;
 mod scatter;
 
@@ -44,8 +46,10 @@ pub use client::Client;
 pub use error::{Error, Result};
 pub use future::Future;
 pub use gather::{Gather, GatherEach};
+pub use options::TaskOptions;
 pub use rask_common::{
-    builtins, task, Arg, Delayed, FailureKind, Settings, Task, TaskError, TaskFailure, TaskKey,
+    builtins, task, Arg, Delayed, FailureKind, RetryPolicy, Settings, Task, TaskError, TaskFailure,
+    TaskKey,
 };
 pub use scatter::Wait;
 

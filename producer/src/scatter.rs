@@ -73,13 +73,13 @@ impl Client {
                 .rsplit_once('-')
                 .map_or(key.as_str(), |(name, _)| name)
                 .to_owned();
-            let failure = Outcome::Failure(TaskFailure {
-                kind: FailureKind::Cancelled,
-                message: "cancelled by a client before it had an outcome".into(),
-                task: function,
-                key: key.clone(),
-                worker: "client".into(),
-            });
+            let failure = Outcome::Failure(TaskFailure::new(
+                FailureKind::Cancelled,
+                "cancelled by a client before it had an outcome",
+                function,
+                key.clone(),
+                "client",
+            ));
             outcomes.push((key, failure.encode()?));
         }
         let ready = self.store().store_and_release(&outcomes).await?;

@@ -16,11 +16,8 @@ use crate::registry::{PrepareError, Registry};
 pub(crate) async fn execute(registry: &Registry, worker: &str, message: &TaskMessage) -> Outcome {
     let fail = |kind: FailureKind, text: String| {
         Outcome::Failure(TaskFailure {
-            kind,
-            message: text,
-            task: message.function.clone(),
-            key: message.key.clone(),
-            worker: worker.to_owned(),
+            attempts: message.attempt + 1,
+            ..TaskFailure::new(kind, text, message.function.clone(), message.key.clone(), worker)
         })
     };
     let invocation = match registry.prepare(&message.function, &message.args) {

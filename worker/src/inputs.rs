@@ -21,13 +21,13 @@ pub(crate) async fn resolve(
     }
     let stored = retry::until_ok("reading inputs", || store.get_outcomes(&message.deps)).await;
     let fail = |text: String| {
-        Outcome::Failure(TaskFailure {
-            kind: FailureKind::DependencyFailed,
-            message: text,
-            task: message.function.clone(),
-            key: message.key.clone(),
-            worker: worker.to_owned(),
-        })
+        Outcome::Failure(TaskFailure::new(
+            FailureKind::DependencyFailed,
+            text,
+            message.function.clone(),
+            message.key.clone(),
+            worker,
+        ))
     };
     let mut values: HashMap<&str, rmpv::Value> = HashMap::with_capacity(stored.len());
     for (key, bytes) in message.deps.iter().zip(stored) {

@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use lapin::options::ConfirmSelectOptions;
 use lapin::{Channel, Confirmation, Connection};
-use rask_common::{broker, Settings, TaskKey, TaskMessage};
+use rask_common::broker::{self, Destination};
+use rask_common::{Settings, TaskKey, TaskMessage};
 
 /// Why ready dependents could not be published (the batch is requeued, not acknowledged).
 #[derive(Debug, thiserror::Error)]
@@ -95,9 +96,10 @@ impl Publisher {
     /// # Errors
     /// [`PublishError`] for the first that was not confirmed: acknowledge nothing then.
     pub(crate) async fn publish(&self, ready: &[TaskMessage]) -> Result<usize, PublishError> {
+        let tasks = Destination::tasks(&self.settings);
         let publishes = ready
             .iter()
-            .map(|message| publish(&self.channel, &self.settings, message));
+            .map(|message| publish(&self.channel, &tasks, message));
         for result in futures::future::join_all(publishes).await {
             result?;
         }
@@ -105,10 +107,10 @@ impl Publisher {
     }
 }
 
-/// Publishes `message` to the task queue and waits for the broker's confirmation.
-async fn publish(
+/// Publishes `message` to `to` and waits for the broker's confirmation.
+pub(crate) async fn publish(
     channel: &Channel,
-    s: &Settings,
+    to: &Destination,
     message: &TaskMessage,
 ) -> Result<(), PublishError> {
     let key = || message.key.clone();
@@ -116,7 +118,7 @@ async fn publish(
         .encode()
         .map_err(|source| PublishError::Encode { key: key(), source })?;
     let failed = |source| PublishError::Broker { key: key(), source };
-    let confirm = broker::publish_task(channel, s, message, &body)
+    let confirm = broker::publish_task(channel, to, message, &body)
         .await
         .map_err(|e| match e {
             rask_common::Error::Broker(source) => PublishError::Broker { key: key(), source },

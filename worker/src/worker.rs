@@ -229,13 +229,13 @@ async fn handle(shared: &Shared, delivery: Delivery) {
             };
             // Whoever waits on the key (a client, or graph tasks depending on it) learns why:
             // the failure is stored and released like any outcome, then the delivery is acked.
-            let failure = Outcome::Failure(TaskFailure {
-                kind: FailureKind::BadMessage,
-                message: undecodable.reason.clone(),
-                task: undecodable.function.clone().unwrap_or_default(),
-                key: key.clone(),
-                worker: shared.id.clone(),
-            });
+            let failure = Outcome::Failure(TaskFailure::new(
+                FailureKind::BadMessage,
+                undecodable.reason.clone(),
+                undecodable.function.clone().unwrap_or_default(),
+                key.clone(),
+                shared.id.clone(),
+            ));
             finish(shared, key, failure, delivery).await;
             return;
         }
