@@ -193,7 +193,10 @@ mod tests {
     fn scheduling_fields_round_trip_and_are_omitted_when_default() {
         let plain = message().encode().unwrap();
         for field in ["attempt", "retry", "time_limit_ms", "priority"] {
-            assert!(!plain.windows(field.len()).any(|w| w == field.as_bytes()), "{field}");
+            assert!(
+                !plain.windows(field.len()).any(|w| w == field.as_bytes()),
+                "{field}"
+            );
         }
         let mut m = message();
         m.attempt = 2;

@@ -53,7 +53,11 @@ impl RetryPolicy {
             .min(self.max_backoff_ms);
         let jitter = jitter.clamp(0.0, 1.0);
         // `full` fits in 53 bits for any sane backoff; the conversion back saturates anyway.
-        #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        #[allow(
+            clippy::cast_precision_loss,
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss
+        )]
         let ms = (full as f64 * (0.5 + jitter / 2.0)).round() as u64;
         Duration::from_millis(ms.max(1))
     }

@@ -224,7 +224,9 @@ mod tests {
         assert!(matches!(later::invoke((1,)), Invocation::Async(_)));
         let err = run_blocking(flaky::invoke((1,))).unwrap_err();
         assert!(err.is_retryable() && err.message() == "try again");
-        assert!(!run_blocking(checked::invoke((3, 2))).unwrap_err().is_retryable());
+        assert!(!run_blocking(checked::invoke((3, 2)))
+            .unwrap_err()
+            .is_retryable());
         let lazy = checked.delayed(double.delayed(2), 10);
         assert!(lazy.key().as_str().starts_with("checked-"));
         assert_eq!(lazy.node().deps().len(), 1);

@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use lapin::options::{ConfirmSelectOptions, QueuePurgeOptions};
 use lapin::{Channel, Connection};
-use rask_common::message::encode_value;
 use rask_common::broker::{self, Destination};
+use rask_common::message::encode_value;
 use rask_common::{Settings, Store, Task, TaskKey, TaskMessage};
 
 use crate::completions::{Listener, Waiter};

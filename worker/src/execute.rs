@@ -17,7 +17,13 @@ pub(crate) async fn execute(registry: &Registry, worker: &str, message: &TaskMes
     let fail = |kind: FailureKind, text: String| {
         Outcome::Failure(TaskFailure {
             attempts: message.attempt + 1,
-            ..TaskFailure::new(kind, text, message.function.clone(), message.key.clone(), worker)
+            ..TaskFailure::new(
+                kind,
+                text,
+                message.function.clone(),
+                message.key.clone(),
+                worker,
+            )
         })
     };
     let invocation = match registry.prepare(&message.function, &message.args) {
