@@ -24,6 +24,7 @@
 //! - `graph.rs`: [`Client::persist`] and [`Client::compute`] of lazy task graphs ([`Delayed`]).
 //! - [`TaskOptions`] (`options.rs`): countdown/eta, priority, retries, time limit per task.
 //! - `publish.rs`: pipelined, confirmed publishing with a window.
+//! - `dead.rs`: listing and requeueing dead-lettered messages ([`DeadLetter`]).
 //! - `completions.rs`: one Redis subscription per client; waiters re-read on any gap.
 //! - `scatter.rs`: [`Client::scatter`] (local data as stored results) and [`Client::wait`].
 //! - [`Future`] (`future.rs`) and [`Gather`] (`gather.rs`): waiting for results.
@@ -33,6 +34,7 @@
 mod call;
 mod client;
 mod completions;
+mod dead;
 mod error;
 mod future;
 mod gather;
@@ -43,6 +45,7 @@ mod publish;
 mod scatter;
 
 pub use client::Client;
+pub use dead::{DeadLetter, Requeued};
 pub use error::{Error, Result};
 pub use future::Future;
 pub use gather::{Gather, GatherEach};

@@ -200,6 +200,66 @@ impl TestEnv {
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path.join(name)
     }
+
+    /// Runs the built `rask ARGS` with this environment's settings, feeding `stdin`; fails the
+    /// test if it hangs.
+    pub async fn rask(&self, args: &[&str], stdin: &str) -> std::process::Output {
+        use tokio::io::AsyncWriteExt;
+        let program = local::sibling_binary("rask").expect("rask is built");
+        let mut child = tokio::process::Command::new(program)
+            .args(args)
+            .envs(self.env_vars())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("rask starts");
+        let mut input = child.stdin.take().expect("stdin is piped");
+        input.write_all(stdin.as_bytes()).await.unwrap();
+        drop(input);
+        tokio::time::timeout(PATIENCE, child.wait_with_output())
+            .await
+            .unwrap_or_else(|_| panic!("rask {args:?} hung"))
+            .unwrap()
+    }
+
+    /// Messages ready in `queue` and its consumers, as RabbitMQ reports them now.
+    pub async fn queue_depth(&self, queue: &str) -> (u32, u32) {
+        let connection = rask_common::broker::connect(&self.settings, "test inspector")
+            .await
+            .expect("RabbitMQ answers");
+        let channel = connection.create_channel().await.unwrap();
+        let declared = channel
+            .queue_declare(
+                queue.into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                lapin::types::FieldTable::default(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("queue {queue} exists: {e}"));
+        let _ = connection.close(200, "done".into()).await;
+        (declared.message_count(), declared.consumer_count())
+    }
+
+    /// Polls `condition` until it holds, failing the test after [`PATIENCE`].
+    pub async fn eventually<F: std::future::Future<Output = bool>>(
+        &self,
+        what: &str,
+        mut condition: impl FnMut() -> F,
+    ) {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while !condition().await {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "gave up waiting for {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 /// A worker running inside the test process.

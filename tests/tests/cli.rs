@@ -1,29 +1,12 @@
 //! The `rask` command line through the built binary, against real servers and worker processes.
 
-use std::process::{Output, Stdio};
+use std::process::Output;
 
 use rask_tests::{TestEnv, PATIENCE};
-use tokio::io::AsyncWriteExt;
 
-/// Runs `rask ARGS` with the environment's settings, feeding `stdin`; fails the test on a hang.
+/// Runs `rask ARGS` with the environment's settings, feeding `stdin`.
 async fn rask(env: &TestEnv, args: &[&str], stdin: &str) -> Output {
-    let program = rask::local::sibling_binary("rask").expect("rask is built");
-    let mut child = tokio::process::Command::new(program)
-        .args(args)
-        .envs(env.env_vars())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("rask starts");
-    let mut input = child.stdin.take().expect("stdin is piped");
-    input.write_all(stdin.as_bytes()).await.unwrap();
-    drop(input);
-    tokio::time::timeout(PATIENCE, child.wait_with_output())
-        .await
-        .unwrap_or_else(|_| panic!("rask {args:?} hung"))
-        .unwrap()
+    env.rask(args, stdin).await
 }
 
 fn stdout(output: &Output) -> String {

@@ -38,6 +38,9 @@ pub(crate) enum Command {
     Release(ReleaseArgs),
     /// Empty the task queue and delete every stored result of this deployment (key prefix).
     Purge,
+    /// Inspect and replay the dead-letter queue (messages workers could not process).
+    #[command(subcommand)]
+    Dead(DeadCommand),
     /// Run a private local cluster (RabbitMQ, Redis, workers) on loopback, without Docker.
     #[command(subcommand)]
     Local(LocalCommand),
@@ -60,6 +63,56 @@ pub(crate) struct SubmitArgs {
     /// Give up waiting after this long (e.g. `30s`, `5m`).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub(crate) timeout: Option<Duration>,
+    #[command(flatten)]
+    pub(crate) schedule: ScheduleArgs,
+}
+
+/// When and how submitted tasks run (`submit` and `map`).
+#[derive(Args)]
+pub(crate) struct ScheduleArgs {
+    /// Run no earlier than this long from now (e.g. `10s`); the task waits in the broker.
+    #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "eta")]
+    pub(crate) countdown: Option<Duration>,
+    /// Run no earlier than this time (RFC 3339, e.g. `2026-12-01T09:00:00Z`).
+    #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
+    pub(crate) eta: Option<std::time::SystemTime>,
+    /// Priority: waiting tasks of a higher one are delivered first (0 lowest, up to the
+    /// `max_priority` setting).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) priority: u8,
+    /// Retry a task that fails with a retryable error up to this many times.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) retries: u32,
+    /// Pause before the first retry, doubling (with jitter) for each further one.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "100ms")]
+    pub(crate) retry_backoff: Duration,
+    /// Fail a task with `TimedOut` if it runs longer than this.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub(crate) time_limit: Option<Duration>,
+}
+
+impl ScheduleArgs {
+    /// The library's options for these flags.
+    pub(crate) fn options(&self) -> rask::TaskOptions {
+        let mut options = rask::TaskOptions::new().priority(self.priority);
+        if let Some(countdown) = self.countdown {
+            options = options.countdown(countdown);
+        }
+        if let Some(eta) = self.eta {
+            options = options.eta(eta);
+        }
+        if self.retries > 0 {
+            let max = self.retry_backoff.max(Duration::from_secs(60));
+            options = options.retry(
+                rask::RetryPolicy::new(self.retries.saturating_add(1))
+                    .backoff(self.retry_backoff, max),
+            );
+        }
+        if let Some(limit) = self.time_limit {
+            options = options.time_limit(limit);
+        }
+        options
+    }
 }
 
 #[derive(Args)]
@@ -75,6 +128,8 @@ pub(crate) struct MapArgs {
     /// Give up waiting after this long (e.g. `30s`, `5m`).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub(crate) timeout: Option<Duration>,
+    #[command(flatten)]
+    pub(crate) schedule: ScheduleArgs,
 }
 
 #[derive(Args)]
@@ -92,6 +147,36 @@ pub(crate) struct ReleaseArgs {
     /// Task keys whose results to delete.
     #[arg(required = true)]
     pub(crate) keys: Vec<String>,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum DeadCommand {
+    /// Print dead-lettered messages, oldest first, without removing them: one line each,
+    /// `KEY<TAB>FUNCTION<TAB>BYTES<TAB>REASON` (`-` where unknown), or JSON lines.
+    List(DeadListArgs),
+    /// Publish dead-lettered messages to the task queue again and remove them from the
+    /// dead-letter queue (their stored BadMessage/DeliveryLimit failures are deleted first).
+    Requeue(DeadRequeueArgs),
+}
+
+#[derive(Args)]
+pub(crate) struct DeadListArgs {
+    /// Print at most this many messages.
+    #[arg(long, default_value_t = 100)]
+    pub(crate) limit: usize,
+    /// One JSON object per line: `key`, `function`, `reason`, `worker`, `bytes`.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Args)]
+pub(crate) struct DeadRequeueArgs {
+    /// Requeue at most this many messages.
+    #[arg(long, default_value_t = usize::MAX, hide_default_value = true)]
+    pub(crate) limit: usize,
+    /// Requeue only the message of this task key.
+    #[arg(long)]
+    pub(crate) key: Option<String>,
 }
 
 #[derive(Subcommand)]

@@ -27,6 +27,7 @@ async fn main() -> ExitCode {
         Command::Gather(args) => cmd::gather::run(&cli.global, args).await,
         Command::Release(args) => cmd::release::run(&cli.global, args).await,
         Command::Purge => cmd::purge::run(&cli.global).await,
+        Command::Dead(command) => cmd::dead::run(&cli.global, command).await,
         Command::Local(command) => cmd::local::run(command).await,
         Command::Demo(args) => cmd::demo::run(&cli.global, args).await,
         Command::Bench(args) => cmd::bench::run(&cli.global, args).await,

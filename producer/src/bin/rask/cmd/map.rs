@@ -41,7 +41,11 @@ pub(crate) async fn run(global: &Global, args: MapArgs) -> Result<ExitCode> {
     }
     let client = connect(global).await?;
     let futures = client
-        .map_encoded::<Value>(&args.function, encoded.into_iter().map(Ok))
+        .map_encoded_with::<Value>(
+            &args.function,
+            encoded.into_iter().map(Ok),
+            &args.schedule.options(),
+        )
         .await?;
     keys_or_results(&client, &futures, args.keys_only, args.timeout).await
 }

@@ -1,6 +1,7 @@
 //! One module per subcommand; each exposes `run`, returning the process exit code.
 
 pub(crate) mod bench;
+pub(crate) mod dead;
 pub(crate) mod demo;
 pub(crate) mod gather;
 pub(crate) mod local;

@@ -13,7 +13,7 @@ pub(crate) async fn run(global: &Global, args: SubmitArgs) -> Result<ExitCode> {
     let encoded = encode_args(&parse_args(&args.args)?)?;
     let client = connect(global).await?;
     let futures = client
-        .map_encoded::<Value>(&args.function, [Ok(encoded)])
+        .map_encoded_with::<Value>(&args.function, [Ok(encoded)], &args.schedule.options())
         .await?;
     keys_or_results(&client, &futures, args.key_only, args.timeout).await
 }

@@ -1,0 +1,123 @@
+//! Scheduling against real servers: a countdown or eta waits in the broker (a delay queue), not
+//! in a worker; a higher priority overtakes a backlog.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use rask::builtins::inc;
+use rask::TaskOptions;
+use rask_tests::{TestEnv, PATIENCE};
+use rask_worker::Registry;
+
+rask::task! {
+    /// Appends `x` to the Redis list `list`, recording the order tasks ran in.
+    async fn record(redis_url: String, list: String, x: i64) -> Result<i64, String> {
+        let client = redis::Client::open(redis_url).map_err(|e| e.to_string())?;
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .map_err(|e| e.to_string())?;
+        redis::cmd("RPUSH")
+            .arg(list)
+            .arg(x)
+            .query_async::<i64>(&mut conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(x)
+    }
+}
+
+#[tokio::test]
+async fn a_countdown_waits_in_the_broker_not_in_a_worker() {
+    let env = TestEnv::new("countdown").await;
+    let worker = env.run_worker(Registry::with_builtins());
+    let client = env.client().await;
+    let countdown = Duration::from_secs(2);
+    let submitted = Instant::now();
+    let future = client
+        .submit_with(inc, (1,), &TaskOptions::new().countdown(countdown))
+        .await
+        .unwrap();
+    // The task is parked in the delay queue, which nobody consumes; the task queue is empty.
+    let delay_queue = format!("{}.delay.2000ms", env.settings.queue);
+    assert_eq!(env.queue_depth(&delay_queue).await, (1, 0));
+    assert_eq!(env.queue_depth(&env.settings.queue).await.0, 0);
+    assert_eq!(future.result_within(PATIENCE).await.unwrap(), 2);
+    assert!(
+        submitted.elapsed() >= countdown,
+        "ran after {:?}, before its countdown of {countdown:?}",
+        submitted.elapsed()
+    );
+    assert_eq!(env.queue_depth(&delay_queue).await.0, 0);
+    client.close().await.unwrap();
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_eta_runs_the_task_no_earlier_than_it() {
+    let env = TestEnv::new("eta").await;
+    let worker = env.run_worker(Registry::with_builtins());
+    let client = env.client().await;
+    let eta = SystemTime::now() + Duration::from_millis(1500);
+    let futures = client
+        .map_with(inc, (0..10).map(|i| (i,)), &TaskOptions::new().eta(eta))
+        .await
+        .unwrap();
+    let values = client.gather(&futures).timeout(PATIENCE).await.unwrap();
+    // The delay is computed in whole milliseconds when publishing, so allow that much.
+    assert!(SystemTime::now() + Duration::from_millis(2) >= eta);
+    assert_eq!(values, (1..=10).collect::<Vec<i64>>());
+    // An eta in the past runs at once, through the task queue.
+    let past = SystemTime::now() - Duration::from_secs(60);
+    let now = client
+        .submit_with(inc, (41,), &TaskOptions::new().eta(past))
+        .await
+        .unwrap();
+    assert_eq!(now.result_within(PATIENCE).await.unwrap(), 42);
+    client.close().await.unwrap();
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_higher_priority_overtakes_a_backlog() {
+    let mut env = TestEnv::new("priority").await;
+    env.settings.concurrency = 1;
+    env.settings.prefetch = 1;
+    let client = env.client().await;
+    let url = env.settings.redis_url.clone();
+    let list = format!("{}:test-order", env.settings.key_prefix);
+    let backlog = client
+        .map_with(
+            record,
+            (0..200).map(|i| (url.clone(), list.clone(), i)),
+            &TaskOptions::new().priority(1),
+        )
+        .await
+        .unwrap();
+    let urgent = client
+        .submit_with(
+            record,
+            (url.clone(), list.clone(), 1000),
+            &TaskOptions::new().priority(9),
+        )
+        .await
+        .unwrap();
+    // Only now does a worker start: it finds 201 tasks waiting.
+    let worker = env.run_worker(Registry::with_builtins().with::<record>());
+    assert_eq!(urgent.result_within(PATIENCE).await.unwrap(), 1000);
+    client.gather(&backlog).timeout(PATIENCE).await.unwrap();
+    let store = redis::Client::open(url).unwrap();
+    let mut conn = store.get_multiplexed_async_connection().await.unwrap();
+    let order: Vec<i64> = redis::cmd("LRANGE")
+        .arg(&list)
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(order.len(), 201);
+    assert_eq!(order[0], 1000, "the urgent task ran first: {:?}", &order[..5]);
+    // Equal priorities keep their order.
+    assert_eq!(order[1..], (0..200).collect::<Vec<i64>>());
+    client.close().await.unwrap();
+    worker.stop().await.unwrap();
+}
