@@ -2,7 +2,7 @@
 
 use std::process::Output;
 
-use rask_tests::{TestEnv, PATIENCE};
+use rask_tests::TestEnv;
 
 /// Runs `rask ARGS` with the environment's settings, feeding `stdin`.
 async fn rask(env: &TestEnv, args: &[&str], stdin: &str) -> Output {
