@@ -127,6 +127,13 @@ impl Keys {
         format!("{}:dependents:{}", self.prefix, key.0)
     }
 
+    /// How many times the message of `key` was delivered again after a delivery that ended
+    /// without an outcome (a crashed or vanished worker): `{prefix}:deliveries:{key}`, an
+    /// integer counted by workers to enforce the `max_deliveries` setting.
+    pub fn deliveries(&self, key: &TaskKey) -> String {
+        format!("{}:deliveries:{}", self.prefix, key.0)
+    }
+
     /// Patterns (for `SCAN MATCH`) of every graph bookkeeping key of this prefix.
     pub fn graph_patterns(&self) -> [String; 3] {
         ["task", "pending", "dependents"].map(|kind| format!("{}:{kind}:*", self.prefix))
@@ -162,6 +169,7 @@ mod tests {
         assert_eq!(keys.task(&key), "p:task:inc-1");
         assert_eq!(keys.pending(&key), "p:pending:inc-1");
         assert_eq!(keys.dependents(&key), "p:dependents:inc-1");
+        assert_eq!(keys.deliveries(&key), "p:deliveries:inc-1");
     }
 
     #[test]

@@ -105,8 +105,30 @@ impl Store {
         Ok(chunks.into_iter().flatten().collect())
     }
 
-    /// Deletes the stored outcomes of `keys`, and their graph task records (so that a graph
-    /// submitted again runs them again); returns how many outcomes existed.
+    /// Counts one more redelivery of the message of `key` (`INCR` of [`Keys::deliveries`], kept
+    /// for the result TTL) and reads whether the task already has a stored outcome, in one round
+    /// trip: returns the redeliveries counted so far, this one included, and that flag.
+    ///
+    /// # Errors
+    /// [`crate::Error::Store`] if Redis fails.
+    pub async fn count_redelivery(&self, key: &TaskKey) -> Result<(u64, bool)> {
+        let counter = self.keys.deliveries(key);
+        let (count, stored): (u64, bool) = redis::pipe()
+            .cmd("INCR")
+            .arg(&counter)
+            .cmd("PEXPIRE")
+            .arg(&counter)
+            .arg(self.ttl_ms())
+            .ignore()
+            .cmd("EXISTS")
+            .arg(self.keys.result(key))
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok((count, stored))
+    }
+
+    /// Deletes the stored outcomes of `keys`, their graph task records and delivery counters
+    /// (so that a graph submitted again runs them again); returns how many outcomes existed.
     ///
     /// # Errors
     /// [`crate::Error::Store`] if Redis fails.
@@ -115,7 +137,10 @@ impl Store {
             return Ok(0);
         }
         let names: Vec<String> = keys.iter().map(|k| self.keys.result(k)).collect();
-        let records: Vec<String> = keys.iter().map(|k| self.keys.task(k)).collect();
+        let records: Vec<String> = keys
+            .iter()
+            .flat_map(|k| [self.keys.task(k), self.keys.deliveries(k)])
+            .collect();
         let (deleted,): (u64,) = redis::pipe()
             .cmd("DEL")
             .arg(names)
@@ -127,8 +152,8 @@ impl Store {
         Ok(deleted)
     }
 
-    /// Deletes every result of this deployment's prefix, and its graph bookkeeping (task
-    /// records, pending and dependents sets), by SCAN; returns how many results.
+    /// Deletes every result of this deployment's prefix, its graph bookkeeping (task records,
+    /// pending and dependents sets) and delivery counters, by SCAN; returns how many results.
     ///
     /// # Errors
     /// [`crate::Error::Store`] if Redis fails.
@@ -139,6 +164,8 @@ impl Store {
         for pattern in self.keys.graph_patterns() {
             self.scan_delete(&pattern).await?;
         }
+        self.scan_delete(&format!("{}:deliveries:*", self.keys.prefix()))
+            .await?;
         Ok(deleted)
     }
 

@@ -16,6 +16,8 @@ use rask::local::{self, Lifetime, RabbitMqSpec, RedisSpec, ServerProcess, Worker
 use rask::{Client, Settings};
 use rask_worker::{Registry, Worker};
 use tokio::sync::OnceCell;
+
+pub mod tasks;
 use tokio_util::sync::CancellationToken;
 
 /// How long any test waits for results before failing (instead of hanging).
@@ -187,6 +189,73 @@ impl TestEnv {
             .collect()
     }
 
+    /// Starts `n` processes of the worker binary `program` (e.g.
+    /// `env!("CARGO_BIN_EXE_rask-test-worker")`, which also runs [`tasks`]) with this
+    /// environment and the extra `RASK_*` variables `extra` (stopped on drop).
+    pub fn spawn_program_with(
+        &self,
+        program: &std::path::Path,
+        n: usize,
+        extra: &[(&str, &str)],
+    ) -> Vec<local::Worker> {
+        (0..n)
+            .map(|_| {
+                let mut env = self.env_vars();
+                env.extend(
+                    extra
+                        .iter()
+                        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+                );
+                let spec = WorkerSpec {
+                    program: program.to_owned(),
+                    args: Vec::new(),
+                    env,
+                    log: self
+                        .dir
+                        .path
+                        .join(format!("worker-{}.log", unique_suffix())),
+                };
+                local::Worker::spawn(&spec, Lifetime::TiedToCaller).expect("worker starts")
+            })
+            .collect()
+    }
+
+    /// Takes the first `n` (at most 65,535) messages of this environment's dead-letter queue,
+    /// failing the test if fewer arrive within [`PATIENCE`]; any others stay in the queue.
+    pub async fn dead_letters(&self, n: usize) -> Vec<lapin::message::Delivery> {
+        use futures::StreamExt;
+        let connection = rask_common::broker::connect(&self.settings, "test dead-letter reader")
+            .await
+            .expect("RabbitMQ answers");
+        let channel = connection.create_channel().await.unwrap();
+        let window = u16::try_from(n).expect("at most 65,535 dead letters at once");
+        channel
+            .basic_qos(window, lapin::options::BasicQosOptions::default())
+            .await
+            .unwrap();
+        let consumer = channel
+            .basic_consume(
+                self.settings.dead_letter_queue.as_str().into(),
+                "dead-letter reader".into(),
+                lapin::options::BasicConsumeOptions::default(),
+                lapin::types::FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let dead: Vec<_> = tokio::time::timeout(PATIENCE, consumer.take(n).collect::<Vec<_>>())
+            .await
+            .unwrap_or_else(|_| panic!("{n} messages reach the dead-letter queue"))
+            .into_iter()
+            .map(|d| d.unwrap())
+            .collect();
+        if let Some(last) = dead.last() {
+            let all = lapin::options::BasicAckOptions { multiple: true };
+            last.ack(all).await.unwrap();
+        }
+        let _ = connection.close(200, "done".into()).await;
+        dead
+    }
+
     /// Runs a worker with `registry` inside this test process until the handle stops it.
     pub fn run_worker(&self, registry: Registry) -> RunningWorker {
         let stop = CancellationToken::new();
@@ -259,6 +328,15 @@ impl TestEnv {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+}
+
+/// The reason a worker gave for dead-lettering `message` (its `x-rask-reason` header).
+pub fn dead_letter_reason(message: &lapin::message::Delivery) -> Option<String> {
+    let headers = message.properties.headers().clone().unwrap_or_default();
+    match headers.inner().get(rask_common::message::REASON_HEADER)? {
+        lapin::types::AMQPValue::LongString(text) => Some(text.to_string()),
+        other => Some(format!("{other:?}")),
     }
 }
 

@@ -1,5 +1,7 @@
 //! Messages that are not tasks: dead-lettered with a reason, failures stored where a key can be
-//! read, and the worker keeps serving.
+//! read, and the worker keeps serving: a few by hand, then a thousand of every kind (random
+//! bytes, truncated, wrong version, unknown function, wrong argument types, oversized) among a
+//! thousand good tasks.
 
 use futures::StreamExt;
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions};
@@ -9,7 +11,7 @@ use rask::builtins::inc;
 use rask::{Error, FailureKind, Future, TaskKey};
 use rask_common::message::REASON_HEADER;
 use rask_common::{broker, TaskMessage};
-use rask_tests::{TestEnv, PATIENCE};
+use rask_tests::{dead_letter_reason, TestEnv, PATIENCE};
 use rask_worker::Registry;
 
 #[tokio::test]
@@ -144,4 +146,170 @@ async fn graph_tasks_waiting_on_a_malformed_message_fail_instead_of_hanging() {
         other => panic!("expected a task failure, got {other:?}"),
     }
     worker.stop().await.unwrap();
+}
+
+/// The malformed messages of [`a_thousand_malformed_messages_do_not_disturb_a_thousand_good_ones`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Malformed {
+    RandomBytes,
+    Truncated,
+    WrongVersion,
+    UnknownFunction,
+    WrongArgumentTypes,
+    Oversized,
+}
+
+impl Malformed {
+    const ALL: [Malformed; 6] = [
+        Malformed::RandomBytes,
+        Malformed::Truncated,
+        Malformed::WrongVersion,
+        Malformed::UnknownFunction,
+        Malformed::WrongArgumentTypes,
+        Malformed::Oversized,
+    ];
+
+    /// A body of this kind, and the key of its task when a worker can read one.
+    fn body(self, max_bytes: usize) -> (Vec<u8>, Option<TaskKey>) {
+        let task = |function: &str, args: Vec<u8>| {
+            TaskMessage::new(TaskKey::unique(function), function, args)
+        };
+        let keyed = |m: TaskMessage| (m.encode().unwrap(), Some(m.key));
+        match self {
+            Malformed::RandomBytes => {
+                let random = uuid::Uuid::new_v4();
+                let len = 1 + usize::from(random.as_bytes()[0] % 48);
+                let bytes = (0..len.div_ceil(16)).flat_map(|_| *uuid::Uuid::new_v4().as_bytes());
+                (bytes.take(len).collect(), None)
+            }
+            Malformed::Truncated => {
+                let body = task("inc", rmp_serde::to_vec(&(1,)).unwrap())
+                    .encode()
+                    .unwrap();
+                (body[..body.len() / 2].to_vec(), None)
+            }
+            Malformed::WrongVersion => {
+                let mut m = task("inc", rmp_serde::to_vec(&(1,)).unwrap());
+                m.version = 999;
+                keyed(m)
+            }
+            Malformed::UnknownFunction => {
+                keyed(task("no_such_fn", rmp_serde::to_vec(&(1,)).unwrap()))
+            }
+            Malformed::WrongArgumentTypes => {
+                keyed(task("inc", rmp_serde::to_vec(&("one",)).unwrap()))
+            }
+            Malformed::Oversized => keyed(task(
+                "echo",
+                rmp_serde::to_vec(&(vec![7u8; max_bytes],)).unwrap(),
+            )),
+        }
+    }
+
+    /// Whether a worker dead-letters it (the others are tasks whose call fails).
+    fn dead_lettered(self) -> bool {
+        !matches!(
+            self,
+            Malformed::UnknownFunction | Malformed::WrongArgumentTypes
+        )
+    }
+
+    /// The failure stored on its future, if it has a key.
+    fn failure(self) -> FailureKind {
+        match self {
+            Malformed::UnknownFunction => FailureKind::UnknownTask,
+            Malformed::WrongArgumentTypes => FailureKind::BadArguments,
+            _ => FailureKind::BadMessage,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_thousand_malformed_messages_do_not_disturb_a_thousand_good_ones() {
+    let env = TestEnv::new("malformed").await;
+    let max_bytes = 4096;
+    let mut workers = env.spawn_workers_with(2, &[("RASK_MAX_MESSAGE_BYTES", "4096")]);
+    let pids: Vec<u32> = workers.iter().map(|w| w.pid()).collect();
+    let client = env.client().await;
+    let connection = broker::connect(&env.settings, "test publisher")
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+
+    let bad: Vec<(Malformed, Vec<u8>, Option<TaskKey>)> = (0..1000)
+        .map(|i| {
+            let kind = Malformed::ALL[i % Malformed::ALL.len()];
+            let (body, key) = kind.body(max_bytes);
+            (kind, body, key)
+        })
+        .collect();
+    for (_, body, _) in &bad {
+        channel
+            .basic_publish(
+                env.settings.exchange.as_str().into(),
+                env.settings.queue.as_str().into(),
+                BasicPublishOptions::default(),
+                body,
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .unwrap();
+    }
+    let good = client.map(inc, (0..1000).map(|i| (i,))).await.unwrap();
+
+    // Every good task is right.
+    let values = client.gather(&good).timeout(PATIENCE).await.unwrap();
+    assert_eq!(values, (1..=1000).collect::<Vec<i64>>());
+    // Every bad one with a readable key failed on its future, with the right kind.
+    let keyed: Vec<(Malformed, Future<i64>)> = bad
+        .iter()
+        .filter_map(|(kind, _, key)| Some((*kind, client.future(key.clone()?))))
+        .collect();
+    let futures: Vec<Future<i64>> = keyed.iter().map(|(_, f)| f.clone()).collect();
+    let results = client
+        .gather(&futures)
+        .timeout(PATIENCE)
+        .each()
+        .await
+        .unwrap();
+    for ((kind, future), result) in keyed.iter().zip(results) {
+        let failure = result.unwrap_err().failure().cloned();
+        assert_eq!(
+            failure.map(|f| f.kind),
+            Some(kind.failure()),
+            "{kind:?} {}",
+            future.key()
+        );
+    }
+    // Every bad one that is not a task went to the dead-letter queue with its reason, and
+    // nothing else did.
+    let mut expected: Vec<Vec<u8>> = bad
+        .iter()
+        .filter(|(kind, _, _)| kind.dead_lettered())
+        .map(|(_, body, _)| body.clone())
+        .collect();
+    let dead = env.dead_letters(expected.len()).await;
+    for message in &dead {
+        let reason = dead_letter_reason(message).unwrap_or_default();
+        assert!(!reason.is_empty(), "no reason on {:?}", message.data);
+        if message.data.len() > max_bytes {
+            let why = format!(
+                "message of {} bytes exceeds max_message_bytes = {max_bytes}",
+                message.data.len()
+            );
+            assert_eq!(reason, why);
+        }
+    }
+    let mut dead_bodies: Vec<Vec<u8>> = dead.iter().map(|m| m.data.clone()).collect();
+    dead_bodies.sort();
+    expected.sort();
+    assert!(
+        dead_bodies == expected,
+        "the dead letters are the malformed messages"
+    );
+    assert_eq!(env.queue_depth(&env.settings.dead_letter_queue).await.0, 0);
+    // The same processes served throughout.
+    for (worker, pid) in workers.iter_mut().zip(pids) {
+        assert!(worker.is_running().unwrap() && worker.pid() == pid);
+    }
 }

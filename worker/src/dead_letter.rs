@@ -1,18 +1,20 @@
-//! Dead-lettering messages that are not tasks: a copy goes to the dead-letter exchange with the
-//! reason in the `x-rask-reason` header, then the original is acknowledged.
+//! Dead-lettering messages a worker will not run (not a task, too large, past the delivery
+//! limit): a copy goes to the dead-letter exchange with the reason in the `x-rask-reason` header,
+//! then the original is acknowledged.
 
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicPublishOptions, BasicRejectOptions};
 use lapin::types::{AMQPValue, ShortString};
-use lapin::Channel;
 use rask_common::message::REASON_HEADER;
 use rask_common::Settings;
+
+use crate::release::ConfirmChannel;
 
 /// Publishes a copy of `delivery` with `reason` to the dead-letter exchange and waits for the
 /// broker's confirm; returns whether it was confirmed (routed and stored). The original is left
 /// for the caller to settle.
 pub(crate) async fn copy_to_dead_letters(
-    channel: &Channel,
+    channel: &ConfirmChannel,
     settings: &Settings,
     worker: &str,
     delivery: &Delivery,
@@ -21,8 +23,15 @@ pub(crate) async fn copy_to_dead_letters(
     tracing::warn!(
         reason,
         bytes = delivery.data.len(),
-        "dead-lettering an undecodable message"
+        "dead-lettering a message"
     );
+    let channel = match channel.get().await {
+        Ok(channel) => channel,
+        Err(e) => {
+            tracing::warn!(error = %e, "dead-letter copy not published");
+            return false;
+        }
+    };
     let mut headers = delivery.properties.headers().clone().unwrap_or_default();
     headers.insert(
         ShortString::from(REASON_HEADER),

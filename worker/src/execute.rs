@@ -1,19 +1,47 @@
 //! Running one decoded task to an [`Outcome`]: never fails, never panics; every failure of the
-//! task (unknown function, bad arguments, error, panic) becomes a stored [`TaskFailure`].
+//! task (unknown function, bad arguments, error, panic, time limit) becomes a stored
+//! [`TaskFailure`].
+//!
+//! Time limits: a task runs under its message's `time_limit_ms`, else the worker's
+//! `task_time_limit` ([`time_limit`]). At the limit an async body is dropped, so it stops at its
+//! next `.await`. A plain (blocking) function cannot be stopped from outside its thread: under a
+//! limit it runs on the blocking pool, and at the limit the worker stops waiting for it and fails
+//! the task; the thread runs on to completion in the background and its result is dropped. Either
+//! way the task's concurrency slot is free again at the limit. The element-wise operations of
+//! lazy collections (`bag.rs`) are not under time limits.
 
 use std::any::Any;
 use std::panic::AssertUnwindSafe;
+use std::time::Duration;
 
 use futures::FutureExt;
 
-use rask_common::{FailureKind, Invocation, Outcome, TaskFailure, TaskMessage};
+use rask_common::{FailureKind, Invocation, Outcome, Settings, TaskFailure, TaskMessage};
 
 use crate::registry::{PrepareError, Registry};
 
-/// Runs `message` with the function `registry` has for it: plain functions in place off the
-/// runtime's other work (`block_in_place`, or the blocking pool on a single-threaded runtime),
-/// async ones on the runtime; a panic is caught and reported either way.
-pub(crate) async fn execute(registry: &Registry, worker: &str, message: &TaskMessage) -> Outcome {
+/// The time limit `message` runs under: its own (`time_limit_ms`, when not 0), else the
+/// `task_time_limit` of `settings`, else none.
+pub(crate) fn time_limit(message: &TaskMessage, settings: &Settings) -> Option<Duration> {
+    message
+        .time_limit_ms
+        .filter(|ms| *ms > 0)
+        .map(Duration::from_millis)
+        .or_else(|| settings.default_time_limit())
+}
+
+/// Runs `message` with the function `registry` has for it, for at most `limit`: plain functions
+/// in place off the runtime's other work (`block_in_place`, or the blocking pool on a
+/// single-threaded runtime or under a limit), async ones on the runtime; a panic is caught and
+/// reported either way. Sets `retryable` when the outcome is a failure the function marked
+/// [`rask_common::TaskError::retryable`] (whether it is retried is the caller's decision).
+pub(crate) async fn execute(
+    registry: &Registry,
+    worker: &str,
+    message: &TaskMessage,
+    limit: Option<Duration>,
+    retryable: &mut bool,
+) -> Outcome {
     let fail = |kind: FailureKind, text: String| {
         Outcome::Failure(TaskFailure {
             attempts: message.attempt + 1,
@@ -47,24 +75,57 @@ pub(crate) async fn execute(registry: &Registry, worker: &str, message: &TaskMes
     };
     let multi_thread = tokio::runtime::Handle::current().runtime_flavor()
         == tokio::runtime::RuntimeFlavor::MultiThread;
-    let joined = match invocation {
+    let timed_out = |limit: Duration, detail: &str| {
+        fail(
+            FailureKind::TimedOut,
+            format!("ran longer than its time limit of {limit:?}{detail}"),
+        )
+    };
+    let joined = match (invocation, limit) {
         // On a multi-threaded runtime, run the body on this thread and let the runtime move its
         // other work elsewhere: no hand-off to the blocking pool and back per task.
-        Invocation::Blocking(f) if multi_thread => {
+        (Invocation::Blocking(f), None) if multi_thread => {
             match tokio::task::block_in_place(|| std::panic::catch_unwind(AssertUnwindSafe(f))) {
                 Ok(result) => Ok(result),
                 Err(payload) => return fail(FailureKind::Panicked, panic_text(payload)),
             }
         }
-        Invocation::Blocking(f) => tokio::task::spawn_blocking(f).await,
-        Invocation::Async(fut) => match AssertUnwindSafe(fut).catch_unwind().await {
-            Ok(result) => Ok(result),
-            Err(payload) => return fail(FailureKind::Panicked, panic_text(payload)),
-        },
+        (Invocation::Blocking(f), None) => tokio::task::spawn_blocking(f).await,
+        // Dropping the join handle at the limit detaches the thread: it runs on, unwatched.
+        (Invocation::Blocking(f), Some(limit)) => {
+            match tokio::time::timeout(limit, tokio::task::spawn_blocking(f)).await {
+                Ok(joined) => joined,
+                Err(_) => {
+                    return timed_out(
+                        limit,
+                        "; a plain function cannot be stopped, so it runs on in the background \
+                         and its result is dropped",
+                    )
+                }
+            }
+        }
+        (Invocation::Async(fut), limit) => {
+            let caught = AssertUnwindSafe(fut).catch_unwind();
+            let caught = match limit {
+                None => caught.await,
+                // At the limit the body's future is dropped: cancelled at its current `.await`.
+                Some(limit) => match tokio::time::timeout(limit, caught).await {
+                    Ok(caught) => caught,
+                    Err(_) => return timed_out(limit, ""),
+                },
+            };
+            match caught {
+                Ok(result) => Ok(result),
+                Err(payload) => return fail(FailureKind::Panicked, panic_text(payload)),
+            }
+        }
     };
     match joined {
         Ok(Ok(bytes)) => Outcome::Value(bytes),
-        Ok(Err(error)) => fail(FailureKind::Failed, error.message().to_owned()),
+        Ok(Err(error)) => {
+            *retryable = error.is_retryable();
+            fail(FailureKind::Failed, error.message().to_owned())
+        }
         Err(join) if join.is_panic() => fail(FailureKind::Panicked, panic_text(join.into_panic())),
         Err(join) => fail(FailureKind::Panicked, format!("task was aborted: {join}")),
     }
@@ -98,6 +159,48 @@ mod tests {
             if x > 0 { panic!("late boom") }
             x
         }
+    }
+
+    rask_common::task! {
+        /// Test: blocks its thread until told to go on through `GATE`, then returns `x`.
+        fn held(x: i64) -> i64 {
+            let gate = GATE.lock().unwrap().take().expect("a gate is set");
+            gate.recv().expect("the test lets it go on");
+            x
+        }
+    }
+    rask_common::task! {
+        /// Test: never finishes on its own; records that it was dropped.
+        async fn forever(x: i64) -> i64 {
+            let _guard = DropFlag;
+            std::future::pending::<()>().await;
+            x
+        }
+    }
+    rask_common::task! {
+        /// Test: fails, retryably when `retryable`.
+        fn flaky(retryable: bool) -> Result<i64, TaskError> {
+            Err(if retryable { TaskError::retryable("later") } else { TaskError::new("never") })
+        }
+    }
+
+    static GATE: std::sync::Mutex<Option<std::sync::mpsc::Receiver<()>>> =
+        std::sync::Mutex::new(None);
+    static DROPPED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+    /// Sets `DROPPED` when dropped.
+    struct DropFlag;
+    impl Drop for DropFlag {
+        fn drop(&mut self) {
+            DROPPED.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    use rask_common::TaskError;
+
+    /// `execute` without a limit, ignoring retryability.
+    async fn execute(registry: &Registry, worker: &str, message: &TaskMessage) -> Outcome {
+        super::execute(registry, worker, message, None, &mut false).await
     }
 
     fn msg(function: &str, args: Vec<u8>) -> TaskMessage {
@@ -171,5 +274,56 @@ mod tests {
         let f = failure(execute(&registry, "w1", &msg("add", encode_value(&(1,)).unwrap())).await);
         assert_eq!(f.kind, FailureKind::BadArguments);
         assert!(f.message.contains("(i64, i64)"), "{}", f.message);
+    }
+
+    #[test]
+    fn the_message_limit_wins_over_the_worker_setting() {
+        let mut settings = Settings::default();
+        let mut m = msg("inc", vec![]);
+        assert_eq!(time_limit(&m, &settings), None);
+        settings.task_time_limit = Duration::from_secs(2);
+        assert_eq!(time_limit(&m, &settings), Some(Duration::from_secs(2)));
+        m.time_limit_ms = Some(1500);
+        assert_eq!(time_limit(&m, &settings), Some(Duration::from_millis(1500)));
+        m.time_limit_ms = Some(0);
+        assert_eq!(time_limit(&m, &settings), Some(Duration::from_secs(2)));
+    }
+
+    #[tokio::test]
+    async fn an_async_body_past_its_limit_is_dropped_and_times_out() {
+        let registry = Registry::new().with::<forever>();
+        let limit = Some(Duration::from_millis(50));
+        let message = msg("forever", encode_value(&(1,)).unwrap());
+        let outcome = super::execute(&registry, "w", &message, limit, &mut false).await;
+        let f = failure(outcome);
+        assert_eq!(f.kind, FailureKind::TimedOut);
+        assert!(f.message.contains("50ms"), "{}", f.message);
+        assert!(DROPPED.load(std::sync::atomic::Ordering::SeqCst));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_blocking_body_past_its_limit_times_out_while_it_still_runs() {
+        let registry = Registry::new().with::<held>();
+        let (go_on, gate) = std::sync::mpsc::channel();
+        *GATE.lock().unwrap() = Some(gate);
+        let limit = Some(Duration::from_millis(50));
+        let message = msg("held", encode_value(&(1,)).unwrap());
+        let outcome = super::execute(&registry, "w", &message, limit, &mut false).await;
+        // The body is still blocked on the gate: the outcome came at the limit, not after it.
+        let f = failure(outcome);
+        assert_eq!(f.kind, FailureKind::TimedOut);
+        assert!(f.message.contains("50ms"), "{}", f.message);
+        go_on.send(()).expect("the body still waits");
+    }
+
+    #[tokio::test]
+    async fn only_retryable_errors_are_flagged() {
+        let registry = Registry::new().with::<flaky>();
+        for retryable in [true, false] {
+            let mut flagged = !retryable;
+            let message = msg("flaky", encode_value(&(retryable,)).unwrap());
+            let f = failure(super::execute(&registry, "w", &message, None, &mut flagged).await);
+            assert_eq!((f.kind, flagged), (FailureKind::Failed, retryable));
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! (`MGET`) and put where the message's placeholders are, or the `DependencyFailed` failure
 //! that replaces running it when one of them failed.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use rask_common::graph::substitute;
@@ -10,14 +11,15 @@ use rask_common::{FailureKind, Outcome, Store, TaskFailure, TaskMessage};
 use crate::retry;
 
 /// `message` with its inputs in place of the placeholders, ready to execute; or the outcome to
-/// store instead of running it (an input failed or is missing). Plain tasks pass through.
-pub(crate) async fn resolve(
+/// store instead of running it (an input failed or is missing). Plain tasks pass through
+/// borrowed; `message` itself is left as it is (a retry republishes it with its placeholders).
+pub(crate) async fn resolve<'m>(
     store: &Store,
     worker: &str,
-    message: TaskMessage,
-) -> Result<TaskMessage, Outcome> {
+    message: &'m TaskMessage,
+) -> Result<Cow<'m, TaskMessage>, Outcome> {
     if message.deps.is_empty() {
-        return Ok(message);
+        return Ok(Cow::Borrowed(message));
     }
     let stored = retry::until_ok("reading inputs", || store.get_outcomes(&message.deps)).await;
     let fail = |text: String| {
@@ -57,15 +59,15 @@ pub(crate) async fn resolve(
     let mut args = match rmpv::decode::read_value(&mut message.args.as_slice()) {
         Ok(args) => args,
         // Left to the registry, which reports it as BadArguments.
-        Err(_) => return Ok(message),
+        Err(_) => return Ok(Cow::Borrowed(message)),
     };
     substitute(&mut args, &|key| values.get(key).cloned());
     let mut bytes = Vec::with_capacity(message.args.len());
     if let Err(e) = rmpv::encode::write_value(&mut bytes, &args) {
         return Err(fail(format!("arguments do not re-encode: {e}")));
     }
-    Ok(TaskMessage {
+    Ok(Cow::Owned(TaskMessage {
         args: bytes,
-        ..message
-    })
+        ..message.clone()
+    }))
 }

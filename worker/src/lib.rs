@@ -23,21 +23,26 @@
 //! ## Layout
 //! - [`Worker`] (`worker.rs`): consume, run under a concurrency limit, hand outcomes on, drain on
 //!   shutdown.
-//! - `execute.rs`: one task to an outcome; panics and errors become stored failures.
+//! - `admit.rs`: what a delivery must pass before it runs: size, decoding, the delivery limit.
+//! - `execute.rs`: one task to an outcome under its time limit; panics, errors and timeouts
+//!   become stored failures.
+//! - `retries.rs`: a retryable failure goes back to the broker through a delay queue.
 //! - `inputs.rs`: a graph task's inputs read in one `MGET` and substituted, or its
 //!   `DependencyFailed` outcome.
 //! - `writer.rs`: outcomes to Redis in batches, then acknowledgements (never before).
 //! - `release.rs`: after a batch is stored, publish the graph tasks it made ready (before the
 //!   acknowledgements).
-//! - `dead_letter.rs`: messages that are not tasks go to the dead-letter queue with a reason.
+//! - `dead_letter.rs`: messages that will not run go to the dead-letter queue with a reason.
 //! - [`Registry`] (`registry.rs`): functions by name, arguments decoded per function.
 
+mod admit;
 mod dead_letter;
 mod error;
 mod execute;
 mod inputs;
 mod registry;
 mod release;
+mod retries;
 mod retry;
 mod signal;
 mod worker;

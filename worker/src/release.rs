@@ -1,7 +1,8 @@
-//! Releasing graph tasks: the writer stores a batch of outcomes and runs the release script in
-//! one pipeline (`Store::store_and_release`); this module publishes the dependents that became
-//! ready, confirmed, before the batch is acknowledged. No scheduler, no client round trip per
-//! graph level.
+//! Publishing from a worker. Releasing graph tasks: the writer stores a batch of outcomes and
+//! runs the release script in one pipeline (`Store::store_and_release`); this module publishes
+//! the dependents that became ready, confirmed, before the batch is acknowledged. No scheduler,
+//! no client round trip per graph level. Also the [`ConfirmChannel`] that dead-letter copies and
+//! retries are published on.
 
 use std::sync::Arc;
 
@@ -31,6 +32,50 @@ pub(crate) enum PublishError {
     /// RabbitMQ refused the task.
     #[error("the broker refused task {0} (nack)")]
     Nacked(TaskKey),
+    /// The delay queue of a retry could not be declared.
+    #[error("declaring a delay queue: {0}")]
+    Declare(rask_common::Error),
+}
+
+/// A confirm-mode channel the tasks of a worker share for their own publishes (dead-letter
+/// copies, retries), reopened on first use after it closed (a channel error closes only it).
+pub(crate) struct ConfirmChannel {
+    connection: Arc<Connection>,
+    channel: tokio::sync::Mutex<Channel>,
+}
+
+impl ConfirmChannel {
+    /// Opens one on `connection`.
+    pub(crate) async fn open(connection: Arc<Connection>) -> rask_common::Result<Self> {
+        let channel = confirm_channel(&connection).await?;
+        Ok(ConfirmChannel {
+            connection,
+            channel: tokio::sync::Mutex::new(channel),
+        })
+    }
+
+    /// The channel, reopened first if it was closed.
+    ///
+    /// # Errors
+    /// [`PublishError::Channel`] if it cannot be reopened (the connection is gone).
+    pub(crate) async fn get(&self) -> Result<Channel, PublishError> {
+        let mut channel = self.channel.lock().await;
+        if !channel.status().connected() {
+            *channel = confirm_channel(&self.connection)
+                .await
+                .map_err(PublishError::Channel)?;
+        }
+        Ok(channel.clone())
+    }
+}
+
+/// A new channel of `connection` in confirm mode.
+async fn confirm_channel(connection: &Connection) -> rask_common::Result<Channel> {
+    let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    Ok(channel)
 }
 
 /// Publishes released dependents on a confirm-mode channel of its own.
@@ -62,11 +107,7 @@ impl Releaser {
             .as_ref()
             .is_some_and(|c| c.status().connected())
         {
-            let channel = self.connection.create_channel().await?;
-            channel
-                .confirm_select(ConfirmSelectOptions::default())
-                .await?;
-            self.channel = Some(channel);
+            self.channel = Some(confirm_channel(&self.connection).await?);
         }
         Ok(self.channel.clone().expect("just opened"))
     }

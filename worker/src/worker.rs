@@ -1,5 +1,6 @@
 //! The worker loop: consume deliveries, run each under a concurrency permit, hand outcomes to the
-//! result writer, dead-letter what is not a task; on shutdown stop consuming and drain.
+//! result writer or schedule a retry, dead-letter what will not run; on shutdown stop consuming
+//! and drain.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -9,23 +10,19 @@ use futures::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{
     BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions,
-    ConfirmSelectOptions,
 };
 use lapin::types::FieldTable;
-use lapin::Channel;
-use rask_common::{
-    broker, FailureKind, Outcome, Settings, Store, TaskFailure, TaskKey, TaskMessage,
-};
+use rask_common::{broker, Outcome, Settings, Store, TaskKey};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::task::TaskTracker;
 
-use crate::dead_letter::{copy_to_dead_letters, settle_unkeyed};
+use crate::admit::{admit, Admission};
 use crate::error::{Error, Result};
-use crate::execute::execute;
-use crate::inputs;
+use crate::execute::{execute, time_limit};
 use crate::registry::Registry;
-use crate::release::Releaser;
+use crate::release::{ConfirmChannel, Releaser};
 use crate::writer::{self, Finished};
+use crate::{inputs, retries};
 
 /// First and largest pause between attempts to reconnect.
 const RECONNECT: (std::time::Duration, std::time::Duration) = (
@@ -41,13 +38,16 @@ pub struct Worker {
 }
 
 /// What every task handler shares.
-struct Shared {
-    settings: Settings,
-    registry: Registry,
-    id: String,
-    dead_letters: Channel,
-    store: Store,
-    finished: mpsc::Sender<Finished>,
+pub(crate) struct Shared {
+    pub(crate) settings: Settings,
+    pub(crate) registry: Registry,
+    /// This worker's id.
+    pub(crate) id: String,
+    /// For dead-letter copies and retries.
+    pub(crate) confirms: ConfirmChannel,
+    pub(crate) store: Store,
+    /// To the result writer.
+    pub(crate) finished: mpsc::Sender<Finished>,
 }
 
 impl Worker {
@@ -119,10 +119,7 @@ impl Worker {
         channel
             .basic_qos(prefetch, BasicQosOptions::default())
             .await?;
-        let dead_letters = connection.create_channel().await?;
-        dead_letters
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
+        let confirms = ConfirmChannel::open(connection.clone()).await?;
         let mut consumer = channel
             .basic_consume(
                 settings.queue.as_str().into(),
@@ -154,7 +151,7 @@ impl Worker {
             settings,
             registry,
             id,
-            dead_letters,
+            confirms,
             store,
             finished,
         });
@@ -213,39 +210,27 @@ impl Worker {
     }
 }
 
-/// Decodes and runs one delivery and passes its outcome to the writer; dead-letters what is not
-/// a task (storing a `BadMessage` failure on its future when its key can be read).
+/// One delivery, start to end: admitted (or dead-lettered), inputs read, run under its time
+/// limit, then retried through the broker or finished (its outcome stored, then acknowledged).
 async fn handle(shared: &Shared, delivery: Delivery) {
-    let message = match TaskMessage::decode(&delivery.data) {
-        Ok(message) => message,
-        Err(undecodable) => {
-            let reason = &undecodable.reason;
-            let s = &shared.settings;
-            let copied =
-                copy_to_dead_letters(&shared.dead_letters, s, &shared.id, &delivery, reason).await;
-            let Some(key) = undecodable.key.clone() else {
-                settle_unkeyed(&delivery, copied).await;
-                return;
-            };
-            // Whoever waits on the key (a client, or graph tasks depending on it) learns why:
-            // the failure is stored and released like any outcome, then the delivery is acked.
-            let failure = Outcome::Failure(TaskFailure::new(
-                FailureKind::BadMessage,
-                undecodable.reason.clone(),
-                undecodable.function.clone().unwrap_or_default(),
-                key.clone(),
-                shared.id.clone(),
-            ));
-            finish(shared, key, failure, delivery).await;
-            return;
-        }
+    let message = match admit(shared, &delivery).await {
+        Admission::Run(message) => message,
+        Admission::Refuse(key, failure) => return finish(shared, key, failure, delivery).await,
+        Admission::Stored(key, outcome) => return store(shared, key, outcome, delivery).await,
+        Admission::Settled => return,
     };
-    let key = message.key.clone();
-    let outcome = match inputs::resolve(&shared.store, &shared.id, message).await {
-        Ok(message) => execute(&shared.registry, &shared.id, &message).await,
+    let mut retryable = false;
+    let outcome = match inputs::resolve(&shared.store, &shared.id, &message).await {
+        Ok(ready) => {
+            let limit = time_limit(&message, &shared.settings);
+            execute(&shared.registry, &shared.id, &ready, limit, &mut retryable).await
+        }
         Err(outcome) => outcome,
     };
-    finish(shared, key, outcome, delivery).await;
+    match retries::next_attempt(&message, retryable) {
+        Some(retry) => retries::schedule(&shared.confirms, &shared.settings, retry, delivery).await,
+        None => finish(shared, message.key, outcome, delivery).await,
+    }
 }
 
 /// Hands `outcome` to the result writer, which stores it, releases its dependents and then
@@ -264,9 +249,14 @@ async fn finish(shared: &Shared, key: TaskKey, outcome: Outcome, delivery: Deliv
             return;
         }
     };
+    store(shared, key, encoded, delivery).await;
+}
+
+/// Hands an encoded outcome to the result writer (see [`finish`]).
+async fn store(shared: &Shared, key: TaskKey, outcome: Vec<u8>, delivery: Delivery) {
     let finished = Finished {
         key,
-        outcome: encoded,
+        outcome,
         acker: delivery.acker,
     };
     if shared.finished.send(finished).await.is_err() {

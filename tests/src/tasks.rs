@@ -1,0 +1,25 @@
+//! Task functions for tests that need them in worker processes: the `rask-test-worker` binary
+//! runs these besides the stock functions, and tests submit them through these handles.
+
+rask::task! {
+    /// Counts its run in the Redis counter `counter`, then kills its worker process on the spot
+    /// (`abort`): a poison message.
+    pub async fn abort_worker(redis_url: String, counter: String) -> i64 {
+        let client = redis::Client::open(redis_url).expect("a Redis URL");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("Redis answers");
+        redis::cmd("INCR")
+            .arg(counter)
+            .query_async::<i64>(&mut conn)
+            .await
+            .expect("INCR succeeds");
+        std::process::abort()
+    }
+}
+
+/// The stock functions and this module's.
+pub fn registry() -> rask_worker::Registry {
+    rask_worker::Registry::with_builtins().with::<abort_worker>()
+}

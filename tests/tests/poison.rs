@@ -1,0 +1,128 @@
+//! Poison messages: a task that kills every worker process that runs it is run `max_deliveries`
+//! times, then dead-lettered with the reason and failed on its future with `DeliveryLimit`,
+//! while the tasks behind it run. And a redelivered task that already has an outcome (its worker
+//! stored it, then vanished before acknowledging) is not run again.
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+
+use lapin::options::BasicGetOptions;
+use rask::builtins::inc;
+use rask::{Error, FailureKind};
+use rask_common::message::encode_value;
+use rask_common::{broker, Keys, Outcome, Store, TaskMessage};
+use rask_tests::tasks::abort_worker;
+use rask_tests::{dead_letter_reason, TestEnv, PATIENCE};
+
+/// Reads the Redis counter `key` (0 if unset).
+async fn counter(env: &TestEnv, key: &str) -> i64 {
+    let client = redis::Client::open(env.settings.redis_url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let value: Option<i64> = redis::cmd("GET")
+        .arg(key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    value.unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_task_that_kills_its_workers_is_dead_lettered_after_max_deliveries() {
+    let env = TestEnv::new("poison").await;
+    let program = Path::new(env!("CARGO_BIN_EXE_rask-test-worker"));
+    // One task at a time and no other held, so that the poison dies alone each time.
+    let settings = [
+        ("RASK_MAX_DELIVERIES", "3"),
+        ("RASK_CONCURRENCY", "1"),
+        ("RASK_PREFETCH", "1"),
+    ];
+    let client = env.client().await;
+    let runs = format!("{}:test-counter:poison", env.settings.key_prefix);
+    let poison = client
+        .submit(abort_worker, (env.settings.redis_url.clone(), runs.clone()))
+        .await
+        .unwrap();
+    let normal = client.submit(inc, (41,)).await.unwrap();
+
+    for death in 1..=3 {
+        let mut worker = env.spawn_program_with(program, 1, &settings).remove(0);
+        let status = worker
+            .wait(PATIENCE)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("worker {death} dies running the poison"));
+        assert_eq!(status.signal(), Some(nix::libc::SIGABRT), "worker {death}");
+        assert_eq!(counter(&env, &runs).await, death);
+    }
+
+    // The next worker refuses it instead of dying, and serves the task behind it.
+    let mut survivor = env.spawn_program_with(program, 1, &settings).remove(0);
+    let f = match poison.result_within(PATIENCE).await.unwrap_err() {
+        Error::Task(f) => *f,
+        other => panic!("expected a task failure, got {other:?}"),
+    };
+    assert_eq!(f.kind, FailureKind::DeliveryLimit);
+    let reason = "delivered 3 times without an outcome (max_deliveries = 3)";
+    assert!(f.message.contains(reason), "{}", f.message);
+    assert_eq!(normal.result_within(PATIENCE).await.unwrap(), 42);
+    assert_eq!(counter(&env, &runs).await, 3, "the poison ran no more");
+    assert!(survivor.is_running().unwrap());
+
+    let dead = env.dead_letters(1).await;
+    let copy = TaskMessage::decode(&dead[0].data).unwrap();
+    assert_eq!(&copy.key, poison.key());
+    let why = dead_letter_reason(&dead[0]).unwrap();
+    assert!(why.contains(reason), "{why}");
+}
+
+#[tokio::test]
+async fn a_redelivered_task_that_already_has_an_outcome_is_not_run_again() {
+    let env = TestEnv::new("redelivered").await;
+    let client = env.client().await;
+    let runs = format!("{}:test-counter:poison", env.settings.key_prefix);
+    let task = client
+        .submit(abort_worker, (env.settings.redis_url.clone(), runs.clone()))
+        .await
+        .unwrap();
+    // A worker that took the task, stored its outcome and vanished before acknowledging it.
+    let connection = broker::connect(&env.settings, "test vanishing worker")
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let taken = channel
+        .basic_get(
+            env.settings.queue.as_str().into(),
+            BasicGetOptions::default(),
+        )
+        .await
+        .unwrap()
+        .expect("the task is queued");
+    assert!(!taken.delivery.redelivered);
+    let stored = Outcome::Value(encode_value(&7i64).unwrap())
+        .encode()
+        .unwrap();
+    let store = Store::connect(&env.settings).await.unwrap();
+    store
+        .store_and_release(&[(task.key().clone(), stored)])
+        .await
+        .unwrap();
+    connection.close(200, "vanishing".into()).await.unwrap();
+
+    // One task at a time, in order: once the next task is done, the redelivered one is settled.
+    let settings = [("RASK_CONCURRENCY", "1"), ("RASK_PREFETCH", "1")];
+    let program = Path::new(env!("CARGO_BIN_EXE_rask-test-worker"));
+    let mut worker = env.spawn_program_with(program, 1, &settings).remove(0);
+    let next = client.submit(inc, (1,)).await.unwrap();
+    assert_eq!(next.result_within(PATIENCE).await.unwrap(), 2);
+    assert_eq!(counter(&env, &runs).await, 0, "the task did not run again");
+    assert!(worker.is_running().unwrap());
+    assert_eq!(task.result_within(PATIENCE).await.unwrap(), 7);
+    let deliveries = Keys::new(env.settings.key_prefix.as_str()).deliveries(task.key());
+    assert_eq!(
+        counter(&env, &deliveries).await,
+        1,
+        "one redelivery counted"
+    );
+    let queue = env.settings.queue.clone();
+    assert_eq!(env.queue_depth(&queue).await.0, 0, "nothing left to run");
+}

@@ -1,0 +1,190 @@
+//! What a delivery must pass before its task runs: a body within `max_message_bytes`, a body
+//! that decodes as a task message, and, for a redelivery only, the delivery limit. What fails is
+//! dead-lettered with a reason, and fails its task's future where the key can be read.
+//!
+//! The delivery limit (`max_deliveries`, poison messages). RabbitMQ marks a delivery
+//! `redelivered` when the message went back to the queue unacknowledged: its worker crashed,
+//! lost its connection, stopped past its grace period, or requeued it. For such a delivery only
+//! (first deliveries cost nothing), the worker counts it in Redis (`INCR` of
+//! [`rask_common::Keys::deliveries`], kept for the result TTL) and reads whether the task
+//! already has an outcome, in one round trip. The count is thus the number of earlier
+//! deliveries of the task that ended without an outcome. Then:
+//! - an outcome is stored (its worker stored it and died before acknowledging): the task does
+//!   not run again; the stored outcome goes through the writer once more (a no-op store that
+//!   releases its graph dependents again) and the delivery is acknowledged;
+//! - the count reached `max_deliveries`: the task does not run; a copy goes to the dead-letter
+//!   queue with the reason and its future fails with `DeliveryLimit`;
+//! - otherwise it runs. With `max_deliveries = N` a task that kills its worker runs N times
+//!   (`0`: no limit; redeliveries are still counted and checked for an outcome).
+
+use lapin::message::Delivery;
+use rask_common::message::Undecodable;
+use rask_common::{FailureKind, Outcome, TaskFailure, TaskKey, TaskMessage};
+use serde::Deserialize;
+
+use crate::dead_letter::{copy_to_dead_letters, settle_unkeyed};
+use crate::retry;
+use crate::worker::Shared;
+
+/// What to do with a delivery.
+pub(crate) enum Admission {
+    /// Run this task.
+    Run(TaskMessage),
+    /// Do not run it: store this outcome for the key (it was dead-lettered first).
+    Refuse(TaskKey, Outcome),
+    /// Do not run it: it already has this stored outcome (encoded), to store and release again.
+    Stored(TaskKey, Vec<u8>),
+    /// Nothing more to do: the delivery was dead-lettered and settled (no key to report on).
+    Settled,
+}
+
+/// Checks `delivery` (see the module docs); dead-letters and settles what has no key to report
+/// on.
+pub(crate) async fn admit(shared: &Shared, delivery: &Delivery) -> Admission {
+    let message = match decode(shared.settings.max_message_bytes, &delivery.data) {
+        Ok(message) => message,
+        Err(bad) => return refuse(shared, delivery, FailureKind::BadMessage, bad.into()).await,
+    };
+    if !delivery.redelivered {
+        return Admission::Run(message);
+    }
+    let key = &message.key;
+    let (count, stored) = retry::until_ok("counting a redelivery", || {
+        shared.store.count_redelivery(key)
+    })
+    .await;
+    if stored {
+        let outcomes = retry::until_ok("reading an outcome", || {
+            shared.store.get_outcomes(std::slice::from_ref(key))
+        })
+        .await;
+        if let Some(Some(bytes)) = outcomes.into_iter().next() {
+            tracing::info!(key = %key, "redelivered task already has an outcome; not running it again");
+            return Admission::Stored(message.key, bytes);
+        }
+    }
+    let max = shared.settings.max_deliveries;
+    if max == 0 || count < u64::from(max) {
+        return Admission::Run(message);
+    }
+    let refusal = Refusal {
+        reason: format!(
+            "delivered {count} times without an outcome (max_deliveries = {max}): its worker \
+             crashed or vanished each time"
+        ),
+        attempts: message.attempt + 1,
+        key: Some(message.key),
+        function: Some(message.function),
+    };
+    refuse(shared, delivery, FailureKind::DeliveryLimit, refusal).await
+}
+
+/// The task message in `body`, or why it is not one (with its key where it can be read). A body
+/// over `max_bytes` is not decoded: only its key and function are read.
+fn decode(max_bytes: usize, body: &[u8]) -> Result<TaskMessage, Undecodable> {
+    if body.len() > max_bytes {
+        let (key, function) = head(body);
+        let reason = format!(
+            "message of {} bytes exceeds max_message_bytes = {max_bytes}",
+            body.len()
+        );
+        return Err(Undecodable {
+            key,
+            function,
+            reason,
+        });
+    }
+    TaskMessage::decode(body)
+}
+
+/// Why a task will not run, with what is known of it.
+struct Refusal {
+    key: Option<TaskKey>,
+    function: Option<String>,
+    attempts: u32,
+    reason: String,
+}
+
+impl From<Undecodable> for Refusal {
+    fn from(bad: Undecodable) -> Self {
+        Refusal {
+            key: bad.key,
+            function: bad.function,
+            attempts: 1,
+            reason: bad.reason,
+        }
+    }
+}
+
+/// Dead-letters `delivery` with the reason of `refusal`; then, when its key is known, returns the
+/// `kind` of failure to store on it, else settles the delivery.
+async fn refuse(
+    shared: &Shared,
+    delivery: &Delivery,
+    kind: FailureKind,
+    refusal: Refusal,
+) -> Admission {
+    let (s, reason) = (&shared.settings, &refusal.reason);
+    let copied = copy_to_dead_letters(&shared.confirms, s, &shared.id, delivery, reason).await;
+    let Some(key) = refusal.key else {
+        settle_unkeyed(delivery, copied).await;
+        return Admission::Settled;
+    };
+    // Whoever waits on the key (a client, or graph tasks depending on it) learns why: the
+    // failure is stored and released like any outcome, then the delivery is acknowledged.
+    let failure = TaskFailure {
+        attempts: refusal.attempts,
+        ..TaskFailure::new(
+            kind,
+            refusal.reason,
+            refusal.function.unwrap_or_default(),
+            key.clone(),
+            shared.id.clone(),
+        )
+    };
+    Admission::Refuse(key, Outcome::Failure(failure))
+}
+
+/// The key and function of a message body, read without decoding (or copying) the rest, for
+/// bodies too large to decode.
+fn head(body: &[u8]) -> (Option<TaskKey>, Option<String>) {
+    #[derive(Deserialize)]
+    struct Head {
+        #[serde(default)]
+        key: Option<String>,
+        #[serde(default)]
+        function: Option<String>,
+    }
+    match rmp_serde::from_slice::<Head>(body) {
+        Ok(head) => (head.key.and_then(|k| TaskKey::new(k).ok()), head.function),
+        Err(_) => (None, None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oversized_bodies_are_refused_with_their_key() {
+        let message = TaskMessage::new(TaskKey::new("echo-1").unwrap(), "echo", vec![0xc0; 4096]);
+        let body = message.encode().unwrap();
+        assert_eq!(decode(body.len(), &body), Ok(message.clone()));
+        let bad = decode(1024, &body).unwrap_err();
+        assert_eq!(bad.key, Some(message.key));
+        let expected = format!(
+            "message of {} bytes exceeds max_message_bytes = 1024",
+            body.len()
+        );
+        assert_eq!(bad.reason, expected);
+    }
+
+    #[test]
+    fn the_head_of_a_large_message_is_read() {
+        let message = TaskMessage::new(TaskKey::new("echo-1").unwrap(), "echo", vec![0xc0; 4096]);
+        let (key, function) = head(&message.encode().unwrap());
+        assert_eq!(key, Some(message.key));
+        assert_eq!(function.as_deref(), Some("echo"));
+        assert_eq!(head(b"\xc1 garbage"), (None, None));
+    }
+}
