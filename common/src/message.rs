@@ -124,6 +124,15 @@ impl TaskMessage {
     }
 }
 
+/// The key and function of a message body where present and valid, read without decoding the
+/// arguments (for a body too large to run, say).
+pub fn head(body: &[u8]) -> (Option<TaskKey>, Option<String>) {
+    match rmp_serde::from_slice::<Probe>(body) {
+        Ok(probe) => (probe.key.and_then(|k| TaskKey::new(k).ok()), probe.function),
+        Err(_) => (None, None),
+    }
+}
+
 /// Why a message body is not a task message, with whatever could be read of it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Undecodable {

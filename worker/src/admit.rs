@@ -18,9 +18,8 @@
 //!   (`0`: no limit; redeliveries are still counted and checked for an outcome).
 
 use lapin::message::Delivery;
-use rask_common::message::Undecodable;
+use rask_common::message::{head, Undecodable};
 use rask_common::{FailureKind, Outcome, TaskFailure, TaskKey, TaskMessage};
-use serde::Deserialize;
 
 use crate::dead_letter::{copy_to_dead_letters, settle_unkeyed};
 use crate::retry;
@@ -143,22 +142,6 @@ async fn refuse(
         )
     };
     Admission::Refuse(key, Outcome::Failure(failure))
-}
-
-/// The key and function of a message body, read without decoding (or copying) the rest, for
-/// bodies too large to decode.
-fn head(body: &[u8]) -> (Option<TaskKey>, Option<String>) {
-    #[derive(Deserialize)]
-    struct Head {
-        #[serde(default)]
-        key: Option<String>,
-        #[serde(default)]
-        function: Option<String>,
-    }
-    match rmp_serde::from_slice::<Head>(body) {
-        Ok(head) => (head.key.and_then(|k| TaskKey::new(k).ok()), head.function),
-        Err(_) => (None, None),
-    }
 }
 
 #[cfg(test)]
