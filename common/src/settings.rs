@@ -68,6 +68,11 @@ pub struct Settings {
     /// existing queue makes RabbitMQ refuse the declaration: purge and delete the queue first.
     /// Default `9`.
     pub max_priority: u8,
+    /// How long a producer keeps trying to reconnect to RabbitMQ (backoff from 100 ms doubling to
+    /// 5 s, each attempt logged) after losing its connection, before the call that needed it fails.
+    /// `0s` means one attempt. Workers reconnect for as long as it takes. Default `60s`.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_max_wait: Duration,
 }
 
 impl Default for Settings {
@@ -90,6 +95,7 @@ impl Default for Settings {
             max_message_bytes: 64 << 20,
             task_time_limit: Duration::ZERO,
             max_priority: 9,
+            reconnect_max_wait: Duration::from_secs(60),
         }
     }
 }
@@ -254,6 +260,7 @@ impl fmt::Debug for Settings {
             .field("max_message_bytes", &self.max_message_bytes)
             .field("task_time_limit", &self.task_time_limit)
             .field("max_priority", &self.max_priority)
+            .field("reconnect_max_wait", &self.reconnect_max_wait)
             .finish()
     }
 }

@@ -1,20 +1,29 @@
 //! The [`Client`]: submits tasks to RabbitMQ and reads their outcomes from Redis.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use lapin::options::{ConfirmSelectOptions, QueuePurgeOptions};
-use lapin::{Channel, Connection};
-use rask_common::broker::{self, Destination};
+use futures::Stream;
+use lapin::options::QueuePurgeOptions;
 use rask_common::message::encode_value;
 use rask_common::{Settings, Store, Task, TaskKey, TaskMessage};
 
 use crate::completions::{Listener, Waiter};
-use crate::error::Result;
+use crate::connection::BrokerLink;
+use crate::error::{Error, Result};
 use crate::future::Future;
 use crate::options::TaskOptions;
-use crate::publish::publish_all;
+use crate::publish::{publish_all, Publisher};
 
 /// A connection to a rask deployment. Cheap to clone; clones share connections.
+///
+/// When RabbitMQ drops the connection (a restart, a network failure), the client connects again
+/// with backoff, for at most the `reconnect_max_wait` setting, and publishes again every task of
+/// the interrupted call that the broker had not confirmed: a `submit` or `map` in progress
+/// completes, and every future it returns completes. Delivery is at least once (a task whose
+/// confirm was lost with the connection is published twice); results are write-once, so the
+/// stored outcome is the first run's. Redis failures are ridden out by waits (see
+/// [`Client::gather`]).
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
@@ -22,8 +31,7 @@ pub struct Client {
 
 struct Inner {
     settings: Settings,
-    connection: Connection,
-    channel: Channel,
+    link: BrokerLink,
     store: Store,
     listener: Listener,
 }
@@ -37,17 +45,11 @@ impl Client {
         settings.validate()?;
         let store = Store::connect(&settings).await?;
         let listener = Listener::start(&settings.redis_url, store.keys().done_channel()).await?;
-        let connection = broker::connect(&settings, "rask client").await?;
-        let channel = connection.create_channel().await?;
-        broker::declare_topology(&channel, &settings).await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
+        let link = BrokerLink::connect(&settings).await?;
         Ok(Client {
             inner: Arc::new(Inner {
                 settings,
-                connection,
-                channel,
+                link,
                 store,
                 listener,
             }),
@@ -89,6 +91,10 @@ impl Client {
     /// Submits one call of `task` per element of `args`, pipelined (no round trip per task), and
     /// returns their futures in input order once the broker has confirmed all of them.
     ///
+    /// Arguments are taken from `args` only as the publish window allows (at most
+    /// `publish_window` unconfirmed), so a huge iterator streams: what `map` keeps is one future
+    /// (a key) per task. To not even keep those, use [`Client::map_stream`].
+    ///
     /// # Errors
     /// [`crate::Error`] for the first task the broker did not take. Tasks published before it
     /// (and possibly some after it, within the publish window) are queued and will run.
@@ -98,6 +104,57 @@ impl Client {
         args: impl IntoIterator<Item = T::Args>,
     ) -> Result<Vec<Future<T::Output>>> {
         self.map_with(task, args, &TaskOptions::default()).await
+    }
+
+    /// [`Client::map`] as a stream: yields `(index in args, future)` for each task as the broker
+    /// confirms it, and takes arguments from `args` only as the publish window allows. Memory
+    /// stays bounded however many tasks there are, and at most `publish_window` arguments are
+    /// taken but not yet yielded. Futures come in input order, except that tasks published again
+    /// after a reconnect come after those confirmed before it (hence the index). The stream
+    /// ends after the last task, or after an error.
+    ///
+    /// ```no_run
+    /// use futures::StreamExt;
+    /// use rask::builtins::inc;
+    ///
+    /// # async fn example(client: rask::Client) -> rask::Result<()> {
+    /// let mut submitted = std::pin::pin!(client.map_stream(inc, (0..1_000_000).map(|i| (i,))));
+    /// while let Some(next) = submitted.next().await {
+    ///     let (index, future) = next?;
+    ///     // e.g. hand the key to whoever gathers
+    ///     let _ = (index, future.key());
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// The stream yields an error as [`Client::map`] returns one, then ends.
+    pub fn map_stream<'a, T, I>(
+        &'a self,
+        task: T,
+        args: I,
+    ) -> impl Stream<Item = Result<(usize, Future<T::Output>)>> + Send + 'a
+    where
+        T: Task,
+        I: IntoIterator<Item = T::Args>,
+        I::IntoIter: Send + 'a,
+    {
+        let _ = task;
+        let messages = args.into_iter().map(|args| {
+            let key = TaskKey::unique(T::NAME);
+            Ok::<_, Error>(TaskMessage::new(key, T::NAME, encode_value(&args)?))
+        });
+        let publisher = Publisher::new(
+            &self.inner.link,
+            &self.inner.settings,
+            Duration::ZERO,
+            messages,
+        );
+        futures::stream::unfold(publisher, move |mut publisher| async move {
+            let next = publisher.next().await?;
+            let next = next.map(|(index, key)| (index, self.future(key)));
+            Some((next, publisher))
+        })
     }
 
     /// [`Client::map`] with scheduling options, the same for every task.
@@ -177,25 +234,26 @@ impl Client {
         let queue = self.inner.settings.queue.as_str();
         let messages = self
             .inner
-            .channel
-            .queue_purge(queue.into(), QueuePurgeOptions::default())
+            .link
+            .run(|channel| async move {
+                Ok(channel
+                    .queue_purge(queue.into(), QueuePurgeOptions::default())
+                    .await?)
+            })
             .await?;
         let results = self.inner.store.purge().await?;
         Ok((messages, results))
     }
 
     /// Stops listening for completions and closes the connection to RabbitMQ (Redis connections
-    /// close when the last clone drops). Waits still running on clones fail.
+    /// close when the last clone drops). Waits still running on clones fail; later submits fail
+    /// with [`crate::Error::Closed`].
     ///
     /// # Errors
     /// [`crate::Error::Broker`] if the close handshake fails.
     pub async fn close(&self) -> Result<()> {
         self.inner.listener.stop();
-        self.inner
-            .connection
-            .close(200, "client closing".into())
-            .await?;
-        Ok(())
+        self.inner.link.close().await
     }
 
     /// Publishes `messages` to the task queue, to run now.
@@ -203,8 +261,13 @@ impl Client {
         &self,
         messages: impl IntoIterator<Item = Result<TaskMessage>>,
     ) -> Result<()> {
-        let to = Destination::tasks(&self.inner.settings);
-        publish_all(&self.inner.channel, &self.inner.settings, &to, messages).await
+        publish_all(
+            &self.inner.link,
+            &self.inner.settings,
+            Duration::ZERO,
+            messages,
+        )
+        .await
     }
 
     /// Publishes `messages` with `options` applied, through a delay queue if they start later.
@@ -214,11 +277,10 @@ impl Client {
         options: &TaskOptions,
     ) -> Result<()> {
         let s = &self.inner.settings;
-        let to = Destination::after(&self.inner.channel, s, options.delay()).await?;
         let messages = messages
             .into_iter()
             .map(|m| m.map(|m| options.apply(m, s.max_priority)));
-        publish_all(&self.inner.channel, s, &to, messages).await
+        publish_all(&self.inner.link, s, options.delay(), messages).await
     }
 
     pub(crate) fn waiter(&self, keys: Vec<TaskKey>) -> Waiter {

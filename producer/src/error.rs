@@ -68,6 +68,21 @@ pub enum Error {
         /// The limit.
         max: usize,
     },
+    /// RabbitMQ dropped the connection and could not be reached again within the
+    /// `reconnect_max_wait` setting. Tasks confirmed before stay queued; the call that failed
+    /// may have published some of its tasks.
+    #[error(
+        "the broker could not be reached again within {waited:?} (reconnect_max_wait): {last}"
+    )]
+    Reconnect {
+        /// How long the client tried.
+        waited: Duration,
+        /// The error of the last attempt.
+        last: Box<Error>,
+    },
+    /// The client was closed ([`crate::Client::close`]): it no longer publishes.
+    #[error("the client is closed")]
+    Closed,
     /// The listener for completions stopped (the client is shutting down).
     #[error("the completion listener stopped")]
     ListenerStopped,

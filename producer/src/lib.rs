@@ -23,7 +23,9 @@
 //! - [`Client`] (`client.rs`): connecting, submitting, mapping, releasing.
 //! - `graph.rs`: [`Client::persist`] and [`Client::compute`] of lazy task graphs ([`Delayed`]).
 //! - [`TaskOptions`] (`options.rs`): countdown/eta, priority, retries, time limit per task.
-//! - `publish.rs`: pipelined, confirmed publishing with a window.
+//! - `publish.rs`: pipelined, confirmed publishing with a window; republishes what a lost
+//!   connection left unconfirmed.
+//! - `connection.rs`: the client's RabbitMQ connection and channel, replaced with backoff when lost.
 //! - `dead.rs`: listing and requeueing dead-lettered messages ([`DeadLetter`]).
 //! - `completions.rs`: one Redis subscription per client; waiters re-read on any gap.
 //! - `scatter.rs`: [`Client::scatter`] (local data as stored results) and [`Client::wait`].
@@ -34,6 +36,7 @@
 mod call;
 mod client;
 mod completions;
+mod connection;
 mod dead;
 mod error;
 mod future;

@@ -1,70 +1,294 @@
 //! Publishing task messages: pipelined on one confirm-mode channel, with a window of unconfirmed
-//! publishes, so submitting many tasks costs no round trip per task.
+//! publishes, so submitting many tasks costs no round trip per task; and riding out a lost
+//! broker by publishing again, on a new connection, every message not yet confirmed.
 //!
 //! lapin resolves a publish once its frames are written to the socket and its confirm once the
 //! broker acknowledges it; keeping a whole window of both in flight lets many publishes share
 //! each socket write and each confirm (RabbitMQ confirms in batches with `multiple`).
+//!
+//! Delivery is at least once: when the connection drops, a message the broker took but whose
+//! confirm was lost with the connection is published again, and may run twice. Results are
+//! stored write-once (`SET NX`), so the second run cannot change the stored outcome; only a
+//! task with side effects of its own would see it.
 
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
 use futures::stream::{FuturesOrdered, StreamExt};
 use lapin::{Channel, Confirmation};
 use rask_common::broker::{self, Destination};
 use rask_common::{Settings, TaskKey, TaskMessage};
+use tokio::time::Instant;
 
+use crate::connection::{is_lost, BrokerLink, Live};
 use crate::error::{Error, Result};
 
 /// Most bytes of task messages kept unconfirmed at once, whatever the window: bounds the
 /// client's memory when tasks carry large arguments.
 const MAX_IN_FLIGHT_BYTES: usize = 64 << 20;
 
-/// Publishes `messages` in order to `to`, keeping at most `settings.publish_window`
-/// unconfirmed, and returns once every one is confirmed by the broker (persistent, routed).
-/// Messages are taken from the iterator only as the window allows, so memory stays bounded
-/// however many there are.
+/// Publishes `messages` in order, to run after `delay`, keeping at most
+/// `settings.publish_window` unconfirmed, and returns once every one is confirmed by the broker
+/// (persistent, routed). Messages are taken from the iterator only as the window allows, so
+/// memory stays bounded however many there are.
 ///
 /// # Errors
-/// [`Error::TooLarge`] for a message over `max_message_bytes` (before publishing it);
-/// [`Error::Nacked`], [`Error::Unroutable`], or [`Error::Broker`] for the first that failed.
+/// As [`Publisher::next`].
 pub(crate) async fn publish_all(
-    channel: &Channel,
+    link: &BrokerLink,
     settings: &Settings,
-    to: &Destination,
+    delay: Duration,
     messages: impl IntoIterator<Item = Result<TaskMessage>>,
 ) -> Result<()> {
-    let mut in_flight = FuturesOrdered::new();
-    let mut in_flight_bytes = 0;
-    for message in messages {
-        let message = message?;
-        let body = message.encode()?;
-        if body.len() > settings.max_message_bytes {
-            return Err(Error::TooLarge {
-                key: message.key,
-                bytes: body.len(),
-                max: settings.max_message_bytes,
-            });
-        }
-        in_flight_bytes += body.len();
-        in_flight.push_back(async move {
-            let confirm = broker::publish_task(channel, to, &message, &body).await?;
-            check(to, message.key, confirm.await?).map(|()| body.len())
-        });
-        while in_flight.len() >= settings.publish_window || in_flight_bytes > MAX_IN_FLIGHT_BYTES {
-            in_flight_bytes -= in_flight.next().await.expect("the window is not empty")?;
-        }
-    }
-    while let Some(published) = in_flight.next().await {
-        published?;
+    let mut publisher = Publisher::new(link, settings, delay, messages);
+    while let Some(confirmed) = publisher.next().await {
+        confirmed?;
     }
     Ok(())
 }
 
-fn check(to: &Destination, key: TaskKey, confirmation: Confirmation) -> Result<()> {
+/// A message taken from the iterator and not yet confirmed.
+struct Pending {
+    /// Its position in the iterator.
+    index: usize,
+    message: TaskMessage,
+    body: Vec<u8>,
+}
+
+/// How one publish ended.
+enum Attempt {
+    /// The broker confirmed it: (index, key, body bytes).
+    Confirmed(usize, TaskKey, usize),
+    /// The connection or channel was lost before the confirm: publish it again.
+    Lost(Pending, Error),
+    /// The broker refused it.
+    Failed(Error),
+}
+
+/// Publishes an iterator of messages through a window, yielding each as it is confirmed.
+pub(crate) struct Publisher<'a, I> {
+    link: &'a BrokerLink,
+    settings: &'a Settings,
+    delay: Duration,
+    source: std::iter::Fuse<I>,
+    pulled: usize,
+    /// The channel and destination publishes go to; `None` before the first publish.
+    target: Option<(Live, Arc<Destination>)>,
+    in_flight: FuturesOrdered<BoxFuture<'static, Attempt>>,
+    in_flight_bytes: usize,
+    /// Messages whose publish was lost, in input order, to publish before taking more.
+    again: VecDeque<Pending>,
+    /// Whether the channel was lost: publishes in flight are ending, then it is replaced.
+    lost: bool,
+    /// When the broker was first lost since the last confirm: reconnecting gives up
+    /// `reconnect_max_wait` after it, however many reconnects succeeded but lost it again.
+    outage: Option<Instant>,
+    finished: bool,
+}
+
+impl<'a, I: Iterator<Item = Result<TaskMessage>>> Publisher<'a, I> {
+    /// A publisher of `messages` (nothing is taken from them before [`Publisher::next`]).
+    pub(crate) fn new(
+        link: &'a BrokerLink,
+        settings: &'a Settings,
+        delay: Duration,
+        messages: impl IntoIterator<IntoIter = I>,
+    ) -> Self {
+        Publisher {
+            link,
+            settings,
+            delay,
+            source: messages.into_iter().fuse(),
+            pulled: 0,
+            target: None,
+            in_flight: FuturesOrdered::new(),
+            in_flight_bytes: 0,
+            again: VecDeque::new(),
+            lost: false,
+            outage: None,
+            finished: false,
+        }
+    }
+
+    /// The next message the broker confirmed, as (its index in the iterator, its key); `None`
+    /// once every message is confirmed, or after an error. Confirms come in input order,
+    /// except that messages published again after a reconnect come after those confirmed
+    /// before it. Takes messages from the iterator only while fewer than `publish_window` are
+    /// unconfirmed (so taken − confirmed never exceeds the window), and while fewer than
+    /// 64 MiB of them are.
+    ///
+    /// When the connection or channel is lost, lets every publish in flight end, reconnects
+    /// ([`BrokerLink::replace`]) and publishes every message not confirmed again, before taking
+    /// more.
+    ///
+    /// # Errors
+    /// An error from the iterator; [`Error::TooLarge`] for a message over `max_message_bytes`
+    /// (before publishing it); [`Error::Nacked`], [`Error::Unroutable`] or [`Error::Broker`]
+    /// for the first message refused; [`Error::Reconnect`] if the broker stays unreachable.
+    /// Messages published before the error may be queued and run.
+    pub(crate) async fn next(&mut self) -> Option<Result<(usize, TaskKey)>> {
+        if self.finished {
+            return None;
+        }
+        let next = self.advance().await;
+        if !matches!(next, Some(Ok(_))) {
+            self.finished = true;
+        }
+        next
+    }
+
+    async fn advance(&mut self) -> Option<Result<(usize, TaskKey)>> {
+        loop {
+            if !self.lost {
+                if let Err(e) = self.fill().await {
+                    return Some(Err(e));
+                }
+            }
+            match self.in_flight.next().await {
+                Some(Attempt::Confirmed(index, key, bytes)) => {
+                    self.in_flight_bytes -= bytes;
+                    self.outage = None;
+                    return Some(Ok((index, key)));
+                }
+                Some(Attempt::Lost(pending, error)) => {
+                    self.in_flight_bytes -= pending.body.len();
+                    if !self.lost {
+                        tracing::warn!(error = %error, "lost the broker while publishing; reconnecting");
+                        self.lost = true;
+                        self.outage.get_or_insert_with(Instant::now);
+                    }
+                    self.again.push_back(pending);
+                }
+                Some(Attempt::Failed(error)) => return Some(Err(error)),
+                None => {
+                    if std::mem::take(&mut self.lost) {
+                        let since = self.outage.expect("set when lost");
+                        // Every publish of the lost channel has ended: reconnect, then publish
+                        // again what was not confirmed.
+                        let (broken, _) = self.target.take().expect("a publish was attempted");
+                        let live = match self.link.replace(&broken, since).await {
+                            Ok(live) => live,
+                            Err(e) => return Some(Err(e)),
+                        };
+                        if let Err(e) = self.aim(live).await {
+                            return Some(Err(e));
+                        }
+                        tracing::warn!(
+                            messages = self.again.len(),
+                            "publishing again the messages not confirmed before the reconnect"
+                        );
+                    } else if self.again.is_empty() {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Publishes messages (again, then new ones) until the window is full or there are none.
+    async fn fill(&mut self) -> Result<()> {
+        while self.in_flight.len() < self.settings.publish_window
+            && self.in_flight_bytes <= MAX_IN_FLIGHT_BYTES
+        {
+            let pending = match self.again.pop_front() {
+                Some(pending) => pending,
+                None => match self.source.next() {
+                    Some(message) => self.encode(message?)?,
+                    None => return Ok(()),
+                },
+            };
+            let (channel, to) = match &self.target {
+                Some((live, to)) => (live.channel.clone(), to.clone()),
+                None => {
+                    let live = self.link.current()?;
+                    self.aim(live).await?;
+                    let (live, to) = self.target.as_ref().expect("just aimed");
+                    (live.channel.clone(), to.clone())
+                }
+            };
+            self.in_flight_bytes += pending.body.len();
+            self.in_flight
+                .push_back(Box::pin(attempt(channel, to, pending)));
+        }
+        Ok(())
+    }
+
+    /// Publishes on `live` from now on, declaring the delay queue there first if there is one
+    /// (reconnecting if the broker is lost meanwhile).
+    async fn aim(&mut self, live: Live) -> Result<()> {
+        let (settings, delay) = (self.settings, self.delay);
+        let mut live = live;
+        let since = Instant::now();
+        let to = loop {
+            match Destination::after(&live.channel, settings, delay).await {
+                Ok(to) => break to,
+                Err(e) => {
+                    let e = Error::from(e);
+                    if !is_lost(&e) {
+                        return Err(e);
+                    }
+                    live = self.link.replace(&live, since).await?;
+                }
+            }
+        };
+        self.target = Some((live, Arc::new(to)));
+        Ok(())
+    }
+
+    /// Encodes `message` (the next from the iterator), refusing it if it is too large.
+    fn encode(&mut self, message: TaskMessage) -> Result<Pending> {
+        let body = message.encode()?;
+        if body.len() > self.settings.max_message_bytes {
+            return Err(Error::TooLarge {
+                key: message.key,
+                bytes: body.len(),
+                max: self.settings.max_message_bytes,
+            });
+        }
+        let index = self.pulled;
+        self.pulled += 1;
+        Ok(Pending {
+            index,
+            message,
+            body,
+        })
+    }
+}
+
+/// Publishes `pending` on `channel` and waits for the broker's confirm.
+async fn attempt(channel: Channel, to: Arc<Destination>, pending: Pending) -> Attempt {
+    let published = broker::publish_task(&channel, &to, &pending.message, &pending.body).await;
+    let confirmation = match published {
+        Ok(confirm) => confirm.await.map_err(Error::from),
+        Err(e) => Err(Error::from(e)),
+    };
+    match confirmation {
+        Ok(confirmation) => {
+            let Pending {
+                index,
+                message,
+                body,
+            } = pending;
+            match check(&to, &message.key, confirmation) {
+                Ok(()) => Attempt::Confirmed(index, message.key, body.len()),
+                Err(e) => Attempt::Failed(e),
+            }
+        }
+        Err(e) if is_lost(&e) => Attempt::Lost(pending, e),
+        Err(e) => Attempt::Failed(e),
+    }
+}
+
+fn check(to: &Destination, key: &TaskKey, confirmation: Confirmation) -> Result<()> {
     match confirmation {
         Confirmation::Ack(None) => Ok(()),
         Confirmation::Ack(Some(_returned)) => Err(Error::Unroutable {
-            key,
+            key: key.clone(),
             exchange: to.exchange().to_owned(),
             routing_key: to.routing_key().to_owned(),
         }),
-        Confirmation::Nack(_) | Confirmation::NotRequested => Err(Error::Nacked(key)),
+        Confirmation::Nack(_) | Confirmation::NotRequested => Err(Error::Nacked(key.clone())),
     }
 }

@@ -17,7 +17,7 @@ async fn a_worker_reconnects_after_the_broker_restarts() {
 
     servers.rabbitmq.restart().await.unwrap();
 
-    // Producers do not reconnect yet: a new client after the restart.
+    // A client connected after the restart (the producer side of a restart: faults.rs).
     let client = env.client().await;
     let futures = client.map(inc, (0..100).map(|i| (i,))).await.unwrap();
     let values = client.gather(&futures).timeout(PATIENCE).await.unwrap();

@@ -1,0 +1,369 @@
+//! Fault injection against real servers: a worker SIGKILLed, RabbitMQ restarted under a `map`,
+//! Redis restarted (and crashed) under a gather. Each run of 5,000 tasks must lose nothing and
+//! return the right values; and `map_stream` never takes more arguments than the publish window
+//! ahead of the broker's confirms.
+//!
+//! Every wait polls a condition with a deadline; nothing sleeps to synchronise.
+
+use std::collections::HashMap;
+use std::future::Future as StdFuture;
+use std::os::unix::process::ExitStatusExt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use rask::builtins::{inc, sleep_ms};
+use rask::{Client, Future, Settings};
+use rask_common::{Keys, Store};
+use rask_tests::{PrivateServers, TestEnv, PATIENCE};
+use rask_worker::Registry;
+use tokio::time::Instant;
+
+/// Tasks per run.
+const TASKS: usize = 5_000;
+/// The longest any one wait of these tests may take (each test stays well under a minute).
+const DEADLINE: Duration = Duration::from_secs(45);
+/// How often a polled condition is checked again.
+const POLL: Duration = Duration::from_millis(20);
+
+/// Polls `condition` until it holds; fails the test after [`DEADLINE`].
+async fn until<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: StdFuture<Output = bool>,
+{
+    let deadline = Instant::now() + DEADLINE;
+    while !condition().await {
+        assert!(
+            Instant::now() < deadline,
+            "still not true after {DEADLINE:?}: {what}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// How many of `futures` have a stored outcome (read straight from Redis, not through a client).
+async fn stored<T>(store: &Store, futures: &[Future<T>]) -> usize {
+    let keys: Vec<_> = futures.iter().map(|f| f.key().clone()).collect();
+    store
+        .get_outcomes(&keys)
+        .await
+        .expect("Redis answers")
+        .iter()
+        .filter(|o| o.is_some())
+        .count()
+}
+
+/// `sleep_ms`'s argument for task `i`: 4-10 ms, so that a run lasts long enough to be hit.
+fn pause_of(i: usize) -> u64 {
+    (i % 7 + 4) as u64
+}
+
+/// An environment on `servers` whose workers run 8 tasks at once.
+fn busy_env(servers: &PrivateServers, name: &str) -> TestEnv {
+    let mut env = TestEnv::on(servers.urls(), name);
+    env.settings.concurrency = 8;
+    env
+}
+
+/// Starts `n` worker processes and waits until each consumes.
+async fn ready_workers(env: &TestEnv, n: usize) -> Vec<rask::local::Worker> {
+    let mut workers = env.spawn_workers(n);
+    for worker in &mut workers {
+        worker.wait_ready(PATIENCE).await.expect("worker ready");
+    }
+    workers
+}
+
+/// Counts the writes of every result key of a deployment, from Redis's keyspace notifications
+/// (a `SET NX` that finds the key stored writes nothing and is not announced).
+struct ResultWrites {
+    counts: Arc<Mutex<HashMap<String, u32>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ResultWrites {
+    /// Turns keyspace notifications on (a private Redis only) and starts counting.
+    async fn watch(settings: &Settings) -> Self {
+        let client = redis::Client::open(settings.redis_url.as_str()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("notify-keyspace-events")
+            .arg("K$")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let prefix = format!(
+            "__keyspace@0__:{}",
+            Keys::new(settings.key_prefix.as_str()).result_pattern_prefix()
+        );
+        let mut pubsub = client.get_async_pubsub().await.unwrap();
+        pubsub.psubscribe(format!("{prefix}*")).await.unwrap();
+        let counts = Arc::new(Mutex::new(HashMap::new()));
+        let counted = counts.clone();
+        let task = tokio::spawn(async move {
+            let mut messages = pubsub.on_message();
+            while let Some(message) = messages.next().await {
+                let event: String = message.get_payload().unwrap_or_default();
+                if event == "set" {
+                    let key = message.get_channel_name()[prefix.len()..].to_owned();
+                    *counted.lock().unwrap().entry(key).or_insert(0) += 1;
+                }
+            }
+        });
+        ResultWrites { counts, task }
+    }
+
+    /// (distinct keys written, keys written more than once).
+    fn tally(&self) -> (usize, usize) {
+        let counts = self.counts.lock().unwrap();
+        (counts.len(), counts.values().filter(|n| **n > 1).count())
+    }
+}
+
+impl Drop for ResultWrites {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Gathers `futures` (bounded by [`DEADLINE`]) and checks every value is `expected(i)`.
+async fn assert_all_correct(client: &Client, futures: &[Future<u64>], expected: fn(usize) -> u64) {
+    let values = client.gather(futures).timeout(DEADLINE).await.unwrap();
+    assert_eq!(values.len(), TASKS);
+    for (i, value) in values.into_iter().enumerate() {
+        assert_eq!(value, expected(i), "task {i}");
+    }
+}
+
+#[tokio::test]
+async fn a_killed_worker_loses_no_task_of_5000() {
+    let servers = PrivateServers::start("killworker").await;
+    let env = busy_env(&servers, "killworker");
+    let writes = ResultWrites::watch(&env.settings).await;
+    let client = env.client().await;
+    let futures = client
+        .map(sleep_ms, (0..TASKS).map(|i| (pause_of(i),)))
+        .await
+        .unwrap();
+    // Workers start once everything is queued, so that the run is still young when polled.
+    let mut workers = ready_workers(&env, 2).await;
+
+    until("1,000 results are stored", || async {
+        writes.tally().0 >= 1_000
+    })
+    .await;
+    let status = workers[0].kill().await.unwrap();
+    let at_kill = writes.tally().0;
+    assert!(
+        at_kill < TASKS,
+        "the run was over before the kill ({at_kill} stored)"
+    );
+    assert_eq!(status.signal(), Some(9), "SIGKILLed");
+
+    // Its unacknowledged tasks are redelivered to the other worker.
+    assert_all_correct(&client, &futures, pause_of).await;
+    until("every result's write is announced", || async {
+        writes.tally().0 == TASKS
+    })
+    .await;
+    let (written, rewritten) = writes.tally();
+    assert_eq!((written, rewritten), (TASKS, 0), "each result written once");
+    assert!(workers[1].is_running().unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_broker_restart_during_map_loses_nothing() {
+    let mut servers = PrivateServers::start("restartmap").await;
+    let env = busy_env(&servers, "restartmap");
+    let _workers = ready_workers(&env, 2).await;
+    let client = env.client().await;
+
+    // The argument iterator stops half-way until the broker is down, so that the rest of the
+    // `map` is published across the restart (the iterator is synchronous: it blocks its thread,
+    // in `block_in_place`, on a channel the test feeds once the broker has stopped).
+    let (stop, stop_requested) = tokio::sync::oneshot::channel::<()>();
+    let (down, broker_down) = std::sync::mpsc::channel::<()>();
+    let mut stop = Some(stop);
+    let args = (0..TASKS as i64).map(move |i| {
+        if i == TASKS as i64 / 2 {
+            stop.take().unwrap().send(()).unwrap();
+            tokio::task::block_in_place(|| broker_down.recv()).unwrap();
+        }
+        (i,)
+    });
+    let mapping = {
+        let client = client.clone();
+        tokio::spawn(async move { client.map(inc, args).await })
+    };
+
+    stop_requested.await.unwrap();
+    until("workers have run some of the first half", || async {
+        stored_results(&env.settings).await >= 100
+    })
+    .await;
+    servers.rabbitmq.stop().await.unwrap();
+    down.send(()).unwrap();
+    servers.rabbitmq.restart().await.unwrap();
+
+    let futures = tokio::time::timeout(DEADLINE, mapping)
+        .await
+        .expect("map returns after the restart")
+        .unwrap()
+        .expect("map succeeds across the restart");
+    assert_eq!(futures.len(), TASKS);
+    let values = client.gather(&futures).timeout(DEADLINE).await.unwrap();
+    assert_eq!(values, (1..=TASKS as i64).collect::<Vec<_>>());
+    // The same client goes on submitting.
+    let after = client.submit(inc, (41,)).await.unwrap();
+    assert_eq!(after.result_within(DEADLINE).await.unwrap(), 42);
+}
+
+/// How many results of this deployment Redis holds (a SCAN of its prefix).
+async fn stored_results(settings: &Settings) -> usize {
+    let client = redis::Client::open(settings.redis_url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let pattern = format!(
+        "{}*",
+        Keys::new(settings.key_prefix.as_str()).result_pattern_prefix()
+    );
+    let mut cursor: u64 = 0;
+    let mut found = 0;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        found += batch.len();
+        if next == 0 {
+            return found;
+        }
+        cursor = next;
+    }
+}
+
+/// Runs 5,000 tasks on two worker processes with a client gathering them, stops Redis once
+/// 1,000 results are stored (SIGKILL when `crash`, else SIGTERM) and starts it again on the
+/// same append-only file; every result must be gathered, correct.
+async fn gather_across_a_redis_restart(name: &str, crash: bool) {
+    let mut servers = PrivateServers::start(name).await;
+    let env = busy_env(&servers, name);
+    let client = env.client().await;
+    let store = Store::connect(&env.settings).await.unwrap();
+    let futures = client
+        .map(sleep_ms, (0..TASKS).map(|i| (pause_of(i),)))
+        .await
+        .unwrap();
+    // Workers start once everything is queued, so that the run is still young when polled.
+    let _workers = ready_workers(&env, 2).await;
+    let gathering = {
+        let (client, futures) = (client.clone(), futures.clone());
+        tokio::spawn(async move { client.gather(&futures).timeout(DEADLINE).await })
+    };
+
+    until("1,000 results are stored", || async {
+        stored(&store, &futures).await >= 1_000
+    })
+    .await;
+    let before = stored(&store, &futures).await;
+    if crash {
+        servers.redis.kill().await.unwrap();
+    }
+    servers.redis.restart().await.unwrap();
+    assert!(before < TASKS, "the run was over before Redis stopped");
+
+    let values = tokio::time::timeout(DEADLINE, gathering)
+        .await
+        .expect("the gather resumes and ends")
+        .unwrap()
+        .expect("every result is gathered");
+    assert_eq!(values.len(), TASKS);
+    for (i, value) in values.into_iter().enumerate() {
+        assert_eq!(value, pause_of(i), "task {i}");
+    }
+    let store = Store::connect(&env.settings).await.unwrap();
+    assert_eq!(stored(&store, &futures).await, TASKS, "nothing lost");
+}
+
+#[tokio::test]
+async fn a_store_restart_during_gather_loses_nothing() {
+    gather_across_a_redis_restart("restartredis", false).await;
+}
+
+#[tokio::test]
+async fn a_store_crash_during_gather_loses_nothing() {
+    gather_across_a_redis_restart("crashredis", true).await;
+}
+
+#[tokio::test]
+async fn map_pulls_inputs_only_as_the_confirm_window_allows() {
+    const WINDOW: usize = 16;
+    const N: usize = 2_000;
+    let mut env = TestEnv::new("window").await;
+    env.settings.publish_window = WINDOW;
+    let client = env.client().await;
+    // What the stream has yielded (confirmed), and the most arguments ever taken ahead of it,
+    // both seen from inside the argument iterator at the moment it is pulled.
+    let confirmed = Arc::new(AtomicUsize::new(0));
+    let most_ahead = Arc::new(AtomicUsize::new(0));
+    let args = {
+        let (confirmed, most_ahead) = (confirmed.clone(), most_ahead.clone());
+        (0..N as i64).map(move |i| {
+            let pulled = i as usize + 1;
+            let ahead = pulled - confirmed.load(Ordering::SeqCst);
+            most_ahead.fetch_max(ahead, Ordering::SeqCst);
+            (i,)
+        })
+    };
+    let mut futures: Vec<Option<Future<i64>>> = (0..N).map(|_| None).collect();
+    let mut stream = std::pin::pin!(client.map_stream(inc, args));
+    while let Some(next) = tokio::time::timeout(DEADLINE, stream.next()).await.unwrap() {
+        let (index, future) = next.unwrap();
+        confirmed.fetch_add(1, Ordering::SeqCst);
+        assert!(
+            futures[index].replace(future).is_none(),
+            "index {index} twice"
+        );
+    }
+    assert_eq!(confirmed.load(Ordering::SeqCst), N);
+    let most_ahead = most_ahead.load(Ordering::SeqCst);
+    assert_eq!(
+        most_ahead, WINDOW,
+        "pipelined up to the window, never beyond"
+    );
+
+    let futures: Vec<Future<i64>> = futures.into_iter().map(Option::unwrap).collect();
+    let worker = env.run_worker(Registry::with_builtins());
+    let values = client.gather(&futures).timeout(DEADLINE).await.unwrap();
+    assert_eq!(values, (1..=N as i64).collect::<Vec<_>>());
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_producer_gives_up_after_reconnect_max_wait() {
+    let mut servers = PrivateServers::start("giveup").await;
+    let mut env = TestEnv::on(servers.urls(), "giveup");
+    env.settings.reconnect_max_wait = Duration::from_secs(1);
+    let client = env.client().await;
+    servers.rabbitmq.stop().await.unwrap();
+
+    let started = Instant::now();
+    let error = tokio::time::timeout(DEADLINE, client.submit(inc, (1,)))
+        .await
+        .expect("the submit gives up")
+        .unwrap_err();
+    match error {
+        rask::Error::Reconnect { waited, .. } => {
+            assert!(waited >= Duration::from_secs(1), "{waited:?}");
+        }
+        other => panic!("expected Error::Reconnect, got {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
