@@ -16,7 +16,6 @@ use crate::error::{Error, Result};
 use crate::future::Future;
 
 /// First and largest pause before re-reading after Redis failed.
-const BACKOFF: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(5));
 
 impl Client {
     /// Gathers the results of `futures` in input order. Await it directly, or first set
@@ -193,13 +192,13 @@ pub(crate) async fn single<T: DeserializeOwned>(waiter: &mut Waiter) -> Result<T
 
 /// The next outcome, riding out Redis failures with backoff (then re-reading what is pending).
 pub(crate) async fn next_outcome(waiter: &mut Waiter) -> Option<Result<(usize, Result<Outcome>)>> {
-    let mut pause = BACKOFF.0;
+    let mut pause = crate::retry::BACKOFF.0;
     loop {
         match waiter.next().await {
             Some(Err(e)) if e.is_store_failure() => {
                 tracing::warn!(error = %e, retry_in = ?pause, "reading results failed; retrying");
                 tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(BACKOFF.1);
+                pause = (pause * 2).min(crate::retry::BACKOFF.1);
             }
             other => return other,
         }

@@ -18,6 +18,7 @@ use serde::de::DeserializeOwned;
 use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::future::Future;
+use crate::retry::store_retrying;
 
 impl Client {
     /// Submits `delayed` and everything it depends on, and returns the future of its result
@@ -94,7 +95,11 @@ impl Client {
                 error: e.to_owned(),
             })?);
         }
-        let found = self.store().register_tasks(&messages).await?;
+        let wait = self.settings().reconnect_max_wait;
+        let found = store_retrying("registering graph tasks", wait, || async {
+            Ok(self.store().register_tasks(&messages).await?)
+        })
+        .await?;
         let ready = messages
             .into_iter()
             .zip(found)

@@ -27,6 +27,7 @@
 //!   connection left unconfirmed.
 //! - `connection.rs`: the client's RabbitMQ connection and channel, replaced with backoff when lost.
 //! - `dead.rs`: listing and requeueing dead-lettered messages ([`DeadLetter`]).
+//! - `retry.rs`: the client's Redis writes ride out a Redis restart (idempotent ones only).
 //! - `completions.rs`: one Redis subscription per client; waiters re-read on any gap.
 //! - `scatter.rs`: [`Client::scatter`] (local data as stored results) and [`Client::wait`].
 //! - [`Future`] (`future.rs`) and [`Gather`] (`gather.rs`): waiting for results.
@@ -45,6 +46,7 @@ mod graph;
 pub mod local;
 mod options;
 mod publish;
+mod retry;
 mod scatter;
 
 pub use client::Client;

@@ -15,6 +15,7 @@ use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::future::Future;
 use crate::gather::{next_outcome, BoxFuture};
+use crate::retry::store_retrying;
 
 /// The function name that scattered values' keys start with (`scatter-{hash}`).
 const SCATTER: &str = "scatter";
@@ -40,7 +41,9 @@ impl Client {
             let key = content_key(SCATTER, &bytes);
             outcomes.push((key, Outcome::Value(bytes).encode()?));
         }
-        let ready = self.store().store_and_release(&outcomes).await?;
+        let ready = self
+            .store_outcomes("storing scattered values", &outcomes)
+            .await?;
         self.publish(ready.into_iter().map(Ok)).await?;
         Ok(outcomes
             .into_iter()
@@ -62,7 +65,11 @@ impl Client {
         let mut keys: Vec<TaskKey> = futures.iter().map(|f| f.key().clone()).collect();
         let mut seen = std::collections::HashSet::new();
         keys.retain(|k| seen.insert(k.clone()));
-        let stored = self.store().get_outcomes(&keys).await?;
+        let wait = self.settings().reconnect_max_wait;
+        let stored = store_retrying("reading outcomes", wait, || async {
+            Ok(self.store().get_outcomes(&keys).await?)
+        })
+        .await?;
         let mut outcomes = Vec::new();
         for (key, found) in keys.into_iter().zip(stored) {
             if found.is_some() {
@@ -82,9 +89,25 @@ impl Client {
             ));
             outcomes.push((key, failure.encode()?));
         }
-        let ready = self.store().store_and_release(&outcomes).await?;
+        let ready = self
+            .store_outcomes("storing cancellations", &outcomes)
+            .await?;
         self.publish(ready.into_iter().map(Ok)).await?;
         Ok(outcomes.len())
+    }
+
+    /// Stores `outcomes` (write-once) and releases the graph tasks waiting for them, riding out
+    /// a Redis restart; returns the tasks that became ready.
+    async fn store_outcomes(
+        &self,
+        what: &str,
+        outcomes: &[(TaskKey, Vec<u8>)],
+    ) -> Result<Vec<rask_common::TaskMessage>> {
+        let wait = self.settings().reconnect_max_wait;
+        store_retrying(what, wait, || async {
+            Ok(self.store().store_and_release(outcomes).await?)
+        })
+        .await
     }
 
     /// Waits until every one of `futures` has an outcome, a value or a failure, without reading

@@ -170,23 +170,7 @@ impl TestEnv {
     pub fn spawn_workers_with(&self, n: usize, extra: &[(&str, &str)]) -> Vec<local::Worker> {
         let program = local::sibling_binary("rask-worker")
             .expect("rask-worker is built (run `cargo build --workspace --bins` first)");
-        (0..n)
-            .map(|i| {
-                let mut env = self.env_vars();
-                env.extend(
-                    extra
-                        .iter()
-                        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
-                );
-                let spec = WorkerSpec {
-                    program: program.clone(),
-                    args: Vec::new(),
-                    env,
-                    log: self.dir.path.join(format!("worker-{i}.log")),
-                };
-                local::Worker::spawn(&spec, Lifetime::TiedToCaller).expect("worker starts")
-            })
-            .collect()
+        self.spawn_program_with(&program, n, extra)
     }
 
     /// Starts `n` processes of the worker binary `program` (e.g.
@@ -337,6 +321,14 @@ pub fn dead_letter_reason(message: &lapin::message::Delivery) -> Option<String> 
     match headers.inner().get(rask_common::message::REASON_HEADER)? {
         lapin::types::AMQPValue::LongString(text) => Some(text.to_string()),
         other => Some(format!("{other:?}")),
+    }
+}
+
+/// The task failure an error carries; panics (failing the test) on any other error.
+pub fn failure(error: rask::Error) -> rask::TaskFailure {
+    match error {
+        rask::Error::Task(f) => *f,
+        other => panic!("expected a task failure, got {other:?}"),
     }
 }
 

@@ -7,19 +7,12 @@ use futures::StreamExt;
 use rask::builtins::{add, fail, inc};
 use rask::{Error, FailureKind, Future, TaskKey};
 use rask_common::message::encode_value;
-use rask_tests::{TestEnv, PATIENCE};
+use rask_tests::{failure, TestEnv, PATIENCE};
 use rask_worker::Registry;
 
 rask::task! {
     /// Panics on purpose.
     fn explode(text: String) -> i64 { panic!("boom: {text}") }
-}
-
-fn failure(error: Error) -> rask::TaskFailure {
-    match error {
-        Error::Task(f) => *f,
-        other => panic!("expected a task failure, got {other:?}"),
-    }
 }
 
 #[tokio::test]

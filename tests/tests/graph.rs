@@ -5,11 +5,11 @@
 use std::time::Duration;
 
 use rask::builtins::{add, inc, leaf, sleep_ms, sum_ints};
-use rask::{Arg, Client, Delayed, Error, FailureKind, Future, TaskKey};
+use rask::{Arg, Client, Delayed, FailureKind, Future, TaskKey};
 use rask_common::dependencies::Registration;
 use rask_common::message::encode_value;
 use rask_common::{Outcome, Store};
-use rask_tests::{TestEnv, PATIENCE};
+use rask_tests::{failure, TestEnv, PATIENCE};
 use rask_worker::Registry;
 
 rask::task! {
@@ -96,13 +96,6 @@ async fn within<T>(compute: impl std::future::Future<Output = rask::Result<T>>) 
     tokio::time::timeout(PATIENCE, compute)
         .await
         .expect("computed within PATIENCE")
-}
-
-fn failure(error: Error) -> rask::TaskFailure {
-    match error {
-        Error::Task(f) => *f,
-        other => panic!("expected a task failure, got {other:?}"),
-    }
 }
 
 #[tokio::test]

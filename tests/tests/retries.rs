@@ -6,10 +6,10 @@
 use std::time::{Duration, Instant};
 
 use rask::builtins::add;
-use rask::{Arg, Error, FailureKind, RetryPolicy, TaskError, TaskOptions};
+use rask::{Arg, FailureKind, RetryPolicy, TaskError, TaskOptions};
 use rask_common::dependencies::Registration;
 use rask_common::Store;
-use rask_tests::{TestEnv, PATIENCE};
+use rask_tests::{failure, TestEnv, PATIENCE};
 use rask_worker::Registry;
 
 rask::task! {
@@ -80,13 +80,6 @@ fn quick(attempts: u32) -> TaskOptions {
     let policy =
         RetryPolicy::new(attempts).backoff(Duration::from_millis(20), Duration::from_millis(100));
     TaskOptions::new().retry(policy)
-}
-
-fn failure(error: Error) -> rask::TaskFailure {
-    match error {
-        Error::Task(f) => *f,
-        other => panic!("expected a task failure, got {other:?}"),
-    }
 }
 
 #[tokio::test]

@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use rask::builtins::{inc, sleep_ms};
-use rask::{Error, FailureKind, TaskOptions};
-use rask_tests::{TestEnv, PATIENCE};
+use rask::{FailureKind, TaskOptions};
+use rask_tests::{failure, TestEnv, PATIENCE};
 use rask_worker::Registry;
 
 /// Set when the body of [`stuck`] is dropped.
@@ -53,13 +53,6 @@ fn registry() -> Registry {
 
 fn limit(limit: Duration) -> TaskOptions {
     TaskOptions::new().time_limit(limit)
-}
-
-fn failure(error: Error) -> rask::TaskFailure {
-    match error {
-        Error::Task(f) => *f,
-        other => panic!("expected a task failure, got {other:?}"),
-    }
 }
 
 #[tokio::test]
