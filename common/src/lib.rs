@@ -13,11 +13,14 @@
 //! - [`dependencies`]: the Redis scripts that register graph tasks and release them when their
 //!   inputs are stored.
 //! - [`builtins`]: the functions every stock worker runs (`inc`, `add`, `sum`, `echo`, …).
+//! - [`bag_ops`]: the native operations of lazy collections (`Bag`): element-wise operation
+//!   names and the partition and reduction tasks every stock worker runs.
 //! - [`image`]: the image-batch computation of the demo.
 //! - [`settings`]: typed [`Settings`], loaded from defaults, `rask.toml` and `RASK_*` variables.
 //! - [`broker`] and [`store`]: connecting to RabbitMQ (and declaring the topology) and to Redis.
 //! - [`error`]: the crate's [`Error`].
 
+pub mod bag_ops;
 pub mod broker;
 pub mod builtins;
 pub mod dependencies;

@@ -22,6 +22,7 @@
 //! ## Layout
 //! - [`Client`] (`client.rs`): connecting, submitting, mapping, releasing.
 //! - `graph.rs`: [`Client::persist`] and [`Client::compute`] of lazy task graphs ([`Delayed`]).
+//! - [`Bag`] (`bag/`): lazy partitioned collections with native `map`, `filter`, reductions.
 //! - [`TaskOptions`] (`options.rs`): countdown/eta, priority, retries, time limit per task.
 //! - `publish.rs`: pipelined, confirmed publishing with a window; republishes what a lost
 //!   connection left unconfirmed.
@@ -34,6 +35,7 @@
 //! - [`local`]: a private RabbitMQ, Redis and workers on loopback (`rask local`).
 //! - [`Error`] (`error.rs`): what can fail.
 
+mod bag;
 mod call;
 mod client;
 mod completions;
@@ -49,6 +51,7 @@ mod publish;
 mod retry;
 mod scatter;
 
+pub use bag::{Bag, Numeric};
 pub use client::Client;
 pub use dead::{DeadLetter, Requeued};
 pub use error::{Error, Result};

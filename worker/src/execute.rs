@@ -42,6 +42,9 @@ pub(crate) async fn execute(
     limit: Option<Duration>,
     retryable: &mut bool,
 ) -> Outcome {
+    if let Some(outcome) = crate::bag::execute(registry, worker, message).await {
+        return outcome; // an element-wise operation of a lazy collection
+    }
     let fail = |kind: FailureKind, text: String| {
         Outcome::Failure(TaskFailure {
             attempts: message.attempt + 1,
@@ -132,7 +135,7 @@ pub(crate) async fn execute(
 }
 
 /// The message of a panic payload (`panic!` with a literal or a formatted string).
-fn panic_text(payload: Box<dyn Any + Send>) -> String {
+pub(crate) fn panic_text(payload: Box<dyn Any + Send>) -> String {
     match payload.downcast::<String>() {
         Ok(text) => *text,
         Err(payload) => match payload.downcast::<&'static str>() {

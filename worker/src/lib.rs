@@ -27,6 +27,8 @@
 //! - `execute.rs`: one task to an outcome under its time limit; panics, errors and timeouts
 //!   become stored failures.
 //! - `retries.rs`: a retryable failure goes back to the broker through a delay queue.
+//! - `bag.rs`: the element-wise operations of lazy collections (`rask.bag.map`, …): a registered
+//!   function applied to each element of a partition inside one task.
 //! - `inputs.rs`: a graph task's inputs read in one `MGET` and substituted, or its
 //!   `DependencyFailed` outcome.
 //! - `writer.rs`: outcomes to Redis in batches, then acknowledgements (never before).
@@ -36,6 +38,7 @@
 //! - [`Registry`] (`registry.rs`): functions by name, arguments decoded per function.
 
 mod admit;
+mod bag;
 mod dead_letter;
 mod error;
 mod execute;

@@ -85,6 +85,22 @@ impl Registry {
             .with::<builtins::image_stats>()
             .with::<builtins::image_summary>()
             .with::<builtins::merge_image_summaries>()
+            .with::<rask_common::bag_ops::bag_items>()
+            .with::<rask_common::bag_ops::bag_concat>()
+            .with::<rask_common::bag_ops::bag_split>()
+            .with::<rask_common::bag_ops::bag_count>()
+            .with::<rask_common::bag_ops::bag_count_merge>()
+            .with::<rask_common::bag_ops::bag_mean_part>()
+            .with::<rask_common::bag_ops::bag_mean_merge>()
+            .with::<rask_common::bag_ops::bag_mean>()
+            .with::<rask_common::bag_ops::bag_top>()
+            .with::<rask_common::bag_ops::bag_top_merge>()
+            .with::<rask_common::bag_ops::bag_top_one>()
+            .with::<rask_common::bag_ops::bag_top_by_merge>()
+            .with::<rask_common::bag_ops::bag_distinct>()
+            .with::<rask_common::bag_ops::bag_distinct_merge>()
+            .with::<rask_common::bag_ops::bag_frequencies>()
+            .with::<rask_common::bag_ops::bag_frequencies_merge>()
     }
 
     /// Adds task `T` (replacing a function of the same name).

@@ -1,9 +1,10 @@
 //! `rask demo`: the main job, after the classic Dask workshop. Image batches are generated
-//! here (deterministically, no downloads), shipped to the workers, analysed there (grayscale,
-//! blur, Sobel edges, histogram), and the per-batch statistics reduced on the cluster to one
-//! summary by a small task graph: `image_summary` per group of [`GROUP`] batches, then
-//! `merge_image_summaries` over the groups. The first group's summary is persisted on its own
-//! first, to show that the final graph reuses it (same content key) instead of computing it again.
+//! here (deterministically, no downloads) into a [`Bag`] of one batch per partition, analysed on
+//! the workers by the bag's `map` (grayscale, blur, Sobel edges, histogram), and the per-batch
+//! statistics reduced on the cluster to one summary: the bag regrouped into partitions of
+//! [`GROUP`] batches, `image_summary` per group, then `merge_image_summaries` over the groups
+//! (the bag's `reduction`). The first group's summary is persisted on its own first, to show that
+//! the final graph reuses it (same content key) instead of computing it again.
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -12,8 +13,8 @@ use anyhow::{bail, Context, Result};
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rask::builtins::{image_stats, image_summary, merge_image_summaries};
-use rask::{Arg, Delayed};
-use rask_common::image::{batch_len, generate_batch, Summary};
+use rask::Bag;
+use rask_common::image::{batch_len, generate_batch};
 
 use crate::cli::{DemoArgs, Global};
 use crate::output::connect;
@@ -39,12 +40,14 @@ pub(crate) async fn run(global: &Global, args: DemoArgs) -> Result<ExitCode> {
         (bytes as f64 * f64::from(args.batches)) / (1024.0 * 1024.0)
     );
     let started = Instant::now();
-    let batches =
-        (0..args.batches).map(|id| (generate_batch(id, args.images, args.size, args.size),));
-    let futures = client
-        .map(image_stats, batches)
+    let batches = (0..args.batches).map(|id| generate_batch(id, args.images, args.size, args.size));
+    let partitions = args.batches as usize;
+    let stats = Bag::from_iter(batches, partitions)
+        .map(image_stats)
+        .persist(&client)
         .await
         .context("submitting batches")?;
+    let futures = stats.futures(&client);
 
     let bar =
         ProgressBar::with_draw_target(Some(futures.len() as u64), ProgressDrawTarget::stderr());
@@ -68,13 +71,10 @@ pub(crate) async fn run(global: &Global, args: DemoArgs) -> Result<ExitCode> {
     let analysed = started.elapsed();
 
     // The reduction tree over the stored per-batch statistics (nothing is shipped back here).
-    let groups: Vec<Delayed<Summary>> = futures
-        .chunks(GROUP)
-        .map(|group| image_summary.delayed(Arg::list(group.iter().map(Arg::from))))
-        .collect();
-    let reused = match groups.first() {
+    let groups = stats.repartition(partitions.div_ceil(GROUP));
+    let reused = match groups.partitions().into_iter().next() {
         Some(first) => {
-            let first = client.persist(first).await?;
+            let first = client.persist(&image_summary.delayed(first)).await?;
             client
                 .wait(std::slice::from_ref(&first))
                 .timeout(args.timeout)
@@ -84,7 +84,7 @@ pub(crate) async fn run(global: &Global, args: DemoArgs) -> Result<ExitCode> {
         }
         None => None,
     };
-    let root = merge_image_summaries.delayed(groups);
+    let root = groups.reduction(image_summary, merge_image_summaries);
     let summary = tokio::time::timeout(args.timeout, client.compute(&root))
         .await
         .context("timed out reducing the batch statistics")?
