@@ -15,8 +15,6 @@ use crate::completions::Waiter;
 use crate::error::{Error, Result};
 use crate::future::Future;
 
-/// First and largest pause before re-reading after Redis failed.
-
 impl Client {
     /// Gathers the results of `futures` in input order. Await it directly, or first set
     /// [`Gather::timeout`] and/or choose per-item results with [`Gather::each`].
