@@ -115,7 +115,12 @@ async fn a_higher_priority_overtakes_a_backlog() {
         .await
         .unwrap();
     assert_eq!(order.len(), 201);
-    assert_eq!(order[0], 1000, "the urgent task ran first: {:?}", &order[..5]);
+    assert_eq!(
+        order[0],
+        1000,
+        "the urgent task ran first: {:?}",
+        &order[..5]
+    );
     // Equal priorities keep their order.
     assert_eq!(order[1..], (0..200).collect::<Vec<i64>>());
     client.close().await.unwrap();

@@ -40,7 +40,9 @@ pub(crate) async fn run(global: &Global, command: DeadCommand) -> Result<ExitCod
         }
         DeadCommand::Requeue(args) => {
             let only = args.key.map(TaskKey::new).transpose()?;
-            let done = client.requeue_dead_letters(args.limit, only.as_ref()).await?;
+            let done = client
+                .requeue_dead_letters(args.limit, only.as_ref())
+                .await?;
             println!("requeued {} dead-lettered message(s)", done.requeued);
         }
     }
