@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what rask's local cluster and test suite need, if missing:
-# RabbitMQ, Redis and docker-compose (Debian packages) and cargo-nextest.
+# RabbitMQ, Redis, docker-compose and Chromium (Debian packages; headless
+# Chromium drives the dashboard test) and cargo-nextest.
 # Safe to run again: it only installs what is missing, and says what it did.
 #
 # The Debian packages would start system-wide RabbitMQ and Redis services on
@@ -23,7 +24,7 @@ fi
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 
 missing=()
-for package in rabbitmq-server redis-server docker-compose; do
+for package in rabbitmq-server redis-server docker-compose chromium; do
     if installed "$package"; then
         say "$package is already installed"
     else

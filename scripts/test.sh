@@ -31,7 +31,8 @@ export RASK_TEST_AMQP_URL='amqp://guest:guest@127.0.0.1:30672/%2f'
 export RASK_TEST_REDIS_URL='redis://127.0.0.1:30379/'
 
 if [ -f docker-compose.yml ]; then
-    docker-compose config -q
+    # The compose file has no default secrets: check it with the example's values.
+    docker-compose --env-file .env.example config -q
 fi
 
 # Doctests first (nextest does not run them): API docs and the README's Rust examples.

@@ -9,26 +9,54 @@
 //! task exchange with the task queue's routing key. A delay queue deletes itself a minute after
 //! its last declaration's messages could have expired (`x-expires`); every publisher declares it
 //! again before publishing to it.
+//!
+//! Connections use TLS for `amqps://` URLs, trusting `tls_ca_file` (in addition to the system's
+//! roots) and presenting `tls_cert_file`/`tls_key_file` when set. Every task message goes out
+//! through [`publish_task`], which signs it when `signing_keys` are set ([`crate::signing`]).
 
 use std::time::Duration;
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::settings::Settings;
+use crate::signing::Signer;
+use crate::tls::TlsFiles;
 
 /// The MIME type of every rask message body.
 pub const CONTENT_TYPE: &str = "application/msgpack";
 
-/// Opens a connection to RabbitMQ, named after `role` in the management UI.
+/// Opens a connection to RabbitMQ, named after `role` in the management UI; over TLS for an
+/// `amqps://` URL, with the CA and client certificate of the settings.
 ///
 /// # Errors
-/// [`crate::Error::Broker`] if the broker cannot be reached or refuses the login.
+/// [`crate::Error::Broker`] if the broker cannot be reached, refuses the login or the TLS
+/// handshake fails; [`crate::Error::TlsFile`] if a TLS file of the settings cannot be read.
 pub async fn connect(settings: &Settings, role: &str) -> Result<Connection> {
     let properties = ConnectionProperties::default().with_connection_name(role.into());
-    Ok(Connection::connect(&settings.amqp_url, properties).await?)
+    if !settings.amqp_url.starts_with("amqps://") {
+        return Ok(Connection::connect(&settings.amqp_url, properties).await?);
+    }
+    let files = TlsFiles::read(settings)?;
+    let cert_chain = match files.ca {
+        Some(pem) => Some(String::from_utf8(pem).map_err(|_| Error::TlsFile {
+            setting: "tls_ca_file",
+            path: settings.tls_ca_file.clone().unwrap_or_default(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, "not PEM text"),
+        })?),
+        None => None,
+    };
+    let config = OwnedTLSConfig {
+        identity: files
+            .identity
+            .map(|(pem, key)| OwnedIdentity::PKCS8 { pem, key }),
+        cert_chain,
+    };
+    let runtime = lapin::runtime::default_runtime()?;
+    Ok(Connection::connect_with_config(&settings.amqp_url, properties, config, runtime).await?)
 }
 
 /// Declares the exchanges and queues (idempotent: safe from every process at every start).
@@ -102,11 +130,13 @@ pub async fn declare_topology(channel: &Channel, settings: &Settings) -> Result<
     Ok(())
 }
 
-/// Where a task message goes: the task queue, or a delay queue in front of it.
+/// Where a task message goes: the task queue, or a delay queue in front of it; and how it is
+/// signed there (the signer of the settings it was made from, if signing is on).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Destination {
     exchange: String,
     routing_key: String,
+    signer: Option<Signer>,
 }
 
 impl Destination {
@@ -115,6 +145,7 @@ impl Destination {
         Destination {
             exchange: settings.exchange.clone(),
             routing_key: settings.queue.clone(),
+            signer: Signer::from_settings(settings),
         }
     }
 
@@ -157,6 +188,7 @@ impl Destination {
         Ok(Destination {
             exchange: String::new(),
             routing_key: name,
+            signer: Signer::from_settings(settings),
         })
     }
 
@@ -169,11 +201,16 @@ impl Destination {
     pub fn routing_key(&self) -> &str {
         &self.routing_key
     }
+
+    /// The signer messages published here are signed with (`None`: signing is off).
+    pub fn signer(&self) -> Option<&Signer> {
+        self.signer.as_ref()
+    }
 }
 
 /// Publishes an encoded task message (`body` of `message`) to `to` with the `mandatory` flag,
-/// so that an unroutable task comes back instead of vanishing. Resolves once the frames are
-/// written; await the returned confirm for the broker's answer.
+/// so that an unroutable task comes back instead of vanishing, signed when `to` has a signer.
+/// Resolves once the frames are written; await the returned confirm for the broker's answer.
 ///
 /// # Errors
 /// [`crate::Error::Broker`] if the channel is closed.
@@ -192,9 +229,22 @@ pub async fn publish_task(
                 ..Default::default()
             },
             body,
-            task_properties(message),
+            signed_properties(message, to, body),
         )
         .await?)
+}
+
+/// [`task_properties`], with the signature of `body` when `to` signs.
+fn signed_properties(
+    message: &crate::TaskMessage,
+    to: &Destination,
+    body: &[u8],
+) -> BasicProperties {
+    let properties = task_properties(message);
+    match &to.signer {
+        Some(signer) => signer.sign_properties(properties, body),
+        None => properties,
+    }
 }
 
 /// Properties of a task message: persistent, typed, identified by its key, with its priority.
@@ -208,5 +258,36 @@ pub fn task_properties(message: &crate::TaskMessage) -> BasicProperties {
         properties.with_priority(message.priority)
     } else {
         properties
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::signing::SIGNATURE_HEADER;
+    use crate::{TaskKey, TaskMessage};
+
+    #[test]
+    fn destinations_sign_when_the_settings_have_keys() {
+        let message = TaskMessage::new(TaskKey::new("inc-1").unwrap(), "inc", vec![0x91, 0x01]);
+        let body = message.encode().unwrap();
+        let plain = Destination::tasks(&Settings::default());
+        assert!(plain.signer().is_none());
+        assert!(signed_properties(&message, &plain, &body)
+            .headers()
+            .is_none());
+
+        let keyed = Settings {
+            signing_keys: vec!["0123456789abcdef0123".into()],
+            ..Settings::default()
+        };
+        let to = Destination::tasks(&keyed);
+        let properties = signed_properties(&message, &to, &body);
+        let headers = properties.headers().clone().unwrap();
+        assert!(headers.inner().contains_key(SIGNATURE_HEADER));
+        let signer = to.signer().unwrap();
+        assert_eq!(signer.verify_properties(&properties, &body), Ok(()));
+        assert_eq!(properties.message_id().as_ref().unwrap().as_str(), "inc-1");
+        assert!(!format!("{to:?}").contains("0123456789abcdef"));
     }
 }

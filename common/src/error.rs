@@ -30,6 +30,17 @@ pub enum Error {
         /// The version this build writes and reads.
         supported: u16,
     },
+    /// A TLS file named by a setting (`tls_ca_file`, `tls_cert_file`, `tls_key_file`) cannot be
+    /// read.
+    #[error("cannot read {setting} {}: {source}", path.display())]
+    TlsFile {
+        /// The setting naming the file.
+        setting: &'static str,
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why it cannot be read.
+        source: std::io::Error,
+    },
     /// A task key is empty, too long or contains characters keys may not hold.
     #[error("invalid task key {0:?}: keys are 1-200 characters of [A-Za-z0-9_.:-]")]
     InvalidKey(String),

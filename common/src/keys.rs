@@ -139,6 +139,19 @@ impl Keys {
         ["task", "pending", "dependents"].map(|kind| format!("{}:{kind}:*", self.prefix))
     }
 
+    /// The registry entry of the live worker `id` (a MessagePack
+    /// [`crate::ops::WorkerEntry`] with a TTL of three heartbeats): `{prefix}:worker:{id}`.
+    pub fn worker(&self, id: &str) -> String {
+        format!("{}:worker:{id}", self.prefix)
+    }
+
+    /// The set of worker ids that registered (an index of [`Keys::worker`] entries, so that
+    /// readers need no `SCAN`; ids whose entry expired are removed by readers):
+    /// `{prefix}:workers`.
+    pub fn workers(&self) -> String {
+        format!("{}:workers", self.prefix)
+    }
+
     /// The channel on which workers announce stored results (keys only): `{prefix}:done`.
     pub fn done_channel(&self) -> String {
         format!("{}:done", self.prefix)
@@ -170,6 +183,8 @@ mod tests {
         assert_eq!(keys.pending(&key), "p:pending:inc-1");
         assert_eq!(keys.dependents(&key), "p:dependents:inc-1");
         assert_eq!(keys.deliveries(&key), "p:deliveries:inc-1");
+        assert_eq!(keys.worker("w-1"), "p:worker:w-1");
+        assert_eq!(keys.workers(), "p:workers");
     }
 
     #[test]

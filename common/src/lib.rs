@@ -17,7 +17,11 @@
 //!   names and the partition and reduction tasks every stock worker runs.
 //! - [`image`]: the image-batch computation of the demo.
 //! - [`settings`]: typed [`Settings`], loaded from defaults, `rask.toml` and `RASK_*` variables.
+//! - [`signing`]: HMAC-SHA256 signatures of task messages (`signing_keys`), made when publishing
+//!   and checked by workers before anything is decoded.
 //! - [`broker`] and [`store`]: connecting to RabbitMQ (and declaring the topology) and to Redis.
+//! - [`ops`]: the worker registry entry and broadcast requests and replies (`rask status`,
+//!   `rask run`, the dashboard).
 //! - [`error`]: the crate's [`Error`].
 
 pub mod bag_ops;
@@ -29,11 +33,14 @@ pub mod graph;
 pub mod image;
 pub mod keys;
 pub mod message;
+pub mod ops;
 pub mod outcome;
 pub mod retry;
 pub mod settings;
+pub mod signing;
 pub mod store;
 pub mod task;
+mod tls;
 
 pub use error::{Error, Result};
 pub use graph::{Arg, Delayed};

@@ -73,6 +73,35 @@ pub struct Settings {
     /// `0s` means one attempt. Workers reconnect for as long as it takes. Default `60s`.
     #[serde(with = "humantime_serde")]
     pub reconnect_max_wait: Duration,
+    /// Secrets task messages are signed with (HMAC-SHA256, see `docs/security.md`): producers
+    /// sign with the first, workers accept a signature by any (key rotation), and reject
+    /// unsigned or tampered messages to the dead-letter queue. Each at least 16 bytes (e.g.
+    /// `openssl rand -hex 32`); in `RASK_SIGNING_KEYS`, comma-separated. Empty entries are
+    /// ignored. Default empty: signing off.
+    #[serde(deserialize_with = "non_empty_strings")]
+    pub signing_keys: Vec<String>,
+    /// PEM file of the CA certificate(s) that `amqps://` and `rediss://` servers are verified
+    /// against: for RabbitMQ in addition to the system's roots, for Redis instead of them.
+    /// Default none: the system's roots.
+    pub tls_ca_file: Option<std::path::PathBuf>,
+    /// PEM file of the client certificate presented to `amqps://` and `rediss://` servers that
+    /// ask for one (with `tls_key_file`). Default none.
+    pub tls_cert_file: Option<std::path::PathBuf>,
+    /// PEM file of the private key (PKCS#8, unencrypted) of `tls_cert_file`. Default none.
+    pub tls_key_file: Option<std::path::PathBuf>,
+    /// How often a worker refreshes its entry in the worker registry (Redis). The entry expires
+    /// after three intervals without a refresh, so a dead worker vanishes from `rask status`
+    /// and from `rask run`'s expected answers within three intervals. Default `5s`.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// Whether workers serve Prometheus `/metrics` and `/health` over HTTP on `metrics_listen`.
+    /// Default `true`.
+    pub metrics: bool,
+    /// Address a worker's metrics endpoint listens on. Port `0` takes a free port (so that
+    /// workers on one host do not collide); the address actually bound is recorded in the
+    /// worker registry and shown by `rask status`. For a Prometheus scrape config, set a fixed
+    /// port. Default `127.0.0.1:0`.
+    pub metrics_listen: std::net::SocketAddr,
 }
 
 impl Default for Settings {
@@ -96,6 +125,13 @@ impl Default for Settings {
             task_time_limit: Duration::ZERO,
             max_priority: 9,
             reconnect_max_wait: Duration::from_secs(60),
+            signing_keys: Vec::new(),
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            heartbeat_interval: Duration::from_secs(5),
+            metrics: true,
+            metrics_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
         }
     }
 }
@@ -123,7 +159,12 @@ impl Settings {
                     .format(config::FileFormat::Toml)
                     .required(required),
             )
-            .add_source(config::Environment::with_prefix("RASK").try_parsing(true))
+            .add_source(
+                config::Environment::with_prefix("RASK")
+                    .try_parsing(true)
+                    .list_separator(",")
+                    .with_list_parse_key("signing_keys"),
+            )
             .build()
             .and_then(|c| c.try_deserialize())
             .map_err(bad)?;
@@ -153,6 +194,13 @@ impl Settings {
                 "max_message_bytes",
                 &self.max_message_bytes,
                 "must be at least 1024",
+            );
+        }
+        if self.heartbeat_interval < Duration::from_millis(100) {
+            return bad(
+                "heartbeat_interval",
+                &humantime::format_duration(self.heartbeat_interval),
+                "must be at least 100ms",
             );
         }
         if self.result_ttl < Duration::from_secs(1) {
@@ -194,12 +242,42 @@ impl Settings {
                 "must start with redis:// or rediss://",
             );
         }
+        if let Some(short) = self
+            .signing_keys
+            .iter()
+            .position(|k| k.len() < crate::signing::MIN_KEY_BYTES)
+        {
+            // The key itself is never shown, only which one.
+            return bad(
+                "signing_keys",
+                &format!("[key {}: hidden]", short + 1),
+                "each key must be at least 16 bytes",
+            );
+        }
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            return bad(
+                "tls_cert_file/tls_key_file",
+                &"one of them",
+                "set both or neither",
+            );
+        }
         Ok(())
     }
 
     /// The time limit of tasks whose message sets none: [`Settings::task_time_limit`], if any.
     pub fn default_time_limit(&self) -> Option<Duration> {
         (!self.task_time_limit.is_zero()).then_some(self.task_time_limit)
+    }
+
+    /// The fanout exchange of broadcast requests (`rask run`): `{exchange}.broadcast`, so that
+    /// deployments with their own task exchange have their own broadcasts.
+    pub fn broadcast_exchange(&self) -> String {
+        format!("{}.broadcast", self.exchange)
+    }
+
+    /// How long a worker registry entry lives without a refresh: three heartbeat intervals.
+    pub fn heartbeat_ttl(&self) -> Duration {
+        self.heartbeat_interval.saturating_mul(3)
     }
 
     /// The prefetch a worker asks for: [`Settings::prefetch`], or 16 × concurrency when it is 0.
@@ -261,8 +339,26 @@ impl fmt::Debug for Settings {
             .field("task_time_limit", &self.task_time_limit)
             .field("max_priority", &self.max_priority)
             .field("reconnect_max_wait", &self.reconnect_max_wait)
+            .field(
+                "signing_keys",
+                &format_args!("[{} hidden]", self.signing_keys.len()),
+            )
+            .field("tls_ca_file", &self.tls_ca_file)
+            .field("tls_cert_file", &self.tls_cert_file)
+            .field("tls_key_file", &self.tls_key_file)
+            .field("heartbeat_interval", &self.heartbeat_interval)
+            .field("metrics", &self.metrics)
+            .field("metrics_listen", &self.metrics_listen)
             .finish()
     }
+}
+
+/// Deserializes a list of strings, dropping empty ones (`RASK_SIGNING_KEYS=` means none).
+fn non_empty_strings<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> std::result::Result<Vec<String>, D::Error> {
+    let all = Vec::<String>::deserialize(deserializer)?;
+    Ok(all.into_iter().filter(|s| !s.is_empty()).collect())
 }
 
 /// The URL with any password replaced by `***`, for logs and status output.
@@ -320,6 +416,30 @@ mod tests {
             ..Settings::default()
         };
         assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn signing_keys_are_never_shown_and_must_be_long() {
+        let s = Settings {
+            signing_keys: vec!["a-secret-of-enough-bytes".into()],
+            ..Settings::default()
+        };
+        assert!(!format!("{s:?}").contains("a-secret"));
+        assert!(s.validate().is_ok());
+        let short = Settings {
+            signing_keys: vec!["a-secret-of-enough-bytes".into(), "shortsecret".into()],
+            ..Settings::default()
+        };
+        let err = short.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("key 2") && !err.contains("shortsecret"),
+            "{err}"
+        );
+        let half = Settings {
+            tls_cert_file: Some("client.pem".into()),
+            ..Settings::default()
+        };
+        assert!(half.validate().is_err());
     }
 
     #[test]

@@ -3,6 +3,9 @@
 //! Outcomes live at [`Keys::result`] with the configured TTL; each batch of stored outcomes is
 //! announced on [`Keys::done_channel`] with the keys only (a MessagePack array of strings), never
 //! the payload, so a waiter that misses an announcement loses time, not data.
+//!
+//! A `rediss://` URL connects over TLS, trusting `tls_ca_file` (instead of the system's roots)
+//! and presenting `tls_cert_file`/`tls_key_file` when set: see [`client`].
 
 use std::time::Duration;
 
@@ -11,12 +14,37 @@ use redis::aio::ConnectionManager;
 use crate::error::Result;
 use crate::keys::{Keys, TaskKey};
 use crate::settings::Settings;
+use crate::tls::TlsFiles;
 
 /// Most keys read by one MGET (several MGETs go in one pipeline).
 const MGET_CHUNK: usize = 256;
 /// How long a command or pipeline may take before it fails: long enough for a pipeline of
 /// hundreds of MiB of results on a busy machine (the redis crate's default is 500 ms).
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A Redis client for the URL of `settings`, with their TLS files for a `rediss://` URL: how every
+/// rask connection to Redis is made (the result store, completion subscriptions).
+///
+/// # Errors
+/// [`crate::Error::Store`] for a bad URL or bad certificates; [`crate::Error::TlsFile`] if a
+/// TLS file of the settings cannot be read.
+pub fn client(settings: &Settings) -> Result<redis::Client> {
+    let url = settings.redis_url.as_str();
+    if !url.starts_with("rediss://") {
+        return Ok(redis::Client::open(url)?);
+    }
+    let files = TlsFiles::read(settings)?;
+    let certificates = redis::TlsCertificates {
+        client_tls: files
+            .identity
+            .map(|(client_cert, client_key)| redis::ClientTlsConfig {
+                client_cert,
+                client_key,
+            }),
+        root_cert: files.ca,
+    };
+    Ok(redis::Client::build_with_tls(url, certificates)?)
+}
 
 /// A cheap-to-clone handle on the result store (reconnects by itself).
 #[derive(Clone)]
@@ -32,7 +60,7 @@ impl Store {
     /// # Errors
     /// [`crate::Error::Store`] if Redis cannot be reached.
     pub async fn connect(settings: &Settings) -> Result<Self> {
-        let client = redis::Client::open(settings.redis_url.as_str())?;
+        let client = client(settings)?;
         let config =
             redis::aio::ConnectionManagerConfig::new().set_response_timeout(Some(RESPONSE_TIMEOUT));
         let conn = client.get_connection_manager_with_config(config).await?;

@@ -44,7 +44,11 @@ impl Client {
     pub async fn connect(settings: Settings) -> Result<Self> {
         settings.validate()?;
         let store = Store::connect(&settings).await?;
-        let listener = Listener::start(&settings.redis_url, store.keys().done_channel()).await?;
+        let listener = Listener::start(
+            rask_common::store::client(&settings)?,
+            store.keys().done_channel(),
+        )
+        .await?;
         let link = BrokerLink::connect(&settings).await?;
         Ok(Client {
             inner: Arc::new(Inner {

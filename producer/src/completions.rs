@@ -38,9 +38,8 @@ pub(crate) struct Listener {
 }
 
 impl Listener {
-    /// Subscribes to `channel` on the Redis at `url`; returns once subscribed.
-    pub(crate) async fn start(url: &str, channel: String) -> Result<Self> {
-        let client = redis::Client::open(url)?;
+    /// Subscribes to `channel` on the Redis of `client`; returns once subscribed.
+    pub(crate) async fn start(client: redis::Client, channel: String) -> Result<Self> {
         let (events, _) = broadcast::channel(BUFFER);
         let (ready_tx, ready_rx) = oneshot::channel();
         let task = tokio::spawn(listen(client, channel, events.clone(), ready_tx));

@@ -227,3 +227,33 @@ fn without_dead_letter_headers(properties: &BasicProperties) -> BasicProperties 
     }
     properties.clone().with_headers(kept)
 }
+
+#[cfg(test)]
+mod tests {
+    use lapin::types::ShortString;
+    use rask_common::signing::SIGNATURE_HEADER;
+
+    use super::*;
+
+    #[test]
+    fn requeueing_keeps_the_signature_and_drops_dead_letter_headers() {
+        let mut headers = FieldTable::default();
+        for name in [SIGNATURE_HEADER, REASON_HEADER, WORKER_HEADER, "x-death"] {
+            headers.insert(ShortString::from(name), AMQPValue::LongString("v".into()));
+        }
+        let properties = BasicProperties::default()
+            .with_message_id("inc-1".into())
+            .with_headers(headers);
+        let kept = without_dead_letter_headers(&properties);
+        let names: Vec<&str> = kept
+            .headers()
+            .as_ref()
+            .unwrap()
+            .inner()
+            .keys()
+            .map(|k| k.as_str())
+            .collect();
+        assert_eq!(names, [SIGNATURE_HEADER]);
+        assert_eq!(kept.message_id(), properties.message_id());
+    }
+}

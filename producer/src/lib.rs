@@ -32,6 +32,10 @@
 //! - `completions.rs`: one Redis subscription per client; waiters re-read on any gap.
 //! - `scatter.rs`: [`Client::scatter`] (local data as stored results) and [`Client::wait`].
 //! - [`Future`] (`future.rs`) and [`Gather`] (`gather.rs`): waiting for results.
+//! - `run.rs`: [`Client::run`], one function on every live worker (broadcast), answers by id.
+//! - [`Monitor`] (`status.rs`): [`ClusterStatus`] (queues, live workers, throughput, errors)
+//!   for `rask status` and the dashboard.
+//! - `progress.rs`: [`Client::progress`] and [`Client::gather_with_progress`].
 //! - [`local`]: a private RabbitMQ, Redis and workers on loopback (`rask local`).
 //! - [`Error`] (`error.rs`): what can fail.
 
@@ -47,9 +51,12 @@ mod gather;
 mod graph;
 pub mod local;
 mod options;
+mod progress;
 mod publish;
 mod retry;
+mod run;
 mod scatter;
+mod status;
 
 pub use bag::{Bag, Numeric};
 pub use client::Client;
@@ -58,11 +65,17 @@ pub use error::{Error, Result};
 pub use future::Future;
 pub use gather::{Gather, GatherEach};
 pub use options::TaskOptions;
+pub use progress::{Completed, Progress};
+pub use rask_common::ops::{
+    BroadcastFailure, RecentError, WorkerCounters, WorkerEntry, WorkerInfo,
+};
 pub use rask_common::{
     builtins, task, Arg, Delayed, FailureKind, RetryPolicy, Settings, Task, TaskError, TaskFailure,
     TaskKey,
 };
+pub use run::RunReport;
 pub use scatter::Wait;
+pub use status::{ClusterStatus, Monitor, QueueRole, QueueStatus};
 
 /// The README's Rust examples, compiled as doctests so that they cannot drift from the code.
 #[cfg(doctest)]

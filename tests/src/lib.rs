@@ -372,3 +372,352 @@ impl Drop for TempDir {
 fn unique_suffix() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..8].to_owned()
 }
+
+impl TestEnv {
+    /// `rask status --json` parsed (fails the test if the command fails).
+    pub async fn status_json(&self) -> serde_json::Value {
+        let out = self.rask(&["status", "--json"], "").await;
+        assert!(
+            out.status.success(),
+            "rask status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "rask status --json printed no JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    /// Polls `rask status --json` until `condition` holds for it (failing the test after
+    /// [`PATIENCE`]) and returns that status.
+    pub async fn status_when(
+        &self,
+        what: &str,
+        condition: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let status = self.status_json().await;
+            if condition(&status) {
+                return status;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "gave up waiting for {what}; last status: {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A plain HTTP/1.0 GET of `path` on `address` (for worker `/metrics` and `/health` and the
+/// dashboard): the status code and the body.
+pub async fn http_get(address: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .unwrap_or_else(|e| panic!("connecting to {address}: {e}"));
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut response))
+        .await
+        .expect("the HTTP server answers")
+        .unwrap();
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("an HTTP status line: {head}"));
+    (code, body.to_owned())
+}
+
+/// The value of the Prometheus sample `series` (name and labels exactly as exposed, e.g.
+/// `rask_tasks_succeeded_total{function="inc"}`) in the text `metrics`, 0 if absent.
+pub fn metric(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .filter_map(|line| line.strip_prefix(series))
+        .filter_map(|rest| rest.strip_prefix(' '))
+        .find_map(|value| value.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// TLS material made at test time (rcgen): a CA, a server certificate for `localhost` and
+/// `127.0.0.1`, and a client certificate, all signed by the CA, as PEM files.
+pub struct TestCertificates {
+    /// The CA certificate, to trust (`tls_ca_file`).
+    pub ca: PathBuf,
+    /// The servers' certificate.
+    pub server_cert: PathBuf,
+    /// Its private key.
+    pub server_key: PathBuf,
+    /// The client certificate (`tls_cert_file`).
+    pub client_cert: PathBuf,
+    /// Its private key (`tls_key_file`).
+    pub client_key: PathBuf,
+}
+
+impl TestCertificates {
+    /// Makes them in `dir`.
+    pub fn generate(dir: &std::path::Path) -> Self {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+            KeyPair, KeyUsagePurpose,
+        };
+        std::fs::create_dir_all(dir).expect("a folder for certificates");
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "rask test CA");
+        ca_params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca_key = KeyPair::generate().unwrap();
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let leaf = |name: &str, sans: Vec<String>, usage: ExtendedKeyUsagePurpose| {
+            let mut params = CertificateParams::new(sans).unwrap();
+            params.distinguished_name.push(DnType::CommonName, name);
+            params.extended_key_usages = vec![usage];
+            let key = KeyPair::generate().unwrap();
+            let cert = params.signed_by(&key, &issuer).unwrap();
+            (cert.pem(), key.serialize_pem())
+        };
+        let (server_cert, server_key) = leaf(
+            "localhost",
+            vec!["localhost".into(), "127.0.0.1".into()],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        );
+        let (client_cert, client_key) = leaf(
+            "rask test client",
+            Vec::new(),
+            ExtendedKeyUsagePurpose::ClientAuth,
+        );
+        let write = |name: &str, pem: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, pem).expect("writing a certificate");
+            path
+        };
+        TestCertificates {
+            ca: write("ca.pem", &ca_cert.pem()),
+            server_cert: write("server.pem", &server_cert),
+            server_key: write("server.key", &server_key),
+            client_cert: write("client.pem", &client_cert),
+            client_key: write("client.key", &client_key),
+        }
+    }
+
+    /// `settings` trusting the CA and presenting the client certificate.
+    pub fn apply(&self, settings: &Settings) -> Settings {
+        Settings {
+            tls_ca_file: Some(self.ca.clone()),
+            tls_cert_file: Some(self.client_cert.clone()),
+            tls_key_file: Some(self.client_key.clone()),
+            ..settings.clone()
+        }
+    }
+
+    /// The `RASK_TLS_*` variables of [`TestCertificates::apply`].
+    pub fn env_vars(&self) -> Vec<(String, String)> {
+        [
+            ("RASK_TLS_CA_FILE", &self.ca),
+            ("RASK_TLS_CERT_FILE", &self.client_cert),
+            ("RASK_TLS_KEY_FILE", &self.client_key),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.display().to_string()))
+        .collect()
+    }
+}
+
+/// A private RabbitMQ and Redis serving TLS with [`TestCertificates`] (stopped on drop).
+/// RabbitMQ's TLS listener requires a client certificate signed by the CA (its plain listener
+/// stays, on loopback, for the readiness probe of [`ServerProcess`]); Redis listens on TLS only
+/// and verifies the client certificates presented (`tls-auth-clients yes`).
+pub struct TlsServers {
+    /// The RabbitMQ node.
+    pub rabbitmq: PrivateRabbitMq,
+    /// The certificates both use.
+    pub certificates: TestCertificates,
+    /// `amqps://guest:guest@127.0.0.1:PORT/%2f`.
+    pub amqps_url: String,
+    /// `rediss://127.0.0.1:PORT/`.
+    pub rediss_url: String,
+    /// Killed on drop.
+    _redis: tokio::process::Child,
+    _dir: TempDir,
+}
+
+impl TlsServers {
+    /// Makes certificates and starts both; panics with the servers' error.
+    pub async fn start(name: &str) -> Self {
+        let dir = TempDir::new(name);
+        let certificates = TestCertificates::generate(&dir.path.join("tls"));
+        let amqps_port = local::free_port().expect("a free port");
+        let conf = format!(
+            "listeners.ssl.default = 127.0.0.1:{amqps_port}\n\
+             ssl_options.cacertfile = {}\n\
+             ssl_options.certfile = {}\n\
+             ssl_options.keyfile = {}\n\
+             ssl_options.verify = verify_peer\n\
+             ssl_options.fail_if_no_peer_cert = true\n",
+            certificates.ca.display(),
+            certificates.server_cert.display(),
+            certificates.server_key.display(),
+        );
+        let rediss_port = local::free_port().expect("a free port");
+        let redis_dir = dir.path.join("redis");
+        std::fs::create_dir_all(&redis_dir).unwrap();
+        let redis_log = std::fs::File::create(redis_dir.join("redis.log")).unwrap();
+        let redis = tokio::process::Command::new("redis-server")
+            .current_dir(&redis_dir)
+            .args(["--port", "0", "--bind", "127.0.0.1", "--save", ""])
+            .args(["--appendonly", "no", "--daemonize", "no"])
+            .args(["--tls-port", &rediss_port.to_string()])
+            .arg("--tls-cert-file")
+            .arg(&certificates.server_cert)
+            .arg("--tls-key-file")
+            .arg(&certificates.server_key)
+            .arg("--tls-ca-cert-file")
+            .arg(&certificates.ca)
+            .args(["--tls-auth-clients", "yes"])
+            .stdout(redis_log.try_clone().unwrap())
+            .stderr(redis_log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server starts");
+        let rabbitmq = PrivateRabbitMq::start(&format!("{name}-rabbitmq"), &conf).await;
+        let servers = TlsServers {
+            rabbitmq,
+            amqps_url: format!("amqps://guest:guest@127.0.0.1:{amqps_port}/%2f"),
+            rediss_url: format!("rediss://127.0.0.1:{rediss_port}/"),
+            certificates,
+            _redis: redis,
+            _dir: dir,
+        };
+        servers.wait_for_redis().await;
+        servers
+    }
+
+    /// Polls Redis over TLS until it answers `PING`, failing after [`PATIENCE`].
+    async fn wait_for_redis(&self) {
+        let settings = self.certificates.apply(&Settings {
+            redis_url: self.rediss_url.clone(),
+            ..Settings::default()
+        });
+        let client = rask_common::store::client(&settings).expect("a Redis client");
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let pong = async {
+                let mut connection = client.get_multiplexed_async_connection().await?;
+                redis::cmd("PING")
+                    .query_async::<String>(&mut connection)
+                    .await
+            };
+            match tokio::time::timeout(Duration::from_secs(2), pong).await {
+                Ok(Ok(_)) => return,
+                other => assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "Redis with TLS did not answer: {other:?}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The URLs of the TLS listeners.
+    pub fn urls(&self) -> ServerUrls {
+        ServerUrls {
+            amqp: self.amqps_url.clone(),
+            redis: self.rediss_url.clone(),
+        }
+    }
+}
+
+/// A private RabbitMQ node of one test, with a `rabbitmq.conf` of its own (TLS listeners, say)
+/// and [`PrivateRabbitMq::ctl`] to administer it (vhosts, say); stopped on drop.
+pub struct PrivateRabbitMq {
+    /// The node.
+    pub server: ServerProcess,
+    /// Where and how it runs.
+    pub spec: RabbitMqSpec,
+    _dir: TempDir,
+}
+
+impl PrivateRabbitMq {
+    /// Starts a node whose `rabbitmq.conf` is `conf` (`""` for the defaults); panics with the
+    /// node's error.
+    pub async fn start(name: &str, conf: &str) -> Self {
+        let dir = TempDir::new(name);
+        let spec = RabbitMqSpec {
+            dir: dir.path.join("rabbitmq"),
+            port: local::free_port().expect("a free port"),
+            dist_port: local::free_port().expect("a free port"),
+            node_name: format!("rasktest{}{}", std::process::id(), unique_suffix()),
+        };
+        std::fs::create_dir_all(&spec.dir).unwrap();
+        // The node reads DIR/rabbitmq.conf (RABBITMQ_CONFIG_FILE=DIR/rabbitmq).
+        std::fs::write(spec.dir.join("rabbitmq.conf"), conf).unwrap();
+        let server = ServerProcess::start_rabbitmq(&spec, Lifetime::TiedToCaller)
+            .await
+            .expect("starting RabbitMQ");
+        PrivateRabbitMq {
+            server,
+            spec,
+            _dir: dir,
+        }
+    }
+
+    /// Runs `rabbitmqctl ARGS` against the node (the script itself, not the `/usr/sbin`
+    /// wrapper that switches users: the node's Erlang cookie is in its folder, its `HOME`);
+    /// panics with the tool's output if it fails, else returns its stdout.
+    pub async fn ctl(&self, args: &[&str]) -> String {
+        let output = tokio::process::Command::new("/usr/lib/rabbitmq/bin/rabbitmqctl")
+            .arg("-n")
+            .arg(format!("{}@localhost", self.spec.node_name))
+            .args(args)
+            .env("HOME", &self.spec.dir)
+            .env("ERL_EPMD_ADDRESS", "127.0.0.1")
+            .env(
+                "RABBITMQ_CONF_ENV_FILE",
+                self.spec.dir.join("rabbitmq-env.conf"),
+            )
+            .kill_on_drop(true)
+            .output();
+        let output = tokio::time::timeout(PATIENCE, output)
+            .await
+            .expect("rabbitmqctl ends")
+            .expect("rabbitmqctl runs");
+        assert!(output.status.success(), "rabbitmqctl {args:?}: {output:?}");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// Adds `vhost`, where the `guest` user may do everything.
+    pub async fn add_vhost(&self, vhost: &str) {
+        self.ctl(&["add_vhost", vhost]).await;
+        self.ctl(&["set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"])
+            .await;
+    }
+
+    /// The AMQP URL of `vhost` (percent-encoded), as the `guest` user.
+    pub fn url(&self, vhost: &str) -> String {
+        let encoded: String = vhost
+            .bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    char::from(b).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        format!("amqp://guest:guest@127.0.0.1:{}/{encoded}", self.spec.port)
+    }
+}

@@ -1,6 +1,17 @@
-//! What a delivery must pass before its task runs: a body within `max_message_bytes`, a body
-//! that decodes as a task message, and, for a redelivery only, the delivery limit. What fails is
-//! dead-lettered with a reason, and fails its task's future where the key can be read.
+//! What a delivery must pass before its task runs: a valid signature when `signing_keys` are
+//! set, a body within `max_message_bytes`, a body that decodes as a task message, and, for a
+//! redelivery only, the delivery limit. What fails is dead-lettered with a reason, and fails its
+//! task's future where the key can be read.
+//!
+//! The signature comes first, before anything of the body is read. A message that does not
+//! verify (unsigned, forged, tampered with, or signed with a key this worker does not hold) is
+//! dead-lettered and acknowledged, and *nothing* is stored for it: not a failure on its key, not
+//! a redelivery count. Its key is whatever its publisher wrote, and results are write-once, so
+//! storing a failure there would let anyone who can publish fail someone else's task before it
+//! runs (or after: a graph dependent waits on that key). The cost: a legitimate task whose
+//! message does not verify (keys rotated in the wrong order, say) leaves its future waiting
+//! until the client's timeout; the dead-letter queue says why, and `rask dead requeue` replays
+//! it once the keys are right.
 //!
 //! The delivery limit (`max_deliveries`, poison messages). RabbitMQ marks a delivery
 //! `redelivered` when the message went back to the queue unacknowledged: its worker crashed,
@@ -19,6 +30,7 @@
 
 use lapin::message::Delivery;
 use rask_common::message::{head, Undecodable};
+use rask_common::signing::Signer;
 use rask_common::{FailureKind, Outcome, TaskFailure, TaskKey, TaskMessage};
 
 use crate::dead_letter::{copy_to_dead_letters, settle_unkeyed};
@@ -40,6 +52,16 @@ pub(crate) enum Admission {
 /// Checks `delivery` (see the module docs); dead-letters and settles what has no key to report
 /// on.
 pub(crate) async fn admit(shared: &Shared, delivery: &Delivery) -> Admission {
+    // Built per delivery: a few hash blocks per key, nothing next to running a task.
+    if let Some(signer) = Signer::from_settings(&shared.settings) {
+        if let Err(unverified) = signer.verify_properties(&delivery.properties, &delivery.data) {
+            let (s, reason) = (&shared.settings, unverified.to_string());
+            let copied =
+                copy_to_dead_letters(&shared.confirms, s, &shared.id, delivery, &reason).await;
+            settle_unkeyed(delivery, copied).await;
+            return Admission::Settled;
+        }
+    }
     let message = match decode(shared.settings.max_message_bytes, &delivery.data) {
         Ok(message) => message,
         Err(bad) => return refuse(shared, delivery, FailureKind::BadMessage, bad.into()).await,

@@ -16,6 +16,10 @@ pub enum Error {
     /// The broker cancelled the worker's consumer (e.g. the queue was deleted).
     #[error("the broker cancelled the consumer of queue {0}")]
     ConsumerCancelled(String),
+    /// The metrics endpoint could not listen on the `metrics_listen` address (e.g. the port is
+    /// taken): a configuration error, not retried.
+    #[error("metrics endpoint: cannot listen on {0}: {1}")]
+    Metrics(std::net::SocketAddr, #[source] std::io::Error),
 }
 
 impl Error {
@@ -25,6 +29,7 @@ impl Error {
         match self {
             Error::Common(e) => e.is_connection(),
             Error::Broker(_) | Error::ConsumerCancelled(_) => true,
+            Error::Metrics(..) => false,
         }
     }
 }

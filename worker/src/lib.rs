@@ -36,13 +36,21 @@
 //!   acknowledgements).
 //! - `dead_letter.rs`: messages that will not run go to the dead-letter queue with a reason.
 //! - [`Registry`] (`registry.rs`): functions by name, arguments decoded per function.
+//! - `ops.rs`: the worker's operations services beside the task loop, each on its own
+//!   connection: `metrics.rs` (task counters, Prometheus `/metrics` and `/health`),
+//!   `broadcast.rs` (answers `rask run` on an exclusive queue bound to the broadcast exchange)
+//!   and `presence.rs` (the heartbeat entry in the worker registry).
 
 mod admit;
 mod bag;
+mod broadcast;
 mod dead_letter;
 mod error;
 mod execute;
 mod inputs;
+mod metrics;
+mod ops;
+mod presence;
 mod registry;
 mod release;
 mod retries;

@@ -35,6 +35,7 @@ pub struct Worker {
     settings: Settings,
     registry: Registry,
     id: String,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// What every task handler shares.
@@ -48,6 +49,8 @@ pub(crate) struct Shared {
     pub(crate) store: Store,
     /// To the result writer.
     pub(crate) finished: mpsc::Sender<Finished>,
+    /// Task counters (`metrics.rs`).
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Worker {
@@ -59,6 +62,7 @@ impl Worker {
         let random = &uuid::Uuid::new_v4().simple().to_string()[..6];
         let id = format!("{host}-{}-{random}", std::process::id());
         Worker {
+            metrics: Arc::new(crate::metrics::Metrics::new(registry.names())),
             settings,
             registry,
             id,
@@ -84,13 +88,21 @@ impl Worker {
     /// [`Error`] if the settings are refused (e.g. the queue exists with other arguments).
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
         let mut pause = RECONNECT.0;
-        let shutdown = shutdown.fuse();
+        let ops = crate::ops::Ops::start(
+            &self.settings,
+            &self.registry,
+            &self.id,
+            self.metrics.clone(),
+        )
+        .await?;
+        let shutdown = ops.until(shutdown).fuse();
         tokio::pin!(shutdown);
         loop {
             match self.serve(shutdown.as_mut()).await {
                 Ok(()) => return Ok(()),
                 Err(e) if e.is_connection() && !shutdown.is_terminated() => {
                     tracing::warn!(error = %e, retry_in = ?pause, "connection lost; reconnecting");
+                    self.metrics.reconnected();
                     tokio::select! {
                         () = &mut shutdown => return Ok(()),
                         () = tokio::time::sleep(pause) => {}
@@ -151,6 +163,7 @@ impl Worker {
             settings,
             registry,
             id,
+            metrics: self.metrics.clone(),
             confirms,
             store,
             finished,
@@ -220,6 +233,7 @@ async fn handle(shared: &Shared, delivery: Delivery) {
         Admission::Settled => return,
     };
     let mut retryable = false;
+    let run = shared.metrics.start(&message.function);
     let outcome = match inputs::resolve(&shared.store, &shared.id, &message).await {
         Ok(ready) => {
             let limit = time_limit(&message, &shared.settings);
@@ -228,8 +242,14 @@ async fn handle(shared: &Shared, delivery: Delivery) {
         Err(outcome) => outcome,
     };
     match retries::next_attempt(&message, retryable) {
-        Some(retry) => retries::schedule(&shared.confirms, &shared.settings, retry, delivery).await,
-        None => finish(shared, message.key, outcome, delivery).await,
+        Some(retry) => {
+            run.retried();
+            retries::schedule(&shared.confirms, &shared.settings, retry, delivery).await
+        }
+        None => {
+            run.finished(&outcome);
+            finish(shared, message.key, outcome, delivery).await
+        }
     }
 }
 

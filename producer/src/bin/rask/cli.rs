@@ -38,6 +38,14 @@ pub(crate) enum Command {
     Release(ReleaseArgs),
     /// Empty the task queue and delete every stored result of this deployment (key prefix).
     Purge,
+    /// Run one function on every live worker (built-ins: `ping`, `info`) and print the answers
+    /// by worker id as one JSON object; workers that do not answer in time are `missing`.
+    Run(RunArgs),
+    /// One screen on the deployment: queues, dead letters, live workers and their counters,
+    /// tasks/s, recent errors.
+    Status(StatusArgs),
+    /// Serve a live web dashboard of the deployment (plain HTML/JS over `/api/status`).
+    Dashboard(DashboardArgs),
     /// Inspect and replay the dead-letter queue (messages workers could not process).
     #[command(subcommand)]
     Dead(DeadCommand),
@@ -140,6 +148,38 @@ pub(crate) struct GatherArgs {
     /// Give up waiting after this long (e.g. `30s`, `5m`).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub(crate) timeout: Option<Duration>,
+}
+
+#[derive(Args)]
+pub(crate) struct RunArgs {
+    /// Function to run on every worker: `ping`, `info`, or one the workers registered.
+    pub(crate) function: String,
+    /// Arguments, each a JSON value (as for `submit`).
+    pub(crate) args: Vec<String>,
+    /// How long to wait for the workers' answers.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+    pub(crate) timeout: Duration,
+}
+
+#[derive(Args)]
+pub(crate) struct StatusArgs {
+    /// Print one JSON object (`queues`, `dead_letters`, `workers`, `totals`,
+    /// `tasks_per_second`, `recent_errors`) instead of the screen.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Refresh every `--interval` until interrupted.
+    #[arg(long)]
+    pub(crate) watch: bool,
+    /// How often `--watch` refreshes.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
+    pub(crate) interval: Duration,
+}
+
+#[derive(Args)]
+pub(crate) struct DashboardArgs {
+    /// Address to serve on (port 0: a free port; the URL is printed).
+    #[arg(long, default_value = "127.0.0.1:8787")]
+    pub(crate) listen: std::net::SocketAddr,
 }
 
 #[derive(Args)]

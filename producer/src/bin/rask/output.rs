@@ -1,7 +1,7 @@
 //! How commands print results: values as JSON lines on stdout, failures on stderr, and the
 //! exit code that tells scripts whether everything succeeded.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
@@ -75,12 +75,41 @@ pub(crate) async fn keys_or_results(
         print_keys(futures.iter().map(|f| f.key()))?;
         return Ok(ExitCode::SUCCESS);
     }
+    if futures.len() > 1 && std::io::stderr().is_terminal() {
+        return print_results(gather_with_bar(client, futures, timeout).await?);
+    }
     let gather = client.gather(futures);
     let results = match timeout {
         Some(t) => gather.timeout(t).each().await?,
         None => gather.each().await?,
     };
     print_results(results)
+}
+
+/// Waits like `gather(..).each()`, drawing a progress bar on the terminal (stderr) as results
+/// come in; the bar is cleared when done, so that only the results stay.
+async fn gather_with_bar(
+    client: &Client,
+    futures: &[rask::Future<Value>],
+    timeout: Option<std::time::Duration>,
+) -> Result<Vec<rask::Result<Value>>> {
+    let bar = indicatif::ProgressBar::new(futures.len() as u64).with_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40.cyan/blue} {pos}/{len} tasks  {msg}  {elapsed_precise} (eta {eta})",
+        )
+        .expect("a valid template")
+        .progress_chars("=> "),
+    );
+    let results = client
+        .gather_with_progress(futures, timeout, |progress| {
+            bar.set_position(progress.done as u64);
+            if progress.failed > 0 {
+                bar.set_message(format!("{} failed", progress.failed));
+            }
+        })
+        .await?;
+    bar.finish_and_clear();
+    Ok(results)
 }
 
 /// Parses task keys given on the command line.

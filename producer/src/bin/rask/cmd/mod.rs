@@ -1,6 +1,7 @@
 //! One module per subcommand; each exposes `run`, returning the process exit code.
 
 pub(crate) mod bench;
+pub(crate) mod dashboard;
 pub(crate) mod dead;
 pub(crate) mod demo;
 pub(crate) mod gather;
@@ -8,4 +9,6 @@ pub(crate) mod local;
 pub(crate) mod map;
 pub(crate) mod purge;
 pub(crate) mod release;
+pub(crate) mod run;
+pub(crate) mod status;
 pub(crate) mod submit;

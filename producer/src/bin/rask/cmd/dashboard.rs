@@ -1,0 +1,52 @@
+//! `rask dashboard`: a live web page of the deployment. One static page (`dashboard.html`,
+//! plain HTML and JavaScript, compiled into the binary: no build step, no files to deploy)
+//! polls `/api/status` (the JSON of `rask status --json`) every second and draws workers and
+//! their load, queue depth, throughput over time, failures, recent errors and dead letters.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use rask::Monitor;
+
+use crate::cli::{DashboardArgs, Global};
+use crate::output::settings;
+
+/// The page.
+const PAGE: &str = include_str!("dashboard.html");
+
+pub(crate) async fn run(global: &Global, args: DashboardArgs) -> Result<ExitCode> {
+    let monitor = Arc::new(
+        Monitor::connect(settings(global)?)
+            .await
+            .context("connecting to Redis")?,
+    );
+    let app = axum::Router::new()
+        .route("/", get(|| async { Html(PAGE) }))
+        .route("/api/status", get(status))
+        .with_state(monitor);
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let address = listener.local_addr()?;
+    println!("dashboard: http://{address}/");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+        .context("serving the dashboard")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `/api/status`: the deployment now, or 502 with the error.
+async fn status(State(monitor): State<Arc<Monitor>>) -> Response {
+    match monitor.status().await {
+        Ok(status) => axum::Json(status).into_response(),
+        Err(e) => (StatusCode::BAD_GATEWAY, format!("{e}")).into_response(),
+    }
+}

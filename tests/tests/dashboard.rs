@@ -1,0 +1,121 @@
+//! `rask dashboard` in headless Chromium (Debian's `chromium`, installed by
+//! `scripts/install-deps.sh`) against worker processes running real tasks: the page, once its
+//! script has fetched `/api/status`, shows the workers, the queue depth and the counts.
+
+use std::process::Stdio;
+
+use rask_tests::{http_get, TestEnv, PATIENCE};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+/// Starts `rask dashboard` on a free port; returns the process and its address.
+async fn dashboard(env: &TestEnv) -> (tokio::process::Child, String) {
+    let program = rask::local::sibling_binary("rask").expect("rask is built");
+    let mut child = tokio::process::Command::new(program)
+        .args(["dashboard", "--listen", "127.0.0.1:0"])
+        .envs(env.env_vars())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("rask dashboard starts");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(PATIENCE, lines.next_line())
+        .await
+        .expect("the dashboard prints its URL")
+        .unwrap()
+        .expect("a line");
+    let address = line
+        .strip_prefix("dashboard: http://")
+        .and_then(|rest| rest.strip_suffix('/'))
+        .unwrap_or_else(|| panic!("unexpected first line: {line}"))
+        .to_owned();
+    (child, address)
+}
+
+/// The DOM of `url` after its scripts ran for a while, as headless Chromium dumps it.
+async fn chromium_dom(url: &str) -> String {
+    let out = tokio::time::timeout(
+        PATIENCE,
+        tokio::process::Command::new("chromium")
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--virtual-time-budget=3000",
+                "--dump-dom",
+                url,
+            ])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("chromium finishes")
+    .expect("chromium runs (install it with scripts/install-deps.sh)");
+    assert!(
+        out.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn the_dashboard_shows_workers_queue_depth_and_counts() {
+    let env = TestEnv::new("ops-dashboard").await;
+    // One task at a time per worker, so that slow tasks beyond two wait in the queue.
+    let _workers = env.spawn_workers_with(
+        2,
+        &[
+            ("RASK_HEARTBEAT_INTERVAL", "300ms"),
+            ("RASK_CONCURRENCY", "1"),
+            ("RASK_PREFETCH", "1"),
+            ("RASK_SHUTDOWN_GRACE", "100ms"),
+        ],
+    );
+    let input: String = (0..30).map(|i| format!("[{i}]\n")).collect();
+    let out = env.rask(&["map", "inc"], &input).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = env
+        .rask(&["submit", "fail", r#""dashboard failure""#], "")
+        .await;
+    assert_eq!(out.status.code(), Some(1));
+    let slow: String = (0..6).map(|_| "[60000]\n").collect();
+    let out = env.rask(&["map", "sleep_ms", "--keys-only"], &slow).await;
+    assert!(out.status.success());
+    let status = env
+        .status_when("2 workers, 4 waiting tasks and the counts", |s| {
+            s["workers"].as_array().map(Vec::len) == Some(2)
+                && s["queues"][0]["messages"] == 4
+                && s["totals"]["succeeded"] == 30
+                && s["totals"]["failed"] == 1
+        })
+        .await;
+
+    let (_dashboard, address) = dashboard(&env).await;
+    let (code, page) = http_get(&address, "/").await;
+    assert_eq!(code, 200);
+    assert!(page.contains("/api/status"), "the page polls the status");
+    let dom = chromium_dom(&format!("http://{address}/")).await;
+    assert!(dom.contains(r#"id="workers-count">2<"#), "{dom}");
+    assert!(dom.contains(r#"id="queue-depth">4<"#), "{dom}");
+    assert!(dom.contains(r#"id="succeeded">30<"#), "{dom}");
+    assert!(dom.contains(r#"id="failed">1<"#), "{dom}");
+    assert!(dom.contains(r#"id="dead-letters">0<"#), "{dom}");
+    assert!(dom.contains("dashboard failure"), "recent errors: {dom}");
+    for worker in status["workers"].as_array().unwrap() {
+        let id = worker["id"].as_str().unwrap();
+        assert!(dom.contains(&format!(r#"data-id="{id}""#)), "{id}: {dom}");
+    }
+    assert!(dom.contains(&env.settings.queue), "{dom}");
+    let updated = dom.find(r#"id="updated""#).expect("the updated line");
+    let text = &dom[updated..][dom[updated..].find('>').unwrap() + 1..];
+    assert!(
+        text.starts_with("updated "),
+        "the page fetched its data: {text:.200}"
+    );
+}

@@ -1,0 +1,328 @@
+//! A worker's task counters and its HTTP endpoint: Prometheus `/metrics` and `/health`.
+//!
+//! [`Metrics`] counts every task the worker runs ([`Metrics::start`] returns a [`TaskRun`] that
+//! settles as finished or retried), both as Prometheus families labelled by function (and
+//! failure kind) and as plain totals plus the last few failures for the worker registry entry
+//! (`presence.rs`). Function labels are limited to the functions the worker knows (others are
+//! `unknown`), so a stream of bad task names cannot blow up the number of series.
+//!
+//! Metric names: `rask_tasks_started_total`, `rask_tasks_succeeded_total`,
+//! `rask_tasks_failed_total` (labels `function`, `kind`), `rask_tasks_retried_total`,
+//! `rask_task_duration_seconds` (histogram), `rask_tasks_in_flight`, `rask_reconnects_total`.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::SystemTime;
+
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use rask_common::ops::{RecentError, WorkerCounters, RECENT_ERRORS};
+use rask_common::Outcome;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::ops::Health;
+
+/// The `function` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FunctionLabel {
+    function: String,
+}
+
+/// The labels of a failure.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FailedLabels {
+    function: String,
+    kind: String,
+}
+
+/// Duration histogram buckets: 1 ms to about 4.4 minutes, ×4 each.
+fn duration_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 4.0, 10))
+}
+
+/// Every counter of one worker process (lives across reconnects).
+pub(crate) struct Metrics {
+    registry: prometheus_client::registry::Registry,
+    known: BTreeSet<String>,
+    started: Family<FunctionLabel, Counter>,
+    succeeded: Family<FunctionLabel, Counter>,
+    failed: Family<FailedLabels, Counter>,
+    retried: Family<FunctionLabel, Counter>,
+    duration: Family<FunctionLabel, Histogram, fn() -> Histogram>,
+    in_flight: Gauge,
+    reconnects: Counter,
+    totals: [AtomicU64; 4],
+    recent: Mutex<VecDeque<RecentError>>,
+}
+
+/// Indices into [`Metrics::totals`].
+const STARTED: usize = 0;
+const SUCCEEDED: usize = 1;
+const FAILED: usize = 2;
+const RETRIED: usize = 3;
+
+impl Metrics {
+    /// Counters for a worker that knows the functions `known` (its registry's names).
+    pub(crate) fn new(known: Vec<String>) -> Self {
+        let mut registry = prometheus_client::registry::Registry::with_prefix("rask");
+        let started = Family::<FunctionLabel, Counter>::default();
+        let succeeded = Family::<FunctionLabel, Counter>::default();
+        let failed = Family::<FailedLabels, Counter>::default();
+        let retried = Family::<FunctionLabel, Counter>::default();
+        let duration: Family<FunctionLabel, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(duration_histogram);
+        let in_flight = Gauge::default();
+        let reconnects = Counter::default();
+        registry.register(
+            "tasks_started",
+            "Tasks this worker started running",
+            started.clone(),
+        );
+        registry.register(
+            "tasks_succeeded",
+            "Tasks whose outcome was a value",
+            succeeded.clone(),
+        );
+        registry.register(
+            "tasks_failed",
+            "Tasks whose outcome was a failure, by failure kind",
+            failed.clone(),
+        );
+        registry.register(
+            "tasks_retried",
+            "Failed attempts scheduled to run again",
+            retried.clone(),
+        );
+        registry.register(
+            "task_duration_seconds",
+            "How long tasks took from start to outcome",
+            duration.clone(),
+        );
+        registry.register("tasks_in_flight", "Tasks running now", in_flight.clone());
+        registry.register(
+            "reconnects",
+            "Times the worker connected again after losing RabbitMQ or Redis",
+            reconnects.clone(),
+        );
+        Metrics {
+            registry,
+            known: known.into_iter().collect(),
+            started,
+            succeeded,
+            failed,
+            retried,
+            duration,
+            in_flight,
+            reconnects,
+            totals: Default::default(),
+            recent: Mutex::new(VecDeque::with_capacity(RECENT_ERRORS)),
+        }
+    }
+
+    /// Counts the start of a task calling `function`; settle the returned run with
+    /// [`TaskRun::finished`] or [`TaskRun::retried`] (dropping it unsettled only ends it as in
+    /// flight, e.g. when the worker stops mid-task).
+    pub(crate) fn start(&self, function: &str) -> TaskRun<'_> {
+        let known = self.known.contains(function) || function.starts_with("rask.");
+        let label = FunctionLabel {
+            function: if known { function } else { "unknown" }.to_owned(),
+        };
+        self.started.get_or_create(&label).inc();
+        self.totals[STARTED].fetch_add(1, Ordering::Relaxed);
+        self.in_flight.inc();
+        TaskRun {
+            metrics: self,
+            label,
+            since: Instant::now(),
+        }
+    }
+
+    /// Counts a reconnection after a lost connection.
+    pub(crate) fn reconnected(&self) {
+        self.reconnects.inc();
+    }
+
+    /// The totals since the worker started.
+    pub(crate) fn counters(&self) -> WorkerCounters {
+        let total = |i: usize| self.totals[i].load(Ordering::Relaxed);
+        WorkerCounters {
+            started: total(STARTED),
+            succeeded: total(SUCCEEDED),
+            failed: total(FAILED),
+            retried: total(RETRIED),
+            in_flight: u64::try_from(self.in_flight.get()).unwrap_or(0),
+        }
+    }
+
+    /// The last few failures, oldest first.
+    pub(crate) fn recent_errors(&self) -> Vec<RecentError> {
+        self.recent
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// The metrics in the OpenMetrics text format.
+    pub(crate) fn encode(&self) -> String {
+        let mut text = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
+            tracing::warn!(error = %e, "metrics do not encode");
+        }
+        text
+    }
+}
+
+/// One task being counted (see [`Metrics::start`]).
+pub(crate) struct TaskRun<'a> {
+    metrics: &'a Metrics,
+    label: FunctionLabel,
+    since: Instant,
+}
+
+impl TaskRun<'_> {
+    /// The task ended with `outcome` (stored next).
+    pub(crate) fn finished(self, outcome: &Outcome) {
+        let m = self.metrics;
+        m.duration
+            .get_or_create(&self.label)
+            .observe(self.since.elapsed().as_secs_f64());
+        match outcome {
+            Outcome::Value(_) => {
+                m.succeeded.get_or_create(&self.label).inc();
+                m.totals[SUCCEEDED].fetch_add(1, Ordering::Relaxed);
+            }
+            Outcome::Failure(failure) => {
+                let labels = FailedLabels {
+                    function: self.label.function.clone(),
+                    kind: format!("{:?}", failure.kind),
+                };
+                m.failed.get_or_create(&labels).inc();
+                m.totals[FAILED].fetch_add(1, Ordering::Relaxed);
+                let mut recent = m.recent.lock().unwrap_or_else(PoisonError::into_inner);
+                if recent.len() == RECENT_ERRORS {
+                    recent.pop_front();
+                }
+                recent.push_back(RecentError {
+                    at: SystemTime::now(),
+                    key: failure.key.clone(),
+                    function: failure.task.clone(),
+                    kind: failure.kind,
+                    message: failure.message.chars().take(500).collect(),
+                });
+            }
+        }
+    }
+
+    /// The attempt failed and another is scheduled.
+    pub(crate) fn retried(self) {
+        let m = self.metrics;
+        m.duration
+            .get_or_create(&self.label)
+            .observe(self.since.elapsed().as_secs_f64());
+        m.retried.get_or_create(&self.label).inc();
+        m.totals[RETRIED].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Drop for TaskRun<'_> {
+    fn drop(&mut self) {
+        self.metrics.in_flight.dec();
+    }
+}
+
+/// Serves `/metrics` and `/health` on `listener` until `stop` is cancelled.
+pub(crate) async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    stop: CancellationToken,
+) {
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move {
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        metrics.encode(),
+                    )
+                }
+            }),
+        )
+        .route(
+            "/health",
+            get(move || {
+                let report = health.report();
+                async move {
+                    let status = if report.ok {
+                        StatusCode::OK
+                    } else {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    };
+                    (status, axum::Json(report)).into_response()
+                }
+            }),
+        );
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await
+    {
+        tracing::warn!(error = %e, "the metrics endpoint stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rask_common::{FailureKind, TaskFailure, TaskKey};
+
+    use super::*;
+
+    #[test]
+    fn counts_outcomes_by_function_and_kind() {
+        let metrics = Metrics::new(vec!["inc".into()]);
+        metrics.start("inc").finished(&Outcome::Value(vec![1]));
+        let failure = TaskFailure::new(
+            FailureKind::TimedOut,
+            "slow",
+            "inc",
+            TaskKey::new("inc-1").unwrap(),
+            "w",
+        );
+        metrics.start("inc").finished(&Outcome::Failure(failure));
+        metrics.start("whatever").retried();
+        let running = metrics.start("inc");
+        let counters = metrics.counters();
+        assert_eq!(
+            (counters.started, counters.succeeded, counters.failed),
+            (4, 1, 1)
+        );
+        assert_eq!((counters.retried, counters.in_flight), (1, 1));
+        drop(running);
+        assert_eq!(metrics.counters().in_flight, 0);
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"rask_tasks_failed_total{function="inc",kind="TimedOut"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"rask_tasks_retried_total{function="unknown"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains("rask_task_duration_seconds_bucket"), "{text}");
+        assert_eq!(metrics.recent_errors()[0].kind, FailureKind::TimedOut);
+    }
+}
