@@ -10,6 +10,17 @@
 //! its last declaration's messages could have expired (`x-expires`); every publisher declares it
 //! again before publishing to it.
 //!
+//! With `queue_type = quorum` the task and dead-letter queues are quorum queues (replicated over
+//! a cluster's nodes); the task queue then dead-letters at least once. Delay queues stay classic:
+//! one Raft group per distinct delay (retries jitter theirs) would cost far more than it saves;
+//! a delayed task waits on the node its publisher was connected to.
+//!
+//! With `queue_shards > 1` there are several task queues (`{queue}`, `{queue}.shard1`, …), each
+//! bound with its own name; a task goes to the shard of its key ([`shard_of`]).
+//!
+//! A deployment may name several nodes (`amqp_urls`): [`connect`] takes the first that answers,
+//! [`connect_from`] the first from a given one, so that a process that lost its node fails over.
+//!
 //! Connections use TLS for `amqps://` URLs, trusting `tls_ca_file` (in addition to the system's
 //! roots) and presenting `tls_cert_file`/`tls_key_file` when set. Every task message goes out
 //! through [`publish_task`], which signs it when `signing_keys` are set ([`crate::signing`]).
@@ -22,28 +33,85 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 
 use crate::error::{Error, Result};
-use crate::settings::{mask_url, Settings};
+use crate::settings::{mask_url, QueueType, Settings};
 use crate::signing::Signer;
 use crate::tls::TlsFiles;
 
 /// The MIME type of every rask message body.
 pub const CONTENT_TYPE: &str = "application/msgpack";
 
+/// How long one attempt to connect to one node of several may take before the next is tried
+/// (a node that is down but whose host does not refuse the connection would otherwise hold the
+/// attempt for the operating system's TCP timeout, minutes).
+const NODE_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Opens a connection to RabbitMQ, named after `role` in the management UI: to the first node of
+/// [`Settings::amqp_nodes`] that answers. Over TLS for an `amqps://` URL, with the CA and client
+/// certificate of the settings.
+///
+/// # Errors
+/// [`crate::Error::Broker`] if no node can be reached, refuses the login or the TLS handshake
+/// fails (the last node's error); [`crate::Error::TlsFile`] if a TLS file of the settings
+/// cannot be read.
+pub async fn connect(settings: &Settings, role: &str) -> Result<Connection> {
+    Ok(connect_from(settings, role, 0).await?.0)
+}
+
+/// Like [`connect`], trying the nodes of [`Settings::amqp_nodes`] in turn from the one at
+/// `first` (modulo their number), so that a process that lost node `i` fails over with
+/// `first = i + 1` and tries the lost node last. Returns the connection and the index of its
+/// node. With several nodes each attempt is bounded by a timeout, and failures are logged.
+///
+/// # Errors
+/// As [`connect`]: the error of the last node tried.
+pub async fn connect_from(
+    settings: &Settings,
+    role: &str,
+    first: usize,
+) -> Result<(Connection, usize)> {
+    let nodes = settings.amqp_nodes();
+    let mut last = None;
+    for offset in 0..nodes.len() {
+        let index = (first + offset) % nodes.len();
+        let url = nodes[index];
+        let attempt = if nodes.len() == 1 {
+            connect_url(settings, url, role).await
+        } else {
+            match tokio::time::timeout(NODE_CONNECT_TIMEOUT, connect_url(settings, url, role)).await
+            {
+                Ok(connected) => connected,
+                Err(_) => Err(Error::Broker(lapin::Error::from(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no AMQP handshake within {NODE_CONNECT_TIMEOUT:?}"),
+                )))),
+            }
+        };
+        match attempt {
+            Ok(connection) => {
+                if offset > 0 {
+                    tracing::info!(node = %mask_url(url), role, "connected to another RabbitMQ node");
+                }
+                return Ok((connection, index));
+            }
+            Err(e) if nodes.len() > 1 && matches!(e, Error::Broker(_)) => {
+                tracing::warn!(node = %mask_url(url), error = %e, "RabbitMQ node unreachable; trying the next");
+                last = Some(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.expect("amqp_nodes is never empty"))
+}
+
+/// Opens a connection to the node at `url` (see [`connect`]).
 /// The frame size asked for when the URL names none (`?frame_max=`): RabbitMQ's default,
 /// 128 KiB, which the broker would impose anyway. Naming it up front matters for memory: lapin
 /// sizes its two I/O buffers (32 frames each) from the URL, and otherwise grows them zero-filled
 /// after the handshake, which keeps 8 MiB resident per connection (an idle worker was 24 MiB).
 const FRAME_MAX: u32 = 128 * 1024;
 
-/// Opens a connection to RabbitMQ, named after `role` in the management UI; over TLS for an
-/// `amqps://` URL, with the CA and client certificate of the settings.
-///
-/// # Errors
-/// [`crate::Error::Broker`] if the broker cannot be reached, refuses the login or the TLS
-/// handshake fails; [`crate::Error::TlsFile`] if a TLS file of the settings cannot be read.
-pub async fn connect(settings: &Settings, role: &str) -> Result<Connection> {
+async fn connect_url(settings: &Settings, url: &str, role: &str) -> Result<Connection> {
     let properties = ConnectionProperties::default().with_connection_name(role.into());
-    let url = settings.amqp_url.as_str();
     let mut uri: lapin::uri::AMQPUri = url
         .parse()
         .map_err(|e: String| Error::Settings(format!("amqp_url = {}: {e}", mask_url(url))))?;
@@ -103,7 +171,7 @@ pub async fn declare_topology(channel: &Channel, settings: &Settings) -> Result<
         .queue_declare(
             settings.dead_letter_queue.as_str().into(),
             queue,
-            FieldTable::default(),
+            typed(settings, FieldTable::default()),
         )
         .await?;
     channel
@@ -120,26 +188,95 @@ pub async fn declare_topology(channel: &Channel, settings: &Settings) -> Result<
         ShortString::from("x-dead-letter-exchange"),
         AMQPValue::LongString(settings.dead_letter_exchange.as_str().into()),
     );
-    if settings.max_priority > 0 {
+    if settings.queue_type == QueueType::Quorum {
+        // Dead letters are moved with confirms inside the cluster, not dropped when the
+        // dead-letter queue's leader is briefly unavailable; at-least-once needs
+        // `reject-publish` overflow (there is no length limit, so it never triggers).
+        args.insert(
+            ShortString::from("x-dead-letter-strategy"),
+            AMQPValue::LongString("at-least-once".into()),
+        );
+        args.insert(
+            ShortString::from("x-overflow"),
+            AMQPValue::LongString("reject-publish".into()),
+        );
+    }
+    // Validation rules out priorities on quorum queues.
+    if settings.max_priority > 0 && settings.queue_type == QueueType::Classic {
         args.insert(
             ShortString::from("x-max-priority"),
             AMQPValue::ShortShortUInt(settings.max_priority),
         );
     }
-    channel
-        .queue_declare(settings.queue.as_str().into(), queue, args)
-        .await?;
-    channel
-        .queue_bind(
-            settings.queue.as_str().into(),
-            settings.exchange.as_str().into(),
-            settings.queue.as_str().into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let args = typed(settings, args);
+    for shard in settings.task_queues() {
+        channel
+            .queue_declare(shard.as_str().into(), queue, args.clone())
+            .await?;
+        channel
+            .queue_bind(
+                shard.as_str().into(),
+                settings.exchange.as_str().into(),
+                shard.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
     Ok(())
 }
+
+/// The shard (index into [`Settings::task_queues`]) of the task `key` among `shards`: the
+/// 64-bit FNV-1a hash of the key's bytes modulo `shards`, so that any producer, in any
+/// language, routes a key to the same shard.
+pub fn shard_of(key: &crate::TaskKey, shards: usize) -> usize {
+    if shards <= 1 {
+        return 0;
+    }
+    let hash = key
+        .as_str()
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+    // The remainder is below `shards`, a usize.
+    (hash % shards as u64) as usize
+}
+
+/// `args` with `x-queue-type = quorum` when the settings ask for quorum queues (a classic queue
+/// is declared without the argument, as before the setting existed, so that existing queues
+/// are declared with the same arguments).
+fn typed(settings: &Settings, mut args: FieldTable) -> FieldTable {
+    if settings.queue_type == QueueType::Quorum {
+        args.insert(
+            ShortString::from("x-queue-type"),
+            AMQPValue::LongString("quorum".into()),
+        );
+    }
+    args
+}
+
+/// The number of earlier deliveries of a message of a quorum queue that ended without an
+/// acknowledgement: its `x-delivery-count` header, which the queue sets on redeliveries
+/// (absent, `0`, on a first delivery).
+pub fn quorum_delivery_count(properties: &BasicProperties) -> u64 {
+    let Some(headers) = properties.headers() else {
+        return 0;
+    };
+    match headers.inner().get(DELIVERY_COUNT_HEADER) {
+        Some(AMQPValue::LongLongInt(n)) => u64::try_from(*n).unwrap_or(0),
+        Some(AMQPValue::LongInt(n)) => u64::try_from(*n).unwrap_or(0),
+        Some(AMQPValue::LongUInt(n)) => u64::from(*n),
+        Some(AMQPValue::ShortInt(n)) => u64::try_from(*n).unwrap_or(0),
+        Some(AMQPValue::ShortUInt(n)) => u64::from(*n),
+        Some(AMQPValue::ShortShortInt(n)) => u64::try_from(*n).unwrap_or(0),
+        Some(AMQPValue::ShortShortUInt(n)) => u64::from(*n),
+        _ => 0,
+    }
+}
+
+/// The header in which quorum queues count a message's earlier deliveries.
+pub const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
 
 /// Where a task message goes: the task queue, or a delay queue in front of it; and how it is
 /// signed there (the signer of the settings it was made from, if signing is on).
@@ -147,15 +284,20 @@ pub async fn declare_topology(channel: &Channel, settings: &Settings) -> Result<
 pub struct Destination {
     exchange: String,
     routing_key: String,
+    /// The routing keys of the task queue's shards, when there are several.
+    shards: Vec<String>,
     signer: Option<Signer>,
 }
 
 impl Destination {
-    /// The task queue, through the task exchange.
+    /// The task queue (each task to its shard, when there are several), through the task
+    /// exchange.
     pub fn tasks(settings: &Settings) -> Self {
+        let shards = settings.task_queues();
         Destination {
             exchange: settings.exchange.clone(),
             routing_key: settings.queue.clone(),
+            shards: if shards.len() > 1 { shards } else { Vec::new() },
             signer: Signer::from_settings(settings),
         }
     }
@@ -199,6 +341,7 @@ impl Destination {
         Ok(Destination {
             exchange: String::new(),
             routing_key: name,
+            shards: Vec::new(),
             signer: Signer::from_settings(settings),
         })
     }
@@ -208,9 +351,18 @@ impl Destination {
         &self.exchange
     }
 
-    /// The routing key published with.
+    /// The routing key published with (shard 0's, for a sharded task queue).
     pub fn routing_key(&self) -> &str {
         &self.routing_key
+    }
+
+    /// The routing key the task `key` is published with: its shard's ([`shard_of`]).
+    pub fn routing_key_for(&self, key: &crate::TaskKey) -> &str {
+        if self.shards.is_empty() {
+            &self.routing_key
+        } else {
+            &self.shards[shard_of(key, self.shards.len())]
+        }
     }
 
     /// The signer messages published here are signed with (`None`: signing is off).
@@ -234,7 +386,7 @@ pub async fn publish_task(
     Ok(channel
         .basic_publish(
             to.exchange.as_str().into(),
-            to.routing_key.as_str().into(),
+            to.routing_key_for(&message.key).into(),
             lapin::options::BasicPublishOptions {
                 mandatory: true,
                 ..Default::default()
@@ -277,6 +429,61 @@ mod tests {
     use super::*;
     use crate::signing::SIGNATURE_HEADER;
     use crate::{TaskKey, TaskMessage};
+
+    #[test]
+    fn quorum_delivery_counts_are_read_from_the_header() {
+        assert_eq!(quorum_delivery_count(&BasicProperties::default()), 0);
+        for value in [AMQPValue::LongLongInt(3), AMQPValue::LongInt(3)] {
+            let mut headers = FieldTable::default();
+            headers.insert(ShortString::from(DELIVERY_COUNT_HEADER), value);
+            let properties = BasicProperties::default().with_headers(headers);
+            assert_eq!(quorum_delivery_count(&properties), 3);
+        }
+    }
+
+    #[test]
+    fn tasks_are_spread_over_shards_by_key() {
+        let key = |i: usize| TaskKey::new(format!("k-{i}")).unwrap();
+        let one = Destination::tasks(&Settings::default());
+        assert_eq!(one.routing_key_for(&key(1)), "rask.tasks");
+        let settings = Settings {
+            queue_shards: 4,
+            ..Settings::default()
+        };
+        let four = Destination::tasks(&settings);
+        let mut counts = std::collections::HashMap::new();
+        for i in 0..4000 {
+            let routing = four.routing_key_for(&key(i));
+            assert_eq!(routing, four.routing_key_for(&key(i)), "stable");
+            *counts.entry(routing.to_owned()).or_insert(0) += 1;
+        }
+        assert_eq!(counts.len(), 4);
+        assert!(
+            counts.values().all(|n| (800..1200).contains(n)),
+            "{counts:?}"
+        );
+        // FNV-1a 64 of "a" is 0xaf63dc4c8601ec8c: any implementation must agree.
+        assert_eq!(
+            shard_of(&TaskKey::new("a").unwrap(), 1000),
+            (0xaf63_dc4c_8601_ec8c_u64 % 1000) as usize
+        );
+    }
+
+    #[test]
+    fn quorum_topology_arguments() {
+        let classic = typed(&Settings::default(), FieldTable::default());
+        assert!(classic.inner().is_empty());
+        let quorum = Settings {
+            queue_type: QueueType::Quorum,
+            max_priority: 0,
+            ..Settings::default()
+        };
+        let args = typed(&quorum, FieldTable::default());
+        assert!(matches!(
+            args.inner().get("x-queue-type"),
+            Some(AMQPValue::LongString(t)) if t.to_string() == "quorum"
+        ));
+    }
 
     #[test]
     fn destinations_sign_when_the_settings_have_keys() {

@@ -12,18 +12,75 @@ use crate::error::{Error, Result};
 /// The file read by [`Settings::load`] when it exists in the working directory.
 pub const DEFAULT_FILE: &str = "rask.toml";
 
+/// The most task queue shards ([`Settings::queue_shards`]).
+const MAX_SHARDS: u16 = 256;
+
+/// The default of [`Settings::amqp_url`].
+const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// The kind of RabbitMQ queue tasks (and dead letters) wait in: see [`Settings::queue_type`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueType {
+    /// A classic queue: on one node, lost (until it is back) when that node is.
+    #[default]
+    Classic,
+    /// A quorum queue: replicated over the cluster's nodes, available while most are up.
+    Quorum,
+}
+
+impl QueueType {
+    /// `classic` or `quorum`, as in settings and in RabbitMQ's `x-queue-type`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueType::Classic => "classic",
+            QueueType::Quorum => "quorum",
+        }
+    }
+}
+
+impl fmt::Display for QueueType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Every setting of a rask deployment. Each field's default is stated in its doc.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Settings {
     /// AMQP URL of RabbitMQ. Default `amqp://guest:guest@127.0.0.1:5672/%2f`.
     pub amqp_url: String,
+    /// AMQP URLs of the nodes of a RabbitMQ cluster, used instead of `amqp_url` when not empty
+    /// (see [`Settings::amqp_nodes`]). Clients and workers connect to the first node that
+    /// answers and, when their node goes away, fail over to the next ones in turn (the lost
+    /// node last), then resume: republish what was not confirmed, consume again. In
+    /// `RASK_AMQP_URLS`, comma-separated. When `amqp_url` is also set to something other than
+    /// its default it must be one of them. Default empty: the single node of `amqp_url`.
+    #[serde(deserialize_with = "non_empty_strings")]
+    pub amqp_urls: Vec<String>,
+    /// Type of the task queue and the dead-letter queue: `classic` (one node holds them) or
+    /// `quorum` (replicated over the cluster by Raft, available while a majority of nodes is up:
+    /// the type to use with a cluster). With `quorum`, the delivery limit uses the queue's own
+    /// delivery count (`x-delivery-count`) instead of a counter in Redis, dead-lettering is
+    /// at-least-once (`x-dead-letter-strategy`), and `max_priority` must be `0` (RabbitMQ 3.10's
+    /// quorum queues have no priorities). Changing it on an existing queue makes RabbitMQ refuse
+    /// the declaration: drain and delete the queues first. Default `classic`.
+    pub queue_type: QueueType,
     /// URL of Redis. Default `redis://127.0.0.1:6379/`.
     pub redis_url: String,
     /// Durable direct exchange tasks are published to. Default `rask`.
     pub exchange: String,
     /// Durable queue workers consume tasks from (also its routing key). Default `rask.tasks`.
     pub queue: String,
+    /// Task queues (shards) tasks are spread over, so that the broker is not one hot queue (one
+    /// queue is served by one Erlang process, i.e. about one core). Shard 0 is `queue`, shard
+    /// `i` is `{queue}.shard{i}` (see [`Settings::task_queues`]); producers route each task by
+    /// a hash of its key ([`crate::broker::shard_of`]), workers consume every shard. Delayed
+    /// tasks (countdown, eta, retry backoffs) and requeued dead letters return to shard 0.
+    /// Lowering it strands the tasks of the dropped shards: drain them first. 1 to 256.
+    /// Default `1`.
+    pub queue_shards: u16,
     /// Exchange for messages that cannot be processed. Default `rask.dead`.
     pub dead_letter_exchange: String,
     /// Queue holding dead-lettered messages. Default `rask.dead`.
@@ -107,10 +164,13 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            amqp_url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            amqp_url: DEFAULT_AMQP_URL.into(),
+            amqp_urls: Vec::new(),
+            queue_type: QueueType::Classic,
             redis_url: "redis://127.0.0.1:6379/".into(),
             exchange: "rask".into(),
             queue: "rask.tasks".into(),
+            queue_shards: 1,
             dead_letter_exchange: "rask.dead".into(),
             dead_letter_queue: "rask.dead".into(),
             key_prefix: "rask".into(),
@@ -163,7 +223,8 @@ impl Settings {
                 config::Environment::with_prefix("RASK")
                     .try_parsing(true)
                     .list_separator(",")
-                    .with_list_parse_key("signing_keys"),
+                    .with_list_parse_key("signing_keys")
+                    .with_list_parse_key("amqp_urls"),
             )
             .build()
             .and_then(|c| c.try_deserialize())
@@ -182,6 +243,9 @@ impl Settings {
         };
         if self.concurrency == 0 {
             return bad("concurrency", &0, "must be at least 1");
+        }
+        if self.queue_shards == 0 || self.queue_shards > MAX_SHARDS {
+            return bad("queue_shards", &self.queue_shards, "must be 1 to 256");
         }
         if self.publish_window == 0 {
             return bad("publish_window", &0, "must be at least 1");
@@ -235,6 +299,34 @@ impl Settings {
                 "must start with amqp:// or amqps://",
             );
         }
+        if let Some(url) = self
+            .amqp_urls
+            .iter()
+            .find(|u| !u.starts_with("amqp://") && !u.starts_with("amqps://"))
+        {
+            return bad(
+                "amqp_urls",
+                &mask_url(url),
+                "each must start with amqp:// or amqps://",
+            );
+        }
+        if !self.amqp_urls.is_empty()
+            && self.amqp_url != DEFAULT_AMQP_URL
+            && !self.amqp_urls.contains(&self.amqp_url)
+        {
+            return bad(
+                "amqp_url",
+                &mask_url(&self.amqp_url),
+                "is not one of amqp_urls: set amqp_urls alone, or include amqp_url in it",
+            );
+        }
+        if self.queue_type == QueueType::Quorum && self.max_priority > 0 {
+            return bad(
+                "max_priority",
+                &self.max_priority,
+                "quorum queues (queue_type = quorum) have no priorities in RabbitMQ 3.10: set max_priority = 0",
+            );
+        }
         if !self.redis_url.starts_with("redis://") && !self.redis_url.starts_with("rediss://") {
             return bad(
                 "redis_url",
@@ -262,6 +354,27 @@ impl Settings {
             );
         }
         Ok(())
+    }
+
+    /// The names of the task queues, shard by shard: `queue`, then `{queue}.shard1` … up to
+    /// `queue_shards` names (each is also its routing key).
+    pub fn task_queues(&self) -> Vec<String> {
+        (0..self.queue_shards.max(1))
+            .map(|i| match i {
+                0 => self.queue.clone(),
+                i => format!("{}.shard{i}", self.queue),
+            })
+            .collect()
+    }
+
+    /// The AMQP URLs of the RabbitMQ nodes to connect to, in order of preference: `amqp_urls`
+    /// when set, else `amqp_url` alone. Never empty.
+    pub fn amqp_nodes(&self) -> Vec<&str> {
+        if self.amqp_urls.is_empty() {
+            vec![self.amqp_url.as_str()]
+        } else {
+            self.amqp_urls.iter().map(String::as_str).collect()
+        }
     }
 
     /// The time limit of tasks whose message sets none: [`Settings::task_time_limit`], if any.
@@ -322,9 +435,19 @@ impl fmt::Debug for Settings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Settings")
             .field("amqp_url", &mask_url(&self.amqp_url))
+            .field(
+                "amqp_urls",
+                &self
+                    .amqp_urls
+                    .iter()
+                    .map(|u| mask_url(u))
+                    .collect::<Vec<_>>(),
+            )
+            .field("queue_type", &self.queue_type)
             .field("redis_url", &mask_url(&self.redis_url))
             .field("exchange", &self.exchange)
             .field("queue", &self.queue)
+            .field("queue_shards", &self.queue_shards)
             .field("dead_letter_exchange", &self.dead_letter_exchange)
             .field("dead_letter_queue", &self.dead_letter_queue)
             .field("key_prefix", &self.key_prefix)
@@ -443,6 +566,82 @@ mod tests {
     }
 
     #[test]
+    fn cluster_nodes_and_queue_types() {
+        let single = Settings::default();
+        assert_eq!(single.amqp_nodes(), vec![DEFAULT_AMQP_URL]);
+        let nodes = vec![
+            "amqp://u:pw1@a:5672/%2f".to_owned(),
+            "amqp://u:pw1@b:5672/%2f".to_owned(),
+        ];
+        let cluster = Settings {
+            amqp_urls: nodes.clone(),
+            ..Settings::default()
+        };
+        assert!(cluster.validate().is_ok());
+        assert_eq!(
+            cluster.amqp_nodes(),
+            vec![nodes[0].as_str(), nodes[1].as_str()]
+        );
+        assert!(!format!("{cluster:?}").contains("pw1"));
+        let elsewhere = Settings {
+            amqp_url: "amqp://u:pw1@c:5672/%2f".into(),
+            ..cluster.clone()
+        };
+        let err = elsewhere.validate().unwrap_err().to_string();
+        assert!(err.contains("amqp_url") && !err.contains("pw1"), "{err}");
+        let included = Settings {
+            amqp_url: nodes[1].clone(),
+            ..cluster.clone()
+        };
+        assert!(included.validate().is_ok());
+        let bad = Settings {
+            amqp_urls: vec!["http://a".into()],
+            ..Settings::default()
+        };
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("amqp_urls"));
+
+        let quorum = Settings {
+            queue_type: QueueType::Quorum,
+            ..Settings::default()
+        };
+        let err = quorum.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("max_priority") && err.contains("quorum"),
+            "{err}"
+        );
+        let quorum = Settings {
+            max_priority: 0,
+            ..quorum
+        };
+        assert!(quorum.validate().is_ok());
+
+        assert_eq!(Settings::default().task_queues(), vec!["rask.tasks"]);
+        let sharded = Settings {
+            queue_shards: 3,
+            ..Settings::default()
+        };
+        assert_eq!(
+            sharded.task_queues(),
+            vec!["rask.tasks", "rask.tasks.shard1", "rask.tasks.shard2"]
+        );
+        for shards in [0, 257] {
+            let bad = Settings {
+                queue_shards: shards,
+                ..Settings::default()
+            };
+            assert!(bad
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("queue_shards"));
+        }
+    }
+
+    #[test]
     fn file_and_bad_values_are_reported_by_name() {
         let dir = std::env::temp_dir().join(format!("rask-settings-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -451,6 +650,18 @@ mod tests {
         let s = Settings::load_from(&file, true).unwrap();
         assert_eq!(s.queue, "q1");
         assert_eq!(s.result_ttl, Duration::from_secs(90));
+
+        std::fs::write(
+            &file,
+            "queue_type = \"quorum\"\nmax_priority = 0\namqp_urls = [\"amqp://a/%2f\", \"amqp://b/%2f\"]\n",
+        )
+        .unwrap();
+        let s = Settings::load_from(&file, true).unwrap();
+        assert_eq!(s.queue_type, QueueType::Quorum);
+        assert_eq!(s.amqp_nodes(), vec!["amqp://a/%2f", "amqp://b/%2f"]);
+        std::fs::write(&file, "queue_type = \"stream\"\n").unwrap();
+        let err = Settings::load_from(&file, true).unwrap_err().to_string();
+        assert!(err.contains("stream"), "{err}");
 
         std::fs::write(&file, "concurrency = 0\n").unwrap();
         let err = Settings::load_from(&file, true).unwrap_err().to_string();

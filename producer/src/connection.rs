@@ -6,6 +6,9 @@
 //! replacement with [`BrokerLink::replace`], naming the generation that failed: callers failing
 //! at once (every publish of a window) reconnect once, and the others get the new channel.
 //! A replacement declares the topology again and re-enables publisher confirms.
+//!
+//! With several nodes (`amqp_urls`), the link remembers which node it is on; a replacement
+//! connection tries the nodes after it first and the lost node last (failover).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,6 +35,8 @@ pub(crate) struct Live {
     pub(crate) channel: Channel,
     connection: Arc<Connection>,
     generation: u64,
+    /// The index of the connection's node in [`Settings::amqp_nodes`].
+    node: usize,
 }
 
 /// The client's connection to RabbitMQ, replaced when lost.
@@ -47,7 +52,8 @@ impl BrokerLink {
     /// Connects once (no retry: a client that cannot reach the broker at start fails at once),
     /// declares the topology and enables confirms.
     pub(crate) async fn connect(settings: &Settings) -> Result<Self> {
-        let connection = Arc::new(broker::connect(settings, ROLE).await?);
+        let (connection, node) = broker::connect_from(settings, ROLE, 0).await?;
+        let connection = Arc::new(connection);
         let channel = open_channel(&connection, settings).await?;
         Ok(BrokerLink {
             settings: settings.clone(),
@@ -55,6 +61,7 @@ impl BrokerLink {
                 channel,
                 connection,
                 generation: 0,
+                node,
             }),
             reconnecting: tokio::sync::Mutex::new(()),
             closed: AtomicBool::new(false),
@@ -91,11 +98,12 @@ impl BrokerLink {
         let mut attempt = 1u32;
         loop {
             match self.reopen(broken).await {
-                Ok((connection, channel)) => {
+                Ok((connection, channel, node)) => {
                     let live = Live {
                         channel,
                         connection,
                         generation: broken.generation + 1,
+                        node,
                     };
                     *self.lock() = live.clone();
                     tracing::warn!(
@@ -160,15 +168,18 @@ impl BrokerLink {
     }
 
     /// A new channel on `broken`'s connection if it is still up (only the channel was closed),
-    /// else a new connection and channel.
-    async fn reopen(&self, broken: &Live) -> Result<(Arc<Connection>, Channel)> {
-        let connection = if broken.connection.status().connected() {
-            broken.connection.clone()
+    /// else a new connection (to the first node that answers, from the one after `broken`'s)
+    /// and channel; with the index of the node.
+    async fn reopen(&self, broken: &Live) -> Result<(Arc<Connection>, Channel, usize)> {
+        let (connection, node) = if broken.connection.status().connected() {
+            (broken.connection.clone(), broken.node)
         } else {
-            Arc::new(broker::connect(&self.settings, ROLE).await?)
+            let (connection, node) =
+                broker::connect_from(&self.settings, ROLE, broken.node + 1).await?;
+            (Arc::new(connection), node)
         };
         let channel = open_channel(&connection, &self.settings).await?;
-        Ok((connection, channel))
+        Ok((connection, channel, node))
     }
 
     fn lock(&self) -> MutexGuard<'_, Live> {

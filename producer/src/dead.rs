@@ -211,7 +211,8 @@ fn broker_reason(headers: &FieldTable) -> Option<String> {
     })
 }
 
-/// The message's properties without the headers dead-lettering added.
+/// The message's properties without the headers dead-lettering added (and without a quorum
+/// queue's delivery count, which belongs to the delivery, not the task).
 fn without_dead_letter_headers(properties: &BasicProperties) -> BasicProperties {
     let mut kept = FieldTable::default();
     if let Some(headers) = properties.headers() {
@@ -220,6 +221,7 @@ fn without_dead_letter_headers(properties: &BasicProperties) -> BasicProperties 
                 && !name.as_str().starts_with("x-death")
                 && !name.as_str().starts_with("x-first-death")
                 && !name.as_str().starts_with("x-last-death")
+                && name.as_str() != broker::DELIVERY_COUNT_HEADER
             {
                 kept.insert(name.clone(), value.clone());
             }

@@ -44,7 +44,9 @@ pub enum Error {
         /// What the encoder said.
         error: String,
     },
-    /// RabbitMQ refused a published task (negative publisher confirm).
+    /// RabbitMQ refused a published task (negative publisher confirm), and kept refusing it
+    /// when published again for the `reconnect_max_wait` setting (a quorum queue refuses
+    /// publishes while it elects a leader, e.g. after a node of the cluster was lost).
     #[error("the broker refused task {0} (nack)")]
     Nacked(TaskKey),
     /// RabbitMQ could not route a published task to any queue.

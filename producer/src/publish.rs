@@ -63,6 +63,9 @@ enum Attempt {
     Confirmed(usize, TaskKey, usize),
     /// The connection or channel was lost before the confirm: publish it again.
     Lost(Pending, Error),
+    /// The broker refused it (a negative confirm): publish it again after a pause. A quorum
+    /// queue refuses publishes while it has no leader (a node of the cluster was lost).
+    Nacked(Pending),
     /// The broker refused it.
     Failed(Error),
 }
@@ -82,9 +85,16 @@ pub(crate) struct Publisher<'a, I> {
     again: VecDeque<Pending>,
     /// Whether the channel was lost: publishes in flight are ending, then it is replaced.
     lost: bool,
-    /// When the broker was first lost since the last confirm: reconnecting gives up
-    /// `reconnect_max_wait` after it, however many reconnects succeeded but lost it again.
+    /// When the broker was first lost (or first refused a publish) since the last confirm:
+    /// reconnecting and republishing give up `reconnect_max_wait` after it, however many
+    /// reconnects succeeded but lost it again.
     outage: Option<Instant>,
+    /// Whether the broker refused a publish: publishes in flight are ending, then the refused
+    /// ones are published again, on a new channel, after [`Publisher::pause`] (`lost` is set
+    /// too).
+    nacked: bool,
+    /// The pause before publishing refused messages again (doubling while refusals go on).
+    pause: Duration,
     finished: bool,
 }
 
@@ -108,6 +118,8 @@ impl<'a, I: Iterator<Item = Result<TaskMessage>>> Publisher<'a, I> {
             again: VecDeque::new(),
             lost: false,
             outage: None,
+            nacked: false,
+            pause: NACK_PAUSE.0,
             finished: false,
         }
     }
@@ -125,7 +137,8 @@ impl<'a, I: Iterator<Item = Result<TaskMessage>>> Publisher<'a, I> {
     ///
     /// # Errors
     /// An error from the iterator; [`Error::TooLarge`] for a message over `max_message_bytes`
-    /// (before publishing it); [`Error::Nacked`], [`Error::Unroutable`] or [`Error::Broker`]
+    /// (before publishing it); [`Error::Nacked`] (refused for `reconnect_max_wait`),
+    /// [`Error::Unroutable`] or [`Error::Broker`]
     /// for the first message refused; [`Error::Reconnect`] if the broker stays unreachable.
     /// Messages published before the error may be queued and run.
     pub(crate) async fn next(&mut self) -> Option<Result<(usize, TaskKey)>> {
@@ -150,6 +163,7 @@ impl<'a, I: Iterator<Item = Result<TaskMessage>>> Publisher<'a, I> {
                 Some(Attempt::Confirmed(index, key, bytes)) => {
                     self.in_flight_bytes -= bytes;
                     self.outage = None;
+                    self.pause = NACK_PAUSE.0;
                     return Some(Ok((index, key)));
                 }
                 Some(Attempt::Lost(pending, error)) => {
@@ -161,8 +175,27 @@ impl<'a, I: Iterator<Item = Result<TaskMessage>>> Publisher<'a, I> {
                     }
                     self.again.push_back(pending);
                 }
+                Some(Attempt::Nacked(pending)) => {
+                    self.in_flight_bytes -= pending.body.len();
+                    let since = *self.outage.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= self.settings.reconnect_max_wait {
+                        return Some(Err(Error::Nacked(pending.message.key)));
+                    }
+                    if !self.nacked {
+                        tracing::warn!(key = %pending.message.key, retry_in = ?self.pause, "the broker refused a task; publishing it again on a new channel");
+                        // A channel's client state of a quorum queue may keep pointing at a
+                        // lost leader: the refused messages go out again on a new channel.
+                        self.nacked = true;
+                        self.lost = true;
+                    }
+                    self.again.push_back(pending);
+                }
                 Some(Attempt::Failed(error)) => return Some(Err(error)),
                 None => {
+                    if std::mem::take(&mut self.nacked) {
+                        tokio::time::sleep(self.pause).await;
+                        self.pause = (self.pause * 2).min(NACK_PAUSE.1);
+                    }
                     if std::mem::take(&mut self.lost) {
                         let since = self.outage.expect("set when lost");
                         // Every publish of the lost channel has ended: reconnect, then publish
@@ -257,6 +290,9 @@ impl<'a, I: Iterator<Item = Result<TaskMessage>>> Publisher<'a, I> {
     }
 }
 
+/// First and largest pause before publishing refused (nacked) messages again.
+const NACK_PAUSE: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
+
 /// Publishes `pending` on `channel` and waits for the broker's confirm.
 async fn attempt(channel: Channel, to: Arc<Destination>, pending: Pending) -> Attempt {
     let published = broker::publish_task(&channel, &to, &pending.message, &pending.body).await;
@@ -265,6 +301,7 @@ async fn attempt(channel: Channel, to: Arc<Destination>, pending: Pending) -> At
         Err(e) => Err(Error::from(e)),
     };
     match confirmation {
+        Ok(Confirmation::Nack(_)) => Attempt::Nacked(pending),
         Ok(confirmation) => {
             let Pending {
                 index,
@@ -287,7 +324,7 @@ fn check(to: &Destination, key: &TaskKey, confirmation: Confirmation) -> Result<
         Confirmation::Ack(Some(_returned)) => Err(Error::Unroutable {
             key: key.clone(),
             exchange: to.exchange().to_owned(),
-            routing_key: to.routing_key().to_owned(),
+            routing_key: to.routing_key_for(key).to_owned(),
         }),
         Confirmation::Nack(_) | Confirmation::NotRequested => Err(Error::Nacked(key.clone())),
     }

@@ -48,7 +48,7 @@ pub struct QueueStatus {
 /// `rask status --json` and of the dashboard's `/api/status`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ClusterStatus {
-    /// The task queue, then the dead-letter queue.
+    /// The task queue (each shard's, with `queue_shards > 1`), then the dead-letter queue.
     pub queues: Vec<QueueStatus>,
     /// Messages in the dead-letter queue (0 when it does not exist).
     pub dead_letters: u32,
@@ -105,12 +105,15 @@ impl Monitor {
     pub async fn status(&self) -> Result<ClusterStatus> {
         let workers = self.workers().await?;
         let s = &self.settings;
-        let queues = vec![
-            self.queue(&s.queue, QueueRole::Tasks).await?,
-            self.queue(&s.dead_letter_queue, QueueRole::DeadLetter)
-                .await?,
-        ];
-        let dead_letters = queues[1].messages.unwrap_or(0);
+        let mut queues = Vec::new();
+        for shard in s.task_queues() {
+            queues.push(self.queue(&shard, QueueRole::Tasks).await?);
+        }
+        let dead = self
+            .queue(&s.dead_letter_queue, QueueRole::DeadLetter)
+            .await?;
+        let dead_letters = dead.messages.unwrap_or(0);
+        queues.push(dead);
         let mut totals = WorkerCounters::default();
         let mut tasks_per_second = 0.0;
         let mut recent_errors = Vec::new();

@@ -4,7 +4,8 @@
 //! does, starting one RabbitMQ and one Redis for the whole suite), tests use them; otherwise the
 //! first test in a process starts a private pair on free ports with their own data folders, tied
 //! to the test process so they stop when it exits. Fault-injection tests start their own with
-//! [`PrivateServers`], which they may kill and restart.
+//! [`PrivateServers`], which they may kill and restart; cluster tests start a RabbitMQ cluster
+//! of private nodes with [`PrivateCluster`].
 //!
 //! Isolation: every [`TestEnv`] has its own exchange, queues and Redis key prefix, so tests share
 //! servers without seeing each other's tasks or results.
@@ -142,7 +143,7 @@ impl TestEnv {
     /// The `RASK_*` variables that give a process this environment's settings.
     pub fn env_vars(&self) -> Vec<(String, String)> {
         let s = &self.settings;
-        vec![
+        let mut vars: Vec<(String, String)> = vec![
             ("RASK_AMQP_URL".into(), s.amqp_url.clone()),
             ("RASK_REDIS_URL".into(), s.redis_url.clone()),
             ("RASK_EXCHANGE".into(), s.exchange.clone()),
@@ -158,7 +159,14 @@ impl TestEnv {
                 humantime::format_duration(s.result_ttl).to_string(),
             ),
             ("RASK_CONCURRENCY".into(), s.concurrency.to_string()),
-        ]
+            ("RASK_QUEUE_TYPE".into(), s.queue_type.to_string()),
+            ("RASK_QUEUE_SHARDS".into(), s.queue_shards.to_string()),
+            ("RASK_MAX_PRIORITY".into(), s.max_priority.to_string()),
+        ];
+        if !s.amqp_urls.is_empty() {
+            vars.push(("RASK_AMQP_URLS".into(), s.amqp_urls.join(",")));
+        }
+        vars
     }
 
     /// Starts `n` stock `rask-worker` processes with this environment (stopped on drop).
@@ -642,6 +650,120 @@ impl TlsServers {
     }
 }
 
+/// Runs `rabbitmqctl ARGS` against the node of `spec` (the script itself, not the `/usr/sbin`
+/// wrapper that switches users: the node's Erlang cookie is in its folder, its `HOME`); panics
+/// with the tool's output if it fails, else returns its stdout.
+pub async fn rabbitmqctl(spec: &RabbitMqSpec, args: &[&str]) -> String {
+    let output = tokio::process::Command::new("/usr/lib/rabbitmq/bin/rabbitmqctl")
+        .arg("-n")
+        .arg(format!("{}@localhost", spec.node_name))
+        .args(args)
+        .env("HOME", &spec.dir)
+        .env("ERL_EPMD_ADDRESS", "127.0.0.1")
+        .env("RABBITMQ_CONF_ENV_FILE", spec.dir.join("rabbitmq-env.conf"))
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(PATIENCE, output)
+        .await
+        .expect("rabbitmqctl ends")
+        .expect("rabbitmqctl runs");
+    assert!(output.status.success(), "rabbitmqctl {args:?}: {output:?}");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A RabbitMQ cluster of private nodes on loopback (booted in parallel, then joined to the first
+/// with `rabbitmqctl join_cluster`; they share an Erlang cookie written into each node's folder,
+/// its `HOME`) and a Redis, all of one test, stopped on drop.
+pub struct PrivateCluster {
+    /// The nodes, the first being the one the others joined.
+    pub nodes: Vec<ServerProcess>,
+    /// Where and how each runs.
+    pub specs: Vec<RabbitMqSpec>,
+    /// The Redis server (append-only).
+    pub redis: ServerProcess,
+    _dir: TempDir,
+}
+
+impl PrivateCluster {
+    /// Starts `size` nodes and a Redis and joins the nodes into one cluster; panics with the
+    /// servers' or `rabbitmqctl`'s error.
+    pub async fn start(name: &str, size: usize) -> Self {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        assert!(size >= 1, "a cluster has nodes");
+        let dir = TempDir::new(name);
+        let cookie = format!("RASKTEST{}", uuid::Uuid::new_v4().simple()).to_uppercase();
+        let base = format!("rasktest{}{}", std::process::id(), unique_suffix());
+        let specs: Vec<RabbitMqSpec> = (0..size)
+            .map(|i| RabbitMqSpec {
+                dir: dir.path.join(format!("rabbitmq-{i}")),
+                port: local::free_port().expect("a free port"),
+                dist_port: local::free_port().expect("a free port"),
+                node_name: format!("{base}n{i}"),
+            })
+            .collect();
+        for spec in &specs {
+            std::fs::create_dir_all(&spec.dir).unwrap();
+            // Erlang refuses a cookie file others may read.
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o400)
+                .open(spec.dir.join(".erlang.cookie"))
+                .expect("writing the Erlang cookie");
+            file.write_all(cookie.as_bytes()).unwrap();
+        }
+        let redis = RedisSpec {
+            dir: dir.path.join("redis"),
+            port: local::free_port().expect("a free port"),
+            append_only: true,
+        };
+        let (nodes, redis) = tokio::join!(
+            futures::future::join_all(
+                specs
+                    .iter()
+                    .map(|spec| ServerProcess::start_rabbitmq(spec, Lifetime::TiedToCaller))
+            ),
+            ServerProcess::start_redis(&redis, Lifetime::TiedToCaller)
+        );
+        let nodes: Vec<ServerProcess> = nodes
+            .into_iter()
+            .map(|node| node.expect("starting a RabbitMQ node"))
+            .collect();
+        let first = format!("{}@localhost", specs[0].node_name);
+        // `join_cluster` resets the (fresh) node first; `start_app` returns once it serves.
+        for spec in &specs[1..] {
+            rabbitmqctl(spec, &["stop_app"]).await;
+            rabbitmqctl(spec, &["join_cluster", &first]).await;
+            rabbitmqctl(spec, &["start_app"]).await;
+        }
+        let status = rabbitmqctl(&specs[0], &["cluster_status", "--formatter", "json"]).await;
+        let status: serde_json::Value = serde_json::from_str(&status)
+            .unwrap_or_else(|e| panic!("cluster_status is JSON ({e}): {status}"));
+        let running = status["running_nodes"].as_array().map_or(0, Vec::len);
+        assert_eq!(running, size, "every node runs in the cluster: {status}");
+        PrivateCluster {
+            nodes,
+            specs,
+            redis: redis.expect("starting Redis"),
+            _dir: dir,
+        }
+    }
+
+    /// The AMQP URLs of the nodes, in order (for `amqp_urls`).
+    pub fn amqp_urls(&self) -> Vec<String> {
+        self.specs.iter().map(RabbitMqSpec::url).collect()
+    }
+
+    /// The first node's AMQP URL and Redis's.
+    pub fn urls(&self) -> ServerUrls {
+        ServerUrls {
+            amqp: self.specs[0].url(),
+            redis: self.redis.url(),
+        }
+    }
+}
+
 /// A private RabbitMQ node of one test, with a `rabbitmq.conf` of its own (TLS listeners, say)
 /// and [`PrivateRabbitMq::ctl`] to administer it (vhosts, say); stopped on drop.
 pub struct PrivateRabbitMq {
@@ -676,28 +798,9 @@ impl PrivateRabbitMq {
         }
     }
 
-    /// Runs `rabbitmqctl ARGS` against the node (the script itself, not the `/usr/sbin`
-    /// wrapper that switches users: the node's Erlang cookie is in its folder, its `HOME`);
-    /// panics with the tool's output if it fails, else returns its stdout.
+    /// Runs `rabbitmqctl ARGS` against the node (see [`rabbitmqctl`]).
     pub async fn ctl(&self, args: &[&str]) -> String {
-        let output = tokio::process::Command::new("/usr/lib/rabbitmq/bin/rabbitmqctl")
-            .arg("-n")
-            .arg(format!("{}@localhost", self.spec.node_name))
-            .args(args)
-            .env("HOME", &self.spec.dir)
-            .env("ERL_EPMD_ADDRESS", "127.0.0.1")
-            .env(
-                "RABBITMQ_CONF_ENV_FILE",
-                self.spec.dir.join("rabbitmq-env.conf"),
-            )
-            .kill_on_drop(true)
-            .output();
-        let output = tokio::time::timeout(PATIENCE, output)
-            .await
-            .expect("rabbitmqctl ends")
-            .expect("rabbitmqctl runs");
-        assert!(output.status.success(), "rabbitmqctl {args:?}: {output:?}");
-        String::from_utf8_lossy(&output.stdout).into_owned()
+        rabbitmqctl(&self.spec, args).await
     }
 
     /// Adds `vhost`, where the `guest` user may do everything.

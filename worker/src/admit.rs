@@ -27,9 +27,17 @@
 //!   queue with the reason and its future fails with `DeliveryLimit`;
 //! - otherwise it runs. With `max_deliveries = N` a task that kills its worker runs N times
 //!   (`0`: no limit; redeliveries are still counted and checked for an outcome).
+//!
+//! With `queue_type = quorum` the queue counts for itself: a redelivery carries
+//! `x-delivery-count`, the number of earlier deliveries that ended without an acknowledgement
+//! (the same number the Redis counter holds), so the worker only reads whether an outcome is
+//! stored (one `MGET`) and writes no counter. Retries and dead letters are new messages, so
+//! neither count.
 
 use lapin::message::Delivery;
+use rask_common::broker;
 use rask_common::message::{head, Undecodable};
+use rask_common::settings::QueueType;
 use rask_common::signing::Signer;
 use rask_common::{FailureKind, Outcome, TaskFailure, TaskKey, TaskMessage};
 
@@ -70,10 +78,19 @@ pub(crate) async fn admit(shared: &Shared, delivery: &Delivery) -> Admission {
         return Admission::Run(message);
     }
     let key = &message.key;
-    let (count, stored) = retry::until_ok("counting a redelivery", || {
-        shared.store.count_redelivery(key)
-    })
-    .await;
+    let (count, stored) = match shared.settings.queue_type {
+        QueueType::Classic => {
+            retry::until_ok("counting a redelivery", || {
+                shared.store.count_redelivery(key)
+            })
+            .await
+        }
+        // A redelivery was delivered at least once before, whatever the header says.
+        QueueType::Quorum => (
+            broker::quorum_delivery_count(&delivery.properties).max(1),
+            true,
+        ),
+    };
     if stored {
         let outcomes = retry::until_ok("reading an outcome", || {
             shared.store.get_outcomes(std::slice::from_ref(key))

@@ -81,6 +81,7 @@ impl Registry {
             .with::<builtins::sum_ints>()
             .with::<builtins::echo>()
             .with::<builtins::sleep_ms>()
+            .with::<builtins::spin_hash>()
             .with::<builtins::fail>()
             .with::<builtins::image_stats>()
             .with::<builtins::image_summary>()

@@ -3,6 +3,7 @@
 //! and drain.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use futures::future::FusedFuture;
@@ -36,6 +37,9 @@ pub struct Worker {
     registry: Registry,
     id: String,
     metrics: Arc<crate::metrics::Metrics>,
+    /// The index (in [`Settings::amqp_nodes`]) of the RabbitMQ node to try first when
+    /// connecting: the one after the node of the last connection once that one is lost.
+    next_node: AtomicUsize,
 }
 
 /// What every task handler shares.
@@ -66,6 +70,7 @@ impl Worker {
             settings,
             registry,
             id,
+            next_node: AtomicUsize::new(0),
         }
     }
 
@@ -82,7 +87,9 @@ impl Worker {
     ///
     /// When the connection to RabbitMQ or Redis fails (a broker restart, say), the worker drains
     /// what it runs, then connects again with backoff (100 ms doubling to 5 s, logged) and goes
-    /// on consuming; only a failure that reconnecting cannot fix ends it.
+    /// on consuming; only a failure that reconnecting cannot fix ends it. With several RabbitMQ
+    /// nodes (`amqp_urls`) it connects to the first that answers, and after losing one tries
+    /// the nodes after it first and the lost one last.
     ///
     /// # Errors
     /// [`Error`] if the settings are refused (e.g. the queue exists with other arguments).
@@ -124,22 +131,42 @@ impl Worker {
         let registry = self.registry.clone();
         let id = self.id.clone();
         let store = Store::connect(&settings).await?;
-        let connection = Arc::new(broker::connect(&settings, &format!("rask-worker {id}")).await?);
+        let first = self.next_node.load(Ordering::Relaxed);
+        let (connection, node) =
+            broker::connect_from(&settings, &format!("rask-worker {id}"), first).await?;
+        // Whatever ends this connection, the next one starts with the node after this one.
+        self.next_node.store(node + 1, Ordering::Relaxed);
+        let connection = Arc::new(connection);
         let channel = connection.create_channel().await?;
         broker::declare_topology(&channel, &settings).await?;
         let prefetch = settings.effective_prefetch();
+        let shards = settings.task_queues();
+        // The prefetch count applies per consumer: one consumer per shard shares it.
+        let per_shard = prefetch.div_ceil(u16::try_from(shards.len()).unwrap_or(u16::MAX));
         channel
-            .basic_qos(prefetch, BasicQosOptions::default())
+            .basic_qos(per_shard.max(1), BasicQosOptions::default())
             .await?;
         let confirms = ConfirmChannel::open(connection.clone()).await?;
-        let mut consumer = channel
-            .basic_consume(
-                settings.queue.as_str().into(),
-                id.as_str().into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        let mut consumers = Vec::with_capacity(shards.len());
+        for (i, shard) in shards.iter().enumerate() {
+            let consumer = channel
+                .basic_consume(
+                    shard.as_str().into(),
+                    consumer_tag(&id, i).as_str().into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            // Each shard's stream ends with its name, so that a cancelled consumer is noticed.
+            let shard = shard.clone();
+            consumers.push(
+                consumer
+                    .map(Ok)
+                    .chain(futures::stream::once(async move { Err(shard) }))
+                    .boxed(),
+            );
+        }
+        let mut consumer = futures::stream::select_all(consumers);
 
         let releaser = Releaser::new(connection.clone(), settings.clone()).await?;
         let (finished, finished_rx) = mpsc::channel(usize::from(prefetch).max(1) * 2);
@@ -154,6 +181,7 @@ impl Worker {
         tracing::info!(
             worker = %id,
             queue = %settings.queue,
+            shards = shards.len(),
             concurrency = settings.concurrency,
             prefetch,
             functions = %registry.names().join(","),
@@ -180,24 +208,30 @@ impl Worker {
                 delivery = consumer.next() => delivery,
             };
             match delivery {
-                Some(Ok(delivery)) => {
+                Some(Ok(Ok(delivery))) => {
                     let shared = shared.clone();
                     tracker.spawn(async move {
                         handle(&shared, delivery).await;
                         drop(permit);
                     });
                 }
-                Some(Err(e)) => break Err(Error::Broker(e)),
+                Some(Ok(Err(e))) => break Err(Error::Broker(e)),
+                Some(Err(shard)) => break Err(Error::ConsumerCancelled(shard)),
                 None => break Err(Error::ConsumerCancelled(shared.settings.queue.clone())),
             }
         };
 
         tracing::info!(worker = %shared.id, in_flight = tracker.len(), "stopping: finishing tasks in flight");
-        if let Err(e) = channel
-            .basic_cancel(shared.id.as_str().into(), BasicCancelOptions::default())
-            .await
-        {
-            tracing::warn!(error = %e, "could not cancel the consumer");
+        for i in 0..shards.len() {
+            if let Err(e) = channel
+                .basic_cancel(
+                    consumer_tag(&shared.id, i).as_str().into(),
+                    BasicCancelOptions::default(),
+                )
+                .await
+            {
+                tracing::warn!(error = %e, "could not cancel the consumer");
+            }
         }
         let grace = shared.settings.shutdown_grace;
         tracker.close();
@@ -220,6 +254,15 @@ impl Worker {
         let _ = connection.close(200, "worker stopping".into()).await;
         tracing::info!("worker stopped");
         outcome
+    }
+}
+
+/// The consumer tag of worker `id` on shard `index`: the id itself on shard 0 (as before shards
+/// existed), `{id}.{index}` on the others.
+fn consumer_tag(id: &str, index: usize) -> String {
+    match index {
+        0 => id.to_owned(),
+        i => format!("{id}.{i}"),
     }
 }
 

@@ -285,6 +285,18 @@ pub(crate) struct BenchArgs {
     /// Worker processes to start, and floor consumers to run.
     #[arg(long, default_value_t = 2)]
     pub(crate) workers: usize,
+    /// Tasks each worker process runs at once (default: the `concurrency` setting's default,
+    /// the number of CPUs); `1` with `--workloads cpu` measures scaling by processes.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) concurrency: Option<u32>,
+    /// Declare the private cluster's task queue as a quorum queue (`queue_type = quorum`, and
+    /// so `max_priority = 0`) instead of a classic one; the floor's queues stay classic.
+    #[arg(long, conflicts_with = "use_running")]
+    pub(crate) quorum: bool,
+    /// Spread the private cluster's tasks over this many task queues (`queue_shards`).
+    #[arg(long, default_value_t = 1, conflicts_with = "use_running",
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub(crate) shards: u16,
     /// Run every workload this many times and report the medians.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) runs: u32,

@@ -34,7 +34,12 @@ pub(crate) async fn connect(global: &Global) -> Result<Client> {
     Client::connect(settings.clone()).await.with_context(|| {
         format!(
             "connecting to {} and {} (is a cluster running? try `rask local up`)",
-            rask_common::settings::mask_url(&settings.amqp_url),
+            settings
+                .amqp_nodes()
+                .into_iter()
+                .map(rask_common::settings::mask_url)
+                .collect::<Vec<_>>()
+                .join(", "),
             rask_common::settings::mask_url(&settings.redis_url)
         )
     })

@@ -14,6 +14,7 @@ use rask::local::{
     free_port, sibling_binary, Lifetime, RabbitMqSpec, RedisSpec, ServerProcess, Worker, WorkerSpec,
 };
 use rask::Settings;
+use rask_common::settings::QueueType;
 
 use super::rss::Pid;
 
@@ -23,6 +24,17 @@ const WORKERS_READY: Duration = Duration::from_secs(30);
 const WORKER_STOP: Duration = Duration::from_secs(10);
 /// How often readiness is checked.
 const POLL: Duration = Duration::from_millis(50);
+
+/// How a private cluster's deployment is set up (the flags `--concurrency`, `--quorum`,
+/// `--shards`).
+pub(super) struct Shape {
+    /// Tasks each worker runs at once (`None`: the setting's default, the number of CPUs).
+    pub(super) concurrency: Option<usize>,
+    /// The task queue's type (a quorum queue without priorities).
+    pub(super) queue_type: QueueType,
+    /// Task queue shards.
+    pub(super) shards: u16,
+}
 
 /// The cluster under test.
 pub(super) struct Cluster {
@@ -42,12 +54,12 @@ struct Private {
 }
 
 impl Cluster {
-    /// Starts RabbitMQ and Redis (in parallel), then `workers` workers, and returns once all of
-    /// them consume the task queue.
+    /// Starts RabbitMQ and Redis (in parallel), then `workers` workers with the settings of
+    /// `shape`, and returns once all of them consume the task queue.
     ///
     /// # Errors
     /// If a server or worker does not start; whatever was started is stopped again.
-    pub(super) async fn start(workers: usize) -> Result<Self> {
+    pub(super) async fn start(workers: usize, shape: &Shape) -> Result<Self> {
         let run_id = run_id();
         let dir = std::env::temp_dir().join(&run_id);
         let rabbitmq = RabbitMqSpec {
@@ -78,6 +90,16 @@ impl Cluster {
             dead_letter_queue: format!("{run_id}.dead"),
             key_prefix: run_id.clone(),
             ..Settings::default()
+        };
+        let settings = Settings {
+            concurrency: shape.concurrency.unwrap_or(settings.concurrency),
+            queue_type: shape.queue_type,
+            max_priority: match shape.queue_type {
+                QueueType::Classic => settings.max_priority,
+                QueueType::Quorum => 0,
+            },
+            queue_shards: shape.shards,
+            ..settings
         };
         let mut cluster = Cluster {
             settings,
@@ -289,6 +311,9 @@ fn settings_env(s: &Settings) -> Vec<(String, String)> {
         ("RASK_PREFETCH", s.prefetch.to_string()),
         ("RASK_PUBLISH_WINDOW", s.publish_window.to_string()),
         ("RASK_RESULT_BATCH", s.result_batch.to_string()),
+        ("RASK_QUEUE_TYPE", s.queue_type.to_string()),
+        ("RASK_QUEUE_SHARDS", s.queue_shards.to_string()),
+        ("RASK_MAX_PRIORITY", s.max_priority.to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))

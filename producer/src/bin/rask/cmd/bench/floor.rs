@@ -127,6 +127,11 @@ impl Floor {
         })
     }
 
+    /// Consumers per stage (one per rask worker).
+    pub(super) fn consumers(&self) -> usize {
+        self.consumers
+    }
+
     /// Declares a fresh queue and starts the publisher, the consumers (with `prefetch`) and the
     /// client's Redis connections; with `notify`, consumers announce stored keys and the client
     /// subscribes.

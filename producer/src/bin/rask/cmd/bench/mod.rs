@@ -9,13 +9,14 @@
 //! # Layout
 //! - `mod.rs`: flags, sizes, the order of runs, memory and CPU around each run.
 //! - `cluster.rs`: the private RabbitMQ, Redis and workers (or the running deployment).
-//! - `throughput.rs`, `latency.rs`, `dag.rs`, `payload.rs`, `scale.rs`: one workload each,
-//!   rask's run and the floor's side by side.
+//! - `throughput.rs`, `latency.rs`, `dag.rs`, `payload.rs`, `scale.rs`, `cpu.rs`: one workload
+//!   each, rask's run and the floor's side by side.
 //! - `floor.rs`: publisher, consumers and polling client of the floor.
 //! - `report.rs`: figures, `RESULT` lines, the table and the JSON document.
 //! - `rss.rs`: memory and CPU of processes from `/proc`.
 
 mod cluster;
+mod cpu;
 mod dag;
 mod floor;
 mod latency;
@@ -60,6 +61,9 @@ pub(crate) enum Workload {
     Payload,
     /// Throughput at 200,000 tasks: tasks/s and peak RSS.
     Scale,
+    /// 2,000 CPU-bound `spin_hash` tasks (about 8 ms each here): tasks/s, against the same hashing on
+    /// one thread per worker. Only when asked for (not part of the default run).
+    Cpu,
 }
 
 const TASKS_PER_S: Metric = Metric {
@@ -95,13 +99,14 @@ impl Workload {
             Workload::Dag => "dag",
             Workload::Payload => "payload",
             Workload::Scale => "scale",
+            Workload::Cpu => "cpu",
         }
     }
 
     /// The figures compared with the floor; the first is the main one.
     fn metrics(self) -> &'static [Metric] {
         match self {
-            Workload::Throughput | Workload::Scale => &[TASKS_PER_S],
+            Workload::Throughput | Workload::Scale | Workload::Cpu => &[TASKS_PER_S],
             Workload::Latency => &[
                 Metric {
                     key: "p50_us",
@@ -153,6 +158,11 @@ impl Workload {
                 sizes.payload_bytes >> 10
             ),
             Workload::Scale => format!("{} inc", thousands(sizes.scale as u64)),
+            Workload::Cpu => format!(
+                "{} spin_hash x {} rounds",
+                thousands(sizes.cpu as u64),
+                thousands(u64::from(cpu::ROUNDS))
+            ),
         }
     }
 }
@@ -165,6 +175,7 @@ struct Sizes {
     payloads: usize,
     payload_bytes: usize,
     scale: usize,
+    cpu: usize,
     idle: Duration,
 }
 
@@ -177,6 +188,7 @@ impl Sizes {
         payloads: 1_000,
         payload_bytes: 1 << 20,
         scale: 200_000,
+        cpu: 2_000,
         idle: Duration::from_secs(2),
     };
 
@@ -188,6 +200,7 @@ impl Sizes {
         payloads: 10,
         payload_bytes: 64 << 10,
         scale: 400,
+        cpu: 20,
         idle: Duration::from_millis(500),
     };
 }
@@ -222,7 +235,25 @@ pub(crate) async fn run(global: &Global, args: BenchArgs) -> Result<ExitCode> {
             "bench: starting RabbitMQ, Redis and {} worker(s)",
             args.workers
         );
-        Cluster::start(args.workers).await?
+        let shape = cluster::Shape {
+            concurrency: args.concurrency.map(|c| c as usize),
+            queue_type: if args.quorum {
+                rask_common::settings::QueueType::Quorum
+            } else {
+                rask_common::settings::QueueType::Classic
+            },
+            shards: args.shards,
+        };
+        if let Some(c) = shape.concurrency {
+            eprintln!("bench: each worker runs {c} task(s) at once");
+        }
+        if args.quorum {
+            eprintln!("bench: the task queues are quorum queues (no priorities)");
+        }
+        if args.shards > 1 {
+            eprintln!("bench: tasks are spread over {} queue shards", args.shards);
+        }
+        Cluster::start(args.workers, &shape).await?
     };
     let kind = cluster.kind();
     let measured = measure(&cluster, &args, &workloads, &sizes).await;
@@ -334,6 +365,7 @@ async fn run_rask(workload: Workload, client: &Client, sizes: &Sizes) -> Result<
         Workload::Dag => dag::rask(client, sizes.dag_leaves).await,
         Workload::Payload => payload::rask(client, sizes.payloads, sizes.payload_bytes).await,
         Workload::Scale => scale::rask(client, sizes.scale).await,
+        Workload::Cpu => cpu::rask(client, sizes.cpu).await,
     }
 }
 
@@ -344,6 +376,7 @@ async fn run_floor(workload: Workload, floor: &mut Floor, sizes: &Sizes) -> Resu
         Workload::Dag => dag::floor(floor, sizes.dag_leaves).await,
         Workload::Payload => payload::floor(floor, sizes.payloads, sizes.payload_bytes).await,
         Workload::Scale => scale::floor(floor, sizes.scale).await,
+        Workload::Cpu => cpu::floor(floor, sizes.cpu).await,
     }
 }
 
