@@ -4,7 +4,8 @@
 //! statistics reduced on the cluster to one summary: the bag regrouped into partitions of
 //! [`GROUP`] batches, `image_summary` per group, then `merge_image_summaries` over the groups
 //! (the bag's `reduction`). The first group's summary is persisted on its own first, to show that
-//! the final graph reuses it (same content key) instead of computing it again.
+//! the final graph reuses it (same content key) instead of computing it again. At the end the
+//! images and their statistics are released, so that the next demo analyses them again.
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -42,7 +43,8 @@ pub(crate) async fn run(global: &Global, args: DemoArgs) -> Result<ExitCode> {
     let started = Instant::now();
     let batches = (0..args.batches).map(|id| generate_batch(id, args.images, args.size, args.size));
     let partitions = args.batches as usize;
-    let stats = Bag::from_iter(batches, partitions)
+    let images = Bag::from_iter(batches, partitions);
+    let stats = images
         .map(image_stats)
         .persist(&client)
         .await
@@ -102,6 +104,10 @@ pub(crate) async fn run(global: &Global, args: DemoArgs) -> Result<ExitCode> {
             "first group's summary {key} was persisted before the final compute and reused by it"
         );
     }
+    // The images and their statistics are content-keyed: left stored, a second demo on this
+    // cluster would find them and measure nothing. The summaries stay, as persisted results do.
+    let stored: Vec<_> = images.keys().into_iter().chain(stats.keys()).collect();
+    client.release(&stored).await?;
     client.close().await?;
     Ok(ExitCode::SUCCESS)
 }
