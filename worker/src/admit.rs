@@ -38,7 +38,6 @@ use lapin::message::Delivery;
 use rask_common::broker;
 use rask_common::message::{head, Undecodable};
 use rask_common::settings::QueueType;
-use rask_common::signing::Signer;
 use rask_common::{FailureKind, Outcome, TaskFailure, TaskKey, TaskMessage};
 
 use crate::dead_letter::{copy_to_dead_letters, settle_unkeyed};
@@ -60,8 +59,7 @@ pub(crate) enum Admission {
 /// Checks `delivery` (see the module docs); dead-letters and settles what has no key to report
 /// on.
 pub(crate) async fn admit(shared: &Shared, delivery: &Delivery) -> Admission {
-    // Built per delivery: a few hash blocks per key, nothing next to running a task.
-    if let Some(signer) = Signer::from_settings(&shared.settings) {
+    if let Some(signer) = &shared.signer {
         if let Err(unverified) = signer.verify_properties(&delivery.properties, &delivery.data) {
             let (s, reason) = (&shared.settings, unverified.to_string());
             let copied =

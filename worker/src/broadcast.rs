@@ -114,6 +114,7 @@ async fn consume(
         .await?;
     health.broker.send_replace(true);
     tracing::debug!(%queue, "answering broadcasts");
+    let signer = Signer::from_settings(settings);
     let outcome = loop {
         let delivery = tokio::select! {
             () = leaving.cancelled() => break Ok(()),
@@ -123,7 +124,7 @@ async fn consume(
             Some(Ok(delivery)) => {
                 let (channel, registry, identity) =
                     (channel.clone(), registry.clone(), identity.clone());
-                let signer = Signer::from_settings(settings);
+                let signer = signer.clone();
                 tokio::spawn(async move {
                     answer(&channel, &registry, &identity, signer.as_ref(), delivery).await;
                 });

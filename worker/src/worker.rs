@@ -55,6 +55,8 @@ pub(crate) struct Shared {
     pub(crate) finished: mpsc::Sender<Finished>,
     /// Task counters (`metrics.rs`).
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
+    /// Checks task messages' signatures when `signing_keys` is set (built once per connection).
+    pub(crate) signer: Option<rask_common::signing::Signer>,
 }
 
 impl Worker {
@@ -188,6 +190,7 @@ impl Worker {
             "worker ready"
         );
         let shared = Arc::new(Shared {
+            signer: rask_common::signing::Signer::from_settings(&settings),
             settings,
             registry,
             id,
