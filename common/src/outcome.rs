@@ -57,6 +57,26 @@ fn one() -> u32 {
 }
 
 impl TaskFailure {
+    /// A failure of `message`'s current attempt (its function, key and attempt count), reported
+    /// by `worker`.
+    pub fn of(
+        message: &crate::TaskMessage,
+        kind: FailureKind,
+        text: impl Into<String>,
+        worker: impl Into<String>,
+    ) -> Self {
+        TaskFailure {
+            attempts: message.attempt + 1,
+            ..TaskFailure::new(
+                kind,
+                text,
+                message.function.clone(),
+                message.key.clone(),
+                worker,
+            )
+        }
+    }
+
     /// A failure of the first attempt at `task` (key `key`) reported by `worker`.
     pub fn new(
         kind: FailureKind,

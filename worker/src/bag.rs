@@ -72,16 +72,7 @@ pub(crate) async fn execute(
     };
     Some(match result {
         Ok(bytes) => Outcome::Value(bytes),
-        Err((kind, text)) => Outcome::Failure(TaskFailure {
-            attempts: message.attempt + 1,
-            ..TaskFailure::new(
-                kind,
-                text,
-                message.function.clone(),
-                message.key.clone(),
-                worker,
-            )
-        }),
+        Err((kind, text)) => Outcome::Failure(TaskFailure::of(message, kind, text, worker)),
     })
 }
 

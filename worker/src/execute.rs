@@ -46,16 +46,7 @@ pub(crate) async fn execute(
         return outcome; // an element-wise operation of a lazy collection
     }
     let fail = |kind: FailureKind, text: String| {
-        Outcome::Failure(TaskFailure {
-            attempts: message.attempt + 1,
-            ..TaskFailure::new(
-                kind,
-                text,
-                message.function.clone(),
-                message.key.clone(),
-                worker,
-            )
-        })
+        Outcome::Failure(TaskFailure::of(message, kind, text, worker))
     };
     let invocation = match registry.prepare(&message.function, &message.args) {
         Ok(invocation) => invocation,

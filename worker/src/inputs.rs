@@ -23,11 +23,10 @@ pub(crate) async fn resolve<'m>(
     }
     let stored = retry::until_ok("reading inputs", || store.get_outcomes(&message.deps)).await;
     let fail = |text: String| {
-        Outcome::Failure(TaskFailure::new(
+        Outcome::Failure(TaskFailure::of(
+            message,
             FailureKind::DependencyFailed,
             text,
-            message.function.clone(),
-            message.key.clone(),
             worker,
         ))
     };
