@@ -332,6 +332,41 @@ pub fn dead_letter_reason(message: &lapin::message::Delivery) -> Option<String> 
     }
 }
 
+/// A Redis counter of one test, for tasks that count their runs with `INCR`.
+pub struct Counter {
+    /// The Redis URL a counting task is given.
+    pub url: String,
+    /// The counter's key (under the test's prefix).
+    pub key: String,
+}
+
+impl Counter {
+    /// The counter `name` of `env`'s test.
+    pub fn new(env: &TestEnv, name: &str) -> Self {
+        Counter {
+            url: env.settings.redis_url.clone(),
+            key: format!("{}:test-counter:{name}", env.settings.key_prefix),
+        }
+    }
+
+    /// How many runs it counted (0 if none).
+    pub async fn runs(&self) -> i64 {
+        read_counter(&self.url, &self.key).await
+    }
+}
+
+/// The integer at `key` in the Redis at `redis_url` (0 if unset).
+pub async fn read_counter(redis_url: &str, key: &str) -> i64 {
+    let client = redis::Client::open(redis_url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let value: Option<i64> = redis::cmd("GET")
+        .arg(key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    value.unwrap_or(0)
+}
+
 /// The task failure an error carries; panics (failing the test) on any other error.
 pub fn failure(error: rask::Error) -> rask::TaskFailure {
     match error {

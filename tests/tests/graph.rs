@@ -9,7 +9,7 @@ use rask::{Arg, Client, Delayed, FailureKind, Future, TaskKey};
 use rask_common::dependencies::Registration;
 use rask_common::message::encode_value;
 use rask_common::{Outcome, Store};
-use rask_tests::{failure, TestEnv, PATIENCE};
+use rask_tests::{failure, Counter, TestEnv, PATIENCE};
 use rask_worker::Registry;
 
 rask::task! {
@@ -42,34 +42,9 @@ fn registry() -> Registry {
         .with::<fail_on>()
 }
 
-/// Counts runs of [`counted`] in one Redis key of this test.
-struct Counter {
-    url: String,
-    key: String,
-}
-
-impl Counter {
-    fn new(env: &TestEnv, name: &str) -> Self {
-        Counter {
-            url: env.settings.redis_url.clone(),
-            key: format!("{}:test-counter:{name}", env.settings.key_prefix),
-        }
-    }
-
-    fn wrap(&self, x: impl Into<Arg<i64>>) -> Delayed<i64> {
-        counted.delayed(self.url.clone(), self.key.clone(), x)
-    }
-
-    async fn runs(&self) -> i64 {
-        let client = redis::Client::open(self.url.as_str()).unwrap();
-        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-        let runs: Option<i64> = redis::cmd("GET")
-            .arg(&self.key)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        runs.unwrap_or(0)
-    }
+/// `x` through [`counted`], counted by `runs`.
+fn wrap(runs: &Counter, x: impl Into<Arg<i64>>) -> Delayed<i64> {
+    counted.delayed(runs.url.clone(), runs.key.clone(), x)
 }
 
 /// A binary reduction tree of `add` over `leaves`.
@@ -104,9 +79,9 @@ async fn a_diamond_computes_and_runs_the_shared_top_once() {
     let worker = env.run_worker(registry());
     let client = env.client().await;
     let runs = Counter::new(&env, "top");
-    let top = runs.wrap(inc.delayed(1)); // 2
+    let top = wrap(&runs, inc.delayed(1)); // 2
     let left = add.delayed(&top, 10); // 12
-    let right = add.delayed(runs.wrap(inc.delayed(1)), 20); // the same top, built again: 22
+    let right = add.delayed(wrap(&runs, inc.delayed(1)), 20); // the same top, built again: 22
     let bottom = add.delayed(left, right); // 34
     let future = client.persist(&bottom).await.unwrap();
     assert_eq!(persisted_value(&future).await.unwrap(), 34);
@@ -151,7 +126,7 @@ async fn compute_reuses_persisted_inputs() {
     let worker = env.run_worker(registry());
     let client = env.client().await;
     let runs = Counter::new(&env, "input");
-    let input = client.persist(&runs.wrap(41)).await.unwrap();
+    let input = client.persist(&wrap(&runs, 41)).await.unwrap();
     assert_eq!(persisted_value(&input).await.unwrap(), 41);
 
     // By future, and by rebuilding the same call (same content key): neither runs it again.
@@ -162,7 +137,7 @@ async fn compute_reuses_persisted_inputs() {
         42
     );
     assert_eq!(
-        within(client.compute(&add.delayed(runs.wrap(41), 2)))
+        within(client.compute(&add.delayed(wrap(&runs, 41), 2)))
             .await
             .unwrap(),
         43
@@ -188,7 +163,7 @@ async fn impure_calls_run_every_time() {
     let worker = env.run_worker(registry());
     let client = env.client().await;
     let runs = Counter::new(&env, "impure");
-    let twice = [runs.wrap(1).impure(), runs.wrap(1).impure()];
+    let twice = [wrap(&runs, 1).impure(), wrap(&runs, 1).impure()];
     assert_ne!(twice[0].key(), twice[1].key());
     assert_eq!(
         within(client.compute_many(&twice)).await.unwrap(),
@@ -205,7 +180,7 @@ async fn identical_graphs_from_two_producers_run_once() {
     let (a, b) = (env.client().await, env.client().await);
     let runs = Counter::new(&env, "leaves");
     let graph = |client: Client| {
-        let leaves: Vec<Delayed<i64>> = (0..50).map(|i| runs.wrap(i)).collect();
+        let leaves: Vec<Delayed<i64>> = (0..50).map(|i| wrap(&runs, i)).collect();
         let root = sum_ints.delayed(leaves);
         async move { within(client.compute(&root)).await }
     };
@@ -223,7 +198,7 @@ async fn a_failed_leaf_fails_everything_downstream_naming_it() {
     let runs = Counter::new(&env, "downstream");
     let leaves: Vec<Delayed<i64>> = (0..16).map(|i| fail_on.delayed(i, 5)).collect();
     let bad = leaves[5].key().clone();
-    let root = runs.wrap(reduce(leaves));
+    let root = wrap(&runs, reduce(leaves));
     let error = client.persist(&root).await.unwrap();
     let f = failure(persisted_value(&error).await.unwrap_err());
     assert_eq!(f.kind, FailureKind::DependencyFailed);

@@ -12,18 +12,11 @@ use rask::{Error, FailureKind};
 use rask_common::message::encode_value;
 use rask_common::{broker, Keys, Outcome, Store, TaskMessage};
 use rask_tests::tasks::abort_worker;
-use rask_tests::{dead_letter_reason, TestEnv, PATIENCE};
+use rask_tests::{dead_letter_reason, read_counter, TestEnv, PATIENCE};
 
-/// Reads the Redis counter `key` (0 if unset).
+/// Reads the Redis counter `key` of `env` (0 if unset).
 async fn counter(env: &TestEnv, key: &str) -> i64 {
-    let client = redis::Client::open(env.settings.redis_url.as_str()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let value: Option<i64> = redis::cmd("GET")
-        .arg(key)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    value.unwrap_or(0)
+    read_counter(&env.settings.redis_url, key).await
 }
 
 #[tokio::test]

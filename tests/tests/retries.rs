@@ -9,7 +9,7 @@ use rask::builtins::add;
 use rask::{Arg, FailureKind, RetryPolicy, TaskError, TaskOptions};
 use rask_common::dependencies::Registration;
 use rask_common::Store;
-use rask_tests::{failure, TestEnv, PATIENCE};
+use rask_tests::{failure, Counter, TestEnv, PATIENCE};
 use rask_worker::Registry;
 
 rask::task! {
@@ -44,35 +44,14 @@ fn registry() -> Registry {
     Registry::with_builtins().with::<flaky>()
 }
 
-/// Counts runs of [`flaky`] in one Redis key of this test.
-struct Counter {
-    url: String,
-    key: String,
-}
-
-impl Counter {
-    fn new(env: &TestEnv, name: &str) -> Self {
-        Counter {
-            url: env.settings.redis_url.clone(),
-            key: format!("{}:test-counter:{name}", env.settings.key_prefix),
-        }
-    }
-
-    /// The arguments of a [`flaky`] call counted here.
-    fn args(&self, failures: i64, retryable: bool, x: i64) -> (String, String, i64, bool, i64) {
-        (self.url.clone(), self.key.clone(), failures, retryable, x)
-    }
-
-    async fn runs(&self) -> i64 {
-        let client = redis::Client::open(self.url.as_str()).unwrap();
-        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-        let runs: Option<i64> = redis::cmd("GET")
-            .arg(&self.key)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        runs.unwrap_or(0)
-    }
+/// The arguments of a [`flaky`] call counted by `runs`.
+fn args(
+    runs: &Counter,
+    failures: i64,
+    retryable: bool,
+    x: i64,
+) -> (String, String, i64, bool, i64) {
+    (runs.url.clone(), runs.key.clone(), failures, retryable, x)
 }
 
 /// Up to `attempts` attempts, 20 ms apart and then some (fast tests).
@@ -89,7 +68,7 @@ async fn a_task_failing_twice_succeeds_on_the_third_attempt() {
     let client = env.client().await;
     let runs = Counter::new(&env, "flaky");
     let future = client
-        .submit_with(flaky, runs.args(2, true, 41), &quick(5))
+        .submit_with(flaky, args(&runs, 2, true, 41), &quick(5))
         .await
         .unwrap();
     assert_eq!(future.result_within(PATIENCE).await.unwrap(), 42);
@@ -104,7 +83,7 @@ async fn the_final_failure_says_how_many_attempts_were_made() {
     let client = env.client().await;
     let runs = Counter::new(&env, "flaky");
     let future = client
-        .submit_with(flaky, runs.args(100, true, 0), &quick(3))
+        .submit_with(flaky, args(&runs, 100, true, 0), &quick(3))
         .await
         .unwrap();
     let f = failure(future.result_within(PATIENCE).await.unwrap_err());
@@ -122,7 +101,7 @@ async fn an_error_not_marked_retryable_is_not_retried() {
     let client = env.client().await;
     let runs = Counter::new(&env, "flaky");
     let future = client
-        .submit_with(flaky, runs.args(100, false, 0), &quick(5))
+        .submit_with(flaky, args(&runs, 100, false, 0), &quick(5))
         .await
         .unwrap();
     let f = failure(future.result_within(PATIENCE).await.unwrap_err());
@@ -142,7 +121,7 @@ async fn a_retry_waits_in_the_broker_not_in_a_worker() {
     let backoff = Duration::from_secs(2);
     let options = TaskOptions::new().retry(RetryPolicy::new(2).backoff(backoff, backoff));
     let future = client
-        .submit_with(flaky, runs.args(1, true, 1), &options)
+        .submit_with(flaky, args(&runs, 1, true, 1), &options)
         .await
         .unwrap();
     env.eventually("the first attempt", || async { runs.runs().await == 1 })
@@ -182,11 +161,11 @@ async fn graph_tasks_are_retried_and_release_dependents_only_when_final() {
     let (root_runs, middle_runs) = (Counter::new(&env, "root"), Counter::new(&env, "middle"));
     // Nothing runs until the whole graph is in place: the worker starts last.
     let root = client
-        .submit_with(flaky, root_runs.args(2, true, 10), &quick(5))
+        .submit_with(flaky, args(&root_runs, 2, true, 10), &quick(5))
         .await
         .unwrap();
     // A graph task taking root's result, with a retry policy of its own.
-    let (url, counter, failures, retryable, _) = middle_runs.args(1, true, 0);
+    let (url, counter, failures, retryable, _) = args(&middle_runs, 1, true, 0);
     let middle = flaky.delayed(
         url,
         counter,
