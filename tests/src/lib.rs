@@ -18,6 +18,7 @@ use rask::{Client, Settings};
 use rask_worker::{Registry, Worker};
 use tokio::sync::OnceCell;
 
+pub mod poison;
 pub mod tasks;
 use tokio_util::sync::CancellationToken;
 

@@ -8,16 +8,14 @@
 //!
 //! Every wait polls a condition with a deadline; nothing sleeps to synchronise.
 
-use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::time::Duration;
 
-use rask::builtins::{inc, sleep_ms};
-use rask::{Error, FailureKind, Future};
+use rask::builtins::sleep_ms;
+use rask::Future;
 use rask_common::settings::QueueType;
 use rask_common::{Keys, Store};
-use rask_tests::tasks::abort_worker;
-use rask_tests::{dead_letter_reason, rabbitmqctl, PrivateCluster, TestEnv, PATIENCE};
+use rask_tests::{rabbitmqctl, PrivateCluster, TestEnv, PATIENCE};
 use tokio::time::Instant;
 
 /// Tasks per run.
@@ -129,42 +127,10 @@ async fn a_poison_task_on_a_quorum_queue_is_dead_lettered_by_its_delivery_count(
     let mut env = TestEnv::new("quorumpoison").await;
     quorum(&mut env);
     let program = Path::new(env!("CARGO_BIN_EXE_rask-test-worker"));
-    let settings = [
-        ("RASK_MAX_DELIVERIES", "3"),
-        ("RASK_CONCURRENCY", "1"),
-        ("RASK_PREFETCH", "1"),
-    ];
-    let client = env.client().await;
-    let runs = format!("{}:test-counter:poison", env.settings.key_prefix);
-    let poison = client
-        .submit(abort_worker, (env.settings.redis_url.clone(), runs.clone()))
-        .await
-        .unwrap();
-    let normal = client.submit(inc, (41,)).await.unwrap();
-
-    for death in 1..=3 {
-        let mut worker = env.spawn_program_with(program, 1, &settings).remove(0);
-        let status = worker
-            .wait(PATIENCE)
-            .await
-            .unwrap()
-            .unwrap_or_else(|| panic!("worker {death} dies running the poison"));
-        assert_eq!(status.signal(), Some(nix::libc::SIGABRT), "worker {death}");
-    }
-
-    let mut survivor = env.spawn_program_with(program, 1, &settings).remove(0);
-    let f = match poison.result_within(PATIENCE).await.unwrap_err() {
-        Error::Task(f) => *f,
-        other => panic!("expected a task failure, got {other:?}"),
-    };
-    assert_eq!(f.kind, FailureKind::DeliveryLimit);
-    let reason = "delivered 3 times without an outcome (max_deliveries = 3)";
-    assert!(f.message.contains(reason), "{}", f.message);
-    assert_eq!(normal.result_within(PATIENCE).await.unwrap(), 42);
-    assert!(survivor.is_running().unwrap());
+    let poison = rask_tests::poison::dead_lettered_after_three_deliveries(&env, program).await;
 
     // The count came from the queue: no delivery counter was written to Redis.
-    let counter = Keys::new(env.settings.key_prefix.as_str()).deliveries(poison.key());
+    let counter = Keys::new(env.settings.key_prefix.as_str()).deliveries(&poison);
     let redis = redis::Client::open(env.settings.redis_url.as_str()).unwrap();
     let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
     let exists: bool = redis::cmd("EXISTS")
@@ -173,8 +139,4 @@ async fn a_poison_task_on_a_quorum_queue_is_dead_lettered_by_its_delivery_count(
         .await
         .unwrap();
     assert!(!exists, "no Redis counter {counter}");
-
-    let dead = env.dead_letters(1).await;
-    let why = dead_letter_reason(&dead[0]).unwrap();
-    assert!(why.contains(reason), "{why}");
 }

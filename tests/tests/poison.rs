@@ -3,16 +3,14 @@
 //! while the tasks behind it run. And a redelivered task that already has an outcome (its worker
 //! stored it, then vanished before acknowledging) is not run again.
 
-use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 
 use lapin::options::BasicGetOptions;
 use rask::builtins::inc;
-use rask::{Error, FailureKind};
 use rask_common::message::encode_value;
-use rask_common::{broker, Keys, Outcome, Store, TaskMessage};
+use rask_common::{broker, Keys, Outcome, Store};
 use rask_tests::tasks::abort_worker;
-use rask_tests::{dead_letter_reason, read_counter, TestEnv, PATIENCE};
+use rask_tests::{read_counter, TestEnv, PATIENCE};
 
 /// Reads the Redis counter `key` of `env` (0 if unset).
 async fn counter(env: &TestEnv, key: &str) -> i64 {
@@ -23,49 +21,7 @@ async fn counter(env: &TestEnv, key: &str) -> i64 {
 async fn a_task_that_kills_its_workers_is_dead_lettered_after_max_deliveries() {
     let env = TestEnv::new("poison").await;
     let program = Path::new(env!("CARGO_BIN_EXE_rask-test-worker"));
-    // One task at a time and no other held, so that the poison dies alone each time.
-    let settings = [
-        ("RASK_MAX_DELIVERIES", "3"),
-        ("RASK_CONCURRENCY", "1"),
-        ("RASK_PREFETCH", "1"),
-    ];
-    let client = env.client().await;
-    let runs = format!("{}:test-counter:poison", env.settings.key_prefix);
-    let poison = client
-        .submit(abort_worker, (env.settings.redis_url.clone(), runs.clone()))
-        .await
-        .unwrap();
-    let normal = client.submit(inc, (41,)).await.unwrap();
-
-    for death in 1..=3 {
-        let mut worker = env.spawn_program_with(program, 1, &settings).remove(0);
-        let status = worker
-            .wait(PATIENCE)
-            .await
-            .unwrap()
-            .unwrap_or_else(|| panic!("worker {death} dies running the poison"));
-        assert_eq!(status.signal(), Some(nix::libc::SIGABRT), "worker {death}");
-        assert_eq!(counter(&env, &runs).await, death);
-    }
-
-    // The next worker refuses it instead of dying, and serves the task behind it.
-    let mut survivor = env.spawn_program_with(program, 1, &settings).remove(0);
-    let f = match poison.result_within(PATIENCE).await.unwrap_err() {
-        Error::Task(f) => *f,
-        other => panic!("expected a task failure, got {other:?}"),
-    };
-    assert_eq!(f.kind, FailureKind::DeliveryLimit);
-    let reason = "delivered 3 times without an outcome (max_deliveries = 3)";
-    assert!(f.message.contains(reason), "{}", f.message);
-    assert_eq!(normal.result_within(PATIENCE).await.unwrap(), 42);
-    assert_eq!(counter(&env, &runs).await, 3, "the poison ran no more");
-    assert!(survivor.is_running().unwrap());
-
-    let dead = env.dead_letters(1).await;
-    let copy = TaskMessage::decode(&dead[0].data).unwrap();
-    assert_eq!(&copy.key, poison.key());
-    let why = dead_letter_reason(&dead[0]).unwrap();
-    assert!(why.contains(reason), "{why}");
+    rask_tests::poison::dead_lettered_after_three_deliveries(&env, program).await;
 }
 
 #[tokio::test]
