@@ -424,6 +424,76 @@ pub fn task_properties(message: &crate::TaskMessage) -> BasicProperties {
     }
 }
 
+/// Declares the fanout exchange of broadcast requests (`rask run`), `{exchange}.broadcast`, and
+/// returns its name.
+///
+/// # Errors
+/// [`crate::Error::Broker`] if RabbitMQ refuses.
+pub async fn declare_broadcast_exchange(channel: &Channel, settings: &Settings) -> Result<String> {
+    let exchange = settings.broadcast_exchange();
+    channel
+        .exchange_declare(
+            exchange.as_str().into(),
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(exchange)
+}
+
+/// Declares an exclusive, auto-deleted queue `name` (`""`: named by the server), binds it to
+/// the fanout `exchange` when given, and consumes it without acknowledgements (broadcast
+/// requests and their replies). Returns the queue's name and the consumer.
+///
+/// # Errors
+/// [`crate::Error::Broker`] if RabbitMQ refuses.
+pub async fn consume_private_queue(
+    channel: &Channel,
+    name: &str,
+    exchange: Option<&str>,
+    consumer_tag: &str,
+) -> Result<(String, lapin::Consumer)> {
+    let queue = channel
+        .queue_declare(
+            name.into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let queue = queue.name().as_str().to_owned();
+    if let Some(exchange) = exchange {
+        channel
+            .queue_bind(
+                queue.as_str().into(),
+                exchange.into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    let consumer = channel
+        .basic_consume(
+            queue.as_str().into(),
+            consumer_tag.into(),
+            lapin::options::BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    Ok((queue, consumer))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

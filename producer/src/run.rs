@@ -12,11 +12,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use futures::StreamExt;
-use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, ExchangeDeclareOptions, QueueDeclareOptions,
-};
-use lapin::types::FieldTable;
-use lapin::{BasicProperties, Connection, ExchangeKind};
+use lapin::options::BasicPublishOptions;
+use lapin::{BasicProperties, Connection};
 use rask_common::message::encode_value;
 use rask_common::ops::{self, BroadcastFailure, BroadcastReply, BroadcastRequest, WorkerInfo};
 use rask_common::signing::Signer;
@@ -134,40 +131,9 @@ pub(crate) async fn broadcast<T: DeserializeOwned>(
         return Ok(report);
     }
     let channel = connection.create_channel().await?;
-    let exchange = settings.broadcast_exchange();
-    channel
-        .exchange_declare(
-            exchange.as_str().into(),
-            ExchangeKind::Fanout,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    let reply_queue = channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    let mut replies = channel
-        .basic_consume(
-            reply_queue.name().clone(),
-            "rask run".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+    let exchange = broker::declare_broadcast_exchange(&channel, settings).await?;
+    let (reply_queue, mut replies) =
+        broker::consume_private_queue(&channel, "", None, "rask run").await?;
     let correlation = uuid::Uuid::new_v4().simple().to_string();
     let body = ops::encode(&BroadcastRequest {
         function: function.to_owned(),
@@ -176,7 +142,7 @@ pub(crate) async fn broadcast<T: DeserializeOwned>(
     let expiration = timeout.as_millis().max(1).to_string();
     let mut properties = BasicProperties::default()
         .with_content_type(broker::CONTENT_TYPE.into())
-        .with_reply_to(reply_queue.name().clone())
+        .with_reply_to(reply_queue.as_str().into())
         .with_correlation_id(correlation.as_str().into())
         .with_message_id(correlation.as_str().into())
         .with_type(function.into())

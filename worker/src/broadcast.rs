@@ -12,12 +12,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions,
-};
-use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, ExchangeKind};
+use lapin::options::BasicPublishOptions;
+use lapin::{BasicProperties, Channel};
 use rask_common::message::encode_value;
 use rask_common::ops::{self, BroadcastFailure, BroadcastReply, BroadcastRequest};
 use rask_common::signing::Signer;
@@ -68,50 +64,14 @@ async fn consume(
     let connection =
         broker::connect(settings, &format!("rask-worker {} broadcast", identity.id)).await?;
     let channel = connection.create_channel().await?;
-    let exchange = settings.broadcast_exchange();
-    channel
-        .exchange_declare(
-            exchange.as_str().into(),
-            ExchangeKind::Fanout,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    let queue = format!("{exchange}.{}", identity.id);
-    channel
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .queue_bind(
-            queue.as_str().into(),
-            exchange.as_str().into(),
-            "".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    let mut requests = channel
-        .basic_consume(
-            queue.as_str().into(),
-            "broadcast".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+    let exchange = broker::declare_broadcast_exchange(&channel, settings).await?;
+    let (queue, mut requests) = broker::consume_private_queue(
+        &channel,
+        &format!("{exchange}.{}", identity.id),
+        Some(&exchange),
+        "broadcast",
+    )
+    .await?;
     health.broker.send_replace(true);
     tracing::debug!(%queue, "answering broadcasts");
     let signer = Signer::from_settings(settings);
