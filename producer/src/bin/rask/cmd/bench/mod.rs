@@ -468,6 +468,23 @@ async fn measure_idle(workers: &[Pid], window: Duration) -> Result<Idle> {
 }
 
 /// Deletes the stored results of `futures`, so Redis does not grow from workload to workload.
+/// `map(task, args)` then `gather` (for at most [`PATIENCE`]): the values, the futures (to
+/// release once the values are checked) and the seconds from the first submit to the last result.
+async fn map_and_gather<T: rask::Task>(
+    client: &Client,
+    task: T,
+    args: impl IntoIterator<Item = T::Args>,
+) -> Result<(Vec<T::Output>, Vec<rask::Future<T::Output>>, f64)> {
+    let started = Instant::now();
+    let futures = client.map(task, args).await.context("submitting")?;
+    let values = client
+        .gather(&futures)
+        .timeout(PATIENCE)
+        .await
+        .context("gathering")?;
+    Ok((values, futures, started.elapsed().as_secs_f64()))
+}
+
 async fn release<T>(client: &Client, futures: &[rask::Future<T>]) -> Result<()> {
     for chunk in futures.chunks(RELEASE_KEYS) {
         let keys: Vec<rask::TaskKey> = chunk.iter().map(|f| f.key().clone()).collect();

@@ -2,28 +2,19 @@
 //! the first submit to the last result. The floor publishes n messages of the same size, then
 //! polls their values.
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{ensure, Result};
 use rask::builtins::inc;
 use rask::Client;
 use tokio::time::Instant;
 
 use super::floor::{Floor, Shape, PREFETCH};
 use super::report::Figures;
-use super::{release, PATIENCE};
+use super::{map_and_gather, release};
 
 /// rask: `map(inc, 0..n)`, then `gather`; checks every result is its input plus one.
 pub(super) async fn rask(client: &Client, n: usize) -> Result<Figures> {
-    let started = Instant::now();
-    let futures = client
-        .map(inc, (0..n as i64).map(|i| (i,)))
-        .await
-        .context("submitting")?;
-    let values = client
-        .gather(&futures)
-        .timeout(PATIENCE)
-        .await
-        .context("gathering")?;
-    let seconds = started.elapsed().as_secs_f64();
+    let (values, futures, seconds) =
+        map_and_gather(client, inc, (0..n as i64).map(|i| (i,))).await?;
     for (i, value) in values.iter().enumerate() {
         ensure!(
             *value == i as i64 + 1,
