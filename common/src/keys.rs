@@ -84,22 +84,61 @@ impl fmt::Debug for TaskKey {
 }
 
 /// Builds the Redis keys and channel names of one deployment (one key prefix).
+///
+/// For a Redis Cluster ([`Keys::clustered`]) every key carries a hash tag, so that the keys a
+/// script or a multi-key command touches live in one hash slot: the keys of one task carry the
+/// task key in braces (`rask:result:{inc-1}`: its result, task record, pending and dependents
+/// sets and delivery counter share a slot), the deployment's own keys the prefix in braces
+/// (`{rask}:workers`, `{rask}:worker:w-1`). A single Redis uses the names without braces.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keys {
     prefix: String,
+    tagged: bool,
 }
 
 impl Keys {
-    /// Keys under `prefix` (the `key_prefix` setting).
+    /// Keys under `prefix` (the `key_prefix` setting) for a single Redis.
     pub fn new(prefix: impl Into<String>) -> Self {
         Keys {
             prefix: prefix.into(),
+            tagged: false,
+        }
+    }
+
+    /// Keys under `prefix` for a Redis Cluster: with hash tags (see [`Keys`]).
+    pub fn clustered(prefix: impl Into<String>) -> Self {
+        Keys {
+            prefix: prefix.into(),
+            tagged: true,
+        }
+    }
+
+    /// Whether names carry hash tags (a Redis Cluster).
+    pub fn is_clustered(&self) -> bool {
+        self.tagged
+    }
+
+    /// The name of the `kind` key of task `key`.
+    fn of_task(&self, kind: &str, key: &TaskKey) -> String {
+        if self.tagged {
+            format!("{}:{kind}:{{{}}}", self.prefix, key.0)
+        } else {
+            format!("{}:{kind}:{}", self.prefix, key.0)
+        }
+    }
+
+    /// The name of the deployment's own key `rest` (`{prefix}:{rest}`).
+    fn of_deployment(&self, rest: &str) -> String {
+        if self.tagged {
+            format!("{{{}}}:{rest}", self.prefix)
+        } else {
+            format!("{}:{rest}", self.prefix)
         }
     }
 
     /// Where the result of `key` is stored: `{prefix}:result:{key}`.
     pub fn result(&self, key: &TaskKey) -> String {
-        format!("{}:result:{}", self.prefix, key.0)
+        self.of_task("result", key)
     }
 
     /// The common start of every result key (`{prefix}:result:`), for scans.
@@ -114,24 +153,24 @@ impl Keys {
 
     /// The message of a graph task, kept until its inputs are ready: `{prefix}:task:{key}`.
     pub fn task(&self, key: &TaskKey) -> String {
-        format!("{}:task:{}", self.prefix, key.0)
+        self.of_task("task", key)
     }
 
     /// The set of inputs a graph task still waits for: `{prefix}:pending:{key}`.
     pub fn pending(&self, key: &TaskKey) -> String {
-        format!("{}:pending:{}", self.prefix, key.0)
+        self.of_task("pending", key)
     }
 
     /// The set of graph tasks waiting for the result of `key`: `{prefix}:dependents:{key}`.
     pub fn dependents(&self, key: &TaskKey) -> String {
-        format!("{}:dependents:{}", self.prefix, key.0)
+        self.of_task("dependents", key)
     }
 
     /// How many times the message of `key` was delivered again after a delivery that ended
     /// without an outcome (a crashed or vanished worker): `{prefix}:deliveries:{key}`, an
     /// integer counted by workers to enforce the `max_deliveries` setting.
     pub fn deliveries(&self, key: &TaskKey) -> String {
-        format!("{}:deliveries:{}", self.prefix, key.0)
+        self.of_task("deliveries", key)
     }
 
     /// Patterns (for `SCAN MATCH`) of every graph bookkeeping key of this prefix.
@@ -142,14 +181,14 @@ impl Keys {
     /// The registry entry of the live worker `id` (a MessagePack
     /// [`crate::ops::WorkerEntry`] with a TTL of three heartbeats): `{prefix}:worker:{id}`.
     pub fn worker(&self, id: &str) -> String {
-        format!("{}:worker:{id}", self.prefix)
+        self.of_deployment(&format!("worker:{id}"))
     }
 
     /// The set of worker ids that registered (an index of [`Keys::worker`] entries, so that
     /// readers need no `SCAN`; ids whose entry expired are removed by readers):
     /// `{prefix}:workers`.
     pub fn workers(&self) -> String {
-        format!("{}:workers", self.prefix)
+        self.of_deployment("workers")
     }
 
     /// The channel on which workers announce stored results (keys only): `{prefix}:done`.
@@ -185,6 +224,20 @@ mod tests {
         assert_eq!(keys.deliveries(&key), "p:deliveries:inc-1");
         assert_eq!(keys.worker("w-1"), "p:worker:w-1");
         assert_eq!(keys.workers(), "p:workers");
+        assert!(!keys.is_clustered());
+    }
+
+    #[test]
+    fn clustered_names_carry_hash_tags() {
+        let keys = Keys::clustered("p");
+        let key = TaskKey::new("inc-1").unwrap();
+        assert_eq!(keys.result(&key), "p:result:{inc-1}");
+        assert_eq!(keys.dependents(&key), "p:dependents:{inc-1}");
+        assert_eq!(keys.deliveries(&key), "p:deliveries:{inc-1}");
+        assert_eq!(keys.worker("w-1"), "{p}:worker:w-1");
+        assert_eq!(keys.workers(), "{p}:workers");
+        assert_eq!(keys.done_channel(), "p:done");
+        assert!(keys.result(&key).starts_with(&keys.result_pattern_prefix()));
     }
 
     #[test]

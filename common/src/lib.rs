@@ -39,6 +39,7 @@ pub mod retry;
 pub mod settings;
 pub mod signing;
 pub mod store;
+mod store_conn;
 pub mod task;
 mod tls;
 

@@ -69,6 +69,13 @@ pub struct Settings {
     pub queue_type: QueueType,
     /// URL of Redis. Default `redis://127.0.0.1:6379/`.
     pub redis_url: String,
+    /// URLs of nodes of a Redis Cluster (any of them: the rest are discovered), used instead of
+    /// `redis_url` when not empty. Every key of one task then carries the task key in braces as
+    /// its hash tag (`rask:result:{inc-1}`), the deployment's own keys the prefix
+    /// (`{rask}:workers`), so that every script keeps to one hash slot; see [`crate::keys::Keys`]. In `RASK_REDIS_CLUSTER_URLS`, comma-separated. Default empty: the
+    /// single Redis of `redis_url`.
+    #[serde(deserialize_with = "non_empty_strings")]
+    pub redis_cluster_urls: Vec<String>,
     /// Durable direct exchange tasks are published to. Default `rask`.
     pub exchange: String,
     /// Durable queue workers consume tasks from (also its routing key). Default `rask.tasks`.
@@ -168,6 +175,7 @@ impl Default for Settings {
             amqp_urls: Vec::new(),
             queue_type: QueueType::Classic,
             redis_url: "redis://127.0.0.1:6379/".into(),
+            redis_cluster_urls: Vec::new(),
             exchange: "rask".into(),
             queue: "rask.tasks".into(),
             queue_shards: 1,
@@ -224,7 +232,8 @@ impl Settings {
                     .try_parsing(true)
                     .list_separator(",")
                     .with_list_parse_key("signing_keys")
-                    .with_list_parse_key("amqp_urls"),
+                    .with_list_parse_key("amqp_urls")
+                    .with_list_parse_key("redis_cluster_urls"),
             )
             .build()
             .and_then(|c| c.try_deserialize())
@@ -334,6 +343,17 @@ impl Settings {
                 "must start with redis:// or rediss://",
             );
         }
+        if let Some(url) = self
+            .redis_cluster_urls
+            .iter()
+            .find(|u| !u.starts_with("redis://") && !u.starts_with("rediss://"))
+        {
+            return bad(
+                "redis_cluster_urls",
+                &mask_url(url),
+                "each must start with redis:// or rediss://",
+            );
+        }
         if let Some(short) = self
             .signing_keys
             .iter()
@@ -374,6 +394,16 @@ impl Settings {
             vec![self.amqp_url.as_str()]
         } else {
             self.amqp_urls.iter().map(String::as_str).collect()
+        }
+    }
+
+    /// The URLs of the store: the nodes of `redis_cluster_urls` when set, else `redis_url`
+    /// alone. Never empty.
+    pub fn redis_nodes(&self) -> Vec<&str> {
+        if self.redis_cluster_urls.is_empty() {
+            vec![self.redis_url.as_str()]
+        } else {
+            self.redis_cluster_urls.iter().map(String::as_str).collect()
         }
     }
 
@@ -445,6 +475,14 @@ impl fmt::Debug for Settings {
             )
             .field("queue_type", &self.queue_type)
             .field("redis_url", &mask_url(&self.redis_url))
+            .field(
+                "redis_cluster_urls",
+                &self
+                    .redis_cluster_urls
+                    .iter()
+                    .map(|u| mask_url(u))
+                    .collect::<Vec<_>>(),
+            )
             .field("exchange", &self.exchange)
             .field("queue", &self.queue)
             .field("queue_shards", &self.queue_shards)
@@ -659,6 +697,17 @@ mod tests {
         let s = Settings::load_from(&file, true).unwrap();
         assert_eq!(s.queue_type, QueueType::Quorum);
         assert_eq!(s.amqp_nodes(), vec!["amqp://a/%2f", "amqp://b/%2f"]);
+        assert_eq!(s.redis_nodes(), vec!["redis://127.0.0.1:6379/"]);
+        std::fs::write(
+            &file,
+            "redis_cluster_urls = [\"redis://a:7000/\", \"redis://b:7001/\"]\n",
+        )
+        .unwrap();
+        let s = Settings::load_from(&file, true).unwrap();
+        assert_eq!(s.redis_nodes(), vec!["redis://a:7000/", "redis://b:7001/"]);
+        std::fs::write(&file, "redis_cluster_urls = [\"http://a:7000/\"]\n").unwrap();
+        let err = Settings::load_from(&file, true).unwrap_err().to_string();
+        assert!(err.contains("redis_cluster_urls"), "{err}");
         std::fs::write(&file, "queue_type = \"stream\"\n").unwrap();
         let err = Settings::load_from(&file, true).unwrap_err().to_string();
         assert!(err.contains("stream"), "{err}");

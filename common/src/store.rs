@@ -5,68 +5,68 @@
 //! the payload, so a waiter that misses an announcement loses time, not data.
 //!
 //! A `rediss://` URL connects over TLS, trusting `tls_ca_file` (instead of the system's roots)
-//! and presenting `tls_cert_file`/`tls_key_file` when set: see [`client`].
+//! and presenting `tls_cert_file`/`tls_key_file` when set. With `redis_cluster_urls` the store is a
+//! Redis Cluster: see [`crate::keys::Keys::clustered`] for how keys keep scripts in one slot.
 
 use std::time::Duration;
-
-use redis::aio::ConnectionManager;
 
 use crate::error::Result;
 use crate::keys::{Keys, TaskKey};
 use crate::settings::Settings;
-use crate::tls::TlsFiles;
+pub use crate::store_conn::{Connection, Node};
 
 /// Most keys read by one MGET (several MGETs go in one pipeline).
 const MGET_CHUNK: usize = 256;
-/// How long a command or pipeline may take before it fails: long enough for a pipeline of
-/// hundreds of MiB of results on a busy machine (the redis crate's default is 500 ms).
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A Redis client for the URL of `settings`, with their TLS files for a `rediss://` URL: how every
-/// rask connection to Redis is made (the result store, completion subscriptions).
+/// A Redis client for `redis_url` of `settings`, with their TLS files for a `rediss://` URL.
 ///
 /// # Errors
 /// [`crate::Error::Store`] for a bad URL or bad certificates; [`crate::Error::TlsFile`] if a
 /// TLS file of the settings cannot be read.
 pub fn client(settings: &Settings) -> Result<redis::Client> {
-    let url = settings.redis_url.as_str();
-    if !url.starts_with("rediss://") {
-        return Ok(redis::Client::open(url)?);
-    }
-    let files = TlsFiles::read(settings)?;
-    let certificates = redis::TlsCertificates {
-        client_tls: files
-            .identity
-            .map(|(client_cert, client_key)| redis::ClientTlsConfig {
-                client_cert,
-                client_key,
-            }),
-        root_cert: files.ca,
-    };
-    Ok(redis::Client::build_with_tls(url, certificates)?)
+    crate::store_conn::client(settings, &settings.redis_url)
 }
 
-/// A cheap-to-clone handle on the result store (reconnects by itself).
+/// Redis clients for subscribing to the completion channel of `settings`' store, in order of
+/// preference: the Redis of `redis_url`, or each node of `redis_cluster_urls` (a Redis Cluster
+/// forwards every `PUBLISH` to all its nodes, so any node serves; a subscriber whose node goes
+/// away moves to the next), with the settings' TLS files for `rediss://` URLs.
+///
+/// # Errors
+/// [`crate::Error::Store`] for a bad URL or bad certificates; [`crate::Error::TlsFile`] if a
+/// TLS file of the settings cannot be read.
+pub fn subscription_clients(settings: &Settings) -> Result<Vec<redis::Client>> {
+    settings
+        .redis_nodes()
+        .into_iter()
+        .map(|url| crate::store_conn::client(settings, url))
+        .collect()
+}
+
+/// A cheap-to-clone handle on the result store (reconnects by itself): one Redis, or a Redis
+/// Cluster when `redis_cluster_urls` is set.
 #[derive(Clone)]
 pub struct Store {
-    conn: ConnectionManager,
+    conn: Connection,
     keys: Keys,
     ttl: Duration,
 }
 
 impl Store {
-    /// Connects to the Redis of `settings`.
+    /// Connects to the Redis (or Redis Cluster) of `settings`.
     ///
     /// # Errors
-    /// [`crate::Error::Store`] if Redis cannot be reached.
+    /// [`crate::Error::Store`] if Redis cannot be reached; [`crate::Error::TlsFile`] if a TLS
+    /// file of the settings cannot be read.
     pub async fn connect(settings: &Settings) -> Result<Self> {
-        let client = client(settings)?;
-        let config =
-            redis::aio::ConnectionManagerConfig::new().set_response_timeout(Some(RESPONSE_TIMEOUT));
-        let conn = client.get_connection_manager_with_config(config).await?;
+        let conn = Connection::connect(settings).await?;
+        let keys = match conn {
+            Connection::Single(_) => Keys::new(settings.key_prefix.clone()),
+            Connection::Cluster(_) => Keys::clustered(settings.key_prefix.clone()),
+        };
         Ok(Store {
             conn,
-            keys: Keys::new(settings.key_prefix.clone()),
+            keys,
             ttl: settings.result_ttl,
         })
     }
@@ -76,8 +76,14 @@ impl Store {
         &self.keys
     }
 
+    /// A connection to the store (a cheap clone of the store's own), for commands of one's
+    /// own; on a Redis Cluster it routes each command to the node of its key.
+    pub fn connection(&self) -> Connection {
+        self.conn.clone()
+    }
+
     /// A connection handle (cheap clone) for the other modules of this crate.
-    pub(crate) fn conn(&self) -> ConnectionManager {
+    pub(crate) fn conn(&self) -> Connection {
         self.conn.clone()
     }
 
@@ -197,30 +203,32 @@ impl Store {
         Ok(deleted)
     }
 
-    /// Deletes every key matching `pattern`, by SCAN; returns how many.
+    /// Deletes every key matching `pattern`, by SCAN (of every primary of a cluster); returns
+    /// how many.
     async fn scan_delete(&self, pattern: &str) -> Result<u64> {
-        let mut conn = self.conn.clone();
-        let mut cursor: u64 = 0;
         let mut deleted = 0;
-        loop {
-            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut conn)
-                .await?;
-            if !batch.is_empty() {
-                deleted += redis::cmd("DEL")
-                    .arg(batch)
-                    .query_async::<u64>(&mut conn)
-                    .await?;
+        for node in self.conn.primaries().await? {
+            let mut cursor: u64 = 0;
+            loop {
+                let mut scan = redis::cmd("SCAN");
+                scan.arg(cursor)
+                    .arg("MATCH")
+                    .arg(pattern)
+                    .arg("COUNT")
+                    .arg(1000);
+                let (next, batch): (u64, Vec<String>) = self.conn.query_on(&node, scan).await?;
+                if !batch.is_empty() {
+                    deleted += redis::cmd("DEL")
+                        .arg(batch)
+                        .query_async::<u64>(&mut self.conn.clone())
+                        .await?;
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
             }
-            if next == 0 {
-                return Ok(deleted);
-            }
-            cursor = next;
         }
+        Ok(deleted)
     }
 }

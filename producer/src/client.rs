@@ -45,7 +45,7 @@ impl Client {
         settings.validate()?;
         let store = Store::connect(&settings).await?;
         let listener = Listener::start(
-            rask_common::store::client(&settings)?,
+            rask_common::store::subscription_clients(&settings)?,
             store.keys().done_channel(),
         )
         .await?;

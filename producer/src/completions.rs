@@ -38,11 +38,13 @@ pub(crate) struct Listener {
 }
 
 impl Listener {
-    /// Subscribes to `channel` on the Redis of `client`; returns once subscribed.
-    pub(crate) async fn start(client: redis::Client, channel: String) -> Result<Self> {
+    /// Subscribes to `channel` on the Redis of the first of `clients` that answers (the nodes
+    /// of a Redis Cluster, or the one Redis); returns once subscribed. A lost subscription is
+    /// made again on the next client in turn.
+    pub(crate) async fn start(clients: Vec<redis::Client>, channel: String) -> Result<Self> {
         let (events, _) = broadcast::channel(BUFFER);
         let (ready_tx, ready_rx) = oneshot::channel();
-        let task = tokio::spawn(listen(client, channel, events.clone(), ready_tx));
+        let task = tokio::spawn(listen(clients, channel, events.clone(), ready_tx));
         match ready_rx.await {
             Ok(Ok(())) => Ok(Listener { events, task }),
             Ok(Err(e)) => Err(Error::Store(e)),
@@ -70,14 +72,17 @@ impl Drop for Listener {
 }
 
 async fn listen(
-    client: redis::Client,
+    clients: Vec<redis::Client>,
     channel: String,
     events: broadcast::Sender<Event>,
     ready: oneshot::Sender<redis::RedisResult<()>>,
 ) {
     let mut ready = Some(ready);
     let mut pause = BACKOFF.0;
+    let mut turn = 0;
     loop {
+        let client = &clients[turn % clients.len()];
+        turn += 1;
         let subscribed = async {
             let mut pubsub = client.get_async_pubsub().await?;
             pubsub.subscribe(&channel).await?;
@@ -87,6 +92,10 @@ async fn listen(
         let mut pubsub = match subscribed {
             Ok(pubsub) => pubsub,
             Err(e) => {
+                if turn < clients.len() {
+                    tracing::debug!(error = %e, "subscribing on the next node");
+                    continue;
+                }
                 if let Some(ready) = ready.take() {
                     let _ = ready.send(Err(e));
                     return;

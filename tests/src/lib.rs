@@ -109,9 +109,32 @@ pub struct TestEnv {
 }
 
 impl TestEnv {
-    /// An environment on the shared servers, named after the test.
+    /// An environment on the shared servers, named after the test. When the servers are
+    /// clusters (`RASK_TEST_AMQP_URLS`: RabbitMQ nodes; `RASK_TEST_QUEUE_TYPE`: `quorum`;
+    /// `RASK_TEST_REDIS_CLUSTER_URLS`: the nodes of a Redis Cluster, the store, while
+    /// `RASK_TEST_REDIS_URL` still names a single Redis for the tests' own counters), its
+    /// settings say so, so that a whole suite runs against them.
     pub async fn new(name: &str) -> Self {
-        Self::on(shared_servers().await, name)
+        let mut env = Self::on(shared_servers().await, name);
+        let list = |var: &str| -> Vec<String> {
+            std::env::var(var)
+                .unwrap_or_default()
+                .split(',')
+                .filter(|url| !url.is_empty())
+                .map(str::to_owned)
+                .collect()
+        };
+        env.settings.amqp_urls = list("RASK_TEST_AMQP_URLS");
+        env.settings.redis_cluster_urls = list("RASK_TEST_REDIS_CLUSTER_URLS");
+        match std::env::var("RASK_TEST_QUEUE_TYPE").as_deref() {
+            Ok("quorum") => {
+                env.settings.queue_type = rask_common::settings::QueueType::Quorum;
+                env.settings.max_priority = 0;
+            }
+            Ok("classic") | Err(_) => {}
+            Ok(other) => panic!("RASK_TEST_QUEUE_TYPE={other}: classic or quorum"),
+        }
+        env
     }
 
     /// An environment on given servers.
@@ -166,6 +189,12 @@ impl TestEnv {
         ];
         if !s.amqp_urls.is_empty() {
             vars.push(("RASK_AMQP_URLS".into(), s.amqp_urls.join(",")));
+        }
+        if !s.redis_cluster_urls.is_empty() {
+            vars.push((
+                "RASK_REDIS_CLUSTER_URLS".into(),
+                s.redis_cluster_urls.join(","),
+            ));
         }
         vars
     }

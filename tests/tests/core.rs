@@ -7,6 +7,7 @@ use futures::StreamExt;
 use rask::builtins::{add, fail, inc};
 use rask::{Error, FailureKind, Future, TaskKey};
 use rask_common::message::encode_value;
+use rask_common::Store;
 use rask_tests::{failure, TestEnv, PATIENCE};
 use rask_worker::Registry;
 
@@ -64,12 +65,11 @@ async fn results_are_stored_with_the_configured_ttl() {
     let future = client.submit(inc, (1,)).await.unwrap();
     future.result_within(PATIENCE).await.unwrap();
 
-    let redis = redis::Client::open(env.settings.redis_url.as_str()).unwrap();
-    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
-    let key = format!("{}:result:{}", env.settings.key_prefix, future.key());
+    let store = Store::connect(&env.settings).await.unwrap();
+    let key = store.keys().result(future.key());
     let ttl_ms: i64 = redis::cmd("PTTL")
         .arg(&key)
-        .query_async(&mut conn)
+        .query_async(&mut store.connection())
         .await
         .unwrap();
     assert!(ttl_ms > 80_000 && ttl_ms <= 90_000, "PTTL {key} = {ttl_ms}");
@@ -237,22 +237,26 @@ async fn a_lost_notification_delays_a_result_but_never_loses_it() {
     let bytes = rask_common::Outcome::Value(encode_value(&41i64).unwrap())
         .encode()
         .unwrap();
-    let redis = redis::Client::open(env.settings.redis_url.as_str()).unwrap();
-    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
-    let key = rask_common::Keys::new(env.settings.key_prefix.as_str()).result(&silent_key);
+    let store = Store::connect(&env.settings).await.unwrap();
     let _: () = redis::cmd("SET")
-        .arg(&key)
+        .arg(store.keys().result(&silent_key))
         .arg(bytes)
-        .query_async(&mut conn)
+        .query_async(&mut store.connection())
         .await
         .unwrap();
-    let killed: i64 = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("pubsub")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    // Subscribers may be on any node of a Redis Cluster.
+    let mut killed = 0;
+    for url in env.settings.redis_nodes() {
+        let redis = redis::Client::open(url).unwrap();
+        let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+        killed += redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("pubsub")
+            .query_async::<i64>(&mut conn)
+            .await
+            .unwrap();
+    }
     assert!(killed >= 1);
 
     // The waiter resubscribes, re-reads what is pending, and finds it.

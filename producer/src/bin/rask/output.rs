@@ -34,15 +34,18 @@ pub(crate) async fn connect(global: &Global) -> Result<Client> {
     Client::connect(settings.clone()).await.with_context(|| {
         format!(
             "connecting to {} and {} (is a cluster running? try `rask local up`)",
-            settings
-                .amqp_nodes()
-                .into_iter()
-                .map(rask_common::settings::mask_url)
-                .collect::<Vec<_>>()
-                .join(", "),
-            rask_common::settings::mask_url(&settings.redis_url)
+            masked(settings.amqp_nodes()),
+            masked(settings.redis_nodes())
         )
     })
+}
+
+/// The URLs with their passwords masked, comma-separated.
+fn masked(urls: Vec<&str>) -> String {
+    urls.into_iter()
+        .map(rask_common::settings::mask_url)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Prints results in order: a JSON line per value; for a failure, `null` on stdout (so lines

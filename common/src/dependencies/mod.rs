@@ -9,6 +9,11 @@
 //! member changes nothing, and a ready dependent without a result is returned again), so a
 //! redelivered task releases its dependents again; a dependent published twice runs twice,
 //! harmlessly, since results are write-once.
+//!
+//! A Redis Cluster cannot run these scripts (their keys span hash slots): there [`cluster`]
+//! keeps the same records by steps that each stay in one slot.
+
+mod cluster;
 
 use std::sync::LazyLock;
 
@@ -95,6 +100,10 @@ impl Store {
         let ttl_ms = self.ttl_ms();
         let mut found = Vec::with_capacity(tasks.len());
         for chunk in tasks.chunks(PIPELINE_CHUNK) {
+            if keys.is_clustered() {
+                found.extend(self.register_tasks_by_slot(chunk).await?);
+                continue;
+            }
             let mut invocations = Vec::with_capacity(chunk.len());
             for task in chunk {
                 let mut inv = REGISTER.prepare_invoke();
@@ -138,6 +147,9 @@ impl Store {
     ) -> Result<Vec<TaskMessage>> {
         if outcomes.is_empty() {
             return Ok(Vec::new());
+        }
+        if self.keys().is_clustered() {
+            return self.store_and_release_by_slot(outcomes).await;
         }
         let mut pipe = self.outcomes_pipeline(outcomes);
         pipe.cmd("EVALSHA")
