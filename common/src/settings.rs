@@ -76,6 +76,15 @@ pub struct Settings {
     /// single Redis of `redis_url`.
     #[serde(deserialize_with = "non_empty_strings")]
     pub redis_cluster_urls: Vec<String>,
+    /// Replicas that must hold a batch of results (and a graph's task records) before a worker
+    /// acknowledges its tasks (or a producer returns): Redis's `WAIT` on every primary, for at
+    /// most 250 ms (a healthy replica answers in about a millisecond). Redis replicates asynchronously, so without it a primary that
+    /// crashes can take the last acknowledged results with it, and their futures then wait
+    /// until they time out; with `1`, a replica promoted in its place holds them. When fewer
+    /// replicas answer in time (one is down, or was promoted and has no replica yet) the batch
+    /// goes on, with a warning, and writes do not wait for the next 5 s. Set it to `1`
+    /// with a Redis Cluster (or a primary) that has replicas. Default `0`: no wait.
+    pub redis_wait_replicas: u32,
     /// Durable direct exchange tasks are published to. Default `rask`.
     pub exchange: String,
     /// Durable queue workers consume tasks from (also its routing key). Default `rask.tasks`.
@@ -176,6 +185,7 @@ impl Default for Settings {
             queue_type: QueueType::Classic,
             redis_url: "redis://127.0.0.1:6379/".into(),
             redis_cluster_urls: Vec::new(),
+            redis_wait_replicas: 0,
             exchange: "rask".into(),
             queue: "rask.tasks".into(),
             queue_shards: 1,
@@ -483,6 +493,7 @@ impl fmt::Debug for Settings {
                     .map(|u| mask_url(u))
                     .collect::<Vec<_>>(),
             )
+            .field("redis_wait_replicas", &self.redis_wait_replicas)
             .field("exchange", &self.exchange)
             .field("queue", &self.queue)
             .field("queue_shards", &self.queue_shards)

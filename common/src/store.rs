@@ -8,15 +8,22 @@
 //! and presenting `tls_cert_file`/`tls_key_file` when set. With `redis_cluster_urls` the store is a
 //! Redis Cluster: see [`crate::keys::Keys::clustered`] for how keys keep scripts in one slot.
 
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::error::Result;
 use crate::keys::{Keys, TaskKey};
 use crate::settings::Settings;
-pub use crate::store_conn::{Connection, Node};
+pub use crate::store_conn::{ClusterLink, Connection, Node};
 
 /// Most keys read by one MGET (several MGETs go in one pipeline).
 const MGET_CHUNK: usize = 256;
+/// The longest wait for replicas (see [`Settings::redis_wait_replicas`]).
+const REPLICA_WAIT: Duration = Duration::from_millis(250);
+/// How long writes go on without waiting for replicas after a wait fell short (a replica is
+/// down, or a primary was promoted and has none yet), so that a degraded cluster is not slowed
+/// by a timed-out wait per batch.
+const REPLICA_WAIT_PAUSE: Duration = Duration::from_secs(5);
 
 /// A Redis client for `redis_url` of `settings`, with their TLS files for a `rediss://` URL.
 ///
@@ -50,6 +57,9 @@ pub struct Store {
     conn: Connection,
     keys: Keys,
     ttl: Duration,
+    wait_replicas: u32,
+    /// Until when waits for replicas are skipped (see [`REPLICA_WAIT_PAUSE`]).
+    skip_waits_until: Arc<Mutex<Option<Instant>>>,
 }
 
 impl Store {
@@ -68,6 +78,8 @@ impl Store {
             conn,
             keys,
             ttl: settings.result_ttl,
+            wait_replicas: settings.redis_wait_replicas,
+            skip_waits_until: Arc::default(),
         })
     }
 
@@ -85,6 +97,42 @@ impl Store {
     /// A connection handle (cheap clone) for the other modules of this crate.
     pub(crate) fn conn(&self) -> Connection {
         self.conn.clone()
+    }
+
+    /// Waits until [`Settings::redis_wait_replicas`] replicas hold what was written so far (at
+    /// most [`REPLICA_WAIT`]); nothing to do when it is `0`. When fewer answer, warns and skips
+    /// waiting for [`REPLICA_WAIT_PAUSE`].
+    ///
+    /// # Errors
+    /// [`crate::Error::Store`] if Redis fails.
+    pub(crate) async fn replicate(&self) -> Result<()> {
+        let skipping = || {
+            let until = self
+                .skip_waits_until
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            until.is_some_and(|until| Instant::now() < until)
+        };
+        if self.wait_replicas == 0 || skipping() {
+            return Ok(());
+        }
+        let reached = self
+            .conn
+            .wait_for_replicas(self.wait_replicas, REPLICA_WAIT)
+            .await?;
+        if reached < u64::from(self.wait_replicas) {
+            *self
+                .skip_waits_until
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + REPLICA_WAIT_PAUSE);
+            tracing::warn!(
+                reached,
+                wanted = self.wait_replicas,
+                "writes reached fewer replicas than redis_wait_replicas within {REPLICA_WAIT:?}; \
+                 not waiting for replicas for {REPLICA_WAIT_PAUSE:?}"
+            );
+        }
+        Ok(())
     }
 
     /// The TTL of everything stored, in milliseconds.

@@ -19,6 +19,7 @@ use rask_worker::{Registry, Worker};
 use tokio::sync::OnceCell;
 
 pub mod poison;
+pub mod redis_cluster;
 pub mod tasks;
 use tokio_util::sync::CancellationToken;
 
@@ -80,6 +81,7 @@ impl PrivateServers {
             dir: dir.path.join("redis"),
             port: local::free_port().expect("a free port"),
             append_only: true,
+            cluster: false,
         };
         let (rabbitmq, redis) = tokio::join!(
             ServerProcess::start_rabbitmq(&rabbit, Lifetime::TiedToCaller),
@@ -194,6 +196,12 @@ impl TestEnv {
             vars.push((
                 "RASK_REDIS_CLUSTER_URLS".into(),
                 s.redis_cluster_urls.join(","),
+            ));
+        }
+        if s.redis_wait_replicas > 0 {
+            vars.push((
+                "RASK_REDIS_WAIT_REPLICAS".into(),
+                s.redis_wait_replicas.to_string(),
             ));
         }
         vars
@@ -782,6 +790,7 @@ impl PrivateCluster {
             dir: dir.path.join("redis"),
             port: local::free_port().expect("a free port"),
             append_only: true,
+            cluster: false,
         };
         let (nodes, redis) = tokio::join!(
             futures::future::join_all(

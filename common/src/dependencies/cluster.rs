@@ -171,6 +171,7 @@ impl Store {
         let ready = self
             .unpend(inputs.iter().map(|(task, deps)| (task, deps.as_slice())))
             .await?;
+        self.replicate().await?;
         let mut announce = redis::pipe();
         self.announce(&mut announce, outcomes)?;
         announce.query_async::<()>(&mut self.conn()).await?;

@@ -91,7 +91,8 @@ pub enum Registration {
 
 impl Store {
     /// Registers graph tasks (each message with its `deps`), in one pipeline per 1000 tasks,
-    /// each atomically; returns what each needs, in order. Records and sets live for the TTL.
+    /// each atomically; returns what each needs, in order, once `redis_wait_replicas` replicas
+    /// hold them. Records and sets live for the TTL.
     ///
     /// # Errors
     /// [`crate::Error::Store`] if Redis fails; tasks registered before the failure stay.
@@ -132,12 +133,15 @@ impl Store {
                 _ => Registration::Ready,
             }));
         }
+        self.replicate().await?;
         Ok(found)
     }
 
     /// Stores `outcomes` write-once, releases their dependents (the release script) and announces
-    /// them, in that order in one pipeline: one round trip. Returns the messages of the
-    /// dependents that are ready to run, without duplicates; publish them before acknowledging.
+    /// them, in that order in one pipeline: one round trip (on a cluster, a few: see
+    /// [`cluster`]); then waits for `redis_wait_replicas` replicas, if any. Returns the messages
+    /// of the dependents that are ready to run, without duplicates; publish them before
+    /// acknowledging.
     ///
     /// # Errors
     /// [`crate::Error::Store`] if Redis fails (call again: storing and releasing are idempotent).
@@ -171,6 +175,7 @@ impl Store {
             }
             other => other?,
         };
+        self.replicate().await?;
         Ok(decode_ready(bodies.0))
     }
 }

@@ -143,6 +143,7 @@ async fn start_parts(
         dir: spec.dir.join("redis"),
         port: spec.redis_port,
         append_only: true,
+        cluster: false,
     };
     let mut state = ClusterState {
         dir: spec.dir.clone(),

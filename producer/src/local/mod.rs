@@ -27,7 +27,7 @@
 //! use rask::local::{free_port, Lifetime, RedisSpec, ServerProcess};
 //!
 //! # async fn example() -> std::io::Result<()> {
-//! let spec = RedisSpec { dir: "/tmp/rask-example/redis".into(), port: free_port()?, append_only: true };
+//! let spec = RedisSpec { dir: "/tmp/rask-example/redis".into(), port: free_port()?, append_only: true, cluster: false };
 //! let mut redis = ServerProcess::start_redis(&spec, Lifetime::TiedToCaller).await?;
 //! println!("Redis serves at {}", redis.url());
 //! redis.kill().await?; // as a crash would

@@ -38,6 +38,10 @@ pub struct RedisSpec {
     /// the last second. `always` would cover that too, at one `fsync` per
     /// write batch, which a private cluster on one machine does not need.
     pub append_only: bool,
+    /// Whether the server runs as a node of a Redis Cluster (`cluster-enabled yes`, its node
+    /// table in `nodes.conf` in `dir`, a node timeout of 2 s so that a failed primary is
+    /// replaced quickly). The cluster itself is made separately (`redis-cli --cluster create`).
+    pub cluster: bool,
 }
 
 impl RedisSpec {
@@ -84,6 +88,12 @@ pub(crate) fn command(spec: &RedisSpec) -> io::Result<Command> {
         .args(["--appendfsync", "everysec"])
         .args(["--daemonize", "no"])
         .args(["--logfile", ""]);
+    if spec.cluster {
+        command
+            .args(["--cluster-enabled", "yes"])
+            .args(["--cluster-config-file", "nodes.conf"])
+            .args(["--cluster-node-timeout", "2000"]);
+    }
     Ok(command)
 }
 

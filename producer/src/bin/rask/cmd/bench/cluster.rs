@@ -72,6 +72,7 @@ impl Cluster {
             dir: dir.join("redis"),
             port: free_port()?,
             append_only: true,
+            cluster: false,
         };
         let (rabbitmq, redis) = tokio::join!(
             ServerProcess::start_rabbitmq(&rabbitmq, Lifetime::TiedToCaller),
