@@ -40,3 +40,27 @@ if [ "$#" -eq 0 ]; then
     cargo test --workspace --doc
 fi
 cargo nextest run --workspace --no-fail-fast "$@"
+
+# Then the core and graph suites again, on clusters: a 3-node RabbitMQ cluster with quorum
+# queues and a Redis Cluster of 3 primaries and 3 replicas (rask-test-clusters starts them and
+# writes the variables that point the suites at them). Only for a whole run.
+if [ "$#" -eq 0 ]; then
+    clusters_env="$servers_dir/clusters.env"
+    target/debug/rask-test-clusters "$clusters_env" 2>"$servers_dir/clusters.log" &
+    clusters_pid=$!
+    for _ in $(seq 600); do
+        [ -e "$clusters_env" ] || ! kill -0 "$clusters_pid" 2>/dev/null && break
+        sleep 0.1
+    done
+    if [ ! -e "$clusters_env" ]; then
+        echo "test.sh: the clusters did not start:" >&2
+        cat "$servers_dir/clusters.log" >&2
+        exit 1
+    fi
+    status=0
+    (set -a; . "$clusters_env"; exec cargo nextest run -p rask-tests --no-fail-fast \
+        -E 'binary(core) | binary(graph)') || status=$?
+    kill "$clusters_pid"
+    wait "$clusters_pid" || true
+    exit "$status"
+fi
