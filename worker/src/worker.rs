@@ -213,8 +213,10 @@ impl Worker {
             match delivery {
                 Some(Ok(Ok(delivery))) => {
                     let shared = shared.clone();
+                    // Boxed: the task cell (moved on spawn and on completion) stays small
+                    // while the state of a whole delivery lives in one heap allocation.
                     tracker.spawn(async move {
-                        handle(&shared, delivery).await;
+                        Box::pin(handle(&shared, delivery)).await;
                         drop(permit);
                     });
                 }
