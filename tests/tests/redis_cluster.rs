@@ -23,6 +23,12 @@ const DEADLINE: Duration = Duration::from_secs(90);
 /// How often a polled condition is checked again.
 const POLL: Duration = Duration::from_millis(20);
 
+/// `sleep_ms`'s argument for task `i`: 4-10 ms, so that a run lasts long enough (about 9 s on
+/// four slots) for a primary to go away in the middle of it.
+fn pause_of(i: usize) -> u64 {
+    (i % 7 + 4) as u64
+}
+
 /// A test environment on the shared RabbitMQ whose store is `cluster`.
 fn on_cluster(cluster: &PrivateRedisCluster, env: TestEnv) -> TestEnv {
     let mut env = env;
@@ -69,7 +75,7 @@ async fn five_thousand_tasks_survive(name: &str, loss: Loss) {
     let client = env.client().await;
     let store = Store::connect(&env.settings).await.unwrap();
     let futures = client
-        .map(sleep_ms, (0..TASKS).map(|i| ((i % 3) as u64,)))
+        .map(sleep_ms, (0..TASKS).map(|i| (pause_of(i),)))
         .await
         .unwrap();
     let mut workers = env.spawn_workers(2);
@@ -83,14 +89,14 @@ async fn five_thousand_tasks_survive(name: &str, loss: Loss) {
     }
 
     let primary = cluster.primaries().await[0];
+    assert!(
+        stored(&store, &futures).await < TASKS,
+        "the run is not over when the primary goes away"
+    );
     let promoted = match loss {
         Loss::FailOver => cluster.fail_over(primary).await,
         Loss::Kill => cluster.kill_primary(primary).await,
     };
-    assert!(
-        stored(&store, &futures).await < TASKS,
-        "the run was over before the primary went away"
-    );
     assert!(cluster.primaries().await.contains(&promoted));
     eprintln!(
         "{loss:?} of {primary} (now {promoted}) at {:?}",
@@ -101,7 +107,7 @@ async fn five_thousand_tasks_survive(name: &str, loss: Loss) {
     eprintln!("gathered at {:?}", started.elapsed());
     assert_eq!(values.len(), TASKS);
     for (i, value) in values.into_iter().enumerate() {
-        assert_eq!(value, (i % 3) as u64, "task {i}");
+        assert_eq!(value, pause_of(i), "task {i}");
     }
     for worker in &mut workers {
         assert!(worker.is_running().unwrap(), "workers survive the loss");

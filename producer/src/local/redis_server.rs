@@ -38,9 +38,11 @@ pub struct RedisSpec {
     /// the last second. `always` would cover that too, at one `fsync` per
     /// write batch, which a private cluster on one machine does not need.
     pub append_only: bool,
-    /// Whether the server runs as a node of a Redis Cluster (`cluster-enabled yes`, its node
-    /// table in `nodes.conf` in `dir`, a node timeout of 2 s so that a failed primary is
-    /// replaced quickly). The cluster itself is made separately (`redis-cli --cluster create`).
+    /// Whether the server runs in Redis Cluster mode (`cluster-enabled yes`, its node table
+    /// in `nodes.conf` in `dir`, a node timeout of 2 s so that a failed primary is replaced
+    /// quickly, and a replica's full sync started without the default 5 s delay); it then
+    /// serves only as a node of a cluster that is created separately (e.g. `redis-cli
+    /// --cluster create`).
     pub cluster: bool,
 }
 
@@ -92,7 +94,10 @@ pub(crate) fn command(spec: &RedisSpec) -> io::Result<Command> {
         command
             .args(["--cluster-enabled", "yes"])
             .args(["--cluster-config-file", "nodes.conf"])
-            .args(["--cluster-node-timeout", "2000"]);
+            .args(["--cluster-node-timeout", "2000"])
+            // A replica's first full sync starts at once, not after the default 5 s wait
+            // for more replicas to share one transfer.
+            .args(["--repl-diskless-sync-delay", "0"]);
     }
     Ok(command)
 }
