@@ -12,7 +12,7 @@
 
 use std::any::Any;
 use std::panic::AssertUnwindSafe;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 
@@ -32,7 +32,8 @@ pub(crate) fn time_limit(message: &TaskMessage, settings: &Settings) -> Option<D
 
 /// Runs `message` with the function `registry` has for it, for at most `limit`: plain functions
 /// in place off the runtime's other work (`block_in_place`, or the blocking pool on a
-/// single-threaded runtime or under a limit), async ones on the runtime; a panic is caught and
+/// single-threaded runtime or under a limit; inline when they have been quick so far, see
+/// `pace.rs`), async ones on the runtime; a panic is caught and
 /// reported either way. Sets `retryable` when the outcome is a failure the function marked
 /// [`rask_common::TaskError::retryable`] (whether it is retried is the caller's decision).
 pub(crate) async fn execute(
@@ -75,45 +76,54 @@ pub(crate) async fn execute(
             format!("ran longer than its time limit of {limit:?}{detail}"),
         )
     };
-    let joined = match (invocation, limit) {
-        // On a multi-threaded runtime, run the body on this thread and let the runtime move its
-        // other work elsewhere: no hand-off to the blocking pool and back per task.
-        (Invocation::Blocking(f), None) if multi_thread => {
-            match tokio::task::block_in_place(|| std::panic::catch_unwind(AssertUnwindSafe(f))) {
-                Ok(result) => Ok(result),
-                Err(payload) => return fail(FailureKind::Panicked, panic_text(payload)),
+    let joined =
+        match (invocation, limit) {
+            // On a multi-threaded runtime, run the body on this thread and let the runtime move its
+            // other work elsewhere: no hand-off to the blocking pool and back per task.
+            // A function that has been quick so far runs inline, without even that (`pace.rs`).
+            (Invocation::Blocking(f), None) if multi_thread => {
+                let pace = registry.pace();
+                let started = Instant::now();
+                let run = || std::panic::catch_unwind(AssertUnwindSafe(f));
+                let caught = if pace.is_quick(&message.function) {
+                    run()
+                } else {
+                    tokio::task::block_in_place(run)
+                };
+                pace.record(&message.function, started.elapsed());
+                match caught {
+                    Ok(result) => Ok(result),
+                    Err(payload) => return fail(FailureKind::Panicked, panic_text(payload)),
+                }
             }
-        }
-        (Invocation::Blocking(f), None) => tokio::task::spawn_blocking(f).await,
-        // Dropping the join handle at the limit detaches the thread: it runs on, unwatched.
-        (Invocation::Blocking(f), Some(limit)) => {
-            match tokio::time::timeout(limit, tokio::task::spawn_blocking(f)).await {
-                Ok(joined) => joined,
-                Err(_) => {
-                    return timed_out(
+            (Invocation::Blocking(f), None) => tokio::task::spawn_blocking(f).await,
+            // Dropping the join handle at the limit detaches the thread: it runs on, unwatched.
+            (Invocation::Blocking(f), Some(limit)) => {
+                match tokio::time::timeout(limit, tokio::task::spawn_blocking(f)).await {
+                    Ok(joined) => joined,
+                    Err(_) => return timed_out(
                         limit,
                         "; a plain function cannot be stopped, so it runs on in the background \
                          and its result is dropped",
-                    )
+                    ),
                 }
             }
-        }
-        (Invocation::Async(fut), limit) => {
-            let caught = AssertUnwindSafe(fut).catch_unwind();
-            let caught = match limit {
-                None => caught.await,
-                // At the limit the body's future is dropped: cancelled at its current `.await`.
-                Some(limit) => match tokio::time::timeout(limit, caught).await {
-                    Ok(caught) => caught,
-                    Err(_) => return timed_out(limit, ""),
-                },
-            };
-            match caught {
-                Ok(result) => Ok(result),
-                Err(payload) => return fail(FailureKind::Panicked, panic_text(payload)),
+            (Invocation::Async(fut), limit) => {
+                let caught = AssertUnwindSafe(fut).catch_unwind();
+                let caught = match limit {
+                    None => caught.await,
+                    // At the limit the body's future is dropped: cancelled at its current `.await`.
+                    Some(limit) => match tokio::time::timeout(limit, caught).await {
+                        Ok(caught) => caught,
+                        Err(_) => return timed_out(limit, ""),
+                    },
+                };
+                match caught {
+                    Ok(result) => Ok(result),
+                    Err(payload) => return fail(FailureKind::Panicked, panic_text(payload)),
+                }
             }
-        }
-    };
+        };
     match joined {
         Ok(Ok(bytes)) => Outcome::Value(bytes),
         Ok(Err(error)) => {

@@ -7,6 +7,8 @@ use rask_common::builtins;
 use rask_common::message::{decode_value, encode_value};
 use rask_common::{Invocation, Task, TaskError};
 
+use crate::pace::Pace;
+
 /// MessagePack's empty array and nil.
 const EMPTY_ARRAY: u8 = 0x90;
 const NIL: u8 = 0xc0;
@@ -63,9 +65,16 @@ pub(crate) enum PrepareError {
 #[derive(Clone, Default)]
 pub struct Registry {
     functions: BTreeMap<&'static str, Arc<dyn Callable>>,
+    /// How long the plain functions take (shared by clones).
+    pace: Arc<Pace>,
 }
 
 impl Registry {
+    /// The run times of its plain functions, which decide which run inline.
+    pub(crate) fn pace(&self) -> &Pace {
+        &self.pace
+    }
+
     /// A registry with no functions.
     pub fn new() -> Self {
         Registry::default()

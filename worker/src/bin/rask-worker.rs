@@ -52,10 +52,14 @@ async fn main() -> anyhow::Result<()> {
     }
     settings.validate().context("checking settings")?;
     tracing::info!(?settings, "starting");
-    Worker::new(settings, Registry::with_builtins())
-        .run(rask_worker::shutdown_signal())
-        .await
-        .context("worker failed")?;
+    // On a runtime thread rather than the main one: the deliveries it spawns then start on the
+    // thread that received them, without waking another.
+    tokio::spawn(
+        Worker::new(settings, Registry::with_builtins()).run(rask_worker::shutdown_signal()),
+    )
+    .await
+    .context("the worker panicked")?
+    .context("worker failed")?;
     // Tasks still running after the grace period were released to the queue; do not wait for
     // their threads (the runtime would on drop).
     std::process::exit(0)
