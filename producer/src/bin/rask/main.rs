@@ -21,7 +21,24 @@ async fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let result = match cli.command {
+    // On a runtime thread rather than the main one: the client's own tasks then wake the
+    // command's future without a hand-off between threads.
+    let result = match tokio::spawn(dispatch(cli)).await {
+        Ok(result) => result,
+        Err(panicked) => std::panic::resume_unwind(panicked.into_panic()),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(output::EXIT_ERROR)
+        }
+    }
+}
+
+/// Runs the command `cli` names.
+async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
         Command::Submit(args) => cmd::submit::run(&cli.global, args).await,
         Command::Map(args) => cmd::map::run(&cli.global, args).await,
         Command::Gather(args) => cmd::gather::run(&cli.global, args).await,
@@ -34,12 +51,5 @@ async fn main() -> ExitCode {
         Command::Local(command) => cmd::local::run(command).await,
         Command::Demo(args) => cmd::demo::run(&cli.global, args).await,
         Command::Bench(args) => cmd::bench::run(&cli.global, args).await,
-    };
-    match result {
-        Ok(code) => code,
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            ExitCode::from(output::EXIT_ERROR)
-        }
     }
 }

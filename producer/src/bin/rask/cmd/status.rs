@@ -23,13 +23,14 @@ pub(crate) async fn run(global: &Global, args: StatusArgs) -> Result<ExitCode> {
         } else {
             render(&status)
         };
-        let mut out = std::io::stdout().lock();
-        if clear {
-            write!(out, "\x1b[2J\x1b[H")?;
+        {
+            let mut out = std::io::stdout().lock();
+            if clear {
+                write!(out, "\x1b[2J\x1b[H")?;
+            }
+            out.write_all(text.as_bytes())?;
+            out.flush()?;
         }
-        out.write_all(text.as_bytes())?;
-        out.flush()?;
-        drop(out);
         if !args.watch {
             return Ok(ExitCode::SUCCESS);
         }
