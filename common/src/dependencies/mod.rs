@@ -137,8 +137,8 @@ impl Store {
         Ok(found)
     }
 
-    /// Stores `outcomes` write-once, releases their dependents (the release script) and announces
-    /// them, in that order in one pipeline: one round trip (on a cluster, a few: see
+    /// Stores `outcomes` write-once, announces them and releases their dependents (the release
+    /// script), in that order in one pipeline: one round trip (on a cluster, a few: see
     /// [`cluster`]); then waits for `redis_wait_replicas` replicas, if any. Returns the messages
     /// of the dependents that are ready to run, without duplicates; publish them before
     /// acknowledging.
@@ -155,7 +155,10 @@ impl Store {
         if self.keys().is_clustered() {
             return self.store_and_release_by_slot(outcomes).await;
         }
+        // Announced before the release script runs: waiters learn of the results without
+        // waiting for the dependents' bookkeeping.
         let mut pipe = self.outcomes_pipeline(outcomes);
+        self.announce(&mut pipe, outcomes)?;
         pipe.cmd("EVALSHA")
             .arg(RELEASE.get_hash())
             .arg(0)
@@ -163,7 +166,6 @@ impl Store {
         for (key, _) in outcomes {
             pipe.arg(key.as_str());
         }
-        self.announce(&mut pipe, outcomes)?;
         let bodies: (Vec<Vec<u8>>,) = match pipe.query_async(&mut self.conn()).await {
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
                 redis::cmd("SCRIPT")
