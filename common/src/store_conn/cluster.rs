@@ -4,9 +4,10 @@
 //! pipelines (a batch of results, a gather's `MGET`s) span many. [`ClusterLink`] therefore sends
 //! a pipeline's commands as concurrent commands of one slot each (a multi-key `MGET`, `DEL` or
 //! `EXISTS` is split by the slots of its keys and its reply put back together), each routed to
-//! the node of its slot, keeping the replies in order; a command without a key (`SCRIPT LOAD`,
-//! sent to every primary) waits for the commands before it and holds back those after it, so
-//! that a script is loaded before it is called. Every script keeps its keys in one slot (see
+//! the node of its slot, keeping the replies in order. Commands of one slot keep their order: a
+//! second command for a slot waits until the first is answered. A command without a key
+//! (`SCRIPT LOAD`, sent to every primary) waits for the commands before it and holds back those
+//! after it, so that a script is loaded before it is called. Every script keeps its keys in one slot (see
 //! [`crate::keys::Keys::clustered`]).
 //!
 //! The redis crate's cluster connection follows `MOVED` redirections and refreshes its slot
@@ -292,8 +293,7 @@ impl Split {
     }
 }
 
-/// The replies of `splits`, their parts sent at once (at most [`CLUSTER_IN_FLIGHT`] in
-/// flight), merged, in order.
+/// The replies of `splits`, their parts sent at once (in waves, see below), merged, in order.
 async fn concurrently(
     conn: &ClusterConnection,
     mut splits: Vec<Split>,
@@ -304,14 +304,20 @@ async fn concurrently(
         counts.push(split.parts.len());
         parts.append(&mut split.parts);
     }
-    let requests = parts.into_iter().map(|cmd| {
-        let mut conn = conn.clone();
-        async move { conn.req_packed_command(&cmd).await }
-    });
-    let mut replies: Vec<Value> = futures::stream::iter(requests)
-        .buffered(CLUSTER_IN_FLIGHT)
-        .try_collect()
-        .await?;
+    // Commands of one slot keep their order (an `INCR` before the `PEXPIRE` of the same key):
+    // a command whose slot already has one in flight waits for the next wave.
+    let mut replies: Vec<Value> = Vec::with_capacity(parts.len());
+    let mut wave: Vec<Cmd> = Vec::new();
+    let mut slots = std::collections::HashSet::new();
+    for cmd in parts {
+        if !slots.insert(slot_of(&cmd)) {
+            replies.extend(in_flight(conn, std::mem::take(&mut wave)).await?);
+            slots.clear();
+            slots.insert(slot_of(&cmd));
+        }
+        wave.push(cmd);
+    }
+    replies.extend(in_flight(conn, wave).await?);
     let mut merged = Vec::with_capacity(splits.len());
     let mut rest = replies.drain(..);
     for (split, count) in splits.iter().zip(counts) {
@@ -319,6 +325,37 @@ async fn concurrently(
         merged.push(split.merge(parts)?);
     }
     Ok(merged)
+}
+
+/// The replies of `cmds`, sent at once (at most [`CLUSTER_IN_FLIGHT`] in flight), in order.
+async fn in_flight(conn: &ClusterConnection, cmds: Vec<Cmd>) -> RedisResult<Vec<Value>> {
+    let requests = cmds.into_iter().map(|cmd| {
+        let mut conn = conn.clone();
+        async move { conn.req_packed_command(&cmd).await }
+    });
+    futures::stream::iter(requests)
+        .buffered(CLUSTER_IN_FLIGHT)
+        .try_collect()
+        .await
+}
+
+/// The slot of a single-slot command: that of its first key (the fourth argument of a script
+/// call, the second of anything else).
+fn slot_of(cmd: &Cmd) -> Option<Slot> {
+    let args: Vec<&[u8]> = cmd
+        .args_iter()
+        .take(4)
+        .map(|arg| match arg {
+            redis::Arg::Simple(bytes) => bytes,
+            _ => b"".as_slice(),
+        })
+        .collect();
+    let script = [b"EVAL".as_slice(), b"EVALSHA", b"FCALL"].iter().any(|s| {
+        args.first()
+            .is_some_and(|name| name.eq_ignore_ascii_case(s))
+    });
+    let key = if script { args.get(3) } else { args.get(1) };
+    key.map(Slot::for_key)
 }
 
 /// Whether `cmd` is routed by its keys (one slot, or a multi-key command the redis crate
@@ -415,6 +452,25 @@ e7d1 127.0.0.1:30001@40001,node-a myself,master - 0 0 1 connected 0-5460
             Value::Int(1)
         );
         assert_eq!(Split::of(redis::cmd("GET").arg("k")).parts.len(), 1);
+    }
+
+    #[test]
+    fn commands_are_placed_by_their_first_key() {
+        assert_eq!(
+            slot_of(redis::cmd("INCR").arg("p:deliveries:{k}")),
+            Some(Slot::for_key("k"))
+        );
+        assert_eq!(
+            slot_of(
+                redis::cmd("EVALSHA")
+                    .arg("abc")
+                    .arg(2)
+                    .arg("p:task:{k}")
+                    .arg("x")
+            ),
+            Some(Slot::for_key("k"))
+        );
+        assert_eq!(slot_of(&redis::cmd("PING")), None);
     }
 
     #[test]
