@@ -20,6 +20,7 @@ use tokio::sync::OnceCell;
 
 pub mod poison;
 pub mod redis_cluster;
+pub mod runs;
 pub mod tasks;
 use tokio_util::sync::CancellationToken;
 

@@ -15,37 +15,19 @@ use rask::builtins::sleep_ms;
 use rask::Future;
 use rask_common::settings::QueueType;
 use rask_common::{Keys, Store};
-use rask_tests::{rabbitmqctl, PrivateCluster, TestEnv, PATIENCE};
+use rask_tests::runs::{pause_of, ready_workers, stored, until_stored};
+use rask_tests::{rabbitmqctl, PrivateCluster, TestEnv};
 use tokio::time::Instant;
 
 /// Tasks per run.
 const TASKS: usize = 5_000;
 /// The longest any one wait of the cluster test may take.
 const DEADLINE: Duration = Duration::from_secs(90);
-/// How often a polled condition is checked again.
-const POLL: Duration = Duration::from_millis(20);
-
-/// `sleep_ms`'s argument for task `i`: 4-10 ms, so that a run lasts long enough to be hit.
-fn pause_of(i: usize) -> u64 {
-    (i % 7 + 4) as u64
-}
 
 /// `env`'s settings with quorum queues (and so no priorities).
 fn quorum(env: &mut TestEnv) {
     env.settings.queue_type = QueueType::Quorum;
     env.settings.max_priority = 0;
-}
-
-/// How many of `futures` have a stored outcome (read straight from Redis).
-async fn stored<T>(store: &Store, futures: &[Future<T>]) -> usize {
-    let keys: Vec<_> = futures.iter().map(|f| f.key().clone()).collect();
-    store
-        .get_outcomes(&keys)
-        .await
-        .expect("Redis answers")
-        .iter()
-        .filter(|o| o.is_some())
-        .count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -83,15 +65,8 @@ async fn a_lost_cluster_node_loses_no_task_of_5000() {
         .map(sleep_ms, (0..half).map(|i| (pause_of(i),)))
         .await
         .unwrap();
-    let mut workers = env.spawn_workers(2);
-    for worker in &mut workers {
-        worker.wait_ready(PATIENCE).await.expect("worker ready");
-    }
-    let deadline = Instant::now() + DEADLINE;
-    while stored(&store, &first).await < 500 {
-        assert!(Instant::now() < deadline, "500 results within {DEADLINE:?}");
-        tokio::time::sleep(POLL).await;
-    }
+    let mut workers = ready_workers(&env, 2).await;
+    until_stored(&env, &store, &first, 500).await;
 
     // The first node goes away as in a crash: the client's and both workers' connections, and
     // the quorum queue's leader, were there.

@@ -16,7 +16,8 @@ use futures::StreamExt;
 use rask::builtins::{inc, sleep_ms};
 use rask::{Client, Future, Settings};
 use rask_common::{Keys, Store};
-use rask_tests::{PrivateServers, TestEnv, PATIENCE};
+use rask_tests::runs::{pause_of, ready_workers, stored};
+use rask_tests::{PrivateServers, TestEnv};
 use rask_worker::Registry;
 use tokio::time::Instant;
 
@@ -43,37 +44,11 @@ where
     }
 }
 
-/// How many of `futures` have a stored outcome (read straight from Redis, not through a client).
-async fn stored<T>(store: &Store, futures: &[Future<T>]) -> usize {
-    let keys: Vec<_> = futures.iter().map(|f| f.key().clone()).collect();
-    store
-        .get_outcomes(&keys)
-        .await
-        .expect("Redis answers")
-        .iter()
-        .filter(|o| o.is_some())
-        .count()
-}
-
-/// `sleep_ms`'s argument for task `i`: 4-10 ms, so that a run lasts long enough to be hit.
-fn pause_of(i: usize) -> u64 {
-    (i % 7 + 4) as u64
-}
-
 /// An environment on `servers` whose workers run 8 tasks at once.
 fn busy_env(servers: &PrivateServers, name: &str) -> TestEnv {
     let mut env = TestEnv::on(servers.urls(), name);
     env.settings.concurrency = 8;
     env
-}
-
-/// Starts `n` worker processes and waits until each consumes.
-async fn ready_workers(env: &TestEnv, n: usize) -> Vec<rask::local::Worker> {
-    let mut workers = env.spawn_workers(n);
-    for worker in &mut workers {
-        worker.wait_ready(PATIENCE).await.expect("worker ready");
-    }
-    workers
 }
 
 /// Counts the writes of every result key of a deployment, from Redis's keyspace notifications

@@ -9,9 +9,10 @@
 use std::time::Duration;
 
 use rask::builtins::{add, inc, sleep_ms};
-use rask::{Delayed, Future};
+use rask::Delayed;
 use rask_common::Store;
 use rask_tests::redis_cluster::PrivateRedisCluster;
+use rask_tests::runs::{pause_of, ready_workers, stored, until_stored};
 use rask_tests::{TestEnv, PATIENCE};
 use rask_worker::Registry;
 use tokio::time::Instant;
@@ -20,36 +21,12 @@ use tokio::time::Instant;
 const TASKS: usize = 5_000;
 /// The longest any one wait may take.
 const DEADLINE: Duration = Duration::from_secs(90);
-/// How often a polled condition is checked again.
-const POLL: Duration = Duration::from_millis(20);
-
-/// `sleep_ms`'s argument for task `i`: 4-10 ms, so that a run lasts long enough (about 9 s on
-/// four slots) for a primary to go away in the middle of it.
-fn pause_of(i: usize) -> u64 {
-    (i % 7 + 4) as u64
-}
 
 /// A test environment on the shared RabbitMQ whose store is `cluster`.
 fn on_cluster(cluster: &PrivateRedisCluster, env: TestEnv) -> TestEnv {
     let mut env = env;
     env.settings.redis_cluster_urls = cluster.urls();
     env
-}
-
-/// How many of `futures` have a stored outcome (read through the cluster; a read that fails
-/// while a primary is being replaced is made again, as rask's own reads are).
-async fn stored<T>(store: &Store, futures: &[Future<T>]) -> usize {
-    let keys: Vec<_> = futures.iter().map(|f| f.key().clone()).collect();
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        match store.get_outcomes(&keys).await {
-            Ok(outcomes) => return outcomes.iter().filter(|o| o.is_some()).count(),
-            Err(e) => {
-                assert!(Instant::now() < deadline, "the cluster answers: {e}");
-                eprintln!("reading outcomes failed ({e}); reading again");
-            }
-        }
-    }
 }
 
 /// How a primary goes away in the middle of a run.
@@ -78,15 +55,8 @@ async fn five_thousand_tasks_survive(name: &str, loss: Loss) {
         .map(sleep_ms, (0..TASKS).map(|i| (pause_of(i),)))
         .await
         .unwrap();
-    let mut workers = env.spawn_workers(2);
-    for worker in &mut workers {
-        worker.wait_ready(PATIENCE).await.expect("worker ready");
-    }
-    let deadline = Instant::now() + DEADLINE;
-    while stored(&store, &futures).await < 500 {
-        assert!(Instant::now() < deadline, "500 results within {DEADLINE:?}");
-        tokio::time::sleep(POLL).await;
-    }
+    let mut workers = ready_workers(&env, 2).await;
+    until_stored(&env, &store, &futures, 500).await;
 
     let primary = cluster.primaries().await[0];
     assert!(
