@@ -188,7 +188,7 @@ pub async fn register(store: &Store, entry: &WorkerEntry, ttl: Duration) -> Resu
         .arg(keys.workers())
         .arg(&entry.id)
         .ignore()
-        .query_async::<()>(&mut store.conn())
+        .query_async::<()>(&mut store.connection())
         .await?;
     Ok(())
 }
@@ -207,7 +207,7 @@ pub async fn deregister(store: &Store, id: &str) -> Result<()> {
         .arg(keys.workers())
         .arg(id)
         .ignore()
-        .query_async::<()>(&mut store.conn())
+        .query_async::<()>(&mut store.connection())
         .await?;
     Ok(())
 }
@@ -220,7 +220,7 @@ pub async fn deregister(store: &Store, id: &str) -> Result<()> {
 /// [`crate::Error::Store`] if Redis fails.
 pub async fn live_workers(store: &Store) -> Result<Vec<WorkerEntry>> {
     let keys = store.keys();
-    let mut conn = store.conn();
+    let mut conn = store.connection();
     let mut ids: Vec<String> = redis::cmd("SMEMBERS")
         .arg(keys.workers())
         .query_async(&mut conn)

@@ -94,11 +94,6 @@ impl Store {
         self.conn.clone()
     }
 
-    /// A connection handle (cheap clone) for the other modules of this crate.
-    pub(crate) fn conn(&self) -> Connection {
-        self.conn.clone()
-    }
-
     /// Waits until [`Settings::redis_wait_replicas`] replicas hold what was written so far (at
     /// most [`REPLICA_WAIT`]); nothing to do when it is `0`. When fewer answer, warns and skips
     /// waiting for [`REPLICA_WAIT_PAUSE`].

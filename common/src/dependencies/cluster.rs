@@ -96,7 +96,7 @@ impl Store {
             }
             own.invoke_script(&inv);
         }
-        let codes: Vec<u8> = own.query_async(&mut self.conn()).await?;
+        let codes: Vec<u8> = own.query_async(&mut self.connection()).await?;
         let mut found: Vec<Registration> = codes
             .iter()
             .map(|code| match code {
@@ -125,7 +125,7 @@ impl Store {
                 .arg(ttl_ms);
             link.invoke_script(&inv);
         }
-        let stored: Vec<u8> = link.query_async(&mut self.conn()).await?;
+        let stored: Vec<u8> = link.query_async(&mut self.connection()).await?;
         let mut stored_inputs: BTreeMap<usize, Vec<&TaskKey>> = BTreeMap::new();
         for ((i, dep), stored) in waiting.into_iter().zip(stored) {
             if stored == 1 {
@@ -152,13 +152,13 @@ impl Store {
         outcomes: &[(TaskKey, Vec<u8>)],
     ) -> Result<Vec<TaskMessage>> {
         self.outcomes_pipeline(outcomes)
-            .query_async::<()>(&mut self.conn())
+            .query_async::<()>(&mut self.connection())
             .await?;
         let mut members = redis::pipe();
         for (key, _) in outcomes {
             members.cmd("SMEMBERS").arg(self.keys().dependents(key));
         }
-        let dependents: Vec<Vec<String>> = members.query_async(&mut self.conn()).await?;
+        let dependents: Vec<Vec<String>> = members.query_async(&mut self.connection()).await?;
         let mut inputs: BTreeMap<TaskKey, Vec<&TaskKey>> = BTreeMap::new();
         for ((key, _), dependents) in outcomes.iter().zip(dependents) {
             for dependent in dependents {
@@ -174,7 +174,7 @@ impl Store {
         self.replicate().await?;
         let mut announce = redis::pipe();
         self.announce(&mut announce, outcomes)?;
-        announce.query_async::<()>(&mut self.conn()).await?;
+        announce.query_async::<()>(&mut self.connection()).await?;
         Ok(decode_ready(ready.into_iter().flatten().collect()))
     }
 
@@ -202,6 +202,6 @@ impl Store {
         if !any {
             return Ok(Vec::new());
         }
-        Ok(pipe.query_async(&mut self.conn()).await?)
+        Ok(pipe.query_async(&mut self.connection()).await?)
     }
 }

@@ -126,7 +126,7 @@ impl Store {
             for inv in &invocations {
                 pipe.invoke_script(inv);
             }
-            let codes: Vec<u8> = pipe.query_async(&mut self.conn()).await?;
+            let codes: Vec<u8> = pipe.query_async(&mut self.connection()).await?;
             found.extend(codes.into_iter().map(|code| match code {
                 0 => Registration::Known,
                 1 => Registration::Waiting,
@@ -166,14 +166,14 @@ impl Store {
         for (key, _) in outcomes {
             pipe.arg(key.as_str());
         }
-        let bodies: (Vec<Vec<u8>>,) = match pipe.query_async(&mut self.conn()).await {
+        let bodies: (Vec<Vec<u8>>,) = match pipe.query_async(&mut self.connection()).await {
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
                 redis::cmd("SCRIPT")
                     .arg("LOAD")
                     .arg(RELEASE_LUA)
-                    .query_async::<String>(&mut self.conn())
+                    .query_async::<String>(&mut self.connection())
                     .await?;
-                pipe.query_async(&mut self.conn()).await?
+                pipe.query_async(&mut self.connection()).await?
             }
             other => other?,
         };
