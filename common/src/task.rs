@@ -92,8 +92,10 @@ impl fmt::Display for TaskError {
 
 /// Defines a task: a unit struct named like the function that implements [`Task`].
 ///
-/// The body is a plain function (run off the worker's async work) or an `async fn` (run on its
-/// runtime). It returns its value, or `Result<T, E>` with any `E: Display` for errors.
+/// The body is a plain function (run so that it does not hold up the worker's async work: its
+/// thread's other work moves elsewhere first, unless the function has proven to take only
+/// microseconds) or an `async fn` (run on its runtime). It returns its value, or `Result<T, E>`
+/// with any `E: Display` for errors.
 ///
 /// ```
 /// rask_common::task! {
