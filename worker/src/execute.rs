@@ -12,13 +12,17 @@
 
 use std::any::Any;
 use std::panic::AssertUnwindSafe;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::FutureExt;
 
 use rask_common::{FailureKind, Invocation, Outcome, Settings, TaskFailure, TaskMessage};
 
 use crate::registry::{PrepareError, Registry};
+
+/// What a plain function's time-limit failure adds to the message.
+const UNSTOPPABLE: &str = "; a plain function cannot be stopped, so it runs on in the background \
+                           and its result is dropped";
 
 /// The time limit `message` runs under: its own (`time_limit_ms`, when not 0), else the
 /// `task_time_limit` of `settings`, else none.
@@ -33,8 +37,8 @@ pub(crate) fn time_limit(message: &TaskMessage, settings: &Settings) -> Option<D
 /// Runs `message` with the function `registry` has for it, for at most `limit`: plain functions
 /// in place off the runtime's other work (`block_in_place`, or the blocking pool on a
 /// single-threaded runtime or under a limit; inline when they have been quick so far, see
-/// `pace.rs`), async ones on the runtime; a panic is caught and
-/// reported either way. Sets `retryable` when the outcome is a failure the function marked
+/// `pace.rs`), async ones on the runtime; a panic is caught and reported either way. Sets
+/// `retryable` when the outcome is a failure the function marked
 /// [`rask_common::TaskError::retryable`] (whether it is retried is the caller's decision).
 pub(crate) async fn execute(
     registry: &Registry,
@@ -76,54 +80,40 @@ pub(crate) async fn execute(
             format!("ran longer than its time limit of {limit:?}{detail}"),
         )
     };
-    let joined =
-        match (invocation, limit) {
-            // On a multi-threaded runtime, run the body on this thread and let the runtime move its
-            // other work elsewhere: no hand-off to the blocking pool and back per task.
-            // A function that has been quick so far runs inline, without even that (`pace.rs`).
-            (Invocation::Blocking(f), None) if multi_thread => {
-                let pace = registry.pace();
-                let started = Instant::now();
-                let run = || std::panic::catch_unwind(AssertUnwindSafe(f));
-                let caught = if pace.is_quick(&message.function) {
-                    run()
-                } else {
-                    tokio::task::block_in_place(run)
-                };
-                pace.record(&message.function, started.elapsed());
-                match caught {
-                    Ok(result) => Ok(result),
-                    Err(payload) => return fail(FailureKind::Panicked, panic_text(payload)),
-                }
+    let joined = match (invocation, limit) {
+        // On a multi-threaded runtime, run the body on this thread, inline or letting the
+        // runtime move its other work elsewhere (`pace.rs`): no hand-off to the blocking pool
+        // and back per task.
+        (Invocation::Blocking(f), None) if multi_thread => {
+            match registry.pace().run_in_place(&message.function, f) {
+                Ok(result) => Ok(result),
+                Err(payload) => return fail(FailureKind::Panicked, panic_text(payload)),
             }
-            (Invocation::Blocking(f), None) => tokio::task::spawn_blocking(f).await,
-            // Dropping the join handle at the limit detaches the thread: it runs on, unwatched.
-            (Invocation::Blocking(f), Some(limit)) => {
-                match tokio::time::timeout(limit, tokio::task::spawn_blocking(f)).await {
-                    Ok(joined) => joined,
-                    Err(_) => return timed_out(
-                        limit,
-                        "; a plain function cannot be stopped, so it runs on in the background \
-                         and its result is dropped",
-                    ),
-                }
+        }
+        (Invocation::Blocking(f), None) => tokio::task::spawn_blocking(f).await,
+        // Dropping the join handle at the limit detaches the thread: it runs on, unwatched.
+        (Invocation::Blocking(f), Some(limit)) => {
+            match tokio::time::timeout(limit, tokio::task::spawn_blocking(f)).await {
+                Ok(joined) => joined,
+                Err(_) => return timed_out(limit, UNSTOPPABLE),
             }
-            (Invocation::Async(fut), limit) => {
-                let caught = AssertUnwindSafe(fut).catch_unwind();
-                let caught = match limit {
-                    None => caught.await,
-                    // At the limit the body's future is dropped: cancelled at its current `.await`.
-                    Some(limit) => match tokio::time::timeout(limit, caught).await {
-                        Ok(caught) => caught,
-                        Err(_) => return timed_out(limit, ""),
-                    },
-                };
-                match caught {
-                    Ok(result) => Ok(result),
-                    Err(payload) => return fail(FailureKind::Panicked, panic_text(payload)),
-                }
+        }
+        (Invocation::Async(fut), limit) => {
+            let caught = AssertUnwindSafe(fut).catch_unwind();
+            let caught = match limit {
+                None => caught.await,
+                // At the limit the body's future is dropped: cancelled at its current `.await`.
+                Some(limit) => match tokio::time::timeout(limit, caught).await {
+                    Ok(caught) => caught,
+                    Err(_) => return timed_out(limit, ""),
+                },
+            };
+            match caught {
+                Ok(result) => Ok(result),
+                Err(payload) => return fail(FailureKind::Panicked, panic_text(payload)),
             }
-        };
+        }
+    };
     match joined {
         Ok(Ok(bytes)) => Outcome::Value(bytes),
         Ok(Err(error)) => {
@@ -156,6 +146,15 @@ mod tests {
     rask_common::task! {
         /// Test: panics.
         fn explode(text: String) -> i64 { panic!("boom: {text}") }
+    }
+    rask_common::task! {
+        /// Test: adds one, or panics on a negative number.
+        fn inc_or_panic(x: i64) -> i64 {
+            if x < 0 {
+                panic!("negative: {x}")
+            }
+            x + 1
+        }
     }
     rask_common::task! {
         /// Test: async panic.
@@ -262,6 +261,27 @@ mod tests {
         );
         let ok = execute(&registry, "w", &msg("inc", encode_value(&(1,)).unwrap())).await;
         assert_eq!(ok, Outcome::Value(encode_value(&2i64).unwrap()));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_quick_plain_function_runs_inline_and_its_panic_is_still_a_failure() {
+        let registry = Registry::new().with::<inc_or_panic>();
+        let call = |x: i64| msg("inc_or_panic", encode_value(&(x,)).unwrap());
+        // Runs of microseconds make it quick (a few, should the machine preempt one).
+        let mut runs = 0;
+        while !registry.pace().is_quick("inc_or_panic") {
+            assert!(runs < 100, "still not quick after {runs} runs");
+            let ok = execute(&registry, "w", &call(1)).await;
+            assert_eq!(ok, Outcome::Value(encode_value(&2i64).unwrap()));
+            runs += 1;
+        }
+        let f = failure(execute(&registry, "w", &call(-1)).await);
+        assert_eq!(
+            (f.kind, f.message.as_str()),
+            (FailureKind::Panicked, "negative: -1")
+        );
+        let ok = execute(&registry, "w", &call(41)).await;
+        assert_eq!(ok, Outcome::Value(encode_value(&42i64).unwrap()));
     }
 
     #[tokio::test]

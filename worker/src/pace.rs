@@ -10,9 +10,10 @@
 //! is sometimes slow soon stops running inline.
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The average run time under which a plain function runs inline.
 pub(crate) const QUICK: Duration = Duration::from_micros(100);
@@ -27,6 +28,25 @@ pub(crate) struct Pace {
 }
 
 impl Pace {
+    /// Runs the plain body `f` of `function` on this runtime thread, catching a panic: inline
+    /// when the function has been quick so far, else under `block_in_place` (which needs a
+    /// multi-threaded runtime); records how long it took.
+    pub(crate) fn run_in_place<T>(
+        &self,
+        function: &str,
+        f: impl FnOnce() -> T,
+    ) -> std::thread::Result<T> {
+        let started = Instant::now();
+        let run = || std::panic::catch_unwind(AssertUnwindSafe(f));
+        let caught = if self.is_quick(function) {
+            run()
+        } else {
+            tokio::task::block_in_place(run)
+        };
+        self.record(function, started.elapsed());
+        caught
+    }
+
     /// Whether `function` ran before and its average run time is under [`QUICK`].
     pub(crate) fn is_quick(&self, function: &str) -> bool {
         let averages = self.averages.read().unwrap_or_else(|e| e.into_inner());
@@ -36,7 +56,7 @@ impl Pace {
     }
 
     /// Records one run of `function` that took `took`.
-    pub(crate) fn record(&self, function: &str, took: Duration) {
+    fn record(&self, function: &str, took: Duration) {
         let took = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
         let fold = |average: &AtomicU64| {
             let old = average.load(Ordering::Relaxed);
