@@ -7,8 +7,8 @@
 //! the node of its slot, keeping the replies in order. Commands of one slot keep their order: a
 //! second command for a slot waits until the first is answered. A command without a key
 //! (`SCRIPT LOAD`, sent to every primary) waits for the commands before it and holds back those
-//! after it, so that a script is loaded before it is called. Every script keeps its keys in one slot (see
-//! [`crate::keys::Keys::clustered`]).
+//! after it, so that a script is loaded before it is called. Every script keeps its keys in
+//! one slot (see [`crate::keys::Keys::clustered`]).
 //!
 //! The redis crate's cluster connection follows `MOVED` redirections and refreshes its slot
 //! table, but after a primary dies a connection in heavy use can stall until every request
@@ -224,13 +224,7 @@ impl Split {
     /// `cmd` split by the slots of its keys when it is a multi-key `MGET`, `DEL` or `EXISTS`
     /// (the redis crate's own splitting does not recover from a fail-over), else as it is.
     fn of(cmd: &Cmd) -> Self {
-        let args: Vec<&[u8]> = cmd
-            .args_iter()
-            .map(|arg| match arg {
-                redis::Arg::Simple(bytes) => bytes,
-                _ => b"".as_slice(),
-            })
-            .collect();
+        let args = args(cmd);
         let multi = |name: &[u8]| args[0].eq_ignore_ascii_case(name);
         if args.len() <= 2 || !(multi(b"MGET") || multi(b"DEL") || multi(b"EXISTS")) {
             return Split {
@@ -339,41 +333,44 @@ async fn in_flight(conn: &ClusterConnection, cmds: Vec<Cmd>) -> RedisResult<Vec<
         .await
 }
 
-/// The slot of a single-slot command: that of its first key (the fourth argument of a script
-/// call, the second of anything else).
-fn slot_of(cmd: &Cmd) -> Option<Slot> {
-    let args: Vec<&[u8]> = cmd
-        .args_iter()
-        .take(4)
+/// The arguments of `cmd`, its name first.
+fn args(cmd: &Cmd) -> Vec<&[u8]> {
+    cmd.args_iter()
         .map(|arg| match arg {
             redis::Arg::Simple(bytes) => bytes,
             _ => b"".as_slice(),
         })
-        .collect();
-    let script = [b"EVAL".as_slice(), b"EVALSHA", b"FCALL"].iter().any(|s| {
-        args.first()
-            .is_some_and(|name| name.eq_ignore_ascii_case(s))
-    });
-    let key = if script { args.get(3) } else { args.get(1) };
-    key.map(Slot::for_key)
+        .collect()
 }
 
-/// Whether `cmd` is routed by its keys (one slot, or a multi-key command the redis crate
-/// splits by slot), and so may run concurrently with its neighbours: every command rask
-/// pipelines but `SCRIPT …`, `FUNCTION …` and scripts called without keys.
-fn is_keyed(cmd: &Cmd) -> bool {
-    let mut args = cmd.args_iter().map(|arg| match arg {
-        redis::Arg::Simple(bytes) => bytes,
-        _ => b"".as_slice(),
-    });
-    let name = args.next().unwrap_or_default();
-    if name.eq_ignore_ascii_case(b"SCRIPT") || name.eq_ignore_ascii_case(b"FUNCTION") {
-        return false;
+/// The first key of `cmd`: the fourth argument of a script call with keys, the second of any
+/// other command but `SCRIPT …` and `FUNCTION …`, which have none.
+fn first_key(cmd: &Cmd) -> Option<Vec<u8>> {
+    let args = args(cmd);
+    let name = *args.first()?;
+    let is = |other: &[u8]| name.eq_ignore_ascii_case(other);
+    if is(b"SCRIPT") || is(b"FUNCTION") {
+        return None;
     }
-    let script = [b"EVAL".as_slice(), b"EVALSHA", b"FCALL"]
-        .iter()
-        .any(|s| name.eq_ignore_ascii_case(s));
-    !script || args.nth(1).is_some_and(|numkeys| numkeys != b"0")
+    let key = if is(b"EVAL") || is(b"EVALSHA") || is(b"FCALL") {
+        (args.get(2) != Some(&b"0".as_slice()))
+            .then(|| args.get(3))
+            .flatten()
+    } else {
+        args.get(1)
+    };
+    key.map(|key| key.to_vec())
+}
+
+/// The slot of a single-slot command: that of its first key.
+fn slot_of(cmd: &Cmd) -> Option<Slot> {
+    first_key(cmd).map(Slot::for_key)
+}
+
+/// Whether `cmd` is routed by its keys, and so may run concurrently with its neighbours:
+/// every command rask pipelines but `SCRIPT …`, `FUNCTION …` and scripts called without keys.
+fn is_keyed(cmd: &Cmd) -> bool {
+    first_key(cmd).is_some()
 }
 
 /// The primaries listed in a `CLUSTER NODES` reply: lines of `id host:port@bus[,name] flags …`.

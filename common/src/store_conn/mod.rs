@@ -24,9 +24,9 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
 const CLUSTER_RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long connecting to one cluster node may take.
 const CLUSTER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// Retries of a cluster request whose node is lost or moved, and the least and largest waits
-/// between them, in ms.
+/// Retries of a cluster request whose node is lost or moved.
 const CLUSTER_RETRIES: u32 = 10;
+/// The least and largest waits between those retries, in ms.
 const CLUSTER_RETRY_WAIT_MS: (u64, u64) = (50, 2000);
 
 /// A cheap-to-clone connection to the store that reconnects by itself: what [`crate::Store`]
@@ -73,7 +73,7 @@ impl Connection {
         {
             builder = builder
                 .tls(redis::TlsMode::Secure)
-                .certs(certificates(&TlsFiles::read(settings)?));
+                .certs(certificates(TlsFiles::read(settings)?));
         }
         Ok(Connection::Cluster(
             ClusterLink::connect(builder.build()?).await?,
@@ -132,19 +132,19 @@ pub(crate) fn client(settings: &Settings, url: &str) -> Result<redis::Client> {
         return Ok(redis::Client::open(url)?);
     }
     let files = TlsFiles::read(settings)?;
-    Ok(redis::Client::build_with_tls(url, certificates(&files))?)
+    Ok(redis::Client::build_with_tls(url, certificates(files))?)
 }
 
 /// The redis crate's form of the TLS files.
-fn certificates(files: &TlsFiles) -> redis::TlsCertificates {
+fn certificates(files: TlsFiles) -> redis::TlsCertificates {
     redis::TlsCertificates {
-        client_tls: files.identity.clone().map(|(client_cert, client_key)| {
-            redis::ClientTlsConfig {
+        client_tls: files
+            .identity
+            .map(|(client_cert, client_key)| redis::ClientTlsConfig {
                 client_cert,
                 client_key,
-            }
-        }),
-        root_cert: files.ca.clone(),
+            }),
+        root_cert: files.ca,
     }
 }
 
