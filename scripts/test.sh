@@ -14,6 +14,10 @@ rask=target/debug/rask
 servers_dir="$(mktemp -d "${TMPDIR:-/tmp}/rask-test-servers.XXXXXX")"
 stop_servers() {
     local status=$?
+    # The clusters of the second pass, if it started and the script ended before stopping them.
+    if [ -n "${clusters_pid:-}" ]; then
+        kill "$clusters_pid" 2>/dev/null || true
+    fi
     if [ -e "$servers_dir/state.json" ]; then
         "$rask" local down --dir "$servers_dir" >/dev/null || true
     fi
