@@ -1,7 +1,7 @@
 //! [`Client::call`]: submit one task and wait for its value in one step, overlapping the
 //! broker's publisher confirm with the task's execution.
 
-use futures::future::try_join;
+use futures::future::{select, Either};
 use rask_common::message::encode_value;
 use rask_common::{Task, TaskKey, TaskMessage};
 
@@ -12,7 +12,14 @@ use crate::gather::single;
 impl Client {
     /// Submits one call of `task` and returns its value: like `submit` then `result`, but the
     /// wait for the task's result starts before the broker has confirmed the publish, so the two
-    /// overlap instead of adding up. Still fails if the broker does not confirm the task.
+    /// overlap instead of adding up.
+    ///
+    /// The message is published persistent and confirmed as always. If the broker refuses it
+    /// (or the publish gives up reconnecting) before the result is in, the call fails with that
+    /// error. If the result is stored first, the call returns it without waiting for the
+    /// confirm: a stored outcome already proves that the broker routed and delivered the task
+    /// and that a worker stored its result (workers acknowledge only after storing), which is
+    /// everything the confirm would have said.
     ///
     /// # Errors
     /// [`crate::Error::Task`] if the task failed; other variants if publishing or reading did.
@@ -22,11 +29,14 @@ impl Client {
         // Listen before publishing: the result cannot exist before the task is published.
         let mut waiter = self.waiter(vec![key.clone()]).for_unpublished();
         let message = TaskMessage::new(key, T::NAME, encode_value(&args)?);
-        let (_, value) = try_join(
-            self.publish(std::iter::once(Ok(message))),
-            single(&mut waiter),
-        )
-        .await?;
-        Ok(value)
+        let publish = std::pin::pin!(self.publish(std::iter::once(Ok(message))));
+        let result = std::pin::pin!(single::<T::Output>(&mut waiter));
+        match select(publish, result).await {
+            Either::Left((confirmed, result)) => {
+                confirmed?;
+                result.await
+            }
+            Either::Right((value, _confirm)) => value,
+        }
     }
 }

@@ -64,6 +64,7 @@ pub struct PrivateServers {
     pub rabbitmq: ServerProcess,
     /// The Redis server.
     pub redis: ServerProcess,
+    rabbitmq_spec: RabbitMqSpec,
     _dir: TempDir,
 }
 
@@ -91,8 +92,14 @@ impl PrivateServers {
         PrivateServers {
             rabbitmq: rabbitmq.expect("starting RabbitMQ"),
             redis: redis.expect("starting Redis"),
+            rabbitmq_spec: rabbit,
             _dir: dir,
         }
+    }
+
+    /// Runs `rabbitmqctl ARGS` against the RabbitMQ node (see [`rabbitmqctl`]).
+    pub async fn ctl(&self, args: &[&str]) -> String {
+        rabbitmqctl(&self.rabbitmq_spec, args).await
     }
 
     /// Their URLs.

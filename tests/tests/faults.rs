@@ -322,6 +322,44 @@ async fn map_pulls_inputs_only_as_the_confirm_window_allows() {
 }
 
 #[tokio::test]
+async fn a_call_whose_task_the_broker_refuses_fails_instead_of_waiting() {
+    let servers = PrivateServers::start("refused").await;
+    let mut env = TestEnv::on(servers.urls(), "refused");
+    env.settings.reconnect_max_wait = Duration::from_secs(1);
+    let client = env.client().await;
+    // Every queue refuses new messages (and no worker could run one anyway): the broker
+    // answers each publish with a negative confirm.
+    servers
+        .ctl(&[
+            "set_policy",
+            "--apply-to",
+            "queues",
+            "refuse",
+            ".*",
+            r#"{"max-length":0,"overflow":"reject-publish"}"#,
+        ])
+        .await;
+    let queue = env.settings.queue.clone();
+    until("the policy applies to the task queue", || async {
+        servers
+            .ctl(&["list_queues", "name", "policy", "--no-table-headers"])
+            .await
+            .lines()
+            .any(|line| line.split_whitespace().collect::<Vec<_>>() == [queue.as_str(), "refuse"])
+    })
+    .await;
+
+    let error = tokio::time::timeout(DEADLINE, client.call(inc, (1,)))
+        .await
+        .expect("the call gives up")
+        .unwrap_err();
+    assert!(
+        matches!(error, rask::Error::Nacked(_)),
+        "expected Error::Nacked, got {error:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_producer_gives_up_after_reconnect_max_wait() {
     let mut servers = PrivateServers::start("giveup").await;
     let mut env = TestEnv::on(servers.urls(), "giveup");
