@@ -17,7 +17,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::keys::{TaskKey, MAX_KEY_LEN};
+use crate::keys::TaskKey;
 use crate::message::TaskMessage;
 
 /// MessagePack ext type code of a dependency placeholder (`0x52`, "R"): its data is the key of
@@ -367,13 +367,8 @@ pub fn content_key(function: &str, args: &[u8]) -> TaskKey {
     hash.update([0]);
     hash.update(args);
     let digest = hash.finalize();
-    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-    let name: String = function
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || "_.:-".contains(*c))
-        .take(MAX_KEY_LEN - 33)
-        .collect();
-    TaskKey::new(format!("{name}-{hex}")).expect("names are filtered to the key alphabet")
+    let id: &[u8; 16] = digest[..16].try_into().expect("SHA-256 has 32 bytes");
+    TaskKey::named(function, id)
 }
 
 /// The placeholder for the result of `key`.
@@ -418,6 +413,19 @@ mod tests {
         let y = add.delayed(&b, 2);
         assert_eq!(x.key(), y.key());
         assert_ne!(x.key(), add.delayed(inc.delayed(5), 2).key());
+    }
+
+    #[test]
+    fn content_keys_are_the_documented_digest() {
+        // sha256("add" 0x00 msgpack([40, 2])) = af0317c4583d780ed7f8f73255ae9733…, so keys stay
+        // the same across builds and languages (docs/protocol.md).
+        let args = crate::message::encode_value(&(40i64, 2i64)).unwrap();
+        assert_eq!(args, [0x92, 0x28, 0x02]);
+        assert_eq!(
+            content_key("add", &args).as_str(),
+            "add-af0317c4583d780ed7f8f73255ae9733"
+        );
+        assert_eq!(content_key("my task/v2", &args).as_str()[..8], *"mytaskv2");
     }
 
     #[test]

@@ -36,14 +36,28 @@ impl TaskKey {
         }
     }
 
-    /// A fresh key no other task has: `{function}-{32 hex digits}`.
+    /// A fresh key no other task has: `{function}-{32 hex digits}` (a random UUID).
     pub fn unique(function: &str) -> Self {
-        let name: String = function
-            .chars()
-            .filter(|c| c.is_ascii_alphanumeric() || "_.:-".contains(*c))
-            .take(MAX_KEY_LEN - 33)
-            .collect();
-        TaskKey(format!("{name}-{}", uuid::Uuid::new_v4().simple()))
+        Self::named(function, uuid::Uuid::new_v4().as_bytes())
+    }
+
+    /// `{function}-{id as 32 hex digits}`, the function's name shortened and filtered to the
+    /// key alphabet.
+    pub(crate) fn named(function: &str, id: &[u8; 16]) -> Self {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut key = String::with_capacity(function.len().min(MAX_KEY_LEN - 33) + 33);
+        key.extend(
+            function
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || "_.:-".contains(*c))
+                .take(MAX_KEY_LEN - 33),
+        );
+        key.push('-');
+        for byte in id {
+            key.push(char::from(HEX[usize::from(byte >> 4)]));
+            key.push(char::from(HEX[usize::from(byte & 0xf)]));
+        }
+        TaskKey(key)
     }
 
     /// The key as text.
@@ -210,6 +224,12 @@ mod tests {
         let unique = TaskKey::unique("inc");
         assert!(TaskKey::new(unique.as_str()).is_ok());
         assert_ne!(unique, TaskKey::unique("inc"));
+        let (name, id) = unique.as_str().split_once('-').unwrap();
+        assert_eq!(name, "inc");
+        assert!(id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()));
+        let odd = TaskKey::unique(&format!("my task/{}", "x".repeat(MAX_KEY_LEN)));
+        assert_eq!(odd.as_str().len(), MAX_KEY_LEN);
+        assert!(odd.as_str().starts_with("mytaskxxx"));
     }
 
     #[test]
