@@ -44,7 +44,6 @@ impl TaskKey {
     /// `{function}-{id as 32 hex digits}`, the function's name shortened and filtered to the
     /// key alphabet.
     pub(crate) fn named(function: &str, id: &[u8; 16]) -> Self {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut key = String::with_capacity(function.len().min(MAX_KEY_LEN - 33) + 33);
         key.extend(
             function
@@ -53,16 +52,22 @@ impl TaskKey {
                 .take(MAX_KEY_LEN - 33),
         );
         key.push('-');
-        for byte in id {
-            key.push(char::from(HEX[usize::from(byte >> 4)]));
-            key.push(char::from(HEX[usize::from(byte & 0xf)]));
-        }
+        push_hex(&mut key, id);
         TaskKey(key)
     }
 
     /// The key as text.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+/// Appends `bytes` to `out` as lowercase hex digits (task keys, signatures).
+pub(crate) fn push_hex(out: &mut String, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for byte in bytes {
+        out.push(char::from(HEX[usize::from(byte >> 4)]));
+        out.push(char::from(HEX[usize::from(byte & 0xf)]));
     }
 }
 

@@ -26,6 +26,7 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::BasicProperties;
 use sha2::Sha256;
 
+use crate::keys::push_hex;
 use crate::settings::Settings;
 
 /// The AMQP header holding a task message's signature.
@@ -109,10 +110,7 @@ impl Signer {
         let tag = digest(&self.keys[0].mac, message_id, kind, body);
         let mut value = String::with_capacity(SCHEME.len() + 64);
         value.push_str(SCHEME);
-        for byte in tag {
-            value.push(char::from(HEX[usize::from(byte >> 4)]));
-            value.push(char::from(HEX[usize::from(byte & 0xf)]));
-        }
+        push_hex(&mut value, &tag);
         value
     }
 
@@ -203,8 +201,6 @@ impl PartialEq for Signer {
 }
 
 impl Eq for Signer {}
-
-const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// The MAC of a message under the key of `mac`.
 fn digest(mac: &HmacSha256, message_id: &str, kind: &str, body: &[u8]) -> [u8; 32] {
