@@ -1,7 +1,10 @@
 //! Long runs to break things in the middle of: tasks that last long enough to be hit, workers
 //! that are consuming before the run is judged, and how far a run has got.
 
-use rask::Future;
+use std::ops::Range;
+
+use rask::builtins::sleep_ms;
+use rask::{Client, Future};
 use rask_common::Store;
 use tokio::time::Instant;
 
@@ -11,6 +14,11 @@ use crate::{TestEnv, PATIENCE};
 /// seconds on a few slots and can be hit in the middle.
 pub fn pause_of(i: usize) -> u64 {
     (i % 7 + 4) as u64
+}
+
+/// `map`s `sleep_ms` over the tasks of `range`, task `i` sleeping [`pause_of`]`(i)`.
+pub async fn map_paced(client: &Client, range: Range<usize>) -> rask::Result<Vec<Future<u64>>> {
+    client.map(sleep_ms, range.map(|i| (pause_of(i),))).await
 }
 
 /// How many of `futures` have a stored outcome, read through `store`. A read that fails (a

@@ -11,11 +11,10 @@
 use std::path::Path;
 use std::time::Duration;
 
-use rask::builtins::sleep_ms;
 use rask::Future;
 use rask_common::settings::QueueType;
 use rask_common::{Keys, Store};
-use rask_tests::runs::{pause_of, ready_workers, stored, until_stored};
+use rask_tests::runs::{map_paced, pause_of, ready_workers, stored, until_stored};
 use rask_tests::{rabbitmqctl, PrivateCluster, TestEnv};
 use tokio::time::Instant;
 
@@ -61,10 +60,7 @@ async fn a_lost_cluster_node_loses_no_task_of_5000() {
     }
 
     let half = TASKS / 2;
-    let first = client
-        .map(sleep_ms, (0..half).map(|i| (pause_of(i),)))
-        .await
-        .unwrap();
+    let first = map_paced(&client, 0..half).await.unwrap();
     let mut workers = ready_workers(&env, 2).await;
     until_stored(&env, &store, &first, 500).await;
 
@@ -75,13 +71,10 @@ async fn a_lost_cluster_node_loses_no_task_of_5000() {
     assert!(at_kill < half, "the run was over before the kill");
 
     // The client fails over to publish the second half; the workers fail over and run it all.
-    let second = tokio::time::timeout(
-        DEADLINE,
-        client.map(sleep_ms, (half..TASKS).map(|i| (pause_of(i),))),
-    )
-    .await
-    .expect("map returns after the failover")
-    .expect("map succeeds after the failover");
+    let second = tokio::time::timeout(DEADLINE, map_paced(&client, half..TASKS))
+        .await
+        .expect("map returns after the failover")
+        .expect("map succeeds after the failover");
     let futures: Vec<Future<u64>> = first.into_iter().chain(second).collect();
     let values = client.gather(&futures).timeout(DEADLINE).await.unwrap();
     assert_eq!(values.len(), TASKS);

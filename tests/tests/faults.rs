@@ -13,10 +13,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use rask::builtins::{inc, sleep_ms};
+use rask::builtins::inc;
 use rask::{Client, Future, Settings};
 use rask_common::{Keys, Store};
-use rask_tests::runs::{pause_of, ready_workers, stored};
+use rask_tests::runs::{map_paced, pause_of, ready_workers, stored};
 use rask_tests::{PrivateServers, TestEnv};
 use rask_worker::Registry;
 use tokio::time::Instant;
@@ -119,10 +119,7 @@ async fn a_killed_worker_loses_no_task_of_5000() {
     let env = busy_env(&servers, "killworker");
     let writes = ResultWrites::watch(&env.settings).await;
     let client = env.client().await;
-    let futures = client
-        .map(sleep_ms, (0..TASKS).map(|i| (pause_of(i),)))
-        .await
-        .unwrap();
+    let futures = map_paced(&client, 0..TASKS).await.unwrap();
     // Workers start once everything is queued, so that the run is still young when polled.
     let mut workers = ready_workers(&env, 2).await;
 
@@ -232,10 +229,7 @@ async fn gather_across_a_redis_restart(name: &str, crash: bool) {
     let env = busy_env(&servers, name);
     let client = env.client().await;
     let store = Store::connect(&env.settings).await.unwrap();
-    let futures = client
-        .map(sleep_ms, (0..TASKS).map(|i| (pause_of(i),)))
-        .await
-        .unwrap();
+    let futures = map_paced(&client, 0..TASKS).await.unwrap();
     // Workers start once everything is queued, so that the run is still young when polled.
     let _workers = ready_workers(&env, 2).await;
     let gathering = {

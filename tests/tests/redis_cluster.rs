@@ -8,11 +8,11 @@
 
 use std::time::Duration;
 
-use rask::builtins::{add, inc, sleep_ms};
+use rask::builtins::{add, inc};
 use rask::Delayed;
 use rask_common::Store;
 use rask_tests::redis_cluster::PrivateRedisCluster;
-use rask_tests::runs::{pause_of, ready_workers, stored, until_stored};
+use rask_tests::runs::{map_paced, pause_of, ready_workers, stored, until_stored};
 use rask_tests::{TestEnv, PATIENCE};
 use rask_worker::Registry;
 use tokio::time::Instant;
@@ -51,10 +51,7 @@ async fn five_thousand_tasks_survive(name: &str, loss: Loss) {
     }
     let client = env.client().await;
     let store = Store::connect(&env.settings).await.unwrap();
-    let futures = client
-        .map(sleep_ms, (0..TASKS).map(|i| (pause_of(i),)))
-        .await
-        .unwrap();
+    let futures = map_paced(&client, 0..TASKS).await.unwrap();
     let mut workers = ready_workers(&env, 2).await;
     until_stored(&env, &store, &futures, 500).await;
 
