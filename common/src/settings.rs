@@ -72,15 +72,17 @@ pub struct Settings {
     /// URLs of nodes of a Redis Cluster (any of them: the rest are discovered), used instead of
     /// `redis_url` when not empty. Every key of one task then carries the task key in braces as
     /// its hash tag (`rask:result:{inc-1}`), the deployment's own keys the prefix
-    /// (`{rask}:workers`), so that every script keeps to one hash slot; see [`crate::keys::Keys`]. In `RASK_REDIS_CLUSTER_URLS`, comma-separated. Default empty: the
+    /// (`{rask}:workers`), so that every script keeps to one hash slot; see
+    /// [`crate::keys::Keys`]. In `RASK_REDIS_CLUSTER_URLS`, comma-separated. Default empty: the
     /// single Redis of `redis_url`.
     #[serde(deserialize_with = "non_empty_strings")]
     pub redis_cluster_urls: Vec<String>,
     /// Replicas that must hold a batch of results (and a graph's task records) before a worker
     /// acknowledges its tasks (or a producer returns): Redis's `WAIT` on every primary, for at
-    /// most 250 ms (a healthy replica answers in about a millisecond). Redis replicates asynchronously, so without it a primary that
-    /// crashes can take the last acknowledged results with it, and their futures then wait
-    /// until they time out; with `1`, a replica promoted in its place holds them. When fewer
+    /// most 250 ms (a healthy replica answers in about a millisecond). Redis replicates
+    /// asynchronously, so without it a primary that crashes can take the last acknowledged
+    /// results with it, and their futures then wait until they time out; with `1`, a replica
+    /// promoted in its place holds them. When fewer
     /// replicas answer in time (one is down, or was promoted and has no replica yet) the batch
     /// goes on, with a warning, and writes do not wait for the next 5 s. Set it to `1`
     /// with a Redis Cluster (or a primary) that has replicas. Default `0`: no wait.

@@ -4,11 +4,11 @@
 //! [`Keys::task`], the keys it still waits for in the set [`Keys::pending`], and its key in the
 //! set [`Keys::dependents`] of each of those inputs. A worker stores a batch of outcomes with
 //! [`Store::store_and_release`], whose release script (in the same pipeline) removes the stored
-//! keys from their dependents' pending sets and returns the messages of those that have nothing pending and no result yet;
-//! the worker publishes them before acknowledging. Releasing is idempotent (`SREM` of a removed
-//! member changes nothing, and a ready dependent without a result is returned again), so a
-//! redelivered task releases its dependents again; a dependent published twice runs twice,
-//! harmlessly, since results are write-once.
+//! keys from their dependents' pending sets and returns the messages of those that have nothing
+//! pending and no result yet; the worker publishes them before acknowledging. Releasing is
+//! idempotent (`SREM` of a removed member changes nothing, and a ready dependent without a result
+//! is returned again), so a redelivered task releases its dependents again; a dependent
+//! published twice runs twice, harmlessly, since results are write-once.
 //!
 //! A Redis Cluster cannot run these scripts (their keys span hash slots): there [`cluster`]
 //! keeps the same records by steps that each stay in one slot.

@@ -79,9 +79,7 @@ impl Connection {
             ClusterLink::connect(builder.build()?).await?,
         ))
     }
-}
 
-impl Connection {
     /// The primaries of the store: the single Redis, or each primary of the cluster.
     ///
     /// # Errors
