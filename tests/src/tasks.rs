@@ -19,7 +19,19 @@ rask::task! {
     }
 }
 
+rask::task! {
+    /// Sleeps `ms` milliseconds without holding a thread, then returns `id`: a task of a chosen
+    /// length whose value says which task it was, so that a result stored under another task's
+    /// key shows (the long runs of [`crate::runs`]).
+    pub async fn paced(id: u64, ms: u64) -> u64 {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        id
+    }
+}
+
 /// The stock functions and this module's.
 pub fn registry() -> rask_worker::Registry {
-    rask_worker::Registry::with_builtins().with::<abort_worker>()
+    rask_worker::Registry::with_builtins()
+        .with::<abort_worker>()
+        .with::<paced>()
 }
