@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use rask::builtins::{add, inc, leaf, sleep_ms, sum_ints};
+use rask::builtins::{add, inc, sleep_ms, sum_ints};
 use rask::{Arg, Client, Delayed, FailureKind, Future, TaskKey};
 use rask_common::dependencies::Registration;
 use rask_common::message::encode_value;
@@ -62,6 +62,23 @@ fn reduce(mut level: Vec<Delayed<i64>>) -> Delayed<i64> {
     level.pop().expect("at least one leaf")
 }
 
+/// Far above any graph's size: over leaves `inc(BIG + i)`, a sum of `n` leaves lies in
+/// `[n * BIG, (n + 1) * BIG)`, so every node of a reduction holds a value no other node holds.
+const BIG: i64 = 1 << 40;
+
+/// Reads each of `nodes` by its key and checks that it holds its own value: the root alone
+/// cannot tell two swapped results apart.
+async fn assert_each_node(client: &Client, nodes: &[(Delayed<i64>, i64)]) {
+    let futures: Vec<Future<i64>> = nodes
+        .iter()
+        .map(|(node, _)| client.future(node.key().clone()))
+        .collect();
+    let values = client.gather(&futures).timeout(PATIENCE).await.unwrap();
+    for ((node, expected), value) in nodes.iter().zip(values) {
+        assert_eq!(value, *expected, "{}", node.key());
+    }
+}
+
 async fn persisted_value(future: &Future<i64>) -> rask::Result<i64> {
     future.result_within(PATIENCE).await
 }
@@ -94,10 +111,23 @@ async fn a_reduction_tree_over_1024_leaves_on_two_worker_processes() {
     let env = TestEnv::new("tree").await;
     let _workers = env.spawn_workers(2);
     let client = env.client().await;
-    let root = reduce((0..1024).map(|i| leaf.delayed(i)).collect());
-    let expected: i64 = (0..1024).map(|i: i64| i % 7 + 1).sum();
-    let future = client.persist(&root).await.unwrap();
-    assert_eq!(persisted_value(&future).await.unwrap(), expected);
+    // Every node with its value, level by level.
+    let mut level: Vec<(Delayed<i64>, i64)> = (0..1024)
+        .map(|i| (inc.delayed(BIG + i), BIG + i + 1))
+        .collect();
+    let mut nodes = level.clone();
+    while level.len() > 1 {
+        level = level
+            .chunks(2)
+            .map(|pair| (add.delayed(&pair[0].0, &pair[1].0), pair[0].1 + pair[1].1))
+            .collect();
+        nodes.extend(level.iter().cloned());
+    }
+    let (root, expected) = &level[0];
+    let future = client.persist(root).await.unwrap();
+    assert_eq!(persisted_value(&future).await.unwrap(), *expected);
+    assert_eq!(nodes.len(), 2047);
+    assert_each_node(&client, &nodes).await;
 }
 
 #[tokio::test]
@@ -226,12 +256,18 @@ async fn a_fan_in_of_1000_inputs() {
     let env = TestEnv::new("fanin").await;
     let worker = env.run_worker(registry());
     let client = env.client().await;
-    let inputs: Vec<Delayed<i64>> = (0..1000).map(|i| inc.delayed(i)).collect();
-    let total = sum_ints.delayed(inputs);
+    let inputs: Vec<(Delayed<i64>, i64)> = (0..1000).map(|i| (inc.delayed(i), i + 1)).collect();
+    let total = sum_ints.delayed(
+        inputs
+            .iter()
+            .map(|(input, _)| input.clone())
+            .collect::<Vec<_>>(),
+    );
     assert_eq!(
         within(client.compute(&total)).await.unwrap(),
         (1..=1000).sum::<i64>()
     );
+    assert_each_node(&client, &inputs).await;
     worker.stop().await.unwrap();
 }
 
@@ -240,15 +276,32 @@ async fn a_graph_of_10000_nodes_on_two_worker_processes() {
     let env = TestEnv::new("graph10k").await;
     let _workers = env.spawn_workers(2);
     let client = env.client().await;
+    let mut nodes: Vec<(Delayed<i64>, i64)> = Vec::with_capacity(10_000);
     let groups: Vec<Delayed<i64>> = (0..100)
-        .map(|g| sum_ints.delayed((0..99).map(|i| inc.delayed(g * 99 + i)).collect::<Vec<_>>()))
+        .map(|g| {
+            let leaves: Vec<(Delayed<i64>, i64)> = (0..99)
+                .map(|i| BIG + g * 99 + i)
+                .map(|x| (inc.delayed(x), x + 1))
+                .collect();
+            let sum = leaves.iter().map(|(_, value)| value).sum();
+            let group = sum_ints.delayed(
+                leaves
+                    .iter()
+                    .map(|(leaf, _)| leaf.clone())
+                    .collect::<Vec<_>>(),
+            );
+            nodes.extend(leaves);
+            nodes.push((group.clone(), sum));
+            group
+        })
         .collect();
     let root = sum_ints.delayed(groups);
+    let expected = (0..9900).map(|x| BIG + x + 1).sum::<i64>();
     let future = client.persist(&root).await.unwrap();
-    assert_eq!(
-        persisted_value(&future).await.unwrap(),
-        (1..=9900).sum::<i64>()
-    );
+    assert_eq!(persisted_value(&future).await.unwrap(), expected);
+    nodes.push((root, expected));
+    assert_eq!(nodes.len(), 10_001);
+    assert_each_node(&client, &nodes).await;
 }
 
 #[tokio::test]
