@@ -1,7 +1,7 @@
 //! Fault injection against real servers: a worker SIGKILLed, RabbitMQ restarted under a `map`,
 //! Redis restarted (and crashed) under a gather. Each run of 5,000 tasks must lose nothing and
-//! return each task's own value; and `map_stream` never takes more arguments than the publish window
-//! ahead of the broker's confirms.
+//! return each task's own value; and `map_stream` never takes more arguments than the publish
+//! window ahead of the broker's confirms.
 //!
 //! Every wait polls a condition with a deadline; nothing sleeps to synchronise.
 
