@@ -47,6 +47,33 @@ async fn a_failed_task_prints_its_error_and_exits_non_zero() {
     assert!(stderr(&out).contains("not JSON"), "{}", stderr(&out));
 }
 
+/// The message that used to abort every stock worker that took it: a batch of no images, each
+/// a million pixels square, made `image_stats` allocate 8 TB (issue 15, items 5 and 13).
+const HUGE_EMPTY_BATCH: &str = r#"{"id":0,"width":1000000,"height":1000000,"count":0,"pixels":[]}"#;
+
+#[tokio::test]
+async fn a_batch_of_huge_images_is_refused_and_the_worker_keeps_serving() {
+    let env = TestEnv::new("cli-huge-batch").await;
+    let mut workers = env.spawn_workers(1);
+    let out = rask(&env, &["submit", "image_stats", HUGE_EMPTY_BATCH], "").await;
+    let text = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("image_stats")
+            && text.contains("got bad arguments")
+            && text.contains("1000000x1000000"),
+        "a typed error naming the task and the cause: {text}"
+    );
+    assert!(workers[0].is_running().unwrap(), "the worker survived");
+    let out = rask(&env, &["submit", "inc", "41"], "").await;
+    assert_eq!(
+        stdout(&out),
+        "42\n",
+        "the same worker serves on: {}",
+        stderr(&out)
+    );
+}
+
 #[tokio::test]
 async fn key_only_then_gather_and_release_by_key() {
     let env = TestEnv::new("cli-keys").await;

@@ -60,6 +60,9 @@ mod signal;
 mod worker;
 mod writer;
 
+#[cfg(test)]
+mod hostile_args_test;
+
 pub use error::{Error, Result};
 pub use registry::Registry;
 pub use signal::shutdown_signal;
