@@ -2,6 +2,8 @@
 
 use std::process::Output;
 
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use rask_tests::TestEnv;
 
 /// Runs `rask ARGS` with the environment's settings, feeding `stdin`.
@@ -190,6 +192,35 @@ async fn local_up_status_demo_down() {
         "{text}"
     );
 
+    // A worker killed outright (as the kernel's OOM killer or an aborted allocation would) is
+    // replaced by its supervisor, and the status says so.
+    let workers = worker_pids(&text);
+    assert_eq!(workers.len(), 2, "{text}");
+    let supervisor = text
+        .lines()
+        .find_map(|line| line.strip_prefix("supervisor pid "))
+        .and_then(|rest| rest.split(':').next())
+        .and_then(|pid| pid.parse::<i32>().ok())
+        .unwrap_or_else(|| panic!("a supervisor line: {text}"));
+    kill(Pid::from_raw(workers[0]), Signal::SIGKILL).expect("the worker can be killed");
+    let replaced = |text: &str| {
+        let pids = worker_pids(text);
+        text.matches("running").count() == 4 && pids.len() == 2 && !pids.contains(&workers[0])
+    };
+    env.eventually("the killed worker replaced", || async {
+        replaced(&stdout(
+            &rask(&env, &["local", "status", "--dir", dir], "").await,
+        ))
+    })
+    .await;
+    let restarted = stdout(&rask(&env, &["local", "status", "--dir", dir], "").await);
+    assert!(replaced(&restarted), "{restarted}");
+    assert!(
+        restarted.contains("worker 1: restarted 1 time(s); last exit: killed by signal SIGKILL"),
+        "{restarted}"
+    );
+    let all_workers = [workers.clone(), worker_pids(&restarted)].concat();
+
     let demo = rask(
         &env,
         &[
@@ -220,6 +251,14 @@ async fn local_up_status_demo_down() {
 
     let down = rask(&env, &["local", "down", "--dir", dir], "").await;
     assert!(down.status.success(), "{}", stderr(&down));
+    // Nothing is left behind: neither the supervisor nor any worker it started.
+    for pid in all_workers.into_iter().chain([supervisor]) {
+        assert!(
+            !runs(pid),
+            "pid {pid} still runs after down: {}",
+            stdout(&down)
+        );
+    }
     let status = rask(&env, &["local", "status", "--dir", dir], "").await;
     assert_eq!(
         status.status.code(),
@@ -227,6 +266,27 @@ async fn local_up_status_demo_down() {
         "nothing recorded after down: {}",
         stdout(&status)
     );
+}
+
+/// Whether process `pid` exists and has not exited (a zombie waiting to be reaped has).
+fn runs(pid: i32) -> bool {
+    let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let state = stat.rsplit_once(')')?.1.split_whitespace().next()?;
+            Some(state == "Z")
+        })
+        .unwrap_or(false);
+    kill(Pid::from_raw(pid), None).is_ok() && !zombie
+}
+
+/// The pids of the `worker` lines of `rask local status`.
+fn worker_pids(status: &str) -> Vec<i32> {
+    status
+        .lines()
+        .filter(|line| line.starts_with("worker "))
+        .filter_map(|line| line.split_whitespace().nth(1)?.parse().ok())
+        .collect()
 }
 
 #[tokio::test]
