@@ -8,7 +8,8 @@
 //! `{queue}.delay.{ms}ms`, whose messages expire after that delay (`x-message-ttl`) into the
 //! task exchange with the task queue's routing key. A delay queue deletes itself a minute after
 //! its last declaration's messages could have expired (`x-expires`); every publisher declares it
-//! again before publishing to it.
+//! again before publishing to it, and notes it in Redis ([`crate::delay_queues`]) so that a
+//! purge finds it.
 //!
 //! With `queue_type = quorum` the task and dead-letter queues are quorum queues (replicated over
 //! a cluster's nodes); the task queue then dead-letters at least once. Delay queues stay classic:
@@ -309,10 +310,9 @@ impl Destination {
     /// [`crate::Error::Broker`] if RabbitMQ refuses the declaration.
     pub async fn after(channel: &Channel, settings: &Settings, delay: Duration) -> Result<Self> {
         let ms = crate::retry::duration_ms(delay);
-        if ms == 0 {
+        let Some(name) = crate::delay_queues::name(settings, delay) else {
             return Ok(Destination::tasks(settings));
-        }
-        let name = format!("{}.delay.{ms}ms", settings.queue);
+        };
         let mut args = FieldTable::default();
         let ttl = i64::try_from(ms).unwrap_or(i64::MAX);
         args.insert(

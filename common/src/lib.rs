@@ -20,6 +20,7 @@
 //! - [`signing`]: HMAC-SHA256 signatures of task messages (`signing_keys`), made when publishing
 //!   and checked by workers before anything is decoded.
 //! - [`broker`] and [`store`]: connecting to RabbitMQ (and declaring the topology) and to Redis.
+//! - [`delay_queues`]: the record of delay queues in Redis, so that `purge` can find them.
 //! - [`ops`]: the worker registry entry and broadcast requests and replies (`rask status`,
 //!   `rask run`, the dashboard).
 //! - [`error`]: the crate's [`Error`].
@@ -27,6 +28,7 @@
 pub mod bag_ops;
 pub mod broker;
 pub mod builtins;
+pub mod delay_queues;
 pub mod dependencies;
 pub mod error;
 pub mod graph;

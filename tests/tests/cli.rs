@@ -136,16 +136,76 @@ async fn map_prints_results_in_input_order_and_keeps_going_past_failures() {
 
 #[tokio::test]
 async fn purge_empties_the_queue_and_results() {
-    let env = TestEnv::new("cli-purge").await;
-    // No worker: the three tasks stay queued.
-    let out = rask(&env, &["map", "inc", "--keys-only"], "[1]\n[2]\n[3]\n").await;
+    let mut env = TestEnv::new("cli-purge").await;
+    // Two shards, so that tasks wait in both.
+    env.settings.queue_shards = 2;
+    // No worker: the six tasks stay queued, spread over the shards by key, and one more waits
+    // for its countdown in a delay queue.
+    let out = rask(
+        &env,
+        &["map", "inc", "--keys-only"],
+        "[1]\n[2]\n[3]\n[4]\n[5]\n[6]\n",
+    )
+    .await;
     assert!(out.status.success(), "{}", stderr(&out));
+    let later = ["submit", "inc", "7", "--countdown", "1h", "--key-only"];
+    let out = rask(&env, &later, "").await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let shards = env.settings.task_queues();
+    let mut queued = Vec::new();
+    for shard in &shards {
+        queued.push(env.queue_depth(shard).await.0);
+    }
+    assert!(
+        queued.iter().all(|n| *n > 0) && queued.iter().sum::<u32>() == 6,
+        "both shards hold tasks: {queued:?}"
+    );
+    let delay_queue = format!("{}.delay.3600000ms", env.settings.queue);
+    assert_eq!(env.queue_depth(&delay_queue).await.0, 1);
+    // And two stored results.
+    let client = env.client().await;
+    let stored = client.scatter(["a", "b"]).await.unwrap();
+    let keys: Vec<_> = stored.iter().map(|f| f.key().clone()).collect();
+    let store = rask_common::Store::connect(&env.settings).await.unwrap();
+    assert!(store
+        .get_outcomes(&keys)
+        .await
+        .unwrap()
+        .iter()
+        .all(Option::is_some));
+
     let out = rask(&env, &["purge"], "").await;
     assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
     assert!(
-        stdout(&out).contains("purged 3 queued task(s)"),
-        "{}",
-        stdout(&out)
+        text.contains("purged 7 queued task(s) and 2 stored result(s)"),
+        "{text}"
+    );
+    let per_shard: Vec<String> = shards
+        .iter()
+        .zip(&queued)
+        .map(|(shard, n)| format!("{shard} {n}"))
+        .collect();
+    assert!(
+        text.contains(&format!("task queues: {}", per_shard.join(", "))),
+        "{text}"
+    );
+    assert!(
+        text.contains("delay queues: 1, holding 1 delayed task(s)"),
+        "{text}"
+    );
+    for shard in &shards {
+        assert_eq!(env.queue_depth(shard).await.0, 0, "{shard} is empty");
+    }
+    assert_eq!(env.queue_depth(&delay_queue).await.0, 0, "nothing waits");
+    assert!(
+        store
+            .get_outcomes(&keys)
+            .await
+            .unwrap()
+            .iter()
+            .all(Option::is_none),
+        "no result is left"
     );
 }
 

@@ -16,7 +16,7 @@ use std::time::Duration;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicRejectOptions};
 use rask_common::broker::Destination;
-use rask_common::{Settings, TaskMessage};
+use rask_common::{delay_queues, Settings, Store, TaskMessage};
 
 use crate::release::{self, ConfirmChannel, PublishError};
 
@@ -50,14 +50,19 @@ fn next_attempt_with(message: &TaskMessage, retryable: bool, jitter: f64) -> Opt
 }
 
 /// Publishes `retry` to its delay queue (confirmed), then acknowledges `delivery`; requeues
-/// `delivery` instead if publishing fails.
+/// `delivery` instead if publishing fails. The delay queue is noted in Redis first, so that
+/// `rask purge` finds it (if Redis fails, the retry goes ahead; only a purge would miss it).
 pub(crate) async fn schedule(
     channel: &ConfirmChannel,
     settings: &Settings,
+    store: &Store,
     retry: Retry,
     delivery: Delivery,
 ) {
     let Retry { message, delay } = retry;
+    if let Err(e) = delay_queues::note(store, settings, delay).await {
+        tracing::warn!(key = %message.key, error = %e, "cannot note the retry's delay queue; a purge will not empty it");
+    }
     let published = async {
         let channel = channel.get().await?;
         let to = Destination::after(&channel, settings, delay)

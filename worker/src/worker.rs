@@ -292,7 +292,14 @@ async fn handle(shared: &Shared, delivery: Delivery) {
     match retries::next_attempt(&message, retryable) {
         Some(retry) => {
             run.retried();
-            retries::schedule(&shared.confirms, &shared.settings, retry, delivery).await
+            retries::schedule(
+                &shared.confirms,
+                &shared.settings,
+                &shared.store,
+                retry,
+                delivery,
+            )
+            .await
         }
         None => {
             run.finished(&outcome);
