@@ -13,7 +13,8 @@ struct Args {
     /// Tasks to run at once (default: setting `concurrency`, i.e. the number of CPUs).
     #[arg(long)]
     concurrency: Option<usize>,
-    /// Unacknowledged deliveries to hold (default: setting `prefetch`, i.e. 4 × concurrency).
+    /// Unacknowledged deliveries to hold (default: setting `prefetch`, whose 0 means 16 ×
+    /// concurrency, at most 65,535).
     #[arg(long)]
     prefetch: Option<u16>,
     /// Queue to consume (default: setting `queue`, i.e. `rask.tasks`).
