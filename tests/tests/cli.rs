@@ -286,7 +286,7 @@ async fn local_up_status_demo_down() {
         &[
             "demo",
             "--batches",
-            "8",
+            "16",
             "--images",
             "4",
             "--size",
@@ -299,12 +299,14 @@ async fn local_up_status_demo_down() {
     .await;
     assert!(demo.status.success(), "{}", stderr(&demo));
     assert!(
-        stdout(&demo).contains("8 batches, 32 images"),
+        stdout(&demo).contains("16 batches, 64 images"),
         "{}",
         stdout(&demo)
     );
+    // Two groups of eight batches: the final compute summarises only the second one.
     assert!(
-        stdout(&demo).contains("reused by it"),
+        stdout(&demo)
+            .contains("reused by it: the workers ran image_summary 1 time(s) for 2 group(s)"),
         "the final compute reuses the persisted group summary: {}",
         stdout(&demo)
     );
