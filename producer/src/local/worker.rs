@@ -119,7 +119,7 @@ impl Worker {
     }
 
     /// The last non-empty line this process logged, if any (without terminal colours, at most
-    /// [`LAST_LINE_CHARS`] characters): after it exits, usually why.
+    /// 300 characters): after it exits, usually why.
     pub fn last_log_line(&self) -> Option<String> {
         let log = self.own_log();
         let line = log.lines().rev().find(|line| !line.trim().is_empty())?;
