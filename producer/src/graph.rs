@@ -2,10 +2,12 @@
 //! forms) send a whole graph of [`Delayed`] calls at once.
 //!
 //! Every distinct node (by key) is registered in Redis atomically
-//! ([`rask_common::dependencies`]): a node whose result is stored, or that another call already
-//! registered, is left alone; a node with every input stored is published now; the others wait
-//! as records that workers publish when their last input is stored. The client makes no round
-//! trip per graph level, and may exit once `persist` returns.
+//! ([`rask_common::dependencies`]): a node whose result is stored is left alone; a node with
+//! every input stored is published now (again, if an earlier registration found it ready: a
+//! registration is idempotent, so a retry after a lost reply, or persisting a graph again after
+//! a failed `persist`, never leaves a node unpublished); the others wait as records that
+//! workers publish when their last input is stored. The client makes no round trip per graph
+//! level, and may exit once `persist` returns.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -40,8 +42,9 @@ impl Client {
     /// ```
     ///
     /// # Errors
-    /// [`Error::Argument`] if an argument did not encode; [`crate::Error`] if Redis or the broker failed (the tasks
-    /// registered or published before the failure stay).
+    /// [`Error::Argument`] if an argument did not encode; [`crate::Error`] if Redis or the
+    /// broker failed (the tasks registered or published before the failure stay, and persisting
+    /// the same graph again completes it).
     pub async fn persist<T>(&self, delayed: &Delayed<T>) -> Result<Future<T>> {
         self.submit_graph(&[delayed.node()]).await?;
         Ok(self.future(delayed.key().clone()))
@@ -86,6 +89,9 @@ impl Client {
     }
 
     /// Registers every distinct node reachable from `roots` and publishes the ready ones.
+    /// Registering is idempotent (a node without a result answers ready or waiting however
+    /// often it is registered), so a retry after a lost reply publishes what the first attempt
+    /// found ready.
     async fn submit_graph(&self, roots: &[&Arc<Node>]) -> Result<()> {
         let mut messages = Vec::new();
         for node in distinct_nodes(roots) {
