@@ -7,7 +7,8 @@
 //! registration is idempotent, so a retry after a lost reply, or persisting a graph again after
 //! a failed `persist`, never leaves a node unpublished); the others wait as records that
 //! workers publish when their last input is stored. The client makes no round trip per graph
-//! level, and may exit once `persist` returns.
+//! level, and may exit once `persist` returns. Every message is checked against
+//! `max_message_bytes` before anything is registered.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -42,7 +43,8 @@ impl Client {
     /// ```
     ///
     /// # Errors
-    /// [`Error::Argument`] if an argument did not encode; [`crate::Error`] if Redis or the
+    /// [`Error::Argument`] if an argument did not encode; [`Error::TooLarge`] if a task's message
+    /// is over `max_message_bytes` (nothing is registered then); [`crate::Error`] if Redis or the
     /// broker failed (the tasks registered or published before the failure stay, and persisting
     /// the same graph again completes it).
     pub async fn persist<T>(&self, delayed: &Delayed<T>) -> Result<Future<T>> {
@@ -93,13 +95,25 @@ impl Client {
     /// often it is registered), so a retry after a lost reply publishes what the first attempt
     /// found ready.
     async fn submit_graph(&self, roots: &[&Arc<Node>]) -> Result<()> {
+        let max = self.settings().max_message_bytes;
         let mut messages = Vec::new();
         for node in distinct_nodes(roots) {
-            messages.push(node.message().map_err(|e| Error::Argument {
+            let message = node.message().map_err(|e| Error::Argument {
                 function: node.function().to_owned(),
                 key: node.key().clone(),
                 error: e.to_owned(),
-            })?);
+            })?;
+            // Checked before anything is registered: a record too large to publish would
+            // otherwise fail only when a worker releases it.
+            let bytes = message.encode()?.len();
+            if bytes > max {
+                return Err(Error::TooLarge {
+                    key: message.key,
+                    bytes,
+                    max,
+                });
+            }
+            messages.push(message);
         }
         let wait = self.settings().reconnect_max_wait;
         let found = store_retrying("registering graph tasks", wait, || async {

@@ -417,6 +417,41 @@ async fn a_fan_in_of_20000_inputs_stored_before_or_after_it_is_registered() {
 }
 
 #[tokio::test]
+async fn a_graph_task_too_large_to_publish_is_refused_at_persist() {
+    let mut env = TestEnv::new("toolarge").await;
+    env.settings.max_message_bytes = 1024;
+    let store = Store::connect(&env.settings).await.unwrap();
+    let client = env.client().await;
+    let input = inc.delayed(9_000);
+    // Waits for `input`, so it would be published by the worker that stores `input`.
+    let big = sum_ints.delayed(Arg::list(
+        (0..400_i64)
+            .map(|i| Arg::from(i * 1_000_000))
+            .chain([Arg::from(&input)]),
+    ));
+    let root = add.delayed(&big, 1);
+    let error = client.persist(&root).await.unwrap_err();
+    match error {
+        rask::Error::TooLarge { key, bytes, max } => {
+            assert_eq!(&key, big.key(), "names the task too large");
+            assert!(bytes > 1024, "{bytes}");
+            assert_eq!(max, 1024);
+        }
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    // Refused before anything was registered.
+    let mut conn = store.connection();
+    for key in [input.key(), big.key(), root.key()] {
+        let exists: bool = redis::cmd("EXISTS")
+            .arg(store.keys().task(key))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(!exists, "{key} was not registered");
+    }
+}
+
+#[tokio::test]
 async fn registering_and_releasing_are_idempotent() {
     let env = TestEnv::new("idempotent").await;
     let store = Store::connect(&env.settings).await.unwrap();
