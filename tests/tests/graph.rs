@@ -10,6 +10,7 @@ use rask::{Arg, Client, Delayed, FailureKind, Future, TaskKey};
 use rask_common::dependencies::Registration;
 use rask_common::message::encode_value;
 use rask_common::{Outcome, Store, TaskMessage};
+use rask_tests::runs::{ready_workers, until_stored};
 use rask_tests::{failure, Counter, TestEnv, PATIENCE};
 use rask_worker::Registry;
 
@@ -503,14 +504,18 @@ async fn registering_and_releasing_are_idempotent() {
 #[tokio::test]
 async fn a_graph_survives_its_worker_being_killed() {
     let env = TestEnv::new("killed").await;
-    let mut first = env.spawn_workers(1);
+    let store = Store::connect(&env.settings).await.unwrap();
+    let mut first = ready_workers(&env, 1).await;
     let client = env.client().await;
-    let mut chain = sleep_ms.delayed(200);
+    let start = sleep_ms.delayed(200);
+    let mut chain = start.clone();
     for _ in 0..14 {
         chain = sleep_ms.delayed(chain);
     }
     let future = client.persist(&chain).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // The worker consumed the chain's first task and stored its result: it is in the chain.
+    let started: Future<u64> = client.future(start.key().clone());
+    until_stored(&env, &store, std::slice::from_ref(&started), 1).await;
     first[0].kill().await.unwrap();
     assert!(
         !future.done().await.unwrap(),
