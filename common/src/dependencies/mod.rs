@@ -10,6 +10,11 @@
 //! is returned again), so a redelivered task releases its dependents again; a dependent
 //! published twice runs twice, harmlessly, since results are write-once.
 //!
+//! Registering ([`Store::register_tasks`]) is idempotent as well: only a stored result makes a
+//! task [`Registration::Known`]; a task registered before answers `Ready` or `Waiting` again,
+//! and its links are made again, so a registration whose reply was lost, or that failed part
+//! way, is completed by registering again (as `persist` does when it retries).
+//!
 //! A Redis Cluster cannot run these scripts (their keys span hash slots): there [`cluster`]
 //! keeps the same records by steps that each stay in one slot.
 
@@ -104,7 +109,8 @@ impl Store {
     /// hold them. Records and sets live for the TTL.
     ///
     /// # Errors
-    /// [`crate::Error::Store`] if Redis fails; tasks registered before the failure stay.
+    /// [`crate::Error::Store`] if Redis fails; tasks registered before the failure stay (call
+    /// again: registering is idempotent).
     pub async fn register_tasks(&self, tasks: &[TaskMessage]) -> Result<Vec<Registration>> {
         let keys = self.keys();
         let ttl_ms = self.ttl_ms();
