@@ -106,8 +106,8 @@ impl fmt::Debug for TaskKey {
 ///
 /// For a Redis Cluster ([`Keys::clustered`]) every key carries a hash tag, so that the keys a
 /// script or a multi-key command touches live in one hash slot: the keys of one task carry the
-/// task key in braces (`rask:result:{inc-1}`: its result, task record, pending and dependents
-/// sets and delivery counter share a slot), the deployment's own keys the prefix in braces
+/// task key in braces (`rask:result:{inc-1}`: its result, task record, published marker,
+/// pending and dependents sets and delivery counter share a slot), the deployment's own keys the prefix in braces
 /// (`{rask}:workers`, `{rask}:worker:w-1`). A single Redis uses the names without braces.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keys {
@@ -175,6 +175,15 @@ impl Keys {
         self.of_task("task", key)
     }
 
+    /// Whether the message of graph task `key` is in the broker's hands (or about to be, by a
+    /// worker that released it), so that registering it again must not publish it again:
+    /// `{prefix}:published:{key}`, set only while the task has a record and no result, with at
+    /// most its record's TTL, and deleted when its result is stored (see
+    /// [`crate::dependencies`]).
+    pub fn published(&self, key: &TaskKey) -> String {
+        self.of_task("published", key)
+    }
+
     /// The set of inputs a graph task still waits for: `{prefix}:pending:{key}`.
     pub fn pending(&self, key: &TaskKey) -> String {
         self.of_task("pending", key)
@@ -193,8 +202,9 @@ impl Keys {
     }
 
     /// Patterns (for `SCAN MATCH`) of every graph bookkeeping key of this prefix.
-    pub fn graph_patterns(&self) -> [String; 3] {
-        ["task", "pending", "dependents"].map(|kind| format!("{}:{kind}:*", self.prefix))
+    pub fn graph_patterns(&self) -> [String; 4] {
+        ["task", "published", "pending", "dependents"]
+            .map(|kind| format!("{}:{kind}:*", self.prefix))
     }
 
     /// The registry entry of the live worker `id` (a MessagePack
@@ -252,6 +262,7 @@ mod tests {
         assert_eq!(keys.done_channel(), "p:done");
         assert_eq!(keys.task(&key), "p:task:inc-1");
         assert_eq!(keys.pending(&key), "p:pending:inc-1");
+        assert_eq!(keys.published(&key), "p:published:inc-1");
         assert_eq!(keys.dependents(&key), "p:dependents:inc-1");
         assert_eq!(keys.deliveries(&key), "p:deliveries:inc-1");
         assert_eq!(keys.worker("w-1"), "p:worker:w-1");
@@ -265,6 +276,7 @@ mod tests {
         let key = TaskKey::new("inc-1").unwrap();
         assert_eq!(keys.result(&key), "p:result:{inc-1}");
         assert_eq!(keys.dependents(&key), "p:dependents:{inc-1}");
+        assert_eq!(keys.published(&key), "p:published:{inc-1}");
         assert_eq!(keys.deliveries(&key), "p:deliveries:{inc-1}");
         assert_eq!(keys.worker("w-1"), "{p}:worker:w-1");
         assert_eq!(keys.workers(), "{p}:workers");

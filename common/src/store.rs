@@ -204,8 +204,9 @@ impl Store {
         Ok((count, stored))
     }
 
-    /// Deletes the stored outcomes of `keys`, their graph task records and delivery counters
-    /// (so that a graph submitted again runs them again); returns how many outcomes existed.
+    /// Deletes the stored outcomes of `keys`, their graph task records, published markers and
+    /// delivery counters (so that a graph submitted again runs them again); returns how many
+    /// outcomes existed.
     ///
     /// # Errors
     /// [`crate::Error::Store`] if Redis fails.
@@ -216,7 +217,13 @@ impl Store {
         let names: Vec<String> = keys.iter().map(|k| self.keys.result(k)).collect();
         let records: Vec<String> = keys
             .iter()
-            .flat_map(|k| [self.keys.task(k), self.keys.deliveries(k)])
+            .flat_map(|k| {
+                [
+                    self.keys.task(k),
+                    self.keys.published(k),
+                    self.keys.deliveries(k),
+                ]
+            })
             .collect();
         let (deleted,): (u64,) = redis::pipe()
             .cmd("DEL")
@@ -230,7 +237,7 @@ impl Store {
     }
 
     /// Deletes every result of this deployment's prefix, its graph bookkeeping (task records,
-    /// pending and dependents sets) and delivery counters, by SCAN; returns how many results.
+    /// published markers, pending and dependents sets) and delivery counters, by SCAN; returns how many results.
     ///
     /// # Errors
     /// [`crate::Error::Store`] if Redis fails.

@@ -2,20 +2,23 @@
 //! forms) send a whole graph of [`Delayed`] calls at once.
 //!
 //! Every distinct node (by key) is registered in Redis atomically
-//! ([`rask_common::dependencies`]): a node whose result is stored is left alone; a node with
-//! every input stored is published now (again, if an earlier registration found it ready: a
-//! registration is idempotent, so a retry after a lost reply, or persisting a graph again after
-//! a failed `persist`, never leaves a node unpublished); the others wait as records that
-//! workers publish when their last input is stored. The client makes no round trip per graph
-//! level, and may exit once `persist` returns. Every message is checked against
-//! `max_message_bytes` before anything is registered.
+//! ([`rask_common::dependencies`]): a node whose result is stored, or that is marked published
+//! (its message is queued or running), is left alone; a node with every input stored is
+//! published now (again, if an earlier registration found it ready: a registration is
+//! idempotent, so a retry after a lost reply, or persisting a graph again after a failed
+//! `persist`, never leaves a node unpublished), and marked published once the broker confirmed
+//! it, so that the same graph persisted again, by any producer, does not run it again; the
+//! others wait as records that workers publish when their last input is stored. The client
+//! makes no round trip per graph level or per node (marking adds one per `persist`), and may
+//! exit once `persist` returns. Every message is checked against `max_message_bytes` before
+//! anything is registered.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
 use rask_common::dependencies::Registration;
 use rask_common::graph::{Arg, Dep, Node};
-use rask_common::Delayed;
+use rask_common::{Delayed, TaskKey};
 use serde::de::DeserializeOwned;
 
 use crate::client::Client;
@@ -90,10 +93,10 @@ impl Client {
         self.gather(&futures).await
     }
 
-    /// Registers every distinct node reachable from `roots` and publishes the ready ones.
-    /// Registering is idempotent (a node without a result answers ready or waiting however
-    /// often it is registered), so a retry after a lost reply publishes what the first attempt
-    /// found ready.
+    /// Registers every distinct node reachable from `roots`, publishes the ready ones and then
+    /// marks them published. Registering is idempotent (a node neither stored nor marked
+    /// answers ready or waiting however often it is registered), so a retry after a lost reply
+    /// publishes what the first attempt found ready: nodes are marked only once confirmed.
     async fn submit_graph(&self, roots: &[&Arc<Node>]) -> Result<()> {
         let max = self.settings().max_message_bytes;
         let mut messages = Vec::new();
@@ -120,12 +123,24 @@ impl Client {
             Ok(self.store().register_tasks(&messages).await?)
         })
         .await?;
-        let ready = messages
+        let ready: Vec<_> = messages
             .into_iter()
             .zip(found)
             .filter(|(_, r)| *r == Registration::Ready)
-            .map(|(m, _)| Ok(m));
-        self.publish(ready).await
+            .map(|(m, _)| m)
+            .collect();
+        let keys: Vec<TaskKey> = ready.iter().map(|m| m.key.clone()).collect();
+        self.publish(ready.into_iter().map(Ok)).await?;
+        if keys.is_empty() {
+            return Ok(());
+        }
+        // Every ready node is confirmed: mark them, so that registering them again does not
+        // publish them again. Not marking costs at most a second run of a node persisted again
+        // before its result is stored, so a failure here does not fail `persist`.
+        if let Err(e) = self.store().mark_published(&keys).await {
+            tracing::warn!(error = %e, tasks = keys.len(), "could not mark published graph tasks; persisting them again before they finish may run them twice");
+        }
+        Ok(())
     }
 }
 

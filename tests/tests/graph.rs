@@ -1,5 +1,6 @@
-//! Lazy task graphs against real servers: results, reuse of identical work (content keys),
-//! persisted graphs finishing without their producer, registrations retried or repeated,
+//! Lazy task graphs against real servers: results, reuse of identical work (content keys, and
+//! published markers: a graph persisted again, by any producer, does not run again what is
+//! queued), persisted graphs finishing without their producer, registrations retried or repeated,
 //! failures propagating downstream, and large graphs (1,024-leaf reduction tree, 1,000- and
 //! 20,000-input fan-ins, 10,000 nodes). `scripts/test.sh` runs them on a Redis Cluster too.
 
@@ -205,26 +206,116 @@ async fn impure_calls_run_every_time() {
     worker.stop().await.unwrap();
 }
 
+/// Ready messages in `env`'s task queue (none is being consumed when a test reads it).
+async fn queued(env: &TestEnv) -> u32 {
+    env.queue_depth(&env.settings.queue).await.0
+}
+
 #[tokio::test]
 async fn identical_graphs_from_producers_share_their_results() {
     let env = TestEnv::new("twoproducers").await;
-    let worker = env.run_worker(registry());
     let (a, b, c) = (env.client().await, env.client().await, env.client().await);
-    let runs = Counter::new(&env, "leaves");
-    let graph = |client: Client| {
-        let leaves: Vec<Delayed<i64>> = (0..50).map(|i| wrap(&runs, i)).collect();
-        let root = sum_ints.delayed(leaves);
-        async move { within(client.compute(&root)).await }
+    let (leaf_runs, root_runs) = (Counter::new(&env, "leaves"), Counter::new(&env, "root"));
+    let graph = || {
+        let leaves: Vec<Delayed<i64>> = (0..50).map(|i| wrap(&leaf_runs, i)).collect();
+        wrap(&root_runs, sum_ints.delayed(leaves))
     };
-    // At once: each producer publishes the leaves it finds ready and without a result, so a
-    // leaf runs once or twice (never zero times: neither leaves it to the other).
-    let (x, y) = tokio::join!(graph(a), graph(b));
-    assert_eq!((x.unwrap(), y.unwrap()), (1225, 1225));
-    let at_once = runs.runs().await;
-    assert!((50..=100).contains(&at_once), "{at_once} runs");
+    // No worker yet: the first producer's leaves are queued, confirmed and so marked published
+    // when the second producer persists the same graph, which leaves them to the queue.
+    let first = a.persist(&graph()).await.unwrap();
+    assert_eq!(queued(&env).await, 50);
+    let second = b.persist(&graph()).await.unwrap();
+    assert_eq!(
+        queued(&env).await,
+        50,
+        "the second producer published nothing"
+    );
+    let worker = env.run_worker(registry());
+    assert_eq!(persisted_value(&first).await.unwrap(), 1225);
+    assert_eq!(persisted_value(&second).await.unwrap(), 1225);
+    // Every leaf ran before the root was released, and nothing else was queued.
+    assert_eq!(leaf_runs.runs().await, 50, "each leaf ran once");
+    assert_eq!(root_runs.runs().await, 1);
     // Once the results are stored, the same graph runs nothing again.
-    assert_eq!(graph(c).await.unwrap(), 1225);
-    assert_eq!(runs.runs().await, at_once);
+    assert_eq!(within(c.compute(&graph())).await.unwrap(), 1225);
+    assert_eq!((leaf_runs.runs().await, root_runs.runs().await), (50, 1));
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_dependent_released_and_queued_is_not_published_again() {
+    let env = TestEnv::new("releasedonce").await;
+    let (a, b) = (env.client().await, env.client().await);
+    let runs = Counter::new(&env, "dependent");
+    let input = rask_common::graph::content_key("scatter", &encode_value(&9_100_i64).unwrap());
+    let graph = || wrap(&runs, Arg::key(input.clone()));
+    // Waits for a value not yet scattered; no worker runs.
+    let first = a.persist(&graph()).await.unwrap();
+    assert_eq!(queued(&env).await, 0);
+    // Scattering releases it as a worker's store would: the release marks it published, and
+    // the scattering client publishes it.
+    a.scatter([9_100_i64]).await.unwrap();
+    assert_eq!(queued(&env).await, 1);
+    let second = b.persist(&graph()).await.unwrap();
+    assert_eq!(
+        queued(&env).await,
+        1,
+        "the second producer published nothing"
+    );
+    let worker = env.run_worker(registry());
+    assert_eq!(persisted_value(&first).await.unwrap(), 9_100);
+    assert_eq!(persisted_value(&second).await.unwrap(), 9_100);
+    assert_eq!(runs.runs().await, 1);
+    worker.stop().await.unwrap();
+}
+
+/// Five counted leaves (values `from..from + 5`) and their sum, the sum last.
+fn counted_sum(runs: &Counter, from: i64) -> Vec<Delayed<i64>> {
+    let leaves: Vec<Delayed<i64>> = (from..from + 5).map(|i| wrap(runs, i)).collect();
+    let total = sum_ints.delayed(leaves.clone());
+    leaves.into_iter().chain([total]).collect()
+}
+
+#[tokio::test]
+async fn a_graph_persisted_again_after_its_results_are_released_runs_again() {
+    let env = TestEnv::new("rerelease").await;
+    let worker = env.run_worker(registry());
+    let client = env.client().await;
+    let runs = Counter::new(&env, "leaves");
+    let expected = (9_200..9_205).sum::<i64>();
+    let nodes = counted_sum(&runs, 9_200);
+    let root = nodes.last().unwrap();
+    assert_eq!(within(client.compute(root)).await.unwrap(), expected);
+    assert_eq!(runs.runs().await, 5);
+    let keys: Vec<TaskKey> = nodes.iter().map(|n| n.key().clone()).collect();
+    assert_eq!(client.release(&keys).await.unwrap(), 6);
+    // Released results leave no marker behind that would keep the graph from running.
+    assert_eq!(within(client.compute(root)).await.unwrap(), expected);
+    assert_eq!(runs.runs().await, 10);
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_graph_persisted_again_after_a_purge_runs() {
+    let env = TestEnv::new("repurge").await;
+    let client = env.client().await;
+    let runs = Counter::new(&env, "leaves");
+    let nodes = counted_sum(&runs, 9_300);
+    let root = nodes.last().unwrap();
+    // Queued and marked published; then the purge empties the queue and forgets the graph.
+    client.persist(root).await.unwrap();
+    assert_eq!(queued(&env).await, 5);
+    assert_eq!(client.purge().await.unwrap().0, 5);
+    assert_eq!(queued(&env).await, 0);
+    // Persisted again, its leaves are published again: no marker vouches for purged messages.
+    let future = client.persist(root).await.unwrap();
+    assert_eq!(queued(&env).await, 5);
+    let worker = env.run_worker(registry());
+    assert_eq!(
+        persisted_value(&future).await.unwrap(),
+        (9_300..9_305).sum::<i64>()
+    );
+    assert_eq!(runs.runs().await, 5, "the purged messages never ran");
     worker.stop().await.unwrap();
 }
 
@@ -479,10 +570,10 @@ async fn registering_and_releasing_are_idempotent() {
         store.store_and_release(&b_done).await.unwrap(),
         vec![message.clone()]
     );
-    // Released but without a result: registering again finds it ready (it may not have
-    // been published: the releasing worker may have died first).
-    assert_eq!(register().await.unwrap(), vec![Registration::Ready]);
-    // The worker died before acking: the redelivered tasks release `c` again.
+    // Released, and so marked published: registering again leaves it to the releasing worker.
+    assert_eq!(register().await.unwrap(), vec![Registration::Known]);
+    // That worker died before publishing and acking: the redelivered tasks release `c` again,
+    // marked or not, so it is not lost.
     assert_eq!(
         store.store_and_release(&b_done).await.unwrap(),
         vec![message.clone()]
@@ -498,6 +589,81 @@ async fn registering_and_releasing_are_idempotent() {
         .unwrap()
         .is_empty());
     assert!(store.store_and_release(&b_done).await.unwrap().is_empty());
+    assert_eq!(register().await.unwrap(), vec![Registration::Known]);
+}
+
+/// Whether `key` exists in the store.
+async fn exists(store: &Store, key: String) -> bool {
+    redis::cmd("EXISTS")
+        .arg(key)
+        .query_async(&mut store.connection())
+        .await
+        .unwrap()
+}
+
+/// A published marker says that a task's message is queued and its result will come, so it
+/// must never outlive its record or its result: a `persist` finding it would wait for ever.
+#[tokio::test]
+async fn a_published_marker_lives_only_while_its_task_has_a_record_and_no_result() {
+    let env = TestEnv::new("marker").await;
+    let store = Store::connect(&env.settings).await.unwrap();
+    let task = inc.delayed(9_400);
+    let key = task.key().clone();
+    let message = task.node().message().unwrap();
+    let register = || store.register_tasks(std::slice::from_ref(&message));
+    let marker = || store.keys().published(&key);
+    let mark = || store.mark_published(std::slice::from_ref(&key));
+
+    assert_eq!(register().await.unwrap(), vec![Registration::Ready]);
+    // Registered again before its producer marked it (a retry after a lost reply): ready.
+    assert_eq!(register().await.unwrap(), vec![Registration::Ready]);
+    mark().await.unwrap();
+    assert_eq!(register().await.unwrap(), vec![Registration::Known]);
+    let (record_ttl, marker_ttl): (i64, i64) = redis::pipe()
+        .cmd("PTTL")
+        .arg(store.keys().task(&key))
+        .cmd("PTTL")
+        .arg(marker())
+        .query_async(&mut store.connection())
+        .await
+        .unwrap();
+    assert!(
+        0 < marker_ttl && marker_ttl <= record_ttl,
+        "{marker_ttl} ms, record {record_ttl} ms"
+    );
+
+    // Released: no marker; registered again, it is ready again.
+    assert_eq!(store.delete(std::slice::from_ref(&key)).await.unwrap(), 0);
+    assert!(!exists(&store, marker()).await);
+    mark().await.unwrap();
+    assert!(!exists(&store, marker()).await, "no record, no marker");
+    assert_eq!(register().await.unwrap(), vec![Registration::Ready]);
+
+    // A marker left without a record (say, a record that expired before it) vouches for
+    // nothing: registering writes the record anew and deletes the marker.
+    store.delete(std::slice::from_ref(&key)).await.unwrap();
+    redis::cmd("SET")
+        .arg(marker())
+        .arg("1")
+        .query_async::<()>(&mut store.connection())
+        .await
+        .unwrap();
+    assert_eq!(register().await.unwrap(), vec![Registration::Ready]);
+    assert!(!exists(&store, marker()).await);
+
+    // Storing the result deletes the marker, and a result stored first is never marked.
+    mark().await.unwrap();
+    assert!(exists(&store, marker()).await);
+    let value = Outcome::Value(encode_value(&9_401_i64).unwrap())
+        .encode()
+        .unwrap();
+    store
+        .store_and_release(&[(key.clone(), value)])
+        .await
+        .unwrap();
+    assert!(!exists(&store, marker()).await);
+    mark().await.unwrap();
+    assert!(!exists(&store, marker()).await);
     assert_eq!(register().await.unwrap(), vec![Registration::Known]);
 }
 

@@ -6,7 +6,8 @@
 //! released early or forgotten:
 //!
 //! - **Register** task `T` waiting for inputs `D…`: (1) in `T`'s slot, unless `T`'s result is
-//!   stored: the first time, write its pending set with *every* input (so nothing can release
+//!   stored or `T` is marked published beside an existing record (see [`super`]): the first
+//!   time (deleting a marker left without a record), write its pending set with *every* input (so nothing can release
 //!   it yet) and then its record; when the record exists already, keep the pending set as it
 //!   is (it only ever lost inputs that are stored); (2) in each `D`'s slot, atomically: if
 //!   `D`'s result is stored report it, else add `T` to `D`'s dependents; (3) in `T`'s slot,
@@ -15,10 +16,13 @@
 //!   registration of a task with inputs pending, so registering again (a retry after a failure
 //!   between the steps or a lost reply, or another producer's identical graph) completes what
 //!   an earlier one left undone, and never adds back an input that was released.
-//! - **Store and release** outcomes `K…`: (1) store them, write-once; (2) once stored, read
-//!   each `K`'s dependents (so a registration's step 2 either saw the result or is seen here);
-//!   (3) in each dependent's slot, remove the stored inputs from its pending set and return its
-//!   record when that empties and it has no result; (4) announce.
+//! - **Store and release** outcomes `K…`: (1) store them, write-once, and delete their published
+//!   markers (in the same pipeline, each in its own slot); (2) once stored, read each `K`'s
+//!   dependents (so a registration's step 2 either saw the result or is seen here); (3) in each
+//!   dependent's slot, remove the stored inputs from its pending set and return its record when
+//!   that empties and it has no result, marking it published; (4) announce. Step 3 of
+//!   registering removes inputs the same way but marks nothing: the producer marks what it
+//!   publishes once the broker has confirmed it.
 //!
 //! Both sides may find a dependent ready at once and publish it twice: harmless, results are
 //! write-once (as on a single Redis). Every step is idempotent, so a failed call is repeated.
@@ -36,17 +40,19 @@ use crate::keys::TaskKey;
 use crate::message::TaskMessage;
 use crate::store::Store;
 
-/// Step 1 of registering. KEYS: the task's result, record and pending set. ARGV: its message,
-/// the TTL in ms, then its inputs. The first registration writes the pending set with every
-/// input and then the record (so that a record always has its whole pending set); a later one
-/// (a retry, or another producer) keeps the pending set as releases left it, and only renews
-/// the TTLs. Returns 0 (its result is stored), 1 (inputs pending: go on with step 2) or 2 (no
-/// input pending: ready).
+/// Step 1 of registering. KEYS: the task's result, record, pending set and published marker.
+/// ARGV: its message, the TTL in ms, then its inputs. The first registration deletes a marker
+/// left without a record, writes the pending set with every input and then the record (so that
+/// a record always has its whole pending set); a later one (a retry, or another producer)
+/// keeps the pending set as releases left it, and only renews the TTLs (the record's, not the
+/// marker's). Returns 0 (its result is stored, or it is marked published), 1 (inputs pending:
+/// go on with step 2) or 2 (no input pending: ready).
 static REGISTER_OWN: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 if redis.call('EXISTS', KEYS[2]) == 0 then
+  redis.call('DEL', KEYS[4])
   for i = 3, #ARGV, 1000 do
     redis.call('SADD', KEYS[3], unpack(ARGV, i, math.min(i + 999, #ARGV)))
   end
@@ -56,6 +62,7 @@ if redis.call('EXISTS', KEYS[2]) == 0 then
   return 1
 end
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
+if redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
 if #ARGV == 2 or redis.call('SCARD', KEYS[3]) == 0 then return 2 end
 redis.call('PEXPIRE', KEYS[3], ARGV[2])
 return 1
@@ -78,22 +85,38 @@ return 0
 });
 
 /// Removes stored inputs from a waiting task's pending set, in the task's slot. KEYS: its
-/// pending set, result and record. ARGV: the stored inputs (any number: they are removed 1000
-/// at a time, as Lua's `unpack` fails beyond about 8000 values). Returns its record if nothing
-/// is pending and it has no result, else false.
+/// pending set, result, record and published marker. ARGV: `1` to mark the task published when
+/// it is returned (a release, whose caller publishes it) or `0` (a registration, whose producer
+/// marks it once the broker confirmed it), then the stored inputs (any number: they are removed
+/// 1000 at a time, as Lua's `unpack` fails beyond about 8000 values). Returns its record if
+/// nothing is pending and it has no result (marked or not), else false.
 static UNPEND: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-for i = 1, #ARGV, 1000 do
+for i = 2, #ARGV, 1000 do
   redis.call('SREM', KEYS[1], unpack(ARGV, i, math.min(i + 999, #ARGV)))
 end
 if redis.call('SCARD', KEYS[1]) == 0 and redis.call('EXISTS', KEYS[2]) == 0 then
-  return redis.call('GET', KEYS[3])
+  local message = redis.call('GET', KEYS[3])
+  if message and ARGV[1] == '1' then
+    local ttl = redis.call('PTTL', KEYS[3])
+    if ttl > 0 then redis.call('SET', KEYS[4], '1', 'PX', ttl) end
+  end
+  return message
 end
 return false
 ",
     )
 });
+
+/// Whether [`UNPEND`] marks the tasks it returns as published.
+#[derive(Clone, Copy)]
+enum Mark {
+    /// A release: its caller publishes what is returned before acknowledging.
+    Published,
+    /// A registration: its producer marks what it published once the broker confirmed it.
+    No,
+}
 
 impl Store {
     /// [`Store::register_tasks`] on a cluster (see the module docs): three pipelines.
@@ -110,6 +133,7 @@ impl Store {
             inv.key(keys.result(&task.key))
                 .key(keys.task(&task.key))
                 .key(keys.pending(&task.key))
+                .key(keys.published(&task.key))
                 .arg(task.encode()?)
                 .arg(ttl_ms);
             for dep in &task.deps {
@@ -158,6 +182,7 @@ impl Store {
             unpend
                 .iter()
                 .map(|(i, deps)| (&tasks[*i].key, deps.as_slice())),
+            Mark::No,
         );
         for ((i, _), body) in unpend.iter().zip(ready.await?) {
             if body.is_some() {
@@ -168,14 +193,19 @@ impl Store {
     }
 
     /// [`Store::store_and_release`] on a cluster (see the module docs), for one chunk of
-    /// outcomes: four pipelines. Returns the records of the dependents released.
+    /// outcomes: four pipelines. Returns the records of the dependents released (marked
+    /// published).
     pub(super) async fn store_and_release_by_slot(
         &self,
         outcomes: &[(TaskKey, Vec<u8>)],
     ) -> Result<Vec<Vec<u8>>> {
-        self.outcomes_pipeline(outcomes)
-            .query_async::<()>(&mut self.connection())
-            .await?;
+        let mut store = self.outcomes_pipeline(outcomes);
+        // After each result, in its slot: a stored result needs no marker, and one left would
+        // outlive it.
+        for (key, _) in outcomes {
+            store.cmd("DEL").arg(self.keys().published(key)).ignore();
+        }
+        store.query_async::<()>(&mut self.connection()).await?;
         let mut members = redis::pipe();
         for (key, _) in outcomes {
             members.cmd("SMEMBERS").arg(self.keys().dependents(key));
@@ -191,7 +221,10 @@ impl Store {
             }
         }
         let ready = self
-            .unpend(inputs.iter().map(|(task, deps)| (task, deps.as_slice())))
+            .unpend(
+                inputs.iter().map(|(task, deps)| (task, deps.as_slice())),
+                Mark::Published,
+            )
             .await?;
         self.replicate().await?;
         let mut announce = redis::pipe();
@@ -201,10 +234,11 @@ impl Store {
     }
 
     /// Runs [`UNPEND`] for each waiting task and its stored inputs; returns the records of
-    /// those that became ready, in order (`None` for the others).
+    /// those that became ready, in order (`None` for the others), marked as `mark` says.
     async fn unpend<'a>(
         &self,
         tasks: impl Iterator<Item = (&'a TaskKey, &'a [&'a TaskKey])>,
+        mark: Mark,
     ) -> Result<Vec<Option<Vec<u8>>>> {
         let keys = self.keys();
         let mut pipe = redis::pipe();
@@ -214,7 +248,12 @@ impl Store {
             let mut inv = UNPEND.prepare_invoke();
             inv.key(keys.pending(task))
                 .key(keys.result(task))
-                .key(keys.task(task));
+                .key(keys.task(task))
+                .key(keys.published(task))
+                .arg(match mark {
+                    Mark::Published => "1",
+                    Mark::No => "0",
+                });
             for input in inputs {
                 inv.arg(input.as_str());
             }

@@ -10,10 +10,34 @@
 //! is returned again), so a redelivered task releases its dependents again; a dependent
 //! published twice runs twice, harmlessly, since results are write-once.
 //!
-//! Registering ([`Store::register_tasks`]) is idempotent as well: only a stored result makes a
-//! task [`Registration::Known`]; a task registered before answers `Ready` or `Waiting` again,
-//! and its links are made again, so a registration whose reply was lost, or that failed part
-//! way, is completed by registering again (as `persist` does when it retries).
+//! Registering ([`Store::register_tasks`]) is idempotent as well: a task registered before
+//! answers `Ready` or `Waiting` again, and its links are made again, so a registration whose
+//! reply was lost, or that failed part way, is completed by registering again (as `persist`
+//! does when it retries). Only two things make a task [`Registration::Known`] (nothing to
+//! publish): its stored result, or its **published marker** ([`Keys::published`]), which says
+//! that its message is in the broker's hands, or about to be. Whoever publishes a ready graph
+//! task sets it: the producer, for the tasks it found ready, once the broker has confirmed them
+//! ([`Store::mark_published`], one pipeline per `persist`; a registration retried before that
+//! still finds them ready, so a lost reply never leaves a task unpublished), and the release
+//! script, for each dependent it returns (the caller publishes it before acknowledging its
+//! input; if it dies first, the input is redelivered and released again, and the release
+//! returns a ready dependent without a result whether or not it is marked). So identical
+//! graphs persisted one after the other, by any producers, run their shared tasks once; only
+//! a registration between a publish and its marker publishes again (harmless: results are
+//! write-once).
+//!
+//! A marker must never vouch for a result that will not come, or a later `persist` would wait
+//! for ever. The rule: a marker lives only while its task has a record and no result. It is set
+//! only then (the marking scripts check the result and copy the record's remaining TTL, so it
+//! never outlives the record), it is deleted when the task's result is stored (by the release
+//! script, or on a cluster in the pipeline that stores the result) and by everything that
+//! deletes the record (`release`, `purge`), and registering treats a marker beside a record it
+//! had to write anew as absent, deleting it. A result that expires or is released therefore
+//! never leaves a marker behind, whatever the TTLs of the processes. A marker may still outlive
+//! the message it vouches for when the message is lost outside rask (a queue deleted or purged
+//! by hand, a dependent its worker could never publish): registering then answers `Known` until
+//! the marker expires (`result_ttl` after it was set: registering renews the record's TTL, never
+//! the marker's), or until `rask purge`.
 //!
 //! A Redis Cluster cannot run these scripts (their keys span hash slots): there [`cluster`]
 //! keeps the same records by steps that each stay in one slot.
@@ -36,38 +60,63 @@ const PIPELINE_CHUNK: usize = 1000;
 
 /// Registers one graph task, idempotently: registering it again (a retry whose first reply was
 /// lost, or another producer's identical graph) redoes every step and answers as the first time
-/// would now. KEYS: its result, task record and pending set, then for each dependency its
-/// result and dependents set. ARGV: its key, its message, the TTL in ms, then the dependency
-/// keys. Returns 0 (its result is stored: nothing to do), 1 (waiting) or 2 (ready: the caller
-/// publishes it).
+/// would now. KEYS: its result, task record, published marker and pending set, then for each
+/// dependency its result and dependents set. ARGV: its key, its message, the TTL in ms, then the
+/// dependency keys. Returns 0 (its result is stored, or it is published: nothing to do), 1
+/// (waiting) or 2 (ready: the caller publishes it). A marker counts only beside a record that
+/// existed before: when the record is written anew, a marker left there is deleted. The
+/// record's TTL is renewed, the marker's is not (so that a marker whose message was lost
+/// expires however often the task is registered).
 static REGISTER: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-if not redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then
+if redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then
+  redis.call('DEL', KEYS[3])
+else
   redis.call('PEXPIRE', KEYS[2], ARGV[3])
+  if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
 end
 local pending = 0
 for i = 1, #ARGV - 3 do
-  if redis.call('EXISTS', KEYS[2 + 2 * i]) == 0 then
-    local dependents = KEYS[3 + 2 * i]
+  if redis.call('EXISTS', KEYS[3 + 2 * i]) == 0 then
+    local dependents = KEYS[4 + 2 * i]
     redis.call('SADD', dependents, ARGV[1])
     redis.call('PEXPIRE', dependents, ARGV[3])
-    redis.call('SADD', KEYS[3], ARGV[3 + i])
+    redis.call('SADD', KEYS[4], ARGV[3 + i])
     pending = pending + 1
   else
-    redis.call('SREM', KEYS[3], ARGV[3 + i])
+    redis.call('SREM', KEYS[4], ARGV[3 + i])
   end
 end
 if pending == 0 then return 2 end
-redis.call('PEXPIRE', KEYS[3], ARGV[3])
+redis.call('PEXPIRE', KEYS[4], ARGV[3])
+return 1
+",
+    )
+});
+
+/// Marks published graph tasks, in each task's slot. KEYS: its result, record and published
+/// marker. Sets the marker, with the record's remaining TTL, only while the task has a record
+/// and no result (so that a marker never outlives its record, nor the result it vouches for).
+/// Returns 1 if it was set, else 0.
+static MARK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local ttl = redis.call('PTTL', KEYS[2])
+if ttl <= 0 then return 0 end
+redis.call('SET', KEYS[3], '1', 'PX', ttl)
 return 1
 ",
     )
 });
 
 /// Releases the dependents of stored outcomes. ARGV: the key prefix, then the stored keys.
-/// Returns the messages of the dependents that became (or still are) ready.
+/// Deletes the published markers of the stored keys (their results are stored), and returns the
+/// messages of the dependents that became (or still are) ready, marking each published (the
+/// caller publishes it before acknowledging; a ready dependent is returned whether or not it is
+/// marked, so that a caller that died before publishing is replaced by the redelivery).
 static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE_LUA));
 
 /// The source of [`RELEASE`] (loaded again when Redis answers `NOSCRIPT` in a pipeline).
@@ -75,14 +124,20 @@ const RELEASE_LUA: &str = r"
 local prefix = ARGV[1]
 local ready = {}
 for i = 2, #ARGV do
+  redis.call('DEL', prefix .. ':published:' .. ARGV[i])
   local dependents = redis.call('SMEMBERS', prefix .. ':dependents:' .. ARGV[i])
   for _, d in ipairs(dependents) do
     local pending = prefix .. ':pending:' .. d
     redis.call('SREM', pending, ARGV[i])
     if redis.call('SCARD', pending) == 0
         and redis.call('EXISTS', prefix .. ':result:' .. d) == 0 then
-      local message = redis.call('GET', prefix .. ':task:' .. d)
-      if message then table.insert(ready, message) end
+      local record = prefix .. ':task:' .. d
+      local message = redis.call('GET', record)
+      if message then
+        local ttl = redis.call('PTTL', record)
+        if ttl > 0 then redis.call('SET', prefix .. ':published:' .. d, '1', 'PX', ttl) end
+        table.insert(ready, message)
+      end
     end
   end
 end
@@ -92,14 +147,16 @@ return ready
 /// What registering a graph task found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Registration {
-    /// Its result is stored: nothing to do. A task registered before but without a result
-    /// answers `Waiting` or `Ready` again, so that a registration can always be retried.
+    /// Its result is stored, or its message is marked published (by the producer that
+    /// published it, once confirmed, or by the worker that released it): nothing to do. A
+    /// task registered before but neither stored nor marked answers `Waiting` or `Ready`
+    /// again, so that a registration can always be retried.
     Known,
     /// It waits for inputs; a worker publishes it when the last one is stored.
     Waiting,
-    /// Every input is stored and it has no result: the caller must publish it now (even if
-    /// an earlier registration, or a worker, published it already: a task published twice may
-    /// run twice, and its first outcome stays).
+    /// Every input is stored, it has no result and is not marked published: the caller must
+    /// publish it now (even if an earlier registration found it ready: its caller may have
+    /// died before publishing), and then mark it with [`Store::mark_published`].
     Ready,
 }
 
@@ -125,6 +182,7 @@ impl Store {
                 let mut inv = REGISTER.prepare_invoke();
                 inv.key(keys.result(&task.key))
                     .key(keys.task(&task.key))
+                    .key(keys.published(&task.key))
                     .key(keys.pending(&task.key))
                     .arg(task.key.as_str())
                     .arg(task.encode()?)
@@ -150,6 +208,31 @@ impl Store {
         }
         self.replicate().await?;
         Ok(found)
+    }
+
+    /// Marks graph tasks as published ([`Keys::published`]), once the broker has confirmed
+    /// their messages, so that registering them again answers [`Registration::Known`] instead
+    /// of publishing them again: one pipeline per 1000 tasks. A task whose result is stored
+    /// already, or that has no record (released or purged meanwhile), is not marked.
+    ///
+    /// # Errors
+    /// [`crate::Error::Store`] if Redis fails. Nothing is lost then: an unmarked task is only
+    /// published again if it is registered again before its result is stored.
+    pub async fn mark_published(&self, tasks: &[TaskKey]) -> Result<()> {
+        let keys = self.keys();
+        for chunk in tasks.chunks(PIPELINE_CHUNK) {
+            let mut pipe = redis::pipe();
+            pipe.load_script(&MARK).ignore();
+            for key in chunk {
+                let mut inv = MARK.prepare_invoke();
+                inv.key(keys.result(key))
+                    .key(keys.task(key))
+                    .key(keys.published(key));
+                pipe.invoke_script(&inv).ignore();
+            }
+            pipe.query_async::<()>(&mut self.connection()).await?;
+        }
+        Ok(())
     }
 
     /// Stores `outcomes` write-once, announces them and releases their dependents (the release
