@@ -109,6 +109,20 @@ return false
     )
 });
 
+/// Marks one published task, in its slot: [`super::MARK`] for one task. KEYS: its result,
+/// record and published marker. Returns 1 if the marker was set, else 0.
+static MARK_OWN: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local ttl = redis.call('PTTL', KEYS[2])
+if ttl <= 0 then return 0 end
+redis.call('SET', KEYS[3], '1', 'PX', ttl)
+return 1
+",
+    )
+});
+
 /// Whether [`UNPEND`] marks the tasks it returns as published.
 #[derive(Clone, Copy)]
 enum Mark {
@@ -190,6 +204,22 @@ impl Store {
             }
         }
         Ok(found)
+    }
+
+    /// [`Store::mark_published`] on a cluster, for one chunk of tasks: one pipeline.
+    pub(super) async fn mark_published_by_slot(&self, tasks: &[TaskKey]) -> Result<()> {
+        let keys = self.keys();
+        let mut pipe = redis::pipe();
+        pipe.load_script(&MARK_OWN).ignore();
+        for key in tasks {
+            let mut inv = MARK_OWN.prepare_invoke();
+            inv.key(keys.result(key))
+                .key(keys.task(key))
+                .key(keys.published(key));
+            pipe.invoke_script(&inv).ignore();
+        }
+        pipe.query_async::<()>(&mut self.connection()).await?;
+        Ok(())
     }
 
     /// [`Store::store_and_release`] on a cluster (see the module docs), for one chunk of

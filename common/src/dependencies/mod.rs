@@ -17,7 +17,7 @@
 //! publish): its stored result, or its **published marker** ([`Keys::published`]), which says
 //! that its message is in the broker's hands, or about to be. Whoever publishes a ready graph
 //! task sets it: the producer, for the tasks it found ready, once the broker has confirmed them
-//! ([`Store::mark_published`], one pipeline per `persist`; a registration retried before that
+//! ([`Store::mark_published`], one round trip per `persist`; a registration retried before that
 //! still finds them ready, so a lost reply never leaves a task unpublished), and the release
 //! script, for each dependent it returns (the caller publishes it before acknowledging its
 //! input; if it dies first, the input is redelivered and released again, and the release
@@ -96,18 +96,24 @@ return 1
     )
 });
 
-/// Marks published graph tasks, in each task's slot. KEYS: its result, record and published
-/// marker. Sets the marker, with the record's remaining TTL, only while the task has a record
-/// and no result (so that a marker never outlives its record, nor the result it vouches for).
-/// Returns 1 if it was set, else 0.
+/// Marks published graph tasks. ARGV: the key prefix, then their keys. Sets each one's marker,
+/// with its record's remaining TTL, only while it has a record and no result (so that a marker
+/// never outlives its record, nor the result it vouches for). One script for many tasks: a
+/// script per task would cost Redis more than the marking itself. (On a cluster, one per task:
+/// [`cluster`].)
 static MARK: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-local ttl = redis.call('PTTL', KEYS[2])
-if ttl <= 0 then return 0 end
-redis.call('SET', KEYS[3], '1', 'PX', ttl)
-return 1
+local prefix = ARGV[1]
+for i = 2, #ARGV do
+  if redis.call('EXISTS', prefix .. ':result:' .. ARGV[i]) == 0 then
+    local ttl = redis.call('PTTL', prefix .. ':task:' .. ARGV[i])
+    if ttl > 0 then
+      redis.call('SET', prefix .. ':published:' .. ARGV[i], '1', 'PX', ttl)
+    end
+  end
+end
+return 0
 ",
     )
 });
@@ -212,24 +218,26 @@ impl Store {
 
     /// Marks graph tasks as published ([`Keys::published`]), once the broker has confirmed
     /// their messages, so that registering them again answers [`Registration::Known`] instead
-    /// of publishing them again: one pipeline per 1000 tasks. A task whose result is stored
+    /// of publishing them again: one round trip per 1000 tasks. A task whose result is stored
     /// already, or that has no record (released or purged meanwhile), is not marked.
     ///
     /// # Errors
     /// [`crate::Error::Store`] if Redis fails. Nothing is lost then: an unmarked task is only
     /// published again if it is registered again before its result is stored.
     pub async fn mark_published(&self, tasks: &[TaskKey]) -> Result<()> {
-        let keys = self.keys();
         for chunk in tasks.chunks(PIPELINE_CHUNK) {
+            if self.keys().is_clustered() {
+                self.mark_published_by_slot(chunk).await?;
+                continue;
+            }
+            let mut inv = MARK.prepare_invoke();
+            inv.arg(self.keys().prefix());
+            for key in chunk {
+                inv.arg(key.as_str());
+            }
             let mut pipe = redis::pipe();
             pipe.load_script(&MARK).ignore();
-            for key in chunk {
-                let mut inv = MARK.prepare_invoke();
-                inv.key(keys.result(key))
-                    .key(keys.task(key))
-                    .key(keys.published(key));
-                pipe.invoke_script(&inv).ignore();
-            }
+            pipe.invoke_script(&inv).ignore();
             pipe.query_async::<()>(&mut self.connection()).await?;
         }
         Ok(())
