@@ -32,7 +32,8 @@ use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
+use crate::refusal::{self, Object};
 use crate::settings::{mask_url, QueueType, Settings};
 use crate::signing::Signer;
 use crate::tls::TlsFiles;
@@ -93,7 +94,7 @@ pub async fn connect_from(
                 }
                 return Ok((connection, index));
             }
-            Err(e) if nodes.len() > 1 && matches!(e, Error::Broker(_)) => {
+            Err(e) if nodes.len() > 1 && e.kind() == ErrorKind::Transient => {
                 tracing::warn!(node = %mask_url(url), error = %e, "RabbitMQ node unreachable; trying the next");
                 last = Some(e);
             }
@@ -116,8 +117,11 @@ async fn connect_url(settings: &Settings, url: &str, role: &str) -> Result<Conne
         .parse()
         .map_err(|e: String| Error::Settings(format!("amqp_url = {}: {e}", mask_url(url))))?;
     uri.query.frame_max.get_or_insert(FRAME_MAX);
+    let refused = |e| refusal::login(e, &mask_url(url));
     if !url.starts_with("amqps://") {
-        return Ok(Connection::connect_uri(uri, properties).await?);
+        return Connection::connect_uri(uri, properties)
+            .await
+            .map_err(refused);
     }
     let files = TlsFiles::read(settings)?;
     let cert_chain = match files.ca {
@@ -135,14 +139,30 @@ async fn connect_url(settings: &Settings, url: &str, role: &str) -> Result<Conne
         cert_chain,
     };
     let runtime = lapin::runtime::default_runtime()?;
-    Ok(Connection::connect_uri_with_config(uri, properties, config, runtime).await?)
+    Connection::connect_uri_with_config(uri, properties, config, runtime)
+        .await
+        .map_err(refused)
 }
 
 /// Declares the exchanges and queues (idempotent: safe from every process at every start).
 ///
 /// # Errors
-/// [`crate::Error::Broker`] if RabbitMQ refuses, e.g. because a queue exists with other arguments.
+/// [`crate::Error::BrokerRefused`] if RabbitMQ refuses, e.g. because a queue exists with other
+/// arguments (the message names the settings that disagree); [`crate::Error::Broker`] if the
+/// connection is lost.
 pub async fn declare_topology(channel: &Channel, settings: &Settings) -> Result<()> {
+    let dead_letter_exchange = Object::Exchange {
+        name: &settings.dead_letter_exchange,
+        setting: "dead_letter_exchange",
+    };
+    let exchange = Object::Exchange {
+        name: &settings.exchange,
+        setting: "exchange",
+    };
+    let dead_letter_queue = Object::Queue {
+        name: &settings.dead_letter_queue,
+        setting: "dead_letter_queue",
+    };
     let durable = ExchangeDeclareOptions {
         durable: true,
         ..Default::default()
@@ -154,7 +174,8 @@ pub async fn declare_topology(channel: &Channel, settings: &Settings) -> Result<
             durable,
             FieldTable::default(),
         )
-        .await?;
+        .await
+        .map_err(|e| refusal::declaring(e, dead_letter_exchange, settings))?;
     channel
         .exchange_declare(
             settings.exchange.as_str().into(),
@@ -162,7 +183,8 @@ pub async fn declare_topology(channel: &Channel, settings: &Settings) -> Result<
             durable,
             FieldTable::default(),
         )
-        .await?;
+        .await
+        .map_err(|e| refusal::declaring(e, exchange, settings))?;
     let queue = QueueDeclareOptions {
         durable: true,
         ..Default::default()
@@ -173,7 +195,8 @@ pub async fn declare_topology(channel: &Channel, settings: &Settings) -> Result<
             queue,
             typed(settings, FieldTable::default()),
         )
-        .await?;
+        .await
+        .map_err(|e| refusal::declaring(e, dead_letter_queue, settings))?;
     channel
         .queue_bind(
             settings.dead_letter_queue.as_str().into(),
@@ -182,7 +205,17 @@ pub async fn declare_topology(channel: &Channel, settings: &Settings) -> Result<
             QueueBindOptions::default(),
             FieldTable::default(),
         )
-        .await?;
+        .await
+        .map_err(|e| {
+            refusal::declaring(
+                e,
+                Object::Binding {
+                    queue: &settings.dead_letter_queue,
+                    exchange: &settings.dead_letter_exchange,
+                },
+                settings,
+            )
+        })?;
     let mut args = FieldTable::default();
     args.insert(
         ShortString::from("x-dead-letter-exchange"),
@@ -212,7 +245,17 @@ pub async fn declare_topology(channel: &Channel, settings: &Settings) -> Result<
     for shard in settings.task_queues() {
         channel
             .queue_declare(shard.as_str().into(), queue, args.clone())
-            .await?;
+            .await
+            .map_err(|e| {
+                refusal::declaring(
+                    e,
+                    Object::Queue {
+                        name: &shard,
+                        setting: "queue",
+                    },
+                    settings,
+                )
+            })?;
         channel
             .queue_bind(
                 shard.as_str().into(),
@@ -221,7 +264,17 @@ pub async fn declare_topology(channel: &Channel, settings: &Settings) -> Result<
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )
-            .await?;
+            .await
+            .map_err(|e| {
+                refusal::declaring(
+                    e,
+                    Object::Binding {
+                        queue: &shard,
+                        exchange: &settings.exchange,
+                    },
+                    settings,
+                )
+            })?;
     }
     Ok(())
 }

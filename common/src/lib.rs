@@ -20,6 +20,8 @@
 //! - [`signing`]: HMAC-SHA256 signatures of task messages (`signing_keys`), made when publishing
 //!   and checked by workers before anything is decoded.
 //! - [`broker`] and [`store`]: connecting to RabbitMQ (and declaring the topology) and to Redis.
+//! - [`refusal`]: RabbitMQ's refusals of the settings (a login, a queue with other arguments)
+//!   explained, naming the settings involved.
 //! - [`ops`]: the worker registry entry and broadcast requests and replies (`rask status`,
 //!   `rask run`, the dashboard).
 //! - [`error`]: the crate's [`Error`].
@@ -35,6 +37,7 @@ pub mod keys;
 pub mod message;
 pub mod ops;
 pub mod outcome;
+pub mod refusal;
 pub mod retry;
 pub mod settings;
 pub mod signing;
@@ -43,7 +46,7 @@ mod store_conn;
 pub mod task;
 mod tls;
 
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result};
 pub use graph::{Arg, Delayed};
 pub use keys::{Keys, TaskKey};
 pub use message::{TaskMessage, PROTOCOL_VERSION};
