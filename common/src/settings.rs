@@ -134,6 +134,11 @@ pub struct Settings {
     /// ones fail with a clear error, or are dead-lettered). Default `67108864` (64 MiB; RabbitMQ
     /// refuses bodies over 128 MiB by default).
     pub max_message_bytes: usize,
+    /// Largest result, in bytes (the task's return value, MessagePack-encoded), a worker stores;
+    /// a larger one is not stored: the task's future fails with `ResultTooLarge`, naming the
+    /// task and both sizes. Keeps every stored value below Redis's `proto-max-bulk-len` (512 MB
+    /// by default), which would otherwise refuse it. At least 1024. Default `67108864` (64 MiB).
+    pub max_result_bytes: usize,
     /// How long a task may run before its future fails with `TimedOut`, unless its message sets
     /// its own limit. `0s` means no limit. Default `0s`.
     #[serde(with = "humantime_serde")]
@@ -202,6 +207,7 @@ impl Default for Settings {
             shutdown_grace: Duration::from_secs(30),
             max_deliveries: 5,
             max_message_bytes: 64 << 20,
+            max_result_bytes: 64 << 20,
             task_time_limit: Duration::ZERO,
             max_priority: 9,
             reconnect_max_wait: Duration::from_secs(60),
@@ -278,6 +284,13 @@ impl Settings {
             return bad(
                 "max_message_bytes",
                 &self.max_message_bytes,
+                "must be at least 1024",
+            );
+        }
+        if self.max_result_bytes < 1024 {
+            return bad(
+                "max_result_bytes",
+                &self.max_result_bytes,
                 "must be at least 1024",
             );
         }
@@ -510,6 +523,7 @@ impl fmt::Debug for Settings {
             .field("shutdown_grace", &self.shutdown_grace)
             .field("max_deliveries", &self.max_deliveries)
             .field("max_message_bytes", &self.max_message_bytes)
+            .field("max_result_bytes", &self.max_result_bytes)
             .field("task_time_limit", &self.task_time_limit)
             .field("max_priority", &self.max_priority)
             .field("reconnect_max_wait", &self.reconnect_max_wait)
