@@ -127,8 +127,10 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// Deliveries of one task message that may end without a stored outcome (the worker running
     /// it crashed, lost its connection, or stopped past its grace period) before the next
-    /// delivery dead-letters it and fails its future with `DeliveryLimit`. `0` means no limit.
-    /// Default `5`.
+    /// delivery dead-letters it and fails its future with `DeliveryLimit`. Redeliveries of a task
+    /// whose outcome is stored (requeued because a graph dependent it released could not be
+    /// published) count too: on the one that reaches the limit, dependents that still cannot
+    /// be published fail with `Unpublishable`. `0` means no limit. Default `5`.
     pub max_deliveries: u32,
     /// Largest task message body, in bytes, a producer publishes and a worker accepts (larger
     /// ones fail with a clear error, or are dead-lettered). Default `67108864` (64 MiB; RabbitMQ

@@ -12,7 +12,7 @@ use lapin::types::FieldTable;
 use rask::builtins::{echo, inc};
 use rask::local::{self, Lifetime, RedisSpec, ServerProcess};
 use rask::{FailureKind, Future};
-use rask_common::{broker, Keys, Settings, Store};
+use rask_common::{broker, Keys, Settings};
 use rask_tests::{
     dead_letter_reason, failure, http_get, read_counter, shared_servers, PrivateRabbitMq,
     PrivateServers, ServerUrls, TestEnv, PATIENCE,
@@ -265,33 +265,69 @@ async fn a_batch_whose_release_script_fails_for_one_task_acks_the_others() {
     assert_eq!(env.queue_depth(&env.settings.queue).await.0, 0);
 }
 
-#[tokio::test]
-async fn a_dependent_over_the_brokers_max_message_size_fails_instead_of_looping() {
-    let rabbitmq = PrivateRabbitMq::start("max-message-size", "max_message_size = 65536\n").await;
-    let urls = ServerUrls {
-        amqp: rabbitmq.url("/"),
-        redis: shared_servers().await.redis,
-    };
-    let env = TestEnv::on(urls, "max-message-size");
+/// Runs `root`, then `dependent` (released by it) through `env`'s worker; returns the
+/// dependent's failure after checking the root's value, and how often the root was redelivered.
+async fn released_dependent_fails(
+    env: &TestEnv,
+    root: &rask::Delayed<i64>,
+    dependent: &rask::Delayed<i64>,
+) -> (rask::TaskFailure, i64) {
     let worker = env.run_worker(Registry::with_builtins().with::<tagged>());
     let client = env.client().await;
-    let root = inc.delayed(1);
-    // About 100 kB: within max_message_bytes (64 MiB), over the broker's 64 kB.
-    let dependent = tagged.delayed("y".repeat(100_000), &root);
     let futures: Vec<Future<i64>> = client
         .persist_many(&[root.clone(), dependent.clone()])
         .await
         .unwrap();
-
     assert_eq!(futures[0].result_within(PATIENCE).await.unwrap(), 2);
     let f = failure(futures[1].result_within(PATIENCE).await.unwrap_err());
     assert_eq!(f.kind, FailureKind::Unpublishable, "{f}");
+    assert_eq!(&f.key, dependent.key());
     assert!(f.message.contains(dependent.key().as_str()), "{f}");
-    assert!(f.message.contains("max size"), "{f}");
-    // The root's delivery was acknowledged once: never requeued.
-    let store = Store::connect(&env.settings).await.unwrap();
-    let deliveries = store.keys().deliveries(root.key());
-    assert_eq!(read_counter(&env.settings.redis_url, &deliveries).await, 0);
+    let deliveries = Keys::new(env.settings.key_prefix.as_str()).deliveries(root.key());
+    let redelivered = read_counter(&env.settings.redis_url, &deliveries).await;
     worker.stop().await.unwrap();
+    // Nothing goes round any more.
     assert_eq!(env.queue_depth(&env.settings.queue).await.0, 0);
+    (f, redelivered)
+}
+
+#[tokio::test]
+async fn a_dependent_the_broker_refuses_fails_instead_of_looping() {
+    let rabbitmq = PrivateRabbitMq::start("refused-dependent", "max_message_size = 65536\n").await;
+    let urls = ServerUrls {
+        amqp: rabbitmq.url("/"),
+        redis: shared_servers().await.redis,
+    };
+    let root = inc.delayed(1);
+
+    // Over the broker's max_message_size (about 100 kB; rask's max_message_bytes is 64 MiB): the
+    // broker closes the channel (PRECONDITION_FAILED), for good. The root is acknowledged at once.
+    let env = TestEnv::on(urls.clone(), "too-large-dependent");
+    let dependent = tagged.delayed("y".repeat(100_000), &root);
+    let (f, redelivered) = released_dependent_fails(&env, &root, &dependent).await;
+    assert!(f.message.contains("larger than configured max size"), "{f}");
+    assert_eq!(redelivered, 0, "the root was never requeued");
+
+    // Nacked by a queue at its byte limit (a policy with `overflow: reject-publish`): a nack may
+    // pass, so the root is requeued, and its redeliveries count even though its outcome is
+    // stored: at max_deliveries the dependent fails instead.
+    let mut env = TestEnv::on(urls, "nacked-dependent");
+    env.settings.max_deliveries = 2;
+    let pattern = format!("^{}$", env.settings.queue.replace('.', "\\."));
+    let policy = r#"{"max-length-bytes":20000,"overflow":"reject-publish"}"#;
+    rabbitmq
+        .ctl(&[
+            "set_policy",
+            "--apply-to",
+            "queues",
+            "byte-limit",
+            &pattern,
+            policy,
+        ])
+        .await;
+    let dependent = tagged.delayed("n".repeat(30_000), &root);
+    let (f, redelivered) = released_dependent_fails(&env, &root, &dependent).await;
+    assert!(f.message.contains("(nack)"), "{f}");
+    assert!(f.message.contains("max_deliveries"), "{f}");
+    assert_eq!(redelivered, 2, "requeued until max_deliveries");
 }

@@ -225,7 +225,8 @@ impl Worker {
 
         let mut shutdown = shutdown;
         let consuming = health.consuming();
-        let outcome = loop {
+        // `Err(None)`: an error was raised on `fatal` (taken below).
+        let outcome: std::result::Result<(), Option<Error>> = loop {
             let permit = tokio::select! {
                 () = &mut shutdown => break Ok(()),
                 () = fatal.raised() => break Err(None),
