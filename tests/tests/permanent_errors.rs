@@ -101,6 +101,25 @@ async fn a_queue_declared_with_other_arguments_stops_the_worker_with_exit_78() {
 }
 
 #[tokio::test]
+async fn a_refused_login_stops_the_worker_with_exit_78() {
+    let mut env = classic_env("refused-login").await;
+    let wrong = env.settings.amqp_url.replacen(":guest@", ":not-the-password@", 1);
+    assert_ne!(wrong, env.settings.amqp_url, "the test servers' login is guest:guest");
+    env.settings.amqp_url = wrong;
+    let mut worker = env.spawn_workers(1).remove(0);
+    let status = worker
+        .wait(Duration::from_secs(30))
+        .await
+        .unwrap()
+        .expect("the worker stops instead of reconnecting forever");
+    let log = std::fs::read_to_string(worker.log_path()).unwrap();
+    assert_eq!(status.code(), Some(78), "exit code EX_CONFIG; log:\n{log}");
+    assert!(log.contains("RabbitMQ refused the login of amqp_url"), "{log}");
+    assert!(log.contains("check its user and password"), "{log}");
+    assert!(!log.contains("not-the-password"), "the password is masked: {log}");
+}
+
+#[tokio::test]
 async fn health_is_503_while_the_task_queue_is_locked_and_200_once_consuming() {
     let mut env = classic_env("locked").await;
     let address = serve_health(&mut env);

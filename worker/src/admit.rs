@@ -21,7 +21,7 @@
 //! (first deliveries cost nothing), the worker counts it in Redis (`INCR` of
 //! [`rask_common::Keys::deliveries`], kept for the result TTL) and reads whether the task
 //! already has an outcome, in one round trip. The count is thus the number of earlier
-//! deliveries of the task that ended without an outcome. Then:
+//! deliveries of the task that went back to the queue unacknowledged. Then:
 //! - an outcome is stored (its worker stored it and died before acknowledging, or publishing its
 //!   released dependents failed): the task does not run again; the stored outcome goes through
 //!   the writer once more (a no-op store that releases its graph dependents again) and the
@@ -81,10 +81,9 @@ fn abandon(shared: &Shared, what: &'static str, source: rask_common::Error) -> A
 /// Checks `delivery` (see the module docs); dead-letters and settles what has no key to report
 /// on.
 pub(crate) async fn admit(shared: &Shared, delivery: &Delivery) -> Admission {
-    // The size first: a body over the limit is not even hashed to check its signature.
-    let too_large = delivery.data.len() > shared.settings.max_message_bytes;
     if let Some(signer) = &shared.signer {
-        let verified = if too_large {
+        // The size first: a body over the limit is not even hashed to check its signature.
+        let verified = if delivery.data.len() > shared.settings.max_message_bytes {
             Err(oversized(shared.settings.max_message_bytes, &delivery.data))
         } else {
             signer
