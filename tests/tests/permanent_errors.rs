@@ -103,8 +103,14 @@ async fn a_queue_declared_with_other_arguments_stops_the_worker_with_exit_78() {
 #[tokio::test]
 async fn a_refused_login_stops_the_worker_with_exit_78() {
     let mut env = classic_env("refused-login").await;
-    let wrong = env.settings.amqp_url.replacen(":guest@", ":not-the-password@", 1);
-    assert_ne!(wrong, env.settings.amqp_url, "the test servers' login is guest:guest");
+    let wrong = env
+        .settings
+        .amqp_url
+        .replacen(":guest@", ":not-the-password@", 1);
+    assert_ne!(
+        wrong, env.settings.amqp_url,
+        "the test servers' login is guest:guest"
+    );
     env.settings.amqp_url = wrong;
     let mut worker = env.spawn_workers(1).remove(0);
     let status = worker
@@ -114,9 +120,15 @@ async fn a_refused_login_stops_the_worker_with_exit_78() {
         .expect("the worker stops instead of reconnecting forever");
     let log = std::fs::read_to_string(worker.log_path()).unwrap();
     assert_eq!(status.code(), Some(78), "exit code EX_CONFIG; log:\n{log}");
-    assert!(log.contains("RabbitMQ refused the login of amqp_url"), "{log}");
+    assert!(
+        log.contains("RabbitMQ refused the login of amqp_url"),
+        "{log}"
+    );
     assert!(log.contains("check its user and password"), "{log}");
-    assert!(!log.contains("not-the-password"), "the password is masked: {log}");
+    assert!(
+        !log.contains("not-the-password"),
+        "the password is masked: {log}"
+    );
 }
 
 #[tokio::test]
@@ -308,6 +320,41 @@ async fn released_dependent_fails(
     // Nothing goes round any more.
     assert_eq!(env.queue_depth(&env.settings.queue).await.0, 0);
     (f, redelivered)
+}
+
+#[tokio::test]
+async fn a_redis_replica_stops_the_worker_with_exit_78_and_loses_nothing() {
+    let mut env = classic_env("replica").await;
+    let primary = private_redis(&mut env).await;
+    let _replica = private_redis(&mut env).await;
+    // The worker's redis_url names a replica, which refuses every write (READONLY).
+    let client = redis::Client::open(env.settings.redis_url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(primary.port())
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    let producer = env.client().await;
+    let task = producer.submit(inc, (41,)).await.unwrap();
+    let mut worker = env.spawn_workers(1).remove(0);
+    let status = worker
+        .wait(Duration::from_secs(30))
+        .await
+        .unwrap()
+        .expect("the worker stops instead of retrying forever");
+    let log = std::fs::read_to_string(worker.log_path()).unwrap();
+    assert_eq!(status.code(), Some(78), "exit code EX_CONFIG; log:\n{log}");
+    assert!(log.contains("read only replica"), "{log}");
+    assert!(log.contains("redis_url must name a primary"), "{log}");
+
+    // Nothing was acknowledged: a worker on the primary runs the task.
+    env.settings.redis_url = primary.url();
+    let _worker = env.spawn_workers(1);
+    let client = env.client().await;
+    let task: Future<i64> = client.future(task.key().clone());
+    assert_eq!(task.result_within(PATIENCE).await.unwrap(), 42);
 }
 
 #[tokio::test]
