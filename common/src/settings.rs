@@ -536,23 +536,21 @@ fn non_empty_strings<'de, D: serde::Deserializer<'de>>(
 }
 
 /// The URL with any password replaced by `***`, for logs and status output.
+///
+/// The user information ends at the *last* `@` of the URL, and the password runs from the first
+/// `:` in it to there: a password is masked whole even when it holds `/`, `?`, `#`, `@` or `:`
+/// unencoded (which strictly it should not, but generated passwords often do). A URL whose
+/// path or query holds an `@` after a `:` is masked up to that `@`: too much, never too little.
 pub fn mask_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    let (authority, path) = rest
-        .split_once('/')
-        .map_or((rest, None), |(a, p)| (a, Some(p)));
-    let masked = match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _password)) => format!("{user}:***@{host}"),
-            None => authority.to_owned(),
-        },
-        None => authority.to_owned(),
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return url.to_owned();
     };
-    match path {
-        Some(p) => format!("{scheme}://{masked}/{p}"),
-        None => format!("{scheme}://{masked}"),
+    match userinfo.split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
     }
 }
 
@@ -581,6 +579,30 @@ mod tests {
         );
         assert_eq!(mask_url("redis://h:6379/"), "redis://h:6379/");
         assert_eq!(mask_url("redis://:pw@h"), "redis://:***@h");
+        assert_eq!(mask_url("amqp://u@h/%2f"), "amqp://u@h/%2f");
+        assert_eq!(mask_url("not a url"), "not a url");
+    }
+
+    #[test]
+    fn masks_passwords_holding_url_delimiters() {
+        for password in ["se/cret", "se?cret", "se#cret", "se@cret", "se:cret", "/?#@:"] {
+            for url in [
+                format!("amqp://u:{password}@h:5672/%2f"),
+                format!("rediss://:{password}@h:6379/0?timeout=1"),
+                format!("redis://u:{password}@h"),
+            ] {
+                let masked = mask_url(&url);
+                assert!(!masked.contains(password), "{url} -> {masked}");
+                assert!(masked.contains(":***@h"), "{url} -> {masked}");
+            }
+        }
+        assert_eq!(
+            mask_url("amqp://u:a/b?c#d@h:5672/vhost?heartbeat=5"),
+            "amqp://u:***@h:5672/vhost?heartbeat=5"
+        );
+        // An `@` in the query after a `:` masks too much, never too little.
+        assert_eq!(mask_url("redis://h:6379/?a=b@c"), "redis://h:***@c");
+        assert_eq!(mask_url("redis://h/?a=b@c"), "redis://h/?a=b@c");
     }
 
     #[test]
