@@ -3,8 +3,10 @@
 //! [`Metrics`] counts every task the worker runs ([`Metrics::start`] returns a [`TaskRun`] that
 //! settles as finished or retried), both as Prometheus families labelled by function (and
 //! failure kind) and as plain totals plus the last few failures for the worker registry entry
-//! (`presence.rs`). Function labels are limited to the functions the worker knows (others are
-//! `unknown`), so a stream of bad task names cannot blow up the number of series.
+//! (`presence.rs`). Function labels are limited to the functions the worker knows: its
+//! registry's names and the element-wise operations of lazy collections
+//! ([`rask_common::bag_ops::ELEMENT_OPS`]), matched exactly; every other name is `unknown`, so
+//! a stream of made-up task names (`rask.x1`, `rask.x2`, …) cannot blow up the number of series.
 //!
 //! Metric names: `rask_tasks_started_total`, `rask_tasks_succeeded_total`,
 //! `rask_tasks_failed_total` (labels `function`, `kind`), `rask_tasks_retried_total`,
@@ -23,12 +25,16 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use rask_common::bag_ops;
 use rask_common::ops::{RecentError, WorkerCounters, RECENT_ERRORS};
 use rask_common::Outcome;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::ops::Health;
+
+/// The `function` label of every function the worker does not know.
+const UNKNOWN: &str = "unknown";
 
 /// The `function` label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -70,7 +76,8 @@ const FAILED: usize = 2;
 const RETRIED: usize = 3;
 
 impl Metrics {
-    /// Counters for a worker that knows the functions `known` (its registry's names).
+    /// Counters for a worker that knows the functions `known` (its registry's names; the
+    /// element-wise operations are added here).
     pub(crate) fn new(known: Vec<String>) -> Self {
         let mut registry = prometheus_client::registry::Registry::with_prefix("rask");
         let started = Family::<FunctionLabel, Counter>::default();
@@ -114,7 +121,10 @@ impl Metrics {
         );
         Metrics {
             registry,
-            known: known.into_iter().collect(),
+            known: known
+                .into_iter()
+                .chain(bag_ops::ELEMENT_OPS.map(String::from))
+                .collect(),
             started,
             succeeded,
             failed,
@@ -131,9 +141,13 @@ impl Metrics {
     /// [`TaskRun::finished`] or [`TaskRun::retried`] (dropping it unsettled only ends it as in
     /// flight, e.g. when the worker stops mid-task).
     pub(crate) fn start(&self, function: &str) -> TaskRun<'_> {
-        let known = self.known.contains(function) || function.starts_with("rask.");
         let label = FunctionLabel {
-            function: if known { function } else { "unknown" }.to_owned(),
+            function: if self.known.contains(function) {
+                function
+            } else {
+                UNKNOWN
+            }
+            .to_owned(),
         };
         self.started.get_or_create(&label).inc();
         self.totals[STARTED].fetch_add(1, Ordering::Relaxed);
@@ -325,4 +339,37 @@ mod tests {
         assert!(text.contains("rask_task_duration_seconds_bucket"), "{text}");
         assert_eq!(metrics.recent_errors()[0].kind, FailureKind::TimedOut);
     }
+
+    #[test]
+    fn only_known_functions_and_element_operations_get_their_own_series() {
+        let metrics = Metrics::new(vec!["inc".into()]);
+        for i in 0..100 {
+            metrics
+                .start(&format!("rask.made-up-{i}"))
+                .finished(&Outcome::Value(vec![]));
+            metrics
+                .start(&format!("rask.bag.map{i}"))
+                .finished(&Outcome::Value(vec![]));
+        }
+        for op in bag_ops::ELEMENT_OPS {
+            metrics.start(op).finished(&Outcome::Value(vec![]));
+        }
+        metrics.start("inc").finished(&Outcome::Value(vec![]));
+        let text = metrics.encode();
+        let mut labels: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("rask_tasks_started_total{"))
+            .filter_map(|l| l.split('"').nth(1))
+            .collect();
+        labels.sort_unstable();
+        let mut expected = vec!["inc", UNKNOWN];
+        expected.extend(bag_ops::ELEMENT_OPS);
+        expected.sort_unstable();
+        assert_eq!(labels, expected, "{text}");
+        assert!(
+            text.contains(r#"rask_tasks_started_total{function="unknown"} 200"#),
+            "{text}"
+        );
+    }
 }
+
