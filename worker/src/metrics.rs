@@ -10,7 +10,10 @@
 //!
 //! Metric names: `rask_tasks_started_total`, `rask_tasks_succeeded_total`,
 //! `rask_tasks_failed_total` (labels `function`, `kind`), `rask_tasks_retried_total`,
-//! `rask_task_duration_seconds` (histogram), `rask_tasks_in_flight`, `rask_reconnects_total`.
+//! `rask_task_duration_seconds` (histogram), `rask_tasks_in_flight`, `rask_reconnects_total`,
+//! `rask_overrun_threads` (threads of plain functions past their time limit, `overrun.rs`) and
+//! `rask_broadcasts_refused_total` (label `reason`: `too_large`, `signature`, `window`,
+//! `malformed`; `broadcast.rs`).
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,6 +35,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::ops::Health;
+use crate::overrun::Overruns;
 
 /// The `function` label of every function the worker does not know.
 const UNKNOWN: &str = "unknown";
@@ -40,6 +44,12 @@ const UNKNOWN: &str = "unknown";
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FunctionLabel {
     function: String,
+}
+
+/// The label of a refused broadcast request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
 }
 
 /// The labels of a failure.
@@ -65,6 +75,8 @@ pub(crate) struct Metrics {
     duration: Family<FunctionLabel, Histogram, fn() -> Histogram>,
     in_flight: Gauge,
     reconnects: Counter,
+    refused_broadcasts: Family<ReasonLabel, Counter>,
+    overruns: Arc<Overruns>,
     totals: [AtomicU64; 4],
     recent: Mutex<VecDeque<RecentError>>,
 }
@@ -77,8 +89,8 @@ const RETRIED: usize = 3;
 
 impl Metrics {
     /// Counters for a worker that knows the functions `known` (its registry's names; the
-    /// element-wise operations are added here).
-    pub(crate) fn new(known: Vec<String>) -> Self {
+    /// element-wise operations are added here) and tolerates `max_overruns` overrun threads.
+    pub(crate) fn new(known: Vec<String>, max_overruns: usize) -> Self {
         let mut registry = prometheus_client::registry::Registry::with_prefix("rask");
         let started = Family::<FunctionLabel, Counter>::default();
         let succeeded = Family::<FunctionLabel, Counter>::default();
@@ -88,6 +100,8 @@ impl Metrics {
             Family::new_with_constructor(duration_histogram);
         let in_flight = Gauge::default();
         let reconnects = Counter::default();
+        let refused_broadcasts = Family::<ReasonLabel, Counter>::default();
+        let overrun_threads = Gauge::default();
         registry.register(
             "tasks_started",
             "Tasks this worker started running",
@@ -119,6 +133,16 @@ impl Metrics {
             "Times the worker connected again after losing RabbitMQ or Redis",
             reconnects.clone(),
         );
+        registry.register(
+            "overrun_threads",
+            "Threads of plain functions still running past their time limit",
+            overrun_threads.clone(),
+        );
+        registry.register(
+            "broadcasts_refused",
+            "Broadcast requests refused unrun, by reason",
+            refused_broadcasts.clone(),
+        );
         Metrics {
             registry,
             known: known
@@ -132,6 +156,8 @@ impl Metrics {
             duration,
             in_flight,
             reconnects,
+            refused_broadcasts,
+            overruns: Arc::new(Overruns::new(max_overruns, overrun_threads)),
             totals: Default::default(),
             recent: Mutex::new(VecDeque::with_capacity(RECENT_ERRORS)),
         }
@@ -157,6 +183,18 @@ impl Metrics {
             label,
             since: Instant::now(),
         }
+    }
+
+    /// The threads past their time limit, and their bound.
+    pub(crate) fn overruns(&self) -> &Arc<Overruns> {
+        &self.overruns
+    }
+
+    /// Counts a broadcast request refused for `reason` (a fixed word, see the module docs).
+    pub(crate) fn broadcast_refused(&self, reason: &'static str) {
+        self.refused_broadcasts
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
 
     /// Counts a reconnection after a lost connection.
@@ -307,7 +345,7 @@ mod tests {
 
     #[test]
     fn counts_outcomes_by_function_and_kind() {
-        let metrics = Metrics::new(vec!["inc".into()]);
+        let metrics = Metrics::new(vec!["inc".into()], 1);
         metrics.start("inc").finished(&Outcome::Value(vec![1]));
         let failure = TaskFailure::new(
             FailureKind::TimedOut,
@@ -342,7 +380,7 @@ mod tests {
 
     #[test]
     fn only_known_functions_and_element_operations_get_their_own_series() {
-        let metrics = Metrics::new(vec!["inc".into()]);
+        let metrics = Metrics::new(vec!["inc".into()], 1);
         for i in 0..100 {
             metrics
                 .start(&format!("rask.made-up-{i}"))
@@ -372,4 +410,3 @@ mod tests {
         );
     }
 }
-
