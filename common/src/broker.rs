@@ -13,7 +13,7 @@
 //!
 //! With `queue_type = quorum` the task and dead-letter queues are quorum queues (replicated over
 //! a cluster's nodes); the task queue then dead-letters at least once. Delay queues stay classic
-//! (a delayed task waits on the node its publisher was connected to).
+//! (on the node that first declared them).
 //!
 //! With `queue_shards > 1` there are several task queues (`{queue}`, `{queue}.shard1`, …), each
 //! bound with its own name; a task goes to the shard of its key ([`shard_of`]).
