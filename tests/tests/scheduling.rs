@@ -208,3 +208,41 @@ async fn a_higher_priority_overtakes_a_backlog() {
     client.close().await.unwrap();
     worker.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_delay_queue_declared_with_other_arguments_is_reported_at_connect() {
+    let mut env = TestEnv::new("ladder-conflict").await;
+    env.settings.reconnect_max_wait = Duration::ZERO;
+    // Level 3 of the ladder, declared by hand without its TTL.
+    let queue = rask_common::delay::level_name(&env.settings, 3);
+    let connection = rask_common::broker::connect(&env.settings, "test")
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let durable = lapin::options::QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    channel
+        .queue_declare(queue.as_str().into(), durable, Default::default())
+        .await
+        .unwrap();
+    // The ladder is declared without waiting for each answer; the refusal still surfaces,
+    // naming the queue and the argument.
+    let refused = tokio::time::timeout(PATIENCE, rask::Client::connect(env.settings.clone()))
+        .await
+        .expect("connecting ends");
+    let error = refused
+        .err()
+        .expect("the declaration is refused")
+        .to_string();
+    assert!(
+        error.contains("PRECONDITION_FAILED") && error.contains(&queue),
+        "{error}"
+    );
+    channel
+        .queue_delete(queue.as_str().into(), Default::default())
+        .await
+        .unwrap();
+    let _ = connection.close(200, "done".into()).await;
+}
