@@ -138,11 +138,20 @@ async fn connect_url(settings: &Settings, url: &str, role: &str) -> Result<Conne
     Ok(Connection::connect_uri_with_config(uri, properties, config, runtime).await?)
 }
 
-/// Declares the exchanges and queues (idempotent: safe from every process at every start).
+/// Declares the exchanges and queues (idempotent: safe from every process at every start) on a
+/// new channel of `connection`, and returns that channel for the caller to go on with; the delay
+/// ladder is declared on a channel of its own ([`crate::delay::declare`]).
 ///
 /// # Errors
 /// [`crate::Error::Broker`] if RabbitMQ refuses, e.g. because a queue exists with other arguments.
-pub async fn declare_topology(channel: &Channel, settings: &Settings) -> Result<()> {
+pub async fn declare_topology(connection: &Connection, settings: &Settings) -> Result<Channel> {
+    let channel = connection.create_channel().await?;
+    declare_on(&channel, settings).await?;
+    crate::delay::declare(connection, settings).await?;
+    Ok(channel)
+}
+
+async fn declare_on(channel: &Channel, settings: &Settings) -> Result<()> {
     let durable = ExchangeDeclareOptions {
         durable: true,
         ..Default::default()
@@ -163,9 +172,6 @@ pub async fn declare_topology(channel: &Channel, settings: &Settings) -> Result<
             FieldTable::default(),
         )
         .await?;
-    // Unconfirmed declarations: the dead-letter queue's below is the first to wait for an answer,
-    // so it reports a refusal of any of them.
-    crate::delay::declare(channel, settings).await?;
     let queue = QueueDeclareOptions {
         durable: true,
         ..Default::default()

@@ -27,8 +27,9 @@ use std::time::Duration;
 use lapin::options::{
     ExchangeBindOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{Channel, ExchangeKind};
+use lapin::{Channel, Connection, ExchangeKind};
 
 use crate::error::{Error, Result};
 use crate::settings::Settings;
@@ -98,13 +99,42 @@ impl Ladder {
     }
 }
 
-/// Declares the ladder of `settings`' task queue (see the module docs) without waiting for the
-/// broker's answers: a refusal closes the channel, so the caller's next synchronous call on it
-/// reports the error.
+/// Declares the ladder of `settings`' task queue (see the module docs) on a channel of its own
+/// (without waiting for each answer; one synchronous call at the end collects a refusal).
+///
+/// On a RabbitMQ cluster the ladder's classic queues live on the node that first declared them.
+/// While that node is down the broker answers `NOT_FOUND` for them: that is logged, not
+/// returned, so that a process can still connect and run tasks that need no delay (delayed
+/// publishes fail until the node is back; docs/reliability.md).
 ///
 /// # Errors
-/// [`crate::Error::Broker`] if the channel is closed.
-pub async fn declare(channel: &Channel, settings: &Settings) -> Result<()> {
+/// [`crate::Error::Broker`] if RabbitMQ refuses the ladder otherwise (e.g. a queue of the same
+/// name declared with other arguments: `PRECONDITION_FAILED`).
+pub async fn declare(connection: &Connection, settings: &Settings) -> Result<()> {
+    let channel = connection.create_channel().await?;
+    match declare_on(&channel, settings).await {
+        Ok(()) => {
+            let _ = channel.close(200, "ladder declared".into()).await;
+            Ok(())
+        }
+        Err(e) if is_not_found(&e) => {
+            tracing::warn!(error = %e, "the delay ladder's queues are on a node that is down: delayed tasks cannot be published until it is back");
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether RabbitMQ answered `NOT_FOUND` (what a classic queue whose node is down gives).
+fn is_not_found(error: &lapin::Error) -> bool {
+    matches!(
+        error.kind(),
+        lapin::ErrorKind::ProtocolError(e)
+            if *e.kind() == AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)
+    )
+}
+
+async fn declare_on(channel: &Channel, settings: &Settings) -> lapin::Result<()> {
     let exchange = ExchangeDeclareOptions {
         durable: true,
         nowait: true,
@@ -169,6 +199,18 @@ pub async fn declare(channel: &Channel, settings: &Settings) -> Result<()> {
             )
             .await?;
     }
+    // The first call that waits for an answer: a refusal of any declaration above closed the
+    // channel, and surfaces here.
+    channel
+        .queue_declare(
+            level_name(settings, 0).as_str().into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
     Ok(())
 }
 

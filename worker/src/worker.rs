@@ -166,8 +166,7 @@ impl Worker {
         // Whatever ends this connection, the next one starts with the node after this one.
         self.next_node.store(node + 1, Ordering::Relaxed);
         let connection = Arc::new(connection);
-        let channel = connection.create_channel().await?;
-        broker::declare_topology(&channel, &settings).await?;
+        let channel = broker::declare_topology(&connection, &settings).await?;
         let prefetch = settings.effective_prefetch();
         let shards = settings.task_queues();
         // The prefetch count applies per consumer: one consumer per shard shares it.
@@ -328,13 +327,7 @@ async fn handle(shared: &Shared, delivery: Delivery) {
     match retries::next_attempt(&message, retryable) {
         Some(retry) => {
             run.retried();
-            retries::schedule(
-                &shared.confirms,
-                &shared.settings,
-                retry,
-                delivery,
-            )
-            .await
+            retries::schedule(&shared.confirms, &shared.settings, retry, delivery).await
         }
         None => {
             run.finished(&outcome);
