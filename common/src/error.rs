@@ -52,6 +52,15 @@ pub enum Error {
         /// Why it cannot be read.
         source: std::io::Error,
     },
+    /// A task's delay (countdown, eta) is longer than the broker's delay queues hold
+    /// ([`crate::delay::MAX_DELAY`]); nothing was published.
+    #[error("a delay of {delay:?} is longer than the longest the delay queues hold, {max:?}")]
+    DelayTooLong {
+        /// The delay asked for.
+        delay: std::time::Duration,
+        /// The longest delay.
+        max: std::time::Duration,
+    },
     /// A task key is empty, too long or contains characters keys may not hold.
     #[error("invalid task key {0:?}: keys are 1-200 characters of [A-Za-z0-9_.:-]")]
     InvalidKey(String),
@@ -140,16 +149,18 @@ impl Error {
     /// Whether trying again can help (see [`ErrorKind`]): settings and TLS files are
     /// [`ErrorKind::Configuration`]; broker and store errors by their reply codes
     /// ([`ErrorKind::of_broker`], [`ErrorKind::of_store`]; a refusal explained by
-    /// [`Error::BrokerRefused`] likewise); encoding, decoding, versions and keys are
-    /// [`ErrorKind::Rejected`].
+    /// [`Error::BrokerRefused`] likewise); encoding, decoding, versions, keys and delays over
+    /// the ladder's are [`ErrorKind::Rejected`].
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::Settings(_) | Error::TlsFile { .. } => ErrorKind::Configuration,
             Error::Broker(e) | Error::BrokerRefused { source: e, .. } => ErrorKind::of_broker(e),
             Error::Store(e) => ErrorKind::of_store(e),
-            Error::Encode(_) | Error::Decode(_) | Error::Version { .. } | Error::InvalidKey(_) => {
-                ErrorKind::Rejected
-            }
+            Error::Encode(_)
+            | Error::Decode(_)
+            | Error::Version { .. }
+            | Error::InvalidKey(_)
+            | Error::DelayTooLong { .. } => ErrorKind::Rejected,
         }
     }
 

@@ -17,9 +17,11 @@
 //!   names and the partition and reduction tasks every stock worker runs.
 //! - [`image`]: the image-batch computation of the demo.
 //! - [`settings`]: typed [`Settings`], loaded from defaults, `rask.toml` and `RASK_*` variables.
-//! - [`signing`]: HMAC-SHA256 signatures of task messages (`signing_keys`), made when publishing
-//!   and checked by workers before anything is decoded.
+//! - [`signing`]: HMAC-SHA256 signatures of task messages and broadcast requests
+//!   (`signing_keys`), each kind in its own domain, made when publishing and checked by workers
+//!   before anything is decoded.
 //! - [`broker`] and [`store`]: connecting to RabbitMQ (and declaring the topology) and to Redis.
+//! - [`delay`]: the fixed ladder of delay queues that countdowns, etas and retries wait in.
 //! - [`refusal`]: RabbitMQ's refusals of the settings (a login, a queue with other arguments)
 //!   explained, naming the settings involved.
 //! - [`ops`]: the worker registry entry and broadcast requests and replies (`rask status`,
@@ -29,6 +31,7 @@
 pub mod bag_ops;
 pub mod broker;
 pub mod builtins;
+pub mod delay;
 pub mod dependencies;
 pub mod error;
 pub mod graph;

@@ -25,6 +25,9 @@ pub(crate) enum Object<'a> {
     },
     /// The binding of `queue` to `exchange`.
     Binding { queue: &'a str, exchange: &'a str },
+    /// The delay ladder of the task queue `queue` ([`crate::delay`]): its queues and exchanges
+    /// `{queue}.delay.level{k}`.
+    DelayLadder { queue: &'a str },
 }
 
 impl std::fmt::Display for Object<'_> {
@@ -34,6 +37,12 @@ impl std::fmt::Display for Object<'_> {
             Object::Queue { name, .. } => write!(f, "queue {name}"),
             Object::Binding { queue, exchange } => {
                 write!(f, "the binding of queue {queue} to exchange {exchange}")
+            }
+            Object::DelayLadder { queue } => {
+                write!(
+                    f,
+                    "the delay ladder of queue {queue} ({queue}.delay.level0 to 31)"
+                )
             }
         }
     }
@@ -55,7 +64,14 @@ pub(crate) fn declaring(error: lapin::Error, object: Object<'_>, settings: &Sett
         return Error::Broker(error);
     };
     let explained = match (code, object) {
-        (406, Object::Queue { name, .. }) => other_queue_arguments(name, &text, settings),
+        (406, Object::Queue { name, setting }) => {
+            other_queue_arguments(name, setting, &text, settings)
+        }
+        (406, Object::DelayLadder { .. }) => format!(
+            "{object}: a queue or exchange of that name exists with other arguments or another \
+             type (rask declares them itself, the same for every delay): delete it so that it \
+             is declared again"
+        ),
         (406, Object::Exchange { name, setting }) => format!(
             "exchange {name} (setting {setting}) exists with another type or other arguments: \
              name another exchange with {setting}, or delete this one so that it is declared \
@@ -73,7 +89,9 @@ pub(crate) fn declaring(error: lapin::Error, object: Object<'_>, settings: &Sett
         (_, Object::Exchange { name, setting } | Object::Queue { name, setting }) => {
             format!("declaring {object} (setting {setting} = {name}) was refused")
         }
-        (_, Object::Binding { .. }) => format!("declaring {object} was refused"),
+        (_, Object::Binding { .. } | Object::DelayLadder { .. }) => {
+            format!("declaring {object} was refused")
+        }
     };
     Error::BrokerRefused {
         explained,
@@ -81,41 +99,63 @@ pub(crate) fn declaring(error: lapin::Error, object: Object<'_>, settings: &Sett
     }
 }
 
-/// The explanation of PRECONDITION_FAILED for queue `name`: which of its arguments differs
-/// (RabbitMQ names it in the reply text, `inequivalent arg 'x-max-priority' …`) and which
-/// setting declares that argument.
-fn other_queue_arguments(name: &str, text: &str, settings: &Settings) -> String {
+/// The explanation of PRECONDITION_FAILED for queue `name` (named by the setting `named_by`):
+/// which of its arguments differs (RabbitMQ names it in the reply text, `inequivalent arg
+/// 'x-max-priority' …`) and which settings declare that argument.
+fn other_queue_arguments(name: &str, named_by: &str, text: &str, settings: &Settings) -> String {
     let argument = text
         .split_once("inequivalent arg '")
         .and_then(|(_, rest)| rest.split_once('\''))
         .map(|(argument, _)| argument);
-    let setting = match argument {
-        Some("x-max-priority") => Some(("max_priority", settings.max_priority.to_string())),
-        Some("x-queue-type" | "x-dead-letter-strategy" | "x-overflow") => {
-            Some(("queue_type", settings.queue_type.to_string()))
+    let dead_letters = named_by == "dead_letter_queue";
+    let queue_type = ("queue_type", settings.queue_type.to_string());
+    let max_length = (
+        "dead_letter_max_length",
+        settings.dead_letter_max_length.to_string(),
+    );
+    let max_bytes = (
+        "dead_letter_max_bytes",
+        settings.dead_letter_max_bytes.to_string(),
+    );
+    let declaring: Vec<(&str, String)> = match (argument, dead_letters) {
+        (Some("x-queue-type" | "x-dead-letter-strategy"), _) => vec![queue_type],
+        (Some("x-max-priority"), false) => {
+            vec![("max_priority", settings.max_priority.to_string())]
         }
-        Some("x-dead-letter-exchange") => Some((
+        (Some("x-overflow"), false) => vec![queue_type],
+        (Some("x-dead-letter-exchange"), false) => vec![(
             "dead_letter_exchange",
             settings.dead_letter_exchange.clone(),
-        )),
-        _ => None,
+        )],
+        (Some("x-max-length"), true) => vec![max_length],
+        (Some("x-max-length-bytes"), true) => vec![max_bytes],
+        (Some("x-overflow"), true) => vec![max_length, max_bytes],
+        (_, false) => vec![
+            ("max_priority", settings.max_priority.to_string()),
+            queue_type,
+            (
+                "dead_letter_exchange",
+                settings.dead_letter_exchange.clone(),
+            ),
+        ],
+        (_, true) => vec![queue_type, max_length, max_bytes],
     };
-    let remedy = "or delete the queue (after moving its messages) so that it is declared again";
-    match (argument, setting) {
-        (Some(argument), Some((setting, value))) => format!(
-            "queue {name} exists with other arguments: {argument}; the setting {setting} = \
-             {value} disagrees with it: set {setting} as the queue was declared, {remedy}"
+    let listed: Vec<String> = declaring
+        .iter()
+        .map(|(setting, value)| format!("{setting} = {value}"))
+        .collect();
+    let (the_setting, them) = match listed.as_slice() {
+        [one] => (format!("the setting {one} disagrees with it"), "it"),
+        _ => (
+            format!("the settings that declare it are {}", listed.join(", ")),
+            "them",
         ),
-        (argument, _) => format!(
-            "queue {name} exists with other arguments{}; the settings that declare them are \
-             max_priority = {}, queue_type = {} and dead_letter_exchange = {}: set them as \
-             the queue was declared, {remedy}",
-            argument.map_or_else(String::new, |a| format!(": {a}")),
-            settings.max_priority,
-            settings.queue_type,
-            settings.dead_letter_exchange,
-        ),
-    }
+    };
+    format!(
+        "queue {name} exists with other arguments{}; {the_setting}: set {them} as the queue was \
+         declared, or delete the queue (after moving its messages) so that it is declared again",
+        argument.map_or_else(String::new, |a| format!(": {a}")),
+    )
 }
 
 /// `error` from connecting to the node at `url` (masked): explained when the broker refused

@@ -20,6 +20,16 @@ rask::task! {
 }
 
 rask::task! {
+    /// Sleeps `ms` milliseconds without holding a thread, then returns `id`: a task of a chosen
+    /// length whose value says which task it was, so that a result stored under another task's
+    /// key shows (the long runs of [`crate::runs`]).
+    pub async fn paced(id: u64, ms: u64) -> u64 {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        id
+    }
+}
+
+rask::task! {
     /// Counts its run in the Redis counter `counter`; kills its worker process on the spot
     /// (`abort`) for the first `aborts` runs, then returns the count.
     pub async fn abort_worker_until(redis_url: String, counter: String, aborts: i64) -> i64 {
@@ -44,5 +54,6 @@ rask::task! {
 pub fn registry() -> rask_worker::Registry {
     rask_worker::Registry::with_builtins()
         .with::<abort_worker>()
+        .with::<paced>()
         .with::<abort_worker_until>()
 }

@@ -80,9 +80,10 @@ async fn a_queue_declared_with_other_arguments_stops_the_worker_with_exit_78() {
     let connection = broker::connect(&earlier, "test: an earlier deployment")
         .await
         .unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    broker::declare_topology(&channel, &earlier).await.unwrap();
-    connection.close(200, "declared".into()).await.unwrap();
+    broker::declare_topology(&connection, &earlier)
+        .await
+        .unwrap();
+    let _ = connection.close(200, "declared".into()).await;
 
     let mut worker = env.spawn_workers(1).remove(0);
     let status = worker

@@ -43,6 +43,7 @@ use lapin::message::Delivery;
 use rask_common::broker;
 use rask_common::message::{head, Undecodable};
 use rask_common::settings::QueueType;
+use rask_common::signing::MessageKind;
 use rask_common::{FailureKind, TaskFailure, TaskKey, TaskMessage};
 
 use crate::dead_letter::{copy_to_dead_letters, settle_unkeyed};
@@ -87,7 +88,7 @@ pub(crate) async fn admit(shared: &Shared, delivery: &Delivery) -> Admission {
             Err(oversized(shared.settings.max_message_bytes, &delivery.data))
         } else {
             signer
-                .verify_properties(&delivery.properties, &delivery.data)
+                .verify_properties(MessageKind::Task, &delivery.properties, &delivery.data)
                 .map_err(|unverified| unverified.to_string())
         };
         if let Err(reason) = verified {

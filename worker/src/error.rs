@@ -45,6 +45,19 @@ pub enum Error {
         /// Redis's refusal.
         source: rask_common::Error,
     },
+    /// Threads of plain functions that ran past their time limit reached the
+    /// `max_overrun_threads` setting: the worker stopped, so that a fresh process replaces it
+    /// (the only way to end those threads).
+    #[error(
+        "{running} threads of plain functions ran on past their time limit \
+         (max_overrun_threads = {max}): the worker stopped so that a fresh process replaces it"
+    )]
+    Overruns {
+        /// Threads still running past their limit when the worker stopped.
+        running: usize,
+        /// The `max_overrun_threads` bound.
+        max: usize,
+    },
 }
 
 impl Error {
@@ -54,7 +67,7 @@ impl Error {
         match self {
             Error::Common(e) => e.is_connection(),
             Error::Broker(_) | Error::Consuming(_) | Error::ConsumerCancelled(_) => true,
-            Error::Metrics(..) | Error::StoreRefused { .. } => false,
+            Error::Metrics(..) | Error::StoreRefused { .. } | Error::Overruns { .. } => false,
         }
     }
 
@@ -67,7 +80,10 @@ impl Error {
         match self {
             Error::Common(e) | Error::StoreRefused { source: e, .. } => e.kind(),
             Error::Broker(e) => ErrorKind::of_broker(e),
-            Error::Consuming(_) | Error::ConsumerCancelled(_) => ErrorKind::Transient,
+            // Connecting again fixes the first two; a fresh process, the last.
+            Error::Consuming(_) | Error::ConsumerCancelled(_) | Error::Overruns { .. } => {
+                ErrorKind::Transient
+            }
             Error::Metrics(..) => ErrorKind::Configuration,
         }
     }

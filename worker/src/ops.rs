@@ -186,6 +186,7 @@ impl Ops {
             registry.clone(),
             identity.clone(),
             health.clone(),
+            metrics.clone(),
             leaving.clone(),
         ));
         tracker.spawn(crate::presence::heartbeat(

@@ -32,9 +32,9 @@ pub(crate) enum PublishError {
     /// RabbitMQ refused the task.
     #[error("the broker refused task {0} (nack)")]
     Nacked(TaskKey),
-    /// The delay queue of a retry could not be declared.
-    #[error("declaring a delay queue: {0}")]
-    Declare(rask_common::Error),
+    /// The retry's delay cannot be held by the delay ladder.
+    #[error("delaying the retry: {0}")]
+    Delay(rask_common::Error),
 }
 
 impl PublishError {
@@ -47,7 +47,7 @@ impl PublishError {
             PublishError::Broker { source, .. } => {
                 ErrorKind::of_broker(source) != ErrorKind::Transient
             }
-            PublishError::Declare(e) => e.is_permanent(),
+            PublishError::Delay(e) => e.is_permanent(),
             PublishError::Channel(_) | PublishError::Nacked(_) => false,
         }
     }

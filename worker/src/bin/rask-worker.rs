@@ -4,7 +4,8 @@
 //! Exit codes: 0 after a graceful stop (SIGINT, SIGTERM); 78 (`EX_CONFIG`) when the settings
 //! are invalid or the servers refuse them (a queue declared with other arguments, a refused
 //! login, missing permissions, a Redis replica): restarting does not help until the
-//! configuration changes; 1 for any other error.
+//! configuration changes; 1 for any other error (e.g. too many threads past their time limit:
+//! a fresh process is what helps then).
 
 use anyhow::Context;
 use clap::Parser;
@@ -18,7 +19,8 @@ struct Args {
     /// Tasks to run at once (default: setting `concurrency`, i.e. the number of CPUs).
     #[arg(long)]
     concurrency: Option<usize>,
-    /// Unacknowledged deliveries to hold (default: setting `prefetch`, i.e. 4 × concurrency).
+    /// Unacknowledged deliveries to hold (default: setting `prefetch`, whose 0 means 16 ×
+    /// concurrency, at most 65,535).
     #[arg(long)]
     prefetch: Option<u16>,
     /// Queue to consume (default: setting `queue`, i.e. `rask.tasks`).
@@ -44,8 +46,9 @@ async fn main() {
             exit_code(&e)
         }
     };
-    // Tasks still running after the grace period were released to the queue; do not wait for
-    // their threads (the runtime would on drop).
+    // Tasks still running after the grace period were released to the queue, and threads of
+    // plain functions past their time limit are abandoned: do not wait for their threads (the
+    // runtime would on drop), whether the worker stopped cleanly or not.
     std::process::exit(code)
 }
 
