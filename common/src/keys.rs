@@ -220,13 +220,6 @@ impl Keys {
         self.of_deployment("workers")
     }
 
-    /// The delay queues in use, so that `purge` can find them (a sorted set of queue names
-    /// scored by when each may be gone, in Unix milliseconds; see [`crate::delay_queues`]):
-    /// `{prefix}:delay-queues`.
-    pub fn delay_queues(&self) -> String {
-        self.of_deployment("delay-queues")
-    }
-
     /// The channel on which workers announce stored results (keys only): `{prefix}:done`.
     pub fn done_channel(&self) -> String {
         format!("{}:done", self.prefix)

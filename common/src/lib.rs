@@ -17,10 +17,13 @@
 //!   names and the partition and reduction tasks every stock worker runs.
 //! - [`image`]: the image-batch computation of the demo.
 //! - [`settings`]: typed [`Settings`], loaded from defaults, `rask.toml` and `RASK_*` variables.
-//! - [`signing`]: HMAC-SHA256 signatures of task messages (`signing_keys`), made when publishing
-//!   and checked by workers before anything is decoded.
+//! - [`signing`]: HMAC-SHA256 signatures of task messages and broadcast requests
+//!   (`signing_keys`), each kind in its own domain, made when publishing and checked by workers
+//!   before anything is decoded.
 //! - [`broker`] and [`store`]: connecting to RabbitMQ (and declaring the topology) and to Redis.
-//! - [`delay_queues`]: the record of delay queues in Redis, so that `purge` can find them.
+//! - [`delay`]: the fixed ladder of delay queues that countdowns, etas and retries wait in.
+//! - [`refusal`]: RabbitMQ's refusals of the settings (a login, a queue with other arguments)
+//!   explained, naming the settings involved.
 //! - [`ops`]: the worker registry entry and broadcast requests and replies (`rask status`,
 //!   `rask run`, the dashboard).
 //! - [`error`]: the crate's [`Error`].
@@ -28,7 +31,7 @@
 pub mod bag_ops;
 pub mod broker;
 pub mod builtins;
-pub mod delay_queues;
+pub mod delay;
 pub mod dependencies;
 pub mod error;
 pub mod graph;
@@ -37,6 +40,7 @@ pub mod keys;
 pub mod message;
 pub mod ops;
 pub mod outcome;
+pub mod refusal;
 pub mod retry;
 pub mod settings;
 pub mod signing;
@@ -45,7 +49,7 @@ mod store_conn;
 pub mod task;
 mod tls;
 
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result};
 pub use graph::{Arg, Delayed};
 pub use keys::{Keys, TaskKey};
 pub use message::{TaskMessage, PROTOCOL_VERSION};

@@ -137,6 +137,12 @@ pub enum FailureKind {
     /// The message was delivered more times than the `max_deliveries` setting allows without
     /// finishing (each delivery crashed or lost its worker): it is dead-lettered.
     DeliveryLimit,
+    /// The task's result was larger than the worker stores (its `max_result_bytes` setting, or
+    /// Redis's `proto-max-bulk-len` if lower): it was not stored; the message gives both sizes.
+    ResultTooLarge,
+    /// The graph task was ready to run, but the broker refused its message for good (over the
+    /// broker's `max_message_size`, unroutable): it never ran. The message gives the cause.
+    Unpublishable,
     /// A failure kind written by a newer rask that this build does not know.
     #[serde(other)]
     Other,
@@ -154,6 +160,8 @@ impl fmt::Display for FailureKind {
             FailureKind::Cancelled => "was cancelled",
             FailureKind::TimedOut => "timed out",
             FailureKind::DeliveryLimit => "hit the delivery limit",
+            FailureKind::ResultTooLarge => "returned a result over max_result_bytes",
+            FailureKind::Unpublishable => "could not be published",
             FailureKind::Other => "failed (unknown kind)",
         })
     }

@@ -282,8 +282,6 @@ impl Client {
         options: &TaskOptions,
     ) -> Result<()> {
         let s = &self.inner.settings;
-        // Noted before publishing, so that a purge finds every delay queue holding tasks.
-        rask_common::delay_queues::note(&self.inner.store, s, options.delay()).await?;
         let messages = messages
             .into_iter()
             .map(|m| m.map(|m| options.apply(m, s.max_priority)));

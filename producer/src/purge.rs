@@ -1,14 +1,14 @@
 //! `Client::purge`: every task queue shard and every delay queue emptied, then every stored
 //! result of the deployment deleted; [`Purged`] says what was removed where.
 //!
-//! Task queue shards are known from the settings; delay queues from their record in Redis
-//! ([`rask_common::delay_queues`]), since AMQP cannot list queues. Each queue is purged on a
-//! channel of its own, so that a delay queue that has deleted itself since (404 NOT_FOUND, which
-//! closes its channel) is simply skipped.
+//! Task queue shards and the delay queues (the fixed ladder of [`rask_common::delay`]) are known
+//! from the settings. Each delay queue is purged on a channel of its own, so that one that does
+//! not exist (404 NOT_FOUND, which closes its channel: no publisher has declared the ladder yet)
+//! is simply skipped.
 
 use lapin::options::QueuePurgeOptions;
 use lapin::Connection;
-use rask_common::{broker, delay_queues, Settings, Store};
+use rask_common::{broker, delay, Settings, Store};
 use serde::Serialize;
 
 use crate::connection::BrokerLink;
@@ -50,7 +50,7 @@ impl Purged {
 }
 
 /// Empties the task queue shards of `settings` (on the client's channel, again after a lost
-/// connection) and its noted delay queues (each on a channel of its own, on a connection of its
+/// connection) and its delay ladder's queues (each on a channel of its own, on a connection of its
 /// own), then deletes every stored result of its prefix.
 ///
 /// # Errors
@@ -73,8 +73,8 @@ pub(crate) async fn purge(link: &BrokerLink, settings: &Settings, store: &Store)
             messages,
         });
     }
-    let delayed = delay_queues::live(store).await?;
-    if !delayed.is_empty() {
+    let delayed = delay::queue_names(settings);
+    {
         let connection = broker::connect(settings, "rask purge").await?;
         let result = async {
             for name in delayed {

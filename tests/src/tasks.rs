@@ -29,9 +29,31 @@ rask::task! {
     }
 }
 
+rask::task! {
+    /// Counts its run in the Redis counter `counter`; kills its worker process on the spot
+    /// (`abort`) for the first `aborts` runs, then returns the count.
+    pub async fn abort_worker_until(redis_url: String, counter: String, aborts: i64) -> i64 {
+        let client = redis::Client::open(redis_url).expect("a Redis URL");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("Redis answers");
+        let run = redis::cmd("INCR")
+            .arg(counter)
+            .query_async::<i64>(&mut conn)
+            .await
+            .expect("INCR succeeds");
+        if run <= aborts {
+            std::process::abort()
+        }
+        run
+    }
+}
+
 /// The stock functions and this module's.
 pub fn registry() -> rask_worker::Registry {
     rask_worker::Registry::with_builtins()
         .with::<abort_worker>()
         .with::<paced>()
+        .with::<abort_worker_until>()
 }

@@ -160,7 +160,8 @@ async fn purge_empties_the_queue_and_results() {
         queued.iter().all(|n| *n > 0) && queued.iter().sum::<u32>() == 6,
         "both shards hold tasks: {queued:?}"
     );
-    let delay_queue = format!("{}.delay.3600000ms", env.settings.queue);
+    // An hour's wait starts in the ladder level of its highest bit.
+    let delay_queue = rask_common::delay::level_name(&env.settings, 3_600_000u64.ilog2());
     assert_eq!(env.queue_depth(&delay_queue).await.0, 1);
     // And two stored results.
     let client = env.client().await;
@@ -191,7 +192,10 @@ async fn purge_empties_the_queue_and_results() {
         "{text}"
     );
     assert!(
-        text.contains("delay queues: 1, holding 1 delayed task(s)"),
+        text.contains(&format!(
+            "delay queues: {}, holding 1 delayed task(s)",
+            rask_common::delay::LEVELS
+        )),
         "{text}"
     );
     for shard in &shards {

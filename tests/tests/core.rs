@@ -276,21 +276,40 @@ async fn a_lost_notification_delays_a_result_but_never_loses_it() {
         .query_async(&mut store.connection())
         .await
         .unwrap();
-    // The client subscribed on one node (of a Redis Cluster: any): cut that connection only.
-    let mut killed = 0;
+    // The client subscribed on one node (of a Redis Cluster: any): find that connection first,
+    // then cut it alone (killing by user node after node would race the resubscription from
+    // one node to the next).
+    let mut subscriptions = Vec::new();
     for url in env.settings.redis_nodes() {
         let redis = redis::Client::open(url).unwrap();
         let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
-        killed += redis::cmd("CLIENT")
-            .arg("KILL")
-            .arg("USER")
-            .arg(&user)
+        let list: String = redis::cmd("CLIENT")
+            .arg("LIST")
             .arg("TYPE")
             .arg("pubsub")
-            .query_async::<i64>(&mut conn)
+            .query_async(&mut conn)
             .await
             .unwrap();
+        for line in list.lines() {
+            let field = |name: &str| {
+                line.split(' ')
+                    .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))
+                    .map(str::to_owned)
+            };
+            if field("user").as_deref() == Some(user.as_str()) {
+                subscriptions.push((conn.clone(), field("id").unwrap()));
+            }
+        }
     }
+    assert_eq!(subscriptions.len(), 1, "the client subscribes once");
+    let (mut conn, id) = subscriptions.pop().unwrap();
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("ID")
+        .arg(&id)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     assert_eq!(killed, 1, "the client's one subscription was cut");
 
     // The waiter resubscribes, re-reads what is pending, and finds it.

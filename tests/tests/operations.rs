@@ -190,6 +190,11 @@ async fn metrics_and_status_counters_move_with_real_work() {
         .expect("the worker serves metrics")
         .to_owned();
 
+    // Registered (its operations side is up) may come before consuming: healthy once both.
+    env.eventually("the worker to consume (/health 200)", || async {
+        http_get(&address, "/health").await.0 == 200
+    })
+    .await;
     let (code, health) = http_get(&address, "/health").await;
     assert_eq!(code, 200, "{health}");
     assert!(health.contains("\"ok\":true"), "{health}");

@@ -3,9 +3,11 @@
 //! redelivery only, the delivery limit. What fails is dead-lettered with a reason, and fails its
 //! task's future where the key can be read.
 //!
-//! The signature comes first, before anything of the body is read. A message that does not
-//! verify (unsigned, forged, tampered with, or signed with a key this worker does not hold) is
-//! dead-lettered and acknowledged, and *nothing* is stored for it: not a failure on its key, not
+//! The signature comes first, before anything of the body is read; only its size is checked
+//! before, so that no HMAC is computed over a body larger than `max_message_bytes` (such a body
+//! does not verify). A message that does not verify (unsigned, forged, tampered with, signed
+//! with a key this worker does not hold, or too large to check) is dead-lettered and
+//! acknowledged, and *nothing* is stored for it: not a failure on its key, not
 //! a redelivery count. Its key is whatever its publisher wrote, and results are write-once, so
 //! storing a failure there would let anyone who can publish fail someone else's task before it
 //! runs (or after: a graph dependent waits on that key). The cost: a legitimate task whose
@@ -19,10 +21,13 @@
 //! (first deliveries cost nothing), the worker counts it in Redis (`INCR` of
 //! [`rask_common::Keys::deliveries`], kept for the result TTL) and reads whether the task
 //! already has an outcome, in one round trip. The count is thus the number of earlier
-//! deliveries of the task that ended without an outcome. Then:
-//! - an outcome is stored (its worker stored it and died before acknowledging): the task does
-//!   not run again; the stored outcome goes through the writer once more (a no-op store that
-//!   releases its graph dependents again) and the delivery is acknowledged;
+//! deliveries of the task that went back to the queue unacknowledged. Then:
+//! - an outcome is stored (its worker stored it and died before acknowledging, or publishing its
+//!   released dependents failed): the task does not run again; the stored outcome goes through
+//!   the writer once more (a no-op store that releases its graph dependents again) and the
+//!   delivery is acknowledged. Such redeliveries count too: once the count reaches
+//!   `max_deliveries`, dependents that still cannot be published fail (`Unpublishable`)
+//!   instead of the delivery going back to the queue, so no redelivery loop is endless;
 //! - the count reached `max_deliveries`: the task does not run; a copy goes to the dead-letter
 //!   queue with the reason and its future fails with `DeliveryLimit`;
 //! - otherwise it runs. With `max_deliveries = N` a task that kills its worker runs N times
@@ -38,9 +43,11 @@ use lapin::message::Delivery;
 use rask_common::broker;
 use rask_common::message::{head, Undecodable};
 use rask_common::settings::QueueType;
-use rask_common::{FailureKind, Outcome, TaskFailure, TaskKey, TaskMessage};
+use rask_common::signing::MessageKind;
+use rask_common::{FailureKind, TaskFailure, TaskKey, TaskMessage};
 
 use crate::dead_letter::{copy_to_dead_letters, settle_unkeyed};
+use crate::error::Error;
 use crate::retry;
 use crate::worker::Shared;
 
@@ -48,20 +55,44 @@ use crate::worker::Shared;
 pub(crate) enum Admission {
     /// Run this task.
     Run(TaskMessage),
-    /// Do not run it: store this outcome for the key (it was dead-lettered first).
-    Refuse(TaskKey, Outcome),
-    /// Do not run it: it already has this stored outcome (encoded), to store and release again.
-    Stored(TaskKey, Vec<u8>),
+    /// Do not run it: store this failure for the key (it was dead-lettered first).
+    Refuse(TaskKey, TaskFailure),
+    /// Do not run it: it already has this stored `outcome` (encoded), to store and release
+    /// again. `last`: the delivery limit is reached, so its dependents that cannot be published
+    /// now fail instead of the delivery going back to the queue once more.
+    Stored {
+        key: TaskKey,
+        outcome: Vec<u8>,
+        last: bool,
+    },
     /// Nothing more to do: the delivery was dead-lettered and settled (no key to report on).
     Settled,
+    /// Nothing more to do: Redis refused what every delivery needs and the worker stops; the
+    /// delivery goes back to the queue when the channel closes.
+    Abandoned,
+}
+
+/// Raises the fatal error of Redis refusing `what` (the worker stops) and abandons the
+/// delivery.
+fn abandon(shared: &Shared, what: &'static str, source: rask_common::Error) -> Admission {
+    shared.fatal.raise(Error::StoreRefused { what, source });
+    Admission::Abandoned
 }
 
 /// Checks `delivery` (see the module docs); dead-letters and settles what has no key to report
 /// on.
 pub(crate) async fn admit(shared: &Shared, delivery: &Delivery) -> Admission {
     if let Some(signer) = &shared.signer {
-        if let Err(unverified) = signer.verify_properties(&delivery.properties, &delivery.data) {
-            let (s, reason) = (&shared.settings, unverified.to_string());
+        // The size first: a body over the limit is not even hashed to check its signature.
+        let verified = if delivery.data.len() > shared.settings.max_message_bytes {
+            Err(oversized(shared.settings.max_message_bytes, &delivery.data))
+        } else {
+            signer
+                .verify_properties(MessageKind::Task, &delivery.properties, &delivery.data)
+                .map_err(|unverified| unverified.to_string())
+        };
+        if let Err(reason) = verified {
+            let s = &shared.settings;
             let copied =
                 copy_to_dead_letters(&shared.confirms, s, &shared.id, delivery, &reason).await;
             settle_unkeyed(delivery, copied).await;
@@ -78,10 +109,14 @@ pub(crate) async fn admit(shared: &Shared, delivery: &Delivery) -> Admission {
     let key = &message.key;
     let (count, stored) = match shared.settings.queue_type {
         QueueType::Classic => {
-            retry::until_ok("counting a redelivery", || {
+            let counted = retry::until_ok("counting a redelivery", || {
                 shared.store.count_redelivery(key)
             })
-            .await
+            .await;
+            match counted {
+                Ok(counted) => counted,
+                Err(e) => return abandon(shared, "counting redeliveries", e),
+            }
         }
         // A redelivery was delivered at least once before, whatever the header says.
         QueueType::Quorum => (
@@ -89,18 +124,27 @@ pub(crate) async fn admit(shared: &Shared, delivery: &Delivery) -> Admission {
             true,
         ),
     };
+    let max = shared.settings.max_deliveries;
+    let limit_reached = max != 0 && count >= u64::from(max);
     if stored {
         let outcomes = retry::until_ok("reading an outcome", || {
             shared.store.get_outcomes(std::slice::from_ref(key))
         })
         .await;
+        let outcomes = match outcomes {
+            Ok(outcomes) => outcomes,
+            Err(e) => return abandon(shared, "reading outcomes", e),
+        };
         if let Some(Some(bytes)) = outcomes.into_iter().next() {
-            tracing::info!(key = %key, "redelivered task already has an outcome; not running it again");
-            return Admission::Stored(message.key, bytes);
+            tracing::info!(key = %key, count, "redelivered task already has an outcome; not running it again");
+            return Admission::Stored {
+                key: message.key,
+                outcome: bytes,
+                last: limit_reached,
+            };
         }
     }
-    let max = shared.settings.max_deliveries;
-    if max == 0 || count < u64::from(max) {
+    if !limit_reached {
         return Admission::Run(message);
     }
     let refusal = Refusal {
@@ -120,17 +164,21 @@ pub(crate) async fn admit(shared: &Shared, delivery: &Delivery) -> Admission {
 fn decode(max_bytes: usize, body: &[u8]) -> Result<TaskMessage, Undecodable> {
     if body.len() > max_bytes {
         let (key, function) = head(body);
-        let reason = format!(
-            "message of {} bytes exceeds max_message_bytes = {max_bytes}",
-            body.len()
-        );
         return Err(Undecodable {
             key,
             function,
-            reason,
+            reason: oversized(max_bytes, body),
         });
     }
     TaskMessage::decode(body)
+}
+
+/// Why `body`, over `max_bytes`, is refused.
+fn oversized(max_bytes: usize, body: &[u8]) -> String {
+    format!(
+        "message of {} bytes exceeds max_message_bytes = {max_bytes}",
+        body.len()
+    )
 }
 
 /// Why a task will not run, with what is known of it.
@@ -178,7 +226,7 @@ async fn refuse(
             shared.id.clone(),
         )
     };
-    Admission::Refuse(key, Outcome::Failure(failure))
+    Admission::Refuse(key, failure)
 }
 
 #[cfg(test)]

@@ -10,25 +10,35 @@ use rask_common::{FailureKind, Outcome, Store, TaskFailure, TaskMessage};
 
 use crate::retry;
 
-/// `message` with its inputs in place of the placeholders, ready to execute; or the outcome to
-/// store instead of running it (an input failed or is missing). Plain tasks pass through
-/// borrowed; `message` itself is left as it is (a retry republishes it with its placeholders).
+/// Why a graph task's inputs are not ready to run it with.
+pub(crate) enum Unresolved {
+    /// The outcome to store instead of running it (an input failed or is missing).
+    Failed(Outcome),
+    /// Redis refused to read them, for a reason retrying cannot fix.
+    Refused(rask_common::Error),
+}
+
+/// `message` with its inputs in place of the placeholders, ready to execute; or why not.
+/// Plain tasks pass through borrowed; `message` itself is left as it is (a retry republishes it
+/// with its placeholders).
 pub(crate) async fn resolve<'m>(
     store: &Store,
     worker: &str,
     message: &'m TaskMessage,
-) -> Result<Cow<'m, TaskMessage>, Outcome> {
+) -> Result<Cow<'m, TaskMessage>, Unresolved> {
     if message.deps.is_empty() {
         return Ok(Cow::Borrowed(message));
     }
-    let stored = retry::until_ok("reading inputs", || store.get_outcomes(&message.deps)).await;
+    let stored = retry::until_ok("reading inputs", || store.get_outcomes(&message.deps))
+        .await
+        .map_err(Unresolved::Refused)?;
     let fail = |text: String| {
-        Outcome::Failure(TaskFailure::of(
+        Unresolved::Failed(Outcome::Failure(TaskFailure::of(
             message,
             FailureKind::DependencyFailed,
             text,
             worker,
-        ))
+        )))
     };
     let mut values: HashMap<&str, rmpv::Value> = HashMap::with_capacity(stored.len());
     for (key, bytes) in message.deps.iter().zip(stored) {

@@ -26,12 +26,19 @@
 //! - `admit.rs`: what a delivery must pass before it runs: size, decoding, the delivery limit.
 //! - `execute.rs`: one task to an outcome under its time limit; panics, errors and timeouts
 //!   become stored failures. `pace.rs`: which plain functions are quick enough to run inline.
+//!   `overrun.rs`: the threads of plain functions past their limit, counted and bounded.
 //! - `retries.rs`: a retryable failure goes back to the broker through a delay queue.
 //! - `bag.rs`: the element-wise operations of lazy collections (`rask.bag.map`, …): a registered
 //!   function applied to each element of a partition inside one task.
 //! - `inputs.rs`: a graph task's inputs read in one `MGET` and substituted, or its
 //!   `DependencyFailed` outcome.
-//! - `writer.rs`: outcomes to Redis in batches, then acknowledgements (never before).
+//! - `writer/`: outcomes to Redis in batches, then acknowledgements (never before); a batch
+//!   Redis refuses is split so that one refused outcome holds no other (`store.rs`), and
+//!   released dependents the broker refuses fail instead of looping (`settle.rs`).
+//! - `result_limit.rs`: the largest result stored (`max_result_bytes`, or Redis's
+//!   `proto-max-bulk-len` if lower); a larger one becomes a `ResultTooLarge` failure.
+//! - `fatal.rs`: an error found off the worker loop that must stop the worker (Redis refusing
+//!   writes), raised once and awaited by the loop.
 //! - `release.rs`: after a batch is stored, publish the graph tasks it made ready (before the
 //!   acknowledgements).
 //! - `dead_letter.rs`: messages that will not run go to the dead-letter queue with a reason.
@@ -47,13 +54,16 @@ mod broadcast;
 mod dead_letter;
 mod error;
 mod execute;
+mod fatal;
 mod inputs;
 mod metrics;
 mod ops;
+mod overrun;
 mod pace;
 mod presence;
 mod registry;
 mod release;
+mod result_limit;
 mod retries;
 mod retry;
 mod signal;
@@ -63,7 +73,7 @@ mod writer;
 #[cfg(test)]
 mod hostile_args_test;
 
-pub use error::{Error, Result};
+pub use error::{Error, Result, EXIT_CONFIG};
 pub use registry::Registry;
 pub use signal::shutdown_signal;
 pub use worker::Worker;

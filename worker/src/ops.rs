@@ -56,13 +56,16 @@ impl Identity {
     }
 }
 
-/// What `/health` reports: whether the worker reaches RabbitMQ (its broadcast connection is up)
-/// and Redis (its last heartbeat was stored).
+/// What `/health` reports: whether the worker consumes its task queue, reaches RabbitMQ (its
+/// broadcast connection is up) and Redis (its last heartbeat was stored).
 pub(crate) struct Health {
     /// Set while the broadcast consumer is connected and bound.
     pub(crate) broker: watch::Sender<bool>,
     /// Set when the last heartbeat was stored.
     pub(crate) store: AtomicBool,
+    /// Set while the task loop consumes (see [`Health::consuming`]): not while it connects,
+    /// declares, reconnects or drains.
+    consuming: AtomicBool,
     /// Set once the worker is stopping.
     pub(crate) stopping: AtomicBool,
 }
@@ -70,8 +73,10 @@ pub(crate) struct Health {
 /// The body of `/health`.
 #[derive(Debug, Serialize)]
 pub(crate) struct HealthReport {
-    /// Whether the worker is healthy: reaching both servers and not stopping.
+    /// Whether the worker is healthy: consuming, reaching both servers and not stopping.
     pub(crate) ok: bool,
+    /// Whether the task loop consumes its queue.
+    pub(crate) consuming: bool,
     /// Whether RabbitMQ is reached.
     pub(crate) broker: bool,
     /// Whether Redis is reached.
@@ -85,21 +90,39 @@ impl Health {
         Health {
             broker: watch::Sender::new(false),
             store: AtomicBool::new(false),
+            consuming: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
         }
+    }
+
+    /// Marks the task loop as consuming until the returned guard is dropped.
+    pub(crate) fn consuming(self: &Arc<Self>) -> Consuming {
+        self.consuming.store(true, Ordering::Relaxed);
+        Consuming(self.clone())
     }
 
     /// The state now.
     pub(crate) fn report(&self) -> HealthReport {
         let broker = *self.broker.borrow();
         let store = self.store.load(Ordering::Relaxed);
+        let consuming = self.consuming.load(Ordering::Relaxed);
         let stopping = self.stopping.load(Ordering::Relaxed);
         HealthReport {
-            ok: broker && store && !stopping,
+            ok: consuming && broker && store && !stopping,
+            consuming,
             broker,
             store,
             stopping,
         }
+    }
+}
+
+/// The task loop consumes while this lives (see [`Health::consuming`]).
+pub(crate) struct Consuming(Arc<Health>);
+
+impl Drop for Consuming {
+    fn drop(&mut self) {
+        self.0.consuming.store(false, Ordering::Relaxed);
     }
 }
 
@@ -163,6 +186,7 @@ impl Ops {
             registry.clone(),
             identity.clone(),
             health.clone(),
+            metrics.clone(),
             leaving.clone(),
         ));
         tracker.spawn(crate::presence::heartbeat(
@@ -179,6 +203,11 @@ impl Ops {
             health,
             tracker,
         })
+    }
+
+    /// The health `/health` reports, for the task loop to say when it consumes.
+    pub(crate) fn health(&self) -> Arc<Health> {
+        self.health.clone()
     }
 
     /// `shutdown`, which on completing first tells the services that the worker is stopping:

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use lapin::options::ConfirmSelectOptions;
 use lapin::{Channel, Confirmation, Connection};
 use rask_common::broker::{self, Destination};
-use rask_common::{Settings, TaskKey, TaskMessage};
+use rask_common::{ErrorKind, Settings, TaskKey, TaskMessage};
 
-/// Why ready dependents could not be published (the batch is requeued, not acknowledged).
+/// Why a task message could not be published.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum PublishError {
     /// No channel could be opened to publish on.
@@ -32,9 +32,25 @@ pub(crate) enum PublishError {
     /// RabbitMQ refused the task.
     #[error("the broker refused task {0} (nack)")]
     Nacked(TaskKey),
-    /// The delay queue of a retry could not be declared.
-    #[error("declaring a delay queue: {0}")]
-    Declare(rask_common::Error),
+    /// The retry's delay cannot be held by the delay ladder.
+    #[error("delaying the retry: {0}")]
+    Delay(rask_common::Error),
+}
+
+impl PublishError {
+    /// Whether publishing the same message again cannot succeed: the broker refused the message
+    /// itself (over its `max_message_size`: PRECONDITION_FAILED; no permission to publish to the
+    /// exchange; unroutable) or it does not encode. A lost channel and a nack may pass.
+    pub(crate) fn is_permanent(&self) -> bool {
+        match self {
+            PublishError::Encode { .. } | PublishError::Unroutable(_) => true,
+            PublishError::Broker { source, .. } => {
+                ErrorKind::of_broker(source) != ErrorKind::Transient
+            }
+            PublishError::Delay(e) => e.is_permanent(),
+            PublishError::Channel(_) | PublishError::Nacked(_) => false,
+        }
+    }
 }
 
 /// A confirm-mode channel the tasks of a worker share for their own publishes (dead-letter
@@ -119,6 +135,7 @@ impl Releaser {
     pub(crate) async fn publisher(&mut self) -> Result<Publisher, PublishError> {
         let channel = self.channel().await.map_err(PublishError::Channel)?;
         Ok(Publisher {
+            connection: self.connection.clone(),
             channel,
             settings: self.settings.clone(),
         })
@@ -127,24 +144,46 @@ impl Releaser {
 
 /// Publishes ready dependents on one channel; owned, so a batch can settle in its own task.
 pub(crate) struct Publisher {
+    connection: Arc<Connection>,
     channel: Channel,
     settings: Settings,
 }
 
 impl Publisher {
-    /// Publishes the dependents `ready` to run (confirmed); returns how many.
-    ///
-    /// # Errors
-    /// [`PublishError`] for the first that was not confirmed: acknowledge nothing then.
-    pub(crate) async fn publish(&self, ready: &[TaskMessage]) -> Result<usize, PublishError> {
+    /// Publishes the dependents `ready` to run, all at once (confirmed); returns those that were
+    /// not confirmed, each with why. A message the broker refuses closes the channel, which
+    /// fails the others in flight with it: [`Publisher::publish_alone`] tells whose fault it is.
+    pub(crate) async fn publish(
+        &self,
+        ready: Vec<TaskMessage>,
+    ) -> Vec<(TaskMessage, PublishError)> {
         let tasks = Destination::tasks(&self.settings);
         let publishes = ready
             .iter()
             .map(|message| publish(&self.channel, &tasks, message));
-        for result in futures::future::join_all(publishes).await {
-            result?;
+        let results = futures::future::join_all(publishes).await;
+        ready
+            .into_iter()
+            .zip(results)
+            .filter_map(|(message, result)| result.err().map(|e| (message, e)))
+            .collect()
+    }
+
+    /// Publishes `message` alone (confirmed), on the channel if it is open, else on a new one,
+    /// so that an error is about `message` itself.
+    ///
+    /// # Errors
+    /// [`PublishError`] if it is not confirmed.
+    pub(crate) async fn publish_alone(
+        &mut self,
+        message: &TaskMessage,
+    ) -> Result<(), PublishError> {
+        if !self.channel.status().connected() {
+            self.channel = confirm_channel(&self.connection)
+                .await
+                .map_err(PublishError::Channel)?;
         }
-        Ok(ready.len())
+        publish(&self.channel, &Destination::tasks(&self.settings), message).await
     }
 }
 

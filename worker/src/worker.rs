@@ -20,8 +20,11 @@ use tokio_util::task::TaskTracker;
 use crate::admit::{admit, Admission};
 use crate::error::{Error, Result};
 use crate::execute::{execute, time_limit};
+use crate::fatal::Fatal;
+use crate::ops::Health;
 use crate::registry::Registry;
 use crate::release::{ConfirmChannel, Releaser};
+use crate::result_limit::ResultLimit;
 use crate::writer::{self, Finished};
 use crate::{inputs, retries};
 
@@ -49,7 +52,7 @@ pub(crate) struct Shared {
     /// This worker's id.
     pub(crate) id: String,
     /// For dead-letter copies and retries.
-    pub(crate) confirms: ConfirmChannel,
+    pub(crate) confirms: Arc<ConfirmChannel>,
     pub(crate) store: Store,
     /// To the result writer.
     pub(crate) finished: mpsc::Sender<Finished>,
@@ -57,6 +60,10 @@ pub(crate) struct Shared {
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
     /// Checks task messages' signatures when `signing_keys` is set (built once per connection).
     pub(crate) signer: Option<rask_common::signing::Signer>,
+    /// Raised by whatever finds an error that stops the worker (e.g. Redis refusing writes).
+    pub(crate) fatal: Arc<Fatal>,
+    /// The largest result stored (read from Redis once per connection).
+    pub(crate) result_limit: ResultLimit,
 }
 
 impl Worker {
@@ -68,7 +75,10 @@ impl Worker {
         let random = &uuid::Uuid::new_v4().simple().to_string()[..6];
         let id = format!("{host}-{}-{random}", std::process::id());
         Worker {
-            metrics: Arc::new(crate::metrics::Metrics::new(registry.names())),
+            metrics: Arc::new(crate::metrics::Metrics::new(
+                registry.names(),
+                settings.effective_max_overrun_threads(),
+            )),
             settings,
             registry,
             id,
@@ -89,12 +99,20 @@ impl Worker {
     ///
     /// When the connection to RabbitMQ or Redis fails (a broker restart, say), the worker drains
     /// what it runs, then connects again with backoff (100 ms doubling to 5 s, logged) and goes
-    /// on consuming; only a failure that reconnecting cannot fix ends it. With several RabbitMQ
-    /// nodes (`amqp_urls`) it connects to the first that answers, and after losing one tries
-    /// the nodes after it first and the lost one last.
+    /// on consuming; only a failure that reconnecting cannot fix ends it
+    /// ([`Error::is_permanent`]). With several RabbitMQ nodes (`amqp_urls`) it connects to the
+    /// first that answers, and after losing one tries the nodes after it first and the lost one
+    /// last. Its `/health` answers 200 only while it consumes.
+    ///
+    /// When the threads of plain functions that ran past their time limit reach
+    /// `max_overrun_threads`, the worker stops as if `shutdown` completed and returns
+    /// [`Error::Overruns`]: a binary should exit then, ending those threads.
     ///
     /// # Errors
-    /// [`Error`] if the settings are refused (e.g. the queue exists with other arguments).
+    /// [`Error`] if the settings are refused (e.g. the queue exists with other arguments, a
+    /// login is refused, Redis is a replica): [`Error::kind`] is then
+    /// [`rask_common::ErrorKind::Configuration`] and [`Error::exit_code`] is
+    /// [`crate::EXIT_CONFIG`]; or [`Error::Overruns`].
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
         let mut pause = RECONNECT.0;
         let ops = crate::ops::Ops::start(
@@ -104,21 +122,44 @@ impl Worker {
             self.metrics.clone(),
         )
         .await?;
-        let shutdown = ops.until(shutdown).fuse();
+        let health = ops.health();
+        let overruns = self.metrics.overruns().clone();
+        let exhausted = overruns.exhausted().clone();
+        let shutdown = ops
+            .until(async move {
+                tokio::select! {
+                    () = shutdown => {}
+                    () = exhausted.cancelled() => {}
+                }
+            })
+            .fuse();
         tokio::pin!(shutdown);
+        let stopped = || {
+            if overruns.exhausted().is_cancelled() {
+                Err(Error::Overruns {
+                    running: overruns.running(),
+                    max: overruns.max(),
+                })
+            } else {
+                Ok(())
+            }
+        };
         loop {
-            match self.serve(shutdown.as_mut()).await {
-                Ok(()) => return Ok(()),
-                Err(e) if e.is_connection() && !shutdown.is_terminated() => {
+            match self.serve(shutdown.as_mut(), &health).await {
+                Ok(()) => return stopped(),
+                Err(e) if !e.is_permanent() && !shutdown.is_terminated() => {
                     tracing::warn!(error = %e, retry_in = ?pause, "connection lost; reconnecting");
                     self.metrics.reconnected();
                     tokio::select! {
-                        () = &mut shutdown => return Ok(()),
+                        () = &mut shutdown => return stopped(),
                         () = tokio::time::sleep(pause) => {}
                     }
                     pause = (pause * 2).min(RECONNECT.1);
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    tracing::error!(error = %e, kind = ?e.kind(), "stopping: reconnecting cannot fix this");
+                    return Err(e);
+                }
             }
         }
     }
@@ -128,19 +169,20 @@ impl Worker {
     async fn serve(
         &self,
         shutdown: std::pin::Pin<&mut futures::future::Fuse<impl Future<Output = ()> + Send>>,
+        health: &Arc<Health>,
     ) -> Result<()> {
         let settings = self.settings.clone();
         let registry = self.registry.clone();
         let id = self.id.clone();
         let store = Store::connect(&settings).await?;
+        let result_limit = ResultLimit::read(&store, &settings).await;
         let first = self.next_node.load(Ordering::Relaxed);
         let (connection, node) =
             broker::connect_from(&settings, &format!("rask-worker {id}"), first).await?;
         // Whatever ends this connection, the next one starts with the node after this one.
         self.next_node.store(node + 1, Ordering::Relaxed);
         let connection = Arc::new(connection);
-        let channel = connection.create_channel().await?;
-        broker::declare_topology(&channel, &settings).await?;
+        let channel = broker::declare_topology(&connection, &settings).await?;
         let prefetch = settings.effective_prefetch();
         let shards = settings.task_queues();
         // The prefetch count applies per consumer: one consumer per shard shares it.
@@ -148,7 +190,7 @@ impl Worker {
         channel
             .basic_qos(per_shard.max(1), BasicQosOptions::default())
             .await?;
-        let confirms = ConfirmChannel::open(connection.clone()).await?;
+        let confirms = Arc::new(ConfirmChannel::open(connection.clone()).await?);
         let mut consumers = Vec::with_capacity(shards.len());
         for (i, shard) in shards.iter().enumerate() {
             let consumer = channel
@@ -158,7 +200,8 @@ impl Worker {
                     BasicConsumeOptions::default(),
                     FieldTable::default(),
                 )
-                .await?;
+                .await
+                .map_err(|e| rask_common::refusal::consuming(e, shard))?;
             // Each shard's stream ends with its name, so that a cancelled consumer is noticed.
             let shard = shard.clone();
             consumers.push(
@@ -171,13 +214,16 @@ impl Worker {
         let mut consumer = futures::stream::select_all(consumers);
 
         let releaser = Releaser::new(connection.clone(), settings.clone()).await?;
+        let fatal = Arc::new(Fatal::default());
         let (finished, finished_rx) = mpsc::channel(usize::from(prefetch).max(1) * 2);
-        let writer = tokio::spawn(writer::run(
-            store.clone(),
-            finished_rx,
-            settings.result_batch,
-            releaser,
-        ));
+        let context = writer::Context {
+            store: store.clone(),
+            settings: settings.clone(),
+            worker: id.clone(),
+            confirms: confirms.clone(),
+            fatal: fatal.clone(),
+        };
+        let writer = tokio::spawn(writer::run(context, finished_rx, releaser));
         let permits = Arc::new(Semaphore::new(settings.concurrency));
         let tracker = TaskTracker::new();
         tracing::info!(
@@ -198,16 +244,22 @@ impl Worker {
             confirms,
             store,
             finished,
+            fatal: fatal.clone(),
+            result_limit,
         });
 
         let mut shutdown = shutdown;
-        let outcome = loop {
+        let consuming = health.consuming();
+        // `Err(None)`: an error was raised on `fatal` (taken below).
+        let outcome: std::result::Result<(), Option<Error>> = loop {
             let permit = tokio::select! {
                 () = &mut shutdown => break Ok(()),
+                () = fatal.raised() => break Err(None),
                 permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
             };
             let delivery = tokio::select! {
                 () = &mut shutdown => break Ok(()),
+                () = fatal.raised() => break Err(None),
                 delivery = consumer.next() => delivery,
             };
             match delivery {
@@ -220,11 +272,15 @@ impl Worker {
                         drop(permit);
                     });
                 }
-                Some(Ok(Err(e))) => break Err(Error::Broker(e)),
-                Some(Err(shard)) => break Err(Error::ConsumerCancelled(shard)),
-                None => break Err(Error::ConsumerCancelled(shared.settings.queue.clone())),
+                Some(Ok(Err(e))) => break Err(Some(Error::Consuming(e))),
+                Some(Err(shard)) => break Err(Some(Error::ConsumerCancelled(shard))),
+                None => {
+                    let queue = shared.settings.queue.clone();
+                    break Err(Some(Error::ConsumerCancelled(queue)));
+                }
             }
         };
+        drop(consuming);
 
         tracing::info!(worker = %shared.id, in_flight = tracker.len(), "stopping: finishing tasks in flight");
         for i in 0..shards.len() {
@@ -258,7 +314,12 @@ impl Worker {
         let _ = channel.close(200, "worker stopping".into()).await;
         let _ = connection.close(200, "worker stopping".into()).await;
         tracing::info!("worker stopped");
-        outcome
+        // A fatal error raised while draining (the writer storing the last batch) wins too.
+        match (outcome, fatal.take()) {
+            (_, Some(raised)) => Err(raised),
+            (Err(Some(e)), None) => Err(e),
+            (Ok(()) | Err(None), None) => Ok(()),
+        }
     }
 }
 
@@ -276,32 +337,49 @@ fn consumer_tag(id: &str, index: usize) -> String {
 async fn handle(shared: &Shared, delivery: Delivery) {
     let message = match admit(shared, &delivery).await {
         Admission::Run(message) => message,
-        Admission::Refuse(key, failure) => return finish(shared, key, failure, delivery).await,
-        Admission::Stored(key, outcome) => return store(shared, key, outcome, delivery).await,
-        Admission::Settled => return,
+        Admission::Refuse(key, failure) => {
+            return finish(shared, key, Outcome::Failure(failure), delivery).await
+        }
+        Admission::Stored { key, outcome, last } => {
+            let finished = Finished {
+                key,
+                outcome,
+                delivery,
+                last,
+            };
+            return store(shared, finished).await;
+        }
+        Admission::Settled | Admission::Abandoned => return,
     };
     let mut retryable = false;
     let run = shared.metrics.start(&message.function);
     let outcome = match inputs::resolve(&shared.store, &shared.id, &message).await {
         Ok(ready) => {
             let limit = time_limit(&message, &shared.settings);
-            execute(&shared.registry, &shared.id, &ready, limit, &mut retryable).await
+            let overruns = shared.metrics.overruns();
+            execute(
+                &shared.registry,
+                overruns,
+                &shared.id,
+                &ready,
+                limit,
+                &mut retryable,
+            )
+            .await
         }
-        Err(outcome) => outcome,
+        Err(inputs::Unresolved::Failed(outcome)) => outcome,
+        Err(inputs::Unresolved::Refused(source)) => {
+            let what = "reading inputs";
+            return shared.fatal.raise(Error::StoreRefused { what, source });
+        }
     };
     match retries::next_attempt(&message, retryable) {
         Some(retry) => {
             run.retried();
-            retries::schedule(
-                &shared.confirms,
-                &shared.settings,
-                &shared.store,
-                retry,
-                delivery,
-            )
-            .await
+            retries::schedule(&shared.confirms, &shared.settings, retry, delivery).await
         }
         None => {
+            let outcome = shared.result_limit.apply(outcome, &message, &shared.id);
             run.finished(&outcome);
             finish(shared, message.key, outcome, delivery).await
         }
@@ -324,16 +402,17 @@ async fn finish(shared: &Shared, key: TaskKey, outcome: Outcome, delivery: Deliv
             return;
         }
     };
-    store(shared, key, encoded, delivery).await;
+    let finished = Finished {
+        key,
+        outcome: encoded,
+        delivery,
+        last: false,
+    };
+    store(shared, finished).await;
 }
 
 /// Hands an encoded outcome to the result writer (see [`finish`]).
-async fn store(shared: &Shared, key: TaskKey, outcome: Vec<u8>, delivery: Delivery) {
-    let finished = Finished {
-        key,
-        outcome,
-        acker: delivery.acker,
-    };
+async fn store(shared: &Shared, finished: Finished) {
     if shared.finished.send(finished).await.is_err() {
         tracing::error!("result writer stopped; the task will be redelivered");
     }

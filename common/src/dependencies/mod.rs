@@ -35,7 +35,7 @@
 //! had to write anew as absent, deleting it. A result that expires or is released therefore
 //! never leaves a marker behind, whatever the TTLs of the processes. A marker may still outlive
 //! the message it vouches for when the message is lost outside rask (a queue deleted or purged
-//! by hand, a dependent its worker could never publish): registering then answers `Known` until
+//! by hand, a message no worker's signature check accepts): registering then answers `Known` until
 //! the marker expires (`result_ttl` after it was set: registering renews the record's TTL, never
 //! the marker's), or until `rask purge`.
 //!

@@ -15,8 +15,12 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let settings = Settings::load()?;
-    Worker::new(settings, rask_tests::tasks::registry())
+    let ended = Worker::new(settings, rask_tests::tasks::registry())
         .run(rask_worker::shutdown_signal())
-        .await?;
+        .await;
+    if let Err(e) = ended {
+        eprintln!("Error: {e}");
+        std::process::exit(e.exit_code());
+    }
     std::process::exit(0)
 }

@@ -1,5 +1,11 @@
 //! `rask-worker`: the stock worker with the built-in functions. Settings come from `rask.toml`
 //! and `RASK_*` variables; the flags below override them.
+//!
+//! Exit codes: 0 after a graceful stop (SIGINT, SIGTERM); 78 (`EX_CONFIG`) when the settings
+//! are invalid or the servers refuse them (a queue declared with other arguments, a refused
+//! login, missing permissions, a Redis replica): restarting does not help until the
+//! configuration changes; 1 for any other error (e.g. too many threads past their time limit:
+//! a fresh process is what helps then).
 
 use anyhow::Context;
 use clap::Parser;
@@ -26,14 +32,39 @@ struct Args {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    let args = Args::parse();
+    let code = match run(Args::parse()).await {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("Error: {e:?}");
+            exit_code(&e)
+        }
+    };
+    // Tasks still running after the grace period were released to the queue, and threads of
+    // plain functions past their time limit are abandoned: do not wait for their threads (the
+    // runtime would on drop), whether the worker stopped cleanly or not.
+    std::process::exit(code)
+}
+
+/// The exit code for `error` (see the module docs).
+fn exit_code(error: &anyhow::Error) -> i32 {
+    if let Some(e) = error.downcast_ref::<rask_worker::Error>() {
+        return e.exit_code();
+    }
+    match error.downcast_ref::<rask_common::Error>() {
+        Some(e) if e.kind() == rask_common::ErrorKind::Configuration => rask_worker::EXIT_CONFIG,
+        _ => 1,
+    }
+}
+
+/// Loads the settings and runs the worker until it stops.
+async fn run(args: Args) -> anyhow::Result<()> {
     for name in Settings::unknown_variables(std::env::vars().map(|(k, _)| k)) {
         tracing::warn!(variable = %name, "ignoring a RASK_* variable that names no setting");
     }
@@ -61,7 +92,5 @@ async fn main() -> anyhow::Result<()> {
     .await
     .context("the worker panicked")?
     .context("worker failed")?;
-    // Tasks still running after the grace period were released to the queue; do not wait for
-    // their threads (the runtime would on drop).
-    std::process::exit(0)
+    Ok(())
 }
