@@ -105,10 +105,10 @@ impl fmt::Debug for TaskKey {
 /// Builds the Redis keys and channel names of one deployment (one key prefix).
 ///
 /// For a Redis Cluster ([`Keys::clustered`]) every key carries a hash tag, so that the keys a
-/// script or a multi-key command touches live in one hash slot: the keys of one task carry the
-/// task key in braces (`rask:result:{inc-1}`: its result, task record, published marker,
-/// pending and dependents sets and delivery counter share a slot), the deployment's own keys the prefix in braces
-/// (`{rask}:workers`, `{rask}:worker:w-1`). A single Redis uses the names without braces.
+/// script or a multi-key command touches live in one hash slot: the keys of one task carry the task
+/// key in braces (`rask:result:{inc-1}`: its result, task record, published marker, pending and
+/// dependents sets and delivery counter share a slot), the deployment's own keys the prefix in
+/// braces (`{rask}:workers`, `{rask}:worker:w-1`). A single Redis uses the names without braces.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keys {
     prefix: String,

@@ -237,7 +237,8 @@ impl Store {
     }
 
     /// Deletes every result of this deployment's prefix, its graph bookkeeping (task records,
-    /// published markers, pending and dependents sets) and delivery counters, by SCAN; returns how many results.
+    /// published markers, pending and dependents sets) and delivery counters, by SCAN; returns how
+    /// many results.
     ///
     /// # Errors
     /// [`crate::Error::Store`] if Redis fails.

@@ -6,16 +6,16 @@
 //! released early or forgotten:
 //!
 //! - **Register** task `T` waiting for inputs `D…`: (1) in `T`'s slot, unless `T`'s result is
-//!   stored or `T` is marked published beside an existing record (see [`super`]): the first
-//!   time (deleting a marker left without a record), write its pending set with *every* input (so nothing can release
-//!   it yet) and then its record; when the record exists already, keep the pending set as it
-//!   is (it only ever lost inputs that are stored); (2) in each `D`'s slot, atomically: if
-//!   `D`'s result is stored report it, else add `T` to `D`'s dependents; (3) in `T`'s slot,
-//!   remove the inputs found stored from the pending set; `T` is ready when it empties. An
-//!   input stored after step 2 finds `T` among its dependents. Steps 2 and 3 run on every
+//!   stored or `T` is marked published beside an existing record (see [`super`]): the first time
+//!   (deleting a marker left without a record), write its pending set with *every* input (so
+//!   nothing can release it yet) and then its record; when the record exists already, keep the
+//!   pending set as it is (it only ever lost inputs that are stored); (2) in each `D`'s slot,
+//!   atomically: if `D`'s result is stored report it, else add `T` to `D`'s dependents; (3) in
+//!   `T`'s slot, remove the inputs found stored from the pending set; `T` is ready when it empties.
+//!   An input stored after step 2 finds `T` among its dependents. Steps 2 and 3 run on every
 //!   registration of a task with inputs pending, so registering again (a retry after a failure
-//!   between the steps or a lost reply, or another producer's identical graph) completes what
-//!   an earlier one left undone, and never adds back an input that was released.
+//!   between the steps or a lost reply, or another producer's identical graph) completes what an
+//!   earlier one left undone, and never adds back an input that was released.
 //! - **Store and release** outcomes `K…`: (1) store them, write-once, and delete their published
 //!   markers (in the same pipeline, each in its own slot); (2) once stored, read each `K`'s
 //!   dependents (so a registration's step 2 either saw the result or is seen here); (3) in each
