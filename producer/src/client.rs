@@ -47,6 +47,7 @@ impl Client {
         let listener = Listener::start(
             rask_common::store::subscription_clients(&settings)?,
             store.keys().done_channel(),
+            settings.redis_ping_interval,
         )
         .await?;
         let link = BrokerLink::connect(&settings).await?;
