@@ -20,6 +20,7 @@
 //! - [`signing`]: HMAC-SHA256 signatures of task messages (`signing_keys`), made when publishing
 //!   and checked by workers before anything is decoded.
 //! - [`broker`] and [`store`]: connecting to RabbitMQ (and declaring the topology) and to Redis.
+//! - [`store_risks`]: Redis settings under which results can vanish, warned about at start.
 //! - [`ops`]: the worker registry entry and broadcast requests and replies (`rask status`,
 //!   `rask run`, the dashboard).
 //! - [`error`]: the crate's [`Error`].
@@ -40,6 +41,7 @@ pub mod settings;
 pub mod signing;
 pub mod store;
 mod store_conn;
+pub mod store_risks;
 pub mod task;
 mod tls;
 
