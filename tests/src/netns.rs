@@ -26,6 +26,7 @@ pub struct Namespace {
     host_veth: String,
     inside_veth: String,
     host_ip: Ipv4Addr,
+    inside_ip: Ipv4Addr,
 }
 
 impl Namespace {
@@ -43,6 +44,7 @@ impl Namespace {
             host_veth: format!("rh{tag}"),
             inside_veth: format!("rn{tag}"),
             host_ip,
+            inside_ip,
         };
         run("ip", &["netns", "add", &ns.name]);
         // From here on, drop cleans up whatever was made.
@@ -136,6 +138,25 @@ impl Namespace {
             args.extend(["-j", "DROP"]);
             self.inside("iptables", &args);
         }
+    }
+
+    /// Makes the host forget every TCP connection from the namespace to its `port`, at once
+    /// and without a word the namespace could hear (`ss -K`; its RST is dropped while a
+    /// partition is in force): what a host that crashes and reboots loses. The namespace's
+    /// ends stay open, waiting for a peer that no longer knows them.
+    pub fn forget_connections_to(&self, port: u16) {
+        run(
+            "ss",
+            &[
+                "-K",
+                "-t",
+                "dst",
+                &self.inside_ip.to_string(),
+                "sport",
+                "=",
+                &format!(":{port}"),
+            ],
+        );
     }
 
     /// Runs `program ARGS` inside the namespace; panics if it fails.

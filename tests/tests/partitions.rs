@@ -1,7 +1,7 @@
 //! Network faults as Jepsen makes them, against real servers and processes: Redis stopped
 //! (`SIGSTOP`) under a map; a worker and a client in a network namespace of the test's own cut
 //! off from RabbitMQ and Redis by `iptables` DROP (no FIN, no RST: their connections go
-//! half-open) for 30 s, and for 10 s while Redis restarts behind the partition; and a slow,
+//! half-open) for 30 s, and for 10 s while Redis's host crashes behind the partition; and a slow,
 //! lossy link (50 ms each way, 1 % of packets lost) under a 5,000-task map. Every run
 //! must finish with every task's own value, each result stored once, and the waiters must
 //! recover within a few ping intervals once the network heals.
@@ -231,14 +231,14 @@ async fn a_30s_partition_of_a_worker_and_a_client_loses_nothing() {
 }
 
 #[tokio::test]
-async fn a_redis_restart_hidden_by_a_partition_strands_no_waiter() {
+async fn a_redis_host_crash_hidden_by_a_partition_strands_no_waiter() {
     let ns = Namespace::create();
-    let mut servers = PrivateServers::start_on("hidden-restart", ns.host_ip()).await;
-    let env = env_on(&servers.urls(), "hidden-restart");
+    let mut servers = PrivateServers::start_on("host-crash", ns.host_ip()).await;
+    let env = env_on(&servers.urls(), "host-crash");
     let writes = ResultWrites::watch(&env.settings).await;
     let _outside = ready(env.spawn_program_with(worker_program(), 1, EXTRA)).await;
     let n = 1_000;
-    let mut run = MapRun::start(&env, Some(&ns), "hidden-restart", n, 20);
+    let mut run = MapRun::start(&env, Some(&ns), "host-crash", n, 20);
     env.eventually("100 results stored", || async { writes.tally().0 >= 100 })
         .await;
     assert!(
@@ -247,9 +247,11 @@ async fn a_redis_restart_hidden_by_a_partition_strands_no_waiter() {
     );
 
     let partition = ns.partition();
-    // Redis restarts (its append-only file keeps every result): its goodbye (FIN) to the
-    // client is dropped, so the client's connections to it are half-open, and its
-    // subscription only listens: nothing but a ping can tell it.
+    // Redis's host crashes and comes back: Redis restarts (its append-only file keeps every
+    // result) and the host has forgotten its connections to the client, whose ends stay open
+    // (no FIN or RST gets through): only the client speaking on them can find out.
+    servers.redis.kill().await.expect("Redis dies");
+    ns.forget_connections_to(servers.redis.port());
     servers.redis.restart().await.expect("Redis restarts");
     servers.bind_redis().await;
     // The fault's length, not a synchronisation.
