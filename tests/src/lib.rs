@@ -22,6 +22,7 @@ use tokio::sync::OnceCell;
 pub mod netns;
 pub mod poison;
 pub mod redis_cluster;
+pub mod replica;
 pub mod runs;
 pub mod slow_link;
 pub mod tasks;
@@ -100,6 +101,7 @@ impl PrivateServers {
             dir: dir.path.join("redis"),
             port: local::free_port().expect("a free port"),
             append_only: true,
+            fsync: Default::default(),
             cluster: false,
         };
         if let Some(address) = address {
@@ -519,6 +521,25 @@ impl RunningWorker {
     }
 }
 
+/// A process stopped with SIGSTOP (Redis, say: it then answers nothing, while the kernel
+/// keeps its connections open); resumed with SIGCONT when dropped, even if the test fails.
+pub struct Stopped(nix::unistd::Pid);
+
+impl Stopped {
+    /// Stops the process `pid`.
+    pub fn stop(pid: u32) -> Self {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).expect("a pid"));
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP");
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT);
+    }
+}
+
 /// A folder deleted on drop.
 struct TempDir {
     path: PathBuf,
@@ -882,6 +903,7 @@ impl PrivateCluster {
             dir: dir.path.join("redis"),
             port: local::free_port().expect("a free port"),
             append_only: true,
+            fsync: Default::default(),
             cluster: false,
         };
         let (nodes, redis) = tokio::join!(

@@ -16,14 +16,12 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use rask::{local, Settings};
 use rask_tests::netns::Namespace;
 use rask_tests::slow_link::DelayProxy;
 use rask_tests::tasks::recorded_runs;
 use rask_tests::writes::ResultWrites;
-use rask_tests::{PrivateServers, ServerUrls, TestEnv, PATIENCE};
+use rask_tests::{PrivateServers, ServerUrls, Stopped, TestEnv, PATIENCE};
 use tokio::time::Instant;
 
 /// The ping interval of every process here (`redis_ping_interval`).
@@ -146,24 +144,6 @@ fn tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(30)..].join("\n")
-}
-
-/// Sends SIGCONT to a stopped process when dropped (even if the test fails while it is
-/// stopped, so its servers can be stopped).
-struct Stopped(Pid);
-
-impl Stopped {
-    fn stop(pid: u32) -> Self {
-        let pid = Pid::from_raw(i32::try_from(pid).unwrap());
-        kill(pid, Signal::SIGSTOP).expect("SIGSTOP");
-        Stopped(pid)
-    }
-}
-
-impl Drop for Stopped {
-    fn drop(&mut self) {
-        let _ = kill(self.0, Signal::SIGCONT);
-    }
 }
 
 #[tokio::test]
