@@ -21,6 +21,7 @@
 //!   and checked by workers before anything is decoded.
 //! - [`broker`] and [`store`]: connecting to RabbitMQ (and declaring the topology) and to Redis.
 //! - [`store_risks`]: Redis settings under which results can vanish, warned about at start.
+//! - [`replica_waits`]: the bookkeeping of waits for replicas (`redis_wait_replicas`).
 //! - [`ops`]: the worker registry entry and broadcast requests and replies (`rask status`,
 //!   `rask run`, the dashboard).
 //! - [`error`]: the crate's [`Error`].
@@ -36,6 +37,7 @@ pub mod keys;
 pub mod message;
 pub mod ops;
 pub mod outcome;
+pub mod replica_waits;
 pub mod retry;
 pub mod settings;
 pub mod signing;

@@ -135,7 +135,9 @@ impl Worker {
         let settings = self.settings.clone();
         let registry = self.registry.clone();
         let id = self.id.clone();
-        let store = Store::connect(&settings).await?;
+        let store = Store::connect(&settings)
+            .await?
+            .with_replica_wait_counts(self.metrics.replica_waits());
         if !self.store_checked.swap(true, Ordering::Relaxed) {
             store.warn_about_risks().await;
         }

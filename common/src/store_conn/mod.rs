@@ -114,18 +114,36 @@ impl Connection {
         Ok(redis::from_redis_value(value).map_err(redis::RedisError::from)?)
     }
 
-    /// Waits until `replicas` replicas of every primary hold the writes made so far on this
-    /// connection (Redis's `WAIT`), for at most `timeout`; returns the fewest replicas any
-    /// primary reached.
+    /// Waits until `replicas` replicas of every primary hold the writes made so far (Redis's
+    /// `WAIT`), for at most `timeout`; returns the fewest replicas any primary reached.
+    /// `WAIT` only counts the writes of its own connection: on a single Redis this first
+    /// publishes to the channel `mark` (nobody need listen; replicas receive every publish), so
+    /// that the wait covers every write Redis answered before, on any connection; on a cluster
+    /// it covers the writes made on this connection only.
     ///
     /// # Errors
     /// [`crate::Error::Store`] if a primary fails.
-    pub async fn wait_for_replicas(&self, replicas: u32, timeout: Duration) -> Result<u64> {
+    pub async fn wait_for_replicas(
+        &self,
+        replicas: u32,
+        timeout: Duration,
+        mark: &str,
+    ) -> Result<u64> {
         let mut wait = redis::cmd("WAIT");
         wait.arg(replicas)
             .arg(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
         Ok(match self {
-            Connection::Single(conn) => wait.query_async(&mut conn.clone()).await?,
+            Connection::Single(conn) => {
+                let (reached,): (u64,) = redis::pipe()
+                    .cmd("PUBLISH")
+                    .arg(mark)
+                    .arg("")
+                    .ignore()
+                    .add_command(wait)
+                    .query_async(&mut conn.clone())
+                    .await?;
+                reached
+            }
             Connection::Cluster(link) => link.wait_on_primaries(wait).await?,
         })
     }
