@@ -309,6 +309,22 @@ impl Waiter {
         }
     }
 
+    /// Waits until `pause` has passed or the listener asks for a re-read (it subscribed again,
+    /// so Redis answers again), whichever is first, before the next read; announcements
+    /// meanwhile are dropped, as the next call of [`Waiter::next`] re-reads everything pending
+    /// (it is only called after a failed read). Fails with [`Error::ListenerStopped`] when the
+    /// listener stops.
+    pub(crate) async fn pause(&mut self, pause: Duration) -> Result<()> {
+        let until = tokio::time::Instant::now() + pause;
+        loop {
+            match tokio::time::timeout_at(until, self.events.recv()).await {
+                Err(_) | Ok(Ok(Event::Resync)) => return Ok(()),
+                Ok(Ok(Event::Done(_))) | Ok(Err(broadcast::error::RecvError::Lagged(_))) => {}
+                Ok(Err(broadcast::error::RecvError::Closed)) => return Err(Error::ListenerStopped),
+            }
+        }
+    }
+
     /// Reads `keys` and moves those with outcomes from pending to ready.
     async fn fetch(&mut self, keys: &[TaskKey]) -> Result<()> {
         let found = self.store.get_outcomes(keys).await?;

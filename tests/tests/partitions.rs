@@ -64,6 +64,8 @@ struct MapRun {
     stderr: PathBuf,
     /// Where [`record_run`] records each run.
     runs: PathBuf,
+    /// Logs of the workers, quoted when the map fails.
+    worker_logs: Vec<PathBuf>,
 }
 
 impl MapRun {
@@ -99,7 +101,23 @@ impl MapRun {
             stdout,
             stderr,
             runs,
+            worker_logs: Vec::new(),
         }
+    }
+
+    /// Quotes the logs of `workers` too when the map fails.
+    fn quoting(mut self, workers: &[&local::Worker]) -> Self {
+        self.worker_logs = workers.iter().map(|w| w.log_path().to_owned()).collect();
+        self
+    }
+
+    /// The tails of the map's log and of the workers'.
+    fn logs(&self) -> String {
+        let mut text = format!("rask map:\n{}", tail(&self.stderr));
+        for log in &self.worker_logs {
+            text += &format!("\n{}:\n{}", log.display(), tail(log));
+        }
+        text
     }
 
     /// Whether it is still running.
@@ -116,14 +134,14 @@ impl MapRun {
         let status = match tokio::time::timeout(within, self.child.wait()).await {
             Ok(status) => status.unwrap(),
             Err(_) => panic!(
-                "rask map still waiting {within:?} later; its log:\n{}",
-                tail(&self.stderr)
+                "rask map still waiting {within:?} later; logs:\n{}",
+                self.logs()
             ),
         };
         assert!(
             status.success(),
             "rask map failed ({status}):\n{}",
-            tail(&self.stderr)
+            self.logs()
         );
         let out = std::fs::read_to_string(&self.stdout).unwrap();
         let values: Vec<&str> = out.lines().collect();
@@ -179,9 +197,10 @@ async fn a_30s_partition_of_a_worker_and_a_client_loses_nothing() {
     let env = env_on(&servers.urls(), "partition");
     let writes = ResultWrites::watch(&env.settings).await;
     let mut outside = ready(env.spawn_program_with(worker_program(), 1, EXTRA)).await;
-    let _inside = ready(env.spawn_program_in(&ns, worker_program(), 1, EXTRA)).await;
+    let inside = ready(env.spawn_program_in(&ns, worker_program(), 1, EXTRA)).await;
     let n = 2_000;
-    let mut run = MapRun::start(&env, Some(&ns), "partition", n, 20);
+    let mut run =
+        MapRun::start(&env, Some(&ns), "partition", n, 20).quoting(&[&outside[0], &inside[0]]);
     env.eventually("300 results stored", || async { writes.tally().0 >= 300 })
         .await;
     assert!(

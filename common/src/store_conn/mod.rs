@@ -59,8 +59,11 @@ impl Connection {
     /// [`crate::Error::TlsFile`] if a TLS file cannot be read.
     pub(crate) async fn connect(settings: &Settings) -> Result<Self> {
         if settings.redis_cluster_urls.is_empty() {
+            // A lost connection is made again with backoff from 100 ms doubling, at most one
+            // ping interval apart, so that one is made soon after the network heals.
             let config = redis::aio::ConnectionManagerConfig::new()
-                .set_response_timeout(Some(RESPONSE_TIMEOUT));
+                .set_response_timeout(Some(RESPONSE_TIMEOUT))
+                .set_max_delay(settings.redis_ping_interval);
             let conn = client(settings, &settings.redis_url)?
                 .get_connection_manager_with_config(config)
                 .await?;
@@ -236,5 +239,29 @@ impl ConnectionLike for Connection {
             Connection::Single(conn) => conn.get_db(),
             Connection::Cluster(_) => 0,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_redis_socket_has_nodelay_keepalive_and_a_limit_on_unacknowledged_data() {
+        let ping = Duration::from_secs(5);
+        let tcp = tcp_settings(ping);
+        assert!(tcp.nodelay());
+        assert!(tcp.keepalive().is_some());
+        #[cfg(target_os = "linux")]
+        assert_eq!(tcp.user_timeout(), Some(Duration::from_secs(15)));
+        let client = client(
+            &Settings {
+                redis_ping_interval: ping,
+                ..Settings::default()
+            },
+            "redis://127.0.0.1:6379/",
+        )
+        .unwrap();
+        assert!(client.get_connection_info().tcp_settings().nodelay());
     }
 }
