@@ -175,8 +175,9 @@ pub(crate) fn client(settings: &Settings, url: &str) -> Result<redis::Client> {
 /// connection to a vanished peer is dropped after a few probes; and, on Linux,
 /// `TCP_USER_TIMEOUT` of [`UNACKED_INTERVALS`] × `ping`, so that one with commands in flight
 /// is dropped too, rather than retransmitting for the kernel's 15 minutes. A Redis that is
-/// merely slow or stopped still acknowledges data (its kernel does), so only a dead path or
-/// peer trips it.
+/// merely slow or stopped still acknowledges what fits in its socket buffer (its kernel does),
+/// so what trips it is a dead path or peer (or a stall so long that the buffer fills); the
+/// connection is then made again and the caller's retry goes through it.
 pub(crate) fn tcp_settings(ping: Duration) -> redis::io::tcp::TcpSettings {
     let probe = Duration::from_secs(ping.as_secs().max(1));
     let keepalive = socket2::TcpKeepalive::new()

@@ -44,14 +44,15 @@ pub struct RedisSpec {
 }
 
 /// When Redis `fsync`s its append-only file (`appendfsync`). Either way Redis writes each
-/// write to the file (the OS's cache) before answering it, so a worker acknowledges a task only
-/// once its result is there, and the result survives Redis being killed; they differ when the
-/// whole machine crashes (power loss, kernel panic).
+/// write to the file (the OS's cache) before answering it, as a rule, so a worker acknowledges
+/// a task only once its result is there, and the result survives Redis being killed; they
+/// differ when the whole machine crashes (power loss, kernel panic). See docs/reliability.md.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Fsync {
     /// `fsync` once a second, in the background: a crash of the machine can lose the results
     /// of the last second or two, acknowledged though they are (their futures then wait until
-    /// they time out).
+    /// they time out); so can a crash of Redis while a slow disk holds up the background
+    /// `fsync` (Redis then answers writes for up to 2 s before writing them).
     #[default]
     EverySec,
     /// `fsync` before answering each batch of writes: a crash of the machine loses no
