@@ -11,7 +11,7 @@
 //! (on drop, even after a failed assertion) removes the rules and the pair.
 //! Namespaces left by a test process that was killed are deleted by the next one.
 //!
-//! Needs root, `ip` and `iptables` (Debian: iproute2, iptables; `scripts/install-deps.sh`).
+//! Needs root, `ip`, `ss` and `iptables` (Debian: iproute2, iptables; `scripts/install-deps.sh`).
 
 use std::net::Ipv4Addr;
 use std::path::Path;

@@ -9,7 +9,7 @@
 //! The clients are `rask map` processes, the workers `rask-test-worker` processes (inside the
 //! namespace through `ip netns exec`), all pinging Redis every [`PING`]. Tasks are
 //! [`record_run`]: each run appends its index to a file, so the test counts executions without
-//! the network the partition cuts. Needs root, `ip` and `iptables`.
+//! the network the partition cuts. Needs root, `ip`, `ss` and `iptables`.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
