@@ -82,9 +82,11 @@ pub struct Settings {
     /// most 250 ms (a healthy replica answers in about a millisecond). Redis replicates
     /// asynchronously, so without it a primary that crashes can take the last acknowledged
     /// results with it, and their futures then wait until they time out; with `1`, a replica
-    /// promoted in its place holds them. When fewer
-    /// replicas answer in time (one is down, or was promoted and has no replica yet) the batch
-    /// goes on, with a warning, and writes do not wait for the next 5 s. Set it to `1`
+    /// promoted in its place holds them. On a single Redis the wait has a connection of its
+    /// own, so it holds up no other command. When fewer replicas answer in time (one is down,
+    /// or was promoted and has no replica yet) the batch goes on, with a warning, and writes
+    /// do not wait for the next 5 s; both are counted on a worker's `/metrics`
+    /// (`rask_replica_waits_short_total`, `rask_replica_waits_skipped_total`). Set it to `1`
     /// with a Redis Cluster (or a primary) that has replicas. Default `0`: no wait.
     pub redis_wait_replicas: u32,
     /// How quickly a dead connection to Redis is noticed and replaced, so that nothing waits
