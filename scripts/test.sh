@@ -62,8 +62,11 @@ if [ "$#" -eq 0 ]; then
         exit 1
     fi
     status=0
-    (set -a; . "$clusters_env"; exec cargo nextest run -p rask-tests --no-fail-fast \
-        -E 'binary(core) | binary(graph)') || status=$?
+    # `--workspace` with a filter, not `-p rask-tests`: the same packages as the first pass, so
+    # the same features and the binaries it built (`-p` alone would resolve other features of
+    # shared dependencies, serde's among them, and rebuild nearly everything).
+    (set -a; . "$clusters_env"; exec cargo nextest run --workspace --no-fail-fast \
+        -E 'package(rask-tests) & (binary(core) | binary(graph))') || status=$?
     kill "$clusters_pid"
     wait "$clusters_pid" || true
     exit "$status"

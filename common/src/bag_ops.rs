@@ -78,14 +78,16 @@ crate::task! {
 
 crate::task! {
     /// Partial means `(sum, count)` merged into one.
-    pub fn bag_mean_merge(parts: Vec<(f64, u64)>) -> (f64, u64) { merge_means(&parts) }
+    pub fn bag_mean_merge(parts: Vec<(f64, u64)>) -> Result<(f64, u64), String> {
+        merge_means(&parts)
+    }
 }
 
 crate::task! {
     /// The mean of partial means `(sum, count)`: `None` if there are no elements at all.
-    pub fn bag_mean(parts: Vec<(f64, u64)>) -> Option<f64> {
-        let (sum, count) = merge_means(&parts);
-        (count > 0).then(|| sum / count as f64)
+    pub fn bag_mean(parts: Vec<(f64, u64)>) -> Result<Option<f64>, String> {
+        let (sum, count) = merge_means(&parts)?;
+        Ok((count > 0).then(|| sum / count as f64))
     }
 }
 
@@ -136,14 +138,14 @@ crate::task! {
 crate::task! {
     /// `[element, count]` for each distinct element of a partition, most frequent first (ties
     /// in the order of [`compare`]).
-    pub fn bag_frequencies(items: Vec<Value>) -> Vec<(Value, u64)> {
+    pub fn bag_frequencies(items: Vec<Value>) -> Result<Vec<(Value, u64)>, String> {
         frequencies(items.into_iter().map(|v| (v, 1)))
     }
 }
 
 crate::task! {
     /// Partial results of [`bag_frequencies`] added up, most frequent first.
-    pub fn bag_frequencies_merge(parts: Vec<Vec<(Value, u64)>>) -> Vec<(Value, u64)> {
+    pub fn bag_frequencies_merge(parts: Vec<Vec<(Value, u64)>>) -> Result<Vec<(Value, u64)>, String> {
         frequencies(parts.into_iter().flatten())
     }
 }
@@ -161,10 +163,14 @@ pub fn piece(len: usize, pieces: u64, index: u64) -> Option<std::ops::Range<usiz
     Some(start..end)
 }
 
-fn merge_means(parts: &[(f64, u64)]) -> (f64, u64) {
+/// The sum of partial means; an error if the counts overflow (only forged partial results can).
+fn merge_means(parts: &[(f64, u64)]) -> Result<(f64, u64), String> {
     parts
         .iter()
-        .fold((0.0, 0), |(sum, count), (s, c)| (sum + s, count + c))
+        .try_fold((0.0, 0u64), |(sum, count), (s, c)| {
+            Some((sum + s, count.checked_add(*c)?))
+        })
+        .ok_or_else(|| "the counts of the partial means overflow u64".to_owned())
 }
 
 fn top(k: u64, largest: bool, mut items: Vec<Value>) -> Vec<Value> {
@@ -184,15 +190,20 @@ fn distinct(mut items: Vec<Value>) -> Vec<Value> {
     items
 }
 
-fn frequencies(counted: impl Iterator<Item = (Value, u64)>) -> Vec<(Value, u64)> {
+/// The counts of equal values added up, most frequent first; an error if a count overflows
+/// (only forged partial results can).
+fn frequencies(counted: impl Iterator<Item = (Value, u64)>) -> Result<Vec<(Value, u64)>, String> {
     let mut counts: BTreeMap<Ordered, u64> = BTreeMap::new();
     for (value, n) in counted {
-        *counts.entry(Ordered(value)).or_default() += n;
+        let count = counts.entry(Ordered(value)).or_default();
+        *count = count
+            .checked_add(n)
+            .ok_or_else(|| "a count of equal elements overflows u64".to_owned())?;
     }
     let mut pairs: Vec<(Value, u64)> = counts.into_iter().map(|(v, n)| (v.0, n)).collect();
     // Stable: equal counts stay in value order.
     pairs.sort_by_key(|pair| std::cmp::Reverse(pair.1));
-    pairs
+    Ok(pairs)
 }
 
 /// A value ordered by [`compare`].
@@ -369,6 +380,17 @@ mod tests {
             run(bag_mean::invoke((vec![(3.0, 2), (3.0, 1)],))),
             Some(2.0)
         );
+        // Forged partial results whose counts overflow fail instead of wrapping or panicking.
+        let Invocation::Blocking(mean) = bag_mean::invoke((vec![(1.0, u64::MAX), (1.0, 1)],))
+        else {
+            unreachable!("sync tasks only")
+        };
+        assert!(mean().unwrap_err().message().contains("overflow"));
+        let forged = vec![vec![("a".into(), u64::MAX)], vec![("a".into(), 1)]];
+        let Invocation::Blocking(merged) = bag_frequencies_merge::invoke((forged,)) else {
+            unreachable!("sync tasks only")
+        };
+        assert!(merged().unwrap_err().message().contains("overflow"));
         let pairs = vec![vec![
             Value::Array(vec![1.into(), "x".into()]),
             Value::Array(vec![2.into(), "y".into()]),

@@ -2,18 +2,18 @@
 //!
 //! Topology (names from [`Settings`]): a durable direct exchange routes tasks to a durable task
 //! queue (routing key = queue name; a priority queue up to `max_priority`) whose rejected
-//! messages go to a durable fanout dead-letter exchange and its durable dead-letter queue.
+//! messages go to a durable fanout dead-letter exchange and its durable dead-letter queue. The
+//! dead-letter queue is bounded (`dead_letter_max_length`, `dead_letter_max_bytes`), dropping
+//! its oldest messages beyond the bound (`x-overflow = drop-head`): a dead-letter copy is never
+//! refused, so nothing waits on a full one, and a flood of bad messages cannot grow it until the
+//! broker's memory or disk alarm blocks every publisher.
 //!
-//! Delayed tasks (countdown, eta, retries) wait in a delay queue per delay,
-//! `{queue}.delay.{ms}ms`, whose messages expire after that delay (`x-message-ttl`) into the
-//! task exchange with the task queue's routing key. A delay queue deletes itself a minute after
-//! its last declaration's messages could have expired (`x-expires`); every publisher declares it
-//! again before publishing to it.
+//! Delayed tasks (countdown, eta, retries) wait in the fixed ladder of delay queues of
+//! [`crate::delay`], declared with the rest of the topology.
 //!
 //! With `queue_type = quorum` the task and dead-letter queues are quorum queues (replicated over
-//! a cluster's nodes); the task queue then dead-letters at least once. Delay queues stay classic:
-//! one Raft group per distinct delay (retries jitter theirs) would cost far more than it saves;
-//! a delayed task waits on the node its publisher was connected to.
+//! a cluster's nodes); the task queue then dead-letters at least once. Delay queues stay classic
+//! (on the node that first declared them).
 //!
 //! With `queue_shards > 1` there are several task queues (`{queue}`, `{queue}.shard1`, …), each
 //! bound with its own name; a task goes to the shard of its key ([`shard_of`]).
@@ -34,7 +34,7 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Exchange
 
 use crate::error::{Error, Result};
 use crate::settings::{mask_url, QueueType, Settings};
-use crate::signing::Signer;
+use crate::signing::{MessageKind, Signer};
 use crate::tls::TlsFiles;
 
 /// The MIME type of every rask message body.
@@ -138,11 +138,20 @@ async fn connect_url(settings: &Settings, url: &str, role: &str) -> Result<Conne
     Ok(Connection::connect_uri_with_config(uri, properties, config, runtime).await?)
 }
 
-/// Declares the exchanges and queues (idempotent: safe from every process at every start).
+/// Declares the exchanges and queues (idempotent: safe from every process at every start) on a
+/// new channel of `connection`, and returns that channel for the caller to go on with; the delay
+/// ladder is declared on a channel of its own ([`crate::delay::declare`]).
 ///
 /// # Errors
 /// [`crate::Error::Broker`] if RabbitMQ refuses, e.g. because a queue exists with other arguments.
-pub async fn declare_topology(channel: &Channel, settings: &Settings) -> Result<()> {
+pub async fn declare_topology(connection: &Connection, settings: &Settings) -> Result<Channel> {
+    let channel = connection.create_channel().await?;
+    declare_on(&channel, settings).await?;
+    crate::delay::declare(connection, settings).await?;
+    Ok(channel)
+}
+
+async fn declare_on(channel: &Channel, settings: &Settings) -> Result<()> {
     let durable = ExchangeDeclareOptions {
         durable: true,
         ..Default::default()
@@ -171,7 +180,7 @@ pub async fn declare_topology(channel: &Channel, settings: &Settings) -> Result<
         .queue_declare(
             settings.dead_letter_queue.as_str().into(),
             queue,
-            typed(settings, FieldTable::default()),
+            typed(settings, dead_letter_arguments(settings)),
         )
         .await?;
     channel
@@ -226,6 +235,29 @@ pub async fn declare_topology(channel: &Channel, settings: &Settings) -> Result<
     Ok(())
 }
 
+/// The arguments bounding the dead-letter queue: `x-max-length` and `x-max-length-bytes` from
+/// the settings (each left out when 0) and, when either is set, `x-overflow = drop-head`.
+fn dead_letter_arguments(settings: &Settings) -> FieldTable {
+    let mut args = FieldTable::default();
+    let bounds = [
+        ("x-max-length", settings.dead_letter_max_length),
+        ("x-max-length-bytes", settings.dead_letter_max_bytes),
+    ];
+    for (name, bound) in bounds {
+        if bound > 0 {
+            let bound = i64::try_from(bound).unwrap_or(i64::MAX);
+            args.insert(ShortString::from(name), AMQPValue::LongLongInt(bound));
+        }
+    }
+    if !args.inner().is_empty() {
+        args.insert(
+            ShortString::from("x-overflow"),
+            AMQPValue::LongString("drop-head".into()),
+        );
+    }
+    args
+}
+
 /// The shard (index into [`Settings::task_queues`]) of the task `key` among `shards`: the
 /// 64-bit FNV-1a hash of the key's bytes modulo `shards`, so that any producer, in any
 /// language, routes a key to the same shard.
@@ -278,14 +310,16 @@ pub fn quorum_delivery_count(properties: &BasicProperties) -> u64 {
 /// The header in which quorum queues count a message's earlier deliveries.
 pub const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
 
-/// Where a task message goes: the task queue, or a delay queue in front of it; and how it is
+/// Where a task message goes: the task queue, or the delay ladder in front of it; and how it is
 /// signed there (the signer of the settings it was made from, if signing is on).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Destination {
     exchange: String,
     routing_key: String,
     /// The routing keys of the task queue's shards, when there are several.
     shards: Vec<String>,
+    /// The delay headers of the ladder ([`crate::delay`]), for a delayed task.
+    delay: Option<FieldTable>,
     signer: Option<Signer>,
 }
 
@@ -298,55 +332,26 @@ impl Destination {
             exchange: settings.exchange.clone(),
             routing_key: settings.queue.clone(),
             shards: if shards.len() > 1 { shards } else { Vec::new() },
+            delay: None,
             signer: Signer::from_settings(settings),
         }
     }
 
-    /// The task queue after `delay` (through a delay queue when it is not zero), declaring the
-    /// delay queue first.
+    /// The task queue after `delay`, rounded up to the millisecond: through the delay ladder
+    /// ([`crate::delay`]) when it is not zero, each task still to its shard.
     ///
     /// # Errors
-    /// [`crate::Error::Broker`] if RabbitMQ refuses the declaration.
-    pub async fn after(channel: &Channel, settings: &Settings, delay: Duration) -> Result<Self> {
-        let ms = crate::retry::duration_ms(delay);
-        if ms == 0 {
-            return Ok(Destination::tasks(settings));
+    /// [`crate::Error::DelayTooLong`] for a delay over [`crate::delay::MAX_DELAY`].
+    pub fn after(settings: &Settings, delay: Duration) -> Result<Self> {
+        let mut destination = Destination::tasks(settings);
+        if let Some(ladder) = crate::delay::Ladder::for_delay(settings, delay)? {
+            destination.exchange = ladder.exchange;
+            destination.delay = Some(ladder.headers);
         }
-        let name = format!("{}.delay.{ms}ms", settings.queue);
-        let mut args = FieldTable::default();
-        let ttl = i64::try_from(ms).unwrap_or(i64::MAX);
-        args.insert(
-            ShortString::from("x-message-ttl"),
-            AMQPValue::LongLongInt(ttl),
-        );
-        args.insert(
-            ShortString::from("x-expires"),
-            AMQPValue::LongLongInt(ttl.saturating_add(60_000)),
-        );
-        args.insert(
-            ShortString::from("x-dead-letter-exchange"),
-            AMQPValue::LongString(settings.exchange.as_str().into()),
-        );
-        args.insert(
-            ShortString::from("x-dead-letter-routing-key"),
-            AMQPValue::LongString(settings.queue.as_str().into()),
-        );
-        let durable = QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        };
-        channel
-            .queue_declare(name.as_str().into(), durable, args)
-            .await?;
-        Ok(Destination {
-            exchange: String::new(),
-            routing_key: name,
-            shards: Vec::new(),
-            signer: Signer::from_settings(settings),
-        })
+        Ok(destination)
     }
 
-    /// The exchange published to (`""`, the default exchange, for a delay queue).
+    /// The exchange published to (the exchange of a delay's highest level, for a delayed task).
     pub fn exchange(&self) -> &str {
         &self.exchange
     }
@@ -397,15 +402,19 @@ pub async fn publish_task(
         .await?)
 }
 
-/// [`task_properties`], with the signature of `body` when `to` signs.
+/// [`task_properties`], with the delay headers of `to` and the signature of `body` when `to`
+/// signs.
 fn signed_properties(
     message: &crate::TaskMessage,
     to: &Destination,
     body: &[u8],
 ) -> BasicProperties {
-    let properties = task_properties(message);
+    let mut properties = task_properties(message);
+    if let Some(delay) = &to.delay {
+        properties = properties.with_headers(delay.clone());
+    }
     match &to.signer {
-        Some(signer) => signer.sign_properties(properties, body),
+        Some(signer) => signer.sign_properties(MessageKind::Task, properties, body),
         None => properties,
     }
 }
@@ -445,9 +454,13 @@ pub async fn declare_broadcast_exchange(channel: &Channel, settings: &Settings) 
     Ok(exchange)
 }
 
+/// Most broadcast requests waiting in a worker's broadcast queue; beyond it the oldest are
+/// dropped (their callers see the worker as missing).
+pub const BROADCAST_BACKLOG: u32 = 32;
+
 /// Declares an exclusive, auto-deleted queue `name` (`""`: named by the server), binds it to
-/// the fanout `exchange` when given, and consumes it without acknowledgements (broadcast
-/// requests and their replies). Returns the queue's name and the consumer.
+/// the fanout `exchange` when given, and consumes it without acknowledgements (a caller's
+/// broadcast replies). Returns the queue's name and the consumer.
 ///
 /// # Errors
 /// [`crate::Error::Broker`] if RabbitMQ refuses.
@@ -457,6 +470,71 @@ pub async fn consume_private_queue(
     exchange: Option<&str>,
     consumer_tag: &str,
 ) -> Result<(String, lapin::Consumer)> {
+    let queue = declare_private_queue(channel, name, exchange, FieldTable::default()).await?;
+    let consumer = channel
+        .basic_consume(
+            queue.as_str().into(),
+            consumer_tag.into(),
+            lapin::options::BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    Ok((queue, consumer))
+}
+
+/// Declares a worker's broadcast queue `name`, exclusive and auto-deleted, bound to the fanout
+/// `exchange` and bounded: at most [`BROADCAST_BACKLOG`] requests and as many times
+/// `max_broadcast_bytes`, the oldest dropped beyond; and consumes it with acknowledgements, so
+/// that the channel's prefetch (set by the caller) bounds the requests delivered at once.
+///
+/// # Errors
+/// [`crate::Error::Broker`] if RabbitMQ refuses.
+pub async fn consume_broadcast_queue(
+    channel: &Channel,
+    settings: &Settings,
+    name: &str,
+    exchange: &str,
+) -> Result<lapin::Consumer> {
+    let mut args = FieldTable::default();
+    let bytes = settings
+        .max_broadcast_bytes
+        .saturating_mul(BROADCAST_BACKLOG as usize);
+    let bounds = [
+        ("x-max-length", i64::from(BROADCAST_BACKLOG)),
+        (
+            "x-max-length-bytes",
+            i64::try_from(bytes).unwrap_or(i64::MAX),
+        ),
+    ];
+    for (name, bound) in bounds {
+        args.insert(ShortString::from(name), AMQPValue::LongLongInt(bound));
+    }
+    args.insert(
+        ShortString::from("x-overflow"),
+        AMQPValue::LongString("drop-head".into()),
+    );
+    let queue = declare_private_queue(channel, name, Some(exchange), args).await?;
+    Ok(channel
+        .basic_consume(
+            queue.as_str().into(),
+            "broadcast".into(),
+            lapin::options::BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?)
+}
+
+/// Declares an exclusive, auto-deleted queue `name` (`""`: named by the server) with `args`
+/// and binds it to the fanout `exchange` when given; returns its name.
+async fn declare_private_queue(
+    channel: &Channel,
+    name: &str,
+    exchange: Option<&str>,
+    args: FieldTable,
+) -> Result<String> {
     let queue = channel
         .queue_declare(
             name.into(),
@@ -465,7 +543,7 @@ pub async fn consume_private_queue(
                 auto_delete: true,
                 ..Default::default()
             },
-            FieldTable::default(),
+            args,
         )
         .await?;
     let queue = queue.name().as_str().to_owned();
@@ -480,18 +558,7 @@ pub async fn consume_private_queue(
             )
             .await?;
     }
-    let consumer = channel
-        .basic_consume(
-            queue.as_str().into(),
-            consumer_tag.into(),
-            lapin::options::BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    Ok((queue, consumer))
+    Ok(queue)
 }
 
 #[cfg(test)]
@@ -574,7 +641,10 @@ mod tests {
         let headers = properties.headers().clone().unwrap();
         assert!(headers.inner().contains_key(SIGNATURE_HEADER));
         let signer = to.signer().unwrap();
-        assert_eq!(signer.verify_properties(&properties, &body), Ok(()));
+        assert_eq!(
+            signer.verify_properties(MessageKind::Task, &properties, &body),
+            Ok(())
+        );
         assert_eq!(properties.message_id().as_ref().unwrap().as_str(), "inc-1");
         assert!(!format!("{to:?}").contains("0123456789abcdef"));
     }

@@ -146,6 +146,17 @@ mod tests {
         assert!(run(sum::invoke((vec![Number::Int(i64::MAX), Number::Int(1)],))).is_err());
     }
 
+    #[tokio::test]
+    async fn the_longest_sleep_neither_panics_nor_ends() {
+        // `ms` comes from whoever publishes the task: `u64::MAX` milliseconds must not overflow
+        // the timer (tokio clamps it); the sleep is then bounded by the task's time limit.
+        let Invocation::Async(sleep) = sleep_ms::invoke((u64::MAX,)) else {
+            unreachable!("sleep_ms is async")
+        };
+        let waited = tokio::time::timeout(Duration::from_millis(20), sleep).await;
+        assert!(waited.is_err(), "still sleeping");
+    }
+
     #[test]
     fn numbers_decode_from_msgpack_ints_and_floats() {
         let bytes =

@@ -41,6 +41,15 @@ pub enum Error {
         /// Why it cannot be read.
         source: std::io::Error,
     },
+    /// A task's delay (countdown, eta) is longer than the broker's delay queues hold
+    /// ([`crate::delay::MAX_DELAY`]); nothing was published.
+    #[error("a delay of {delay:?} is longer than the longest the delay queues hold, {max:?}")]
+    DelayTooLong {
+        /// The delay asked for.
+        delay: std::time::Duration,
+        /// The longest delay.
+        max: std::time::Duration,
+    },
     /// A task key is empty, too long or contains characters keys may not hold.
     #[error("invalid task key {0:?}: keys are 1-200 characters of [A-Za-z0-9_.:-]")]
     InvalidKey(String),

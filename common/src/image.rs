@@ -26,6 +26,12 @@ pub const HISTOGRAM_BINS: usize = 16;
 /// while a smooth background ramp is not unless it climbs 16 levels per pixel.
 pub const EDGE_THRESHOLD: u32 = 128;
 
+/// Most pixels one image of an [`ImageBatch`] may have: 2^27 (about 134 million, e.g.
+/// 16384 x 8192). Like Pillow's `MAX_IMAGE_PIXELS`, a guard against dimensions that no real image
+/// has: a batch is analysed with two 32-bit buffers of one image's size, so the declared size
+/// must be believable before anything is allocated for it, even when the batch has no images.
+pub const MAX_IMAGE_PIXELS: u64 = 1 << 27;
+
 /// Rec. 601 luma weights in thousandths: `Y = 0.299 R + 0.587 G + 0.114 B`.
 const LUMA_WEIGHTS: [u32; 3] = [299, 587, 114];
 /// Luma is kept in thousandths of a gray level so the weights above stay exact.
@@ -40,7 +46,12 @@ const NOISE_AMPLITUDE: i16 = 8;
 /// Image `i` occupies the `width * height * 3` bytes starting at `i * width * height * 3`; inside
 /// an image, pixel `(x, y)` is the bytes `R, G, B` at offset `(y * width + x) * 3`. The pixels
 /// serialize as one binary blob (`serde_bytes`), so a batch stays compact on the wire.
+///
+/// A batch is checked as it is decoded ([`batch_bytes`]): images over [`MAX_IMAGE_PIXELS`] or a
+/// pixel buffer of the wrong length do not decode, so a worker refuses them as bad arguments
+/// before it allocates anything for them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "UncheckedBatch")]
 pub struct ImageBatch {
     /// Batch number: the seed of [`generate_batch`] and the key results are reported under.
     pub id: u32,
@@ -55,6 +66,47 @@ pub struct ImageBatch {
     pub pixels: Vec<u8>,
 }
 
+/// An [`ImageBatch`] as it arrives, before [`batch_bytes`] has checked it.
+#[derive(Deserialize)]
+struct UncheckedBatch {
+    id: u32,
+    width: u32,
+    height: u32,
+    count: u32,
+    #[serde(with = "serde_bytes")]
+    pixels: Vec<u8>,
+}
+
+impl TryFrom<UncheckedBatch> for ImageBatch {
+    type Error = ImageError;
+
+    fn try_from(raw: UncheckedBatch) -> Result<Self, ImageError> {
+        let batch = ImageBatch {
+            id: raw.id,
+            width: raw.width,
+            height: raw.height,
+            count: raw.count,
+            pixels: raw.pixels,
+        };
+        batch.check()?;
+        Ok(batch)
+    }
+}
+
+impl ImageBatch {
+    /// Whether the dimensions are believable and the buffer holds exactly the declared images.
+    fn check(&self) -> Result<(), ImageError> {
+        let expected = batch_bytes(self.count, self.width, self.height)?;
+        if self.pixels.len() != expected {
+            return Err(ImageError::BufferLength {
+                expected,
+                actual: self.pixels.len(),
+            });
+        }
+        Ok(())
+    }
+}
+
 /// Why a batch could not be analysed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -67,6 +119,13 @@ pub enum ImageError {
         height: u32,
         /// Declared number of images.
         count: u32,
+    },
+    /// One image would have more than [`MAX_IMAGE_PIXELS`] pixels.
+    ImageTooLarge {
+        /// Declared image width.
+        width: u32,
+        /// Declared image height.
+        height: u32,
     },
     /// The pixel buffer is not `width * height * 3 * count` bytes long.
     BufferLength {
@@ -87,6 +146,11 @@ impl fmt::Display for ImageError {
             } => write!(
                 f,
                 "a batch of {count} images of {width}x{height} is too large"
+            ),
+            Self::ImageTooLarge { width, height } => write!(
+                f,
+                "images of {width}x{height} have {} pixels, over the limit of {MAX_IMAGE_PIXELS}",
+                u64::from(*width) * u64::from(*height)
             ),
             Self::BufferLength { expected, actual } => write!(
                 f,
@@ -152,11 +216,31 @@ pub struct Summary {
     pub edge_pixels: u64,
 }
 
-/// Byte length of a batch of `count` RGB8 images of `width` x `height`, or `None` on overflow.
+/// Byte length of a batch of `count` RGB8 images of `width` x `height`, or `None` if there can
+/// be no such batch (see [`batch_bytes`]).
 ///
 /// Lets callers validate settings before asking [`generate_batch`] for a batch.
 pub fn batch_len(count: u32, width: u32, height: u32) -> Option<usize> {
-    image_len(width, height)?.checked_mul(count as usize)
+    batch_bytes(count, width, height).ok()
+}
+
+/// Byte length of a batch of `count` RGB8 images of `width` x `height`.
+///
+/// # Errors
+///
+/// [`ImageError::ImageTooLarge`] if one image would have more than [`MAX_IMAGE_PIXELS`] pixels
+/// (whatever `count` is), [`ImageError::TooLarge`] if the length does not fit in `usize`.
+pub fn batch_bytes(count: u32, width: u32, height: u32) -> Result<usize, ImageError> {
+    if u64::from(width) * u64::from(height) > MAX_IMAGE_PIXELS {
+        return Err(ImageError::ImageTooLarge { width, height });
+    }
+    image_len(width, height)
+        .and_then(|len| len.checked_mul(count as usize))
+        .ok_or(ImageError::TooLarge {
+            width,
+            height,
+            count,
+        })
 }
 
 /// Byte length of one RGB8 image, or `None` on overflow.
@@ -174,9 +258,9 @@ fn image_len(width: u32, height: u32) -> Option<usize> {
 ///
 /// # Panics
 ///
-/// If the batch does not fit in memory, that is if [`batch_len`] returns `None`.
+/// If there can be no such batch, that is if [`batch_len`] returns `None`.
 pub fn generate_batch(id: u32, count: u32, width: u32, height: u32) -> ImageBatch {
-    let len = batch_len(count, width, height).expect("image batch size overflows usize");
+    let len = batch_len(count, width, height).expect("a batch of believable size");
     let mut pixels = vec![0; len];
     let per_image = image_len(width, height).unwrap_or(0);
     if per_image > 0 {
@@ -199,11 +283,15 @@ pub fn generate_batch(id: u32, count: u32, width: u32, height: u32) -> ImageBatc
 /// Per image: RGB to gray (Rec. 601 luma), 3x3 Gaussian blur, Sobel gradient magnitude (edges
 /// replicate their border pixels), then the edge count, the gray histogram and the brightness.
 ///
+/// Memory: two 32-bit buffers of one image's size, allocated only when the batch has an image,
+/// so at most 8/3 of the length of the pixel buffer.
+///
 /// # Errors
 ///
-/// [`ImageError::BufferLength`] if `pixels` is not `width * height * 3 * count` bytes long, and
-/// [`ImageError::TooLarge`] if that product overflows.
+/// As [`batch_bytes`], and [`ImageError::BufferLength`] if `pixels` is not
+/// `width * height * 3 * count` bytes long.
 pub fn analyze_batch(batch: &ImageBatch) -> Result<BatchStats, ImageError> {
+    batch.check()?;
     let ImageBatch {
         id,
         width,
@@ -211,17 +299,6 @@ pub fn analyze_batch(batch: &ImageBatch) -> Result<BatchStats, ImageError> {
         count,
         ref pixels,
     } = *batch;
-    let expected = batch_len(count, width, height).ok_or(ImageError::TooLarge {
-        width,
-        height,
-        count,
-    })?;
-    if pixels.len() != expected {
-        return Err(ImageError::BufferLength {
-            expected,
-            actual: pixels.len(),
-        });
-    }
     let (w, h) = (width as usize, height as usize);
     let per_image = w * h;
     let mut histogram = vec![0; HISTOGRAM_BINS];
@@ -230,7 +307,9 @@ pub fn analyze_batch(batch: &ImageBatch) -> Result<BatchStats, ImageError> {
     // (index, luma sum) of the brightest image so far: all images have the same size, so the
     // exact integer sums compare like the means.
     let mut brightest: Option<(u32, u64)> = None;
-    if per_image > 0 {
+    if per_image > 0 && count > 0 {
+        // The buffer holds `count` images of `per_image` pixels (checked above), so the scratch
+        // is sized by data that arrived, not by what the header claims.
         let mut scratch = Scratch::new(per_image);
         for (index, image) in pixels.chunks_exact(per_image * 3).enumerate() {
             let sum = scratch.load_luma(image, &mut histogram);
@@ -714,8 +793,68 @@ mod tests {
         };
         assert!(matches!(
             analyze_batch(&huge),
-            Err(ImageError::TooLarge { .. })
+            Err(ImageError::ImageTooLarge { .. })
         ));
+        // Believable images, but too many of them for this machine's address space.
+        let many = ImageBatch {
+            count: u32::MAX,
+            width: 1 << 13,
+            height: 1 << 14,
+            ..huge
+        };
+        let expected = if usize::BITS < 64 {
+            Err(ImageError::TooLarge {
+                width: 1 << 13,
+                height: 1 << 14,
+                count: u32::MAX,
+            })
+        } else {
+            Ok((1usize << 27) * 3 * u32::MAX as usize)
+        };
+        assert_eq!(batch_bytes(u32::MAX, 1 << 13, 1 << 14), expected);
+        assert!(analyze_batch(&many).is_err());
+    }
+
+    #[test]
+    fn a_batch_of_no_images_of_huge_size_is_refused_before_anything_is_allocated() {
+        // The message that aborted every stock worker that took it (issue 15, item 5).
+        let empty = ImageBatch {
+            id: 0,
+            width: 1_000_000,
+            height: 1_000_000,
+            count: 0,
+            pixels: Vec::new(),
+        };
+        let error = analyze_batch(&empty).unwrap_err();
+        assert_eq!(
+            error,
+            ImageError::ImageTooLarge {
+                width: 1_000_000,
+                height: 1_000_000
+            }
+        );
+        assert!(error.to_string().contains("1000000x1000000"), "{error}");
+        // Decoding refuses it too, so a worker reports bad arguments.
+        let bytes = rmp_serde::to_vec_named(&empty).unwrap();
+        let decoded = rmp_serde::from_slice::<ImageBatch>(&bytes).unwrap_err();
+        assert!(decoded.to_string().contains("over the limit"), "{decoded}");
+        // The largest image allowed is fine when the batch is empty, and nothing is allocated
+        // for its analysis either.
+        let largest = ImageBatch {
+            width: 1 << 13,
+            height: 1 << 14,
+            ..empty
+        };
+        assert_eq!(analyze_batch(&largest).unwrap().pixels, 0);
+        let short = ImageBatch {
+            count: 1,
+            ..largest.clone()
+        };
+        let bytes = rmp_serde::to_vec(&short).unwrap();
+        assert!(rmp_serde::from_slice::<ImageBatch>(&bytes).is_err());
+        let fine = generate_batch(3, 2, 8, 8);
+        let bytes = rmp_serde::to_vec(&fine).unwrap();
+        assert_eq!(rmp_serde::from_slice::<ImageBatch>(&bytes).unwrap(), fine);
     }
 
     #[test]

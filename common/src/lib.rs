@@ -17,11 +17,13 @@
 //!   names and the partition and reduction tasks every stock worker runs.
 //! - [`image`]: the image-batch computation of the demo.
 //! - [`settings`]: typed [`Settings`], loaded from defaults, `rask.toml` and `RASK_*` variables.
-//! - [`signing`]: HMAC-SHA256 signatures of task messages (`signing_keys`), made when publishing
-//!   and checked by workers before anything is decoded.
+//! - [`signing`]: HMAC-SHA256 signatures of task messages and broadcast requests
+//!   (`signing_keys`), each kind in its own domain, made when publishing and checked by workers
+//!   before anything is decoded.
 //! - [`broker`] and [`store`]: connecting to RabbitMQ (and declaring the topology) and to Redis.
 //! - [`store_risks`]: Redis settings under which results can vanish, warned about at start.
 //! - [`replica_waits`]: the bookkeeping of waits for replicas (`redis_wait_replicas`).
+//! - [`delay`]: the fixed ladder of delay queues that countdowns, etas and retries wait in.
 //! - [`ops`]: the worker registry entry and broadcast requests and replies (`rask status`,
 //!   `rask run`, the dashboard).
 //! - [`error`]: the crate's [`Error`].
@@ -29,6 +31,7 @@
 pub mod bag_ops;
 pub mod broker;
 pub mod builtins;
+pub mod delay;
 pub mod dependencies;
 pub mod error;
 pub mod graph;

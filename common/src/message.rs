@@ -172,6 +172,25 @@ pub fn decode_value<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     Ok(rmp_serde::from_slice(bytes)?)
 }
 
+/// The deepest nesting of lists and maps that task arguments may have: 128 levels, as serde_json
+/// allows by default.
+///
+/// Decoding, encoding, comparing and dropping a value each recurse once per level, on the
+/// thread that runs the task (2 MiB of stack under tokio); MessagePack's own limit of 1,024
+/// levels overflows that in a debug build, and a stack overflow aborts the whole worker.
+pub const MAX_ARGS_DEPTH: usize = 128;
+
+/// Decodes task arguments, as [`decode_value`] does but refusing values nested deeper than
+/// [`MAX_ARGS_DEPTH`]: what workers decode the arguments of every function with.
+///
+/// # Errors
+/// [`Error::Decode`] if the bytes are not a `T` or are nested too deeply.
+pub fn decode_args<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    let mut decoder = rmp_serde::Deserializer::from_read_ref(bytes);
+    decoder.set_max_depth(MAX_ARGS_DEPTH);
+    Ok(T::deserialize(&mut decoder)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,5 +281,18 @@ mod tests {
         })
         .unwrap();
         assert_eq!(TaskMessage::decode(&body).unwrap().function, "inc");
+    }
+
+    #[test]
+    fn arguments_nested_beyond_the_limit_are_refused() {
+        let nested = |depth: usize| {
+            let mut bytes = vec![0x91; depth];
+            bytes.push(0xc0);
+            bytes
+        };
+        assert!(decode_args::<rmpv::Value>(&nested(MAX_ARGS_DEPTH - 1)).is_ok());
+        let error = decode_args::<rmpv::Value>(&nested(MAX_ARGS_DEPTH + 1)).unwrap_err();
+        assert!(error.to_string().contains("depth"), "{error}");
+        assert!(decode_value::<rmpv::Value>(&nested(MAX_ARGS_DEPTH + 1)).is_ok());
     }
 }

@@ -8,7 +8,8 @@
 //!   queue per live worker; each answers with a [`BroadcastReply`] to the request's `reply_to`.
 //!   Built-in broadcast functions: [`PING`] and [`INFO`] (a [`WorkerInfo`]).
 //!
-//! Everything is MessagePack with named fields, so newer fields do not break older readers.
+//! Everything is MessagePack with named fields, so newer fields do not break older readers
+//! (except in a [`BroadcastRequest`], which refuses fields it does not know).
 
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
@@ -124,9 +125,14 @@ pub struct WorkerInfo {
 }
 
 /// A request to run one function on every live worker. Its AMQP properties carry the rest:
-/// `reply_to` (the caller's reply queue), `correlation_id` (matched by replies) and
-/// `expiration` (the caller's timeout, so that a late worker does not run it).
+/// `reply_to` (the caller's reply queue), `correlation_id` (matched by replies), `expiration`
+/// (the caller's timeout, so that a late worker does not run it) and `timestamp` (when it was
+/// published), all signed with `signing_keys` ([`crate::signing::MessageKind::BroadcastRequest`]).
+///
+/// Unlike the other records here it refuses fields it does not know, so that no other message
+/// (a task message has `function` and `args` too) decodes as a request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct BroadcastRequest {
     /// The function: a built-in ([`PING`], [`INFO`]) or one the workers registered.
     pub function: String,
@@ -301,5 +307,22 @@ mod tests {
             decode::<BroadcastReply>(&encode(&reply).unwrap()).unwrap(),
             reply
         );
+    }
+
+    #[test]
+    fn nothing_but_a_request_decodes_as_one() {
+        let request = BroadcastRequest {
+            function: "inc".into(),
+            args: vec![0x91, 0x01],
+        };
+        let back: BroadcastRequest = decode(&encode(&request).unwrap()).unwrap();
+        assert_eq!(back, request);
+        // A task message has `function` and `args` too, and more.
+        let task = crate::TaskMessage::new(TaskKey::new("inc-1").unwrap(), "inc", vec![0x91, 0x01]);
+        let err = decode::<BroadcastRequest>(&task.encode().unwrap()).unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+        // So does an array with more elements than a request has fields.
+        let long = rmp_serde::to_vec(&("inc", serde_bytes::ByteBuf::from(vec![0x90]), 1)).unwrap();
+        assert!(decode::<BroadcastRequest>(&long).is_err());
     }
 }

@@ -117,6 +117,17 @@ pub struct Settings {
     pub dead_letter_exchange: String,
     /// Queue holding dead-lettered messages. Default `rask.dead`.
     pub dead_letter_queue: String,
+    /// Most messages the dead-letter queue holds (its `x-max-length`): beyond it the oldest
+    /// dead letters are dropped (`x-overflow = drop-head`), so that a flood of bad messages
+    /// cannot fill the broker's memory or disk and trip the alarms that block every publisher.
+    /// `0` declares the queue without the argument (no bound, or one set by a RabbitMQ policy,
+    /// see docs/security.md). Changing it on an existing queue makes RabbitMQ refuse the
+    /// declaration: see docs/security.md for the upgrade. Default `10000`.
+    pub dead_letter_max_length: u64,
+    /// Most bytes of message bodies the dead-letter queue holds (its `x-max-length-bytes`), with
+    /// the oldest dropped beyond it as for [`Settings::dead_letter_max_length`]. `0`: no
+    /// argument. Default `268435456` (256 MiB).
+    pub dead_letter_max_bytes: u64,
     /// Prefix of every Redis key and channel, so deployments can share one Redis. Default `rask`.
     pub key_prefix: String,
     /// How long a stored result lives in Redis. Default `1day`.
@@ -191,6 +202,22 @@ pub struct Settings {
     /// worker registry and shown by `rask status`. For a Prometheus scrape config, set a fixed
     /// port. Default `127.0.0.1:0`.
     pub metrics_listen: std::net::SocketAddr,
+    /// Broadcast requests (`rask run`) a worker runs at once; more wait in its broadcast queue
+    /// (which holds at most 32 of them, dropping the oldest), so that a flood of broadcasts
+    /// cannot run unbounded in parallel. Each runs for at most its caller's timeout. 1 to 256.
+    /// Default `4`.
+    pub broadcast_concurrency: u16,
+    /// Largest broadcast request body, in bytes: the caller refuses to send a larger one
+    /// (`Error::BroadcastTooLarge`), a worker drops one unread (before checking its signature)
+    /// and answers nothing. At least 1024. Default `65536`.
+    pub max_broadcast_bytes: usize,
+    /// Threads of plain functions that ran past their time limit and run on (a thread cannot be
+    /// stopped from outside) that a worker tolerates. Reaching it, the worker stops as on
+    /// SIGTERM (finishing its other tasks within `shutdown_grace`) and exits with an error
+    /// naming this setting, so that its supervisor starts a fresh process: the only way to end
+    /// such threads. Counted in the `rask_overrun_threads` metric. `0` means 2 × `concurrency`.
+    /// Default `0`.
+    pub max_overrun_threads: usize,
 }
 
 impl Default for Settings {
@@ -208,6 +235,8 @@ impl Default for Settings {
             queue_shards: 1,
             dead_letter_exchange: "rask.dead".into(),
             dead_letter_queue: "rask.dead".into(),
+            dead_letter_max_length: 10_000,
+            dead_letter_max_bytes: 256 << 20,
             key_prefix: "rask".into(),
             result_ttl: Duration::from_secs(24 * 3600),
             concurrency: std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -227,6 +256,9 @@ impl Default for Settings {
             heartbeat_interval: Duration::from_secs(5),
             metrics: true,
             metrics_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            broadcast_concurrency: 4,
+            max_broadcast_bytes: 64 << 10,
+            max_overrun_threads: 0,
         }
     }
 }
@@ -293,6 +325,20 @@ impl Settings {
             return bad(
                 "max_message_bytes",
                 &self.max_message_bytes,
+                "must be at least 1024",
+            );
+        }
+        if self.broadcast_concurrency == 0 || self.broadcast_concurrency > 256 {
+            return bad(
+                "broadcast_concurrency",
+                &self.broadcast_concurrency,
+                "must be 1 to 256",
+            );
+        }
+        if self.max_broadcast_bytes < 1024 {
+            return bad(
+                "max_broadcast_bytes",
+                &self.max_broadcast_bytes,
                 "must be at least 1024",
             );
         }
@@ -457,6 +503,16 @@ impl Settings {
         self.heartbeat_interval.saturating_mul(3)
     }
 
+    /// The most overrun threads a worker tolerates: [`Settings::max_overrun_threads`], or
+    /// 2 × `concurrency` when it is 0.
+    pub fn effective_max_overrun_threads(&self) -> usize {
+        if self.max_overrun_threads > 0 {
+            self.max_overrun_threads
+        } else {
+            self.concurrency.saturating_mul(2)
+        }
+    }
+
     /// The prefetch a worker asks for: [`Settings::prefetch`], or 16 × concurrency when it is 0.
     pub fn effective_prefetch(&self) -> u16 {
         if self.prefetch > 0 {
@@ -524,6 +580,8 @@ impl fmt::Debug for Settings {
             .field("queue_shards", &self.queue_shards)
             .field("dead_letter_exchange", &self.dead_letter_exchange)
             .field("dead_letter_queue", &self.dead_letter_queue)
+            .field("dead_letter_max_length", &self.dead_letter_max_length)
+            .field("dead_letter_max_bytes", &self.dead_letter_max_bytes)
             .field("key_prefix", &self.key_prefix)
             .field("result_ttl", &self.result_ttl)
             .field("concurrency", &self.concurrency)
@@ -546,6 +604,9 @@ impl fmt::Debug for Settings {
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("metrics", &self.metrics)
             .field("metrics_listen", &self.metrics_listen)
+            .field("broadcast_concurrency", &self.broadcast_concurrency)
+            .field("max_broadcast_bytes", &self.max_broadcast_bytes)
+            .field("max_overrun_threads", &self.max_overrun_threads)
             .finish()
     }
 }
@@ -559,23 +620,21 @@ fn non_empty_strings<'de, D: serde::Deserializer<'de>>(
 }
 
 /// The URL with any password replaced by `***`, for logs and status output.
+///
+/// The user information ends at the *last* `@` of the URL, and the password runs from the first
+/// `:` in it to there: a password is masked whole even when it holds `/`, `?`, `#`, `@` or `:`
+/// unencoded (which strictly it should not, but generated passwords often do). A URL whose
+/// path or query holds an `@` after a `:` is masked up to that `@`: too much, never too little.
 pub fn mask_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    let (authority, path) = rest
-        .split_once('/')
-        .map_or((rest, None), |(a, p)| (a, Some(p)));
-    let masked = match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _password)) => format!("{user}:***@{host}"),
-            None => authority.to_owned(),
-        },
-        None => authority.to_owned(),
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return url.to_owned();
     };
-    match path {
-        Some(p) => format!("{scheme}://{masked}/{p}"),
-        None => format!("{scheme}://{masked}"),
+    match userinfo.split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
     }
 }
 
@@ -604,6 +663,32 @@ mod tests {
         );
         assert_eq!(mask_url("redis://h:6379/"), "redis://h:6379/");
         assert_eq!(mask_url("redis://:pw@h"), "redis://:***@h");
+        assert_eq!(mask_url("amqp://u@h/%2f"), "amqp://u@h/%2f");
+        assert_eq!(mask_url("not a url"), "not a url");
+    }
+
+    #[test]
+    fn masks_passwords_holding_url_delimiters() {
+        for password in [
+            "se/cret", "se?cret", "se#cret", "se@cret", "se:cret", "/?#@:",
+        ] {
+            for url in [
+                format!("amqp://u:{password}@h:5672/%2f"),
+                format!("rediss://:{password}@h:6379/0?timeout=1"),
+                format!("redis://u:{password}@h"),
+            ] {
+                let masked = mask_url(&url);
+                assert!(!masked.contains(password), "{url} -> {masked}");
+                assert!(masked.contains(":***@h"), "{url} -> {masked}");
+            }
+        }
+        assert_eq!(
+            mask_url("amqp://u:a/b?c#d@h:5672/vhost?heartbeat=5"),
+            "amqp://u:***@h:5672/vhost?heartbeat=5"
+        );
+        // An `@` in the query after a `:` masks too much, never too little.
+        assert_eq!(mask_url("redis://h:6379/?a=b@c"), "redis://h:***@c");
+        assert_eq!(mask_url("redis://h/?a=b@c"), "redis://h/?a=b@c");
     }
 
     #[test]

@@ -4,7 +4,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
-use lapin::options::QueuePurgeOptions;
 use rask_common::message::encode_value;
 use rask_common::{Settings, Store, Task, TaskKey, TaskMessage};
 
@@ -14,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::future::Future;
 use crate::options::TaskOptions;
 use crate::publish::{publish_all, Publisher};
+use crate::purge::Purged;
 
 /// A connection to a rask deployment. Cheap to clone; clones share connections.
 ///
@@ -231,24 +231,25 @@ impl Client {
         Ok(self.inner.store.delete(keys).await?)
     }
 
-    /// Empties the task queue and deletes every stored result of this deployment (key prefix).
-    /// Returns (messages purged, results deleted).
+    /// Empties every task queue shard and every delay queue (tasks waiting for a countdown, an
+    /// eta or a retry) and deletes every stored result of this deployment (key prefix).
+    /// Returns (messages purged from all those queues, results deleted); see
+    /// [`Client::purge_report`] for the queues one by one.
     ///
     /// # Errors
     /// [`crate::Error`] if RabbitMQ or Redis fails.
     pub async fn purge(&self) -> Result<(u32, u64)> {
-        let queue = self.inner.settings.queue.as_str();
-        let messages = self
-            .inner
-            .link
-            .run(|channel| async move {
-                Ok(channel
-                    .queue_purge(queue.into(), QueuePurgeOptions::default())
-                    .await?)
-            })
-            .await?;
-        let results = self.inner.store.purge().await?;
-        Ok((messages, results))
+        let purged = self.purge_report().await?;
+        let messages = u32::try_from(purged.messages()).unwrap_or(u32::MAX);
+        Ok((messages, purged.results))
+    }
+
+    /// [`Client::purge`], reporting what it removed from each queue.
+    ///
+    /// # Errors
+    /// [`crate::Error`] if RabbitMQ or Redis fails.
+    pub async fn purge_report(&self) -> Result<Purged> {
+        crate::purge::purge(&self.inner.link, &self.inner.settings, &self.inner.store).await
     }
 
     /// Stops listening for completions and closes the connection to RabbitMQ (Redis connections

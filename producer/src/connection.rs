@@ -190,8 +190,7 @@ impl BrokerLink {
 
 /// A channel on `connection` with the topology declared and publisher confirms on.
 async fn open_channel(connection: &Connection, settings: &Settings) -> Result<Channel> {
-    let channel = connection.create_channel().await?;
-    broker::declare_topology(&channel, settings).await?;
+    let channel = broker::declare_topology(connection, settings).await?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await?;

@@ -70,6 +70,17 @@ pub enum Error {
         /// The limit.
         max: usize,
     },
+    /// A broadcast request ([`crate::Client::run`]) is larger than the `max_broadcast_bytes`
+    /// setting allows (workers would drop it unanswered); nothing was published.
+    #[error("the broadcast request for {function} is {bytes} bytes encoded, over max_broadcast_bytes = {max}")]
+    BroadcastTooLarge {
+        /// The function called.
+        function: String,
+        /// The request's encoded size.
+        bytes: usize,
+        /// The limit.
+        max: usize,
+    },
     /// RabbitMQ dropped the connection and could not be reached again within the
     /// `reconnect_max_wait` setting. Tasks confirmed before stay queued; the call that failed
     /// may have published some of its tasks.

@@ -2,10 +2,13 @@
 //! forms) send a whole graph of [`Delayed`] calls at once.
 //!
 //! Every distinct node (by key) is registered in Redis atomically
-//! ([`rask_common::dependencies`]): a node whose result is stored, or that another call already
-//! registered, is left alone; a node with every input stored is published now; the others wait
-//! as records that workers publish when their last input is stored. The client makes no round
-//! trip per graph level, and may exit once `persist` returns.
+//! ([`rask_common::dependencies`]): a node whose result is stored is left alone; a node with
+//! every input stored is published now (again, if an earlier registration found it ready: a
+//! registration is idempotent, so a retry after a lost reply, or persisting a graph again after
+//! a failed `persist`, never leaves a node unpublished); the others wait as records that
+//! workers publish when their last input is stored. The client makes no round trip per graph
+//! level, and may exit once `persist` returns. Every message is checked against
+//! `max_message_bytes` before anything is registered.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -40,8 +43,10 @@ impl Client {
     /// ```
     ///
     /// # Errors
-    /// [`Error::Argument`] if an argument did not encode; [`crate::Error`] if Redis or the broker failed (the tasks
-    /// registered or published before the failure stay).
+    /// [`Error::Argument`] if an argument did not encode; [`Error::TooLarge`] if a task's message
+    /// is over `max_message_bytes` (nothing is registered then); [`crate::Error`] if Redis or the
+    /// broker failed (the tasks registered or published before the failure stay, and persisting
+    /// the same graph again completes it).
     pub async fn persist<T>(&self, delayed: &Delayed<T>) -> Result<Future<T>> {
         self.submit_graph(&[delayed.node()]).await?;
         Ok(self.future(delayed.key().clone()))
@@ -86,14 +91,29 @@ impl Client {
     }
 
     /// Registers every distinct node reachable from `roots` and publishes the ready ones.
+    /// Registering is idempotent (a node without a result answers ready or waiting however
+    /// often it is registered), so a retry after a lost reply publishes what the first attempt
+    /// found ready.
     async fn submit_graph(&self, roots: &[&Arc<Node>]) -> Result<()> {
+        let max = self.settings().max_message_bytes;
         let mut messages = Vec::new();
         for node in distinct_nodes(roots) {
-            messages.push(node.message().map_err(|e| Error::Argument {
+            let message = node.message().map_err(|e| Error::Argument {
                 function: node.function().to_owned(),
                 key: node.key().clone(),
                 error: e.to_owned(),
-            })?);
+            })?;
+            // Checked before anything is registered: a record too large to publish would
+            // otherwise fail only when a worker releases it.
+            let bytes = message.encode()?.len();
+            if bytes > max {
+                return Err(Error::TooLarge {
+                    key: message.key,
+                    bytes,
+                    max,
+                });
+            }
+            messages.push(message);
         }
         let wait = self.settings().reconnect_max_wait;
         let found = store_retrying("registering graph tasks", wait, || async {

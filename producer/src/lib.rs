@@ -28,6 +28,7 @@
 //!   connection left unconfirmed.
 //! - `connection.rs`: the client's RabbitMQ connection and channel, replaced with backoff when lost.
 //! - `dead.rs`: listing and requeueing dead-lettered messages ([`DeadLetter`]).
+//! - `purge.rs`: [`Client::purge`]: every task queue shard and delay queue, every result.
 //! - `retry.rs`: the client's Redis writes ride out a Redis restart (idempotent ones only).
 //! - `completions.rs`: one Redis subscription per client; waiters re-read on any gap.
 //! - `scatter.rs`: [`Client::scatter`] (local data as stored results) and [`Client::wait`].
@@ -53,6 +54,7 @@ pub mod local;
 mod options;
 mod progress;
 mod publish;
+mod purge;
 mod retry;
 mod run;
 mod scatter;
@@ -66,6 +68,7 @@ pub use future::Future;
 pub use gather::{Gather, GatherEach};
 pub use options::TaskOptions;
 pub use progress::{Completed, Progress};
+pub use purge::{Purged, PurgedQueue};
 pub use rask_common::ops::{
     BroadcastFailure, RecentError, WorkerCounters, WorkerEntry, WorkerInfo,
 };

@@ -205,7 +205,7 @@ impl<'a, I: Iterator<Item = Result<TaskMessage>>> Publisher<'a, I> {
                             Ok(live) => live,
                             Err(e) => return Some(Err(e)),
                         };
-                        if let Err(e) = self.aim(live).await {
+                        if let Err(e) = self.aim(live) {
                             return Some(Err(e));
                         }
                         tracing::warn!(
@@ -236,7 +236,7 @@ impl<'a, I: Iterator<Item = Result<TaskMessage>>> Publisher<'a, I> {
                 Some((live, to)) => (live.channel.clone(), to.clone()),
                 None => {
                     let live = self.link.current()?;
-                    self.aim(live).await?;
+                    self.aim(live)?;
                     let (live, to) = self.target.as_ref().expect("just aimed");
                     (live.channel.clone(), to.clone())
                 }
@@ -248,24 +248,12 @@ impl<'a, I: Iterator<Item = Result<TaskMessage>>> Publisher<'a, I> {
         Ok(())
     }
 
-    /// Publishes on `live` from now on, declaring the delay queue there first if there is one
-    /// (reconnecting if the broker is lost meanwhile).
-    async fn aim(&mut self, live: Live) -> Result<()> {
-        let (settings, delay) = (self.settings, self.delay);
-        let mut live = live;
-        let since = Instant::now();
-        let to = loop {
-            match Destination::after(&live.channel, settings, delay).await {
-                Ok(to) => break to,
-                Err(e) => {
-                    let e = Error::from(e);
-                    if !is_lost(&e) {
-                        return Err(e);
-                    }
-                    live = self.link.replace(&live, since).await?;
-                }
-            }
-        };
+    /// Publishes on `live` from now on, through the delay ladder if the tasks wait.
+    ///
+    /// # Errors
+    /// [`rask_common::Error::DelayTooLong`] for a delay the ladder cannot hold.
+    fn aim(&mut self, live: Live) -> Result<()> {
+        let to = Destination::after(self.settings, self.delay)?;
         self.target = Some((live, Arc::new(to)));
         Ok(())
     }

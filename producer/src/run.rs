@@ -4,7 +4,9 @@
 //! The expected workers are those in the worker registry when the call starts. The request goes
 //! to the fanout exchange [`Settings::broadcast_exchange`], which copies it to each worker's
 //! exclusive queue; replies come back to a server-named, exclusive reply queue of the call's
-//! own. The request expires with the timeout, so a worker that gets it late does not run it. A
+//! own. The request expires with the timeout, so a worker that gets it late does not run it, and
+//! runs for at most the timeout. With `signing_keys` it is signed as a broadcast request
+//! (`rask_common::signing`): where the answers go and for how long it is good included. A
 //! call opens its own short-lived connection to RabbitMQ (broadcasts are rare, operator-driven
 //! calls); [`crate::Monitor::run`] reuses the monitor's.
 
@@ -16,7 +18,7 @@ use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Connection};
 use rask_common::message::encode_value;
 use rask_common::ops::{self, BroadcastFailure, BroadcastReply, BroadcastRequest, WorkerInfo};
-use rask_common::signing::Signer;
+use rask_common::signing::{BroadcastWindow, MessageKind, Signer};
 use rask_common::{broker, FailureKind, Settings, Store, Task};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -49,8 +51,9 @@ impl Client {
     /// and returns the answers by worker id, waiting at most `timeout` for them.
     ///
     /// # Errors
-    /// [`crate::Error`] if the arguments do not encode, or RabbitMQ or Redis fails. Workers that
-    /// fail or do not answer are in the report, not errors.
+    /// [`crate::Error`] if the arguments do not encode, the request is over the
+    /// `max_broadcast_bytes` setting ([`crate::Error::BroadcastTooLarge`]), or RabbitMQ or
+    /// Redis fails. Workers that fail or do not answer are in the report, not errors.
     pub async fn run<T: Task>(
         &self,
         task: T,
@@ -117,6 +120,17 @@ pub(crate) async fn broadcast<T: DeserializeOwned>(
     timeout: Duration,
 ) -> Result<RunReport<T>> {
     let deadline = Instant::now() + timeout;
+    let body = ops::encode(&BroadcastRequest {
+        function: function.to_owned(),
+        args,
+    })?;
+    if body.len() > settings.max_broadcast_bytes {
+        return Err(crate::Error::BroadcastTooLarge {
+            function: function.to_owned(),
+            bytes: body.len(),
+            max: settings.max_broadcast_bytes,
+        });
+    }
     let mut expected: BTreeSet<String> = ops::live_workers(store)
         .await?
         .into_iter()
@@ -135,21 +149,16 @@ pub(crate) async fn broadcast<T: DeserializeOwned>(
     let (reply_queue, mut replies) =
         broker::consume_private_queue(&channel, "", None, "rask run").await?;
     let correlation = uuid::Uuid::new_v4().simple().to_string();
-    let body = ops::encode(&BroadcastRequest {
-        function: function.to_owned(),
-        args,
-    })?;
-    let expiration = timeout.as_millis().max(1).to_string();
-    let mut properties = BasicProperties::default()
+    let properties = BasicProperties::default()
         .with_content_type(broker::CONTENT_TYPE.into())
         .with_reply_to(reply_queue.as_str().into())
         .with_correlation_id(correlation.as_str().into())
         .with_message_id(correlation.as_str().into())
-        .with_type(function.into())
-        .with_expiration(expiration.as_str().into());
-    // Workers with signing keys run only requests signed like task messages.
+        .with_type(function.into());
+    let mut properties = BroadcastWindow::stamp(properties, timeout);
+    // Workers with signing keys run only requests signed as broadcast requests.
     if let Some(signer) = Signer::from_settings(settings) {
-        properties = signer.sign_properties(properties, &body);
+        properties = signer.sign_properties(MessageKind::BroadcastRequest, properties, &body);
     }
     channel
         .basic_publish(

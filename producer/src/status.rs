@@ -212,7 +212,7 @@ impl Monitor {
 }
 
 /// Whether RabbitMQ answered 404 NOT_FOUND (a passive declaration of a missing queue).
-fn is_not_found(error: &lapin::Error) -> bool {
+pub(crate) fn is_not_found(error: &lapin::Error) -> bool {
     use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
     matches!(
         error.kind(),

@@ -20,6 +20,16 @@ rask::task! {
 }
 
 rask::task! {
+    /// Sleeps `ms` milliseconds without holding a thread, then returns `id`: a task of a chosen
+    /// length whose value says which task it was, so that a result stored under another task's
+    /// key shows (the long runs of [`crate::runs`]).
+    pub async fn paced(id: u64, ms: u64) -> u64 {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        id
+    }
+}
+
+rask::task! {
     /// Appends the line `i` to the file `log` (one line per run, in one write: the test counts
     /// each task's runs there, without the network a partition cuts), sleeps `pause_ms`, and
     /// returns `i`: a value unique to the task.
@@ -50,5 +60,6 @@ pub fn recorded_runs(log: &std::path::Path, n: usize) -> Vec<u32> {
 pub fn registry() -> rask_worker::Registry {
     rask_worker::Registry::with_builtins()
         .with::<abort_worker>()
+        .with::<paced>()
         .with::<record_run>()
 }

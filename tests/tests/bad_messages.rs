@@ -3,13 +3,15 @@
 //! bytes, truncated, wrong version, unknown function, wrong argument types, oversized) among a
 //! thousand good tasks.
 
+use std::collections::HashMap;
+
 use futures::StreamExt;
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions};
 use lapin::types::FieldTable;
 use lapin::BasicProperties;
 use rask::builtins::inc;
 use rask::{Error, FailureKind, Future, TaskKey};
-use rask_common::message::REASON_HEADER;
+use rask_common::message::PROTOCOL_VERSION;
 use rask_common::{broker, TaskMessage};
 use rask_tests::{dead_letter_reason, TestEnv, PATIENCE};
 use rask_worker::Registry;
@@ -37,8 +39,9 @@ async fn undecodable_messages_are_dead_lettered_and_the_worker_keeps_serving() {
     );
     bad_version.version = 999;
     let bad_key = bad_version.key.clone();
+    let bad_version = bad_version.encode().unwrap();
     let mut bodies = garbage.clone();
-    bodies.push(bad_version.encode().unwrap());
+    bodies.push(bad_version.clone());
     for body in &bodies {
         channel
             .basic_publish(
@@ -89,13 +92,19 @@ async fn undecodable_messages_are_dead_lettered_and_the_worker_keeps_serving() {
             .map(|d| d.unwrap())
             .collect();
     for message in &dead {
-        let headers = message.properties.headers().clone().unwrap_or_default();
-        let reason = headers.inner().get(REASON_HEADER).map(|v| format!("{v:?}"));
-        assert!(
-            reason.is_some_and(|r| !r.is_empty()),
-            "no reason on {:?}",
-            message.data
-        );
+        let reason = dead_letter_reason(message)
+            .unwrap_or_else(|| panic!("no reason on {:?}", message.data));
+        if message.data == bad_version {
+            assert_eq!(reason, wrong_version_reason());
+        } else {
+            // Not MessagePack, or not a map: the decoder's own words follow.
+            let prefix = "not a rask task message: ";
+            assert!(
+                reason.starts_with(prefix) && reason.len() > prefix.len(),
+                "{reason:?} on {:?}",
+                message.data
+            );
+        }
     }
     let mut dead_bodies: Vec<Vec<u8>> = dead.iter().map(|m| m.data.clone()).collect();
     dead_bodies.sort();
@@ -146,6 +155,11 @@ async fn graph_tasks_waiting_on_a_malformed_message_fail_instead_of_hanging() {
         other => panic!("expected a task failure, got {other:?}"),
     }
     worker.stop().await.unwrap();
+}
+
+/// The reason a worker gives for a message of protocol version 999.
+fn wrong_version_reason() -> String {
+    format!("protocol version 999 is not supported (this build speaks {PROTOCOL_VERSION})")
 }
 
 /// The malformed messages of [`a_thousand_malformed_messages_do_not_disturb_a_thousand_good_ones`].
@@ -212,6 +226,27 @@ impl Malformed {
             self,
             Malformed::UnknownFunction | Malformed::WrongArgumentTypes
         )
+    }
+
+    /// The reason a worker gives when it dead-letters `body`, of this kind, with
+    /// `max_message_bytes = max_bytes`.
+    fn reason(self, body: &[u8], max_bytes: usize) -> String {
+        match self {
+            Malformed::Oversized => format!(
+                "message of {} bytes exceeds max_message_bytes = {max_bytes}",
+                body.len()
+            ),
+            Malformed::WrongVersion => wrong_version_reason(),
+            // What the decoder says of these bytes (which are random, or cut short).
+            Malformed::RandomBytes | Malformed::Truncated => {
+                TaskMessage::decode(body)
+                    .expect_err("not a task message")
+                    .reason
+            }
+            Malformed::UnknownFunction | Malformed::WrongArgumentTypes => {
+                unreachable!("{self:?} is a task: not dead-lettered")
+            }
+        }
     }
 
     /// The failure stored on its future, if it has a key.
@@ -289,15 +324,19 @@ async fn a_thousand_malformed_messages_do_not_disturb_a_thousand_good_ones() {
         .map(|(_, body, _)| body.clone())
         .collect();
     let dead = env.dead_letters(expected.len()).await;
+    let kinds: HashMap<&[u8], Malformed> = bad
+        .iter()
+        .map(|(kind, body, _)| (body.as_slice(), *kind))
+        .collect();
     for message in &dead {
-        let reason = dead_letter_reason(message).unwrap_or_default();
-        assert!(!reason.is_empty(), "no reason on {:?}", message.data);
-        if message.data.len() > max_bytes {
-            let why = format!(
-                "message of {} bytes exceeds max_message_bytes = {max_bytes}",
-                message.data.len()
-            );
-            assert_eq!(reason, why);
+        let reason = dead_letter_reason(message)
+            .unwrap_or_else(|| panic!("no reason on {:?}", message.data));
+        let kind = *kinds
+            .get(message.data.as_slice())
+            .unwrap_or_else(|| panic!("{:?} was not published as malformed", message.data));
+        assert_eq!(reason, kind.reason(&message.data, max_bytes), "{kind:?}");
+        if kind == Malformed::Truncated {
+            assert!(reason.starts_with("not a rask task message: "), "{reason}");
         }
     }
     let mut dead_bodies: Vec<Vec<u8>> = dead.iter().map(|m| m.data.clone()).collect();

@@ -2,6 +2,8 @@
 
 use std::process::Output;
 
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use rask_tests::TestEnv;
 
 /// Runs `rask ARGS` with the environment's settings, feeding `stdin`.
@@ -45,6 +47,33 @@ async fn a_failed_task_prints_its_error_and_exits_non_zero() {
     let out = rask(&env, &["submit", "inc", "not json"], "").await;
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("not JSON"), "{}", stderr(&out));
+}
+
+/// The message that used to abort every stock worker that took it: a batch of no images, each
+/// a million pixels square, made `image_stats` allocate 8 TB (issue 15, items 5 and 13).
+const HUGE_EMPTY_BATCH: &str = r#"{"id":0,"width":1000000,"height":1000000,"count":0,"pixels":[]}"#;
+
+#[tokio::test]
+async fn a_batch_of_huge_images_is_refused_and_the_worker_keeps_serving() {
+    let env = TestEnv::new("cli-huge-batch").await;
+    let mut workers = env.spawn_workers(1);
+    let out = rask(&env, &["submit", "image_stats", HUGE_EMPTY_BATCH], "").await;
+    let text = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("image_stats")
+            && text.contains("got bad arguments")
+            && text.contains("1000000x1000000"),
+        "a typed error naming the task and the cause: {text}"
+    );
+    assert!(workers[0].is_running().unwrap(), "the worker survived");
+    let out = rask(&env, &["submit", "inc", "41"], "").await;
+    assert_eq!(
+        stdout(&out),
+        "42\n",
+        "the same worker serves on: {}",
+        stderr(&out)
+    );
 }
 
 #[tokio::test]
@@ -107,16 +136,80 @@ async fn map_prints_results_in_input_order_and_keeps_going_past_failures() {
 
 #[tokio::test]
 async fn purge_empties_the_queue_and_results() {
-    let env = TestEnv::new("cli-purge").await;
-    // No worker: the three tasks stay queued.
-    let out = rask(&env, &["map", "inc", "--keys-only"], "[1]\n[2]\n[3]\n").await;
+    let mut env = TestEnv::new("cli-purge").await;
+    // Two shards, so that tasks wait in both.
+    env.settings.queue_shards = 2;
+    // No worker: the six tasks stay queued, spread over the shards by key, and one more waits
+    // for its countdown in a delay queue.
+    let out = rask(
+        &env,
+        &["map", "inc", "--keys-only"],
+        "[1]\n[2]\n[3]\n[4]\n[5]\n[6]\n",
+    )
+    .await;
     assert!(out.status.success(), "{}", stderr(&out));
+    let later = ["submit", "inc", "7", "--countdown", "1h", "--key-only"];
+    let out = rask(&env, &later, "").await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let shards = env.settings.task_queues();
+    let mut queued = Vec::new();
+    for shard in &shards {
+        queued.push(env.queue_depth(shard).await.0);
+    }
+    assert!(
+        queued.iter().all(|n| *n > 0) && queued.iter().sum::<u32>() == 6,
+        "both shards hold tasks: {queued:?}"
+    );
+    // An hour's wait starts in the ladder level of its highest bit.
+    let delay_queue = rask_common::delay::level_name(&env.settings, 3_600_000u64.ilog2());
+    assert_eq!(env.queue_depth(&delay_queue).await.0, 1);
+    // And two stored results.
+    let client = env.client().await;
+    let stored = client.scatter(["a", "b"]).await.unwrap();
+    let keys: Vec<_> = stored.iter().map(|f| f.key().clone()).collect();
+    let store = rask_common::Store::connect(&env.settings).await.unwrap();
+    assert!(store
+        .get_outcomes(&keys)
+        .await
+        .unwrap()
+        .iter()
+        .all(Option::is_some));
+
     let out = rask(&env, &["purge"], "").await;
     assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
     assert!(
-        stdout(&out).contains("purged 3 queued task(s)"),
-        "{}",
-        stdout(&out)
+        text.contains("purged 7 queued task(s) and 2 stored result(s)"),
+        "{text}"
+    );
+    let per_shard: Vec<String> = shards
+        .iter()
+        .zip(&queued)
+        .map(|(shard, n)| format!("{shard} {n}"))
+        .collect();
+    assert!(
+        text.contains(&format!("task queues: {}", per_shard.join(", "))),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "delay queues: {}, holding 1 delayed task(s)",
+            rask_common::delay::LEVELS
+        )),
+        "{text}"
+    );
+    for shard in &shards {
+        assert_eq!(env.queue_depth(shard).await.0, 0, "{shard} is empty");
+    }
+    assert_eq!(env.queue_depth(&delay_queue).await.0, 0, "nothing waits");
+    assert!(
+        store
+            .get_outcomes(&keys)
+            .await
+            .unwrap()
+            .iter()
+            .all(Option::is_none),
+        "no result is left"
     );
 }
 
@@ -163,12 +256,41 @@ async fn local_up_status_demo_down() {
         "{text}"
     );
 
+    // A worker killed outright (as the kernel's OOM killer or an aborted allocation would) is
+    // replaced by its supervisor, and the status says so.
+    let workers = worker_pids(&text);
+    assert_eq!(workers.len(), 2, "{text}");
+    let supervisor = text
+        .lines()
+        .find_map(|line| line.strip_prefix("supervisor pid "))
+        .and_then(|rest| rest.split(':').next())
+        .and_then(|pid| pid.parse::<i32>().ok())
+        .unwrap_or_else(|| panic!("a supervisor line: {text}"));
+    kill(Pid::from_raw(workers[0]), Signal::SIGKILL).expect("the worker can be killed");
+    let replaced = |text: &str| {
+        let pids = worker_pids(text);
+        text.matches("running").count() == 4 && pids.len() == 2 && !pids.contains(&workers[0])
+    };
+    env.eventually("the killed worker replaced", || async {
+        replaced(&stdout(
+            &rask(&env, &["local", "status", "--dir", dir], "").await,
+        ))
+    })
+    .await;
+    let restarted = stdout(&rask(&env, &["local", "status", "--dir", dir], "").await);
+    assert!(replaced(&restarted), "{restarted}");
+    assert!(
+        restarted.contains("worker 1: restarted 1 time(s); last exit: killed by signal SIGKILL"),
+        "{restarted}"
+    );
+    let all_workers = [workers.clone(), worker_pids(&restarted)].concat();
+
     let demo = rask(
         &env,
         &[
             "demo",
             "--batches",
-            "8",
+            "16",
             "--images",
             "4",
             "--size",
@@ -181,18 +303,28 @@ async fn local_up_status_demo_down() {
     .await;
     assert!(demo.status.success(), "{}", stderr(&demo));
     assert!(
-        stdout(&demo).contains("8 batches, 32 images"),
+        stdout(&demo).contains("16 batches, 64 images"),
         "{}",
         stdout(&demo)
     );
+    // Two groups of eight batches: the final compute summarises only the second one.
     assert!(
-        stdout(&demo).contains("reused by it"),
+        stdout(&demo)
+            .contains("reused by it: the workers ran image_summary 1 time(s) for 2 group(s)"),
         "the final compute reuses the persisted group summary: {}",
         stdout(&demo)
     );
 
     let down = rask(&env, &["local", "down", "--dir", dir], "").await;
     assert!(down.status.success(), "{}", stderr(&down));
+    // Nothing is left behind: neither the supervisor nor any worker it started.
+    for pid in all_workers.into_iter().chain([supervisor]) {
+        assert!(
+            !runs(pid),
+            "pid {pid} still runs after down: {}",
+            stdout(&down)
+        );
+    }
     let status = rask(&env, &["local", "status", "--dir", dir], "").await;
     assert_eq!(
         status.status.code(),
@@ -200,6 +332,27 @@ async fn local_up_status_demo_down() {
         "nothing recorded after down: {}",
         stdout(&status)
     );
+}
+
+/// Whether process `pid` exists and has not exited (a zombie waiting to be reaped has).
+fn runs(pid: i32) -> bool {
+    let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let state = stat.rsplit_once(')')?.1.split_whitespace().next()?;
+            Some(state == "Z")
+        })
+        .unwrap_or(false);
+    kill(Pid::from_raw(pid), None).is_ok() && !zombie
+}
+
+/// The pids of the `worker` lines of `rask local status`.
+fn worker_pids(status: &str) -> Vec<i32> {
+    status
+        .lines()
+        .filter(|line| line.starts_with("worker "))
+        .filter_map(|line| line.split_whitespace().nth(1)?.parse().ok())
+        .collect()
 }
 
 #[tokio::test]

@@ -215,10 +215,42 @@ async fn as_completed_yields_every_result_once() {
     worker.stop().await.unwrap();
 }
 
+/// `url` logged in as `user` with `password`.
+fn logged_in(url: &str, user: &str, password: &str) -> String {
+    let (scheme, rest) = url.split_once("://").expect("a URL");
+    assert!(!rest.contains('@'), "{url} has no login yet");
+    format!("{scheme}://{user}:{password}@{rest}")
+}
+
 #[tokio::test]
 async fn a_lost_notification_delays_a_result_but_never_loses_it() {
     let env = TestEnv::new("lostnote").await;
-    let client = env.client().await;
+    // The client logs in to Redis as a user of its own (on every node), so that the test can
+    // cut its subscription and no other client's: redis-rs cannot name a RESP2 pub/sub
+    // connection (`CLIENT SETNAME`), but `CLIENT KILL` can pick connections by user.
+    let user = env.settings.key_prefix.clone();
+    let password = uuid::Uuid::new_v4().simple().to_string();
+    for url in env.settings.redis_nodes() {
+        let redis = redis::Client::open(url).unwrap();
+        let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+        let () = redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg(&user)
+            .arg("on")
+            .arg(format!(">{password}"))
+            .arg("~*")
+            .arg("&*")
+            .arg("+@all")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let mut settings = env.settings.clone();
+    settings.redis_url = logged_in(&settings.redis_url, &user, &password);
+    for url in &mut settings.redis_cluster_urls {
+        *url = logged_in(url, &user, &password);
+    }
+    let client = rask::Client::connect(settings).await.unwrap();
     let real = client.submit(inc, (1,)).await.unwrap();
     let silent_key = TaskKey::unique("inc");
     let futures: Vec<Future<i64>> = vec![real.clone(), client.future(silent_key.clone())];
@@ -244,20 +276,41 @@ async fn a_lost_notification_delays_a_result_but_never_loses_it() {
         .query_async(&mut store.connection())
         .await
         .unwrap();
-    // Subscribers may be on any node of a Redis Cluster.
-    let mut killed = 0;
+    // The client subscribed on one node (of a Redis Cluster: any): find that connection first,
+    // then cut it alone (killing by user node after node would race the resubscription from
+    // one node to the next).
+    let mut subscriptions = Vec::new();
     for url in env.settings.redis_nodes() {
         let redis = redis::Client::open(url).unwrap();
         let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
-        killed += redis::cmd("CLIENT")
-            .arg("KILL")
+        let list: String = redis::cmd("CLIENT")
+            .arg("LIST")
             .arg("TYPE")
             .arg("pubsub")
-            .query_async::<i64>(&mut conn)
+            .query_async(&mut conn)
             .await
             .unwrap();
+        for line in list.lines() {
+            let field = |name: &str| {
+                line.split(' ')
+                    .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))
+                    .map(str::to_owned)
+            };
+            if field("user").as_deref() == Some(user.as_str()) {
+                subscriptions.push((conn.clone(), field("id").unwrap()));
+            }
+        }
     }
-    assert!(killed >= 1);
+    assert_eq!(subscriptions.len(), 1, "the client subscribes once");
+    let (mut conn, id) = subscriptions.pop().unwrap();
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("ID")
+        .arg(&id)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(killed, 1, "the client's one subscription was cut");
 
     // The waiter resubscribes, re-reads what is pending, and finds it.
     let (index, value) = tokio::time::timeout(PATIENCE, stream.next())
@@ -266,6 +319,18 @@ async fn a_lost_notification_delays_a_result_but_never_loses_it() {
         .unwrap();
     assert_eq!((index, value.unwrap()), (1, 41));
     worker.stop().await.unwrap();
+    drop(stream);
+    client.close().await.unwrap();
+    for url in env.settings.redis_nodes() {
+        let redis = redis::Client::open(url).unwrap();
+        let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+        let _: i64 = redis::cmd("ACL")
+            .arg("DELUSER")
+            .arg(&user)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
 }
 
 #[tokio::test]

@@ -1,6 +1,6 @@
 //! `rask dead list` and `rask dead requeue` through the built binary: listing leaves messages in
 //! place, requeueing replays a task (deleting the failure dead-lettering stored) and leaves the
-//! others.
+//! others. The dead-letter queue is bounded in messages and bytes, keeping the newest.
 
 use lapin::options::BasicPublishOptions;
 use lapin::BasicProperties;
@@ -104,5 +104,70 @@ async fn dead_letters_are_listed_in_place_and_requeued_by_key() {
         String::from_utf8(listed.stdout).unwrap(),
         "-\t-\t7\tno reason recorded\n"
     );
+    client.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_dead_letter_queue_keeps_the_newest_within_its_bounds() {
+    // In messages: 12 bad messages through a worker, at most 5 kept.
+    let mut env = TestEnv::new("dead-bound").await;
+    env.settings.dead_letter_max_length = 5;
+    env.settings.concurrency = 1;
+    env.settings.prefetch = 1;
+    let worker = env.run_worker(rask_worker::Registry::with_builtins());
+    let client = env.client().await;
+    let connection = broker::connect(&env.settings, "test").await.unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    channel.confirm_select(Default::default()).await.unwrap();
+    for i in 0..12 {
+        channel
+            .basic_publish(
+                env.settings.exchange.as_str().into(),
+                env.settings.queue.as_str().into(),
+                BasicPublishOptions::default(),
+                b"not a task",
+                BasicProperties::default().with_message_id(format!("bad-{i}").into()),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    // One at a time, in order: once the task after them is done, each was dead-lettered (its
+    // copy confirmed, the oldest dropped to make room: nothing waited on a full queue).
+    let after = client.submit(rask::builtins::inc, (41,)).await.unwrap();
+    assert_eq!(after.result_within(PATIENCE).await.unwrap(), 42);
+    let dead_queue = env.settings.dead_letter_queue.clone();
+    assert_eq!(env.queue_depth(&dead_queue).await.0, 5);
+    let kept: Vec<String> = env
+        .dead_letters(5)
+        .await
+        .iter()
+        .map(|d| d.properties.message_id().as_ref().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        kept,
+        (7..12).map(|i| format!("bad-{i}")).collect::<Vec<_>>()
+    );
+    client.close().await.unwrap();
+    worker.stop().await.unwrap();
+
+    // In bytes: 1,000-byte dead letters under a bound of 3,500 bytes, at most 3 kept.
+    let mut env = TestEnv::new("dead-bytes").await;
+    env.settings.dead_letter_max_length = 0;
+    env.settings.dead_letter_max_bytes = 3_500;
+    let client = env.client().await; // declares the topology
+    for i in 0..6u8 {
+        dead_letter(&env, &[i; 1_000], Some("test")).await;
+    }
+    let dead_queue = env.settings.dead_letter_queue.clone();
+    assert_eq!(env.queue_depth(&dead_queue).await.0, 3);
+    let kept: Vec<u8> = env
+        .dead_letters(3)
+        .await
+        .iter()
+        .map(|d| d.data[0])
+        .collect();
+    assert_eq!(kept, vec![3, 4, 5]);
     client.close().await.unwrap();
 }

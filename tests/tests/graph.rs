@@ -1,14 +1,16 @@
 //! Lazy task graphs against real servers: results, reuse of identical work (content keys),
-//! persisted graphs finishing without their producer, failures propagating downstream, and
-//! large graphs (1,024-leaf reduction tree, 1,000-input fan-in, 10,000 nodes).
+//! persisted graphs finishing without their producer, registrations retried or repeated,
+//! failures propagating downstream, and large graphs (1,024-leaf reduction tree, 1,000- and
+//! 20,000-input fan-ins, 10,000 nodes). `scripts/test.sh` runs them on a Redis Cluster too.
 
 use std::time::Duration;
 
-use rask::builtins::{add, inc, leaf, sleep_ms, sum_ints};
+use rask::builtins::{add, inc, sleep_ms, sum_ints};
 use rask::{Arg, Client, Delayed, FailureKind, Future, TaskKey};
 use rask_common::dependencies::Registration;
 use rask_common::message::encode_value;
-use rask_common::{Outcome, Store};
+use rask_common::{Outcome, Store, TaskMessage};
+use rask_tests::runs::{ready_workers, until_stored};
 use rask_tests::{failure, Counter, TestEnv, PATIENCE};
 use rask_worker::Registry;
 
@@ -62,6 +64,23 @@ fn reduce(mut level: Vec<Delayed<i64>>) -> Delayed<i64> {
     level.pop().expect("at least one leaf")
 }
 
+/// Far above any graph's size: over leaves `inc(BIG + i)`, a sum of `n` leaves lies in
+/// `[n * BIG, (n + 1) * BIG)`, so every node of a reduction holds a value no other node holds.
+const BIG: i64 = 1 << 40;
+
+/// Reads each of `nodes` by its key and checks that it holds its own value: the root alone
+/// cannot tell two swapped results apart.
+async fn assert_each_node(client: &Client, nodes: &[(Delayed<i64>, i64)]) {
+    let futures: Vec<Future<i64>> = nodes
+        .iter()
+        .map(|(node, _)| client.future(node.key().clone()))
+        .collect();
+    let values = client.gather(&futures).timeout(PATIENCE).await.unwrap();
+    for ((node, expected), value) in nodes.iter().zip(values) {
+        assert_eq!(value, *expected, "{}", node.key());
+    }
+}
+
 async fn persisted_value(future: &Future<i64>) -> rask::Result<i64> {
     future.result_within(PATIENCE).await
 }
@@ -94,10 +113,23 @@ async fn a_reduction_tree_over_1024_leaves_on_two_worker_processes() {
     let env = TestEnv::new("tree").await;
     let _workers = env.spawn_workers(2);
     let client = env.client().await;
-    let root = reduce((0..1024).map(|i| leaf.delayed(i)).collect());
-    let expected: i64 = (0..1024).map(|i: i64| i % 7 + 1).sum();
-    let future = client.persist(&root).await.unwrap();
-    assert_eq!(persisted_value(&future).await.unwrap(), expected);
+    // Every node with its value, level by level.
+    let mut level: Vec<(Delayed<i64>, i64)> = (0..1024)
+        .map(|i| (inc.delayed(BIG + i), BIG + i + 1))
+        .collect();
+    let mut nodes = level.clone();
+    while level.len() > 1 {
+        level = level
+            .chunks(2)
+            .map(|pair| (add.delayed(&pair[0].0, &pair[1].0), pair[0].1 + pair[1].1))
+            .collect();
+        nodes.extend(level.iter().cloned());
+    }
+    let (root, expected) = &level[0];
+    let future = client.persist(root).await.unwrap();
+    assert_eq!(persisted_value(&future).await.unwrap(), *expected);
+    assert_eq!(nodes.len(), 2047);
+    assert_each_node(&client, &nodes).await;
 }
 
 #[tokio::test]
@@ -174,19 +206,25 @@ async fn impure_calls_run_every_time() {
 }
 
 #[tokio::test]
-async fn identical_graphs_from_two_producers_run_once() {
+async fn identical_graphs_from_producers_share_their_results() {
     let env = TestEnv::new("twoproducers").await;
     let worker = env.run_worker(registry());
-    let (a, b) = (env.client().await, env.client().await);
+    let (a, b, c) = (env.client().await, env.client().await, env.client().await);
     let runs = Counter::new(&env, "leaves");
     let graph = |client: Client| {
         let leaves: Vec<Delayed<i64>> = (0..50).map(|i| wrap(&runs, i)).collect();
         let root = sum_ints.delayed(leaves);
         async move { within(client.compute(&root)).await }
     };
+    // At once: each producer publishes the leaves it finds ready and without a result, so a
+    // leaf runs once or twice (never zero times: neither leaves it to the other).
     let (x, y) = tokio::join!(graph(a), graph(b));
     assert_eq!((x.unwrap(), y.unwrap()), (1225, 1225));
-    assert_eq!(runs.runs().await, 50);
+    let at_once = runs.runs().await;
+    assert!((50..=100).contains(&at_once), "{at_once} runs");
+    // Once the results are stored, the same graph runs nothing again.
+    assert_eq!(graph(c).await.unwrap(), 1225);
+    assert_eq!(runs.runs().await, at_once);
     worker.stop().await.unwrap();
 }
 
@@ -226,12 +264,18 @@ async fn a_fan_in_of_1000_inputs() {
     let env = TestEnv::new("fanin").await;
     let worker = env.run_worker(registry());
     let client = env.client().await;
-    let inputs: Vec<Delayed<i64>> = (0..1000).map(|i| inc.delayed(i)).collect();
-    let total = sum_ints.delayed(inputs);
+    let inputs: Vec<(Delayed<i64>, i64)> = (0..1000).map(|i| (inc.delayed(i), i + 1)).collect();
+    let total = sum_ints.delayed(
+        inputs
+            .iter()
+            .map(|(input, _)| input.clone())
+            .collect::<Vec<_>>(),
+    );
     assert_eq!(
         within(client.compute(&total)).await.unwrap(),
         (1..=1000).sum::<i64>()
     );
+    assert_each_node(&client, &inputs).await;
     worker.stop().await.unwrap();
 }
 
@@ -240,19 +284,176 @@ async fn a_graph_of_10000_nodes_on_two_worker_processes() {
     let env = TestEnv::new("graph10k").await;
     let _workers = env.spawn_workers(2);
     let client = env.client().await;
+    let mut nodes: Vec<(Delayed<i64>, i64)> = Vec::with_capacity(10_000);
     let groups: Vec<Delayed<i64>> = (0..100)
-        .map(|g| sum_ints.delayed((0..99).map(|i| inc.delayed(g * 99 + i)).collect::<Vec<_>>()))
+        .map(|g| {
+            let leaves: Vec<(Delayed<i64>, i64)> = (0..99)
+                .map(|i| BIG + g * 99 + i)
+                .map(|x| (inc.delayed(x), x + 1))
+                .collect();
+            let sum = leaves.iter().map(|(_, value)| value).sum();
+            let group = sum_ints.delayed(
+                leaves
+                    .iter()
+                    .map(|(leaf, _)| leaf.clone())
+                    .collect::<Vec<_>>(),
+            );
+            nodes.extend(leaves);
+            nodes.push((group.clone(), sum));
+            group
+        })
         .collect();
     let root = sum_ints.delayed(groups);
+    let expected = (0..9900).map(|x| BIG + x + 1).sum::<i64>();
     let future = client.persist(&root).await.unwrap();
-    assert_eq!(
-        persisted_value(&future).await.unwrap(),
-        (1..=9900).sum::<i64>()
-    );
+    assert_eq!(persisted_value(&future).await.unwrap(), expected);
+    nodes.push((root, expected));
+    assert_eq!(nodes.len(), 10_001);
+    assert_each_node(&client, &nodes).await;
+}
+
+/// The messages of a fan-in over `leaves` plain `inc` calls (values unique to the test) and of
+/// its leaves: what `persist` registers for the fan-in.
+fn fan_in(leaves: std::ops::Range<i64>) -> (Delayed<i64>, Vec<TaskMessage>) {
+    let leaves: Vec<Delayed<i64>> = leaves.map(|i| inc.delayed(i)).collect();
+    let total = sum_ints.delayed(leaves.clone());
+    let messages = leaves
+        .iter()
+        .map(|input| input.node().message().unwrap())
+        .chain([total.node().message().unwrap()])
+        .collect();
+    (total, messages)
 }
 
 #[tokio::test]
-async fn releasing_is_idempotent_so_redelivered_tasks_release_again() {
+async fn a_registration_retried_after_its_reply_was_lost_runs_the_graph() {
+    let env = TestEnv::new("relost").await;
+    let store = Store::connect(&env.settings).await.unwrap();
+    let (total, messages) = fan_in(7_000..7_005);
+    // A first attempt that committed and whose reply was lost: nothing was published.
+    let first = store.register_tasks(&messages).await.unwrap();
+    assert_eq!(first.last(), Some(&Registration::Waiting));
+    // `persist` registers again, as its retry does, and must publish the ready leaves.
+    let worker = env.run_worker(registry());
+    let client = env.client().await;
+    let future = client.persist(&total).await.unwrap();
+    assert_eq!(
+        persisted_value(&future).await.unwrap(),
+        (7_001..=7_005).sum::<i64>()
+    );
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_registration_cut_short_after_writing_its_records_is_repaired_by_persisting_again() {
+    let env = TestEnv::new("recut").await;
+    let store = Store::connect(&env.settings).await.unwrap();
+    let (total, messages) = fan_in(8_000..8_005);
+    // What a Redis Cluster's registration leaves when it fails after its first step: every
+    // task's record, the fan-in's pending set with every input, and no dependents links.
+    let keys = store.keys();
+    let mut records = redis::pipe();
+    for message in &messages {
+        records
+            .cmd("SET")
+            .arg(keys.task(&message.key))
+            .arg(message.encode().unwrap())
+            .ignore();
+        if !message.deps.is_empty() {
+            let deps: Vec<&str> = message.deps.iter().map(TaskKey::as_str).collect();
+            records
+                .cmd("SADD")
+                .arg(keys.pending(&message.key))
+                .arg(deps)
+                .ignore();
+        }
+    }
+    records
+        .query_async::<()>(&mut store.connection())
+        .await
+        .unwrap();
+    let worker = env.run_worker(registry());
+    let client = env.client().await;
+    let future = client.persist(&total).await.unwrap();
+    assert_eq!(
+        persisted_value(&future).await.unwrap(),
+        (8_001..=8_005).sum::<i64>()
+    );
+    worker.stop().await.unwrap();
+}
+
+/// Lua's `unpack` fails beyond about 8,000 values: the scripts take a fan-in's inputs in chunks
+/// (on a Redis Cluster, when registering it and when releasing it).
+#[tokio::test]
+async fn a_fan_in_of_20000_inputs_stored_before_or_after_it_is_registered() {
+    let env = TestEnv::new("scatter20k").await;
+    let worker = env.run_worker(registry());
+    let client = env.client().await;
+    // Stored before: registering finds every input stored at once.
+    let before = client.scatter(0..20_000_i64).await.unwrap();
+    let sum_before = sum_ints.delayed(Arg::list(before.iter().map(Arg::from)));
+    assert_eq!(
+        within(client.compute(&sum_before)).await.unwrap(),
+        (0..20_000).sum::<i64>()
+    );
+    // Stored after: one store releases every input of the waiting fan-in at once.
+    let values: Vec<i64> = (20_000..40_000).collect();
+    let keys: Vec<TaskKey> = values
+        .iter()
+        .map(|v| rask_common::graph::content_key("scatter", &encode_value(v).unwrap()))
+        .collect();
+    let sum_after = sum_ints.delayed(Arg::list(keys.iter().cloned().map(Arg::key)));
+    let future = client.persist(&sum_after).await.unwrap();
+    assert!(!future.done().await.unwrap());
+    let after = client.scatter(values).await.unwrap();
+    assert_eq!(
+        after.iter().map(|f| f.key().clone()).collect::<Vec<_>>(),
+        keys
+    );
+    assert_eq!(
+        persisted_value(&future).await.unwrap(),
+        (20_000..40_000).sum::<i64>()
+    );
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_graph_task_too_large_to_publish_is_refused_at_persist() {
+    let mut env = TestEnv::new("toolarge").await;
+    env.settings.max_message_bytes = 1024;
+    let store = Store::connect(&env.settings).await.unwrap();
+    let client = env.client().await;
+    let input = inc.delayed(9_000);
+    // Waits for `input`, so it would be published by the worker that stores `input`.
+    let big = sum_ints.delayed(Arg::list(
+        (0..400_i64)
+            .map(|i| Arg::from(i * 1_000_000))
+            .chain([Arg::from(&input)]),
+    ));
+    let root = add.delayed(&big, 1);
+    let error = client.persist(&root).await.unwrap_err();
+    match error {
+        rask::Error::TooLarge { key, bytes, max } => {
+            assert_eq!(&key, big.key(), "names the task too large");
+            assert!(bytes > 1024, "{bytes}");
+            assert_eq!(max, 1024);
+        }
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    // Refused before anything was registered.
+    let mut conn = store.connection();
+    for key in [input.key(), big.key(), root.key()] {
+        let exists: bool = redis::cmd("EXISTS")
+            .arg(store.keys().task(key))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(!exists, "{key} was not registered");
+    }
+}
+
+#[tokio::test]
+async fn registering_and_releasing_are_idempotent() {
     let env = TestEnv::new("idempotent").await;
     let store = Store::connect(&env.settings).await.unwrap();
     let (a, b) = (inc.delayed(1), inc.delayed(2));
@@ -264,21 +465,23 @@ async fn releasing_is_idempotent_so_redelivered_tasks_release_again() {
         .await
         .unwrap();
     assert_eq!(registered, vec![Registration::Waiting]);
-    let again = store
-        .register_tasks(std::slice::from_ref(&message))
-        .await
-        .unwrap();
-    assert_eq!(again, vec![Registration::Known], "registered once");
+    // Registering is idempotent too: again, it answers what the task needs now.
+    let register = || store.register_tasks(std::slice::from_ref(&message));
+    assert_eq!(register().await.unwrap(), vec![Registration::Waiting]);
 
     // What a worker does per stored batch: store (write-once), release, announce.
     let value = |x: i64| Outcome::Value(encode_value(&x).unwrap()).encode().unwrap();
     let a_done = [(a.key().clone(), value(2))];
     let b_done = [(b.key().clone(), value(3))];
     assert!(store.store_and_release(&a_done).await.unwrap().is_empty());
+    assert_eq!(register().await.unwrap(), vec![Registration::Waiting]);
     assert_eq!(
         store.store_and_release(&b_done).await.unwrap(),
         vec![message.clone()]
     );
+    // Released but without a result: registering again finds it ready (it may not have
+    // been published: the releasing worker may have died first).
+    assert_eq!(register().await.unwrap(), vec![Registration::Ready]);
     // The worker died before acking: the redelivered tasks release `c` again.
     assert_eq!(
         store.store_and_release(&b_done).await.unwrap(),
@@ -286,7 +489,7 @@ async fn releasing_is_idempotent_so_redelivered_tasks_release_again() {
     );
     assert_eq!(
         store.store_and_release(&a_done).await.unwrap(),
-        vec![message]
+        vec![message.clone()]
     );
     // Once `c` has a result, nothing releases it any more.
     assert!(store
@@ -295,19 +498,24 @@ async fn releasing_is_idempotent_so_redelivered_tasks_release_again() {
         .unwrap()
         .is_empty());
     assert!(store.store_and_release(&b_done).await.unwrap().is_empty());
+    assert_eq!(register().await.unwrap(), vec![Registration::Known]);
 }
 
 #[tokio::test]
 async fn a_graph_survives_its_worker_being_killed() {
     let env = TestEnv::new("killed").await;
-    let mut first = env.spawn_workers(1);
+    let store = Store::connect(&env.settings).await.unwrap();
+    let mut first = ready_workers(&env, 1).await;
     let client = env.client().await;
-    let mut chain = sleep_ms.delayed(200);
+    let start = sleep_ms.delayed(200);
+    let mut chain = start.clone();
     for _ in 0..14 {
         chain = sleep_ms.delayed(chain);
     }
     let future = client.persist(&chain).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // The worker consumed the chain's first task and stored its result: it is in the chain.
+    let started: Future<u64> = client.future(start.key().clone());
+    until_stored(&env, &store, std::slice::from_ref(&started), 1).await;
     first[0].kill().await.unwrap();
     assert!(
         !future.done().await.unwrap(),

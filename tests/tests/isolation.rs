@@ -1,6 +1,6 @@
 //! Two deployments sharing one RabbitMQ and one Redis, told apart only by their vhost and Redis
 //! key prefix (same exchange and queue names, same task key): neither runs, sees or deletes the
-//! other's tasks and results.
+//! other's tasks and results. And the Redis ACL of docs/security.md, on a Redis Cluster.
 
 use rask::TaskKey;
 use rask_common::message::encode_value;
@@ -103,4 +103,70 @@ async fn deployments_on_shared_servers_do_not_see_each_other() {
 
     alpha_worker.stop().await.unwrap();
     beta_worker.stop().await.unwrap();
+}
+
+/// The Redis ACL of docs/security.md on every node of a Redis Cluster: with both key patterns a
+/// deployment's user runs tasks and its workers register (the registry keys are `{prefix}:…` on
+/// a cluster); with `~prefix:*` alone, as the doc said before, the registry is out of reach.
+#[tokio::test]
+async fn the_documented_redis_acl_admits_every_key_of_a_clustered_deployment() {
+    let cluster = rask_tests::redis_cluster::PrivateRedisCluster::start("acl").await;
+    let mut env = TestEnv::new("acl").await;
+    let prefix = env.settings.key_prefix.clone();
+    for url in cluster.urls() {
+        let node = redis::Client::open(url).unwrap();
+        let mut conn = node.get_multiplexed_async_connection().await.unwrap();
+        let users = [
+            (
+                "deployment",
+                vec![format!("~{prefix}:*"), format!("~{{{prefix}}}:*")],
+            ),
+            ("narrow", vec![format!("~{prefix}:*")]),
+        ];
+        for (user, keys) in users {
+            redis::cmd("ACL")
+                .arg("SETUSER")
+                .arg(user)
+                .arg("on")
+                .arg(">secret-password")
+                .arg("resetkeys")
+                .arg(keys)
+                .arg("resetchannels")
+                .arg(format!("&{prefix}:*"))
+                .arg("+@all")
+                .query_async::<()>(&mut conn)
+                .await
+                .unwrap();
+        }
+    }
+    let as_user = |user: &str| -> Vec<String> {
+        cluster
+            .urls()
+            .iter()
+            .map(|url| url.replacen("redis://", &format!("redis://{user}:secret-password@"), 1))
+            .collect()
+    };
+    env.settings.redis_cluster_urls = as_user("deployment");
+    let worker = env.run_worker(Registry::with_builtins());
+    let client = env.client().await;
+    let future = client.submit(rask::builtins::inc, (41,)).await.unwrap();
+    assert_eq!(future.result_within(PATIENCE).await.unwrap(), 42);
+    let store = Store::connect(&env.settings).await.unwrap();
+    env.eventually("the worker in the registry", || async {
+        rask_common::ops::live_workers(&store).await.unwrap().len() == 1
+    })
+    .await;
+
+    let narrow = Settings {
+        redis_cluster_urls: as_user("narrow"),
+        ..env.settings.clone()
+    };
+    let store = Store::connect(&narrow).await.unwrap();
+    let refused = rask_common::ops::live_workers(&store).await.unwrap_err();
+    assert!(
+        refused.to_string().to_lowercase().contains("noperm"),
+        "{refused}"
+    );
+    client.close().await.unwrap();
+    worker.stop().await.unwrap();
 }

@@ -12,7 +12,7 @@ use rask::builtins::{add, inc};
 use rask::Delayed;
 use rask_common::Store;
 use rask_tests::redis_cluster::PrivateRedisCluster;
-use rask_tests::runs::{map_paced, pause_of, ready_workers, stored, until_stored};
+use rask_tests::runs::{assert_paced_values, map_paced, ready_workers, stored, until_stored};
 use rask_tests::{TestEnv, PATIENCE};
 use rask_worker::Registry;
 use tokio::time::Instant;
@@ -72,10 +72,7 @@ async fn five_thousand_tasks_survive(name: &str, loss: Loss) {
 
     let values = client.gather(&futures).timeout(DEADLINE).await.unwrap();
     eprintln!("gathered at {:?}", started.elapsed());
-    assert_eq!(values.len(), TASKS);
-    for (i, value) in values.into_iter().enumerate() {
-        assert_eq!(value, pause_of(i), "task {i}");
-    }
+    assert_paced_values(&values, 0..TASKS);
     for worker in &mut workers {
         assert!(worker.is_running().unwrap(), "workers survive the loss");
     }

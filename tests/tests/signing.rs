@@ -1,7 +1,12 @@
 //! Signed task messages (`signing_keys`): workers run what verifies under any of their keys
 //! (rotation) and dead-letter unsigned, forged and tampered messages with the reason, storing
 //! nothing for them, and keep serving; `rask dead requeue` keeps a message's signature.
+//! Signed broadcast requests: a signed task body replayed to the broadcast exchange, and a
+//! captured request with another `reply_to` or `expiration`, are refused unanswered.
 
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt};
 use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, ShortString};
 use lapin::{BasicProperties, Channel};
@@ -9,9 +14,10 @@ use rask::builtins::inc;
 use rask::{Future, TaskKey};
 use rask_common::broker::{self, Destination};
 use rask_common::message::{encode_value, REASON_HEADER};
-use rask_common::signing::{Signer, SIGNATURE_HEADER};
+use rask_common::ops::BroadcastReply;
+use rask_common::signing::{MessageKind, Signer, SIGNATURE_HEADER};
 use rask_common::{Settings, Store, TaskMessage};
-use rask_tests::{dead_letter_reason, TestEnv, PATIENCE};
+use rask_tests::{dead_letter_reason, http_get, metric, TestEnv, PATIENCE};
 
 const OLD: &str = "old-signing-key-0123456789abcdef";
 const NEW: &str = "new-signing-key-0123456789abcdef";
@@ -96,6 +102,7 @@ async fn only_messages_signed_with_a_current_key_run() {
     let tampered = inc_message(30);
     let signer = Signer::new(&[NEW]).unwrap();
     let genuine = signer.sign_properties(
+        MessageKind::Task,
         broker::task_properties(&tampered),
         &tampered.encode().unwrap(),
     );
@@ -177,9 +184,11 @@ async fn a_requeued_signed_message_still_verifies() {
     };
     let signed = inc_message(1);
     let body = signed.encode().unwrap();
-    let properties = Signer::new(&[NEW])
-        .unwrap()
-        .sign_properties(broker::task_properties(&signed), &body);
+    let properties = Signer::new(&[NEW]).unwrap().sign_properties(
+        MessageKind::Task,
+        broker::task_properties(&signed),
+        &body,
+    );
     let dead_exchange = env.settings.dead_letter_exchange.clone();
     publish_raw(
         &channel,
@@ -230,31 +239,230 @@ async fn broadcasts_run_only_when_signed() {
     let signed = rask::Client::connect(signing(&env.settings, &[NEW]))
         .await
         .unwrap();
-    // Once the worker is registered, a signed ping is answered.
-    env.eventually("a signed ping answered", || async {
-        let report = signed
-            .ping_workers(std::time::Duration::from_secs(2))
+    let id = answering_worker(&env, &signed).await;
+    // Unsigned, or signed with another key: refused, and not answered (an unverified
+    // `reply_to` is nobody's to send to); the worker counts the refusals.
+    for keys in [&[][..], &[ATTACKER]] {
+        let other = rask::Client::connect(signing(&env.settings, keys))
             .await
             .unwrap();
-        report.answers.values().any(|pong| pong == "pong")
+        let report = other.ping_workers(Duration::from_secs(2)).await.unwrap();
+        assert!(
+            report.answers.is_empty() && report.failed.is_empty(),
+            "{report:?}"
+        );
+        assert_eq!(report.missing, vec![id.clone()]);
+        other.close().await.unwrap();
+    }
+    let store = Store::connect(&env.settings).await.unwrap();
+    assert_eq!(refusals(&store, "signature").await, 2.0);
+    // And the worker keeps answering signed requests.
+    let report = signed.ping_workers(PATIENCE).await.unwrap();
+    assert_eq!(report.answers.get(&id).map(String::as_str), Some("pong"));
+    signed.close().await.unwrap();
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_signed_task_replayed_as_a_broadcast_is_refused_and_nothing_replies() {
+    let mut env = TestEnv::new("replayed-task").await;
+    env.settings = signing(&env.settings, &[NEW]);
+    let client = env.client().await;
+    // A signed task waits in the queue (no worker yet), where anyone with a broker login can
+    // copy it (or from the dead-letter queue).
+    let task = client.submit(inc, (41,)).await.unwrap();
+    let mut attacker = Attacker::connect(&env).await;
+    let stolen = attacker
+        .channel
+        .basic_get(env.settings.queue.as_str().into(), Default::default())
+        .await
+        .unwrap()
+        .expect("the task waits in the queue")
+        .delivery;
+    let requeue = lapin::options::BasicRejectOptions { requeue: true };
+    stolen.reject(requeue).await.unwrap();
+
+    let worker = env.run_worker(rask_worker::Registry::with_builtins());
+    answering_worker(&env, &client).await;
+    // Replayed to the broadcast exchange with the attacker's reply queue: before, every worker
+    // ran `inc(41)` at once and sent the attacker its result.
+    let properties = stolen
+        .properties
+        .clone()
+        .with_reply_to(attacker.replies_queue.as_str().into())
+        .with_correlation_id("replay".into())
+        .with_expiration("60000".into());
+    attacker.broadcast(&env, &stolen.data, properties).await;
+    let store = Store::connect(&env.settings).await.unwrap();
+    attacker.refused_unanswered(&store, "signature", 1).await;
+
+    // The task itself was left alone and runs as a task.
+    assert_eq!(task.result_within(PATIENCE).await.unwrap(), 42);
+    attacker.close().await;
+    client.close().await.unwrap();
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_broadcast_with_another_reply_to_or_expiration_is_refused() {
+    let mut env = TestEnv::new("tampered-run").await;
+    env.settings = signing(&env.settings, &[NEW]);
+    let worker = env.run_worker(rask_worker::Registry::with_builtins());
+    let client = env.client().await;
+    let id = answering_worker(&env, &client).await;
+    // The attacker taps the fanout broadcast exchange: it gets a copy of every request.
+    let mut attacker = Attacker::connect(&env).await;
+    let tap = attacker.tap(&env).await;
+    let report = client.run(inc, (41,), PATIENCE).await.unwrap();
+    assert_eq!(report.answers.get(&id), Some(&42));
+    let captured = attacker
+        .channel
+        .basic_get(tap.as_str().into(), Default::default())
+        .await
+        .unwrap()
+        .expect("the tap holds a copy of the request")
+        .delivery;
+    let properties = &captured.properties;
+    // Its answers redirected to the attacker; or made to live an hour.
+    let redirected = properties
+        .clone()
+        .with_reply_to(attacker.replies_queue.as_str().into());
+    let prolonged = properties.clone().with_expiration("3600000".into());
+    for tampered in [redirected, prolonged] {
+        attacker.broadcast(&env, &captured.data, tampered).await;
+    }
+    let store = Store::connect(&env.settings).await.unwrap();
+    attacker.refused_unanswered(&store, "signature", 2).await;
+    attacker.close().await;
+    client.close().await.unwrap();
+    worker.stop().await.unwrap();
+}
+
+/// Waits until the (one) worker of `env` answers a ping from `client` (it is registered and
+/// its broadcast queue bound) and returns its id.
+async fn answering_worker(env: &TestEnv, client: &rask::Client) -> String {
+    let found = std::sync::Mutex::new(None);
+    env.eventually("the worker answers a ping", || async {
+        let report = client.ping_workers(Duration::from_secs(2)).await.unwrap();
+        let id = report.answers.into_iter().find(|(_, pong)| pong == "pong");
+        let answered = id.is_some();
+        *found.lock().unwrap() = id.map(|(id, _)| id);
+        answered
     })
     .await;
-    let unsigned = rask::Client::connect(signing(&env.settings, &[]))
-        .await
-        .unwrap();
-    let report = unsigned
-        .ping_workers(std::time::Duration::from_secs(5))
-        .await
-        .unwrap();
-    assert!(report.answers.is_empty(), "{:?}", report.answers);
-    let refusals: Vec<_> = report.failed.values().collect();
-    assert_eq!(refusals.len(), 1, "{:?}", report.failed);
-    assert!(
-        refusals[0].message.contains("signature does not verify"),
-        "{}",
-        refusals[0].message
-    );
-    signed.close().await.unwrap();
-    unsigned.close().await.unwrap();
-    worker.stop().await.unwrap();
+    found.into_inner().unwrap().expect("set when answered")
+}
+
+/// The `rask_broadcasts_refused_total{reason}` counter of the (one) live worker of `store`.
+async fn refusals(store: &Store, reason: &str) -> f64 {
+    let workers = rask_common::ops::live_workers(store).await.unwrap();
+    let address = workers[0].metrics_addr.expect("the worker serves metrics");
+    let (code, text) = http_get(&address.to_string(), "/metrics").await;
+    assert_eq!(code, 200, "{text}");
+    metric(
+        &text,
+        &format!("rask_broadcasts_refused_total{{reason=\"{reason}\"}}"),
+    )
+}
+
+/// Someone with a broker login and no signing key: a channel, and a reply queue of its own.
+struct Attacker {
+    connection: lapin::Connection,
+    channel: Channel,
+    replies_queue: String,
+    replies: lapin::Consumer,
+}
+
+impl Attacker {
+    async fn connect(env: &TestEnv) -> Self {
+        let unsigned = signing(&env.settings, &[]);
+        let connection = broker::connect(&unsigned, "attacker").await.unwrap();
+        let channel = connection.create_channel().await.unwrap();
+        let (replies_queue, replies) =
+            broker::consume_private_queue(&channel, "", None, "attacker")
+                .await
+                .unwrap();
+        Attacker {
+            connection,
+            channel,
+            replies_queue,
+            replies,
+        }
+    }
+
+    /// A queue of its own bound to the broadcast exchange.
+    async fn tap(&self, env: &TestEnv) -> String {
+        let exchange = broker::declare_broadcast_exchange(&self.channel, &env.settings)
+            .await
+            .unwrap();
+        let queue = self
+            .channel
+            .queue_declare(
+                "".into(),
+                lapin::options::QueueDeclareOptions {
+                    exclusive: true,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
+            .await
+            .unwrap();
+        self.channel
+            .queue_bind(
+                queue.name().clone(),
+                exchange.as_str().into(),
+                "".into(),
+                Default::default(),
+                Default::default(),
+            )
+            .await
+            .unwrap();
+        queue.name().as_str().to_owned()
+    }
+
+    /// Publishes `body` with `properties` to the broadcast exchange.
+    async fn broadcast(&self, env: &TestEnv, body: &[u8], properties: BasicProperties) {
+        self.channel
+            .basic_publish(
+                env.settings.broadcast_exchange().as_str().into(),
+                "".into(),
+                BasicPublishOptions::default(),
+                body,
+                properties,
+            )
+            .await
+            .unwrap();
+    }
+
+    /// Waits until the worker counted `count` requests refused for `reason`, failing the test
+    /// if any answer reaches the attacker meanwhile (a worker publishes nothing for a request it
+    /// refuses unanswered, and counts a refusal after any answer it does send).
+    async fn refused_unanswered(&mut self, store: &Store, reason: &str, count: u32) {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            // Any answer fails the test; none within 20 ms: look at the worker's count.
+            let wait = tokio::time::timeout(Duration::from_millis(20), self.replies.next());
+            if let Ok(Some(reply)) = wait.await {
+                let reply = reply.unwrap();
+                let decoded: Result<BroadcastReply, _> = rask_common::ops::decode(&reply.data);
+                panic!("an answer reached the attacker: {decoded:?}");
+            }
+            if refusals(store, reason).await >= f64::from(count) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the worker did not count {count} refusals for {reason}"
+            );
+        }
+        let late = self.replies.next().now_or_never();
+        assert!(
+            !matches!(late, Some(Some(_))),
+            "an answer reached the attacker"
+        );
+    }
+
+    async fn close(self) {
+        let _ = self.connection.close(200, "done".into()).await;
+    }
 }

@@ -11,8 +11,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rask::builtins::{fail, inc, leaf, sleep_ms, sum_ints};
-use rask::{Delayed, FailureKind};
+use rask::builtins::{fail, inc, sum_ints};
+use rask::{Delayed, FailureKind, Future};
+use rask_tests::runs::spawn_test_workers;
+use rask_tests::tasks::paced;
 use rask_tests::{PrivateServers, TestEnv, PATIENCE};
 use tokio::sync::Mutex;
 
@@ -32,6 +34,10 @@ impl Random {
     }
 }
 
+/// Far above the maps' inputs (`round * 10_000 + i`): trees' leaves are `inc(BIG + ..)` and
+/// sleepy tasks return `2 * BIG + ..`, so that no two tasks share a value.
+const BIG: i64 = 1 << 40;
+
 #[derive(Default)]
 struct Tally {
     rounds: AtomicU64,
@@ -49,7 +55,7 @@ async fn soak_mixed_load_with_worker_kills_and_server_restarts() {
         .unwrap_or(60);
     let servers = Arc::new(Mutex::new(PrivateServers::start("soak").await));
     let env = Arc::new(TestEnv::on(servers.lock().await.urls(), "soak"));
-    let workers = Arc::new(Mutex::new(env.spawn_workers(3)));
+    let workers = Arc::new(Mutex::new(spawn_test_workers(&env, 3)));
     let client = env.client().await;
     let tally = Arc::new(Tally::default());
     let started = Instant::now();
@@ -68,7 +74,7 @@ async fn soak_mixed_load_with_worker_kills_and_server_restarts() {
                 let mut pool = workers.lock().await;
                 let victim = usize::try_from(random.below(pool.len() as u64)).unwrap();
                 pool[victim].kill().await.unwrap();
-                pool[victim] = env.spawn_workers(1).pop().unwrap();
+                pool[victim] = spawn_test_workers(&env, 1).pop().unwrap();
                 tally.kills.fetch_add(1, Ordering::Relaxed);
                 drop(pool);
                 let elapsed = started.elapsed().as_secs();
@@ -93,15 +99,22 @@ async fn soak_mixed_load_with_worker_kills_and_server_restarts() {
         let base = i64::try_from(round * 10_000).unwrap();
         let inputs: Vec<i64> = (0..i64::try_from(n).unwrap()).map(|i| base + i).collect();
         let mapped = client.map(inc, inputs.iter().map(|&i| (i,))).await.unwrap();
-        let leaves: Vec<Delayed<i64>> = (0..64).map(|i| leaf.delayed(base + i)).collect();
-        let expected_sum: i64 = (0..64).map(|i| (base + i).rem_euclid(7) + 1).sum();
-        let tree = client.persist(&sum_ints.delayed(leaves)).await.unwrap();
+        // Leaves of their own, far above the maps' inputs: `inc(BIG + base + i)`.
+        let leaves: Vec<Delayed<i64>> = (0..64).map(|i| inc.delayed(BIG + base + i)).collect();
+        let leaf_values: Vec<i64> = (0..64).map(|i| BIG + base + i + 1).collect();
+        let expected_sum: i64 = leaf_values.iter().sum();
+        let tree = client
+            .persist(&sum_ints.delayed(leaves.clone()))
+            .await
+            .unwrap();
         let failing = client
             .map(fail, (0..20).map(|i| (format!("soak {round}/{i}"),)))
             .await
             .unwrap();
+        // 5-12 ms each, returning an id of their own.
+        let sleepy_ids: Vec<u64> = (0..8).map(|i| (2 * BIG + base + i) as u64).collect();
         let sleepy = client
-            .map(sleep_ms, (0..8).map(|i| (5 + i,)))
+            .map(paced, sleepy_ids.iter().zip(5..).map(|(&id, ms)| (id, ms)))
             .await
             .unwrap();
 
@@ -112,6 +125,13 @@ async fn soak_mixed_load_with_worker_kills_and_server_restarts() {
             "round {round}"
         );
         assert_eq!(tree.result_within(PATIENCE).await.unwrap(), expected_sum);
+        // Each leaf by its key: the sum cannot tell two swapped leaves apart.
+        let leaf_futures: Vec<Future<i64>> = leaves
+            .iter()
+            .map(|leaf| client.future(leaf.key().clone()))
+            .collect();
+        let leaf_results = client.gather(&leaf_futures).timeout(PATIENCE).await;
+        assert_eq!(leaf_results.unwrap(), leaf_values, "round {round}");
         for (i, result) in client
             .gather(&failing)
             .timeout(PATIENCE)
@@ -127,7 +147,7 @@ async fn soak_mixed_load_with_worker_kills_and_server_restarts() {
             assert_eq!(failure.message, format!("soak {round}/{i}"));
         }
         let slept = client.gather(&sleepy).timeout(PATIENCE).await.unwrap();
-        assert_eq!(slept, (5..13).collect::<Vec<u64>>());
+        assert_eq!(slept, sleepy_ids, "round {round}");
         tally
             .tasks
             .fetch_add(n + 64 + 1 + 20 + 8, Ordering::Relaxed);

@@ -60,8 +60,7 @@ async fn tasks_run_over_tls_with_verified_certificates() {
     let connection = broker::connect(&env.settings, "test producer")
         .await
         .unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    broker::declare_topology(&channel, &env.settings)
+    let channel = broker::declare_topology(&connection, &env.settings)
         .await
         .unwrap();
     channel.confirm_select(Default::default()).await.unwrap();

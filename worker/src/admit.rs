@@ -38,6 +38,7 @@ use lapin::message::Delivery;
 use rask_common::broker;
 use rask_common::message::{head, Undecodable};
 use rask_common::settings::QueueType;
+use rask_common::signing::MessageKind;
 use rask_common::{FailureKind, Outcome, TaskFailure, TaskKey, TaskMessage};
 
 use crate::dead_letter::{copy_to_dead_letters, settle_unkeyed};
@@ -60,7 +61,10 @@ pub(crate) enum Admission {
 /// on.
 pub(crate) async fn admit(shared: &Shared, delivery: &Delivery) -> Admission {
     if let Some(signer) = &shared.signer {
-        if let Err(unverified) = signer.verify_properties(&delivery.properties, &delivery.data) {
+        let kind = MessageKind::Task;
+        if let Err(unverified) =
+            signer.verify_properties(kind, &delivery.properties, &delivery.data)
+        {
             let (s, reason) = (&shared.settings, unverified.to_string());
             let copied =
                 copy_to_dead_letters(&shared.confirms, s, &shared.id, delivery, &reason).await;

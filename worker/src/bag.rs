@@ -11,6 +11,7 @@
 use std::panic::AssertUnwindSafe;
 
 use rask_common::bag_ops;
+use rask_common::message::MAX_ARGS_DEPTH;
 use rask_common::{FailureKind, Invocation, Outcome, TaskFailure, TaskMessage};
 use rmpv::Value;
 
@@ -19,7 +20,7 @@ use crate::registry::{PrepareError, Registry};
 
 /// One of the element-wise operations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Op {
+pub(crate) enum Op {
     Map,
     Filter,
     FlatMap,
@@ -28,7 +29,7 @@ enum Op {
 }
 
 impl Op {
-    fn from_name(name: &str) -> Option<Op> {
+    pub(crate) fn from_name(name: &str) -> Option<Op> {
         Some(match name {
             bag_ops::MAP => Op::Map,
             bag_ops::FILTER => Op::Filter,
@@ -41,7 +42,7 @@ impl Op {
 }
 
 /// A failure to report: its kind and message.
-type Failure = (FailureKind, String);
+pub(crate) type Failure = (FailureKind, String);
 
 /// Runs `message` if it calls an element-wise operation, and returns its outcome; `None` for
 /// every other function (the caller runs those).
@@ -102,7 +103,7 @@ fn decode(op: Op, args: &[u8]) -> Result<Call<'_>, Failure> {
     if fields != 2 + usize::from(op == Op::Fold) {
         return Err(bad(&format!("{fields} items")));
     }
-    let function = match rmpv::decode::read_value(&mut rest) {
+    let function = match rmpv::decode::read_value_with_max_depth(&mut rest, MAX_ARGS_DEPTH) {
         Ok(Value::String(name)) => name.into_str(),
         _ => None,
     }
@@ -124,7 +125,7 @@ fn decode(op: Op, args: &[u8]) -> Result<Call<'_>, Failure> {
 }
 
 /// Applies the call's function to each element in order; the encoded result.
-fn apply(registry: &Registry, op: Op, args: &[u8]) -> Result<Vec<u8>, Failure> {
+pub(crate) fn apply(registry: &Registry, op: Op, args: &[u8]) -> Result<Vec<u8>, Failure> {
     let Call {
         function,
         initial,
@@ -235,7 +236,7 @@ fn write_array_len(bytes: &mut Vec<u8>, len: usize) -> Result<(), String> {
 /// The bytes of the one value at the front of `rest`, which moves past it.
 fn next_value<'a>(rest: &mut &'a [u8]) -> Option<&'a [u8]> {
     let start: &'a [u8] = rest;
-    rmpv::decode::read_value_ref(rest).ok()?;
+    rmpv::decode::read_value_ref_with_max_depth(rest, MAX_ARGS_DEPTH).ok()?;
     Some(&start[..start.len() - rest.len()])
 }
 

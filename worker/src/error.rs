@@ -20,6 +20,19 @@ pub enum Error {
     /// taken): a configuration error, not retried.
     #[error("metrics endpoint: cannot listen on {0}: {1}")]
     Metrics(std::net::SocketAddr, #[source] std::io::Error),
+    /// Threads of plain functions that ran past their time limit reached the
+    /// `max_overrun_threads` setting: the worker stopped, so that a fresh process replaces it
+    /// (the only way to end those threads).
+    #[error(
+        "{running} threads of plain functions ran on past their time limit \
+         (max_overrun_threads = {max}): the worker stopped so that a fresh process replaces it"
+    )]
+    Overruns {
+        /// Threads still running past their limit when the worker stopped.
+        running: usize,
+        /// The `max_overrun_threads` bound.
+        max: usize,
+    },
 }
 
 impl Error {
@@ -29,7 +42,7 @@ impl Error {
         match self {
             Error::Common(e) => e.is_connection(),
             Error::Broker(_) | Error::ConsumerCancelled(_) => true,
-            Error::Metrics(..) => false,
+            Error::Metrics(..) | Error::Overruns { .. } => false,
         }
     }
 }

@@ -6,18 +6,22 @@
 //! `task_time_limit` ([`time_limit`]). At the limit an async body is dropped, so it stops at its
 //! next `.await`. A plain (blocking) function cannot be stopped from outside its thread: under a
 //! limit it runs on the blocking pool, and at the limit the worker stops waiting for it and fails
-//! the task; the thread runs on to completion in the background and its result is dropped. Either
-//! way the task's concurrency slot is free again at the limit. The element-wise operations of
-//! lazy collections (`bag.rs`) are not under time limits.
+//! the task; the thread runs on to completion in the background and its result is dropped,
+//! counted and bounded by `overrun.rs`. Either way the task's concurrency slot is free again at
+//! the limit. The element-wise operations of lazy collections (`bag.rs`) are not under time
+//! limits.
 
 use std::any::Any;
 use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use futures::FutureExt;
 
 use rask_common::{FailureKind, Invocation, Outcome, Settings, TaskFailure, TaskMessage};
 
+use crate::overrun::Overruns;
 use crate::registry::{PrepareError, Registry};
 
 /// What a plain function's time-limit failure adds to the message.
@@ -37,11 +41,13 @@ pub(crate) fn time_limit(message: &TaskMessage, settings: &Settings) -> Option<D
 /// Runs `message` with the function `registry` has for it, for at most `limit`: plain functions
 /// in place off the runtime's other work (`block_in_place`, or the blocking pool on a
 /// single-threaded runtime or under a limit; inline when they have been quick so far, see
-/// `pace.rs`), async ones on the runtime; a panic is caught and reported either way. Sets
-/// `retryable` when the outcome is a failure the function marked
-/// [`rask_common::TaskError::retryable`] (whether it is retried is the caller's decision).
+/// `pace.rs`), async ones on the runtime; a panic is caught and reported either way. A plain
+/// function past its limit leaves its thread to `overruns`. Sets `retryable` when the outcome
+/// is a failure the function marked [`rask_common::TaskError::retryable`] (whether it is
+/// retried is the caller's decision).
 pub(crate) async fn execute(
     registry: &Registry,
+    overruns: &Arc<Overruns>,
     worker: &str,
     message: &TaskMessage,
     limit: Option<Duration>,
@@ -91,13 +97,11 @@ pub(crate) async fn execute(
             }
         }
         (Invocation::Blocking(f), None) => tokio::task::spawn_blocking(f).await,
-        // Dropping the join handle at the limit detaches the thread: it runs on, unwatched.
-        (Invocation::Blocking(f), Some(limit)) => {
-            match tokio::time::timeout(limit, tokio::task::spawn_blocking(f)).await {
-                Ok(joined) => joined,
-                Err(_) => return timed_out(limit, UNSTOPPABLE),
-            }
-        }
+        // At the limit the thread runs on, counted by `overruns`.
+        (Invocation::Blocking(f), Some(limit)) => match overruns.run_blocking(f, limit).await {
+            Ok(joined) => joined,
+            Err(_overran) => return timed_out(limit, UNSTOPPABLE),
+        },
         (Invocation::Async(fut), limit) => {
             let caught = AssertUnwindSafe(fut).catch_unwind();
             let caught = match limit {
@@ -201,9 +205,14 @@ mod tests {
 
     use rask_common::TaskError;
 
+    /// Overruns as a worker with the default bound for two tasks at once has them.
+    fn overruns() -> Arc<Overruns> {
+        Arc::new(Overruns::new(2, Default::default()))
+    }
+
     /// `execute` without a limit, ignoring retryability.
     async fn execute(registry: &Registry, worker: &str, message: &TaskMessage) -> Outcome {
-        super::execute(registry, worker, message, None, &mut false).await
+        super::execute(registry, &overruns(), worker, message, None, &mut false).await
     }
 
     fn msg(function: &str, args: Vec<u8>) -> TaskMessage {
@@ -318,7 +327,8 @@ mod tests {
         let registry = Registry::new().with::<forever>();
         let limit = Some(Duration::from_millis(50));
         let message = msg("forever", encode_value(&(1,)).unwrap());
-        let outcome = super::execute(&registry, "w", &message, limit, &mut false).await;
+        let outcome =
+            super::execute(&registry, &overruns(), "w", &message, limit, &mut false).await;
         let f = failure(outcome);
         assert_eq!(f.kind, FailureKind::TimedOut);
         assert!(f.message.contains("50ms"), "{}", f.message);
@@ -332,11 +342,14 @@ mod tests {
         *GATE.lock().unwrap() = Some(gate);
         let limit = Some(Duration::from_millis(50));
         let message = msg("held", encode_value(&(1,)).unwrap());
-        let outcome = super::execute(&registry, "w", &message, limit, &mut false).await;
-        // The body is still blocked on the gate: the outcome came at the limit, not after it.
+        let overruns = overruns();
+        let outcome = super::execute(&registry, &overruns, "w", &message, limit, &mut false).await;
+        // The body is still blocked on the gate: the outcome came at the limit, not after it,
+        // and its thread is counted as overrun until it returns.
         let f = failure(outcome);
         assert_eq!(f.kind, FailureKind::TimedOut);
         assert!(f.message.contains("50ms"), "{}", f.message);
+        assert_eq!(overruns.running(), 1);
         go_on.send(()).expect("the body still waits");
     }
 
@@ -346,7 +359,9 @@ mod tests {
         for retryable in [true, false] {
             let mut flagged = !retryable;
             let message = msg("flaky", encode_value(&(retryable,)).unwrap());
-            let f = failure(super::execute(&registry, "w", &message, None, &mut flagged).await);
+            let outcome =
+                super::execute(&registry, &overruns(), "w", &message, None, &mut flagged).await;
+            let f = failure(outcome);
             assert_eq!((f.kind, flagged), (FailureKind::Failed, retryable));
         }
     }

@@ -26,6 +26,7 @@
 //! - `admit.rs`: what a delivery must pass before it runs: size, decoding, the delivery limit.
 //! - `execute.rs`: one task to an outcome under its time limit; panics, errors and timeouts
 //!   become stored failures. `pace.rs`: which plain functions are quick enough to run inline.
+//!   `overrun.rs`: the threads of plain functions past their limit, counted and bounded.
 //! - `retries.rs`: a retryable failure goes back to the broker through a delay queue.
 //! - `bag.rs`: the element-wise operations of lazy collections (`rask.bag.map`, …): a registered
 //!   function applied to each element of a partition inside one task.
@@ -50,6 +51,7 @@ mod execute;
 mod inputs;
 mod metrics;
 mod ops;
+mod overrun;
 mod pace;
 mod presence;
 mod registry;
@@ -59,6 +61,9 @@ mod retry;
 mod signal;
 mod worker;
 mod writer;
+
+#[cfg(test)]
+mod hostile_args_test;
 
 pub use error::{Error, Result};
 pub use registry::Registry;

@@ -3,14 +3,19 @@
 //! [`Metrics`] counts every task the worker runs ([`Metrics::start`] returns a [`TaskRun`] that
 //! settles as finished or retried), both as Prometheus families labelled by function (and
 //! failure kind) and as plain totals plus the last few failures for the worker registry entry
-//! (`presence.rs`). Function labels are limited to the functions the worker knows (others are
-//! `unknown`), so a stream of bad task names cannot blow up the number of series.
+//! (`presence.rs`). Function labels are limited to the functions the worker knows: its
+//! registry's names and the element-wise operations of lazy collections
+//! ([`rask_common::bag_ops::ELEMENT_OPS`]), matched exactly; every other name is `unknown`, so
+//! a stream of made-up task names (`rask.x1`, `rask.x2`, …) cannot blow up the number of series.
 //!
 //! Metric names: `rask_tasks_started_total`, `rask_tasks_succeeded_total`,
 //! `rask_tasks_failed_total` (labels `function`, `kind`), `rask_tasks_retried_total`,
 //! `rask_task_duration_seconds` (histogram), `rask_tasks_in_flight`, `rask_reconnects_total`,
-//! `rask_replica_waits_short_total` and `rask_replica_waits_skipped_total` (writes acknowledged
-//! with fewer replicas than `redis_wait_replicas`: see `rask_common::replica_waits`).
+//! `rask_overrun_threads` (threads of plain functions past their time limit, `overrun.rs`),
+//! `rask_broadcasts_refused_total` (label `reason`: `too_large`, `signature`, `window`,
+//! `malformed`; `broadcast.rs`), `rask_replica_waits_short_total` and
+//! `rask_replica_waits_skipped_total` (writes acknowledged with fewer replicas than
+//! `redis_wait_replicas`: see `rask_common::replica_waits`).
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,6 +31,7 @@ use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use rask_common::bag_ops;
 use rask_common::ops::{RecentError, WorkerCounters, RECENT_ERRORS};
 use rask_common::store::ReplicaWaitCounts;
 use rask_common::Outcome;
@@ -33,11 +39,21 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::ops::Health;
+use crate::overrun::Overruns;
+
+/// The `function` label of every function the worker does not know.
+const UNKNOWN: &str = "unknown";
 
 /// The `function` label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FunctionLabel {
     function: String,
+}
+
+/// The label of a refused broadcast request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
 }
 
 /// The labels of a failure.
@@ -63,6 +79,8 @@ pub(crate) struct Metrics {
     duration: Family<FunctionLabel, Histogram, fn() -> Histogram>,
     in_flight: Gauge,
     reconnects: Counter,
+    refused_broadcasts: Family<ReasonLabel, Counter>,
+    overruns: Arc<Overruns>,
     replica_waits: Arc<ReplicaWaitCounts>,
     totals: [AtomicU64; 4],
     recent: Mutex<VecDeque<RecentError>>,
@@ -75,8 +93,9 @@ const FAILED: usize = 2;
 const RETRIED: usize = 3;
 
 impl Metrics {
-    /// Counters for a worker that knows the functions `known` (its registry's names).
-    pub(crate) fn new(known: Vec<String>) -> Self {
+    /// Counters for a worker that knows the functions `known` (its registry's names; the
+    /// element-wise operations are added here) and tolerates `max_overruns` overrun threads.
+    pub(crate) fn new(known: Vec<String>, max_overruns: usize) -> Self {
         let mut registry = prometheus_client::registry::Registry::with_prefix("rask");
         let started = Family::<FunctionLabel, Counter>::default();
         let succeeded = Family::<FunctionLabel, Counter>::default();
@@ -86,6 +105,8 @@ impl Metrics {
             Family::new_with_constructor(duration_histogram);
         let in_flight = Gauge::default();
         let reconnects = Counter::default();
+        let refused_broadcasts = Family::<ReasonLabel, Counter>::default();
+        let overrun_threads = Gauge::default();
         registry.register(
             "tasks_started",
             "Tasks this worker started running",
@@ -117,12 +138,25 @@ impl Metrics {
             "Times the worker connected again after losing RabbitMQ or Redis",
             reconnects.clone(),
         );
+        registry.register(
+            "overrun_threads",
+            "Threads of plain functions still running past their time limit",
+            overrun_threads.clone(),
+        );
+        registry.register(
+            "broadcasts_refused",
+            "Broadcast requests refused unrun, by reason",
+            refused_broadcasts.clone(),
+        );
         let replica_waits = Arc::<ReplicaWaitCounts>::default();
         registry.register_collector(Box::new(ReplicaWaitCollector(replica_waits.clone())));
         Metrics {
             registry,
             replica_waits,
-            known: known.into_iter().collect(),
+            known: known
+                .into_iter()
+                .chain(bag_ops::ELEMENT_OPS.map(String::from))
+                .collect(),
             started,
             succeeded,
             failed,
@@ -130,6 +164,8 @@ impl Metrics {
             duration,
             in_flight,
             reconnects,
+            refused_broadcasts,
+            overruns: Arc::new(Overruns::new(max_overruns, overrun_threads)),
             totals: Default::default(),
             recent: Mutex::new(VecDeque::with_capacity(RECENT_ERRORS)),
         }
@@ -139,9 +175,13 @@ impl Metrics {
     /// [`TaskRun::finished`] or [`TaskRun::retried`] (dropping it unsettled only ends it as in
     /// flight, e.g. when the worker stops mid-task).
     pub(crate) fn start(&self, function: &str) -> TaskRun<'_> {
-        let known = self.known.contains(function) || function.starts_with("rask.");
         let label = FunctionLabel {
-            function: if known { function } else { "unknown" }.to_owned(),
+            function: if self.known.contains(function) {
+                function
+            } else {
+                UNKNOWN
+            }
+            .to_owned(),
         };
         self.started.get_or_create(&label).inc();
         self.totals[STARTED].fetch_add(1, Ordering::Relaxed);
@@ -157,6 +197,18 @@ impl Metrics {
     /// into.
     pub(crate) fn replica_waits(&self) -> Arc<ReplicaWaitCounts> {
         self.replica_waits.clone()
+    }
+
+    /// The threads past their time limit, and their bound.
+    pub(crate) fn overruns(&self) -> &Arc<Overruns> {
+        &self.overruns
+    }
+
+    /// Counts a broadcast request refused for `reason` (a fixed word, see the module docs).
+    pub(crate) fn broadcast_refused(&self, reason: &'static str) {
+        self.refused_broadcasts
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
 
     /// Counts a reconnection after a lost connection.
@@ -338,7 +390,7 @@ mod tests {
 
     #[test]
     fn counts_outcomes_by_function_and_kind() {
-        let metrics = Metrics::new(vec!["inc".into()]);
+        let metrics = Metrics::new(vec!["inc".into()], 1);
         metrics.start("inc").finished(&Outcome::Value(vec![1]));
         let failure = TaskFailure::new(
             FailureKind::TimedOut,
@@ -369,5 +421,37 @@ mod tests {
         );
         assert!(text.contains("rask_task_duration_seconds_bucket"), "{text}");
         assert_eq!(metrics.recent_errors()[0].kind, FailureKind::TimedOut);
+    }
+
+    #[test]
+    fn only_known_functions_and_element_operations_get_their_own_series() {
+        let metrics = Metrics::new(vec!["inc".into()], 1);
+        for i in 0..100 {
+            metrics
+                .start(&format!("rask.made-up-{i}"))
+                .finished(&Outcome::Value(vec![]));
+            metrics
+                .start(&format!("rask.bag.map{i}"))
+                .finished(&Outcome::Value(vec![]));
+        }
+        for op in bag_ops::ELEMENT_OPS {
+            metrics.start(op).finished(&Outcome::Value(vec![]));
+        }
+        metrics.start("inc").finished(&Outcome::Value(vec![]));
+        let text = metrics.encode();
+        let mut labels: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("rask_tasks_started_total{"))
+            .filter_map(|l| l.split('"').nth(1))
+            .collect();
+        labels.sort_unstable();
+        let mut expected = vec!["inc", UNKNOWN];
+        expected.extend(bag_ops::ELEMENT_OPS);
+        expected.sort_unstable();
+        assert_eq!(labels, expected, "{text}");
+        assert!(
+            text.contains(r#"rask_tasks_started_total{function="unknown"} 200"#),
+            "{text}"
+        );
     }
 }

@@ -163,6 +163,7 @@ impl Ops {
             registry.clone(),
             identity.clone(),
             health.clone(),
+            metrics.clone(),
             leaving.clone(),
         ));
         tracker.spawn(crate::presence::heartbeat(

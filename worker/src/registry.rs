@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use rask_common::builtins;
-use rask_common::message::{decode_value, encode_value};
+use rask_common::message::{decode_args, encode_value};
 use rask_common::{Invocation, Task, TaskError};
 
 use crate::pace::Pace;
@@ -26,11 +26,11 @@ struct Typed<T>(std::marker::PhantomData<fn() -> T>);
 
 impl<T: Task> Callable for Typed<T> {
     fn prepare(&self, args: &[u8]) -> Result<ErasedInvocation, String> {
-        let args: T::Args = match decode_value(args) {
+        let args: T::Args = match decode_args(args) {
             Ok(args) => args,
             // A task without parameters takes `()`, which MessagePack writes as nil; callers
             // that always send an argument array (the CLI) send `[]` for it.
-            Err(_) if args == [EMPTY_ARRAY] => decode_value(&[NIL]).map_err(|e| e.to_string())?,
+            Err(_) if args == [EMPTY_ARRAY] => decode_args(&[NIL]).map_err(|e| e.to_string())?,
             Err(e) => return Err(e.to_string()),
         };
         let encode = |value: T::Output| {
@@ -147,6 +147,7 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rask_common::message::decode_value;
 
     #[test]
     fn unknown_names_list_the_known_ones() {

@@ -32,9 +32,9 @@ pub(crate) enum PublishError {
     /// RabbitMQ refused the task.
     #[error("the broker refused task {0} (nack)")]
     Nacked(TaskKey),
-    /// The delay queue of a retry could not be declared.
-    #[error("declaring a delay queue: {0}")]
-    Declare(rask_common::Error),
+    /// The retry's delay cannot be held by the delay ladder.
+    #[error("delaying the retry: {0}")]
+    Delay(rask_common::Error),
 }
 
 /// A confirm-mode channel the tasks of a worker share for their own publishes (dead-letter

@@ -1,8 +1,8 @@
 //! Retrying a task whose function failed with a retryable error
 //! ([`rask_common::TaskError::retryable`]) while its [`rask_common::RetryPolicy`] allows another
-//! attempt: nothing is stored; the message goes back with `attempt + 1` through a delay queue in
-//! front of the task queue ([`Destination::after`]), so the wait happens in the broker, never in
-//! a worker holding a message.
+//! attempt: nothing is stored; the message goes back with `attempt + 1` through the delay ladder
+//! in front of the task queue ([`Destination::after`]), so the wait happens in the broker, never
+//! in a worker holding a message.
 //!
 //! Order: publish the next attempt and wait for the broker's confirm, then acknowledge the
 //! delivery. If publishing fails, the delivery is requeued instead and the attempt runs again
@@ -16,6 +16,7 @@ use std::time::Duration;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicRejectOptions};
 use rask_common::broker::Destination;
+use rask_common::delay;
 use rask_common::{Settings, TaskMessage};
 
 use crate::release::{self, ConfirmChannel, PublishError};
@@ -41,7 +42,8 @@ fn next_attempt_with(message: &TaskMessage, retryable: bool, jitter: f64) -> Opt
         return None;
     }
     Some(Retry {
-        delay: policy.delay(attempts, jitter),
+        // A backoff the delay ladder cannot hold (over 49 days) waits as long as it can.
+        delay: policy.delay(attempts, jitter).min(delay::MAX_DELAY),
         message: TaskMessage {
             attempt: attempts,
             ..message.clone()
@@ -59,10 +61,8 @@ pub(crate) async fn schedule(
 ) {
     let Retry { message, delay } = retry;
     let published = async {
+        let to = Destination::after(settings, delay).map_err(PublishError::Delay)?;
         let channel = channel.get().await?;
-        let to = Destination::after(&channel, settings, delay)
-            .await
-            .map_err(PublishError::Declare)?;
         release::publish(&channel, &to, &message).await
     }
     .await;

@@ -70,7 +70,10 @@ impl Worker {
         let random = &uuid::Uuid::new_v4().simple().to_string()[..6];
         let id = format!("{host}-{}-{random}", std::process::id());
         Worker {
-            metrics: Arc::new(crate::metrics::Metrics::new(registry.names())),
+            metrics: Arc::new(crate::metrics::Metrics::new(
+                registry.names(),
+                settings.effective_max_overrun_threads(),
+            )),
             settings,
             registry,
             id,
@@ -96,8 +99,13 @@ impl Worker {
     /// nodes (`amqp_urls`) it connects to the first that answers, and after losing one tries
     /// the nodes after it first and the lost one last.
     ///
+    /// When the threads of plain functions that ran past their time limit reach
+    /// `max_overrun_threads`, the worker stops as if `shutdown` completed and returns
+    /// [`Error::Overruns`]: a binary should exit then, ending those threads.
+    ///
     /// # Errors
-    /// [`Error`] if the settings are refused (e.g. the queue exists with other arguments).
+    /// [`Error`] if the settings are refused (e.g. the queue exists with other arguments), or
+    /// [`Error::Overruns`].
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
         let mut pause = RECONNECT.0;
         let ops = crate::ops::Ops::start(
@@ -107,16 +115,35 @@ impl Worker {
             self.metrics.clone(),
         )
         .await?;
-        let shutdown = ops.until(shutdown).fuse();
+        let overruns = self.metrics.overruns().clone();
+        let exhausted = overruns.exhausted().clone();
+        let shutdown = ops
+            .until(async move {
+                tokio::select! {
+                    () = shutdown => {}
+                    () = exhausted.cancelled() => {}
+                }
+            })
+            .fuse();
         tokio::pin!(shutdown);
+        let stopped = || {
+            if overruns.exhausted().is_cancelled() {
+                Err(Error::Overruns {
+                    running: overruns.running(),
+                    max: overruns.max(),
+                })
+            } else {
+                Ok(())
+            }
+        };
         loop {
             match self.serve(shutdown.as_mut()).await {
-                Ok(()) => return Ok(()),
+                Ok(()) => return stopped(),
                 Err(e) if e.is_connection() && !shutdown.is_terminated() => {
                     tracing::warn!(error = %e, retry_in = ?pause, "connection lost; reconnecting");
                     self.metrics.reconnected();
                     tokio::select! {
-                        () = &mut shutdown => return Ok(()),
+                        () = &mut shutdown => return stopped(),
                         () = tokio::time::sleep(pause) => {}
                     }
                     pause = (pause * 2).min(RECONNECT.1);
@@ -147,8 +174,7 @@ impl Worker {
         // Whatever ends this connection, the next one starts with the node after this one.
         self.next_node.store(node + 1, Ordering::Relaxed);
         let connection = Arc::new(connection);
-        let channel = connection.create_channel().await?;
-        broker::declare_topology(&channel, &settings).await?;
+        let channel = broker::declare_topology(&connection, &settings).await?;
         let prefetch = settings.effective_prefetch();
         let shards = settings.task_queues();
         // The prefetch count applies per consumer: one consumer per shard shares it.
@@ -293,7 +319,16 @@ async fn handle(shared: &Shared, delivery: Delivery) {
     let outcome = match inputs::resolve(&shared.store, &shared.id, &message).await {
         Ok(ready) => {
             let limit = time_limit(&message, &shared.settings);
-            execute(&shared.registry, &shared.id, &ready, limit, &mut retryable).await
+            let overruns = shared.metrics.overruns();
+            execute(
+                &shared.registry,
+                overruns,
+                &shared.id,
+                &ready,
+                limit,
+                &mut retryable,
+            )
+            .await
         }
         Err(outcome) => outcome,
     };

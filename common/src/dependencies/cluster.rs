@@ -5,11 +5,16 @@
 //! records are kept by steps that each stay in one slot, ordered so that no dependent is
 //! released early or forgotten:
 //!
-//! - **Register** task `T` waiting for inputs `D…`: (1) in `T`'s slot, write `T`'s record and
-//!   its pending set with *every* input (so nothing can release it yet); (2) in each `D`'s slot,
-//!   atomically: if `D`'s result is stored report it, else add `T` to `D`'s dependents; (3) in
-//!   `T`'s slot, remove the inputs found stored from the pending set; `T` is ready when it
-//!   empties. An input stored after step 2 finds `T` among its dependents.
+//! - **Register** task `T` waiting for inputs `D…`: (1) in `T`'s slot, unless `T`'s result is
+//!   stored: the first time, write its pending set with *every* input (so nothing can release
+//!   it yet) and then its record; when the record exists already, keep the pending set as it
+//!   is (it only ever lost inputs that are stored); (2) in each `D`'s slot, atomically: if
+//!   `D`'s result is stored report it, else add `T` to `D`'s dependents; (3) in `T`'s slot,
+//!   remove the inputs found stored from the pending set; `T` is ready when it empties. An
+//!   input stored after step 2 finds `T` among its dependents. Steps 2 and 3 run on every
+//!   registration of a task with inputs pending, so registering again (a retry after a failure
+//!   between the steps or a lost reply, or another producer's identical graph) completes what
+//!   an earlier one left undone, and never adds back an input that was released.
 //! - **Store and release** outcomes `K…`: (1) store them, write-once; (2) once stored, read
 //!   each `K`'s dependents (so a registration's step 2 either saw the result or is seen here);
 //!   (3) in each dependent's slot, remove the stored inputs from its pending set and return its
@@ -17,28 +22,41 @@
 //!
 //! Both sides may find a dependent ready at once and publish it twice: harmless, results are
 //! write-once (as on a single Redis). Every step is idempotent, so a failed call is repeated.
+//! Scripts take any number of inputs: Lua's `unpack` fails beyond about 8000 values, so they
+//! pass them to Redis 1000 at a time.
 
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
 use redis::Script;
 
-use super::{decode_ready, Registration};
+use super::Registration;
 use crate::error::Result;
 use crate::keys::TaskKey;
 use crate::message::TaskMessage;
 use crate::store::Store;
 
 /// Step 1 of registering. KEYS: the task's result, record and pending set. ARGV: its message,
-/// the TTL in ms, then its inputs. Returns 0 (already stored or registered), 1 (waiting: go on
-/// with step 2) or 2 (no inputs: ready).
+/// the TTL in ms, then its inputs. The first registration writes the pending set with every
+/// input and then the record (so that a record always has its whole pending set); a later one
+/// (a retry, or another producer) keeps the pending set as releases left it, and only renews
+/// the TTLs. Returns 0 (its result is stored), 1 (inputs pending: go on with step 2) or 2 (no
+/// input pending: ready).
 static REGISTER_OWN: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end
-if #ARGV == 2 then return 2 end
-redis.call('SADD', KEYS[3], unpack(ARGV, 3))
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  for i = 3, #ARGV, 1000 do
+    redis.call('SADD', KEYS[3], unpack(ARGV, i, math.min(i + 999, #ARGV)))
+  end
+  if #ARGV > 2 then redis.call('PEXPIRE', KEYS[3], ARGV[2]) end
+  redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+  if #ARGV == 2 then return 2 end
+  return 1
+end
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+if #ARGV == 2 or redis.call('SCARD', KEYS[3]) == 0 then return 2 end
 redis.call('PEXPIRE', KEYS[3], ARGV[2])
 return 1
 ",
@@ -60,12 +78,15 @@ return 0
 });
 
 /// Removes stored inputs from a waiting task's pending set, in the task's slot. KEYS: its
-/// pending set, result and record. ARGV: the stored inputs. Returns its record if nothing is
-/// pending and it has no result, else false.
+/// pending set, result and record. ARGV: the stored inputs (any number: they are removed 1000
+/// at a time, as Lua's `unpack` fails beyond about 8000 values). Returns its record if nothing
+/// is pending and it has no result, else false.
 static UNPEND: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-redis.call('SREM', KEYS[1], unpack(ARGV))
+for i = 1, #ARGV, 1000 do
+  redis.call('SREM', KEYS[1], unpack(ARGV, i, math.min(i + 999, #ARGV)))
+end
 if redis.call('SCARD', KEYS[1]) == 0 and redis.call('EXISTS', KEYS[2]) == 0 then
   return redis.call('GET', KEYS[3])
 end
@@ -146,11 +167,12 @@ impl Store {
         Ok(found)
     }
 
-    /// [`Store::store_and_release`] on a cluster (see the module docs): four pipelines.
+    /// [`Store::store_and_release`] on a cluster (see the module docs), for one chunk of
+    /// outcomes: four pipelines. Returns the records of the dependents released.
     pub(super) async fn store_and_release_by_slot(
         &self,
         outcomes: &[(TaskKey, Vec<u8>)],
-    ) -> Result<Vec<TaskMessage>> {
+    ) -> Result<Vec<Vec<u8>>> {
         self.outcomes_pipeline(outcomes)
             .query_async::<()>(&mut self.connection())
             .await?;
@@ -175,7 +197,7 @@ impl Store {
         let mut announce = redis::pipe();
         self.announce(&mut announce, outcomes)?;
         announce.query_async::<()>(&mut self.connection()).await?;
-        Ok(decode_ready(ready.into_iter().flatten().collect()))
+        Ok(ready.into_iter().flatten().collect())
     }
 
     /// Runs [`UNPEND`] for each waiting task and its stored inputs; returns the records of

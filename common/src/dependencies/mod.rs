@@ -10,6 +10,11 @@
 //! is returned again), so a redelivered task releases its dependents again; a dependent
 //! published twice runs twice, harmlessly, since results are write-once.
 //!
+//! Registering ([`Store::register_tasks`]) is idempotent as well: only a stored result makes a
+//! task [`Registration::Known`]; a task registered before answers `Ready` or `Waiting` again,
+//! and its links are made again, so a registration whose reply was lost, or that failed part
+//! way, is completed by registering again (as `persist` does when it retries).
+//!
 //! A Redis Cluster cannot run these scripts (their keys span hash slots): there [`cluster`]
 //! keeps the same records by steps that each stay in one slot.
 
@@ -29,15 +34,19 @@ use crate::store::Store;
 /// Most scripts sent in one pipeline.
 const PIPELINE_CHUNK: usize = 1000;
 
-/// Registers one graph task. KEYS: its result, task record and pending set, then for each
-/// dependency its result and dependents set. ARGV: its key, its message, the TTL in ms, then the
-/// dependency keys. Returns 0 (already stored or registered: nothing to do), 1 (waiting) or
-/// 2 (ready: the caller publishes it).
+/// Registers one graph task, idempotently: registering it again (a retry whose first reply was
+/// lost, or another producer's identical graph) redoes every step and answers as the first time
+/// would now. KEYS: its result, task record and pending set, then for each dependency its
+/// result and dependents set. ARGV: its key, its message, the TTL in ms, then the dependency
+/// keys. Returns 0 (its result is stored: nothing to do), 1 (waiting) or 2 (ready: the caller
+/// publishes it).
 static REGISTER: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-if not redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then return 0 end
+if not redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then
+  redis.call('PEXPIRE', KEYS[2], ARGV[3])
+end
 local pending = 0
 for i = 1, #ARGV - 3 do
   if redis.call('EXISTS', KEYS[2 + 2 * i]) == 0 then
@@ -46,6 +55,8 @@ for i = 1, #ARGV - 3 do
     redis.call('PEXPIRE', dependents, ARGV[3])
     redis.call('SADD', KEYS[3], ARGV[3 + i])
     pending = pending + 1
+  else
+    redis.call('SREM', KEYS[3], ARGV[3 + i])
   end
 end
 if pending == 0 then return 2 end
@@ -81,11 +92,14 @@ return ready
 /// What registering a graph task found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Registration {
-    /// Its result is stored, or another call (of any process) registered it: nothing to do.
+    /// Its result is stored: nothing to do. A task registered before but without a result
+    /// answers `Waiting` or `Ready` again, so that a registration can always be retried.
     Known,
     /// It waits for inputs; a worker publishes it when the last one is stored.
     Waiting,
-    /// Every input is stored: the caller must publish it now.
+    /// Every input is stored and it has no result: the caller must publish it now (even if
+    /// an earlier registration, or a worker, published it already: a task published twice may
+    /// run twice, and its first outcome stays).
     Ready,
 }
 
@@ -95,7 +109,8 @@ impl Store {
     /// hold them. Records and sets live for the TTL.
     ///
     /// # Errors
-    /// [`crate::Error::Store`] if Redis fails; tasks registered before the failure stay.
+    /// [`crate::Error::Store`] if Redis fails; tasks registered before the failure stay (call
+    /// again: registering is idempotent).
     pub async fn register_tasks(&self, tasks: &[TaskMessage]) -> Result<Vec<Registration>> {
         let keys = self.keys();
         let ttl_ms = self.ttl_ms();
@@ -138,10 +153,10 @@ impl Store {
     }
 
     /// Stores `outcomes` write-once, announces them and releases their dependents (the release
-    /// script), in that order in one pipeline: one round trip (on a cluster, a few: see
-    /// [`cluster`]); then waits for `redis_wait_replicas` replicas, if any. Returns the messages
-    /// of the dependents that are ready to run, without duplicates; publish them before
-    /// acknowledging.
+    /// script), in that order in one pipeline per 1000 outcomes: one round trip for a worker's
+    /// batch (on a cluster, a few: see [`cluster`]); then waits for `redis_wait_replicas`
+    /// replicas, if any. Returns the messages of the dependents that are ready to run, without
+    /// duplicates; publish them before acknowledging.
     ///
     /// # Errors
     /// [`crate::Error::Store`] if Redis fails (call again: storing and releasing are idempotent).
@@ -149,12 +164,25 @@ impl Store {
         &self,
         outcomes: &[(TaskKey, Vec<u8>)],
     ) -> Result<Vec<TaskMessage>> {
-        if outcomes.is_empty() {
-            return Ok(Vec::new());
+        // In chunks, so that no release script keeps Redis from serving others for long.
+        let mut bodies = Vec::new();
+        for chunk in outcomes.chunks(PIPELINE_CHUNK) {
+            if self.keys().is_clustered() {
+                bodies.extend(self.store_and_release_by_slot(chunk).await?);
+            } else {
+                bodies.extend(self.store_and_release_chunk(chunk).await?);
+                self.replicate().await?;
+            }
         }
-        if self.keys().is_clustered() {
-            return self.store_and_release_by_slot(outcomes).await;
-        }
+        Ok(decode_ready(bodies))
+    }
+
+    /// [`Store::store_and_release`] for at most [`PIPELINE_CHUNK`] outcomes on a single Redis:
+    /// the records of the dependents released.
+    async fn store_and_release_chunk(
+        &self,
+        outcomes: &[(TaskKey, Vec<u8>)],
+    ) -> Result<Vec<Vec<u8>>> {
         // Announced before the release script runs: waiters learn of the results without
         // waiting for the dependents' bookkeeping.
         let mut pipe = self.outcomes_pipeline(outcomes);
@@ -177,8 +205,7 @@ impl Store {
             }
             other => other?,
         };
-        self.replicate().await?;
-        Ok(decode_ready(bodies.0))
+        Ok(bodies.0)
     }
 }
 

@@ -1,29 +1,36 @@
 //! Starting the local cluster behind `rask local up`: one RabbitMQ, one
-//! Redis and N workers, detached from the command that started them and
+//! Redis and N workers under a supervisor (`rask local supervise`, see
+//! [`supervisor`](super::supervisor)) that starts a worker again when it
+//! exits abnormally, all detached from the command that started them and
 //! recorded in `DIR/state.json` so that `down` and `status` (in
 //! [`recorded`](super::recorded)) can find them.
 //!
 //! Layout of `DIR`: `rabbitmq/` and `redis/` (data and server logs),
-//! `logs/worker-N.log`, `state.json`.
+//! `logs/worker-N.log`, `logs/supervisor.log`, `state.json`.
 
 use std::ffi::OsString;
 use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use tokio::process::Command;
+
 use super::binaries::sibling_binary;
+use super::logs;
 use super::pid;
 use super::ports;
 use super::rabbitmq_server::RabbitMqSpec;
 use super::recorded;
 use super::redis_server::{Fsync, RedisSpec};
 use super::server::ServerProcess;
-use super::spawn::Lifetime;
-use super::state::{self, ClusterState, ProcessKind, ProcessRecord};
-use super::worker::{Worker, WorkerSpec};
+use super::spawn::{self, Lifetime, Spawned};
+use super::state::{self, ClusterState, ProcessKind, ProcessRecord, WorkerState};
 
-/// How long a worker may take to count as started.
-const WORKER_READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the supervisor may take to report its workers ready (it gives each 10 s).
+const WORKERS_READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How often `up` looks at the state file while the workers start.
+const POLL: Duration = Duration::from_millis(50);
 
 /// What `rask local up` starts, and where.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,17 +74,19 @@ pub fn default_dir() -> PathBuf {
     default_dir_from(|name| std::env::var_os(name))
 }
 
-/// Starts RabbitMQ, Redis (append-only) and `spec.workers` workers, all
-/// detached, and records them in `DIR/state.json`. Returns once the servers
-/// accept connections and every worker is running. If a part fails, the
+/// Starts RabbitMQ, Redis (append-only) and, when `spec.workers` is not 0,
+/// a supervisor (`rask local supervise`, the `rask` binary beside this one)
+/// that runs that many workers and starts again any that exits abnormally;
+/// all detached, and recorded in `DIR/state.json`. Returns once the servers
+/// accept connections and every worker is consuming. If a part fails, the
 /// parts already started are stopped again.
 ///
 /// # Errors
 ///
 /// `AlreadyExists` if a cluster recorded in the folder is still running;
 /// `AddrInUse` if a port is taken (the message names the option to change
-/// it); `NotFound` if RabbitMQ, Redis or `rask-worker` is missing; otherwise
-/// the error of the part that failed to start, quoting its log.
+/// it); `NotFound` if RabbitMQ, Redis, `rask` or `rask-worker` is missing;
+/// otherwise the error of the part that failed to start, quoting its log.
 pub async fn up(spec: &LocalClusterSpec) -> io::Result<ClusterState> {
     // The servers run in their own folders, so relative paths would break.
     let spec = &LocalClusterSpec {
@@ -86,14 +95,15 @@ pub async fn up(spec: &LocalClusterSpec) -> io::Result<ClusterState> {
     };
     recorded::ensure_not_running(&spec.dir)?;
     check_ports(spec)?;
-    let worker_program = if spec.workers > 0 {
-        Some(sibling_binary("rask-worker")?)
+    let supervisor_program = if spec.workers > 0 {
+        sibling_binary("rask-worker")?;
+        Some(sibling_binary("rask")?)
     } else {
         None
     };
 
     let mut started = Started::default();
-    match start_parts(spec, worker_program, &mut started).await {
+    match start_parts(spec, supervisor_program, &mut started).await {
         Ok(state) => Ok(state),
         Err(e) => {
             tracing::warn!(error = %e, "local cluster failed to start; stopping what was started");
@@ -109,16 +119,18 @@ pub async fn up(spec: &LocalClusterSpec) -> io::Result<ClusterState> {
 struct Started {
     rabbitmq: Option<ServerProcess>,
     redis: Option<ServerProcess>,
-    workers: Vec<Worker>,
+    supervisor: Option<Spawned>,
+    dir: PathBuf,
 }
 
 impl Started {
-    /// Stops everything started, workers first; errors are only logged, the
-    /// caller is already reporting the error that caused this.
+    /// Stops everything started, the supervisor and its workers first; errors
+    /// are only logged, the caller is already reporting the error that caused
+    /// this.
     async fn stop(&mut self) {
-        for worker in &mut self.workers {
-            if let Err(e) = worker.kill().await {
-                tracing::warn!(pid = worker.pid(), error = %e, "cannot stop worker");
+        if let Some(supervisor) = &mut self.supervisor {
+            if let Err(e) = recorded::stop_supervised(&self.dir, supervisor).await {
+                tracing::warn!(pid = supervisor.pid(), error = %e, "cannot stop the supervisor");
             }
         }
         for server in [&mut self.redis, &mut self.rabbitmq].into_iter().flatten() {
@@ -133,9 +145,10 @@ impl Started {
 /// runs, so that a `down` can clean up even if this process dies half-way.
 async fn start_parts(
     spec: &LocalClusterSpec,
-    worker_program: Option<PathBuf>,
+    supervisor_program: Option<PathBuf>,
     started: &mut Started,
 ) -> io::Result<ClusterState> {
+    started.dir = spec.dir.clone();
     let rabbitmq_spec = RabbitMqSpec {
         dir: spec.dir.join("rabbitmq"),
         port: spec.amqp_port,
@@ -172,34 +185,29 @@ async fn start_parts(
         .push(server_record(ProcessKind::Redis, redis));
     state::write(&state)?;
 
-    if let Some(program) = worker_program {
-        for number in 1..=spec.workers {
-            let mut env = vec![
-                ("RASK_AMQP_URL".to_owned(), state.amqp_url.clone()),
-                ("RASK_REDIS_URL".to_owned(), state.redis_url.clone()),
-            ];
-            env.extend(spec.worker_env.iter().cloned());
-            let worker_spec = WorkerSpec {
-                program: program.clone(),
-                args: Vec::new(),
-                env,
-                log: spec.dir.join("logs").join(format!("worker-{number}.log")),
-            };
-            let worker = Worker::spawn(&worker_spec, Lifetime::Detached)?;
-            state.processes.push(ProcessRecord {
-                kind: ProcessKind::Worker,
-                pid: worker.pid(),
-                name: pid::name_of_program(&worker_spec.program),
-                address: None,
-                log: worker.log_path().to_owned(),
-                alive: true,
-            });
-            started.workers.push(worker);
+    if let Some(program) = supervisor_program {
+        let mut command = Command::new(&program);
+        command.args([
+            "local",
+            "supervise",
+            "--workers",
+            &spec.workers.to_string(),
+            "--dir",
+        ]);
+        command.arg(&spec.dir);
+        // The workers inherit the supervisor's environment.
+        command.env("RASK_AMQP_URL", &state.amqp_url);
+        command.env("RASK_REDIS_URL", &state.redis_url);
+        command.envs(spec.worker_env.iter().map(|(key, value)| (key, value)));
+        if std::env::var_os("RUST_LOG").is_none() {
+            command.env("RUST_LOG", "info"); // its log says when and why workers restarted
         }
-        state::write(&state)?;
-        for worker in &mut started.workers {
-            worker.wait_ready(WORKER_READY_TIMEOUT).await?;
-        }
+        let log = spec.dir.join("logs").join("supervisor.log");
+        let supervisor =
+            started
+                .supervisor
+                .insert(spawn::spawn(command, Lifetime::Detached, &log)?);
+        state = wait_supervised(&spec.dir, spec.workers, supervisor).await?;
     }
     tracing::info!(dir = %spec.dir.display(), amqp = %state.amqp_url, redis = %state.redis_url, workers = spec.workers, "local cluster up");
     Ok(state)
@@ -214,6 +222,49 @@ fn server_record(kind: ProcessKind, server: &ServerProcess) -> ProcessRecord {
         address: Some(server.url()),
         log: server.log_path(),
         alive: true,
+        supervision: None,
+    }
+}
+
+/// Waits until the supervisor has recorded `workers` workers, all consuming;
+/// the state then.
+///
+/// # Errors
+///
+/// Fails, quoting the supervisor's log, if it exits first (it does when a
+/// worker exits or is not ready in time) or takes longer than
+/// [`WORKERS_READY_TIMEOUT`].
+async fn wait_supervised(
+    dir: &std::path::Path,
+    workers: usize,
+    supervisor: &mut Spawned,
+) -> io::Result<ClusterState> {
+    let deadline = tokio::time::Instant::now() + WORKERS_READY_TIMEOUT;
+    loop {
+        if let Some(state) = state::read(dir)? {
+            let ready = state
+                .processes
+                .iter()
+                .filter_map(|r| r.supervision.as_ref())
+                .filter(|s| s.state == WorkerState::Running)
+                .count();
+            if ready == workers {
+                return Ok(state);
+            }
+        }
+        let problem = if let Some(status) = supervisor.try_wait()? {
+            format!("exited ({status})")
+        } else if tokio::time::Instant::now() >= deadline {
+            format!("has not reported its workers ready after {WORKERS_READY_TIMEOUT:?}")
+        } else {
+            tokio::time::sleep(POLL).await;
+            continue;
+        };
+        return Err(io::Error::other(format!(
+            "the workers' supervisor (pid {}) {problem}{}",
+            supervisor.pid(),
+            logs::tail(&[supervisor.log()], logs::TAIL_LINES)
+        )));
     }
 }
 

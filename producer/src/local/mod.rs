@@ -14,6 +14,8 @@
 //!   tests).
 //! - [`up`], [`down`], [`status`]: the detached cluster recorded in
 //!   `DIR/state.json` ([`ClusterState`]).
+//! - [`supervise`]: what `rask local supervise`, started by `up`, runs: the
+//!   workers as its children, each started again after an abnormal exit.
 //! - [`port_is_free`], [`free_port`], [`sibling_binary`]: small helpers the
 //!   CLI and the test harness need too.
 //!
@@ -54,6 +56,7 @@ mod redis_server;
 mod server;
 mod spawn;
 mod state;
+mod supervisor;
 mod worker;
 
 #[cfg(test)]
@@ -67,5 +70,6 @@ pub use recorded::{down, status};
 pub use redis_server::{Fsync, RedisSpec};
 pub use server::ServerProcess;
 pub use spawn::Lifetime;
-pub use state::{ClusterState, ProcessKind, ProcessRecord};
+pub use state::{ClusterState, ProcessKind, ProcessRecord, Supervision, WorkerState};
+pub use supervisor::{supervise, SuperviseSpec, EXIT_CONFIG};
 pub use worker::{Worker, WorkerSpec, READY_MARKER};

@@ -7,7 +7,10 @@ use std::io;
 use std::path::Path;
 use std::time::Duration;
 
+use nix::sys::signal::Signal;
+
 use super::pid;
+use super::spawn::Spawned;
 use super::state::{self, ClusterState, ProcessKind, ProcessRecord};
 
 /// How long workers get to finish after SIGTERM before SIGKILL.
@@ -16,20 +19,45 @@ const WORKER_GRACE: Duration = Duration::from_secs(10);
 /// How long each server gets to stop after SIGTERM before SIGKILL.
 const SERVER_GRACE: Duration = Duration::from_secs(30);
 
-/// Stops exactly the processes recorded in `DIR/state.json`: workers first
-/// (SIGTERM, SIGKILL after 10 s), then Redis, then RabbitMQ (each SIGTERM,
-/// SIGKILL after 30 s); then deletes the record. Returns the records, with
-/// `alive` telling whether each was still running. A process whose pid now
-/// belongs to another program is left alone.
+/// How long the supervisor gets to stop after SIGTERM before SIGKILL: it
+/// gives its workers [`WORKER_GRACE`] first.
+const SUPERVISOR_GRACE: Duration = Duration::from_secs(15);
+
+/// Stops exactly the processes recorded in `DIR/state.json`: the workers'
+/// supervisor first, so that it starts no worker again (it stops its workers:
+/// SIGTERM, SIGKILL after 10 s), then any worker still running (the same
+/// way), then Redis, then RabbitMQ (each SIGTERM, SIGKILL after 30 s); then
+/// deletes the record. Returns the records, with `alive` telling whether each
+/// was still running. A process whose pid now belongs to another program is
+/// left alone.
 ///
 /// # Errors
 ///
 /// `NotFound` if no cluster is recorded in `dir`; an error if a process
 /// cannot be stopped (the record is then kept, so `down` can be retried).
 pub async fn down(dir: &Path) -> io::Result<Vec<ProcessRecord>> {
-    let mut state = read_recorded(dir)?;
-    for record in &mut state.processes {
+    let first = read_recorded(dir)?;
+    let mut supervisors = Vec::new();
+    for record in first
+        .processes
+        .iter()
+        .filter(|r| r.kind == ProcessKind::Supervisor)
+    {
+        let mut record = record.clone();
         record.alive = pid::is_alive_as(record.pid, &record.name);
+        if record.alive {
+            stop_record(&record, SUPERVISOR_GRACE).await?;
+        }
+        supervisors.push(record);
+    }
+    // Read again: the supervisor recorded how its workers ended, and which
+    // processes run them now.
+    let mut state = state::read(dir)?.unwrap_or(first);
+    for record in &mut state.processes {
+        record.alive = match supervisors.iter().find(|s| s.pid == record.pid) {
+            Some(supervisor) => supervisor.alive, // as it was before this stopped it
+            None => pid::is_alive_as(record.pid, &record.name),
+        };
     }
     let workers = state
         .processes
@@ -91,6 +119,36 @@ pub(super) fn ensure_not_running(dir: &Path) -> io::Result<()> {
     ))
 }
 
+/// Stops the supervisor `up` started (SIGTERM; SIGKILL after
+/// [`SUPERVISOR_GRACE`]) and then any worker recorded in `dir` that still
+/// runs (a supervisor killed outright leaves its workers behind).
+///
+/// # Errors
+///
+/// Fails if a process cannot be stopped.
+pub(super) async fn stop_supervised(dir: &Path, supervisor: &mut Spawned) -> io::Result<()> {
+    if supervisor.try_wait()?.is_none() {
+        let _ = pid::send(supervisor.pid(), Signal::SIGTERM);
+        if supervisor.wait_timeout(SUPERVISOR_GRACE).await?.is_none() {
+            let _ = pid::send(supervisor.pid(), Signal::SIGKILL);
+            supervisor.wait_timeout(SUPERVISOR_GRACE).await?;
+        }
+    }
+    let Some(state) = state::read(dir)? else {
+        return Ok(());
+    };
+    for record in state
+        .processes
+        .iter()
+        .filter(|r| r.kind == ProcessKind::Worker)
+    {
+        if pid::is_alive_as(record.pid, &record.name) {
+            stop_record(record, WORKER_GRACE).await?;
+        }
+    }
+    Ok(())
+}
+
 /// The recorded state, or `NotFound` with a clear message.
 fn read_recorded(dir: &Path) -> io::Result<ClusterState> {
     state::read(dir)?.ok_or_else(|| {
@@ -144,6 +202,7 @@ mod tests {
                 address: None,
                 log: dir.join("logs/worker-1.log"),
                 alive: true,
+                supervision: None,
             }],
         };
         state::write(&stale).expect("write");

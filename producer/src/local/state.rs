@@ -21,6 +21,9 @@ pub enum ProcessKind {
     Redis,
     /// A `rask-worker`.
     Worker,
+    /// The `rask local supervise` process that started the workers and restarts them when they
+    /// exit abnormally.
+    Supervisor,
 }
 
 /// One process of a local cluster.
@@ -44,6 +47,44 @@ pub struct ProcessRecord {
     /// stopped.
     #[serde(default)]
     pub alive: bool,
+    /// For a worker started by the supervisor: its number and how it is doing. `None` for
+    /// servers, the supervisor, and workers recorded before supervision existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supervision: Option<Supervision>,
+}
+
+/// A supervised worker as its supervisor last saw it (see [`supervise`](super::supervise)).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Supervision {
+    /// The worker's number, from 1; its log is `logs/worker-N.log` whichever process runs it.
+    pub number: usize,
+    /// What it is doing.
+    pub state: WorkerState,
+    /// How many times it was started again after exiting abnormally.
+    pub restarts: u32,
+    /// How its last process ended, e.g. `killed by signal SIGKILL`; `None` before any exit.
+    #[serde(default)]
+    pub last_exit: Option<String>,
+    /// The last line its last process logged before it ended; `None` before any exit.
+    #[serde(default)]
+    pub last_error: Option<String>,
+}
+
+/// What a supervised worker is doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerState {
+    /// Started, not consuming yet.
+    Starting,
+    /// Consuming (it logged that it is ready).
+    Running,
+    /// Exited abnormally; started again after a pause (1 s, doubling to 30 s).
+    Restarting,
+    /// Exited with status 0 (a graceful shutdown someone asked for); not started again.
+    Stopped,
+    /// Exited with status 78 (`EX_CONFIG`): its configuration cannot work, so starting it again
+    /// would fail the same way; not started again.
+    Failed,
 }
 
 /// A local cluster as recorded in its folder.
@@ -142,6 +183,7 @@ mod tests {
                     address: Some("amqp://guest:guest@127.0.0.1:5672/%2f".into()),
                     log: dir.join("rabbitmq/log/console.log"),
                     alive: true,
+                    supervision: None,
                 },
                 ProcessRecord {
                     kind: ProcessKind::Worker,
@@ -150,6 +192,13 @@ mod tests {
                     address: None,
                     log: dir.join("logs/worker-1.log"),
                     alive: true,
+                    supervision: Some(Supervision {
+                        number: 1,
+                        state: WorkerState::Restarting,
+                        restarts: 2,
+                        last_exit: Some("killed by signal SIGKILL".into()),
+                        last_error: None,
+                    }),
                 },
             ],
         };
@@ -157,6 +206,7 @@ mod tests {
         assert_eq!(read(&dir).expect("read"), Some(state));
         let json = std::fs::read_to_string(path(&dir)).expect("json");
         assert!(json.contains("\"kind\": \"rabbitmq\""), "{json}");
+        assert!(json.contains("\"state\": \"restarting\""), "{json}");
 
         remove(&dir).expect("remove");
         remove(&dir).expect("remove again");

@@ -20,6 +20,28 @@ pub const READY_MARKER: &str = "worker ready";
 /// How often the log is checked for [`READY_MARKER`].
 const POLL: Duration = Duration::from_millis(25);
 
+/// How much of a log line [`Worker::last_log_line`] keeps.
+const LAST_LINE_CHARS: usize = 300;
+
+/// `line` without ANSI escape sequences (`ESC [ … letter`), which colour the workers' logs.
+fn without_colours(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // Skip to the sequence's final letter.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// What worker process to start, and how.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WorkerSpec {
@@ -41,6 +63,8 @@ pub struct WorkerSpec {
 #[derive(Debug)]
 pub struct Worker {
     process: Spawned,
+    /// The log's length when this process started: what it wrote comes after.
+    log_start: u64,
 }
 
 impl Worker {
@@ -53,8 +77,11 @@ impl Worker {
         let mut command = Command::new(&spec.program);
         command.args(&spec.args);
         command.envs(spec.env.iter().map(|(key, value)| (key, value)));
+        // The log is appended to (by earlier processes of the same worker, too): only what
+        // comes after this point is this process's.
+        let log_start = std::fs::metadata(&spec.log).map_or(0, |m| m.len());
         let process = spawn::spawn(command, lifetime, &spec.log)?;
-        Ok(Self { process })
+        Ok(Self { process, log_start })
     }
 
     /// The worker's pid.
@@ -76,6 +103,42 @@ impl Worker {
         Ok(self.process.try_wait()?.is_none())
     }
 
+    /// Its exit status if it has exited, else `None` (without waiting).
+    ///
+    /// # Errors
+    ///
+    /// Fails only if the OS cannot report on the child.
+    pub fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
+        self.process.try_wait()
+    }
+
+    /// Whether this process has logged [`READY_MARKER`] (a marker of an earlier process in the
+    /// same log does not count).
+    pub fn is_ready(&self) -> bool {
+        self.own_log().contains(READY_MARKER)
+    }
+
+    /// The last non-empty line this process logged, if any (without terminal colours, at most
+    /// 300 characters): after it exits, usually why.
+    pub fn last_log_line(&self) -> Option<String> {
+        let log = self.own_log();
+        let line = log.lines().rev().find(|line| !line.trim().is_empty())?;
+        let plain = without_colours(line.trim());
+        Some(match plain.char_indices().nth(LAST_LINE_CHARS) {
+            Some((cut, _)) => format!("{}…", &plain[..cut]),
+            None => plain,
+        })
+    }
+
+    /// What this process wrote to its log so far.
+    fn own_log(&self) -> String {
+        let bytes = std::fs::read(self.log_path()).unwrap_or_default();
+        let start = usize::try_from(self.log_start)
+            .unwrap_or(usize::MAX)
+            .min(bytes.len());
+        String::from_utf8_lossy(&bytes[start..]).into_owned()
+    }
+
     /// Returns once the worker has logged [`READY_MARKER`]: connected, topology declared,
     /// consuming.
     ///
@@ -85,8 +148,7 @@ impl Worker {
     pub async fn wait_ready(&mut self, timeout: Duration) -> io::Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
-            let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
-            if log.contains(READY_MARKER) {
+            if self.is_ready() {
                 return Ok(());
             }
             if let Some(status) = self.process.try_wait()? {
@@ -187,6 +249,33 @@ mod tests {
             "hello worker ready\n"
         );
         let _ = std::fs::remove_file(&spec.log);
+    }
+
+    #[test]
+    fn colours_are_dropped_from_log_lines() {
+        assert_eq!(
+            without_colours("\u{1b}[2mtime\u{1b}[0m \u{1b}[33m WARN\u{1b}[0m out of memory"),
+            "time  WARN out of memory"
+        );
+    }
+
+    #[tokio::test]
+    async fn only_its_own_lines_count_in_an_appended_log() {
+        let first = spec("echo worker ready; echo first words", "appended");
+        let mut worker = Worker::spawn(&first, Lifetime::TiedToCaller).expect("spawn");
+        worker.wait(Duration::from_secs(5)).await.expect("exits");
+        assert!(worker.is_ready());
+        assert_eq!(worker.last_log_line().as_deref(), Some("first words"));
+        let second = spec("echo 'bad setting' >&2; exit 78", "appended");
+        let mut worker = Worker::spawn(&second, Lifetime::TiedToCaller).expect("spawn");
+        let status = worker.wait(Duration::from_secs(5)).await.expect("exits");
+        assert_eq!(status.and_then(|s| s.code()), Some(78));
+        assert!(
+            !worker.is_ready(),
+            "the first process's marker is not this one's"
+        );
+        assert_eq!(worker.last_log_line().as_deref(), Some("bad setting"));
+        let _ = std::fs::remove_file(&second.log);
     }
 
     #[tokio::test]

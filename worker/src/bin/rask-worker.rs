@@ -13,7 +13,8 @@ struct Args {
     /// Tasks to run at once (default: setting `concurrency`, i.e. the number of CPUs).
     #[arg(long)]
     concurrency: Option<usize>,
-    /// Unacknowledged deliveries to hold (default: setting `prefetch`, i.e. 4 × concurrency).
+    /// Unacknowledged deliveries to hold (default: setting `prefetch`, whose 0 means 16 ×
+    /// concurrency, at most 65,535).
     #[arg(long)]
     prefetch: Option<u16>,
     /// Queue to consume (default: setting `queue`, i.e. `rask.tasks`).
@@ -54,13 +55,18 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(?settings, "starting");
     // On a runtime thread rather than the main one: the deliveries it spawns then start on the
     // thread that received them, without waking another.
-    tokio::spawn(
+    let ran = tokio::spawn(
         Worker::new(settings, Registry::with_builtins()).run(rask_worker::shutdown_signal()),
     )
     .await
-    .context("the worker panicked")?
-    .context("worker failed")?;
-    // Tasks still running after the grace period were released to the queue; do not wait for
-    // their threads (the runtime would on drop).
+    .context("the worker panicked")
+    .and_then(|run| run.context("worker failed"));
+    // Tasks still running after the grace period were released to the queue, and threads of
+    // plain functions past their time limit are abandoned: do not wait for their threads (the
+    // runtime would on drop), whether the worker stopped cleanly or not.
+    if let Err(e) = ran {
+        eprintln!("Error: {e:?}");
+        std::process::exit(1)
+    }
     std::process::exit(0)
 }

@@ -225,8 +225,21 @@ pub(crate) enum LocalCommand {
     Up(LocalUpArgs),
     /// Stop exactly what `up` started.
     Down(LocalDirArgs),
-    /// List the cluster's processes with their PIDs and addresses.
+    /// List the cluster's processes with their PIDs and addresses, and the workers' restarts.
     Status(LocalDirArgs),
+    /// Run the workers of a cluster and start again any that exits abnormally (what `up`
+    /// starts in the background; not meant to be run by hand).
+    #[command(hide = true)]
+    Supervise(LocalSuperviseArgs),
+}
+
+#[derive(Args)]
+pub(crate) struct LocalSuperviseArgs {
+    /// How many workers to run.
+    #[arg(long)]
+    pub(crate) workers: usize,
+    #[command(flatten)]
+    pub(crate) dir: LocalDirArgs,
 }
 
 #[derive(Args)]

@@ -4,8 +4,10 @@
 //! statistics reduced on the cluster to one summary: the bag regrouped into partitions of
 //! [`GROUP`] batches, `image_summary` per group, then `merge_image_summaries` over the groups
 //! (the bag's `reduction`). The first group's summary is persisted on its own first, to show that
-//! the final graph reuses it (same content key) instead of computing it again. At the end the
-//! images and their statistics are released, so that the next demo analyses them again.
+//! the final graph reuses it (same content key) instead of computing it again: the demo counts
+//! the `image_summary` tasks the workers start during the final compute (their `/metrics`) and
+//! says it was reused only when there was one fewer than there are groups. At the end the images
+//! and their statistics are released, so that the next demo analyses them again.
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -14,11 +16,12 @@ use anyhow::{bail, Context, Result};
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rask::builtins::{image_stats, image_summary, merge_image_summaries};
-use rask::Bag;
+use rask::{Bag, Monitor, Task};
 use rask_common::image::{batch_len, generate_batch};
 
 use crate::cli::{DemoArgs, Global};
-use crate::output::connect;
+use crate::cmd::executions;
+use crate::output::{connect, settings};
 
 /// Batches per `image_summary` task of the reduction tree.
 const GROUP: usize = 8;
@@ -87,6 +90,8 @@ pub(crate) async fn run(global: &Global, args: DemoArgs) -> Result<ExitCode> {
         None => None,
     };
     let root = groups.reduction(image_summary, merge_image_summaries);
+    let monitor = Monitor::connect(settings(global)?).await?;
+    let before = executions::started(&monitor, image_summary::NAME).await;
     let summary = tokio::time::timeout(args.timeout, client.compute(&root))
         .await
         .context("timed out reducing the batch statistics")?
@@ -100,9 +105,23 @@ pub(crate) async fn run(global: &Global, args: DemoArgs) -> Result<ExitCode> {
         (started.elapsed() - analysed).as_secs_f64() * 1000.0
     );
     if let Some(key) = reused {
-        println!(
-            "first group's summary {key} was persisted before the final compute and reused by it"
-        );
+        let after = executions::started(&monitor, image_summary::NAME).await;
+        let ran = before
+            .zip(after)
+            .and_then(|(b, a)| executions::between(&b, &a));
+        let groups = groups.partitions().len() as u64;
+        match ran {
+            // The final graph has one image_summary per group; the first one was stored.
+            Some(ran) if ran + 1 == groups => println!(
+                "first group's summary {key} was persisted before the final compute and reused by it: the workers ran image_summary {ran} time(s) for {groups} group(s)"
+            ),
+            Some(ran) => println!(
+                "first group's summary {key} was persisted before the final compute; the workers ran image_summary {ran} time(s) for {groups} group(s) meanwhile"
+            ),
+            None => println!(
+                "first group's summary {key} was persisted before the final compute (whether it was reused cannot be told: a worker's /metrics could not be read)"
+            ),
+        }
     }
     // The images and their statistics are content-keyed: left stored, a second demo on this
     // cluster would find them and measure nothing. The summaries stay, as persisted results do.

@@ -1,9 +1,10 @@
-//! `rask local up|down|status`: a private cluster on loopback (see `rask::local`).
+//! `rask local up|down|status`: a private cluster on loopback (see `rask::local`), and the hidden
+//! `rask local supervise` that `up` starts to keep its workers running.
 
 use std::process::ExitCode;
 
 use anyhow::Result;
-use rask::local::{self, ClusterState, LocalClusterSpec};
+use rask::local::{self, ClusterState, LocalClusterSpec, ProcessKind, SuperviseSpec, WorkerState};
 
 use crate::cli::{LocalCommand, LocalDirArgs};
 
@@ -34,6 +35,16 @@ pub(crate) async fn run(command: LocalCommand) -> Result<ExitCode> {
             }
         }
         LocalCommand::Status(args) => print_state(&local::status(&dir(&args))?),
+        LocalCommand::Supervise(args) => {
+            let spec = SuperviseSpec {
+                dir: std::path::absolute(dir(&args.dir))?,
+                workers: args.workers,
+                program: local::sibling_binary("rask-worker")?,
+                // `up` set the workers' environment on this process; they inherit it.
+                env: Vec::new(),
+            };
+            local::supervise(&spec, shutdown()).await?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -42,23 +53,81 @@ fn dir(args: &LocalDirArgs) -> std::path::PathBuf {
     args.dir.clone().unwrap_or_else(local::default_dir)
 }
 
+/// Completes on SIGTERM (what `rask local down` sends) or Ctrl-C.
+async fn shutdown() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// The table of processes; the servers' and workers' lines as they always were, the STATE of a
+/// supervised worker as its supervisor recorded it when that says more (`restarting`, `failed`,
+/// `stopped`); then a line for the supervisor and one per worker that exited at least once.
 fn print_state(state: &ClusterState) {
     println!("{:<10} {:>8}  {:<7} ADDRESS", "PROCESS", "PID", "STATE");
-    for p in &state.processes {
+    for p in state
+        .processes
+        .iter()
+        .filter(|p| p.kind != ProcessKind::Supervisor)
+    {
         let kind = kind_name(p.kind);
-        let alive = if p.alive { "running" } else { "dead" };
+        let supervised = p.supervision.as_ref().map(|s| s.state);
+        let alive = match supervised {
+            Some(WorkerState::Restarting) if !p.alive => "restarting",
+            Some(WorkerState::Failed) if !p.alive => "failed",
+            Some(WorkerState::Stopped) if !p.alive => "stopped",
+            _ if p.alive => "running",
+            _ => "dead",
+        };
         println!(
             "{kind:<10} {:>8}  {alive:<7} {}",
             p.pid,
             p.address.as_deref().unwrap_or("-")
         );
     }
+    for p in state
+        .processes
+        .iter()
+        .filter(|p| p.kind == ProcessKind::Supervisor)
+    {
+        let what = if p.alive {
+            "starts workers again when they exit abnormally"
+        } else {
+            "not alive: workers that exit stay down"
+        };
+        println!("supervisor pid {}: {what} (log {})", p.pid, p.log.display());
+    }
+    for p in &state.processes {
+        let Some(s) = &p.supervision else { continue };
+        let Some(exit) = &s.last_exit else { continue };
+        let mut line = format!(
+            "worker {}: restarted {} time(s); last exit: {exit}",
+            s.number, s.restarts
+        );
+        if s.state == WorkerState::Failed {
+            line += "; failed, not restarted (its configuration cannot work)";
+        }
+        if let Some(error) = &s.last_error {
+            line += &format!("; last log line: {error}");
+        }
+        println!("{line}");
+    }
 }
 
-fn kind_name(kind: rask::local::ProcessKind) -> &'static str {
+fn kind_name(kind: ProcessKind) -> &'static str {
     match kind {
-        rask::local::ProcessKind::RabbitMq => "rabbitmq",
-        rask::local::ProcessKind::Redis => "redis",
-        rask::local::ProcessKind::Worker => "worker",
+        ProcessKind::RabbitMq => "rabbitmq",
+        ProcessKind::Redis => "redis",
+        ProcessKind::Worker => "worker",
+        ProcessKind::Supervisor => "supervisor",
     }
 }

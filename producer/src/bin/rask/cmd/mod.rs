@@ -4,6 +4,7 @@ pub(crate) mod bench;
 pub(crate) mod dashboard;
 pub(crate) mod dead;
 pub(crate) mod demo;
+pub(crate) mod executions;
 pub(crate) mod gather;
 pub(crate) mod local;
 pub(crate) mod map;

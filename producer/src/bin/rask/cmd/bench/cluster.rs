@@ -209,8 +209,7 @@ impl Cluster {
     async fn start_workers(&mut self, count: usize) -> Result<()> {
         let program = sibling_binary("rask-worker")?;
         let connection = self.connect().await?;
-        let channel = connection.create_channel().await?;
-        rask_common::broker::declare_topology(&channel, &self.settings)
+        let channel = rask_common::broker::declare_topology(&connection, &self.settings)
             .await
             .context("declaring the topology")?;
         let _ = channel.close(200, "declared".into()).await;

@@ -1,7 +1,7 @@
 //! `cpu`: n CPU-bound `spin_hash` tasks (a fixed number of rounds of integer hashing each, about
 //! 8 ms)
-//! submitted with one `map`, then gathered; tasks/s. Run with `--workers 1,2,4` (and
-//! `--concurrency 1`) it shows how throughput scales with worker processes, and where the cores
+//! submitted with one `map`, then gathered; tasks/s. Run once each with `--workers 1`, `2` and `4`
+//! (and `--concurrency 1`) it shows how throughput scales with worker processes, and where the cores
 //! run out. The floor is the same hashing on as many threads of the bench process as there are
 //! workers, with no broker or store: what the cores give.
 

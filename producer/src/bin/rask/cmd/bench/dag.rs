@@ -9,7 +9,7 @@ use rask::builtins::{add, leaf};
 use rask::{Client, Delayed, TaskKey};
 use tokio::time::Instant;
 
-use super::floor::{Floor, Shape, PREFETCH};
+use super::floor::{check_value, Floor, Shape};
 use super::report::Figures;
 use super::PATIENCE;
 
@@ -47,7 +47,7 @@ pub(super) async fn rask(client: &Client, leaves: usize) -> Result<Figures> {
 }
 
 /// The floor: the same levels (`leaves`, `leaves / 2`, ..., 1 messages), each published then
-/// polled for before the next.
+/// collected before the next.
 pub(super) async fn floor(floor: &mut Floor, leaves: usize) -> Result<Figures> {
     ensure!(
         leaves.is_power_of_two(),
@@ -55,7 +55,9 @@ pub(super) async fn floor(floor: &mut Floor, leaves: usize) -> Result<Figures> {
     );
     let total: i64 = (0..leaves as i64).map(|i| i % 7 + 1).sum();
     let leaf_shape = Shape::of(leaf, (leaves as i64 - 1,), 7, 3)?;
-    let mut stage = floor.stage(false, PREFETCH).await?;
+    let mut stage = floor.stage().await?;
+    // Every level's values, checked once the clock has stopped (as rask's root is).
+    let mut levels = Vec::new();
     let started = Instant::now();
     let mut width = leaves;
     let mut level = 0;
@@ -67,12 +69,24 @@ pub(super) async fn floor(floor: &mut Floor, leaves: usize) -> Result<Figures> {
             Shape::of(add, (total / 2, total / 2), total, 4 + level)?
         };
         let keys = stage.publish(&shape, 0..width).await?;
-        stage.collect(&shape, 0, &keys).await?;
+        let mut values = vec![Vec::new(); width];
+        stage
+            .collect(&shape, &keys, |i, value| {
+                values[i] = value;
+                Ok(())
+            })
+            .await?;
+        levels.push((shape, values));
         width /= 2;
         level += 1;
     }
     let seconds = started.elapsed().as_secs_f64();
     stage.close().await?;
+    for (shape, values) in &levels {
+        for (i, value) in values.iter().enumerate() {
+            check_value(shape, i, value)?;
+        }
+    }
     Ok(figures(leaves, seconds))
 }
 

@@ -1,30 +1,36 @@
 //! The floor: the same message sizes pushed straight through lapin and Redis with no rask code in
 //! between, on the same servers and in the same run, so that each rask figure can be read as a
-//! fraction of what the infrastructure itself allows with the same guarantees.
+//! fraction of what the infrastructure itself allows with the same guarantees, done the way the
+//! best raw client would do it.
 //!
-//! - A publisher on its own connection publishes persistent messages (`mandatory`, one durable
-//!   queue) on a confirm-mode channel, keeping a window of unconfirmed publishes, like rask's.
-//! - One consumer per rask worker, each on its own connection with a prefetch of [`PREFETCH`]
-//!   (64; [`PREFETCH_LARGE`], 8, for 1 MiB messages, as the payload floor of `workloads.md` and
-//!   rask's default prefetch), takes what deliveries are ready (up to the prefetch), stores one
-//!   value per delivery with `SET key value NX PX ttl` in one pipeline, then acks each delivery;
-//!   batches overlap, so up to the prefetch messages are in flight per consumer. With a notify
-//!   channel it also `PUBLISH`es the batch's keys after storing.
-//! - The client waits by polling `MGET` over the keys still pending, in order (results come back
-//!   roughly in order), or, one message at a time, by waiting for the notification and `GET`ting.
+//! - A publisher on its own connection publishes persistent messages (`mandatory`, durable
+//!   queues: as many as rask's task queue has shards, messages spread over them in turn) on a
+//!   confirm-mode channel, keeping a window of unconfirmed publishes, like rask's.
+//! - One consumer per rask worker, each on its own connection with the prefetch rask's workers
+//!   use ([`Settings::effective_prefetch`], split over the shards as a worker splits it), takes
+//!   what deliveries are ready (up to the prefetch), stores one value per delivery with
+//!   `SET key value NX PX ttl` and `PUBLISH`es the batch's keys, in one pipeline, then acks each
+//!   delivery; batches overlap, so up to the prefetch messages are in flight per consumer.
+//! - The client subscribes to those notifications before it publishes, and reads the values of
+//!   the keys it is told of with `MGET` (re-reading everything pending if it hears nothing for a
+//!   while), as rask's client does. A round trip (`latency`) waits for the notification and the
+//!   publisher confirm at once and is done when the value is read, as `Client::call` does; the
+//!   confirm-first order is measured too, as a second figure.
 //!
 //! The consumers run as tasks in the bench process on their own connections: they share the
 //! machine's cores with the client, as rask's worker processes do.
 //!
 //! A message body is `[value length: u32 LE][value][zeros]`, as long as rask's encoded task
-//! message for the same call; the consumer stores the value, as long as rask's stored outcome. The
-//! client checks every byte of every value.
+//! message for the same call; the consumer stores the value, as long as rask's stored outcome.
+//! The caller checks every byte of every value, outside or inside its timer exactly as it does
+//! for rask.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
+use futures::future::{select, Either};
 use futures::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
@@ -32,7 +38,9 @@ use lapin::options::{
     ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, PublisherConfirm,
+};
 use rask::{Settings, Task, TaskKey};
 use rask_common::message::encode_value;
 use rask_common::{Outcome, TaskMessage};
@@ -43,15 +51,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::{random_bytes, PATIENCE};
 
-/// Unacknowledged deliveries per consumer (`basic.qos`), and the largest batch it stores at once.
-pub(super) const PREFETCH: u16 = 64;
-/// The prefetch for messages of a MiB or more.
-pub(super) const PREFETCH_LARGE: u16 = 8;
 /// How long the floor's Redis connections wait for a reply (the redis crate's default, 500 ms,
 /// is too short for a pipeline of many MiB on a busy machine).
 const REDIS_REPLY_TIMEOUT: Duration = Duration::from_secs(60);
-/// Pause between two `MGET` polls while a result is missing.
-const POLL: Duration = Duration::from_millis(1);
+/// How long the client waits for a notification before it re-reads every pending key (a
+/// safety net: notifications are not lost on a healthy connection).
+const RESCAN: Duration = Duration::from_secs(1);
+/// Most notification messages the client takes in at once before reading their values.
+const NOTIFICATIONS_AT_ONCE: usize = 256;
 /// Most bytes of values one `MGET` may bring back (fewer keys per `MGET` for big values).
 const MGET_BYTES: usize = 8 << 20;
 /// Most keys per `MGET` (as rask's store reads them).
@@ -69,6 +76,10 @@ pub(super) struct Floor {
     /// Prefix of the floor's own Redis keys, queues and channel.
     prefix: String,
     consumers: usize,
+    /// Unacknowledged deliveries per consumer, as rask's workers have.
+    prefetch: u16,
+    /// Task queues per stage, as rask's deployment has shards.
+    shards: usize,
     ttl_ms: u64,
     window: usize,
     stages: usize,
@@ -114,13 +125,16 @@ impl Shape {
 }
 
 impl Floor {
-    /// A floor on the servers of `settings`, with `consumers` consumers per stage.
+    /// A floor on the servers of `settings` (those of rask's workers: their prefetch and queue
+    /// shards are the floor's too), with `consumers` consumers per stage.
     pub(super) fn new(settings: &Settings, prefix: String, consumers: usize) -> Result<Self> {
         Ok(Floor {
             amqp_url: settings.amqp_url.clone(),
             redis: redis::Client::open(settings.redis_url.as_str())?,
             prefix,
             consumers,
+            prefetch: settings.effective_prefetch().max(1),
+            shards: settings.task_queues().len().max(1),
             ttl_ms: u64::try_from(settings.result_ttl.as_millis()).unwrap_or(u64::MAX),
             window: settings.publish_window,
             stages: 0,
@@ -132,13 +146,14 @@ impl Floor {
         self.consumers
     }
 
-    /// Declares a fresh queue and starts the publisher, the consumers (with `prefetch`) and the
-    /// client's Redis connections; with `notify`, consumers announce stored keys and the client
-    /// subscribes.
-    pub(super) async fn stage(&mut self, notify: bool, prefetch: u16) -> Result<Stage> {
+    /// Declares fresh queues (one per shard) and starts the publisher, the consumers and the
+    /// client's Redis connections, subscribed to the consumers' notifications.
+    pub(super) async fn stage(&mut self) -> Result<Stage> {
         self.stages += 1;
-        let queue = format!("{}.q{}", self.prefix, self.stages);
-        let notify = notify.then(|| format!("{}:done", self.prefix));
+        let queues: Vec<String> = (0..self.shards)
+            .map(|shard| format!("{}.q{}.{shard}", self.prefix, self.stages))
+            .collect();
+        let notify = format!("{}:done:{}", self.prefix, self.stages);
         let publisher = connect(&self.amqp_url, "rask bench floor publisher").await?;
         let channel = publisher.create_channel().await?;
         let mut arguments = FieldTable::default();
@@ -146,28 +161,27 @@ impl Floor {
             ShortString::from("x-expires"),
             AMQPValue::LongInt(QUEUE_EXPIRES_MS),
         );
-        channel
-            .queue_declare(
-                queue.as_str().into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                arguments,
-            )
-            .await?;
+        for queue in &queues {
+            channel
+                .queue_declare(
+                    queue.as_str().into(),
+                    QueueDeclareOptions {
+                        durable: true,
+                        ..Default::default()
+                    },
+                    arguments.clone(),
+                )
+                .await?;
+        }
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        let notifications = match &notify {
-            Some(name) => {
-                let mut pubsub = self.redis.get_async_pubsub().await?;
-                pubsub.subscribe(name).await?;
-                Some(pubsub)
-            }
-            None => None,
-        };
+        // Subscribed before anything is published, so no notification can be missed.
+        let mut notifications = self.redis.get_async_pubsub().await?;
+        notifications.subscribe(&notify).await?;
         let stop = CancellationToken::new();
+        // The prefetch applies per consumer: one consumer per shard shares it, as in a worker.
+        let per_shard = self.prefetch.div_ceil(queues.len() as u16).max(1);
         let mut consumers = Vec::with_capacity(self.consumers);
         for n in 0..self.consumers {
             let connection =
@@ -175,29 +189,35 @@ impl Floor {
             // Consuming before the stage is returned, as rask's workers are before a workload.
             let channel = connection.create_channel().await?;
             channel
-                .basic_qos(prefetch, BasicQosOptions::default())
+                .basic_qos(per_shard, BasicQosOptions::default())
                 .await?;
-            let deliveries = channel
-                .basic_consume(
-                    queue.as_str().into(),
-                    "".into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
+            let mut streams = Vec::with_capacity(queues.len());
+            for queue in &queues {
+                streams.push(
+                    channel
+                        .basic_consume(
+                            queue.as_str().into(),
+                            "".into(),
+                            BasicConsumeOptions::default(),
+                            FieldTable::default(),
+                        )
+                        .await?,
+                );
+            }
             let consumer = Consumer {
                 channel,
                 redis: self.redis_connection().await?,
-                prefetch,
+                prefetch: self.prefetch,
                 key_prefix: self.key_prefix(),
                 ttl_ms: self.ttl_ms,
                 notify: notify.clone(),
             };
+            let deliveries = futures::stream::select_all(streams);
             let task = tokio::spawn(consumer.run(deliveries, stop.clone()));
             consumers.push((connection, task));
         }
         Ok(Stage {
-            queue,
+            queues,
             key_prefix: self.key_prefix(),
             window: self.window,
             publisher,
@@ -233,7 +253,8 @@ async fn connect(url: &str, name: &str) -> Result<Connection> {
 
 /// One floor measurement's queue, publisher, consumers and client connections.
 pub(super) struct Stage {
-    queue: String,
+    /// The task queues, one per shard.
+    queues: Vec<String>,
     key_prefix: String,
     window: usize,
     publisher: Connection,
@@ -241,7 +262,7 @@ pub(super) struct Stage {
     consumers: Vec<(Connection, JoinHandle<Result<()>>)>,
     stop: CancellationToken,
     redis: MultiplexedConnection,
-    notifications: Option<redis::aio::PubSub>,
+    notifications: redis::aio::PubSub,
     /// Every key published, to delete at the end.
     keys: Vec<String>,
 }
@@ -257,26 +278,8 @@ impl Stage {
         let mut keys = Vec::with_capacity(range.len());
         let mut in_flight = VecDeque::with_capacity(self.window);
         for i in range {
-            let id = format!("{}-{}", shape.function, uuid::Uuid::new_v4().simple());
-            let properties = BasicProperties::default()
-                .with_delivery_mode(2)
-                .with_content_type(rask_common::broker::CONTENT_TYPE.into())
-                .with_message_id(id.as_str().into())
-                .with_type(shape.function.into());
-            let confirm = self
-                .channel
-                .basic_publish(
-                    "".into(),
-                    self.queue.as_str().into(),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..Default::default()
-                    },
-                    &shape.body(i),
-                    properties,
-                )
-                .await?;
-            keys.push(format!("{}{id}", self.key_prefix));
+            let (key, confirm) = self.publish_one(shape, i).await?;
+            keys.push(key);
             in_flight.push_back(confirm);
             while in_flight.len() >= self.window {
                 let confirm = in_flight.pop_front().expect("the window is not empty");
@@ -286,100 +289,150 @@ impl Stage {
         for confirm in in_flight {
             check(confirm.await?)?;
         }
-        self.keys.extend(keys.iter().cloned());
         Ok(keys)
     }
 
-    /// Polls `MGET` until every key has its value, checking each against message `first + i` of
-    /// `shape`.
+    /// Publishes message `i` of `shape` to its shard; returns its key and its pending confirm.
+    async fn publish_one(&mut self, shape: &Shape, i: usize) -> Result<(String, PublisherConfirm)> {
+        let id = format!("{}-{}", shape.function, uuid::Uuid::new_v4().simple());
+        let properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type(rask_common::broker::CONTENT_TYPE.into())
+            .with_message_id(id.as_str().into())
+            .with_type(shape.function.into());
+        let queue = &self.queues[i % self.queues.len()];
+        let confirm = self
+            .channel
+            .basic_publish(
+                "".into(),
+                queue.as_str().into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                &shape.body(i),
+                properties,
+            )
+            .await?;
+        let key = format!("{}{id}", self.key_prefix);
+        self.keys.push(key.clone());
+        Ok((key, confirm))
+    }
+
+    /// Waits for the values of `keys` (values of `shape`) by notification, reading the keys it is
+    /// told of with `MGET` (as rask's client does), and hands each to `take` with its index in
+    /// `keys`, in the order they arrive.
     pub(super) async fn collect(
         &mut self,
         shape: &Shape,
-        first: usize,
         keys: &[String],
+        mut take: impl FnMut(usize, Vec<u8>) -> Result<()>,
     ) -> Result<()> {
         let chunk = (MGET_BYTES / shape.value_len.max(1)).clamp(1, MGET_KEYS);
         let deadline = Instant::now() + PATIENCE;
-        let mut pending: VecDeque<usize> = (0..keys.len()).collect();
+        let mut pending: HashMap<&[u8], usize> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, key)| (key.as_bytes(), i))
+            .collect();
+        let mut messages = self
+            .notifications
+            .on_message()
+            .ready_chunks(NOTIFICATIONS_AT_ONCE);
         while !pending.is_empty() {
-            let batch: Vec<usize> = pending.drain(..chunk.min(pending.len())).collect();
-            let names: Vec<&str> = batch.iter().map(|&i| keys[i].as_str()).collect();
-            let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
-                .arg(&names)
-                .query_async(&mut self.redis)
-                .await?;
-            let mut missing = Vec::new();
-            for (i, value) in batch.into_iter().zip(values) {
-                match value {
-                    Some(value) => check_value(shape, first + i, &value)?,
-                    None => missing.push(i),
+            let told: Vec<usize> = match tokio::time::timeout(RESCAN, messages.next()).await {
+                Ok(Some(batch)) => batch
+                    .iter()
+                    .flat_map(|message| {
+                        message
+                            .get_payload_bytes()
+                            .split(|b| *b == b'\n')
+                            .filter_map(|key| pending.get(key).copied())
+                            .collect::<Vec<_>>()
+                    })
+                    .collect(),
+                Ok(None) => bail!("floor: the notification subscription ended"),
+                Err(_) => {
+                    check_consumers(&mut self.consumers).await?;
+                    if Instant::now() > deadline {
+                        bail!(
+                            "floor: {} of {} results still missing after {PATIENCE:?}",
+                            pending.len(),
+                            keys.len()
+                        );
+                    }
+                    pending.values().copied().collect()
                 }
-            }
-            if !missing.is_empty() {
-                for i in missing.into_iter().rev() {
-                    pending.push_front(i);
+            };
+            for batch in told.chunks(chunk) {
+                let names: Vec<&str> = batch.iter().map(|&i| keys[i].as_str()).collect();
+                let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
+                    .arg(&names)
+                    .query_async(&mut self.redis)
+                    .await?;
+                for (&i, value) in batch.iter().zip(values) {
+                    if let Some(value) = value {
+                        if pending.remove(keys[i].as_bytes()).is_some() {
+                            take(i, value)?;
+                        }
+                    }
                 }
-                self.check_consumers().await?;
-                if Instant::now() > deadline {
-                    bail!(
-                        "floor: {} of {} results still missing after {PATIENCE:?}",
-                        pending.len(),
-                        keys.len()
-                    );
-                }
-                tokio::time::sleep(POLL).await;
             }
         }
         Ok(())
     }
 
     /// One round trip: publishes message `i` of `shape`, waits for the notification of its key,
-    /// reads the value and checks it.
-    pub(super) async fn round_trip(&mut self, shape: &Shape, i: usize) -> Result<()> {
-        let keys = self.publish(shape, i..i + 1).await?;
-        let key = keys[0].as_bytes();
-        let notifications = self
-            .notifications
-            .as_mut()
-            .context("the stage was opened without notifications")?;
-        let mut messages = notifications.on_message();
-        loop {
-            let message = tokio::time::timeout(PATIENCE, messages.next())
-                .await
-                .context("floor: no notification")?
-                .context("floor: the notification subscription ended")?;
-            if message
-                .get_payload_bytes()
-                .split(|b| *b == b'\n')
-                .any(|k| k == key)
-            {
-                break;
+    /// reads the value and returns it. Without `confirm_first`, the publisher confirm is awaited
+    /// at the same time as the notification and the round trip ends with the value, whichever
+    /// comes first (a negative confirm before the value still fails), as `Client::call` does;
+    /// with it, the confirm is awaited before the wait for the value starts.
+    pub(super) async fn round_trip(
+        &mut self,
+        shape: &Shape,
+        i: usize,
+        confirm_first: bool,
+    ) -> Result<Vec<u8>> {
+        let (key, confirm) = self.publish_one(shape, i).await?;
+        let confirm = if confirm_first {
+            check(confirm.await?)?;
+            None
+        } else {
+            Some(confirm)
+        };
+        {
+            let mut messages = self.notifications.on_message();
+            let notified = std::pin::pin!(async {
+                loop {
+                    let message = tokio::time::timeout(PATIENCE, messages.next())
+                        .await
+                        .context("floor: no notification")?
+                        .context("floor: the notification subscription ended")?;
+                    if message
+                        .get_payload_bytes()
+                        .split(|b| *b == b'\n')
+                        .any(|k| k == key.as_bytes())
+                    {
+                        return Ok::<_, anyhow::Error>(());
+                    }
+                }
+            });
+            match confirm {
+                None => notified.await?,
+                Some(confirm) => match select(confirm, notified).await {
+                    Either::Left((confirmed, notified)) => {
+                        check(confirmed?)?;
+                        notified.await?;
+                    }
+                    Either::Right((notified, _confirm)) => notified?,
+                },
             }
         }
-        drop(messages);
         let value: Option<Vec<u8>> = redis::cmd("GET")
-            .arg(&keys[0])
+            .arg(&key)
             .query_async(&mut self.redis)
             .await?;
-        check_value(
-            shape,
-            i,
-            &value.context("floor: notified, but no value stored")?,
-        )
-    }
-
-    /// Fails, with its error, if a consumer has stopped.
-    async fn check_consumers(&mut self) -> Result<()> {
-        if let Some(n) = self
-            .consumers
-            .iter()
-            .position(|(_, task)| task.is_finished())
-        {
-            let (_, task) = self.consumers.swap_remove(n);
-            task.await.context("a floor consumer panicked")??;
-            bail!("floor: a consumer stopped early");
-        }
-        Ok(())
+        value.context("floor: notified, but no value stored")
     }
 
     /// Stops the consumers, deletes the queue and every stored value, closes the connections.
@@ -389,9 +442,11 @@ impl Stage {
             task.await.context("a floor consumer panicked")??;
             connection.close(200, "floor done".into()).await?;
         }
-        self.channel
-            .queue_delete(self.queue.as_str().into(), QueueDeleteOptions::default())
-            .await?;
+        for queue in &self.queues {
+            self.channel
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await?;
+        }
         for chunk in self.keys.chunks(DEL_KEYS) {
             redis::cmd("DEL")
                 .arg(chunk)
@@ -413,7 +468,18 @@ fn check(confirmation: Confirmation) -> Result<()> {
     }
 }
 
-fn check_value(shape: &Shape, i: usize, value: &[u8]) -> Result<()> {
+/// Fails, with its error, if a consumer has stopped.
+async fn check_consumers(consumers: &mut Vec<(Connection, JoinHandle<Result<()>>)>) -> Result<()> {
+    if let Some(n) = consumers.iter().position(|(_, task)| task.is_finished()) {
+        let (_, task) = consumers.swap_remove(n);
+        task.await.context("a floor consumer panicked")??;
+        bail!("floor: a consumer stopped early");
+    }
+    Ok(())
+}
+
+/// Checks that `value` is the value of message `i` of `shape`.
+pub(super) fn check_value(shape: &Shape, i: usize, value: &[u8]) -> Result<()> {
     ensure!(
         value == shape.value(i).as_slice(),
         "floor: the value of {} message {i} is wrong ({} bytes, expected {})",
@@ -431,12 +497,17 @@ struct Consumer {
     prefetch: u16,
     key_prefix: String,
     ttl_ms: u64,
-    notify: Option<String>,
+    /// The channel its stored keys are announced on.
+    notify: String,
 }
 
 impl Consumer {
     /// Takes `deliveries` until `stop`, storing batches concurrently (bounded by the prefetch).
-    async fn run(self, deliveries: lapin::Consumer, stop: CancellationToken) -> Result<()> {
+    async fn run(
+        self,
+        deliveries: futures::stream::SelectAll<lapin::Consumer>,
+        stop: CancellationToken,
+    ) -> Result<()> {
         let mut batches = deliveries.ready_chunks(usize::from(self.prefetch));
         let mut storing: JoinSet<Result<()>> = JoinSet::new();
         loop {
@@ -457,7 +528,7 @@ impl Consumer {
         Ok(())
     }
 
-    /// `SET key value NX PX ttl` for every delivery (and `PUBLISH` the keys) in one pipeline,
+    /// `SET key value NX PX ttl` for every delivery and `PUBLISH` of the keys, in one pipeline,
     /// then acks each delivery.
     fn store_and_ack(
         &self,
@@ -481,16 +552,15 @@ impl Consumer {
                 .arg("PX")
                 .arg(self.ttl_ms)
                 .ignore();
-            if self.notify.is_some() {
-                if !announced.is_empty() {
-                    announced.push(b'\n');
-                }
-                announced.extend_from_slice(key.as_bytes());
+            if !announced.is_empty() {
+                announced.push(b'\n');
             }
+            announced.extend_from_slice(key.as_bytes());
         }
-        if let Some(channel) = &self.notify {
-            pipe.cmd("PUBLISH").arg(channel).arg(announced).ignore();
-        }
+        pipe.cmd("PUBLISH")
+            .arg(&self.notify)
+            .arg(announced)
+            .ignore();
         let mut redis = self.redis.clone();
         async move {
             pipe.query_async::<()>(&mut redis)

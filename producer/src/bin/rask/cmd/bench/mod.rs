@@ -1,4 +1,4 @@
-//! `rask bench`: the canonical workloads (`../shared/workloads.md`) on a cluster with N worker
+//! `rask bench`: the canonical workloads (docs/benchmarks.md) on a cluster with N worker
 //! processes, each measured beside the floor (the same message sizes straight through lapin and
 //! Redis) in the same run, so that ratios stay meaningful on a noisy shared machine.
 //!
@@ -180,7 +180,7 @@ struct Sizes {
 }
 
 impl Sizes {
-    /// The canonical sizes of `workloads.md`.
+    /// The canonical sizes (docs/benchmarks.md).
     const FULL: Sizes = Sizes {
         throughput: 20_000,
         latency: 2_000,
@@ -291,8 +291,9 @@ pub(crate) async fn run(global: &Global, args: BenchArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Measures idle workers, then runs each workload (rask, then the floor) `runs` times, printing
-/// its `RESULT` lines as soon as it is done.
+/// Measures idle workers, then runs each workload `runs` times, each run a pair of rask and the
+/// floor back to back (rask first in odd runs, the floor first in even ones, so neither always
+/// meets the machine in the other's wake), printing its `RESULT` lines as soon as it is done.
 async fn measure(
     cluster: &Cluster,
     args: &BenchArgs,
@@ -330,25 +331,26 @@ async fn measure(
             } else {
                 String::new()
             };
-            eprintln!("bench: {name}: rask{of}");
-            let figures = probe
-                .around(true, run_rask(workload, &client, sizes))
-                .await
-                .with_context(|| format!("{name} on rask"))?;
-            rask_runs.push(figures);
-            eprintln!("bench: {name}: floor{of}");
-            let figures = probe
-                .around(false, run_floor(workload, &mut floor, sizes))
-                .await
-                .with_context(|| format!("{name} on the floor"))?;
-            floor_runs.push(figures);
+            let rask_first = run % 2 == 1;
+            for rask_turn in [rask_first, !rask_first] {
+                if rask_turn {
+                    eprintln!("bench: {name}: rask{of}");
+                    let figures = probe
+                        .around(true, run_rask(workload, &client, sizes))
+                        .await
+                        .with_context(|| format!("{name} on rask"))?;
+                    rask_runs.push(figures);
+                } else {
+                    eprintln!("bench: {name}: floor{of}");
+                    let figures = probe
+                        .around(false, run_floor(workload, &mut floor, sizes))
+                        .await
+                        .with_context(|| format!("{name} on the floor"))?;
+                    floor_runs.push(figures);
+                }
+            }
         }
-        let row = Row {
-            workload,
-            size: workload.size(sizes),
-            rask: Figures::median(&rask_runs),
-            floor: Figures::median(&floor_runs),
-        };
+        let row = Row::new(workload, workload.size(sizes), &rask_runs, &floor_runs);
         for line in row.result_lines() {
             println!("{line}");
         }

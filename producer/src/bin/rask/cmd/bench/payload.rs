@@ -9,7 +9,7 @@ use rask::Client;
 use rmpv::Value;
 use tokio::time::Instant;
 
-use super::floor::{Floor, Shape, PREFETCH_LARGE};
+use super::floor::{check_value, Floor, Shape};
 use super::report::Figures;
 use super::{random_bytes, release, PATIENCE};
 
@@ -61,10 +61,13 @@ pub(super) async fn rask(client: &Client, n: usize, len: usize) -> Result<Figure
 pub(super) async fn floor(floor: &mut Floor, n: usize, len: usize) -> Result<Figures> {
     let sample = Value::Binary(vec![0; len]);
     let shape = Shape::of(echo, (sample.clone(),), sample, 5)?;
-    let mut stage = floor.stage(false, PREFETCH_LARGE).await?;
+    let mut stage = floor.stage().await?;
     let started = Instant::now();
     let keys = stage.publish(&shape, 0..n).await?;
-    stage.collect(&shape, 0, &keys).await?;
+    // Checked as they arrive, inside the clock, as rask's are.
+    stage
+        .collect(&shape, &keys, |i, value| check_value(&shape, i, &value))
+        .await?;
     let seconds = started.elapsed().as_secs_f64();
     stage.close().await?;
     Ok(figures(n, len, seconds))

@@ -1,9 +1,11 @@
 //! What a bench run measured, and how it is printed: `RESULT` lines for scripts (as each workload
 //! finishes), a table for people, or one JSON document for tools.
 //!
-//! A `RESULT` line is `RESULT system=rask|floor workload=NAME k=v ...`; every ratio is the rask
-//! figure divided by the floor's (`ratio` for the workload's main figure), so above 1 is better
-//! for rates (`tasks_per_s`, `mib_per_s`) and worse for times (`p50_us`, `seconds`).
+//! A `RESULT` line is `RESULT system=rask|floor workload=NAME k=v ...`; the figures are medians
+//! over the runs, and every ratio is the median over the runs of rask's figure divided by the
+//! floor's in the same run (paired: both ran back to back on the same machine state), `ratio`
+//! for the workload's main figure. Above 1 is better for rates (`tasks_per_s`, `mib_per_s`) and
+//! worse for times (`p50_us`, `seconds`).
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -29,6 +31,11 @@ impl Figures {
             Some(entry) => entry.1 = value,
             None => self.0.push((key, value)),
         }
+    }
+
+    /// Every figure, in print order.
+    pub(super) fn entries(&self) -> impl Iterator<Item = (&'static str, f64)> + '_ {
+        self.0.iter().copied()
     }
 
     /// The value of `key`, if measured.
@@ -61,28 +68,58 @@ pub(super) struct Metric {
     pub(super) label: &'static str,
 }
 
-/// One workload's results: rask's and the floor's (medians over the runs).
+/// One workload's results: rask's and the floor's (medians over the runs), and their ratios.
 pub(super) struct Row {
     pub(super) workload: Workload,
     /// What was run, e.g. `20,000 inc`.
     pub(super) size: String,
     pub(super) rask: Figures,
     pub(super) floor: Figures,
+    /// For each of the workload's metrics, the median over the runs of rask's figure divided by
+    /// the floor's of the same run.
+    ratios: Vec<Option<f64>>,
 }
 
 impl Row {
-    /// rask's figure divided by the floor's, for each compared metric.
+    /// The row of `workload` from its runs: `rask[i]` and `floor[i]` ran as a pair.
+    pub(super) fn new(
+        workload: Workload,
+        size: String,
+        rask: &[Figures],
+        floor: &[Figures],
+    ) -> Self {
+        let ratios = workload
+            .metrics()
+            .iter()
+            .map(|m| {
+                let mut paired: Vec<f64> = rask
+                    .iter()
+                    .zip(floor)
+                    .filter_map(|(r, f)| match (r.get(m.key), f.get(m.key)) {
+                        (Some(r), Some(f)) if f > 0.0 => Some(r / f),
+                        _ => None,
+                    })
+                    .collect();
+                paired.sort_by(f64::total_cmp);
+                // The lower middle one for an even count, as for the figures.
+                (!paired.is_empty()).then(|| paired[(paired.len() - 1) / 2])
+            })
+            .collect();
+        Row {
+            workload,
+            size,
+            rask: Figures::median(rask),
+            floor: Figures::median(floor),
+            ratios,
+        }
+    }
+
+    /// Each compared metric with its ratio (see [`Row::ratios`]).
     fn ratios(&self) -> Vec<(&'static Metric, Option<f64>)> {
         self.workload
             .metrics()
             .iter()
-            .map(|m| {
-                let ratio = match (self.rask.get(m.key), self.floor.get(m.key)) {
-                    (Some(r), Some(f)) if f > 0.0 => Some(r / f),
-                    _ => None,
-                };
-                (m, ratio)
-            })
+            .zip(self.ratios.iter().copied())
             .collect()
     }
 
@@ -202,7 +239,7 @@ pub(super) fn table(context: &Context, rows: &[Row], idle: Option<&Idle>) -> Str
     }
     let _ = writeln!(
         out,
-        "rask/floor: rask's figure divided by the floor's; above 1 is better for tasks/s and MiB/s, worse for µs and s."
+        "rask/floor: median over the runs of rask's figure divided by the floor's in the same run; above 1 is better for tasks/s and MiB/s, worse for µs and s."
     );
 
     let _ = writeln!(out);
@@ -402,17 +439,36 @@ mod tests {
     }
 
     #[test]
-    fn result_lines_carry_ratios() {
-        let row = Row {
-            workload: Workload::Throughput,
-            size: "200 inc".into(),
-            rask: Figures::default()
-                .with("tasks", 200.0)
-                .with("tasks_per_s", 800.0),
-            floor: Figures::default()
-                .with("tasks", 200.0)
-                .with("tasks_per_s", 1000.0),
+    fn ratios_are_medians_of_paired_runs() {
+        let run = |rask: f64, floor: f64| {
+            (
+                Figures::default().with("tasks_per_s", rask),
+                Figures::default().with("tasks_per_s", floor),
+            )
         };
+        // Paired ratios 0.5, 0.9 and 0.8: the median is 0.8, where the ratio of the medians
+        // (900 / 1000) would be 0.9.
+        let runs = [run(500.0, 1000.0), run(900.0, 1000.0), run(1600.0, 2000.0)];
+        let (rask, floor): (Vec<_>, Vec<_>) = runs.into_iter().unzip();
+        let row = Row::new(Workload::Throughput, "x".into(), &rask, &floor);
+        assert_eq!(row.rask.get("tasks_per_s"), Some(900.0));
+        assert_eq!(row.floor.get("tasks_per_s"), Some(1000.0));
+        let ratio = row.ratios()[0].1.unwrap();
+        assert!((ratio - 0.8).abs() < 1e-9, "{ratio}");
+    }
+
+    #[test]
+    fn result_lines_carry_ratios() {
+        let row = Row::new(
+            Workload::Throughput,
+            "200 inc".into(),
+            &[Figures::default()
+                .with("tasks", 200.0)
+                .with("tasks_per_s", 800.0)],
+            &[Figures::default()
+                .with("tasks", 200.0)
+                .with("tasks_per_s", 1000.0)],
+        );
         let [rask, floor] = row.result_lines();
         assert_eq!(
             rask,

@@ -1,0 +1,92 @@
+//! How many times the live workers started a function, read from their Prometheus `/metrics`
+//! (`rask_tasks_started_total{function="…"}`): what `rask demo` compares before and after its
+//! final compute to tell whether a persisted result was reused or computed again.
+
+use std::collections::BTreeMap;
+use std::io::ErrorKind;
+use std::time::Duration;
+
+use rask::Monitor;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// How long one worker's `/metrics` may take to answer.
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Starts of `function` per live worker (by id), or `None` if a worker that may still run tasks
+/// cannot be read (no metrics endpoint, or it does not answer). A worker whose endpoint refuses
+/// connections has exited (its registry entry outlives it for a few heartbeats) and is left out.
+pub(crate) async fn started(monitor: &Monitor, function: &str) -> Option<BTreeMap<String, u64>> {
+    let status = monitor.status().await.ok()?;
+    let mut counts = BTreeMap::new();
+    for worker in status.workers {
+        let address = worker.metrics_addr?;
+        match tokio::time::timeout(TIMEOUT, get_metrics(address)).await {
+            Ok(Ok(text)) => {
+                counts.insert(worker.id, count(&text, function));
+            }
+            Ok(Err(e)) if e.kind() == ErrorKind::ConnectionRefused => {}
+            _ => return None,
+        }
+    }
+    Some(counts)
+}
+
+/// Starts of `function` between two readings of [`started`]: `None` unless both readings
+/// count the same workers.
+pub(crate) fn between(
+    before: &BTreeMap<String, u64>,
+    after: &BTreeMap<String, u64>,
+) -> Option<u64> {
+    if !before.keys().eq(after.keys()) {
+        return None;
+    }
+    before.iter().map(|(id, n)| after[id].checked_sub(*n)).sum()
+}
+
+/// The body of `GET /metrics` at `address`.
+async fn get_metrics(address: std::net::SocketAddr) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect(address).await?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: rask\r\n\r\n")
+        .await?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await?;
+    Ok(String::from_utf8_lossy(&response).into_owned())
+}
+
+/// The value of `rask_tasks_started_total{function="FUNCTION"}` in an OpenMetrics text (0 if
+/// the worker never started it).
+fn count(metrics: &str, function: &str) -> u64 {
+    let series = format!("rask_tasks_started_total{{function=\"{function}\"}} ");
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(&series))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_are_read_per_function_and_compared_per_worker() {
+        let text = "# TYPE rask_tasks_started counter\n\
+                    rask_tasks_started_total{function=\"image_summary\"} 3\n\
+                    rask_tasks_started_total{function=\"image_stats\"} 48\n";
+        assert_eq!(count(text, "image_summary"), 3);
+        assert_eq!(count(text, "inc"), 0);
+        let map = |pairs: &[(&str, u64)]| -> BTreeMap<String, u64> {
+            pairs.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect()
+        };
+        let before = map(&[("a", 1), ("b", 0)]);
+        assert_eq!(between(&before, &map(&[("a", 3), ("b", 2)])), Some(4));
+        assert_eq!(between(&before, &map(&[("a", 3)])), None, "a worker left");
+        assert_eq!(
+            between(&before, &map(&[("a", 0), ("b", 0)])),
+            None,
+            "a restart"
+        );
+    }
+}
