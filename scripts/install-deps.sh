@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what rask's local cluster and test suite need, if missing:
 # RabbitMQ, Redis, docker-compose and Chromium (Debian packages; headless
-# Chromium drives the dashboard test) and cargo-nextest.
+# Chromium drives the dashboard test), iproute2 and iptables (the partition
+# tests cut network namespaces off with them) and cargo-nextest.
 # Safe to run again: it only installs what is missing, and says what it did.
 #
 # The Debian packages would start system-wide RabbitMQ and Redis services on
@@ -24,7 +25,7 @@ fi
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 
 missing=()
-for package in rabbitmq-server redis-server docker-compose chromium; do
+for package in rabbitmq-server redis-server docker-compose chromium iproute2 iptables; do
     if installed "$package"; then
         say "$package is already installed"
     else

@@ -224,6 +224,12 @@ impl Keys {
     pub fn done_channel(&self) -> String {
         format!("{}:done", self.prefix)
     }
+
+    /// The channel nobody listens to that a wait for replicas publishes to first (see
+    /// [`crate::Store`]'s waits): `{prefix}:replicated`.
+    pub fn replication_mark(&self) -> String {
+        format!("{}:replicated", self.prefix)
+    }
 }
 
 #[cfg(test)]

@@ -21,6 +21,8 @@
 //!   (`signing_keys`), each kind in its own domain, made when publishing and checked by workers
 //!   before anything is decoded.
 //! - [`broker`] and [`store`]: connecting to RabbitMQ (and declaring the topology) and to Redis.
+//! - [`store_risks`]: Redis settings under which results can vanish, warned about at start.
+//! - [`replica_waits`]: the bookkeeping of waits for replicas (`redis_wait_replicas`).
 //! - [`delay`]: the fixed ladder of delay queues that countdowns, etas and retries wait in.
 //! - [`refusal`]: RabbitMQ's refusals of the settings (a login, a queue with other arguments)
 //!   explained, naming the settings involved.
@@ -41,11 +43,13 @@ pub mod message;
 pub mod ops;
 pub mod outcome;
 pub mod refusal;
+pub mod replica_waits;
 pub mod retry;
 pub mod settings;
 pub mod signing;
 pub mod store;
 mod store_conn;
+pub mod store_risks;
 pub mod task;
 mod tls;
 

@@ -82,11 +82,25 @@ pub struct Settings {
     /// most 250 ms (a healthy replica answers in about a millisecond). Redis replicates
     /// asynchronously, so without it a primary that crashes can take the last acknowledged
     /// results with it, and their futures then wait until they time out; with `1`, a replica
-    /// promoted in its place holds them. When fewer
-    /// replicas answer in time (one is down, or was promoted and has no replica yet) the batch
-    /// goes on, with a warning, and writes do not wait for the next 5 s. Set it to `1`
+    /// promoted in its place holds them. On a single Redis the wait has a connection of its
+    /// own, so it holds up no other command. When fewer replicas answer in time (one is down,
+    /// or was promoted and has no replica yet) the batch goes on, with a warning, and writes
+    /// do not wait for the next 5 s; both are counted on a worker's `/metrics`
+    /// (`rask_replica_waits_short_total`, `rask_replica_waits_skipped_total`). Set it to `1`
     /// with a Redis Cluster (or a primary) that has replicas. Default `0`: no wait.
     pub redis_wait_replicas: u32,
+    /// How quickly a dead connection to Redis is noticed and replaced, so that nothing waits
+    /// forever on a connection whose peer is gone (a network partition, a host that crashed or
+    /// a Redis restarted behind one: no FIN or RST ever arrives). A client pings its
+    /// completion subscription every interval and replaces it when a ping goes unanswered for
+    /// an interval, after which every waiter re-reads its pending keys; waiters also re-read
+    /// them every 6 intervals in any case, so that no lost announcement leaves one waiting.
+    /// Every Redis socket (clients and workers) sends TCP keepalive probes after an interval
+    /// of silence, and is dropped (then made again) once data sent on it has gone
+    /// unacknowledged for 3 intervals (`TCP_USER_TIMEOUT`, Linux). So waits recover within a
+    /// few intervals of the network healing. At least `100ms`. Default `5s`.
+    #[serde(with = "humantime_serde")]
+    pub redis_ping_interval: Duration,
     /// Durable direct exchange tasks are published to. Default `rask`.
     pub exchange: String,
     /// Durable queue workers consume tasks from (also its routing key). Default `rask.tasks`.
@@ -222,6 +236,7 @@ impl Default for Settings {
             redis_url: "redis://127.0.0.1:6379/".into(),
             redis_cluster_urls: Vec::new(),
             redis_wait_replicas: 0,
+            redis_ping_interval: Duration::from_secs(5),
             exchange: "rask".into(),
             queue: "rask.tasks".into(),
             queue_shards: 1,
@@ -346,6 +361,13 @@ impl Settings {
             return bad(
                 "heartbeat_interval",
                 &humantime::format_duration(self.heartbeat_interval),
+                "must be at least 100ms",
+            );
+        }
+        if self.redis_ping_interval < Duration::from_millis(100) {
+            return bad(
+                "redis_ping_interval",
+                &humantime::format_duration(self.redis_ping_interval),
                 "must be at least 100ms",
             );
         }
@@ -567,6 +589,7 @@ impl fmt::Debug for Settings {
                     .collect::<Vec<_>>(),
             )
             .field("redis_wait_replicas", &self.redis_wait_replicas)
+            .field("redis_ping_interval", &self.redis_ping_interval)
             .field("exchange", &self.exchange)
             .field("queue", &self.queue)
             .field("queue_shards", &self.queue_shards)

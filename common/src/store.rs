@@ -8,11 +8,13 @@
 //! and presenting `tls_cert_file`/`tls_key_file` when set. With `redis_cluster_urls` the store is a
 //! Redis Cluster: see [`crate::keys::Keys::clustered`] for how keys keep scripts in one slot.
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use crate::error::Result;
 use crate::keys::{Keys, TaskKey};
+pub use crate::replica_waits::ReplicaWaitCounts;
+use crate::replica_waits::ReplicaWaits;
 use crate::settings::Settings;
 pub use crate::store_conn::{ClusterLink, Connection, Node};
 
@@ -20,10 +22,6 @@ pub use crate::store_conn::{ClusterLink, Connection, Node};
 const MGET_CHUNK: usize = 256;
 /// The longest wait for replicas (see [`Settings::redis_wait_replicas`]).
 const REPLICA_WAIT: Duration = Duration::from_millis(250);
-/// How long writes go on without waiting for replicas after a wait fell short (a replica is
-/// down, or a primary was promoted and has none yet), so that a degraded cluster is not slowed
-/// by a timed-out wait per batch.
-const REPLICA_WAIT_PAUSE: Duration = Duration::from_secs(5);
 
 /// A Redis client for `redis_url` of `settings`, with their TLS files for a `rediss://` URL.
 ///
@@ -55,11 +53,11 @@ pub fn subscription_clients(settings: &Settings) -> Result<Vec<redis::Client>> {
 #[derive(Clone)]
 pub struct Store {
     conn: Connection,
+    /// The connection waits for replicas run on (see [`Store::replicate`]).
+    waits: Connection,
     keys: Keys,
     ttl: Duration,
-    wait_replicas: u32,
-    /// Until when waits for replicas are skipped (see [`REPLICA_WAIT_PAUSE`]).
-    skip_waits_until: Arc<Mutex<Option<Instant>>>,
+    replica_waits: ReplicaWaits,
 }
 
 impl Store {
@@ -70,17 +68,36 @@ impl Store {
     /// file of the settings cannot be read.
     pub async fn connect(settings: &Settings) -> Result<Self> {
         let conn = Connection::connect(settings).await?;
-        let keys = match conn {
-            Connection::Single(_) => Keys::new(settings.key_prefix.clone()),
-            Connection::Cluster(_) => Keys::clustered(settings.key_prefix.clone()),
+        let (keys, waits) = match conn {
+            Connection::Single(_) => {
+                let waits = if settings.redis_wait_replicas > 0 {
+                    Connection::connect(settings).await?
+                } else {
+                    conn.clone()
+                };
+                (Keys::new(settings.key_prefix.clone()), waits)
+            }
+            Connection::Cluster(_) => (Keys::clustered(settings.key_prefix.clone()), conn.clone()),
         };
         Ok(Store {
             conn,
+            waits,
             keys,
             ttl: settings.result_ttl,
-            wait_replicas: settings.redis_wait_replicas,
-            skip_waits_until: Arc::default(),
+            replica_waits: ReplicaWaits::new(settings.redis_wait_replicas),
         })
+    }
+
+    /// This store, counting its short and skipped waits for replicas into `counts` (so that
+    /// one count spans the stores a process makes, e.g. a worker on each reconnection).
+    pub fn with_replica_wait_counts(mut self, counts: Arc<ReplicaWaitCounts>) -> Self {
+        self.replica_waits = self.replica_waits.counting_into(counts);
+        self
+    }
+
+    /// The counts of waits for replicas that fell short or were skipped.
+    pub fn replica_wait_counts(&self) -> &Arc<ReplicaWaitCounts> {
+        self.replica_waits.counts()
     }
 
     /// The key builder of this deployment.
@@ -95,38 +112,26 @@ impl Store {
     }
 
     /// Waits until [`Settings::redis_wait_replicas`] replicas hold what was written so far (at
-    /// most [`REPLICA_WAIT`]); nothing to do when it is `0`. When fewer answer, warns and skips
-    /// waiting for [`REPLICA_WAIT_PAUSE`].
+    /// most [`REPLICA_WAIT`]); nothing to do when it is `0`. On a single Redis the wait runs
+    /// on a connection of its own, so that it holds up no other command of the process (Redis
+    /// answers nothing else on a connection blocked in `WAIT`); since `WAIT` counts only the
+    /// writes of its own connection, it first publishes to [`Keys::replication_mark`] (a write
+    /// replicas receive, after every write answered before it). On a Redis Cluster it runs on
+    /// the shared connection, where the writes were made: a cluster has no such write that
+    /// reaches every primary's replicas. A wait that falls short pauses waits for a while,
+    /// counted and logged (see [`crate::replica_waits`]).
     ///
     /// # Errors
     /// [`crate::Error::Store`] if Redis fails.
     pub(crate) async fn replicate(&self) -> Result<()> {
-        let skipping = || {
-            let until = self
-                .skip_waits_until
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            until.is_some_and(|until| Instant::now() < until)
-        };
-        if self.wait_replicas == 0 || skipping() {
+        let Some(replicas) = self.replica_waits.to_wait() else {
             return Ok(());
-        }
+        };
         let reached = self
-            .conn
-            .wait_for_replicas(self.wait_replicas, REPLICA_WAIT)
+            .waits
+            .wait_for_replicas(replicas, REPLICA_WAIT, &self.keys.replication_mark())
             .await?;
-        if reached < u64::from(self.wait_replicas) {
-            *self
-                .skip_waits_until
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + REPLICA_WAIT_PAUSE);
-            tracing::warn!(
-                reached,
-                wanted = self.wait_replicas,
-                "writes reached fewer replicas than redis_wait_replicas within {REPLICA_WAIT:?}; \
-                 not waiting for replicas for {REPLICA_WAIT_PAUSE:?}"
-            );
-        }
+        self.replica_waits.reached(reached);
         Ok(())
     }
 

@@ -44,9 +44,11 @@ impl Client {
     pub async fn connect(settings: Settings) -> Result<Self> {
         settings.validate()?;
         let store = Store::connect(&settings).await?;
+        store.warn_about_risks().await;
         let listener = Listener::start(
             rask_common::store::subscription_clients(&settings)?,
             store.keys().done_channel(),
+            settings.redis_ping_interval,
         )
         .await?;
         let link = BrokerLink::connect(&settings).await?;

@@ -5,6 +5,11 @@
 //! waiter subscribes before its first read, and whenever announcements may have been missed (the
 //! subscription was re-established, or the waiter fell behind) it re-reads every key still
 //! pending. So a lost announcement can delay a result, never lose it.
+//!
+//! A subscription only receives, so a connection whose peer vanished without a FIN or RST (a
+//! partition, a Redis restarted behind one) would never fail by itself: the listener pings it
+//! every `redis_ping_interval` and replaces it when a ping goes unanswered, and waiters
+//! re-read everything pending every few intervals in any case.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -28,8 +33,11 @@ pub(crate) enum Event {
 
 /// Announcement batches buffered per waiter before it must resync.
 const BUFFER: usize = 4096;
-/// First and largest pause between attempts to resubscribe.
+/// First and largest pause between attempts to resubscribe (the largest is at most the ping
+/// interval, so that a healed network is noticed within one).
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(5));
+/// Ping intervals between two re-reads of every pending key by every waiter.
+const RESCAN_EVERY: u32 = 6;
 
 /// The subscription of one client; stops when dropped.
 pub(crate) struct Listener {
@@ -39,12 +47,18 @@ pub(crate) struct Listener {
 
 impl Listener {
     /// Subscribes to `channel` on the Redis of the first of `clients` that answers (the nodes
-    /// of a Redis Cluster, or the one Redis); returns once subscribed. A lost subscription is
-    /// made again on the next client in turn.
-    pub(crate) async fn start(clients: Vec<redis::Client>, channel: String) -> Result<Self> {
+    /// of a Redis Cluster, or the one Redis); returns once subscribed. The subscription is
+    /// pinged every `ping`; one that fails, or leaves a ping unanswered for `ping`, is made
+    /// again on the next client in turn, and every waiter then re-reads its pending keys (as
+    /// it also does every [`RESCAN_EVERY`] pings).
+    pub(crate) async fn start(
+        clients: Vec<redis::Client>,
+        channel: String,
+        ping: Duration,
+    ) -> Result<Self> {
         let (events, _) = broadcast::channel(BUFFER);
         let (ready_tx, ready_rx) = oneshot::channel();
-        let task = tokio::spawn(listen(clients, channel, events.clone(), ready_tx));
+        let task = tokio::spawn(listen(clients, channel, ping, events.clone(), ready_tx));
         match ready_rx.await {
             Ok(Ok(())) => Ok(Listener { events, task }),
             Ok(Err(e)) => Err(Error::Store(e)),
@@ -74,22 +88,18 @@ impl Drop for Listener {
 async fn listen(
     clients: Vec<redis::Client>,
     channel: String,
+    ping: Duration,
     events: broadcast::Sender<Event>,
     ready: oneshot::Sender<redis::RedisResult<()>>,
 ) {
     let mut ready = Some(ready);
-    let mut pause = BACKOFF.0;
+    let most_pause = BACKOFF.1.min(ping);
+    let mut pause = BACKOFF.0.min(most_pause);
     let mut turn = 0;
     loop {
         let client = &clients[turn % clients.len()];
         turn += 1;
-        let subscribed = async {
-            let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(&channel).await?;
-            Ok::<_, redis::RedisError>(pubsub)
-        }
-        .await;
-        let mut pubsub = match subscribed {
+        let pubsub = match subscribe(client, &channel, ping).await {
             Ok(pubsub) => pubsub,
             Err(e) => {
                 if turn < clients.len() {
@@ -102,11 +112,11 @@ async fn listen(
                 }
                 tracing::warn!(error = %e, retry_in = ?pause, "resubscribing to completions failed");
                 tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(BACKOFF.1);
+                pause = (pause * 2).min(most_pause);
                 continue;
             }
         };
-        pause = BACKOFF.0;
+        pause = BACKOFF.0.min(most_pause);
         match ready.take() {
             Some(ready) => {
                 let _ = ready.send(Ok(()));
@@ -116,19 +126,79 @@ async fn listen(
                 let _ = events.send(Event::Resync);
             }
         }
-        let mut messages = pubsub.on_message();
-        while let Some(message) = messages.next().await {
-            match rmp_serde::from_slice::<Vec<String>>(message.get_payload_bytes()) {
-                Ok(keys) => {
-                    let _ = events.send(Event::Done(Arc::new(keys)));
+        let lost = relay(pubsub, ping, &events).await;
+        tracing::warn!(error = %lost, "completion subscription lost; resubscribing");
+    }
+}
+
+/// A subscription to `channel` through `client`, made within `deadline`.
+async fn subscribe(
+    client: &redis::Client,
+    channel: &str,
+    deadline: Duration,
+) -> redis::RedisResult<redis::aio::PubSub> {
+    let subscribed = async {
+        let mut pubsub = client.get_async_pubsub().await?;
+        pubsub.subscribe(channel).await?;
+        Ok(pubsub)
+    };
+    tokio::time::timeout(deadline, subscribed)
+        .await
+        .unwrap_or_else(|_| Err(timed_out("subscribing", deadline)))
+}
+
+/// Passes announcements of `pubsub` on to waiters, pings it every `ping`, and asks waiters to
+/// re-read every [`RESCAN_EVERY`] pings; returns why the subscription is lost: it failed, or a
+/// ping went unanswered for `ping`.
+async fn relay(
+    pubsub: redis::aio::PubSub,
+    ping: Duration,
+    events: &broadcast::Sender<Event>,
+) -> redis::RedisError {
+    let (mut sink, mut messages) = pubsub.split();
+    let mut pings = tokio::time::interval_at(tokio::time::Instant::now() + ping, ping);
+    pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut until_rescan = RESCAN_EVERY;
+    loop {
+        tokio::select! {
+            message = messages.next() => {
+                let Some(message) = message else {
+                    return redis::RedisError::from(std::io::Error::from(
+                        std::io::ErrorKind::ConnectionReset,
+                    ));
+                };
+                match rmp_serde::from_slice::<Vec<String>>(message.get_payload_bytes()) {
+                    Ok(keys) => {
+                        let _ = events.send(Event::Done(Arc::new(keys)));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "ignoring a malformed completion announcement")
+                    }
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "ignoring a malformed completion announcement")
+            }
+            _ = pings.tick() => {
+                // Announcements arriving meanwhile wait in the subscription's buffer.
+                match tokio::time::timeout(ping, sink.ping::<redis::Value>()).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return e,
+                    Err(_) => return timed_out("PING", ping),
+                }
+                until_rescan -= 1;
+                if until_rescan == 0 {
+                    until_rescan = RESCAN_EVERY;
+                    let _ = events.send(Event::Resync);
                 }
             }
         }
-        tracing::warn!("completion subscription lost; resubscribing");
     }
+}
+
+/// The error of a step that took longer than `deadline`.
+fn timed_out(what: &str, deadline: Duration) -> redis::RedisError {
+    redis::RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("{what} took over {deadline:?}: the connection is taken for dead"),
+    ))
 }
 
 /// Waits for the outcomes of a set of keys, yielding each (by its index) as it is stored.
@@ -235,6 +305,22 @@ impl Waiter {
                     self.rescan = true;
                     return Some(Err(e));
                 }
+            }
+        }
+    }
+
+    /// Waits until `pause` has passed or the listener asks for a re-read (it subscribed again,
+    /// so Redis answers again), whichever is first, before the next read; announcements
+    /// meanwhile are dropped, as the next call of [`Waiter::next`] re-reads everything pending
+    /// (it is only called after a failed read). Fails with [`Error::ListenerStopped`] when the
+    /// listener stops.
+    pub(crate) async fn pause(&mut self, pause: Duration) -> Result<()> {
+        let until = tokio::time::Instant::now() + pause;
+        loop {
+            match tokio::time::timeout_at(until, self.events.recv()).await {
+                Err(_) | Ok(Ok(Event::Resync)) => return Ok(()),
+                Ok(Ok(Event::Done(_))) | Ok(Err(broadcast::error::RecvError::Lagged(_))) => {}
+                Ok(Err(broadcast::error::RecvError::Closed)) => return Err(Error::ListenerStopped),
             }
         }
     }

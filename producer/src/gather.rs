@@ -188,14 +188,17 @@ pub(crate) async fn single<T: DeserializeOwned>(waiter: &mut Waiter) -> Result<T
     }
 }
 
-/// The next outcome, riding out Redis failures with backoff (then re-reading what is pending).
+/// The next outcome, riding out Redis failures with backoff (then re-reading what is pending);
+/// a pause ends early when the subscription is made again, a sign that Redis answers again.
 pub(crate) async fn next_outcome(waiter: &mut Waiter) -> Option<Result<(usize, Result<Outcome>)>> {
     let mut pause = crate::retry::BACKOFF.0;
     loop {
         match waiter.next().await {
             Some(Err(e)) if e.is_store_failure() => {
                 tracing::warn!(error = %e, retry_in = ?pause, "reading results failed; retrying");
-                tokio::time::sleep(pause).await;
+                if let Err(stopped) = waiter.pause(pause).await {
+                    return Some(Err(stopped));
+                }
                 pause = (pause * 2).min(crate::retry::BACKOFF.1);
             }
             other => return other,

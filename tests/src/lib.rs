@@ -10,6 +10,7 @@
 //! Isolation: every [`TestEnv`] has its own exchange, queues and Redis key prefix, so tests share
 //! servers without seeing each other's tasks or results.
 
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -18,10 +19,14 @@ use rask::{Client, Settings};
 use rask_worker::{Registry, Worker};
 use tokio::sync::OnceCell;
 
+pub mod netns;
 pub mod poison;
 pub mod redis_cluster;
+pub mod replica;
 pub mod runs;
+pub mod slow_link;
 pub mod tasks;
+pub mod writes;
 use tokio_util::sync::CancellationToken;
 
 /// How long any test waits for results before failing (instead of hanging).
@@ -65,12 +70,25 @@ pub struct PrivateServers {
     /// The Redis server.
     pub redis: ServerProcess,
     rabbitmq_spec: RabbitMqSpec,
+    /// The address they listen on besides 127.0.0.1 (see [`PrivateServers::start_on`]).
+    address: Option<Ipv4Addr>,
     _dir: TempDir,
 }
 
 impl PrivateServers {
     /// Starts both; panics with the servers' own error (a test cannot go on without them).
     pub async fn start(name: &str) -> Self {
+        Self::start_with(name, None).await
+    }
+
+    /// Starts both listening on `address` too (e.g. [`netns::Namespace::host_ip`], for
+    /// processes in a network namespace); their [`PrivateServers::urls`] then name `address`.
+    /// RabbitMQ admits its `guest` user from there too (`loopback_users = none`).
+    pub async fn start_on(name: &str, address: Ipv4Addr) -> Self {
+        Self::start_with(name, Some(address)).await
+    }
+
+    async fn start_with(name: &str, address: Option<Ipv4Addr>) -> Self {
         let dir = TempDir::new(name);
         let node_name = format!("rasktest{}{}", std::process::id(), unique_suffix());
         let rabbit = RabbitMqSpec {
@@ -83,18 +101,51 @@ impl PrivateServers {
             dir: dir.path.join("redis"),
             port: local::free_port().expect("a free port"),
             append_only: true,
+            fsync: Default::default(),
             cluster: false,
         };
+        if let Some(address) = address {
+            // The node reads DIR/rabbitmq.conf (RABBITMQ_CONFIG_FILE=DIR/rabbitmq).
+            std::fs::create_dir_all(&rabbit.dir).unwrap();
+            let conf = format!(
+                "loopback_users = none\n\
+                 listeners.tcp.1 = 127.0.0.1:{port}\n\
+                 listeners.tcp.2 = {address}:{port}\n",
+                port = rabbit.port
+            );
+            std::fs::write(rabbit.dir.join("rabbitmq.conf"), conf).unwrap();
+        }
         let (rabbitmq, redis) = tokio::join!(
             ServerProcess::start_rabbitmq(&rabbit, Lifetime::TiedToCaller),
             ServerProcess::start_redis(&redis, Lifetime::TiedToCaller)
         );
-        PrivateServers {
+        let servers = PrivateServers {
             rabbitmq: rabbitmq.expect("starting RabbitMQ"),
             redis: redis.expect("starting Redis"),
             rabbitmq_spec: rabbit,
+            address,
             _dir: dir,
-        }
+        };
+        servers.bind_redis().await;
+        servers
+    }
+
+    /// Makes Redis listen on the extra address too (`CONFIG SET bind`: the harness starts
+    /// Redis on 127.0.0.1 only), and answer clients there without a password (protected mode
+    /// off: the address is a test's own); call it again after restarting Redis.
+    pub async fn bind_redis(&self) {
+        let Some(address) = self.address else { return };
+        let client = redis::Client::open(self.redis.url()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("bind")
+            .arg(format!("127.0.0.1 {address}"))
+            .arg("protected-mode")
+            .arg("no")
+            .query_async(&mut conn)
+            .await
+            .expect("Redis listens on the extra address");
     }
 
     /// Runs `rabbitmqctl ARGS` against the RabbitMQ node (see [`rabbitmqctl`]).
@@ -102,11 +153,17 @@ impl PrivateServers {
         rabbitmqctl(&self.rabbitmq_spec, args).await
     }
 
-    /// Their URLs.
+    /// Their URLs: on 127.0.0.1, or on the address of [`PrivateServers::start_on`].
     pub fn urls(&self) -> ServerUrls {
-        ServerUrls {
-            amqp: self.rabbitmq.url(),
-            redis: self.redis.url(),
+        match self.address {
+            None => ServerUrls {
+                amqp: self.rabbitmq.url(),
+                redis: self.redis.url(),
+            },
+            Some(address) => ServerUrls {
+                amqp: format!("amqp://guest:guest@{address}:{}/%2f", self.rabbitmq.port()),
+                redis: format!("redis://{address}:{}/", self.redis.port()),
+            },
         }
     }
 }
@@ -236,6 +293,35 @@ impl TestEnv {
         n: usize,
         extra: &[(&str, &str)],
     ) -> Vec<local::Worker> {
+        self.spawn(program, &[], n, extra)
+    }
+
+    /// Like [`TestEnv::spawn_program_with`], the processes running in the network namespace
+    /// `ns` (`ip netns exec`).
+    pub fn spawn_program_in(
+        &self,
+        ns: &netns::Namespace,
+        program: &std::path::Path,
+        n: usize,
+        extra: &[(&str, &str)],
+    ) -> Vec<local::Worker> {
+        let args = [
+            "netns".into(),
+            "exec".into(),
+            ns.name().into(),
+            program.display().to_string(),
+        ];
+        self.spawn(std::path::Path::new("ip"), &args, n, extra)
+    }
+
+    /// Starts `n` processes of `program ARGS` with this environment and `extra`.
+    fn spawn(
+        &self,
+        program: &std::path::Path,
+        args: &[String],
+        n: usize,
+        extra: &[(&str, &str)],
+    ) -> Vec<local::Worker> {
         (0..n)
             .map(|_| {
                 let mut env = self.env_vars();
@@ -246,7 +332,7 @@ impl TestEnv {
                 );
                 let spec = WorkerSpec {
                     program: program.to_owned(),
-                    args: Vec::new(),
+                    args: args.to_vec(),
                     env,
                     log: self
                         .dir
@@ -432,6 +518,25 @@ impl RunningWorker {
     pub async fn stop(self) -> rask_worker::Result<()> {
         self.stop.cancel();
         self.task.await.expect("worker task does not panic")
+    }
+}
+
+/// A process stopped with SIGSTOP (Redis, say: it then answers nothing, while the kernel
+/// keeps its connections open); resumed with SIGCONT when dropped, even if the test fails.
+pub struct Stopped(nix::unistd::Pid);
+
+impl Stopped {
+    /// Stops the process `pid`.
+    pub fn stop(pid: u32) -> Self {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).expect("a pid"));
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP");
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT);
     }
 }
 
@@ -798,6 +903,7 @@ impl PrivateCluster {
             dir: dir.path.join("redis"),
             port: local::free_port().expect("a free port"),
             append_only: true,
+            fsync: Default::default(),
             cluster: false,
         };
         let (nodes, redis) = tokio::join!(

@@ -95,6 +95,7 @@ impl PrivateRedisCluster {
                 dir: dir.path.join(format!("redis-{i}")),
                 port: free_cluster_port(),
                 append_only: true,
+                fsync: Default::default(),
                 cluster: true,
             })
             .collect();

@@ -50,10 +50,38 @@ rask::task! {
     }
 }
 
+rask::task! {
+    /// Appends the line `i` to the file `log` (one line per run, in one write: the test counts
+    /// each task's runs there, without the network a partition cuts), sleeps `pause_ms`, and
+    /// returns `i`: a value unique to the task.
+    pub async fn record_run(log: String, i: u64, pause_ms: u64) -> Result<u64, std::io::Error> {
+        use std::io::Write as _;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?
+            .write_all(format!("{i}\n").as_bytes())?;
+        tokio::time::sleep(std::time::Duration::from_millis(pause_ms)).await;
+        Ok(i)
+    }
+}
+
+/// The runs [`record_run`] recorded in `log`, per `i` (`i` below `n`; a missing file counts
+/// none).
+pub fn recorded_runs(log: &std::path::Path, n: usize) -> Vec<u32> {
+    let mut runs = vec![0; n];
+    for line in std::fs::read_to_string(log).unwrap_or_default().lines() {
+        let i: usize = line.parse().expect("record_run writes numbers");
+        runs[i] += 1;
+    }
+    runs
+}
+
 /// The stock functions and this module's.
 pub fn registry() -> rask_worker::Registry {
     rask_worker::Registry::with_builtins()
         .with::<abort_worker>()
         .with::<paced>()
         .with::<abort_worker_until>()
+        .with::<record_run>()
 }

@@ -205,6 +205,7 @@ async fn private_redis(env: &mut TestEnv) -> ServerProcess {
         port: local::free_port().expect("a free port"),
         append_only: false,
         cluster: false,
+        fsync: Default::default(),
     };
     let redis = ServerProcess::start_redis(&spec, Lifetime::TiedToCaller)
         .await

@@ -11,9 +11,11 @@
 //! Metric names: `rask_tasks_started_total`, `rask_tasks_succeeded_total`,
 //! `rask_tasks_failed_total` (labels `function`, `kind`), `rask_tasks_retried_total`,
 //! `rask_task_duration_seconds` (histogram), `rask_tasks_in_flight`, `rask_reconnects_total`,
-//! `rask_overrun_threads` (threads of plain functions past their time limit, `overrun.rs`) and
+//! `rask_overrun_threads` (threads of plain functions past their time limit, `overrun.rs`),
 //! `rask_broadcasts_refused_total` (label `reason`: `too_large`, `signature`, `window`,
-//! `malformed`; `broadcast.rs`).
+//! `malformed`; `broadcast.rs`), `rask_replica_waits_short_total` and
+//! `rask_replica_waits_skipped_total` (writes acknowledged with fewer replicas than
+//! `redis_wait_replicas`: see `rask_common::replica_waits`).
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,13 +25,15 @@ use std::time::SystemTime;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use rask_common::bag_ops;
 use rask_common::ops::{RecentError, WorkerCounters, RECENT_ERRORS};
+use rask_common::store::ReplicaWaitCounts;
 use rask_common::Outcome;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -77,6 +81,7 @@ pub(crate) struct Metrics {
     reconnects: Counter,
     refused_broadcasts: Family<ReasonLabel, Counter>,
     overruns: Arc<Overruns>,
+    replica_waits: Arc<ReplicaWaitCounts>,
     totals: [AtomicU64; 4],
     recent: Mutex<VecDeque<RecentError>>,
 }
@@ -143,8 +148,11 @@ impl Metrics {
             "Broadcast requests refused unrun, by reason",
             refused_broadcasts.clone(),
         );
+        let replica_waits = Arc::<ReplicaWaitCounts>::default();
+        registry.register_collector(Box::new(ReplicaWaitCollector(replica_waits.clone())));
         Metrics {
             registry,
+            replica_waits,
             known: known
                 .into_iter()
                 .chain(bag_ops::ELEMENT_OPS.map(String::from))
@@ -183,6 +191,12 @@ impl Metrics {
             label,
             since: Instant::now(),
         }
+    }
+
+    /// The counts of short and skipped waits for replicas, for the worker's stores to count
+    /// into.
+    pub(crate) fn replica_waits(&self) -> Arc<ReplicaWaitCounts> {
+        self.replica_waits.clone()
     }
 
     /// The threads past their time limit, and their bound.
@@ -231,6 +245,37 @@ impl Metrics {
             tracing::warn!(error = %e, "metrics do not encode");
         }
         text
+    }
+}
+
+/// Exposes [`ReplicaWaitCounts`] (kept by the store, which knows nothing of Prometheus) as
+/// two counters, read at each scrape.
+#[derive(Debug)]
+struct ReplicaWaitCollector(Arc<ReplicaWaitCounts>);
+
+impl Collector for ReplicaWaitCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for (name, help, value) in [
+            (
+                "replica_waits_short",
+                "Waits for redis_wait_replicas replicas that reached fewer in time",
+                self.0.short(),
+            ),
+            (
+                "replica_waits_skipped",
+                "Writes acknowledged without waiting for replicas, in the pause after a short wait",
+                self.0.skipped(),
+            ),
+        ] {
+            let counter = ConstCounter::new(value);
+            counter.encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                counter.metric_type(),
+            )?)?;
+        }
+        Ok(())
     }
 }
 

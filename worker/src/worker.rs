@@ -3,7 +3,7 @@
 //! and drain.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use futures::future::FusedFuture;
@@ -43,6 +43,8 @@ pub struct Worker {
     /// The index (in [`Settings::amqp_nodes`]) of the RabbitMQ node to try first when
     /// connecting: the one after the node of the last connection once that one is lost.
     next_node: AtomicUsize,
+    /// Whether the store's configuration was checked for risks (once, on the first connection).
+    store_checked: AtomicBool,
 }
 
 /// What every task handler shares.
@@ -83,6 +85,7 @@ impl Worker {
             registry,
             id,
             next_node: AtomicUsize::new(0),
+            store_checked: AtomicBool::new(false),
         }
     }
 
@@ -174,7 +177,12 @@ impl Worker {
         let settings = self.settings.clone();
         let registry = self.registry.clone();
         let id = self.id.clone();
-        let store = Store::connect(&settings).await?;
+        let store = Store::connect(&settings)
+            .await?
+            .with_replica_wait_counts(self.metrics.replica_waits());
+        if !self.store_checked.swap(true, Ordering::Relaxed) {
+            store.warn_about_risks().await;
+        }
         let result_limit = ResultLimit::read(&store, &settings).await;
         let first = self.next_node.load(Ordering::Relaxed);
         let (connection, node) =

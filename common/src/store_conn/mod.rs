@@ -1,13 +1,18 @@
 //! Connections to the store: a single Redis or a Redis Cluster, with the settings' TLS files,
 //! behind one [`Connection`] that every module of the crate sends commands and pipelines through.
 //! How commands reach a cluster (split by slot, healed after a fail-over) is [`cluster`]'s job.
+//!
+//! Every Redis socket is made with [`tcp_settings`]: no Nagle delay, TCP keepalive, and a limit
+//! on how long sent data may go unacknowledged, so that a connection whose peer vanished
+//! without a FIN or RST (a partition, a crashed host) fails and is made again instead of
+//! holding its commands forever.
 
 mod cluster;
 
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager};
-use redis::{Cmd, Pipeline, RedisFuture, Value};
+use redis::{Cmd, IntoConnectionInfo as _, Pipeline, RedisFuture, Value};
 
 pub use cluster::{ClusterLink, Node};
 
@@ -24,6 +29,11 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
 const CLUSTER_RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long connecting to one cluster node may take.
 const CLUSTER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Keepalive probes unanswered before the kernel drops an idle connection.
+const KEEPALIVE_PROBES: u32 = 3;
+/// Ping intervals that sent data may go unacknowledged before the kernel drops the
+/// connection (`TCP_USER_TIMEOUT`).
+const UNACKED_INTERVALS: u32 = 3;
 /// Retries of a cluster request whose node is lost or moved.
 const CLUSTER_RETRIES: u32 = 10;
 /// The least and largest waits between those retries, in ms.
@@ -49,8 +59,11 @@ impl Connection {
     /// [`crate::Error::TlsFile`] if a TLS file cannot be read.
     pub(crate) async fn connect(settings: &Settings) -> Result<Self> {
         if settings.redis_cluster_urls.is_empty() {
+            // A lost connection is made again with backoff from 100 ms doubling, at most one
+            // ping interval apart, so that one is made soon after the network heals.
             let config = redis::aio::ConnectionManagerConfig::new()
-                .set_response_timeout(Some(RESPONSE_TIMEOUT));
+                .set_response_timeout(Some(RESPONSE_TIMEOUT))
+                .set_max_delay(settings.redis_ping_interval);
             let conn = client(settings, &settings.redis_url)?
                 .get_connection_manager_with_config(config)
                 .await?;
@@ -65,7 +78,8 @@ impl Connection {
         // a fail-over takes the node timeout (seconds): retry quickly, for about 10 s.
         .retries(CLUSTER_RETRIES)
         .min_retry_wait(CLUSTER_RETRY_WAIT_MS.0)
-        .max_retry_wait(CLUSTER_RETRY_WAIT_MS.1);
+        .max_retry_wait(CLUSTER_RETRY_WAIT_MS.1)
+        .tcp_settings(tcp_settings(settings.redis_ping_interval));
         if settings
             .redis_cluster_urls
             .iter()
@@ -103,18 +117,36 @@ impl Connection {
         Ok(redis::from_redis_value(value).map_err(redis::RedisError::from)?)
     }
 
-    /// Waits until `replicas` replicas of every primary hold the writes made so far on this
-    /// connection (Redis's `WAIT`), for at most `timeout`; returns the fewest replicas any
-    /// primary reached.
+    /// Waits until `replicas` replicas of every primary hold the writes made so far (Redis's
+    /// `WAIT`), for at most `timeout`; returns the fewest replicas any primary reached.
+    /// `WAIT` only counts the writes of its own connection: on a single Redis this first
+    /// publishes to the channel `mark` (nobody need listen; replicas receive every publish), so
+    /// that the wait covers every write Redis answered before, on any connection; on a cluster
+    /// it covers the writes made on this connection only.
     ///
     /// # Errors
     /// [`crate::Error::Store`] if a primary fails.
-    pub async fn wait_for_replicas(&self, replicas: u32, timeout: Duration) -> Result<u64> {
+    pub async fn wait_for_replicas(
+        &self,
+        replicas: u32,
+        timeout: Duration,
+        mark: &str,
+    ) -> Result<u64> {
         let mut wait = redis::cmd("WAIT");
         wait.arg(replicas)
             .arg(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
         Ok(match self {
-            Connection::Single(conn) => wait.query_async(&mut conn.clone()).await?,
+            Connection::Single(conn) => {
+                let (reached,): (u64,) = redis::pipe()
+                    .cmd("PUBLISH")
+                    .arg(mark)
+                    .arg("")
+                    .ignore()
+                    .add_command(wait)
+                    .query_async(&mut conn.clone())
+                    .await?;
+                reached
+            }
             Connection::Cluster(link) => link.wait_on_primaries(wait).await?,
         })
     }
@@ -126,11 +158,39 @@ impl Connection {
 /// [`crate::Error::Store`] for a bad URL or bad certificates; [`crate::Error::TlsFile`] if a
 /// TLS file of the settings cannot be read.
 pub(crate) fn client(settings: &Settings, url: &str) -> Result<redis::Client> {
+    let info = url
+        .into_connection_info()?
+        .set_tcp_settings(tcp_settings(settings.redis_ping_interval));
     if !url.starts_with("rediss://") {
-        return Ok(redis::Client::open(url)?);
+        return Ok(redis::Client::open(info)?);
     }
     let files = TlsFiles::read(settings)?;
-    Ok(redis::Client::build_with_tls(url, certificates(files))?)
+    Ok(redis::Client::build_with_tls(info, certificates(files))?)
+}
+
+/// The TCP options of every Redis socket, for the ping interval `ping` (see
+/// [`Settings::redis_ping_interval`]): `TCP_NODELAY` (pipelines and small replies go out at
+/// once, not after the peer's delayed ACK); keepalive probes after `ping` of silence, then
+/// every `ping` (whole seconds, at least one: the kernel counts in seconds), so that an idle
+/// connection to a vanished peer is dropped after a few probes; and, on Linux,
+/// `TCP_USER_TIMEOUT` of [`UNACKED_INTERVALS`] × `ping`, so that one with commands in flight
+/// is dropped too, rather than retransmitting for the kernel's 15 minutes. A Redis that is
+/// merely slow or stopped still acknowledges what fits in its socket buffer (its kernel does),
+/// so what trips it is a dead path or peer (or a stall so long that the buffer fills); the
+/// connection is then made again and the caller's retry goes through it.
+pub(crate) fn tcp_settings(ping: Duration) -> redis::io::tcp::TcpSettings {
+    let probe = Duration::from_secs(ping.as_secs().max(1));
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(probe)
+        .with_interval(probe);
+    #[cfg(any(target_os = "linux", target_os = "macos", target_os = "freebsd"))]
+    let keepalive = keepalive.with_retries(KEEPALIVE_PROBES);
+    let tcp = redis::io::tcp::TcpSettings::default()
+        .set_nodelay(true)
+        .set_keepalive(keepalive);
+    #[cfg(target_os = "linux")]
+    let tcp = tcp.set_user_timeout(ping.saturating_mul(UNACKED_INTERVALS));
+    tcp
 }
 
 /// The redis crate's form of the TLS files.
@@ -180,5 +240,29 @@ impl ConnectionLike for Connection {
             Connection::Single(conn) => conn.get_db(),
             Connection::Cluster(_) => 0,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_redis_socket_has_nodelay_keepalive_and_a_limit_on_unacknowledged_data() {
+        let ping = Duration::from_secs(5);
+        let tcp = tcp_settings(ping);
+        assert!(tcp.nodelay());
+        assert!(tcp.keepalive().is_some());
+        #[cfg(target_os = "linux")]
+        assert_eq!(tcp.user_timeout(), Some(Duration::from_secs(15)));
+        let client = client(
+            &Settings {
+                redis_ping_interval: ping,
+                ..Settings::default()
+            },
+            "redis://127.0.0.1:6379/",
+        )
+        .unwrap();
+        assert!(client.get_connection_info().tcp_settings().nodelay());
     }
 }

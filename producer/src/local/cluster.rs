@@ -21,7 +21,7 @@ use super::pid;
 use super::ports;
 use super::rabbitmq_server::RabbitMqSpec;
 use super::recorded;
-use super::redis_server::RedisSpec;
+use super::redis_server::{Fsync, RedisSpec};
 use super::server::ServerProcess;
 use super::spawn::{self, Lifetime, Spawned};
 use super::state::{self, ClusterState, ProcessKind, ProcessRecord, WorkerState};
@@ -49,6 +49,8 @@ pub struct LocalClusterSpec {
     /// Extra environment for the workers, on top of `RASK_AMQP_URL` and
     /// `RASK_REDIS_URL` (which these may override). Default: none.
     pub worker_env: Vec<(String, String)>,
+    /// When Redis `fsync`s its append-only file. Default: [`Fsync::EverySec`].
+    pub fsync: Fsync,
 }
 
 impl Default for LocalClusterSpec {
@@ -60,6 +62,7 @@ impl Default for LocalClusterSpec {
             redis_port: 6379,
             workers: 2,
             worker_env: Vec::new(),
+            fsync: Fsync::EverySec,
         }
     }
 }
@@ -156,6 +159,7 @@ async fn start_parts(
         dir: spec.dir.join("redis"),
         port: spec.redis_port,
         append_only: true,
+        fsync: spec.fsync,
         cluster: false,
     };
     let mut state = ClusterState {
@@ -367,6 +371,7 @@ mod tests {
             redis_port: ports::free_port().expect("port"),
             workers: 0,
             worker_env: Vec::new(),
+            fsync: Fsync::EverySec,
         }
     }
 

@@ -59,6 +59,7 @@ async fn servers_start_serve_survive_kill_and_restart_then_stop() {
         dir: dir.join("redis"),
         port: free_port().expect("port"),
         append_only: true,
+        fsync: Default::default(),
         cluster: false,
     };
     let (rabbitmq, redis) = tokio::join!(

@@ -26,10 +26,16 @@
 //! # Example
 //!
 //! ```no_run
-//! use rask::local::{free_port, Lifetime, RedisSpec, ServerProcess};
+//! use rask::local::{free_port, Fsync, Lifetime, RedisSpec, ServerProcess};
 //!
 //! # async fn example() -> std::io::Result<()> {
-//! let spec = RedisSpec { dir: "/tmp/rask-example/redis".into(), port: free_port()?, append_only: true, cluster: false };
+//! let spec = RedisSpec {
+//!     dir: "/tmp/rask-example/redis".into(),
+//!     port: free_port()?,
+//!     append_only: true,
+//!     fsync: Fsync::EverySec,
+//!     cluster: false,
+//! };
 //! let mut redis = ServerProcess::start_redis(&spec, Lifetime::TiedToCaller).await?;
 //! println!("Redis serves at {}", redis.url());
 //! redis.kill().await?; // as a crash would
@@ -61,7 +67,7 @@ pub use cluster::{default_dir, up, LocalClusterSpec};
 pub use ports::{free_port, port_is_free};
 pub use rabbitmq_server::RabbitMqSpec;
 pub use recorded::{down, status};
-pub use redis_server::RedisSpec;
+pub use redis_server::{Fsync, RedisSpec};
 pub use server::ServerProcess;
 pub use spawn::Lifetime;
 pub use state::{ClusterState, ProcessKind, ProcessRecord, Supervision, WorkerState};

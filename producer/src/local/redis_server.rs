@@ -31,19 +31,61 @@ pub struct RedisSpec {
     pub port: u16,
     /// Whether to keep an append-only file, so data survives a restart or a
     /// crash of Redis; without it Redis keeps nothing on disk. Redis writes
-    /// the file before it answers a write, and `fsync`s it every second
-    /// (`appendfsync everysec`): a worker acknowledges a task once its result
-    /// write is answered, and that result survives Redis being killed (the
-    /// data is in the OS's cache); only a crash of the whole machine can lose
-    /// the last second. `always` would cover that too, at one `fsync` per
-    /// write batch, which a private cluster on one machine does not need.
+    /// the file before it answers a write, and `fsync`s it as `fsync` says.
     pub append_only: bool,
+    /// When Redis `fsync`s its append-only file (`appendfsync`): see [`Fsync`].
+    pub fsync: Fsync,
     /// Whether the server runs in Redis Cluster mode (`cluster-enabled yes`, its node table
     /// in `nodes.conf` in `dir`, a node timeout of 2 s so that a failed primary is replaced
     /// quickly, and a replica's full sync started without the default 5 s delay); it then
     /// serves only as a node of a cluster that is created separately (e.g. `redis-cli
     /// --cluster create`).
     pub cluster: bool,
+}
+
+/// When Redis `fsync`s its append-only file (`appendfsync`). Either way Redis writes each
+/// write to the file (the OS's cache) before answering it, as a rule, so a worker acknowledges
+/// a task only once its result is there, and the result survives Redis being killed; they
+/// differ when the whole machine crashes (power loss, kernel panic). See docs/reliability.md.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Fsync {
+    /// `fsync` once a second, in the background: a crash of the machine can lose the results
+    /// of the last second or two, acknowledged though they are (their futures then wait until
+    /// they time out); so can a crash of Redis while a slow disk holds up the background
+    /// `fsync` (Redis then answers writes for up to 2 s before writing them).
+    #[default]
+    EverySec,
+    /// `fsync` before answering each batch of writes: a crash of the machine loses no
+    /// acknowledged result, at the cost of a disk flush per batch (see docs/reliability.md).
+    Always,
+}
+
+impl Fsync {
+    /// `everysec` or `always`, as Redis's `appendfsync` and `rask local up --fsync` spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fsync::EverySec => "everysec",
+            Fsync::Always => "always",
+        }
+    }
+}
+
+impl std::fmt::Display for Fsync {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Fsync {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "everysec" => Ok(Fsync::EverySec),
+            "always" => Ok(Fsync::Always),
+            other => Err(format!("{other:?}: expected everysec or always")),
+        }
+    }
 }
 
 impl RedisSpec {
@@ -64,8 +106,8 @@ impl RedisSpec {
 }
 
 /// Creates the folder and builds the command that starts Redis in the
-/// foreground, saving no RDB snapshots, with the append-only file synced
-/// every second when `spec.append_only`.
+/// foreground, saving no RDB snapshots, with the append-only file synced as
+/// `spec.fsync` says when `spec.append_only`.
 ///
 /// # Errors
 ///
@@ -87,7 +129,7 @@ pub(crate) fn command(spec: &RedisSpec) -> io::Result<Command> {
         .arg(&spec.dir)
         .args(["--save", ""])
         .args(["--appendonly", if spec.append_only { "yes" } else { "no" }])
-        .args(["--appendfsync", "everysec"])
+        .args(["--appendfsync", spec.fsync.as_str()])
         .args(["--daemonize", "no"])
         .args(["--logfile", ""]);
     if spec.cluster {
@@ -144,4 +186,18 @@ async fn ping(client: &redis::Client) -> redis::RedisResult<()> {
     let mut connection = client.get_multiplexed_async_connection().await?;
     let _pong: String = redis::cmd("PING").query_async(&mut connection).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fsync_reads_and_prints_as_redis_spells_it() {
+        for fsync in [Fsync::EverySec, Fsync::Always] {
+            assert_eq!(fsync.to_string().parse::<Fsync>(), Ok(fsync));
+        }
+        assert!("sometimes".parse::<Fsync>().is_err());
+        assert_eq!(Fsync::default(), Fsync::EverySec);
+    }
 }

@@ -263,6 +263,11 @@ pub(crate) struct LocalUpArgs {
     /// Redis's port on 127.0.0.1.
     #[arg(long, default_value_t = 6379)]
     pub(crate) redis_port: u16,
+    /// When Redis fsyncs its append-only file: `everysec` (a crash of the machine can lose the
+    /// last second or so of acknowledged results) or `always` (none, at a disk flush per write
+    /// batch; see docs/reliability.md).
+    #[arg(long, default_value_t = rask::local::Fsync::EverySec)]
+    pub(crate) fsync: rask::local::Fsync,
     #[command(flatten)]
     pub(crate) dir: LocalDirArgs,
 }

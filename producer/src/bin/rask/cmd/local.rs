@@ -18,6 +18,7 @@ pub(crate) async fn run(command: LocalCommand) -> Result<ExitCode> {
                 redis_port: args.redis_port,
                 workers: args.workers,
                 worker_env: Vec::new(),
+                fsync: args.fsync,
             };
             let state = local::up(&spec).await?;
             println!("local cluster up in {}", state.dir.display());

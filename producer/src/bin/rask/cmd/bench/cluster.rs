@@ -72,6 +72,7 @@ impl Cluster {
             dir: dir.join("redis"),
             port: free_port()?,
             append_only: true,
+            fsync: Default::default(),
             cluster: false,
         };
         let (rabbitmq, redis) = tokio::join!(
