@@ -3,9 +3,10 @@
 //! A graph task whose inputs are not all stored waits as a record: its message at
 //! [`Keys::task`], the keys it still waits for in the set [`Keys::pending`], and its key in the
 //! set [`Keys::dependents`] of each of those inputs. A worker stores a batch of outcomes with
-//! [`Store::store_and_release`], whose release script (in the same pipeline) removes the stored
-//! keys from their dependents' pending sets and returns the messages of those that have nothing
-//! pending and no result yet; the worker publishes them before acknowledging. Releasing is
+//! [`Store::store_and_release`], whose release script (run only when the pipeline that stores
+//! the batch finds that some of its keys have dependents) removes the stored keys from their
+//! dependents' pending sets and returns the messages of those that have nothing pending and no
+//! result yet; the worker publishes them before acknowledging. Releasing is
 //! idempotent (`SREM` of a removed member changes nothing, and a ready dependent without a result
 //! is returned again), so a redelivered task releases its dependents again; a dependent
 //! published twice runs twice, harmlessly, since results are write-once.
@@ -270,33 +271,53 @@ impl Store {
 
     /// [`Store::store_and_release`] for at most [`PIPELINE_CHUNK`] outcomes on a single Redis:
     /// the records of the dependents released.
+    ///
+    /// One round trip stores, announces, deletes the published markers and reads the union of
+    /// the stored keys' dependents sets (plain commands: most results have no dependents, and a
+    /// script costs Redis more than a command); only when that union is not empty does a second
+    /// round trip run the release script. No dependent can slip between the two: a registration
+    /// links itself to an input only while the input has no result (atomically, in its script),
+    /// and the union is read after the results are written, so it holds every dependent linked
+    /// before them, and none links after them.
     async fn store_and_release_chunk(
         &self,
         outcomes: &[(TaskKey, Vec<u8>)],
     ) -> Result<Vec<Vec<u8>>> {
-        // Announced before the release script runs: waiters learn of the results without
-        // waiting for the dependents' bookkeeping.
+        let keys = self.keys();
+        // Announced in the same round trip: waiters learn of the results without waiting for
+        // the dependents' bookkeeping.
         let mut pipe = self.outcomes_pipeline(outcomes);
         self.announce(&mut pipe, outcomes)?;
-        pipe.cmd("EVALSHA")
-            .arg(RELEASE.get_hash())
-            .arg(0)
-            .arg(self.keys().prefix());
+        pipe.cmd("DEL");
         for (key, _) in outcomes {
-            pipe.arg(key.as_str());
+            pipe.arg(keys.published(key));
         }
-        let bodies: (Vec<Vec<u8>>,) = match pipe.query_async(&mut self.connection()).await {
+        pipe.ignore();
+        pipe.cmd("SUNION");
+        for (key, _) in outcomes {
+            pipe.arg(keys.dependents(key));
+        }
+        let (dependents,): (Vec<Vec<u8>>,) = pipe.query_async(&mut self.connection()).await?;
+        if dependents.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut release = redis::cmd("EVALSHA");
+        release.arg(RELEASE.get_hash()).arg(0).arg(keys.prefix());
+        for (key, _) in outcomes {
+            release.arg(key.as_str());
+        }
+        let bodies: Vec<Vec<u8>> = match release.query_async(&mut self.connection()).await {
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
                 redis::cmd("SCRIPT")
                     .arg("LOAD")
                     .arg(RELEASE_LUA)
                     .query_async::<String>(&mut self.connection())
                     .await?;
-                pipe.query_async(&mut self.connection()).await?
+                release.query_async(&mut self.connection()).await?
             }
             other => other?,
         };
-        Ok(bodies.0)
+        Ok(bodies)
     }
 }
 
