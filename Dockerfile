@@ -24,8 +24,9 @@ FROM debian:bookworm-slim
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
-    && useradd --system --create-home --home-dir /home/rask --shell /usr/sbin/nologin rask
+    && useradd --system --uid 10001 --create-home --home-dir /home/rask --shell /usr/sbin/nologin rask
 COPY --from=build /out/rask /out/rask-worker /usr/local/bin/
+# A fixed uid, so that Kubernetes can check runAsNonRoot (deploy/k8s/worker.yaml).
 USER rask
 # Settings::load() reads an optional rask.toml from the working directory.
 WORKDIR /home/rask

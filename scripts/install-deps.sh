@@ -2,7 +2,8 @@
 # Installs what rask's local cluster and test suite need, if missing:
 # RabbitMQ, Redis, docker-compose and Chromium (Debian packages; headless
 # Chromium drives the dashboard test), iproute2 and iptables (the partition
-# tests cut network namespaces off with them) and cargo-nextest.
+# tests cut network namespaces off with them), python3-venv (scripts/validate-k8s.sh)
+# and cargo-nextest.
 # Safe to run again: it only installs what is missing, and says what it did.
 #
 # The Debian packages would start system-wide RabbitMQ and Redis services on
@@ -25,7 +26,7 @@ fi
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 
 missing=()
-for package in rabbitmq-server redis-server docker-compose chromium iproute2 iptables; do
+for package in rabbitmq-server redis-server docker-compose chromium iproute2 iptables python3-venv; do
     if installed "$package"; then
         say "$package is already installed"
     else

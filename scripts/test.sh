@@ -39,6 +39,11 @@ if [ -f docker-compose.yml ]; then
     docker-compose --env-file .env.example config -q
 fi
 
+# The Kubernetes manifests, against the Kubernetes schemas and each other.
+if [ "$#" -eq 0 ]; then
+    bash scripts/validate-k8s.sh
+fi
+
 # Doctests first (nextest does not run them): API docs and the README's Rust examples.
 if [ "$#" -eq 0 ]; then
     cargo test --workspace --doc
