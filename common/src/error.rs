@@ -64,6 +64,10 @@ pub enum Error {
     /// A task key is empty, too long or contains characters keys may not hold.
     #[error("invalid task key {0:?}: keys are 1-200 characters of [A-Za-z0-9_.:-]")]
     InvalidKey(String),
+    /// A periodic task's definition is not valid (its name, cron pattern, time zone or
+    /// interval); says which and why.
+    #[error("invalid schedule: {0}")]
+    InvalidSchedule(String),
 }
 
 /// Whether trying again can help, for an [`Error`] (see [`Error::kind`]).
@@ -160,6 +164,7 @@ impl Error {
             | Error::Decode(_)
             | Error::Version { .. }
             | Error::InvalidKey(_)
+            | Error::InvalidSchedule(_)
             | Error::DelayTooLong { .. } => ErrorKind::Rejected,
         }
     }

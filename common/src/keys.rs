@@ -220,6 +220,25 @@ impl Keys {
         self.of_deployment("workers")
     }
 
+    /// The periodic tasks (a hash: schedule name -> MessagePack
+    /// [`crate::schedule::Schedule`]): `{prefix}:schedules`.
+    pub fn schedules(&self) -> String {
+        self.of_deployment("schedules")
+    }
+
+    /// The last tick claimed per schedule (a hash: schedule name -> Unix ms):
+    /// `{prefix}:schedule-last`.
+    pub fn schedule_last(&self) -> String {
+        self.of_deployment("schedule-last")
+    }
+
+    /// Claimed ticks not yet confirmed published (a sorted set of `{name}/{tick ms}` scored by
+    /// the claim's Unix ms), republished by any worker once their claim is stale:
+    /// `{prefix}:schedule-outbox`.
+    pub fn schedule_outbox(&self) -> String {
+        self.of_deployment("schedule-outbox")
+    }
+
     /// The channel on which workers announce stored results (keys only): `{prefix}:done`.
     pub fn done_channel(&self) -> String {
         format!("{}:done", self.prefix)

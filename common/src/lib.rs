@@ -23,6 +23,8 @@
 //! - [`broker`] and [`store`]: connecting to RabbitMQ (and declaring the topology) and to Redis.
 //! - [`store_risks`]: Redis settings under which results can vanish, warned about at start.
 //! - [`replica_waits`]: the bookkeeping of waits for replicas (`redis_wait_replicas`).
+//! - [`schedule`]: periodic tasks: cron patterns and intervals, which ticks are due, and their
+//!   records and claims in Redis.
 //! - [`delay`]: the fixed ladder of delay queues that countdowns, etas and retries wait in.
 //! - [`refusal`]: RabbitMQ's refusals of the settings (a login, a queue with other arguments)
 //!   explained, naming the settings involved.
@@ -45,6 +47,7 @@ pub mod outcome;
 pub mod refusal;
 pub mod replica_waits;
 pub mod retry;
+pub mod schedule;
 pub mod settings;
 pub mod signing;
 pub mod store;
