@@ -225,6 +225,15 @@ pub struct Settings {
     /// such threads. Counted in the `rask_overrun_threads` metric. `0` means 2 × `concurrency`.
     /// Default `0`.
     pub max_overrun_threads: usize,
+    /// Whether this worker checks the periodic tasks (`rask schedule`) and publishes their due
+    /// ticks. Every worker that does is enough: a tick is claimed by one of them. Turn it off on
+    /// workers that should only run tasks. Default `true`.
+    pub schedules: bool,
+    /// How often a worker checks the periodic tasks: a tick is published at most this late (on
+    /// a healthy cluster), and ticks older than 5 checks (at least 5 s) count as missed. 10 ms
+    /// to 1 min. Default `1s`.
+    #[serde(with = "humantime_serde")]
+    pub schedule_check_interval: Duration,
 }
 
 impl Default for Settings {
@@ -267,6 +276,8 @@ impl Default for Settings {
             broadcast_concurrency: 4,
             max_broadcast_bytes: 64 << 10,
             max_overrun_threads: 0,
+            schedules: true,
+            schedule_check_interval: Duration::from_secs(1),
         }
     }
 }
@@ -355,6 +366,15 @@ impl Settings {
                 "max_broadcast_bytes",
                 &self.max_broadcast_bytes,
                 "must be at least 1024",
+            );
+        }
+        if self.schedule_check_interval < Duration::from_millis(10)
+            || self.schedule_check_interval > Duration::from_secs(60)
+        {
+            return bad(
+                "schedule_check_interval",
+                &humantime::format_duration(self.schedule_check_interval),
+                "must be 10ms to 1m",
             );
         }
         if self.heartbeat_interval < Duration::from_millis(100) {
@@ -518,6 +538,14 @@ impl Settings {
         self.heartbeat_interval.saturating_mul(3)
     }
 
+    /// How old a tick may be and still count as on time rather than missed
+    /// ([`crate::schedule::Schedule::due`]): 5 checks, at least 5 s.
+    pub fn schedule_tolerance(&self) -> Duration {
+        self.schedule_check_interval
+            .saturating_mul(5)
+            .max(Duration::from_secs(5))
+    }
+
     /// The most overrun threads a worker tolerates: [`Settings::max_overrun_threads`], or
     /// 2 × `concurrency` when it is 0.
     pub fn effective_max_overrun_threads(&self) -> usize {
@@ -623,6 +651,8 @@ impl fmt::Debug for Settings {
             .field("broadcast_concurrency", &self.broadcast_concurrency)
             .field("max_broadcast_bytes", &self.max_broadcast_bytes)
             .field("max_overrun_threads", &self.max_overrun_threads)
+            .field("schedules", &self.schedules)
+            .field("schedule_check_interval", &self.schedule_check_interval)
             .finish()
     }
 }

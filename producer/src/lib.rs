@@ -31,6 +31,8 @@
 //! - `purge.rs`: [`Client::purge`]: every task queue shard and delay queue, every result.
 //! - `retry.rs`: the client's Redis writes ride out a Redis restart (idempotent ones only).
 //! - `completions.rs`: one Redis subscription per client; waiters re-read on any gap.
+//! - `schedule.rs`: [`Client::schedule`] and friends: periodic tasks ([`ScheduleSpec`]) that
+//!   workers tick.
 //! - `scatter.rs`: [`Client::scatter`] (local data as stored results) and [`Client::wait`].
 //! - [`Future`] (`future.rs`) and [`Gather`] (`gather.rs`): waiting for results.
 //! - `run.rs`: [`Client::run`], one function on every live worker (broadcast), answers by id.
@@ -58,6 +60,7 @@ mod purge;
 mod retry;
 mod run;
 mod scatter;
+mod schedule;
 mod status;
 
 pub use bag::{Bag, Numeric};
@@ -72,12 +75,14 @@ pub use purge::{Purged, PurgedQueue};
 pub use rask_common::ops::{
     BroadcastFailure, RecentError, WorkerCounters, WorkerEntry, WorkerInfo,
 };
+pub use rask_common::schedule::{Missed, Schedule, Timing};
 pub use rask_common::{
     builtins, task, Arg, Delayed, FailureKind, RetryPolicy, Settings, Task, TaskError, TaskFailure,
     TaskKey,
 };
 pub use run::RunReport;
 pub use scatter::Wait;
+pub use schedule::{ScheduleInfo, ScheduleSpec};
 pub use status::{ClusterStatus, Monitor, QueueRole, QueueStatus};
 
 /// The README's Rust examples, compiled as doctests so that they cannot drift from the code.

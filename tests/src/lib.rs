@@ -487,6 +487,17 @@ impl Counter {
     }
 }
 
+/// The number of members of the sorted set `key` in the Redis at `redis_url`.
+pub async fn read_zcard(redis_url: &str, key: &str) -> u64 {
+    let client = redis::Client::open(redis_url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("ZCARD")
+        .arg(key)
+        .query_async(&mut conn)
+        .await
+        .unwrap()
+}
+
 /// The integer at `key` in the Redis at `redis_url` (0 if unset).
 pub async fn read_counter(redis_url: &str, key: &str) -> i64 {
     let client = redis::Client::open(redis_url).unwrap();

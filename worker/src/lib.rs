@@ -41,6 +41,8 @@
 //!   writes), raised once and awaited by the loop.
 //! - `release.rs`: after a batch is stored, publish the graph tasks it made ready (before the
 //!   acknowledgements).
+//! - `scheduler.rs`: periodic tasks: claim the due ticks of the schedules in Redis and publish
+//!   them (one worker per tick), and publish the ticks a dead claimant left unconfirmed.
 //! - `dead_letter.rs`: messages that will not run go to the dead-letter queue with a reason.
 //! - [`Registry`] (`registry.rs`): functions by name, arguments decoded per function.
 //! - `ops.rs`: the worker's operations services beside the task loop, each on its own
@@ -66,6 +68,7 @@ mod release;
 mod result_limit;
 mod retries;
 mod retry;
+mod scheduler;
 mod signal;
 mod worker;
 mod writer;

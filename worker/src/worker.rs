@@ -25,6 +25,7 @@ use crate::ops::Health;
 use crate::registry::Registry;
 use crate::release::{ConfirmChannel, Releaser};
 use crate::result_limit::ResultLimit;
+use crate::scheduler;
 use crate::writer::{self, Finished};
 use crate::{inputs, retries};
 
@@ -199,6 +200,10 @@ impl Worker {
             .basic_qos(per_shard.max(1), BasicQosOptions::default())
             .await?;
         let confirms = Arc::new(ConfirmChannel::open(connection.clone()).await?);
+        // Periodic tasks: checked while this connection serves, stopped with it.
+        let _schedules = settings
+            .schedules
+            .then(|| scheduler::spawn(settings.clone(), store.clone(), confirms.clone()));
         let mut consumers = Vec::with_capacity(shards.len());
         for (i, shard) in shards.iter().enumerate() {
             let consumer = channel

@@ -155,8 +155,8 @@ impl Compiled {
             }
             Compiled::Cron(cron, zone) => {
                 // croner works in whole seconds: the second of `at_ms`, inclusive.
-                let at = Timestamp::from_millisecond(i64::try_from(at_ms - at_ms % 1000).ok()?)
-                    .ok()?;
+                let at =
+                    Timestamp::from_millisecond(i64::try_from(at_ms - at_ms % 1000).ok()?).ok()?;
                 let previous = cron
                     .find_previous_occurrence(&at.to_zoned(zone.clone()), true)
                     .ok()?;

@@ -48,6 +48,9 @@ pub struct Snapshot {
     pub schedules: Vec<(Schedule, Option<u64>)>,
 }
 
+/// What the snapshot's pipeline answers: `TIME`, the records, the last ticks.
+type SnapshotReply = ((u64, u64), Vec<(String, Vec<u8>)>, Vec<(String, i64)>);
+
 /// An outbox entry: a claimed tick whose publishing was not confirmed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Claimed {
@@ -57,6 +60,17 @@ pub struct Claimed {
     pub tick_ms: u64,
     /// When it was claimed (Unix ms, Redis's clock).
     pub claimed_ms: u64,
+}
+
+/// Redis's clock (Unix ms), which decides when ticks are due.
+///
+/// # Errors
+/// [`crate::Error::Store`] if Redis fails.
+pub async fn now_ms(store: &Store) -> Result<u64> {
+    let (seconds, micros): (u64, u64) = redis::cmd("TIME")
+        .query_async(&mut store.connection())
+        .await?;
+    Ok(seconds * 1000 + micros / 1000)
 }
 
 /// Adds `schedule`, or replaces the schedule of that name (keeping its last tick, so that no
@@ -128,11 +142,7 @@ pub async fn get(store: &Store, name: &str) -> Result<Option<Schedule>> {
 /// [`crate::Error::Store`] if Redis fails.
 pub async fn snapshot(store: &Store) -> Result<Snapshot> {
     let keys = store.keys();
-    let ((seconds, micros), records, last): (
-        (u64, u64),
-        Vec<(String, Vec<u8>)>,
-        Vec<(String, i64)>,
-    ) = redis::pipe()
+    let ((seconds, micros), records, last): SnapshotReply = redis::pipe()
         .cmd("TIME")
         .cmd("HGETALL")
         .arg(keys.schedules())

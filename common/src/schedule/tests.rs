@@ -81,7 +81,11 @@ fn a_daily_time_the_clocks_repeat_runs_once() {
     let until = ms("Europe/Paris", 2026, 10, 26, 12, 0);
     let ticks = timing.ticks_between(from, until, 10).unwrap();
     assert_eq!(ticks.len(), 2, "{ticks:?}");
-    assert_eq!(utc_offset_hours("Europe/Paris", ticks[0]), 2, "the first 02:30");
+    assert_eq!(
+        utc_offset_hours("Europe/Paris", ticks[0]),
+        2,
+        "the first 02:30"
+    );
     assert_eq!(ticks[1], ms("Europe/Paris", 2026, 10, 26, 2, 30));
 }
 
@@ -93,14 +97,19 @@ fn frequent_ticks_go_on_through_the_repeated_hour_without_gaps_or_doubles() {
     let ticks = timing.ticks_between(from, until, 100).unwrap();
     // Every 30 minutes of real time, the repeated hour included: 8 ticks in 4 hours.
     assert_eq!(ticks.len(), 8, "{ticks:?}");
-    assert!(ticks.windows(2).all(|w| w[1] - w[0] == 1_800_000), "{ticks:?}");
+    assert!(
+        ticks.windows(2).all(|w| w[1] - w[0] == 1_800_000),
+        "{ticks:?}"
+    );
 }
 
 #[test]
 fn bad_patterns_zones_and_names_are_refused_with_the_reason() {
     let e = Timing::cron("61 * * * *", None).unwrap_err().to_string();
     assert!(e.contains("61 * * * *"), "{e}");
-    let e = Timing::cron("* * * * *", Some("Mars/Olympus")).unwrap_err().to_string();
+    let e = Timing::cron("* * * * *", Some("Mars/Olympus"))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("Mars/Olympus"), "{e}");
     assert!(Schedule::check_name("nightly-report_2.v1").is_ok());
     for bad in ["", "a b", "a/b", "é", &"x".repeat(65)] {
@@ -110,7 +119,11 @@ fn bad_patterns_zones_and_names_are_refused_with_the_reason() {
 
 #[test]
 fn tick_keys_are_the_same_everywhere_and_valid() {
-    let s = schedule(Timing::every(Duration::from_secs(1), 0).unwrap(), Missed::Once, 0);
+    let s = schedule(
+        Timing::every(Duration::from_secs(1), 0).unwrap(),
+        Missed::Once,
+        0,
+    );
     assert_eq!(s.tick_key(5_000).as_str(), "inc-nightly-5000");
     let message = s.tick_message(5_000);
     assert_eq!(message.key.as_str(), "inc-nightly-5000");

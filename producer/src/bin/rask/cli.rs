@@ -49,6 +49,10 @@ pub(crate) enum Command {
     /// Inspect and replay the dead-letter queue (messages workers could not process).
     #[command(subcommand)]
     Dead(DeadCommand),
+    /// Periodic tasks: add, list, pause, resume and remove schedules that the workers tick
+    /// (each tick published once, by one worker; no scheduler process).
+    #[command(subcommand)]
+    Schedule(ScheduleCommand),
     /// Run a private local cluster (RabbitMQ, Redis, workers) on loopback, without Docker.
     #[command(subcommand)]
     Local(LocalCommand),
@@ -217,6 +221,62 @@ pub(crate) struct DeadRequeueArgs {
     /// Requeue only the message of this task key.
     #[arg(long)]
     pub(crate) key: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum ScheduleCommand {
+    /// Add a schedule (or replace the one of that name): run FUNC with ARG_JSON... at every
+    /// tick of `--cron` (in `--tz`) or `--every`.
+    Add(ScheduleAddArgs),
+    /// Print every schedule: one line each, `NAME<TAB>WHEN<TAB>FUNCTION<TAB>NEXT<TAB>LAST<TAB>STATE`
+    /// (times in RFC 3339, `-` where none), or one JSON array.
+    List(ScheduleListArgs),
+    /// Remove a schedule (a tick already published still runs).
+    Remove(ScheduleNameArgs),
+    /// Pause a schedule: its ticks are skipped until it is resumed.
+    Pause(ScheduleNameArgs),
+    /// Resume a paused schedule from its next tick.
+    Resume(ScheduleNameArgs),
+}
+
+#[derive(Args)]
+pub(crate) struct ScheduleAddArgs {
+    /// The schedule's name (1-64 characters of `[A-Za-z0-9_.-]`).
+    pub(crate) name: String,
+    /// A cron pattern: 5 fields (`minute hour day month weekday`, e.g. `*/5 * * * *`), or 6
+    /// with seconds first.
+    #[arg(long, required_unless_present = "every", conflicts_with = "every")]
+    pub(crate) cron: Option<String>,
+    /// The IANA time zone the cron pattern is read in (e.g. `Europe/Paris`); default UTC.
+    #[arg(long, requires = "cron")]
+    pub(crate) tz: Option<String>,
+    /// A fixed interval instead of a cron pattern (e.g. `30s`, `5m`), the first tick one
+    /// interval from now.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub(crate) every: Option<Duration>,
+    /// Ticks missed while no worker ran: `skip` them, run the latest `once`, or run `all`.
+    #[arg(long, default_value = "once")]
+    pub(crate) missed: rask::Missed,
+    /// Name of the function to run (e.g. `inc`).
+    pub(crate) function: String,
+    /// Arguments, each a JSON value (e.g. `41`, `'"text"'`, `'[1,2]'`).
+    pub(crate) args: Vec<String>,
+    #[command(flatten)]
+    pub(crate) schedule: ScheduleArgs,
+}
+
+#[derive(Args)]
+pub(crate) struct ScheduleListArgs {
+    /// One JSON array of objects: `name`, `cron`, `tz` or `every_ms`, `missed`, `paused`,
+    /// `function`, `args`, `next_tick`, `last_tick`.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Args)]
+pub(crate) struct ScheduleNameArgs {
+    /// The schedule's name.
+    pub(crate) name: String,
 }
 
 #[derive(Subcommand)]

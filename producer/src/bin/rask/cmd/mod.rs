@@ -11,5 +11,6 @@ pub(crate) mod map;
 pub(crate) mod purge;
 pub(crate) mod release;
 pub(crate) mod run;
+pub(crate) mod schedule;
 pub(crate) mod status;
 pub(crate) mod submit;
