@@ -276,6 +276,49 @@ mod tests {
         }
     }
 
+    /// Test: a worker state.
+    struct Table(Vec<i64>);
+
+    rask_common::task! {
+        /// Test: looks `i` up in the worker's table.
+        fn lookup(table: &rask_common::State<Table>, i: usize) -> Option<i64> { table.0.get(i).copied() }
+    }
+
+    #[tokio::test]
+    async fn states_are_built_once_in_order_and_checked_against_the_tasks() {
+        let builds = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = builds.clone();
+        let registry = Registry::new().with::<lookup>().with_state(move || {
+            let n = counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            async move { Ok::<_, std::io::Error>(Table(vec![10, 20, n as i64])) }
+        });
+        let states = registry.build_states().await.unwrap();
+        assert_eq!(builds.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert_eq!(states.get::<Table>().unwrap().0, vec![10, 20, 0]);
+
+        let missing = Registry::new().with::<lookup>().build_states().await;
+        let err = missing.err().expect("lookup's table is missing");
+        assert!(
+            matches!(err, Error::MissingState { task: "lookup", .. }),
+            "{err}"
+        );
+        assert_eq!(err.exit_code(), crate::EXIT_CONFIG);
+
+        let failing = Registry::new()
+            .with_state(|| async { Err::<Table, _>("no table here") })
+            .build_states()
+            .await;
+        let err = failing.err().expect("the state fails");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "building worker state {} failed: no table here",
+                std::any::type_name::<Table>()
+            )
+        );
+        assert_eq!(err.exit_code(), crate::EXIT_CONFIG);
+    }
+
     #[test]
     fn prepares_and_encodes_results() {
         let registry = Registry::with_builtins();
