@@ -297,7 +297,7 @@ mod tests {
         assert_eq!(states.get::<Table>().unwrap().0, vec![10, 20, 0]);
 
         let missing = Registry::new().with::<lookup>().build_states().await;
-        let err = missing.err().expect("lookup's table is missing");
+        let err = missing.expect_err("lookup's table is missing");
         assert!(
             matches!(err, Error::MissingState { task: "lookup", .. }),
             "{err}"
@@ -308,7 +308,7 @@ mod tests {
             .with_state(|| async { Err::<Table, _>("no table here") })
             .build_states()
             .await;
-        let err = failing.err().expect("the state fails");
+        let err = failing.expect_err("the state fails");
         assert_eq!(
             err.to_string(),
             format!(
