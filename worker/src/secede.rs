@@ -171,6 +171,9 @@ impl Window {
             self.tags.push(tag);
             deliveries.push(consumer.map(Ok).boxed());
         }
+        // Consumers made later on this channel get the main prefetch again.
+        let step = u16::try_from(self.step).unwrap_or(u16::MAX);
+        channel.basic_qos(step, BasicQosOptions::default()).await?;
         self.extra += usize::from(prefetch);
         tracing::info!(
             parked = seceding.parked(),
