@@ -368,6 +368,35 @@ mod tests {
         assert_eq!(value(run(bag_ops::FOLD, folded).await), Value::from(16));
     }
 
+    /// Test: a worker state.
+    struct Factor(i64);
+
+    rask_common::task! {
+        /// Test: `x` times the worker's factor, on the partition task's key.
+        fn scaled(ctx: &TaskContext, factor: &rask_common::State<Factor>, x: i64) -> (String, i64) {
+            (ctx.key().to_string(), x * factor.0)
+        }
+    }
+
+    #[tokio::test]
+    async fn elements_get_the_partition_task_s_context_and_the_worker_state() {
+        use rask_common::context::{Secession, States, WorkerContext};
+        let mut states = States::new();
+        states.insert(Factor(3));
+        let worker = std::sync::Arc::new(WorkerContext::new("w", Default::default(), states));
+        let message = TaskMessage::new(
+            TaskKey::unique(bag_ops::MAP),
+            bag_ops::MAP,
+            encode_value(&("scaled", vec![1, 2])).unwrap(),
+        );
+        let key = message.key.clone();
+        let context = || TaskContext::new(key.clone(), 0, worker.clone(), <dyn Secession>::none());
+        let registry = Registry::new().with::<scaled>();
+        let outcome = execute(&registry, "w", &message, &context).await.unwrap();
+        let pair = |x: i64| Value::Array(vec![Value::from(key.as_str()), Value::from(x)]);
+        assert_eq!(value(outcome), Value::Array(vec![pair(3), pair(6)]));
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failing_element_fails_the_task_naming_its_index_and_kind() {
         let f = failure(
