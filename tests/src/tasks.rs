@@ -81,7 +81,8 @@ pub fn recorded_runs(log: &std::path::Path, n: usize) -> Vec<u32> {
 /// how many tasks used it.
 pub struct Probe {
     /// The value of the Redis counter [`STATE_INITS`] after this build counted itself: 1 for
-    /// the first worker process of a test, 2 for the second, …
+    /// the first worker process of a test, 2 for the second, …; 0 when not counted
+    /// ([`COUNT_STATE_VAR`] unset).
     pub build: i64,
     /// Tasks that used this value.
     pub uses: std::sync::atomic::AtomicU64,
@@ -90,17 +91,27 @@ pub struct Probe {
 /// The Redis counter (under the worker's key prefix) that each build of [`Probe`] increments.
 pub const STATE_INITS: &str = "test-counter:state-inits";
 
+/// The variable that makes the test worker count the builds of its state in Redis (`1`). Only
+/// the tests that count set it: the other tests' workers start without touching Redis first
+/// (some start while Redis is away).
+pub const COUNT_STATE_VAR: &str = "RASK_TEST_COUNT_STATE";
+
 /// The variable that makes the test worker's state fail to build (`1`), so that it exits.
 pub const FAIL_STATE_VAR: &str = "RASK_TEST_FAIL_STATE";
 
 /// The message of the state build that fails on [`FAIL_STATE_VAR`].
 pub const FAIL_STATE_MESSAGE: &str = "the probe is switched off (RASK_TEST_FAIL_STATE=1)";
 
-/// Builds a [`Probe`]: counts the build in Redis under `key_prefix`, or fails when
-/// [`FAIL_STATE_VAR`] is `1`.
+/// Builds a [`Probe`]: counts the build in Redis under `key_prefix` when [`COUNT_STATE_VAR`] is
+/// `1`; fails when [`FAIL_STATE_VAR`] is `1`.
 async fn build_probe(redis_url: String, key_prefix: String) -> anyhow::Result<Probe> {
-    if std::env::var(FAIL_STATE_VAR).as_deref() == Ok("1") {
+    let set = |var: &str| std::env::var(var).as_deref() == Ok("1");
+    if set(FAIL_STATE_VAR) {
         anyhow::bail!(FAIL_STATE_MESSAGE);
+    }
+    if !set(COUNT_STATE_VAR) {
+        let uses = std::sync::atomic::AtomicU64::new(0);
+        return Ok(Probe { build: 0, uses });
     }
     let client = redis::Client::open(redis_url)?;
     let mut conn = client.get_multiplexed_async_connection().await?;

@@ -10,8 +10,8 @@ use std::time::Duration;
 use rask::builtins::fail;
 use rask::{RetryPolicy, TaskOptions};
 use rask_tests::tasks::{
-    registry, tree, tree_blocking, tree_sum, use_probe, whoami, FAIL_STATE_MESSAGE, FAIL_STATE_VAR,
-    STATE_INITS,
+    registry, tree, tree_blocking, tree_sum, use_probe, whoami, COUNT_STATE_VAR,
+    FAIL_STATE_MESSAGE, FAIL_STATE_VAR, STATE_INITS,
 };
 use rask_tests::{failure, read_counter, TestEnv, PATIENCE};
 use rask_worker::Worker;
@@ -31,7 +31,7 @@ async fn test_workers(env: &TestEnv, n: usize, extra: &[(&str, &str)]) -> Vec<ra
 #[tokio::test]
 async fn the_state_is_built_once_per_worker_process_and_shared_by_its_tasks() {
     let env = TestEnv::new("state-once").await;
-    let _workers = test_workers(&env, 2, &[]).await;
+    let _workers = test_workers(&env, 2, &[(COUNT_STATE_VAR, "1")]).await;
     let client = env.client().await;
     let futures = client
         .map(use_probe, (0..1000u64).map(|i| (i,)))
