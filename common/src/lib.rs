@@ -9,6 +9,8 @@
 //! - [`retry`]: the per-task [`RetryPolicy`] (attempts, exponential backoff with jitter).
 //! - [`keys`]: task keys and the one place that builds Redis key and channel names.
 //! - [`task`](mod@task): the [`Task`] trait and the [`task!`] macro that defines typed tasks.
+//! - [`context`]: what a task body may take besides its arguments: its [`TaskContext`] and the
+//!   worker's [`State`].
 //! - [`graph`]: lazy task graphs: [`graph::Delayed`] calls, their [`graph::Arg`]s, content keys.
 //! - [`dependencies`]: the Redis scripts that register graph tasks and release them when their
 //!   inputs are stored.
@@ -35,6 +37,7 @@
 pub mod bag_ops;
 pub mod broker;
 pub mod builtins;
+pub mod context;
 pub mod delay;
 pub mod dependencies;
 pub mod error;
@@ -56,6 +59,7 @@ pub mod store_risks;
 pub mod task;
 mod tls;
 
+pub use context::{State, TaskContext};
 pub use error::{Error, ErrorKind, Result};
 pub use graph::{Arg, Delayed};
 pub use keys::{Keys, TaskKey};

@@ -4,6 +4,7 @@
 //! The same definition serves both sides: a producer uses the handle to submit with arguments and
 //! a result type checked at compile time, a worker registers it to run the body.
 
+use std::any::TypeId;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -11,16 +12,34 @@ use std::pin::Pin;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::context::TaskContext;
+
 /// A function that workers can run, named and typed. Implemented by [`task!`](crate::task!).
 pub trait Task: Send + Sync + 'static {
     /// The name the function is registered and called under.
     const NAME: &'static str;
-    /// The arguments, as a tuple (`(i64,)` for one `i64`).
+    /// The arguments, as a tuple (`(i64,)` for one `i64`): the parameters the body takes by
+    /// value, which travel in the message.
     type Args: Serialize + DeserializeOwned + Send + 'static;
     /// What the function returns on success.
     type Output: Serialize + DeserializeOwned + Send + 'static;
-    /// Prepares a call of the body with `args`; the worker decides where it runs.
+    /// Prepares a call of the body with `args`; the worker decides where it runs. A body that
+    /// takes a [`TaskContext`] or worker state cannot run without them: its call fails.
     fn invoke(args: Self::Args) -> Invocation<Self::Output>;
+
+    /// Prepares a call of the body with `args` and, for a body that takes them, the run's
+    /// [`TaskContext`] (which `context` builds; the worker calls it only for such a body, so
+    /// that plain bodies cost nothing extra). Defaults to [`Task::invoke`].
+    fn invoke_in(args: Self::Args, context: &dyn Fn() -> TaskContext) -> Invocation<Self::Output> {
+        let _ = context;
+        Self::invoke(args)
+    }
+
+    /// The worker states the body takes (type and name), which a worker checks its registry
+    /// provides before it consumes. Defaults to none.
+    fn states() -> Vec<(TypeId, &'static str)> {
+        Vec::new()
+    }
 }
 
 /// A prepared call of a task body.
@@ -97,7 +116,17 @@ impl fmt::Display for TaskError {
 /// microseconds) or an `async fn` (run on its runtime). It returns its value, or `Result<T, E>`
 /// with any `E: Display` for errors.
 ///
+/// Parameters taken by value are the task's arguments: they travel in the message, and the
+/// typed handle (`f.delayed(x)`, `Client::submit(f, (x,))`) takes exactly those. Parameters
+/// taken by reference are supplied by the worker that runs the task
+/// ([`FromContext`](crate::context::FromContext)), in any position: `ctx: &TaskContext` (the
+/// run's [`TaskContext`](crate::context::TaskContext)) and `name: &State<T>` (the worker's
+/// state of type `T`, see `Registry::with_state`). A task without such parameters costs
+/// nothing extra.
+///
 /// ```
+/// use rask_common::context::{State, TaskContext};
+///
 /// rask_common::task! {
 ///     /// Adds one.
 ///     pub fn inc(x: i64) -> i64 { x + 1 }
@@ -106,42 +135,127 @@ impl fmt::Display for TaskError {
 ///     /// Parses a number, failing on bad input.
 ///     pub fn parse(text: String) -> Result<i64, std::num::ParseIntError> { text.trim().parse() }
 /// }
+/// /// A worker's state: built once per worker process.
+/// pub struct Offset(i64);
+/// rask_common::task! {
+///     /// Adds the worker's offset; knows its run.
+///     pub async fn shifted(ctx: &TaskContext, offset: &State<Offset>, x: i64) -> String {
+///         format!("{} on {}: {}", ctx.key(), ctx.worker_id(), x + offset.0)
+///     }
+/// }
 /// use rask_common::Task;
 /// assert_eq!(inc::NAME, "inc");
+/// let _: rask_common::Delayed<String> = shifted.delayed(1); // the argument only
 /// ```
 #[macro_export]
 macro_rules! task {
-    ($(#[$meta:meta])* $vis:vis async fn $name:ident($($arg:ident : $ty:ty),* $(,)?) -> Result<$ok:ty, $err:ty> $body:block) => {
-        $crate::task!(@handle [$(#[$meta])*] $vis $name [$($arg : $ty),*] $ok
-            [$crate::task::Invocation::Async(::std::boxed::Box::pin(async move {
-                let result: ::std::result::Result<$ok, $err> = async move $body.await;
-                result.map_err($crate::task::TaskError::from_error)
-            }))]);
+    ($(#[$meta:meta])* $vis:vis async fn $name:ident($($params:tt)*) -> Result<$ok:ty, $err:ty> $body:block) => {
+        $crate::task!(@split [$(#[$meta])*] [$vis] $name [async_result $ok, $err] $ok, $body [] [] $($params)*);
     };
-    ($(#[$meta:meta])* $vis:vis async fn $name:ident($($arg:ident : $ty:ty),* $(,)?) -> $ret:ty $body:block) => {
-        $crate::task!(@handle [$(#[$meta])*] $vis $name [$($arg : $ty),*] $ret
-            [$crate::task::Invocation::Async(::std::boxed::Box::pin(async move {
-                let value: $ret = async move $body.await;
-                Ok(value)
-            }))]);
+    ($(#[$meta:meta])* $vis:vis async fn $name:ident($($params:tt)*) -> $ret:ty $body:block) => {
+        $crate::task!(@split [$(#[$meta])*] [$vis] $name [async_value $ret] $ret, $body [] [] $($params)*);
     };
-    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) -> Result<$ok:ty, $err:ty> $body:block) => {
-        $crate::task!(@handle [$(#[$meta])*] $vis $name [$($arg : $ty),*] $ok
-            [$crate::task::Invocation::Blocking(::std::boxed::Box::new(move || {
-                #[allow(clippy::redundant_closure_call)]
-                let result: ::std::result::Result<$ok, $err> = (move || $body)();
-                result.map_err($crate::task::TaskError::from_error)
-            }))]);
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($params:tt)*) -> Result<$ok:ty, $err:ty> $body:block) => {
+        $crate::task!(@split [$(#[$meta])*] [$vis] $name [blocking_result $ok, $err] $ok, $body [] [] $($params)*);
     };
-    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) -> $ret:ty $body:block) => {
-        $crate::task!(@handle [$(#[$meta])*] $vis $name [$($arg : $ty),*] $ret
-            [$crate::task::Invocation::Blocking(::std::boxed::Box::new(move || {
-                #[allow(clippy::redundant_closure_call)]
-                let value: $ret = (move || $body)();
-                Ok(value)
-            }))]);
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($params:tt)*) -> $ret:ty $body:block) => {
+        $crate::task!(@split [$(#[$meta])*] [$vis] $name [blocking_value $ret] $ret, $body [] [] $($params)*);
     };
-    (@handle [$(#[$meta:meta])*] $vis:vis $name:ident [$($arg:ident : $ty:ty),*] $out:ty [$invocation:expr]) => {
+    // Sorts the parameters: by reference, supplied by the worker; by value, the arguments.
+    (@split $meta:tt $vis:tt $name:ident $kind:tt $out:ty, $body:block [$($sup:tt)*] [$($arg:tt)*] $p:ident : & $ty:ty $(, $($rest:tt)*)?) => {
+        $crate::task!(@split $meta $vis $name $kind $out, $body [$($sup)* ($p : $ty)] [$($arg)*] $($($rest)*)?);
+    };
+    (@split $meta:tt $vis:tt $name:ident $kind:tt $out:ty, $body:block [$($sup:tt)*] [$($arg:tt)*] $p:ident : $ty:ty $(, $($rest:tt)*)?) => {
+        $crate::task!(@split $meta $vis $name $kind $out, $body [$($sup)*] [$($arg)* ($p : $ty)] $($($rest)*)?);
+    };
+    (@split $meta:tt $vis:tt $name:ident $kind:tt $out:ty, $body:block [$($sup:tt)*] [$($arg:tt)*]) => {
+        $crate::task!(@handle $meta $vis $name $kind $out, $body [$($sup)*] [$($arg)*]);
+    };
+    // The body as an invocation, its supplied parameters (holders) borrowed first.
+    (@body [async_result $ok:ty, $err:ty] $body:block [$(($sup:ident : $sty:ty))*]) => {
+        $crate::task::Invocation::Async(::std::boxed::Box::pin(async move {
+            $(let $sup: &$sty = <$sty as $crate::context::FromContext>::borrow(&$sup);)*
+            let result: ::std::result::Result<$ok, $err> = async move $body.await;
+            result.map_err($crate::task::TaskError::from_error)
+        }))
+    };
+    (@body [async_value $ret:ty] $body:block [$(($sup:ident : $sty:ty))*]) => {
+        $crate::task::Invocation::Async(::std::boxed::Box::pin(async move {
+            $(let $sup: &$sty = <$sty as $crate::context::FromContext>::borrow(&$sup);)*
+            let value: $ret = async move $body.await;
+            Ok(value)
+        }))
+    };
+    (@body [blocking_result $ok:ty, $err:ty] $body:block [$(($sup:ident : $sty:ty))*]) => {
+        $crate::task::Invocation::Blocking(::std::boxed::Box::new(move || {
+            $(let $sup: &$sty = <$sty as $crate::context::FromContext>::borrow(&$sup);)*
+            #[allow(clippy::redundant_closure_call)]
+            let result: ::std::result::Result<$ok, $err> = (move || $body)();
+            result.map_err($crate::task::TaskError::from_error)
+        }))
+    };
+    (@body [blocking_value $ret:ty] $body:block [$(($sup:ident : $sty:ty))*]) => {
+        $crate::task::Invocation::Blocking(::std::boxed::Box::new(move || {
+            $(let $sup: &$sty = <$sty as $crate::context::FromContext>::borrow(&$sup);)*
+            #[allow(clippy::redundant_closure_call)]
+            let value: $ret = (move || $body)();
+            Ok(value)
+        }))
+    };
+    // A plain task: only arguments.
+    (@handle [$(#[$meta:meta])*] [$vis:vis] $name:ident $kind:tt $out:ty, $body:block [] [$(($arg:ident : $ty:ty))*]) => {
+        $crate::task!(@struct [$(#[$meta])*] [$vis] $name $out [$(($arg : $ty))*] {
+            #[allow(unused_parens)]
+            fn invoke(args: Self::Args) -> $crate::task::Invocation<Self::Output> {
+                let ($($arg,)*) = args;
+                $crate::task!(@body $kind $body [])
+            }
+        });
+    };
+    // A task that takes a context or state besides its arguments.
+    (@handle [$(#[$meta:meta])*] [$vis:vis] $name:ident $kind:tt $out:ty, $body:block [$(($sup:ident : $sty:ty))+] [$(($arg:ident : $ty:ty))*]) => {
+        $crate::task!(@struct [$(#[$meta])*] [$vis] $name $out [$(($arg : $ty))*] {
+            fn invoke(args: Self::Args) -> $crate::task::Invocation<Self::Output> {
+                let _ = args;
+                $crate::task::Invocation::Blocking(::std::boxed::Box::new(|| {
+                    Err($crate::task::TaskError::new(concat!(
+                        "task ", stringify!($name), " takes a TaskContext or worker state: \
+                         only a worker runs it (Task::invoke_in)"
+                    )))
+                }))
+            }
+
+            #[allow(unused_parens)]
+            fn invoke_in(
+                args: Self::Args,
+                context: &dyn Fn() -> $crate::context::TaskContext,
+            ) -> $crate::task::Invocation<Self::Output> {
+                let ($($arg,)*) = args;
+                let context = context();
+                $(
+                    let $sup = match <$sty as $crate::context::FromContext>::supply(&context) {
+                        Ok(holder) => holder,
+                        Err(error) => {
+                            return $crate::task::Invocation::Blocking(
+                                ::std::boxed::Box::new(move || Err(error)),
+                            )
+                        }
+                    };
+                )+
+                drop(context);
+                $crate::task!(@body $kind $body [$(($sup : $sty))+])
+            }
+
+            fn states() -> ::std::vec::Vec<(::std::any::TypeId, &'static str)> {
+                [$(<$sty as $crate::context::FromContext>::needs()),+]
+                    .into_iter()
+                    .flatten()
+                    .collect()
+            }
+        });
+    };
+    // The handle: a unit struct implementing `Task` with the methods given, and `delayed`.
+    (@struct [$(#[$meta:meta])*] [$vis:vis] $name:ident $out:ty [$(($arg:ident : $ty:ty))*] { $($methods:tt)* }) => {
         $(#[$meta])*
         #[allow(non_camel_case_types)]
         #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
@@ -151,11 +265,7 @@ macro_rules! task {
             const NAME: &'static str = stringify!($name);
             type Args = ($($ty,)*);
             type Output = $out;
-            #[allow(unused_parens)]
-            fn invoke(args: Self::Args) -> $crate::task::Invocation<Self::Output> {
-                let ($($arg,)*) = args;
-                $invocation
-            }
+            $($methods)*
         }
 
         impl $name {
@@ -205,6 +315,75 @@ mod tests {
     crate::task! {
         /// Test: async.
         async fn later(x: u8) -> u8 { x }
+    }
+
+    /// Test: a worker state.
+    struct Offset(i64);
+
+    crate::task! {
+        /// Test: takes its context and a state around its arguments.
+        fn shifted(ctx: &crate::context::TaskContext, x: i64, offset: &crate::context::State<Offset>, y: i64) -> String {
+            format!("{}#{}: {}", ctx.key(), ctx.attempt(), x + y + offset.0)
+        }
+    }
+    crate::task! {
+        /// Test: async, fallible, with a state only.
+        async fn offset_by(offset: &crate::context::State<Offset>, x: i64) -> Result<i64, String> {
+            if x < 0 {
+                return Err(format!("{x} < 0"));
+            }
+            Ok(x + offset.0)
+        }
+    }
+
+    fn context(states: crate::context::States) -> crate::context::TaskContext {
+        use crate::context::{Secession, TaskContext, WorkerContext};
+        let worker = WorkerContext::new("w", crate::Settings::default(), states);
+        let key = crate::TaskKey::new("shifted-1").unwrap();
+        TaskContext::new(key, 3, std::sync::Arc::new(worker), <dyn Secession>::none())
+    }
+
+    #[tokio::test]
+    async fn bodies_take_their_context_and_state_by_reference() {
+        let mut states = crate::context::States::new();
+        states.insert(Offset(100));
+        let ctx = context(states);
+        let made = std::sync::atomic::AtomicUsize::new(0);
+        let make = || {
+            made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            ctx.clone()
+        };
+        assert_eq!(
+            run_blocking(shifted::invoke_in((1, 2), &make)),
+            Ok("shifted-1#3: 103".to_owned())
+        );
+        let Invocation::Async(fut) = offset_by::invoke_in((5,), &make) else {
+            panic!("offset_by is async");
+        };
+        assert_eq!(fut.await, Ok(105));
+        let Invocation::Async(fut) = offset_by::invoke_in((-1,), &make) else {
+            panic!("offset_by is async");
+        };
+        assert_eq!(fut.await, Err(TaskError::new("-1 < 0")));
+        assert_eq!(made.load(std::sync::atomic::Ordering::Relaxed), 3);
+        // Plain tasks never build a context.
+        assert_eq!(run_blocking(double::invoke_in((2,), &make)), Ok(4));
+        assert_eq!(made.load(std::sync::atomic::Ordering::Relaxed), 3);
+        // Without a worker, or without the state, the call fails and names what is missing.
+        let err = run_blocking(shifted::invoke((1, 2))).unwrap_err();
+        assert!(
+            err.message().contains("shifted takes a TaskContext"),
+            "{err}"
+        );
+        let bare = context(crate::context::States::new());
+        let err = run_blocking(shifted::invoke_in((1, 2), &|| bare.clone())).unwrap_err();
+        assert!(err.message().contains("Offset"), "{err}");
+        // The handle takes the arguments only; the states are listed for the worker's check.
+        assert!(shifted.delayed(1, 2).key().as_str().starts_with("shifted-"));
+        let states = shifted::states();
+        assert_eq!(states.len(), 1);
+        assert_eq!(states[0].0, std::any::TypeId::of::<Offset>());
+        assert!(double::states().is_empty());
     }
 
     fn run_blocking<T>(inv: Invocation<T>) -> Result<T, TaskError> {

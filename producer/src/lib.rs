@@ -21,6 +21,8 @@
 //!
 //! ## Layout
 //! - [`Client`] (`client.rs`): connecting, submitting, mapping, releasing.
+//! - [`ContextExt`] (`context.rs`): a task running on a worker launches tasks through the
+//!   worker's client and waits for them without holding its concurrency slot.
 //! - `graph.rs`: [`Client::persist`] and [`Client::compute`] of lazy task graphs ([`Delayed`]).
 //! - [`Bag`] (`bag/`): lazy partitioned collections with native `map`, `filter`, reductions.
 //! - [`TaskOptions`] (`options.rs`): countdown/eta, priority, retries, time limit per task.
@@ -47,6 +49,7 @@ mod call;
 mod client;
 mod completions;
 mod connection;
+mod context;
 mod dead;
 mod error;
 mod future;
@@ -65,6 +68,7 @@ mod status;
 
 pub use bag::{Bag, Numeric};
 pub use client::Client;
+pub use context::ContextExt;
 pub use dead::{DeadLetter, Requeued};
 pub use error::{Error, Result};
 pub use future::Future;
@@ -77,8 +81,8 @@ pub use rask_common::ops::{
 };
 pub use rask_common::schedule::{Missed, Schedule, Timing};
 pub use rask_common::{
-    builtins, task, Arg, Delayed, FailureKind, RetryPolicy, Settings, Task, TaskError, TaskFailure,
-    TaskKey,
+    builtins, task, Arg, Delayed, FailureKind, RetryPolicy, Settings, State, Task, TaskContext,
+    TaskError, TaskFailure, TaskKey,
 };
 pub use run::RunReport;
 pub use scatter::Wait;

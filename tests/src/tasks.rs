@@ -77,11 +77,132 @@ pub fn recorded_runs(log: &std::path::Path, n: usize) -> Vec<u32> {
     runs
 }
 
-/// The stock functions and this module's.
+/// The worker state of the test worker: which build of it this is (its worker process's), and
+/// how many tasks used it.
+pub struct Probe {
+    /// The value of the Redis counter [`STATE_INITS`] after this build counted itself: 1 for
+    /// the first worker process of a test, 2 for the second, …; 0 when not counted
+    /// ([`COUNT_STATE_VAR`] unset).
+    pub build: i64,
+    /// Tasks that used this value.
+    pub uses: std::sync::atomic::AtomicU64,
+}
+
+/// The Redis counter (under the worker's key prefix) that each build of [`Probe`] increments.
+pub const STATE_INITS: &str = "test-counter:state-inits";
+
+/// The variable that makes the test worker count the builds of its state in Redis (`1`). Only
+/// the tests that count set it: the other tests' workers start without touching Redis first
+/// (some start while Redis is away).
+pub const COUNT_STATE_VAR: &str = "RASK_TEST_COUNT_STATE";
+
+/// The variable that makes the test worker's state fail to build (`1`), so that it exits.
+pub const FAIL_STATE_VAR: &str = "RASK_TEST_FAIL_STATE";
+
+/// The message of the state build that fails on [`FAIL_STATE_VAR`].
+pub const FAIL_STATE_MESSAGE: &str = "the probe is switched off (RASK_TEST_FAIL_STATE=1)";
+
+/// Builds a [`Probe`]: counts the build in Redis under `key_prefix` when [`COUNT_STATE_VAR`] is
+/// `1`; fails when [`FAIL_STATE_VAR`] is `1`.
+async fn build_probe(redis_url: String, key_prefix: String) -> anyhow::Result<Probe> {
+    let set = |var: &str| std::env::var(var).as_deref() == Ok("1");
+    if set(FAIL_STATE_VAR) {
+        anyhow::bail!(FAIL_STATE_MESSAGE);
+    }
+    if !set(COUNT_STATE_VAR) {
+        let uses = std::sync::atomic::AtomicU64::new(0);
+        return Ok(Probe { build: 0, uses });
+    }
+    let client = redis::Client::open(redis_url)?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let build = redis::cmd("INCR")
+        .arg(format!("{key_prefix}:{STATE_INITS}"))
+        .query_async::<i64>(&mut conn)
+        .await?;
+    Ok(Probe {
+        build,
+        uses: std::sync::atomic::AtomicU64::new(0),
+    })
+}
+
+rask::task! {
+    /// Returns `i`, the build of the worker's [`Probe`] it used, and how many tasks used that
+    /// build before it.
+    pub fn use_probe(probe: &rask::State<Probe>, i: u64) -> (u64, i64, u64) {
+        let before = probe.uses.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        (i, probe.build, before)
+    }
+}
+
+rask::task! {
+    /// What the task knows of its run: its key, attempt and worker, and `x`. Fails (retryably)
+    /// while its attempt is below `failures`.
+    pub async fn whoami(ctx: &rask::TaskContext, x: u64, failures: u32) -> Result<(String, u32, String, u64), rask::TaskError> {
+        if ctx.attempt() < failures {
+            return Err(rask::TaskError::retryable(format!("attempt {} fails", ctx.attempt())));
+        }
+        Ok((ctx.key().to_string(), ctx.attempt(), ctx.worker_id().to_owned(), x))
+    }
+}
+
+rask::task! {
+    /// A node of a binary tree of tasks: a leaf (`depth` 0) returns its `label`; any other node
+    /// launches its two children (labels `2 label` and `2 label + 1`), waits for them and
+    /// returns their sum: the sum of its leaves' labels.
+    pub async fn tree(ctx: &rask::TaskContext, depth: u32, label: u64) -> Result<u64, rask::Error> {
+        use rask::ContextExt as _;
+        if depth == 0 {
+            return Ok(label);
+        }
+        let client = ctx.client().await?;
+        let children = client
+            .map(tree, [(depth - 1, 2 * label), (depth - 1, 2 * label + 1)])
+            .await?;
+        Ok(ctx.gather(&children).await?.into_iter().sum())
+    }
+}
+
+rask::task! {
+    /// [`tree`] with a plain (blocking) body: waits with `secede_blocking`.
+    pub fn tree_blocking(ctx: &rask::TaskContext, depth: u32, label: u64) -> Result<u64, rask::Error> {
+        use rask::ContextExt as _;
+        if depth == 0 {
+            return Ok(label);
+        }
+        let children = ctx.secede_blocking(async {
+            let client = ctx.client().await?;
+            let children = client
+                .map(tree_blocking, [(depth - 1, 2 * label), (depth - 1, 2 * label + 1)])
+                .await?;
+            client.gather(&children).await
+        })?;
+        Ok(children.into_iter().sum())
+    }
+}
+
+/// The sum of the leaf labels of a [`tree`] of `depth` under the root label 1.
+pub fn tree_sum(depth: u32) -> u64 {
+    let first = 1u64 << depth;
+    (first..2 * first).sum()
+}
+
+/// The stock functions and this module's, with the [`Probe`] state built from `settings` (its
+/// Redis and key prefix).
+pub fn registry_for(settings: &rask::Settings) -> rask_worker::Registry {
+    let (redis_url, key_prefix) = (settings.redis_url.clone(), settings.key_prefix.clone());
+    registry()
+        .with_state(move || build_probe(redis_url.clone(), key_prefix.clone()))
+        .with::<use_probe>()
+}
+
+/// The stock functions and this module's, without those that take worker state.
 pub fn registry() -> rask_worker::Registry {
     rask_worker::Registry::with_builtins()
         .with::<abort_worker>()
         .with::<paced>()
         .with::<abort_worker_until>()
         .with::<record_run>()
+        .with::<whoami>()
+        .with::<tree>()
+        .with::<tree_blocking>()
 }

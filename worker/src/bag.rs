@@ -12,7 +12,7 @@ use std::panic::AssertUnwindSafe;
 
 use rask_common::bag_ops;
 use rask_common::message::MAX_ARGS_DEPTH;
-use rask_common::{FailureKind, Invocation, Outcome, TaskFailure, TaskMessage};
+use rask_common::{FailureKind, Invocation, Outcome, TaskContext, TaskFailure, TaskMessage};
 use rmpv::Value;
 
 use crate::execute::panic_text;
@@ -45,17 +45,21 @@ impl Op {
 pub(crate) type Failure = (FailureKind, String);
 
 /// Runs `message` if it calls an element-wise operation, and returns its outcome; `None` for
-/// every other function (the caller runs those).
+/// every other function (the caller runs those). A function that takes a [`TaskContext`] gets
+/// the partition task's (built by `context`), the same for each element.
 pub(crate) async fn execute(
     registry: &Registry,
     worker: &str,
     message: &TaskMessage,
+    context: &(dyn Fn() -> TaskContext + Sync),
 ) -> Option<Outcome> {
     let op = Op::from_name(&message.function)?;
     let registry = registry.clone();
     let args = message.args.clone();
+    let context = context();
     let run = move || {
-        std::panic::catch_unwind(AssertUnwindSafe(|| apply(&registry, op, &args)))
+        let context = || context.clone();
+        std::panic::catch_unwind(AssertUnwindSafe(|| apply(&registry, op, &args, &context)))
             .unwrap_or_else(|payload| Err((FailureKind::Panicked, panic_text(payload))))
     };
     // As `execute` runs plain functions: in place off the runtime's other work where the runtime
@@ -125,7 +129,12 @@ fn decode(op: Op, args: &[u8]) -> Result<Call<'_>, Failure> {
 }
 
 /// Applies the call's function to each element in order; the encoded result.
-pub(crate) fn apply(registry: &Registry, op: Op, args: &[u8]) -> Result<Vec<u8>, Failure> {
+pub(crate) fn apply(
+    registry: &Registry,
+    op: Op,
+    args: &[u8],
+    context: &(dyn Fn() -> TaskContext + Sync),
+) -> Result<Vec<u8>, Failure> {
     let Call {
         function,
         initial,
@@ -152,7 +161,7 @@ pub(crate) fn apply(registry: &Registry, op: Op, args: &[u8]) -> Result<Vec<u8>,
             None => call_args.push(0x91), // [element]
         }
         call_args.extend_from_slice(item);
-        let result = call_one(registry, &function, &call_args).map_err(named)?;
+        let result = call_one(registry, &function, &call_args, context).map_err(named)?;
         match op {
             Op::Map => {
                 out.extend_from_slice(&result);
@@ -242,20 +251,27 @@ fn next_value<'a>(rest: &mut &'a [u8]) -> Option<&'a [u8]> {
 
 /// One call of `function` with encoded `args`, run to its encoded value on this (blocking)
 /// thread.
-fn call_one(registry: &Registry, function: &str, args: &[u8]) -> Result<Vec<u8>, Failure> {
-    let invocation = registry.prepare(function, args).map_err(|e| match e {
-        PrepareError::Unknown(known) => (
-            FailureKind::UnknownTask,
-            format!(
-                "no function named {function:?} on this worker; it knows: {}",
-                known.join(", ")
+fn call_one(
+    registry: &Registry,
+    function: &str,
+    args: &[u8],
+    context: &(dyn Fn() -> TaskContext + Sync),
+) -> Result<Vec<u8>, Failure> {
+    let invocation = registry
+        .prepare(function, args, context)
+        .map_err(|e| match e {
+            PrepareError::Unknown(known) => (
+                FailureKind::UnknownTask,
+                format!(
+                    "no function named {function:?} on this worker; it knows: {}",
+                    known.join(", ")
+                ),
             ),
-        ),
-        PrepareError::BadArguments { expected, error } => (
-            FailureKind::BadArguments,
-            format!("arguments do not decode as {expected}: {error}"),
-        ),
-    })?;
+            PrepareError::BadArguments { expected, error } => (
+                FailureKind::BadArguments,
+                format!("arguments do not decode as {expected}: {error}"),
+            ),
+        })?;
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| match invocation {
         Invocation::Blocking(f) => f(),
         // This thread is outside the runtime's async work (`block_in_place` or the blocking
@@ -308,7 +324,7 @@ mod tests {
 
     async fn run(op: &str, args: Vec<u8>) -> Outcome {
         let message = TaskMessage::new(TaskKey::unique(op), op, args);
-        execute(&registry(), "w", &message)
+        execute(&registry(), "w", &message, &crate::secede::test_context)
             .await
             .expect("an element-wise operation")
     }
@@ -350,6 +366,35 @@ mod tests {
         assert_eq!(keyed.as_array().unwrap()[0], ints(&[2, 1]));
         let folded = encode_value(&("add", 10, vec![1, 2, 3])).unwrap();
         assert_eq!(value(run(bag_ops::FOLD, folded).await), Value::from(16));
+    }
+
+    /// Test: a worker state.
+    struct Factor(i64);
+
+    rask_common::task! {
+        /// Test: `x` times the worker's factor, on the partition task's key.
+        fn scaled(ctx: &TaskContext, factor: &rask_common::State<Factor>, x: i64) -> (String, i64) {
+            (ctx.key().to_string(), x * factor.0)
+        }
+    }
+
+    #[tokio::test]
+    async fn elements_get_the_partition_task_s_context_and_the_worker_state() {
+        use rask_common::context::{Secession, States, WorkerContext};
+        let mut states = States::new();
+        states.insert(Factor(3));
+        let worker = std::sync::Arc::new(WorkerContext::new("w", Default::default(), states));
+        let message = TaskMessage::new(
+            TaskKey::unique(bag_ops::MAP),
+            bag_ops::MAP,
+            encode_value(&("scaled", vec![1, 2])).unwrap(),
+        );
+        let key = message.key.clone();
+        let context = || TaskContext::new(key.clone(), 0, worker.clone(), <dyn Secession>::none());
+        let registry = Registry::new().with::<scaled>();
+        let outcome = execute(&registry, "w", &message, &context).await.unwrap();
+        let pair = |x: i64| Value::Array(vec![Value::from(key.as_str()), Value::from(x)]);
+        assert_eq!(value(outcome), Value::Array(vec![pair(3), pair(6)]));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -406,7 +451,10 @@ mod tests {
         let args = encode_value(&("even_pair", &items)).unwrap();
         let registry = Registry::new().with::<even_pair>();
         let message = TaskMessage::new(TaskKey::unique("f"), bag_ops::FILTER, args);
-        let kept = match execute(&registry, "w", &message).await.unwrap() {
+        let kept = match execute(&registry, "w", &message, &crate::secede::test_context)
+            .await
+            .unwrap()
+        {
             Outcome::Value(bytes) => {
                 rask_common::message::decode_value::<Vec<(i64, String)>>(&bytes).unwrap()
             }
@@ -424,6 +472,10 @@ mod tests {
     #[tokio::test]
     async fn other_functions_are_left_to_the_caller() {
         let message = TaskMessage::new(TaskKey::unique("inc"), "inc", encode_value(&(1,)).unwrap());
-        assert!(execute(&registry(), "w", &message).await.is_none());
+        assert!(
+            execute(&registry(), "w", &message, &crate::secede::test_context)
+                .await
+                .is_none()
+        );
     }
 }

@@ -30,10 +30,11 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicPublishOptions, BasicQosOptions};
 use lapin::types::ShortString;
 use lapin::{BasicProperties, Channel};
+use rask_common::context::{Secession, WorkerContext};
 use rask_common::message::encode_value;
 use rask_common::ops::{self, BroadcastFailure, BroadcastReply, BroadcastRequest};
 use rask_common::signing::{BroadcastWindow, MessageKind, Signer};
-use rask_common::{broker, FailureKind, Invocation, Settings};
+use rask_common::{broker, FailureKind, Invocation, Settings, TaskContext, TaskKey};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -65,6 +66,7 @@ mod reason {
 pub(crate) async fn serve(
     settings: Settings,
     registry: Registry,
+    context: Arc<WorkerContext>,
     identity: Arc<Identity>,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
@@ -76,6 +78,7 @@ pub(crate) async fn serve(
         let answerer = |channel: Channel| Answerer {
             channel,
             registry: registry.clone(),
+            context: context.clone(),
             identity: identity.clone(),
             metrics: metrics.clone(),
             signer: Signer::from_settings(&settings),
@@ -143,6 +146,8 @@ async fn consume(
 struct Answerer {
     channel: Channel,
     registry: Registry,
+    /// For functions that take a context (a run of its own, outside the concurrency slots).
+    context: Arc<WorkerContext>,
     identity: Arc<Identity>,
     metrics: Arc<Metrics>,
     signer: Option<Signer>,
@@ -174,7 +179,18 @@ impl Answerer {
         match self.admit(&delivery) {
             Ok(admitted) => {
                 let overruns = self.metrics.overruns();
-                let result = run(&self.registry, &self.identity, overruns, &admitted).await;
+                let context = || {
+                    let key = TaskKey::unique(&admitted.request.function);
+                    TaskContext::new(key, 0, self.context.clone(), <dyn Secession>::none())
+                };
+                let run = run(
+                    &self.registry,
+                    &self.identity,
+                    overruns,
+                    &admitted,
+                    &context,
+                );
+                let result = run.await;
                 self.reply(&delivery, &admitted.reply_to, result).await;
             }
             Err(Refusal::Untrusted(why)) => {
@@ -323,6 +339,7 @@ async fn run(
     identity: &Identity,
     overruns: &Arc<Overruns>,
     admitted: &Admitted,
+    context: &(dyn Fn() -> TaskContext + Sync),
 ) -> std::result::Result<Vec<u8>, BroadcastFailure> {
     let (request, limit) = (&admitted.request, admitted.limit);
     let failed = |kind: FailureKind, message: String| BroadcastFailure { kind, message };
@@ -332,7 +349,7 @@ async fn run(
         ops::INFO => return ops::encode(&identity.info()).map_err(encoded),
         _ => {}
     }
-    let invocation = match registry.prepare(&request.function, &request.args) {
+    let invocation = match registry.prepare(&request.function, &request.args, context) {
         Ok(invocation) => invocation,
         Err(PrepareError::Unknown(known)) => {
             return Err(failed(

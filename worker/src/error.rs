@@ -45,6 +45,27 @@ pub enum Error {
         /// Redis's refusal.
         source: rask_common::Error,
     },
+    /// The function given to [`crate::Registry::with_state`] for worker state `state` failed:
+    /// the worker did not start (a configuration error: a restart would fail the same way).
+    #[error("building worker state {state} failed: {source}")]
+    State {
+        /// The state's type.
+        state: &'static str,
+        /// The error of its `init`.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// Task `task` takes worker state `state`, which no [`crate::Registry::with_state`] of the
+    /// worker's registry builds: the worker did not start.
+    #[error(
+        "task {task} takes worker state {state}, which this worker's registry does not build \
+         (add it with Registry::with_state)"
+    )]
+    MissingState {
+        /// The task's name.
+        task: &'static str,
+        /// The state's type.
+        state: &'static str,
+    },
     /// Threads of plain functions that ran past their time limit reached the
     /// `max_overrun_threads` setting: the worker stopped, so that a fresh process replaces it
     /// (the only way to end those threads).
@@ -67,14 +88,18 @@ impl Error {
         match self {
             Error::Common(e) => e.is_connection(),
             Error::Broker(_) | Error::Consuming(_) | Error::ConsumerCancelled(_) => true,
-            Error::Metrics(..) | Error::StoreRefused { .. } | Error::Overruns { .. } => false,
+            Error::Metrics(..)
+            | Error::StoreRefused { .. }
+            | Error::Overruns { .. }
+            | Error::State { .. }
+            | Error::MissingState { .. } => false,
         }
     }
 
     /// Whether connecting again can help: [`ErrorKind::Transient`] for lost connections and
     /// cancelled consumers, [`ErrorKind::Configuration`] for refusals of the settings (a queue
     /// declared with other arguments, missing permissions, a taken metrics address, a Redis
-    /// replica), by the broker's and the store's reply codes
+    /// replica, worker state that cannot be built), by the broker's and the store's reply codes
     /// ([`rask_common::Error::kind`]).
     pub fn kind(&self) -> ErrorKind {
         match self {
@@ -84,7 +109,9 @@ impl Error {
             Error::Consuming(_) | Error::ConsumerCancelled(_) | Error::Overruns { .. } => {
                 ErrorKind::Transient
             }
-            Error::Metrics(..) => ErrorKind::Configuration,
+            Error::Metrics(..) | Error::State { .. } | Error::MissingState { .. } => {
+                ErrorKind::Configuration
+            }
         }
     }
 

@@ -19,7 +19,9 @@ use std::sync::Arc;
 
 use futures::FutureExt;
 
-use rask_common::{FailureKind, Invocation, Outcome, Settings, TaskFailure, TaskMessage};
+use rask_common::{
+    FailureKind, Invocation, Outcome, Settings, TaskContext, TaskFailure, TaskMessage,
+};
 
 use crate::overrun::Overruns;
 use crate::registry::{PrepareError, Registry};
@@ -44,22 +46,24 @@ pub(crate) fn time_limit(message: &TaskMessage, settings: &Settings) -> Option<D
 /// `pace.rs`), async ones on the runtime; a panic is caught and reported either way. A plain
 /// function past its limit leaves its thread to `overruns`. Sets `retryable` when the outcome
 /// is a failure the function marked [`rask_common::TaskError::retryable`] (whether it is
-/// retried is the caller's decision).
+/// retried is the caller's decision). `context` builds the run's [`TaskContext`], called only
+/// for a function that takes one.
 pub(crate) async fn execute(
     registry: &Registry,
     overruns: &Arc<Overruns>,
     worker: &str,
     message: &TaskMessage,
+    context: &(dyn Fn() -> TaskContext + Sync),
     limit: Option<Duration>,
     retryable: &mut bool,
 ) -> Outcome {
-    if let Some(outcome) = crate::bag::execute(registry, worker, message).await {
+    if let Some(outcome) = crate::bag::execute(registry, worker, message, context).await {
         return outcome; // an element-wise operation of a lazy collection
     }
     let fail = |kind: FailureKind, text: String| {
         Outcome::Failure(TaskFailure::of(message, kind, text, worker))
     };
-    let invocation = match registry.prepare(&message.function, &message.args) {
+    let invocation = match registry.prepare(&message.function, &message.args, context) {
         Ok(invocation) => invocation,
         Err(PrepareError::Unknown(known)) => {
             return fail(
@@ -210,9 +214,23 @@ mod tests {
         Arc::new(Overruns::new(2, Default::default()))
     }
 
+    /// A context for runs of functions that take one (none of these tests' do).
+    fn context() -> TaskContext {
+        panic!("these functions take no context")
+    }
+
     /// `execute` without a limit, ignoring retryability.
     async fn execute(registry: &Registry, worker: &str, message: &TaskMessage) -> Outcome {
-        super::execute(registry, &overruns(), worker, message, None, &mut false).await
+        super::execute(
+            registry,
+            &overruns(),
+            worker,
+            message,
+            &context,
+            None,
+            &mut false,
+        )
+        .await
     }
 
     fn msg(function: &str, args: Vec<u8>) -> TaskMessage {
@@ -327,8 +345,16 @@ mod tests {
         let registry = Registry::new().with::<forever>();
         let limit = Some(Duration::from_millis(50));
         let message = msg("forever", encode_value(&(1,)).unwrap());
-        let outcome =
-            super::execute(&registry, &overruns(), "w", &message, limit, &mut false).await;
+        let outcome = super::execute(
+            &registry,
+            &overruns(),
+            "w",
+            &message,
+            &context,
+            limit,
+            &mut false,
+        )
+        .await;
         let f = failure(outcome);
         assert_eq!(f.kind, FailureKind::TimedOut);
         assert!(f.message.contains("50ms"), "{}", f.message);
@@ -343,7 +369,10 @@ mod tests {
         let limit = Some(Duration::from_millis(50));
         let message = msg("held", encode_value(&(1,)).unwrap());
         let overruns = overruns();
-        let outcome = super::execute(&registry, &overruns, "w", &message, limit, &mut false).await;
+        let outcome = super::execute(
+            &registry, &overruns, "w", &message, &context, limit, &mut false,
+        )
+        .await;
         // The body is still blocked on the gate: the outcome came at the limit, not after it,
         // and its thread is counted as overrun until it returns.
         let f = failure(outcome);
@@ -359,8 +388,16 @@ mod tests {
         for retryable in [true, false] {
             let mut flagged = !retryable;
             let message = msg("flaky", encode_value(&(retryable,)).unwrap());
-            let outcome =
-                super::execute(&registry, &overruns(), "w", &message, None, &mut flagged).await;
+            let outcome = super::execute(
+                &registry,
+                &overruns(),
+                "w",
+                &message,
+                &context,
+                None,
+                &mut flagged,
+            )
+            .await;
             let f = failure(outcome);
             assert_eq!((f.kind, flagged), (FailureKind::Failed, retryable));
         }

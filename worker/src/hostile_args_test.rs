@@ -280,12 +280,12 @@ fn mutate(rng: &mut Rng, seed: &Value, names: &[String]) -> Vec<u8> {
 /// Runs `function` on `args` on this thread as a worker would; `Err` if it panicked.
 fn run(registry: &Registry, function: &str, args: &[u8]) -> Result<(), String> {
     if let Some(op) = bag::Op::from_name(function) {
-        return match bag::apply(registry, op, args) {
+        return match bag::apply(registry, op, args, &crate::secede::test_context) {
             Err((FailureKind::Panicked, text)) => Err(text),
             _ => Ok(()),
         };
     }
-    let Ok(invocation) = registry.prepare(function, args) else {
+    let Ok(invocation) = registry.prepare(function, args, &crate::secede::test_context) else {
         return Ok(()); // refused as bad arguments: fine
     };
     let outcome = match invocation {

@@ -27,6 +27,8 @@
 //! - `execute.rs`: one task to an outcome under its time limit; panics, errors and timeouts
 //!   become stored failures. `pace.rs`: which plain functions are quick enough to run inline.
 //!   `overrun.rs`: the threads of plain functions past their limit, counted and bounded.
+//! - `secede.rs`: a task waiting on tasks it launched gives its concurrency slot back, and
+//!   parked tasks do not count against the prefetch window.
 //! - `retries.rs`: a retryable failure goes back to the broker through a delay queue.
 //! - `bag.rs`: the element-wise operations of lazy collections (`rask.bag.map`, …): a registered
 //!   function applied to each element of a partition inside one task.
@@ -44,7 +46,8 @@
 //! - `scheduler.rs`: periodic tasks: claim the due ticks of the schedules in Redis and publish
 //!   them (one worker per tick), and publish the ticks a dead claimant left unconfirmed.
 //! - `dead_letter.rs`: messages that will not run go to the dead-letter queue with a reason.
-//! - [`Registry`] (`registry.rs`): functions by name, arguments decoded per function.
+//! - [`Registry`] (`registry.rs`): functions by name, arguments decoded per function, and the
+//!   worker state they share (built once at start).
 //! - `ops.rs`: the worker's operations services beside the task loop, each on its own
 //!   connection: `metrics.rs` (task counters, Prometheus `/metrics` and `/health`),
 //!   `broadcast.rs` (answers `rask run` on an exclusive queue bound to the broadcast exchange)
@@ -69,6 +72,7 @@ mod result_limit;
 mod retries;
 mod retry;
 mod scheduler;
+mod secede;
 mod signal;
 mod worker;
 mod writer;

@@ -23,6 +23,7 @@ use tokio_util::task::TaskTracker;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
+use rask_common::context::WorkerContext;
 
 /// Who this worker is, as the registry and the `info` broadcast report it.
 pub(crate) struct Identity {
@@ -144,6 +145,7 @@ impl Ops {
     pub(crate) async fn start(
         settings: &Settings,
         registry: &Registry,
+        context: &Arc<WorkerContext>,
         id: &str,
         metrics: Arc<Metrics>,
     ) -> Result<Self> {
@@ -184,6 +186,7 @@ impl Ops {
         tracker.spawn(crate::broadcast::serve(
             settings.clone(),
             registry.clone(),
+            context.clone(),
             identity.clone(),
             health.clone(),
             metrics.clone(),

@@ -1,12 +1,17 @@
-//! The functions a worker can run, by name, with their arguments decoded from MessagePack.
+//! The functions a worker can run, by name, with their arguments decoded from MessagePack, and
+//! the worker state they share (built once per worker process, before it consumes).
 
+use std::any::TypeId;
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Arc;
 
 use rask_common::builtins;
+use rask_common::context::{BoxFuture, States};
 use rask_common::message::{decode_args, encode_value};
-use rask_common::{Invocation, Task, TaskError};
+use rask_common::{Invocation, Task, TaskContext, TaskError};
 
+use crate::error::Error;
 use crate::pace::Pace;
 
 /// MessagePack's empty array and nil.
@@ -18,14 +23,23 @@ pub(crate) type ErasedInvocation = Invocation<Vec<u8>>;
 
 /// Decodes arguments and prepares a call of one registered function.
 trait Callable: Send + Sync {
-    fn prepare(&self, args: &[u8]) -> Result<ErasedInvocation, String>;
+    fn prepare(
+        &self,
+        args: &[u8],
+        context: &(dyn Fn() -> TaskContext + Sync),
+    ) -> Result<ErasedInvocation, String>;
     fn signature(&self) -> &'static str;
+    fn states(&self) -> Vec<(TypeId, &'static str)>;
 }
 
 struct Typed<T>(std::marker::PhantomData<fn() -> T>);
 
 impl<T: Task> Callable for Typed<T> {
-    fn prepare(&self, args: &[u8]) -> Result<ErasedInvocation, String> {
+    fn prepare(
+        &self,
+        args: &[u8],
+        context: &(dyn Fn() -> TaskContext + Sync),
+    ) -> Result<ErasedInvocation, String> {
         let args: T::Args = match decode_args(args) {
             Ok(args) => args,
             // A task without parameters takes `()`, which MessagePack writes as nil; callers
@@ -36,7 +50,7 @@ impl<T: Task> Callable for Typed<T> {
         let encode = |value: T::Output| {
             encode_value(&value).map_err(|e| TaskError::new(format!("result does not encode: {e}")))
         };
-        Ok(match T::invoke(args) {
+        Ok(match T::invoke_in(args, context) {
             Invocation::Blocking(f) => Invocation::Blocking(Box::new(move || encode(f()?))),
             Invocation::Async(fut) => {
                 Invocation::Async(Box::pin(async move { encode(fut.await?) }))
@@ -47,7 +61,21 @@ impl<T: Task> Callable for Typed<T> {
     fn signature(&self) -> &'static str {
         std::any::type_name::<T::Args>()
     }
+
+    fn states(&self) -> Vec<(TypeId, &'static str)> {
+        T::states()
+    }
 }
+
+/// Builds one worker state value and adds it to the states.
+type StateInit = Arc<
+    dyn Fn() -> BoxFuture<'static, Result<AddState, Box<dyn std::error::Error + Send + Sync>>>
+        + Send
+        + Sync,
+>;
+
+/// Adds a built state value to the states.
+type AddState = Box<dyn FnOnce(&mut States) + Send>;
 
 /// Why a call could not be prepared.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,10 +89,12 @@ pub(crate) enum PrepareError {
     },
 }
 
-/// The functions a worker runs, by name. Cheap to clone.
+/// The functions a worker runs, by name, and the state they share. Cheap to clone.
 #[derive(Clone, Default)]
 pub struct Registry {
     functions: BTreeMap<&'static str, Arc<dyn Callable>>,
+    /// How to build each state value (its type's name, its function), in order.
+    states: Vec<(&'static str, StateInit)>,
     /// How long the plain functions take (shared by clones).
     pace: Arc<Pace>,
 }
@@ -120,23 +150,82 @@ impl Registry {
         self
     }
 
+    /// Adds worker state of type `S`: `init` runs once when the worker starts, before it
+    /// consumes (e.g. loading a model, opening a connection pool), and task bodies take the
+    /// value by reference (`model: &State<S>`, see [`rask_common::task!`]), shared by every
+    /// task the worker runs. One value per type (a later `with_state` of the same type
+    /// replaces it); several types may be added. `init` runs again only if the worker is run
+    /// again (a new [`crate::Worker`]), not on a reconnect.
+    ///
+    /// If `init` fails, the worker does not start: [`crate::Worker::run`] returns
+    /// [`Error::State`], a configuration error (exit code [`crate::EXIT_CONFIG`], 78), since a
+    /// restart with the same code and environment would fail again. An `init` that depends on
+    /// a service that may be briefly down should retry within itself.
+    pub fn with_state<S, F, Fut, E>(mut self, init: F) -> Self
+    where
+        S: Send + Sync + 'static,
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<S, E>> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let init: StateInit = Arc::new(move || {
+            let built = init();
+            Box::pin(async move {
+                let value = built.await.map_err(Into::into)?;
+                Ok(Box::new(move |states: &mut States| states.insert(value)) as AddState)
+            })
+        });
+        self.states.push((std::any::type_name::<S>(), init));
+        self
+    }
+
+    /// Builds the worker's states, in the order they were added; then checks that every
+    /// function's states are among them.
+    ///
+    /// # Errors
+    /// [`Error::State`] for the first `init` that fails; [`Error::MissingState`] for a function
+    /// that takes a state no `with_state` builds.
+    pub(crate) async fn build_states(&self) -> Result<States, Error> {
+        let mut states = States::new();
+        for (state, init) in &self.states {
+            let started = std::time::Instant::now();
+            let add = init()
+                .await
+                .map_err(|source| Error::State { state, source })?;
+            add(&mut states);
+            tracing::info!(state, took = ?started.elapsed(), "worker state built");
+        }
+        for (task, callable) in &self.functions {
+            if let Some((_, state)) = callable
+                .states()
+                .into_iter()
+                .find(|(id, _)| !states.contains(*id))
+            {
+                return Err(Error::MissingState { task, state });
+            }
+        }
+        Ok(states)
+    }
+
     /// The registered names, sorted.
     pub fn names(&self) -> Vec<String> {
         self.functions.keys().map(|n| (*n).to_owned()).collect()
     }
 
-    /// Decodes `args` for function `name` and prepares the call.
+    /// Decodes `args` for function `name` and prepares the call; `context` builds the run's
+    /// context, called only for a function that takes one.
     pub(crate) fn prepare(
         &self,
         name: &str,
         args: &[u8],
+        context: &(dyn Fn() -> TaskContext + Sync),
     ) -> Result<ErasedInvocation, PrepareError> {
         let callable = self
             .functions
             .get(name)
             .ok_or_else(|| PrepareError::Unknown(self.names()))?;
         callable
-            .prepare(args)
+            .prepare(args, context)
             .map_err(|error| PrepareError::BadArguments {
                 expected: callable.signature(),
                 error,
@@ -149,10 +238,15 @@ mod tests {
     use super::*;
     use rask_common::message::decode_value;
 
+    /// A context for calls of functions that take one (none of these tests' do).
+    fn context() -> TaskContext {
+        panic!("these functions take no context")
+    }
+
     #[test]
     fn unknown_names_list_the_known_ones() {
         let registry = Registry::new().with::<builtins::inc>();
-        let err = registry.prepare("nope", &[]).err().unwrap();
+        let err = registry.prepare("nope", &[], &context).err().unwrap();
         assert_eq!(err, PrepareError::Unknown(vec!["inc".into()]));
     }
 
@@ -160,7 +254,7 @@ mod tests {
     fn bad_arguments_name_the_expected_types() {
         let registry = Registry::with_builtins();
         let args = encode_value(&("text",)).unwrap();
-        match registry.prepare("inc", &args).err().unwrap() {
+        match registry.prepare("inc", &args, &context).err().unwrap() {
             PrepareError::BadArguments { expected, .. } => assert_eq!(expected, "(i64,)"),
             other => panic!("unexpected {other:?}"),
         }
@@ -175,17 +269,61 @@ mod tests {
     fn tasks_without_parameters_take_nil_or_an_empty_array() {
         let registry = Registry::new().with::<constant>();
         for args in [encode_value(&()).unwrap(), vec![EMPTY_ARRAY]] {
-            let Ok(Invocation::Blocking(f)) = registry.prepare("constant", &args) else {
+            let Ok(Invocation::Blocking(f)) = registry.prepare("constant", &args, &context) else {
                 panic!("constant takes {args:?}");
             };
             assert_eq!(decode_value::<i64>(&f().unwrap()).unwrap(), 7);
         }
     }
 
+    /// Test: a worker state.
+    struct Table(Vec<i64>);
+
+    rask_common::task! {
+        /// Test: looks `i` up in the worker's table.
+        fn lookup(table: &rask_common::State<Table>, i: usize) -> Option<i64> { table.0.get(i).copied() }
+    }
+
+    #[tokio::test]
+    async fn states_are_built_once_in_order_and_checked_against_the_tasks() {
+        let builds = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = builds.clone();
+        let registry = Registry::new().with::<lookup>().with_state(move || {
+            let n = counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            async move { Ok::<_, std::io::Error>(Table(vec![10, 20, n as i64])) }
+        });
+        let states = registry.build_states().await.unwrap();
+        assert_eq!(builds.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert_eq!(states.get::<Table>().unwrap().0, vec![10, 20, 0]);
+
+        let missing = Registry::new().with::<lookup>().build_states().await;
+        let err = missing.expect_err("lookup's table is missing");
+        assert!(
+            matches!(err, Error::MissingState { task: "lookup", .. }),
+            "{err}"
+        );
+        assert_eq!(err.exit_code(), crate::EXIT_CONFIG);
+
+        let failing = Registry::new()
+            .with_state(|| async { Err::<Table, _>("no table here") })
+            .build_states()
+            .await;
+        let err = failing.expect_err("the state fails");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "building worker state {} failed: no table here",
+                std::any::type_name::<Table>()
+            )
+        );
+        assert_eq!(err.exit_code(), crate::EXIT_CONFIG);
+    }
+
     #[test]
     fn prepares_and_encodes_results() {
         let registry = Registry::with_builtins();
-        let Ok(Invocation::Blocking(f)) = registry.prepare("inc", &encode_value(&(41,)).unwrap())
+        let Ok(Invocation::Blocking(f)) =
+            registry.prepare("inc", &encode_value(&(41,)).unwrap(), &context)
         else {
             panic!("inc is a blocking task");
         };

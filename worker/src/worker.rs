@@ -13,7 +13,8 @@ use lapin::options::{
     BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions,
 };
 use lapin::types::FieldTable;
-use rask_common::{broker, Outcome, Settings, Store, TaskKey};
+use rask_common::context::WorkerContext;
+use rask_common::{broker, Outcome, Settings, Store, TaskContext, TaskKey, TaskMessage};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::task::TaskTracker;
 
@@ -26,6 +27,7 @@ use crate::registry::Registry;
 use crate::release::{ConfirmChannel, Releaser};
 use crate::result_limit::ResultLimit;
 use crate::scheduler;
+use crate::secede::{Deliveries, Seceding, Window};
 use crate::writer::{self, Finished};
 use crate::{inputs, retries};
 
@@ -67,6 +69,23 @@ pub(crate) struct Shared {
     pub(crate) fatal: Arc<Fatal>,
     /// The largest result stored (read from Redis once per connection).
     pub(crate) result_limit: ResultLimit,
+    /// What the worker lends tasks that take a context: its id, settings, states (per process).
+    pub(crate) context: Arc<WorkerContext>,
+    /// The concurrency slots, and the tasks that gave theirs back while they wait.
+    pub(crate) seceding: Arc<Seceding>,
+}
+
+impl Shared {
+    /// The context of the run of `message` (built only for a function that takes one).
+    pub(crate) fn task_context(&self, message: &TaskMessage) -> TaskContext {
+        // The run's cancellation token is the context's own for now.
+        TaskContext::new(
+            message.key.clone(),
+            message.attempt,
+            self.context.clone(),
+            self.seceding.clone(),
+        )
+    }
 }
 
 impl Worker {
@@ -112,16 +131,28 @@ impl Worker {
     /// `max_overrun_threads`, the worker stops as if `shutdown` completed and returns
     /// [`Error::Overruns`]: a binary should exit then, ending those threads.
     ///
+    /// Before anything else, the worker builds its state ([`Registry::with_state`]), once.
+    ///
     /// # Errors
     /// [`Error`] if the settings are refused (e.g. the queue exists with other arguments, a
-    /// login is refused, Redis is a replica): [`Error::kind`] is then
+    /// login is refused, Redis is a replica) or the worker state cannot be built
+    /// ([`Error::State`], [`Error::MissingState`]): [`Error::kind`] is then
     /// [`rask_common::ErrorKind::Configuration`] and [`Error::exit_code`] is
     /// [`crate::EXIT_CONFIG`]; or [`Error::Overruns`].
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
+        let states = self.registry.build_states().await.inspect_err(|e| {
+            tracing::error!(error = %e, "stopping: the worker state cannot be built");
+        })?;
+        let context = Arc::new(WorkerContext::new(
+            self.id.as_str(),
+            self.settings.clone(),
+            states,
+        ));
         let mut pause = RECONNECT.0;
         let ops = crate::ops::Ops::start(
             &self.settings,
             &self.registry,
+            &context,
             &self.id,
             self.metrics.clone(),
         )
@@ -149,7 +180,7 @@ impl Worker {
             }
         };
         loop {
-            match self.serve(shutdown.as_mut(), &health).await {
+            match self.serve(shutdown.as_mut(), &health, &context).await {
                 Ok(()) => return stopped(),
                 Err(e) if !e.is_permanent() && !shutdown.is_terminated() => {
                     tracing::warn!(error = %e, retry_in = ?pause, "connection lost; reconnecting");
@@ -174,6 +205,7 @@ impl Worker {
         &self,
         shutdown: std::pin::Pin<&mut futures::future::Fuse<impl Future<Output = ()> + Send>>,
         health: &Arc<Health>,
+        worker_context: &Arc<WorkerContext>,
     ) -> Result<()> {
         let settings = self.settings.clone();
         let registry = self.registry.clone();
@@ -224,7 +256,7 @@ impl Worker {
                     .boxed(),
             );
         }
-        let mut consumer = futures::stream::select_all(consumers);
+        let mut consumer: Deliveries = futures::stream::select_all(consumers);
 
         let releaser = Releaser::new(connection.clone(), settings.clone()).await?;
         let fatal = Arc::new(Fatal::default());
@@ -238,6 +270,8 @@ impl Worker {
         };
         let writer = tokio::spawn(writer::run(context, finished_rx, releaser));
         let permits = Arc::new(Semaphore::new(settings.concurrency));
+        let seceding = Arc::new(Seceding::new(permits.clone()));
+        let mut window = Window::new(per_shard);
         let tracker = TaskTracker::new();
         tracing::info!(
             worker = %id,
@@ -259,39 +293,51 @@ impl Worker {
             finished,
             fatal: fatal.clone(),
             result_limit,
+            context: worker_context.clone(),
+            seceding: seceding.clone(),
         });
 
         let mut shutdown = shutdown;
         let consuming = health.consuming();
         // `Err(None)`: an error was raised on `fatal` (taken below).
         let outcome: std::result::Result<(), Option<Error>> = loop {
-            let permit = tokio::select! {
-                () = &mut shutdown => break Ok(()),
-                () = fatal.raised() => break Err(None),
-                permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
-            };
+            // The delivery first, then a slot for it: the loop never holds a slot while it
+            // waits for the broker, so a task that rejoins after waiting for the tasks it
+            // launched (`secede.rs`) gets the next free slot.
             let delivery = tokio::select! {
                 () = &mut shutdown => break Ok(()),
                 () = fatal.raised() => break Err(None),
+                // Tasks parked: the window may be full of them; widen it before waiting on.
+                () = seceding.parked_more() => {
+                    match window.widen(&seceding, &channel, &shards, &shared.id, &mut consumer).await {
+                        Ok(()) => continue,
+                        Err(e) => break Err(Some(Error::Consuming(e))),
+                    }
+                }
                 delivery = consumer.next() => delivery,
             };
-            match delivery {
-                Some(Ok(Ok(delivery))) => {
-                    let shared = shared.clone();
-                    // Boxed: the task cell (moved on spawn and on completion) stays small
-                    // while the state of a whole delivery lives in one heap allocation.
-                    tracker.spawn(async move {
-                        Box::pin(handle(&shared, delivery)).await;
-                        drop(permit);
-                    });
-                }
+            let delivery = match delivery {
+                Some(Ok(Ok(delivery))) => delivery,
                 Some(Ok(Err(e))) => break Err(Some(Error::Consuming(e))),
                 Some(Err(shard)) => break Err(Some(Error::ConsumerCancelled(shard))),
                 None => {
                     let queue = shared.settings.queue.clone();
                     break Err(Some(Error::ConsumerCancelled(queue)));
                 }
-            }
+            };
+            // A delivery dropped here (stopping) goes back to the queue when the channel closes.
+            let permit = tokio::select! {
+                () = &mut shutdown => break Ok(()),
+                () = fatal.raised() => break Err(None),
+                permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            };
+            let shared = shared.clone();
+            // Boxed: the task cell (moved on spawn and on completion) stays small while the
+            // state of a whole delivery lives in one heap allocation.
+            tracker.spawn(async move {
+                Box::pin(handle(&shared, delivery)).await;
+                shared.seceding.release(permit);
+            });
         };
         drop(consuming);
 
@@ -307,6 +353,7 @@ impl Worker {
                 tracing::warn!(error = %e, "could not cancel the consumer");
             }
         }
+        window.cancel(&channel).await;
         let grace = shared.settings.shutdown_grace;
         tracker.close();
         let drained = tokio::time::timeout(grace, async move {
@@ -370,11 +417,13 @@ async fn handle(shared: &Shared, delivery: Delivery) {
         Ok(ready) => {
             let limit = time_limit(&message, &shared.settings);
             let overruns = shared.metrics.overruns();
+            let context = || shared.task_context(&ready);
             execute(
                 &shared.registry,
                 overruns,
                 &shared.id,
                 &ready,
+                &context,
                 limit,
                 &mut retryable,
             )

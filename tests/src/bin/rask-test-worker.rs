@@ -15,7 +15,8 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let settings = Settings::load()?;
-    let ended = Worker::new(settings, rask_tests::tasks::registry())
+    let registry = rask_tests::tasks::registry_for(&settings);
+    let ended = Worker::new(settings, registry)
         .run(rask_worker::shutdown_signal())
         .await;
     if let Err(e) = ended {
