@@ -52,6 +52,7 @@ mod gather;
 mod graph;
 pub mod local;
 mod options;
+mod pools;
 mod progress;
 mod publish;
 mod purge;
@@ -67,18 +68,19 @@ pub use error::{Error, Result};
 pub use future::Future;
 pub use gather::{Gather, GatherEach};
 pub use options::TaskOptions;
+pub use pools::{UnservedRoute, WaitForWorkers};
 pub use progress::{Completed, Progress};
 pub use purge::{Purged, PurgedQueue};
 pub use rask_common::ops::{
     BroadcastFailure, RecentError, WorkerCounters, WorkerEntry, WorkerInfo,
 };
 pub use rask_common::{
-    builtins, task, Arg, Delayed, FailureKind, RetryPolicy, Settings, Task, TaskError, TaskFailure,
-    TaskKey,
+    builtins, task, Arg, Delayed, FailureKind, Pool, RetryPolicy, Settings, Task, TaskError,
+    TaskFailure, TaskKey,
 };
 pub use run::RunReport;
 pub use scatter::Wait;
-pub use status::{ClusterStatus, Monitor, QueueRole, QueueStatus};
+pub use status::{ClusterStatus, Monitor, PoolStatus, QueueRole, QueueStatus};
 
 /// The README's Rust examples, compiled as doctests so that they cannot drift from the code.
 #[cfg(doctest)]

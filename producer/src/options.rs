@@ -1,10 +1,10 @@
 //! [`TaskOptions`]: how a submitted task is scheduled and retried (countdown or eta, priority,
-//! retry policy, time limit), for [`crate::Client::submit_with`] and [`crate::Client::map_with`].
+//! retry policy, time limit) and which pool of workers runs it, for [`crate::Client::submit_with`] and [`crate::Client::map_with`].
 
 use std::time::{Duration, SystemTime};
 
 use rask_common::retry::duration_ms;
-use rask_common::{RetryPolicy, TaskMessage};
+use rask_common::{Pool, RetryPolicy, Settings, TaskMessage};
 
 /// Scheduling options for submitted tasks. The default runs a task as soon as a worker is free,
 /// at priority 0, once, with the workers' `task_time_limit`.
@@ -20,12 +20,13 @@ use rask_common::{RetryPolicy, TaskMessage};
 ///     .time_limit(Duration::from_secs(30));
 /// assert_eq!(options.delay(), Duration::from_secs(10));
 /// ```
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct TaskOptions {
     start: Option<Start>,
     priority: u8,
     retry: Option<RetryPolicy>,
     time_limit: Option<Duration>,
+    pool: Option<Pool>,
 }
 
 /// When a task may start.
@@ -73,6 +74,26 @@ impl TaskOptions {
         self
     }
 
+    /// Sends the task to the workers of `pool` (see [`rask_common::pool`]), whatever the
+    /// routing table (setting `routes`) says; its retries stay in that pool. Without it, the
+    /// routing table's pool for the function, else the default pool.
+    ///
+    /// ```
+    /// use rask::{Pool, TaskOptions};
+    ///
+    /// let gpu = TaskOptions::new().pool(Pool::new("gpu").unwrap());
+    /// assert_eq!(gpu.pool_name().map(Pool::as_str), Some("gpu"));
+    /// ```
+    pub fn pool(mut self, pool: Pool) -> Self {
+        self.pool = Some(pool);
+        self
+    }
+
+    /// The pool set with [`TaskOptions::pool`], if any.
+    pub fn pool_name(&self) -> Option<&Pool> {
+        self.pool.as_ref()
+    }
+
     /// How long from now the task waits before it may run.
     pub fn delay(&self) -> Duration {
         match self.start {
@@ -84,12 +105,13 @@ impl TaskOptions {
         }
     }
 
-    /// `message` with these options' priority (at most `max_priority`), retry policy and time
-    /// limit.
-    pub(crate) fn apply(&self, mut message: TaskMessage, max_priority: u8) -> TaskMessage {
-        message.priority = self.priority.min(max_priority);
+    /// `message` with these options' priority (at most `max_priority`), retry policy, time
+    /// limit and pool (routed by [`Settings::route`]: this pool, else the routing table's).
+    pub(crate) fn apply(&self, mut message: TaskMessage, settings: &Settings) -> TaskMessage {
+        message.priority = self.priority.min(settings.max_priority);
         message.retry = self.retry;
         message.time_limit_ms = self.time_limit.map(|d| duration_ms(d).max(1));
+        message.pool = settings.route(&message.function, self.pool.as_ref());
         message
     }
 }
@@ -107,11 +129,36 @@ mod tests {
             .priority(200)
             .retry(RetryPolicy::new(4))
             .time_limit(Duration::from_millis(1500));
-        let m = options.apply(message.clone(), 9);
+        let settings = Settings::default();
+        let m = options.apply(message.clone(), &settings);
         assert_eq!(m.priority, 9);
         assert_eq!(m.retry, Some(RetryPolicy::new(4)));
         assert_eq!(m.time_limit_ms, Some(1500));
-        assert_eq!(TaskOptions::new().apply(message.clone(), 9), message);
+        assert_eq!(m.pool, None);
+        assert_eq!(
+            TaskOptions::new().apply(message.clone(), &settings),
+            message
+        );
+    }
+
+    #[test]
+    fn the_pool_option_wins_over_the_routing_table() {
+        let gpu = Pool::new("gpu").unwrap();
+        let routed = Settings {
+            routes: [("inc".to_owned(), gpu.clone())].into(),
+            ..Settings::default()
+        };
+        let message = TaskMessage::new(TaskKey::new("k").unwrap(), "inc", vec![0x90]);
+        let m = TaskOptions::new().apply(message.clone(), &routed);
+        assert_eq!(m.pool, Some(gpu.clone()));
+        let m = TaskOptions::new()
+            .pool(Pool::default())
+            .apply(message.clone(), &routed);
+        assert_eq!(m.pool, None);
+        let m = TaskOptions::new()
+            .pool(gpu.clone())
+            .apply(message, &Settings::default());
+        assert_eq!(m.pool, Some(gpu));
     }
 
     #[test]

@@ -41,6 +41,8 @@
 //!   writes), raised once and awaited by the loop.
 //! - `release.rs`: after a batch is stored, publish the graph tasks it made ready (before the
 //!   acknowledgements).
+//! - `pools.rs`: the pools served, each with its queues; the pool of a delivery or a message,
+//!   so that retries, dead letters and released graph tasks stay in their pool.
 //! - `dead_letter.rs`: messages that will not run go to the dead-letter queue with a reason.
 //! - [`Registry`] (`registry.rs`): functions by name, arguments decoded per function.
 //! - `ops.rs`: the worker's operations services beside the task loop, each on its own
@@ -60,6 +62,7 @@ mod metrics;
 mod ops;
 mod overrun;
 mod pace;
+mod pools;
 mod presence;
 mod registry;
 mod release;

@@ -97,6 +97,10 @@ pub(crate) struct ScheduleArgs {
     /// Fail a task with `TimedOut` if it runs longer than this.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub(crate) time_limit: Option<Duration>,
+    /// Send the tasks to the workers of this pool (default: the pool the `routes` setting
+    /// names for the function, else `default`).
+    #[arg(long)]
+    pub(crate) pool: Option<rask::Pool>,
 }
 
 impl ScheduleArgs {
@@ -118,6 +122,9 @@ impl ScheduleArgs {
         }
         if let Some(limit) = self.time_limit {
             options = options.time_limit(limit);
+        }
+        if let Some(pool) = &self.pool {
+            options = options.pool(pool.clone());
         }
         options
     }
@@ -163,8 +170,9 @@ pub(crate) struct RunArgs {
 
 #[derive(Args)]
 pub(crate) struct StatusArgs {
-    /// Print one JSON object (`queues`, `dead_letters`, `workers`, `totals`,
-    /// `tasks_per_second`, `recent_errors`) instead of the screen.
+    /// Print one JSON object (`queues`, `dead_letters`, `workers` (each with its `pools`),
+    /// `totals`, `tasks_per_second`, `recent_errors`, `pools`, `unserved_routes`) instead of
+    /// the screen.
     #[arg(long)]
     pub(crate) json: bool,
     /// Refresh every `--interval` until interrupted.
@@ -238,6 +246,9 @@ pub(crate) struct LocalSuperviseArgs {
     /// How many workers to run.
     #[arg(long)]
     pub(crate) workers: usize,
+    /// Extra workers serving a pool: `NAME:COUNT[:RESOURCE=AMOUNT,...]` (repeatable).
+    #[arg(long = "pool")]
+    pub(crate) pools: Vec<rask::local::PoolWorkers>,
     #[command(flatten)]
     pub(crate) dir: LocalDirArgs,
 }
@@ -268,6 +279,11 @@ pub(crate) struct LocalUpArgs {
     /// batch; see docs/reliability.md).
     #[arg(long, default_value_t = rask::local::Fsync::EverySec)]
     pub(crate) fsync: rask::local::Fsync,
+    /// Also start COUNT workers serving only pool NAME, each declaring the resources given
+    /// (passed to them in `RASK_RESOURCES`): `NAME:COUNT[:RESOURCE=AMOUNT,...]`, e.g.
+    /// `gpu:1:gpu=2`. Repeatable.
+    #[arg(long = "pool")]
+    pub(crate) pools: Vec<rask::local::PoolWorkers>,
     #[command(flatten)]
     pub(crate) dir: LocalDirArgs,
 }
