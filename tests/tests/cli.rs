@@ -272,7 +272,10 @@ async fn local_up_status_demo_down() {
         .collect();
     assert_eq!(pools.len(), 3, "{json}");
     assert_eq!(
-        pools.iter().filter(|p| **p == &serde_json::json!(["gpu"])).count(),
+        pools
+            .iter()
+            .filter(|p| **p == &serde_json::json!(["gpu"]))
+            .count(),
         1,
         "{json}"
     );

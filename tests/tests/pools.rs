@@ -396,3 +396,40 @@ async fn purge_empties_every_pools_queues() {
     assert_eq!(purged.delayed_messages(), 1, "{purged:?}");
     assert_eq!(env.queue_depth(&gpu_queue).await.0, 0);
 }
+
+#[tokio::test]
+async fn a_pool_has_its_own_dead_letter_queue() {
+    let env = TestEnv::new("pools-dead").await;
+    let (gpu_id, on_gpu_pool) = gpu_worker(&env);
+    let _default_client = env.client().await; // declares the default pool's queues
+    let gpu_settings = env.settings.for_pool(&gpu());
+    // Declares the gpu pool's queues, as any producer of the pool does.
+    let gpu_client = Client::connect(gpu_settings.clone()).await.unwrap();
+    let connection = rask_common::broker::connect(&env.settings, "test publisher")
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .basic_publish(
+            env.settings.exchange.as_str().into(),
+            gpu_settings.queue.as_str().into(),
+            lapin::options::BasicPublishOptions::default(),
+            b"\xc1 not a task",
+            lapin::BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let _ = connection.close(200, "done".into()).await;
+    // The gpu worker copies it to the gpu pool's dead-letter queue, not the default one.
+    env.eventually("a dead letter in the gpu pool", || async {
+        env.queue_depth(&gpu_settings.dead_letter_queue).await.0 == 1
+    })
+    .await;
+    let letters = gpu_client.dead_letters(10).await.unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].worker.as_deref(), Some(gpu_id.as_str()));
+    assert_eq!(env.queue_depth(&env.settings.dead_letter_queue).await.0, 0);
+    on_gpu_pool.stop().await.unwrap();
+}

@@ -215,6 +215,9 @@ pub(crate) struct DeadListArgs {
     /// One JSON object per line: `key`, `function`, `reason`, `worker`, `bytes`.
     #[arg(long)]
     pub(crate) json: bool,
+    /// The dead-letter queue of this pool (default: the default pool's).
+    #[arg(long)]
+    pub(crate) pool: Option<rask::Pool>,
 }
 
 #[derive(Args)]
@@ -225,6 +228,10 @@ pub(crate) struct DeadRequeueArgs {
     /// Requeue only the message of this task key.
     #[arg(long)]
     pub(crate) key: Option<String>,
+    /// The dead-letter queue of this pool, requeued to that pool's task queue (default: the
+    /// default pool's).
+    #[arg(long)]
+    pub(crate) pool: Option<rask::Pool>,
 }
 
 #[derive(Subcommand)]
