@@ -241,7 +241,8 @@ impl Client {
 
     /// Empties every task queue shard and every delay queue (tasks waiting for a countdown, an
     /// eta or a retry), of the default pool and of every pool the settings name (`pools`,
-    /// `routes`), this client published to or a live worker serves, and deletes every stored result of this deployment (key prefix).
+    /// `routes`), this client published to or a live worker serves, and deletes every stored
+    /// result of this deployment (key prefix).
     /// Returns (messages purged from all those queues, results deleted); see
     /// [`Client::purge_report`] for the queues one by one.
     ///

@@ -23,7 +23,9 @@
 //! - [`Client`] (`client.rs`): connecting, submitting, mapping, releasing.
 //! - `graph.rs`: [`Client::persist`] and [`Client::compute`] of lazy task graphs ([`Delayed`]).
 //! - [`Bag`] (`bag/`): lazy partitioned collections with native `map`, `filter`, reductions.
-//! - [`TaskOptions`] (`options.rs`): countdown/eta, priority, retries, time limit per task.
+//! - [`TaskOptions`] (`options.rs`): countdown/eta, priority, retries, time limit, pool per task.
+//! - `pools.rs`: [`Client::check_routes`] (routes no live worker serves, and a warning once per
+//!   pool and function) and [`Client::wait_for_workers`].
 //! - `publish.rs`: pipelined, confirmed publishing with a window; republishes what a lost
 //!   connection left unconfirmed.
 //! - `connection.rs`: the client's RabbitMQ connection and channel, replaced with backoff when lost.

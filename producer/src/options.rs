@@ -1,5 +1,6 @@
 //! [`TaskOptions`]: how a submitted task is scheduled and retried (countdown or eta, priority,
-//! retry policy, time limit) and which pool of workers runs it, for [`crate::Client::submit_with`] and [`crate::Client::map_with`].
+//! retry policy, time limit) and which pool of workers runs it, for
+//! [`crate::Client::submit_with`] and [`crate::Client::map_with`].
 
 use std::time::{Duration, SystemTime};
 

@@ -3,9 +3,10 @@
 //!
 //! Task queue shards and the delay queues (the fixed ladder of [`rask_common::delay`]) are known
 //! from the settings, for the default pool and every other pool that the settings name
-//! (`pools`, `routes`) or a live worker serves ([`rask_common::pool`]). Each delay queue is purged on a channel of its own, so that one that does
-//! not exist (404 NOT_FOUND, which closes its channel: no publisher has declared the ladder yet)
-//! is simply skipped.
+//! (`pools`, `routes`), the client published to, or a live worker serves
+//! ([`rask_common::pool`]). Each delay queue (and each shard of a pool other than the default)
+//! is purged on a channel of its own, so that one that does not exist (404 NOT_FOUND, which
+//! closes its channel: no publisher has declared the ladder yet) is simply skipped.
 
 use lapin::options::QueuePurgeOptions;
 use lapin::Connection;
