@@ -78,6 +78,12 @@ impl Pool {
     }
 }
 
+impl AsRef<str> for Pool {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
 impl Default for Pool {
     fn default() -> Self {
         Pool::default_pool()

@@ -296,7 +296,8 @@ impl Client {
         options: &TaskOptions,
     ) -> Result<()> {
         let s = &self.inner.settings;
-        self.watch_route(function, s.route(function, options.pool_name()).as_ref());
+        let pool = options.checked_pool()?;
+        self.watch_route(function, s.route(function, pool).as_ref());
         let messages = messages.into_iter().map(|m| m.map(|m| options.apply(m, s)));
         publish_all(&self.inner.link, s, options.delay(), messages).await
     }

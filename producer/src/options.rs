@@ -27,7 +27,8 @@ pub struct TaskOptions {
     priority: u8,
     retry: Option<RetryPolicy>,
     time_limit: Option<Duration>,
-    pool: Option<Pool>,
+    /// The pool asked for, or why its name is not one (reported when the task is submitted).
+    pool: Option<std::result::Result<Pool, String>>,
 }
 
 /// When a task may start.
@@ -82,17 +83,33 @@ impl TaskOptions {
     /// ```
     /// use rask::{Pool, TaskOptions};
     ///
-    /// let gpu = TaskOptions::new().pool(Pool::new("gpu").unwrap());
+    /// let gpu = TaskOptions::new().pool("gpu");
     /// assert_eq!(gpu.pool_name().map(Pool::as_str), Some("gpu"));
+    /// assert_eq!(TaskOptions::new().pool(Pool::new("gpu").unwrap()), gpu);
     /// ```
-    pub fn pool(mut self, pool: Pool) -> Self {
-        self.pool = Some(pool);
+    ///
+    /// A name that is not a valid pool name (see [`Pool::new`]) fails the submission with
+    /// [`crate::Error::Common`] before anything is published.
+    pub fn pool(mut self, pool: impl AsRef<str>) -> Self {
+        self.pool = Some(Pool::new(pool.as_ref()).map_err(|e| e.to_string()));
         self
     }
 
-    /// The pool set with [`TaskOptions::pool`], if any.
+    /// The pool set with [`TaskOptions::pool`], if any (and valid).
     pub fn pool_name(&self) -> Option<&Pool> {
-        self.pool.as_ref()
+        self.pool.as_ref().and_then(|p| p.as_ref().ok())
+    }
+
+    /// The pool set with [`TaskOptions::pool`], if any.
+    ///
+    /// # Errors
+    /// [`rask_common::Error::Settings`] if its name is not a valid pool name.
+    pub(crate) fn checked_pool(&self) -> rask_common::Result<Option<&Pool>> {
+        match &self.pool {
+            None => Ok(None),
+            Some(Ok(pool)) => Ok(Some(pool)),
+            Some(Err(why)) => Err(rask_common::Error::Settings(why.clone())),
+        }
     }
 
     /// How long from now the task waits before it may run.
@@ -112,7 +129,7 @@ impl TaskOptions {
         message.priority = self.priority.min(settings.max_priority);
         message.retry = self.retry;
         message.time_limit_ms = self.time_limit.map(|d| duration_ms(d).max(1));
-        message.pool = settings.route(&message.function, self.pool.as_ref());
+        message.pool = settings.route(&message.function, self.pool_name());
         message
     }
 }
@@ -160,6 +177,17 @@ mod tests {
             .pool(gpu.clone())
             .apply(message, &Settings::default());
         assert_eq!(m.pool, Some(gpu));
+        let bad = TaskOptions::new().pool("g.pu");
+        let err = bad.checked_pool().unwrap_err().to_string();
+        assert!(err.contains("g.pu"), "{err}");
+        assert_eq!(
+            TaskOptions::new()
+                .pool("gpu")
+                .checked_pool()
+                .unwrap()
+                .map(Pool::as_str),
+            Some("gpu")
+        );
     }
 
     #[test]

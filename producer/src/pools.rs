@@ -157,12 +157,11 @@ impl Client {
     ///
     /// ```no_run
     /// use std::time::Duration;
-    /// use rask::Pool;
     ///
     /// # async fn example(client: rask::Client) -> rask::Result<()> {
     /// let gpu = client
     ///     .wait_for_workers(2)
-    ///     .pool(Pool::new("gpu")?)
+    ///     .pool("gpu")
     ///     .timeout(Duration::from_secs(30))
     ///     .await?;
     /// assert!(gpu.len() >= 2);
@@ -183,14 +182,16 @@ impl Client {
 pub struct WaitForWorkers<'a> {
     client: &'a Client,
     n: usize,
-    pool: Option<Pool>,
+    /// The pool asked for, or why its name is not one (reported when awaited).
+    pool: Option<std::result::Result<Pool, String>>,
     timeout: Option<Duration>,
 }
 
 impl WaitForWorkers<'_> {
-    /// Counts only workers serving `pool`.
-    pub fn pool(mut self, pool: Pool) -> Self {
-        self.pool = Some(pool);
+    /// Counts only workers serving `pool` (a [`Pool`] or its name). A name that is not a valid
+    /// pool name fails the wait with [`crate::Error::Common`].
+    pub fn pool(mut self, pool: impl AsRef<str>) -> Self {
+        self.pool = Some(Pool::new(pool.as_ref()).map_err(|e| e.to_string()));
         self
     }
 
@@ -210,10 +211,15 @@ impl<'a> IntoFuture for WaitForWorkers<'a> {
     /// [`crate::Error::Common`] if Redis fails.
     fn into_future(self) -> Self::IntoFuture {
         Box::pin(async move {
+            let pool = match self.pool {
+                None => None,
+                Some(Ok(pool)) => Some(pool),
+                Some(Err(why)) => return Err(rask_common::Error::Settings(why).into()),
+            };
             let started = Instant::now();
             loop {
                 let mut workers = ops::live_workers(self.client.store()).await?;
-                if let Some(pool) = &self.pool {
+                if let Some(pool) = &pool {
                     workers.retain(|w| w.serves(pool));
                 }
                 if workers.len() >= self.n {
@@ -226,8 +232,7 @@ impl<'a> IntoFuture for WaitForWorkers<'a> {
                             waited,
                             wanted: self.n,
                             found: workers.len(),
-                            pool: self
-                                .pool
+                            pool: pool
                                 .as_ref()
                                 .map_or_else(|| "any pool".to_owned(), |p| format!("pool {p}")),
                         });

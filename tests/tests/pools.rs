@@ -164,6 +164,13 @@ async fn functions_run_only_on_workers_of_their_pool() {
     // The default pool's worker runs it.
     let future = client.submit(default_only, (7,)).await.unwrap();
     assert_eq!(future.result_within(PATIENCE).await.unwrap(), 7);
+    // A pool name that would break queue names is refused before anything is published.
+    let bad = TaskOptions::new().pool("gpu.shard1");
+    let error = client
+        .submit_with(default_only, (8,), &bad)
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("gpu.shard1"), "{error}");
 
     on_gpu_pool.stop().await.unwrap();
     default.stop().await.unwrap();
