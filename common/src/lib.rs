@@ -18,6 +18,7 @@
 //! - [`bag_ops`]: the native operations of lazy collections (`Bag`): element-wise operation
 //!   names and the partition and reduction tasks every stock worker runs.
 //! - [`image`]: the image-batch computation of the demo.
+//! - [`pool`]: pools of workers: validated [`Pool`] names, each pool's queue names, routing.
 //! - [`settings`]: typed [`Settings`], loaded from defaults, `rask.toml` and `RASK_*` variables.
 //! - [`signing`]: HMAC-SHA256 signatures of task messages and broadcast requests
 //!   (`signing_keys`), each kind in its own domain, made when publishing and checked by workers
@@ -47,6 +48,7 @@ pub mod keys;
 pub mod message;
 pub mod ops;
 pub mod outcome;
+pub mod pool;
 pub mod refusal;
 pub mod replica_waits;
 pub mod retry;
@@ -65,6 +67,7 @@ pub use graph::{Arg, Delayed};
 pub use keys::{Keys, TaskKey};
 pub use message::{TaskMessage, PROTOCOL_VERSION};
 pub use outcome::{FailureKind, Outcome, TaskFailure};
+pub use pool::Pool;
 pub use retry::RetryPolicy;
 pub use settings::Settings;
 pub use store::Store;

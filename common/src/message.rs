@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::keys::TaskKey;
+use crate::pool::Pool;
 pub use crate::retry::RetryPolicy;
 
 /// The protocol version this build writes and accepts.
@@ -49,6 +50,11 @@ pub struct TaskMessage {
     /// body too, so that a retry is republished with it. Not written when 0.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub priority: u8,
+    /// The pool whose queues the task goes to ([`crate::pool`]), so that a retry, a dead
+    /// letter requeued or a graph task released by a worker of another pool goes back to it.
+    /// `None` (not written): the default pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<Pool>,
 }
 
 fn is_zero<T: Default + PartialEq>(n: &T) -> bool {
@@ -68,6 +74,7 @@ impl TaskMessage {
             retry: None,
             time_limit_ms: None,
             priority: 0,
+            pool: None,
         }
     }
 
@@ -220,7 +227,7 @@ mod tests {
     #[test]
     fn scheduling_fields_round_trip_and_are_omitted_when_default() {
         let plain = message().encode().unwrap();
-        for field in ["attempt", "retry", "time_limit_ms", "priority"] {
+        for field in ["attempt", "retry", "time_limit_ms", "priority", "pool"] {
             assert!(
                 !plain.windows(field.len()).any(|w| w == field.as_bytes()),
                 "{field}"
@@ -231,6 +238,7 @@ mod tests {
         m.retry = Some(RetryPolicy::new(5));
         m.time_limit_ms = Some(1500);
         m.priority = 7;
+        m.pool = Some(Pool::new("gpu").unwrap());
         assert_eq!(TaskMessage::decode(&m.encode().unwrap()).unwrap(), m);
     }
 

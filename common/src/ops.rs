@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::Result;
 use crate::keys::TaskKey;
 use crate::outcome::FailureKind;
+use crate::pool::Pool;
 use crate::store::Store;
 
 /// The broadcast function every worker answers with `"pong"`.
@@ -64,6 +65,22 @@ pub struct WorkerEntry {
     pub tasks_per_second: f64,
     /// Its last few task failures, newest last (at most [`RECENT_ERRORS`]).
     pub recent_errors: Vec<RecentError>,
+    /// The pools it serves ([`crate::pool`]). An entry written before pools existed reads as
+    /// `["default"]`: such a worker consumed the default pool's queues.
+    #[serde(default = "default_pools")]
+    pub pools: Vec<Pool>,
+}
+
+/// The pools of a registry entry that names none.
+fn default_pools() -> Vec<Pool> {
+    vec![Pool::default_pool()]
+}
+
+impl WorkerEntry {
+    /// Whether it serves `pool`.
+    pub fn serves(&self, pool: &Pool) -> bool {
+        self.pools.contains(pool)
+    }
 }
 
 /// Task counters of one worker since it started.
@@ -291,10 +308,20 @@ mod tests {
                 kind: FailureKind::Failed,
                 message: "no".into(),
             }],
+            pools: vec![Pool::default_pool(), Pool::new("gpu").unwrap()],
         };
         let back: WorkerEntry = decode(&encode(&entry).unwrap()).unwrap();
         assert_eq!(back, entry);
         assert_eq!(back.counters.done(), 3);
+        assert!(back.serves(&Pool::new("gpu").unwrap()));
+
+        // An entry written before pools existed serves the default pool.
+        let mut older: rmpv::Value = rmp_serde::from_slice(&encode(&entry).unwrap()).unwrap();
+        if let rmpv::Value::Map(fields) = &mut older {
+            fields.retain(|(k, _)| k.as_str() != Some("pools"));
+        }
+        let older: WorkerEntry = decode(&rmp_serde::to_vec_named(&older).unwrap()).unwrap();
+        assert_eq!(older.pools, vec![Pool::default_pool()]);
 
         let reply = BroadcastReply {
             worker: "w".into(),

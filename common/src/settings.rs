@@ -1,6 +1,7 @@
 //! Typed settings shared by producers and workers, loaded in layers: defaults, then an optional
 //! `rask.toml`, then `RASK_*` environment variables (e.g. `RASK_AMQP_URL`, `RASK_RESULT_TTL=2h`).
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 use std::time::Duration;
@@ -8,6 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::pool::Pool;
 
 /// The file read by [`Settings::load`] when it exists in the working directory.
 pub const DEFAULT_FILE: &str = "rask.toml";
@@ -234,6 +236,18 @@ pub struct Settings {
     /// to 1 min. Default `1s`.
     #[serde(with = "humantime_serde")]
     pub schedule_check_interval: Duration,
+    /// The pools a worker serves ([`crate::pool`]): it declares and consumes every shard of
+    /// each. In `RASK_POOLS`, comma-separated; `rask-worker --pools default,gpu`. Producers
+    /// ignore it, except that `rask purge` and `rask status` cover these pools too. Default
+    /// `["default"]`: the queues of `queue`, as before pools existed.
+    pub pools: Vec<Pool>,
+    /// The routing table: the pool each function's tasks go to unless a task names its own
+    /// (`TaskOptions::pool`, `--pool`), as Celery's `task_routes`. Functions not in it go to
+    /// the default pool. In `rask.toml`, a table (`[routes]` then `image_stats = "gpu"`); in
+    /// `RASK_ROUTES`, `function=pool` pairs, comma-separated (`image_stats=gpu,resize=gpu`).
+    /// Default empty.
+    #[serde(deserialize_with = "crate::pool::routes")]
+    pub routes: BTreeMap<String, Pool>,
 }
 
 impl Default for Settings {
@@ -278,6 +292,8 @@ impl Default for Settings {
             max_overrun_threads: 0,
             schedules: true,
             schedule_check_interval: Duration::from_secs(1),
+            pools: vec![Pool::default_pool()],
+            routes: BTreeMap::new(),
         }
     }
 }
@@ -311,7 +327,8 @@ impl Settings {
                     .list_separator(",")
                     .with_list_parse_key("signing_keys")
                     .with_list_parse_key("amqp_urls")
-                    .with_list_parse_key("redis_cluster_urls"),
+                    .with_list_parse_key("redis_cluster_urls")
+                    .with_list_parse_key("pools"),
             )
             .build()
             .and_then(|c| c.try_deserialize())
@@ -480,6 +497,9 @@ impl Settings {
                 &format!("[key {}: hidden]", short + 1),
                 "each key must be at least 16 bytes",
             );
+        }
+        if self.pools.is_empty() {
+            return bad("pools", &"[]", "must name at least one pool (e.g. default)");
         }
         if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
             return bad(
@@ -653,6 +673,8 @@ impl fmt::Debug for Settings {
             .field("max_overrun_threads", &self.max_overrun_threads)
             .field("schedules", &self.schedules)
             .field("schedule_check_interval", &self.schedule_check_interval)
+            .field("pools", &self.pools)
+            .field("routes", &self.routes)
             .finish()
     }
 }
@@ -878,6 +900,25 @@ mod tests {
         std::fs::write(&file, "queue_type = \"stream\"\n").unwrap();
         let err = Settings::load_from(&file, true).unwrap_err().to_string();
         assert!(err.contains("stream"), "{err}");
+
+        std::fs::write(
+            &file,
+            "pools = [\"default\", \"gpu\"]\n[routes]\nimage_stats = \"gpu\"\n",
+        )
+        .unwrap();
+        let s = Settings::load_from(&file, true).unwrap();
+        let gpu = Pool::new("gpu").unwrap();
+        assert_eq!(s.pools, vec![Pool::default(), gpu.clone()]);
+        assert_eq!(s.route("image_stats", None), Some(gpu));
+        std::fs::write(&file, "pools = [\"default\", \"g.pu\"]\n").unwrap();
+        let err = Settings::load_from(&file, true).unwrap_err().to_string();
+        assert!(err.contains("g.pu") && err.contains("pools"), "{err}");
+        std::fs::write(&file, "routes = { inc = \"a b\" }\n").unwrap();
+        let err = Settings::load_from(&file, true).unwrap_err().to_string();
+        assert!(err.contains("a b") && err.contains("routes"), "{err}");
+        std::fs::write(&file, "pools = []\n").unwrap();
+        let err = Settings::load_from(&file, true).unwrap_err().to_string();
+        assert!(err.contains("pools"), "{err}");
 
         std::fs::write(&file, "concurrency = 0\n").unwrap();
         let err = Settings::load_from(&file, true).unwrap_err().to_string();

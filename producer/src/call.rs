@@ -28,7 +28,9 @@ impl Client {
         let key = TaskKey::unique(T::NAME);
         // Listen before publishing: the result cannot exist before the task is published.
         let mut waiter = self.waiter(vec![key.clone()]).for_unpublished();
-        let message = TaskMessage::new(key, T::NAME, encode_value(&args)?);
+        let mut message = TaskMessage::new(key, T::NAME, encode_value(&args)?);
+        message.pool = self.settings().route(T::NAME, None);
+        self.watch_route(T::NAME, message.pool.as_ref());
         let publish = std::pin::pin!(self.publish(std::iter::once(Ok(message))));
         let result = std::pin::pin!(single::<T::Output>(&mut waiter));
         match select(publish, result).await {

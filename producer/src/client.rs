@@ -12,6 +12,7 @@ use crate::connection::BrokerLink;
 use crate::error::{Error, Result};
 use crate::future::Future;
 use crate::options::TaskOptions;
+use crate::pools::RouteWatch;
 use crate::publish::{publish_all, Publisher};
 use crate::purge::Purged;
 
@@ -34,6 +35,8 @@ struct Inner {
     link: BrokerLink,
     store: Store,
     listener: Listener,
+    /// The routes published to, checked once each against the worker registry.
+    routes: Arc<RouteWatch>,
 }
 
 impl Client {
@@ -58,6 +61,7 @@ impl Client {
                 link,
                 store,
                 listener,
+                routes: Arc::default(),
             }),
         })
     }
@@ -89,7 +93,7 @@ impl Client {
         let _ = task;
         let key = TaskKey::unique(T::NAME);
         let message = TaskMessage::new(key.clone(), T::NAME, encode_value(&args)?);
-        self.publish_with(std::iter::once(Ok(message)), options)
+        self.publish_with(T::NAME, std::iter::once(Ok(message)), options)
             .await?;
         Ok(self.future(key))
     }
@@ -146,9 +150,13 @@ impl Client {
         I::IntoIter: Send + 'a,
     {
         let _ = task;
-        let messages = args.into_iter().map(|args| {
+        let pool = self.inner.settings.route(T::NAME, None);
+        self.watch_route(T::NAME, pool.as_ref());
+        let messages = args.into_iter().map(move |args| {
             let key = TaskKey::unique(T::NAME);
-            Ok::<_, Error>(TaskMessage::new(key, T::NAME, encode_value(&args)?))
+            let mut message = TaskMessage::new(key, T::NAME, encode_value(&args)?);
+            message.pool.clone_from(&pool);
+            Ok::<_, Error>(message)
         });
         let publisher = Publisher::new(
             &self.inner.link,
@@ -214,7 +222,7 @@ impl Client {
             keys.push(key.clone());
             Ok(TaskMessage::new(key, function, args?))
         });
-        self.publish_with(messages, options).await?;
+        self.publish_with(function, messages, options).await?;
         Ok(keys.into_iter().map(|k| self.future(k)).collect())
     }
 
@@ -232,7 +240,9 @@ impl Client {
     }
 
     /// Empties every task queue shard and every delay queue (tasks waiting for a countdown, an
-    /// eta or a retry) and deletes every stored result of this deployment (key prefix).
+    /// eta or a retry), of the default pool and of every pool the settings name (`pools`,
+    /// `routes`), this client published to or a live worker serves, and deletes every stored
+    /// result of this deployment (key prefix).
     /// Returns (messages purged from all those queues, results deleted); see
     /// [`Client::purge_report`] for the queues one by one.
     ///
@@ -277,17 +287,39 @@ impl Client {
         .await
     }
 
-    /// Publishes `messages` with `options` applied, through a delay queue if they start later.
+    /// Publishes `messages` (calls of `function`) with `options` applied, to their pool,
+    /// through a delay queue if they start later.
     pub(crate) async fn publish_with(
         &self,
+        function: &str,
         messages: impl IntoIterator<Item = Result<TaskMessage>>,
         options: &TaskOptions,
     ) -> Result<()> {
         let s = &self.inner.settings;
-        let messages = messages
-            .into_iter()
-            .map(|m| m.map(|m| options.apply(m, s.max_priority)));
+        let pool = options.checked_pool()?;
+        self.watch_route(function, s.route(function, pool).as_ref());
+        let messages = messages.into_iter().map(|m| m.map(|m| options.apply(m, s)));
         publish_all(&self.inner.link, s, options.delay(), messages).await
+    }
+
+    /// Notes that `function` is published to `pool` (`None`: the default pool), so that a
+    /// warning says so, once, if no live worker of the pool has registered it (checked in the
+    /// background: no round trip here).
+    pub(crate) fn watch_route(&self, function: &str, pool: Option<&rask_common::Pool>) {
+        let inner = &self.inner;
+        inner
+            .routes
+            .note(&inner.store, &inner.settings, function, pool);
+    }
+
+    /// The routes this client published to.
+    pub(crate) fn route_watch(&self) -> &RouteWatch {
+        &self.inner.routes
+    }
+
+    /// Declares the queues of `pool` (once per connection; nothing for the default pool).
+    pub(crate) async fn declare_pool(&self, pool: &rask_common::Pool) -> Result<()> {
+        self.inner.link.declare_pool(pool).await
     }
 
     pub(crate) fn waiter(&self, keys: Vec<TaskKey>) -> Waiter {

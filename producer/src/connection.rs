@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use lapin::options::ConfirmSelectOptions;
 use lapin::{Channel, Connection, ErrorKind};
-use rask_common::{broker, Settings};
+use rask_common::{broker, Pool, Settings};
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
@@ -43,6 +43,9 @@ pub(crate) struct Live {
 pub(crate) struct BrokerLink {
     settings: Settings,
     live: Mutex<Live>,
+    /// The pools (other than the default one) whose queues were declared, with the generation
+    /// of the connection they were declared on.
+    pools: Mutex<Vec<(Pool, u64)>>,
     /// Held while reconnecting, so that one caller reconnects and the others wait for it.
     reconnecting: tokio::sync::Mutex<()>,
     closed: AtomicBool,
@@ -63,6 +66,7 @@ impl BrokerLink {
                 generation: 0,
                 node,
             }),
+            pools: Mutex::new(Vec::new()),
             reconnecting: tokio::sync::Mutex::new(()),
             closed: AtomicBool::new(false),
         })
@@ -153,6 +157,41 @@ impl BrokerLink {
                 other => return other,
             }
         }
+    }
+
+    /// Declares the queues of `pool` (its task queue shards, delay ladder and dead-letter queue,
+    /// as [`broker::declare_topology`] does for the default pool) once per connection, so that
+    /// its tasks are routed even before a worker of the pool has started. Nothing for the
+    /// default pool, declared with the connection.
+    ///
+    /// # Errors
+    /// [`Error::Common`] if RabbitMQ refuses the declarations or the connection fails.
+    pub(crate) async fn declare_pool(&self, pool: &Pool) -> Result<()> {
+        if pool.is_default() {
+            return Ok(());
+        }
+        let live = self.current()?;
+        let declared = |pools: &MutexGuard<'_, Vec<(Pool, u64)>>| {
+            pools
+                .iter()
+                .any(|(p, generation)| p == pool && *generation == live.generation)
+        };
+        if declared(&self.pools.lock().unwrap_or_else(PoisonError::into_inner)) {
+            return Ok(());
+        }
+        let channel =
+            broker::declare_topology(&live.connection, &self.settings.for_pool(pool)).await?;
+        let _ = channel.close(200, "pool declared".into()).await;
+        let mut pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
+        pools.retain(|(p, _)| p != pool);
+        pools.push((pool.clone(), live.generation));
+        Ok(())
+    }
+
+    /// The pools whose queues this link declared ([`BrokerLink::declare_pool`]).
+    pub(crate) fn declared_pools(&self) -> Vec<Pool> {
+        let pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
+        pools.iter().map(|(pool, _)| pool.clone()).collect()
     }
 
     /// Closes the connection; later operations fail with [`Error::Closed`] instead of

@@ -93,6 +93,19 @@ pub enum Error {
         /// The error of the last attempt.
         last: Box<Error>,
     },
+    /// Fewer live workers than asked for registered before the timeout of
+    /// [`crate::Client::wait_for_workers`].
+    #[error("timed out after {waited:?} waiting for {wanted} worker(s) of {pool}: {found} live")]
+    WorkersTimeout {
+        /// How long the caller waited.
+        waited: Duration,
+        /// Workers asked for.
+        wanted: usize,
+        /// Live workers found at the last look.
+        found: usize,
+        /// The pool they had to serve (`any pool` when none was named).
+        pool: String,
+    },
     /// The client was closed ([`crate::Client::close`]): it no longer publishes.
     #[error("the client is closed")]
     Closed,
@@ -128,9 +141,9 @@ impl Error {
         }
     }
 
-    /// Whether waiting timed out (the tasks may still finish later).
+    /// Whether waiting timed out (the tasks may still finish later, the workers start later).
     pub fn is_timeout(&self) -> bool {
-        matches!(self, Error::Timeout { .. })
+        matches!(self, Error::Timeout { .. } | Error::WorkersTimeout { .. })
     }
 }
 

@@ -100,12 +100,24 @@ impl Client {
     async fn submit_graph(&self, roots: &[&Arc<Node>]) -> Result<()> {
         let max = self.settings().max_message_bytes;
         let mut messages = Vec::new();
+        let mut pools = Vec::new();
         for node in distinct_nodes(roots) {
-            let message = node.message().map_err(|e| Error::Argument {
+            let mut message = node.message().map_err(|e| Error::Argument {
                 function: node.function().to_owned(),
                 key: node.key().clone(),
                 error: e.to_owned(),
             })?;
+            // Routed now, before it is registered: a worker that releases it publishes it to
+            // the pool its record names.
+            if message.pool.is_none() {
+                message.pool = self.settings().route(&message.function, None);
+            }
+            self.watch_route(&message.function, message.pool.as_ref());
+            if let Some(pool) = &message.pool {
+                if !pools.contains(pool) {
+                    pools.push(pool.clone());
+                }
+            }
             // Checked before anything is registered: a record too large to publish would
             // otherwise fail only when a worker releases it.
             let bytes = message.encode()?.len();
@@ -117,6 +129,10 @@ impl Client {
                 });
             }
             messages.push(message);
+        }
+        // Every pool's queues exist before any of its tasks is released by a worker.
+        for pool in &pools {
+            self.declare_pool(pool).await?;
         }
         let wait = self.settings().reconnect_max_wait;
         let found = store_retrying("registering graph tasks", wait, || async {

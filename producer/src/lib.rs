@@ -25,7 +25,9 @@
 //!   worker's client and waits for them without holding its concurrency slot.
 //! - `graph.rs`: [`Client::persist`] and [`Client::compute`] of lazy task graphs ([`Delayed`]).
 //! - [`Bag`] (`bag/`): lazy partitioned collections with native `map`, `filter`, reductions.
-//! - [`TaskOptions`] (`options.rs`): countdown/eta, priority, retries, time limit per task.
+//! - [`TaskOptions`] (`options.rs`): countdown/eta, priority, retries, time limit, pool per task.
+//! - `pools.rs`: [`Client::check_routes`] (routes no live worker serves, and a warning once per
+//!   pool and function) and [`Client::wait_for_workers`].
 //! - `publish.rs`: pipelined, confirmed publishing with a window; republishes what a lost
 //!   connection left unconfirmed.
 //! - `connection.rs`: the client's RabbitMQ connection and channel, replaced with backoff when lost.
@@ -57,6 +59,7 @@ mod gather;
 mod graph;
 pub mod local;
 mod options;
+mod pools;
 mod progress;
 mod publish;
 mod purge;
@@ -74,6 +77,7 @@ pub use error::{Error, Result};
 pub use future::Future;
 pub use gather::{Gather, GatherEach};
 pub use options::TaskOptions;
+pub use pools::{UnservedRoute, WaitForWorkers};
 pub use progress::{Completed, Progress};
 pub use purge::{Purged, PurgedQueue};
 pub use rask_common::ops::{
@@ -81,13 +85,13 @@ pub use rask_common::ops::{
 };
 pub use rask_common::schedule::{Missed, Schedule, Timing};
 pub use rask_common::{
-    builtins, task, Arg, Delayed, FailureKind, RetryPolicy, Settings, State, Task, TaskContext,
-    TaskError, TaskFailure, TaskKey,
+    builtins, task, Arg, Delayed, FailureKind, Pool, RetryPolicy, Settings, State, Task,
+    TaskContext, TaskError, TaskFailure, TaskKey,
 };
 pub use run::RunReport;
 pub use scatter::Wait;
 pub use schedule::{ScheduleInfo, ScheduleSpec};
-pub use status::{ClusterStatus, Monitor, QueueRole, QueueStatus};
+pub use status::{ClusterStatus, Monitor, PoolStatus, QueueRole, QueueStatus};
 
 /// The README's Rust examples, compiled as doctests so that they cannot drift from the code.
 #[cfg(doctest)]

@@ -1,10 +1,11 @@
 //! [`TaskOptions`]: how a submitted task is scheduled and retried (countdown or eta, priority,
-//! retry policy, time limit), for [`crate::Client::submit_with`] and [`crate::Client::map_with`].
+//! retry policy, time limit) and which pool of workers runs it, for
+//! [`crate::Client::submit_with`] and [`crate::Client::map_with`].
 
 use std::time::{Duration, SystemTime};
 
 use rask_common::retry::duration_ms;
-use rask_common::{RetryPolicy, TaskMessage};
+use rask_common::{Pool, RetryPolicy, Settings, TaskMessage};
 
 /// Scheduling options for submitted tasks. The default runs a task as soon as a worker is free,
 /// at priority 0, once, with the workers' `task_time_limit`.
@@ -20,12 +21,14 @@ use rask_common::{RetryPolicy, TaskMessage};
 ///     .time_limit(Duration::from_secs(30));
 /// assert_eq!(options.delay(), Duration::from_secs(10));
 /// ```
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct TaskOptions {
     start: Option<Start>,
     priority: u8,
     retry: Option<RetryPolicy>,
     time_limit: Option<Duration>,
+    /// The pool asked for, or why its name is not one (reported when the task is submitted).
+    pool: Option<std::result::Result<Pool, String>>,
 }
 
 /// When a task may start.
@@ -73,6 +76,42 @@ impl TaskOptions {
         self
     }
 
+    /// Sends the task to the workers of `pool` (see [`rask_common::pool`]), whatever the
+    /// routing table (setting `routes`) says; its retries stay in that pool. Without it, the
+    /// routing table's pool for the function, else the default pool.
+    ///
+    /// ```
+    /// use rask::{Pool, TaskOptions};
+    ///
+    /// let gpu = TaskOptions::new().pool("gpu");
+    /// assert_eq!(gpu.pool_name().map(Pool::as_str), Some("gpu"));
+    /// assert_eq!(TaskOptions::new().pool(Pool::new("gpu").unwrap()), gpu);
+    /// ```
+    ///
+    /// A name that is not a valid pool name (see [`Pool::new`]) fails the submission with
+    /// [`crate::Error::Common`] before anything is published.
+    pub fn pool(mut self, pool: impl AsRef<str>) -> Self {
+        self.pool = Some(Pool::new(pool.as_ref()).map_err(|e| e.to_string()));
+        self
+    }
+
+    /// The pool set with [`TaskOptions::pool`], if any (and valid).
+    pub fn pool_name(&self) -> Option<&Pool> {
+        self.pool.as_ref().and_then(|p| p.as_ref().ok())
+    }
+
+    /// The pool set with [`TaskOptions::pool`], if any.
+    ///
+    /// # Errors
+    /// [`rask_common::Error::Settings`] if its name is not a valid pool name.
+    pub(crate) fn checked_pool(&self) -> rask_common::Result<Option<&Pool>> {
+        match &self.pool {
+            None => Ok(None),
+            Some(Ok(pool)) => Ok(Some(pool)),
+            Some(Err(why)) => Err(rask_common::Error::Settings(why.clone())),
+        }
+    }
+
     /// How long from now the task waits before it may run.
     pub fn delay(&self) -> Duration {
         match self.start {
@@ -84,12 +123,13 @@ impl TaskOptions {
         }
     }
 
-    /// `message` with these options' priority (at most `max_priority`), retry policy and time
-    /// limit.
-    pub(crate) fn apply(&self, mut message: TaskMessage, max_priority: u8) -> TaskMessage {
-        message.priority = self.priority.min(max_priority);
+    /// `message` with these options' priority (at most `max_priority`), retry policy, time
+    /// limit and pool (routed by [`Settings::route`]: this pool, else the routing table's).
+    pub(crate) fn apply(&self, mut message: TaskMessage, settings: &Settings) -> TaskMessage {
+        message.priority = self.priority.min(settings.max_priority);
         message.retry = self.retry;
         message.time_limit_ms = self.time_limit.map(|d| duration_ms(d).max(1));
+        message.pool = settings.route(&message.function, self.pool_name());
         message
     }
 }
@@ -107,11 +147,47 @@ mod tests {
             .priority(200)
             .retry(RetryPolicy::new(4))
             .time_limit(Duration::from_millis(1500));
-        let m = options.apply(message.clone(), 9);
+        let settings = Settings::default();
+        let m = options.apply(message.clone(), &settings);
         assert_eq!(m.priority, 9);
         assert_eq!(m.retry, Some(RetryPolicy::new(4)));
         assert_eq!(m.time_limit_ms, Some(1500));
-        assert_eq!(TaskOptions::new().apply(message.clone(), 9), message);
+        assert_eq!(m.pool, None);
+        assert_eq!(
+            TaskOptions::new().apply(message.clone(), &settings),
+            message
+        );
+    }
+
+    #[test]
+    fn the_pool_option_wins_over_the_routing_table() {
+        let gpu = Pool::new("gpu").unwrap();
+        let routed = Settings {
+            routes: [("inc".to_owned(), gpu.clone())].into(),
+            ..Settings::default()
+        };
+        let message = TaskMessage::new(TaskKey::new("k").unwrap(), "inc", vec![0x90]);
+        let m = TaskOptions::new().apply(message.clone(), &routed);
+        assert_eq!(m.pool, Some(gpu.clone()));
+        let m = TaskOptions::new()
+            .pool(Pool::default())
+            .apply(message.clone(), &routed);
+        assert_eq!(m.pool, None);
+        let m = TaskOptions::new()
+            .pool(gpu.clone())
+            .apply(message, &Settings::default());
+        assert_eq!(m.pool, Some(gpu));
+        let bad = TaskOptions::new().pool("g.pu");
+        let err = bad.checked_pool().unwrap_err().to_string();
+        assert!(err.contains("g.pu"), "{err}");
+        assert_eq!(
+            TaskOptions::new()
+                .pool("gpu")
+                .checked_pool()
+                .unwrap()
+                .map(Pool::as_str),
+            Some("gpu")
+        );
     }
 
     #[test]

@@ -19,7 +19,7 @@ use futures::future::BoxFuture;
 use futures::stream::{FuturesOrdered, StreamExt};
 use lapin::{Channel, Confirmation};
 use rask_common::broker::{self, Destination};
-use rask_common::{Settings, TaskKey, TaskMessage};
+use rask_common::{Pool, Settings, TaskKey, TaskMessage};
 use tokio::time::Instant;
 
 use crate::connection::{is_lost, BrokerLink, Live};
@@ -77,8 +77,10 @@ pub(crate) struct Publisher<'a, I> {
     delay: Duration,
     source: std::iter::Fuse<I>,
     pulled: usize,
-    /// The channel and destination publishes go to; `None` before the first publish.
-    target: Option<(Live, Arc<Destination>)>,
+    /// The channel publishes go to; `None` before the first publish.
+    target: Option<Live>,
+    /// The destination of each pool published to on `target` (`None`: the default pool).
+    destinations: Vec<(Option<Pool>, Arc<Destination>)>,
     in_flight: FuturesOrdered<BoxFuture<'static, Attempt>>,
     in_flight_bytes: usize,
     /// Messages whose publish was lost, in input order, to publish before taking more.
@@ -113,6 +115,7 @@ impl<'a, I: Iterator<Item = Result<TaskMessage>>> Publisher<'a, I> {
             source: messages.into_iter().fuse(),
             pulled: 0,
             target: None,
+            destinations: Vec::new(),
             in_flight: FuturesOrdered::new(),
             in_flight_bytes: 0,
             again: VecDeque::new(),
@@ -200,14 +203,12 @@ impl<'a, I: Iterator<Item = Result<TaskMessage>>> Publisher<'a, I> {
                         let since = self.outage.expect("set when lost");
                         // Every publish of the lost channel has ended: reconnect, then publish
                         // again what was not confirmed.
-                        let (broken, _) = self.target.take().expect("a publish was attempted");
+                        let broken = self.target.take().expect("a publish was attempted");
                         let live = match self.link.replace(&broken, since).await {
                             Ok(live) => live,
                             Err(e) => return Some(Err(e)),
                         };
-                        if let Err(e) = self.aim(live) {
-                            return Some(Err(e));
-                        }
+                        self.aim(live);
                         tracing::warn!(
                             messages = self.again.len(),
                             "publishing again the messages not confirmed before the reconnect"
@@ -232,13 +233,22 @@ impl<'a, I: Iterator<Item = Result<TaskMessage>>> Publisher<'a, I> {
                     None => return Ok(()),
                 },
             };
-            let (channel, to) = match &self.target {
-                Some((live, to)) => (live.channel.clone(), to.clone()),
+            let channel = match &self.target {
+                Some(live) => live.channel.clone(),
                 None => {
                     let live = self.link.current()?;
-                    self.aim(live)?;
-                    let (live, to) = self.target.as_ref().expect("just aimed");
-                    (live.channel.clone(), to.clone())
+                    let channel = live.channel.clone();
+                    self.aim(live);
+                    channel
+                }
+            };
+            let to = match self.destination(pending.message.pool.as_ref()) {
+                Some(to) => to,
+                None => {
+                    let pool = pending.message.pool.clone();
+                    self.again.push_front(pending);
+                    self.add_destination(pool).await?;
+                    continue;
                 }
             };
             self.in_flight_bytes += pending.body.len();
@@ -248,13 +258,37 @@ impl<'a, I: Iterator<Item = Result<TaskMessage>>> Publisher<'a, I> {
         Ok(())
     }
 
-    /// Publishes on `live` from now on, through the delay ladder if the tasks wait.
+    /// Publishes on `live` from now on (destinations are made again, as their pools' queues
+    /// may have to be declared again on a new connection).
+    fn aim(&mut self, live: Live) {
+        self.target = Some(live);
+        self.destinations.clear();
+    }
+
+    /// Where a message of `pool` goes (`None`: the default pool), if known yet. A linear
+    /// search: a publisher sees one pool, or a few.
+    fn destination(&self, pool: Option<&Pool>) -> Option<Arc<Destination>> {
+        self.destinations
+            .iter()
+            .find(|(p, _)| p.as_ref() == pool)
+            .map(|(_, to)| to.clone())
+    }
+
+    /// Adds the destination of `pool`'s task queue, through its delay ladder if the tasks wait,
+    /// declaring the pool's queues first (once per connection) when it is not the default one.
     ///
     /// # Errors
-    /// [`rask_common::Error::DelayTooLong`] for a delay the ladder cannot hold.
-    fn aim(&mut self, live: Live) -> Result<()> {
-        let to = Destination::after(self.settings, self.delay)?;
-        self.target = Some((live, Arc::new(to)));
+    /// [`rask_common::Error::DelayTooLong`] for a delay the ladder cannot hold; [`Error`] if the
+    /// pool's queues cannot be declared.
+    async fn add_destination(&mut self, pool: Option<Pool>) -> Result<()> {
+        let to = match &pool {
+            None => Destination::after(self.settings, self.delay)?,
+            Some(pool) => {
+                self.link.declare_pool(pool).await?;
+                Destination::after(&self.settings.for_pool(pool), self.delay)?
+            }
+        };
+        self.destinations.push((pool, Arc::new(to)));
         Ok(())
     }
 

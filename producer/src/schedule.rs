@@ -158,8 +158,12 @@ impl Client {
         let placeholder = TaskKey::new(format!("schedule-{name}"))?;
         let template = options.apply(
             TaskMessage::new(placeholder, function, args),
-            self.settings().max_priority,
+            self.settings(),
         );
+        // Workers publish the ticks; the pool's queues must exist for them to route to.
+        if let Some(pool) = &template.pool {
+            self.declare_pool(pool).await?;
+        }
         let schedule = Schedule {
             name: name.to_owned(),
             timing,

@@ -2,7 +2,8 @@
 //! holds its own connections (so that polling every second costs no reconnect) and reads
 //! [`ClusterStatus`]: the task and dead-letter queues as RabbitMQ reports them (passive
 //! declarations), the live workers from the worker registry, their summed counters and
-//! throughput, and their recent failures.
+//! throughput, and their recent failures; per pool ([`rask_common::pool`]): its workers and
+//! queue depth, and the routes no live worker serves.
 
 use std::time::Duration;
 
@@ -10,12 +11,13 @@ use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use lapin::Connection;
 use rask_common::ops::{self, RecentError, WorkerCounters, WorkerEntry};
-use rask_common::{broker, Settings, Store};
+use rask_common::{broker, Pool, Settings, Store};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::Mutex;
 
 use crate::error::Result;
+use crate::pools::{unserved, UnservedRoute};
 use crate::run::{broadcast, RunReport};
 
 /// How many recent failures [`ClusterStatus::recent_errors`] keeps.
@@ -36,6 +38,8 @@ pub enum QueueRole {
 pub struct QueueStatus {
     /// Its name.
     pub name: String,
+    /// The pool it belongs to.
+    pub pool: Pool,
     /// What it is for.
     pub role: QueueRole,
     /// Messages ready in it (`None`: the queue does not exist yet).
@@ -48,9 +52,10 @@ pub struct QueueStatus {
 /// `rask status --json` and of the dashboard's `/api/status`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ClusterStatus {
-    /// The task queue (each shard's, with `queue_shards > 1`), then the dead-letter queue.
+    /// The task queue (each shard's, with `queue_shards > 1`), then the dead-letter queue: of
+    /// the default pool, then of each other pool (see `pools`).
     pub queues: Vec<QueueStatus>,
-    /// Messages in the dead-letter queue (0 when it does not exist).
+    /// Messages in the dead-letter queues of every pool (0 when none exists).
     pub dead_letters: u32,
     /// The live workers, sorted by id.
     pub workers: Vec<WorkerEntry>,
@@ -60,6 +65,26 @@ pub struct ClusterStatus {
     pub tasks_per_second: f64,
     /// The latest failures across workers, newest first (at most 10).
     pub recent_errors: Vec<RecentError>,
+    /// Each pool: the default one, those the settings name (`pools`, `routes`) and those live
+    /// workers serve, sorted by name with the default pool first.
+    pub pools: Vec<PoolStatus>,
+    /// The routing table's entries (setting `routes`) that no live worker serves.
+    pub unserved_routes: Vec<UnservedRoute>,
+}
+
+/// One pool of workers at one moment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PoolStatus {
+    /// Its name.
+    pub name: Pool,
+    /// Live workers serving it.
+    pub workers: usize,
+    /// Tasks they run at once, summed.
+    pub concurrency: usize,
+    /// Messages ready in its task queue, summed over its shards (`None`: no shard exists yet).
+    pub queued: Option<u64>,
+    /// Messages in its dead-letter queue (`None`: it does not exist yet).
+    pub dead_letters: Option<u32>,
 }
 
 /// Reads the state of one deployment, repeatedly; keeps one RabbitMQ connection (opened again
@@ -104,16 +129,42 @@ impl Monitor {
     /// [`crate::Error`] if RabbitMQ or Redis fails.
     pub async fn status(&self) -> Result<ClusterStatus> {
         let workers = self.workers().await?;
-        let s = &self.settings;
-        let mut queues = Vec::new();
-        for shard in s.task_queues() {
-            queues.push(self.queue(&shard, QueueRole::Tasks).await?);
+        let mut names = vec![Pool::default()];
+        names.extend(self.settings.named_pools());
+        for worker in &workers {
+            names.extend(worker.pools.iter().filter(|p| !p.is_default()).cloned());
         }
-        let dead = self
-            .queue(&s.dead_letter_queue, QueueRole::DeadLetter)
-            .await?;
-        let dead_letters = dead.messages.unwrap_or(0);
-        queues.push(dead);
+        names[1..].sort();
+        names.dedup();
+        let mut queues = Vec::new();
+        let mut pools = Vec::with_capacity(names.len());
+        let mut dead_letters = 0;
+        for name in names {
+            let s = self.settings.for_pool(&name);
+            let mut queued = None;
+            for shard in s.task_queues() {
+                let shard = self.queue(&shard, &name, QueueRole::Tasks).await?;
+                if let Some(n) = shard.messages {
+                    *queued.get_or_insert(0) += u64::from(n);
+                }
+                queues.push(shard);
+            }
+            let dead = self
+                .queue(&s.dead_letter_queue, &name, QueueRole::DeadLetter)
+                .await?;
+            dead_letters += dead.messages.unwrap_or(0);
+            let serving = workers.iter().filter(|w| w.serves(&name));
+            pools.push(PoolStatus {
+                workers: serving.clone().count(),
+                concurrency: serving.map(|w| w.concurrency).sum(),
+                queued,
+                dead_letters: dead.messages,
+                name,
+            });
+            queues.push(dead);
+        }
+        let table = self.settings.routes.iter().map(|(f, p)| (f.as_str(), p));
+        let unserved_routes = unserved(table, &workers);
         let mut totals = WorkerCounters::default();
         let mut tasks_per_second = 0.0;
         let mut recent_errors = Vec::new();
@@ -136,6 +187,8 @@ impl Monitor {
             totals,
             tasks_per_second: (tasks_per_second * 100.0).round() / 100.0,
             recent_errors,
+            pools,
+            unserved_routes,
         })
     }
 
@@ -165,7 +218,7 @@ impl Monitor {
 
     /// `queue` as RabbitMQ reports it, on a channel of its own (a passive declaration of a
     /// missing queue closes its channel).
-    async fn queue(&self, queue: &str, role: QueueRole) -> Result<QueueStatus> {
+    async fn queue(&self, queue: &str, pool: &Pool, role: QueueRole) -> Result<QueueStatus> {
         let connection = self.connection().await?;
         let guard = connection.lock().await;
         let channel = guard
@@ -194,6 +247,7 @@ impl Monitor {
         };
         Ok(QueueStatus {
             name: queue.to_owned(),
+            pool: pool.clone(),
             role,
             messages,
             consumers,

@@ -525,6 +525,15 @@ pub struct RunningWorker {
 }
 
 impl RunningWorker {
+    /// Runs `worker` (made with settings of the test's choosing) inside the test process until
+    /// the handle stops it.
+    pub fn start(worker: Worker) -> Self {
+        let stop = CancellationToken::new();
+        let token = stop.clone();
+        let task = tokio::spawn(async move { worker.run(token.cancelled_owned()).await });
+        RunningWorker { stop, task }
+    }
+
     /// Stops it gracefully and returns how its run ended.
     pub async fn stop(self) -> rask_worker::Result<()> {
         self.stop.cancel();

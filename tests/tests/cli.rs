@@ -234,6 +234,8 @@ async fn local_up_status_demo_down() {
             "up",
             "--workers",
             "2",
+            "--pool",
+            "gpu:1:gpu=2",
             "--dir",
             dir,
             "--amqp-port",
@@ -250,7 +252,34 @@ async fn local_up_status_demo_down() {
 
     let status = rask(&env, &["local", "status", "--dir", dir], "").await;
     let text = stdout(&status);
-    assert_eq!(text.matches("running").count(), 4, "{text}");
+    assert_eq!(text.matches("running").count(), 5, "{text}");
+    // The two plain workers and the one of pool gpu, each line with its pools.
+    assert_eq!(text.matches("pools default\n").count(), 2, "{text}");
+    assert_eq!(text.matches("pools gpu\n").count(), 1, "{text}");
+    let submitted = rask(&env, &["submit", "--pool", "gpu", "inc", "41"], "").await;
+    assert!(submitted.status.success(), "{}", stderr(&submitted));
+    assert_eq!(stdout(&submitted), "42\n");
+    let mapped = rask(&env, &["map", "--pool", "gpu", "inc"], "[1]\n[2]\n").await;
+    assert!(mapped.status.success(), "{}", stderr(&mapped));
+    assert_eq!(stdout(&mapped), "2\n3\n");
+    let json = rask(&env, &["status", "--json"], "").await;
+    let json: serde_json::Value = serde_json::from_slice(&json.stdout).expect("status JSON");
+    let pools: Vec<&serde_json::Value> = json["workers"]
+        .as_array()
+        .expect("workers")
+        .iter()
+        .map(|w| &w["pools"])
+        .collect();
+    assert_eq!(pools.len(), 3, "{json}");
+    assert_eq!(
+        pools
+            .iter()
+            .filter(|p| **p == &serde_json::json!(["gpu"]))
+            .count(),
+        1,
+        "{json}"
+    );
+
     assert!(
         text.contains(&format!("127.0.0.1:{amqp}")) && text.contains(&format!("127.0.0.1:{redis}")),
         "{text}"
@@ -259,7 +288,7 @@ async fn local_up_status_demo_down() {
     // A worker killed outright (as the kernel's OOM killer or an aborted allocation would) is
     // replaced by its supervisor, and the status says so.
     let workers = worker_pids(&text);
-    assert_eq!(workers.len(), 2, "{text}");
+    assert_eq!(workers.len(), 3, "{text}");
     let supervisor = text
         .lines()
         .find_map(|line| line.strip_prefix("supervisor pid "))
@@ -269,7 +298,7 @@ async fn local_up_status_demo_down() {
     kill(Pid::from_raw(workers[0]), Signal::SIGKILL).expect("the worker can be killed");
     let replaced = |text: &str| {
         let pids = worker_pids(text);
-        text.matches("running").count() == 4 && pids.len() == 2 && !pids.contains(&workers[0])
+        text.matches("running").count() == 5 && pids.len() == 3 && !pids.contains(&workers[0])
     };
     env.eventually("the killed worker replaced", || async {
         replaced(&stdout(

@@ -208,7 +208,8 @@ async fn refuse(
     kind: FailureKind,
     refusal: Refusal,
 ) -> Admission {
-    let (s, reason) = (&shared.settings, &refusal.reason);
+    let s = shared.pools.of_queue(delivery.routing_key.as_str());
+    let reason = &refusal.reason;
     let copied = copy_to_dead_letters(&shared.confirms, s, &shared.id, delivery, reason).await;
     let Some(key) = refusal.key else {
         settle_unkeyed(delivery, copied).await;

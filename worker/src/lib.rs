@@ -43,6 +43,8 @@
 //!   writes), raised once and awaited by the loop.
 //! - `release.rs`: after a batch is stored, publish the graph tasks it made ready (before the
 //!   acknowledgements).
+//! - `pools.rs`: the pools served, each with its queues; the pool of a delivery or a message,
+//!   so that retries, dead letters and released graph tasks stay in their pool.
 //! - `scheduler.rs`: periodic tasks: claim the due ticks of the schedules in Redis and publish
 //!   them (one worker per tick), and publish the ticks a dead claimant left unconfirmed.
 //! - `dead_letter.rs`: messages that will not run go to the dead-letter queue with a reason.
@@ -65,6 +67,7 @@ mod metrics;
 mod ops;
 mod overrun;
 mod pace;
+mod pools;
 mod presence;
 mod registry;
 mod release;

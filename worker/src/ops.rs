@@ -37,6 +37,8 @@ pub(crate) struct Identity {
     pub(crate) concurrency: usize,
     pub(crate) functions: Vec<String>,
     pub(crate) metrics_addr: Option<SocketAddr>,
+    /// The pools it serves.
+    pub(crate) pools: Vec<rask_common::Pool>,
 }
 
 impl Identity {
@@ -182,6 +184,7 @@ impl Ops {
             concurrency: settings.concurrency,
             functions: registry.names(),
             metrics_addr,
+            pools: crate::pools::served(settings),
         });
         tracker.spawn(crate::broadcast::serve(
             settings.clone(),

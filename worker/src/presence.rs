@@ -63,6 +63,7 @@ pub(crate) async fn heartbeat(
             counters,
             tasks_per_second: (rate * 100.0).round() / 100.0,
             recent_errors: metrics.recent_errors(),
+            pools: identity.pools.clone(),
         };
         let written = write(&mut store, &settings, &entry).await;
         health.store.store(written.is_ok(), Ordering::Relaxed);

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use lapin::options::ConfirmSelectOptions;
 use lapin::{Channel, Confirmation, Connection};
 use rask_common::broker::{self, Destination};
-use rask_common::{ErrorKind, Settings, TaskKey, TaskMessage};
+use rask_common::{ErrorKind, Pool, TaskKey, TaskMessage};
+
+use crate::pools::Pools;
 
 /// Why a task message could not be published.
 #[derive(Debug, thiserror::Error)]
@@ -98,19 +100,19 @@ async fn confirm_channel(connection: &Connection) -> rask_common::Result<Channel
 pub(crate) struct Releaser {
     connection: Arc<Connection>,
     channel: Option<Channel>,
-    settings: Settings,
+    pools: Arc<Pools>,
 }
 
 impl Releaser {
     /// Publishes on a channel of `connection`, opened now and reopened whenever it is closed.
     pub(crate) async fn new(
         connection: Arc<Connection>,
-        settings: Settings,
+        pools: Arc<Pools>,
     ) -> rask_common::Result<Self> {
         let mut releaser = Releaser {
             connection,
             channel: None,
-            settings,
+            pools,
         };
         releaser.channel().await?;
         Ok(releaser)
@@ -137,7 +139,7 @@ impl Releaser {
         Ok(Publisher {
             connection: self.connection.clone(),
             channel,
-            settings: self.settings.clone(),
+            pools: self.pools.clone(),
         })
     }
 }
@@ -146,7 +148,7 @@ impl Releaser {
 pub(crate) struct Publisher {
     connection: Arc<Connection>,
     channel: Channel,
-    settings: Settings,
+    pools: Arc<Pools>,
 }
 
 impl Publisher {
@@ -157,10 +159,23 @@ impl Publisher {
         &self,
         ready: Vec<TaskMessage>,
     ) -> Vec<(TaskMessage, PublishError)> {
-        let tasks = Destination::tasks(&self.settings);
-        let publishes = ready
-            .iter()
-            .map(|message| publish(&self.channel, &tasks, message));
+        // Each dependent to its own pool's queues (one destination per pool in the batch).
+        let mut destinations: Vec<(Option<&Pool>, Destination)> = Vec::new();
+        for message in &ready {
+            let pool = message.pool.as_ref();
+            if !destinations.iter().any(|(p, _)| *p == pool) {
+                let to = Destination::tasks(&self.pools.settings_for(pool));
+                destinations.push((pool, to));
+            }
+        }
+        let publishes = ready.iter().map(|message| {
+            let pool = message.pool.as_ref();
+            let (_, to) = destinations
+                .iter()
+                .find(|(p, _)| *p == pool)
+                .expect("a destination per pool");
+            publish(&self.channel, to, message)
+        });
         let results = futures::future::join_all(publishes).await;
         ready
             .into_iter()
@@ -183,7 +198,8 @@ impl Publisher {
                 .await
                 .map_err(PublishError::Channel)?;
         }
-        publish(&self.channel, &Destination::tasks(&self.settings), message).await
+        let to = Destination::tasks(&self.pools.settings_for(message.pool.as_ref()));
+        publish(&self.channel, &to, message).await
     }
 }
 

@@ -41,14 +41,13 @@ async fn run(
 ) {
     let mut ticker = tokio::time::interval(settings.schedule_check_interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let destination = Destination::tasks(&settings);
     let mut failing = false;
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        match check(&settings, &store, &confirms, &destination).await {
+        match check(&settings, &store, &confirms).await {
             Ok(()) if failing => {
                 failing = false;
                 tracing::info!("checking schedules again");
@@ -68,7 +67,6 @@ async fn check(
     settings: &Settings,
     store: &Store,
     confirms: &ConfirmChannel,
-    destination: &Destination,
 ) -> rask_common::Result<()> {
     let snapshot = store::snapshot(store).await?;
     let now = snapshot.now_ms;
@@ -85,7 +83,7 @@ async fn check(
             continue;
         }
         for tick in due {
-            publish(store, confirms, destination, schedule, tick).await?;
+            publish(settings, store, confirms, schedule, tick).await?;
         }
     }
     let lease_ms = u64::try_from(LEASE.as_millis()).unwrap_or(u64::MAX);
@@ -98,9 +96,9 @@ async fn check(
             .collect();
         for claimed in stale {
             take_over(
+                settings,
                 store,
                 confirms,
-                destination,
                 by_name.get(claimed.name.as_str()).copied(),
                 &claimed,
                 now,
@@ -114,9 +112,9 @@ async fn check(
 /// Publishes a stale claim of a tick once this worker has taken it over; drops it if its
 /// schedule is gone.
 async fn take_over(
+    settings: &Settings,
     store: &Store,
     confirms: &ConfirmChannel,
-    destination: &Destination,
     schedule: Option<&Schedule>,
     claimed: &Claimed,
     now: u64,
@@ -130,7 +128,7 @@ async fn take_over(
             tick_ms = claimed.tick_ms,
             "publishing a tick whose claimant did not confirm it"
         );
-        publish(store, confirms, destination, schedule, claimed.tick_ms).await?;
+        publish(settings, store, confirms, schedule, claimed.tick_ms).await?;
     }
     Ok(())
 }
@@ -138,16 +136,21 @@ async fn take_over(
 /// Publishes the tick at `tick` (confirmed) and takes it out of the outbox. A failed publish
 /// is logged and left in the outbox, for a later take-over.
 async fn publish(
+    settings: &Settings,
     store: &Store,
     confirms: &ConfirmChannel,
-    destination: &Destination,
     schedule: &Schedule,
     tick: u64,
 ) -> rask_common::Result<()> {
     let message = schedule.tick_message(tick);
+    // To the queues of the task's pool.
+    let destination = match &message.pool {
+        Some(pool) => Destination::tasks(&settings.for_pool(pool)),
+        None => Destination::tasks(settings),
+    };
     let sent = tokio::time::timeout(PUBLISH_TIMEOUT, async {
         let channel = confirms.get().await?;
-        release::publish(&channel, destination, &message).await
+        release::publish(&channel, &destination, &message).await
     })
     .await;
     match sent {

@@ -23,6 +23,7 @@ use crate::error::{Error, Result};
 use crate::execute::{execute, time_limit};
 use crate::fatal::Fatal;
 use crate::ops::Health;
+use crate::pools::Pools;
 use crate::registry::Registry;
 use crate::release::{ConfirmChannel, Releaser};
 use crate::result_limit::ResultLimit;
@@ -69,6 +70,8 @@ pub(crate) struct Shared {
     pub(crate) fatal: Arc<Fatal>,
     /// The largest result stored (read from Redis once per connection).
     pub(crate) result_limit: ResultLimit,
+    /// The pools served, for the queues of retries and dead letters.
+    pub(crate) pools: Arc<Pools>,
     /// What the worker lends tasks that take a context: its id, settings, states (per process).
     pub(crate) context: Arc<WorkerContext>,
     /// The concurrency slots, and the tasks that gave theirs back while they wait.
@@ -223,9 +226,25 @@ impl Worker {
         // Whatever ends this connection, the next one starts with the node after this one.
         self.next_node.store(node + 1, Ordering::Relaxed);
         let connection = Arc::new(connection);
-        let channel = broker::declare_topology(&connection, &settings).await?;
+        let pools = Arc::new(Pools::new(&settings));
+        // Every served pool's topology; the first pool's channel consumes every shard.
+        let mut channel = None;
+        for (_, own) in pools.served() {
+            let declared = broker::declare_topology(&connection, own).await?;
+            match &channel {
+                None => channel = Some(declared),
+                Some(_) => {
+                    let _ = declared.close(200, "pool declared".into()).await;
+                }
+            }
+        }
+        let channel = channel.expect("settings validation requires a pool");
         let prefetch = settings.effective_prefetch();
-        let shards = settings.task_queues();
+        let shards: Vec<String> = pools
+            .served()
+            .iter()
+            .flat_map(|(_, own)| own.task_queues())
+            .collect();
         // The prefetch count applies per consumer: one consumer per shard shares it.
         let per_shard = prefetch.div_ceil(u16::try_from(shards.len()).unwrap_or(u16::MAX));
         channel
@@ -258,7 +277,7 @@ impl Worker {
         }
         let mut consumer: Deliveries = futures::stream::select_all(consumers);
 
-        let releaser = Releaser::new(connection.clone(), settings.clone()).await?;
+        let releaser = Releaser::new(connection.clone(), pools.clone()).await?;
         let fatal = Arc::new(Fatal::default());
         let (finished, finished_rx) = mpsc::channel(usize::from(prefetch).max(1) * 2);
         let context = writer::Context {
@@ -267,6 +286,7 @@ impl Worker {
             worker: id.clone(),
             confirms: confirms.clone(),
             fatal: fatal.clone(),
+            pools: pools.clone(),
         };
         let writer = tokio::spawn(writer::run(context, finished_rx, releaser));
         let permits = Arc::new(Semaphore::new(settings.concurrency));
@@ -276,6 +296,7 @@ impl Worker {
         tracing::info!(
             worker = %id,
             queue = %settings.queue,
+            pools = %pools.served().iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>().join(","),
             shards = shards.len(),
             concurrency = settings.concurrency,
             prefetch,
@@ -295,6 +316,7 @@ impl Worker {
             result_limit,
             context: worker_context.clone(),
             seceding: seceding.clone(),
+            pools,
         });
 
         let mut shutdown = shutdown;
@@ -383,8 +405,9 @@ impl Worker {
     }
 }
 
-/// The consumer tag of worker `id` on shard `index`: the id itself on shard 0 (as before shards
-/// existed), `{id}.{index}` on the others.
+/// The consumer tag of worker `id` on shard `index` (counting the shards of every pool served,
+/// in order): the id itself on the first (as before shards existed), `{id}.{index}` on the
+/// others.
 fn consumer_tag(id: &str, index: usize) -> String {
     match index {
         0 => id.to_owned(),
@@ -438,7 +461,8 @@ async fn handle(shared: &Shared, delivery: Delivery) {
     match retries::next_attempt(&message, retryable) {
         Some(retry) => {
             run.retried();
-            retries::schedule(&shared.confirms, &shared.settings, retry, delivery).await
+            let settings = shared.pools.settings_for(message.pool.as_ref());
+            retries::schedule(&shared.confirms, &settings, retry, delivery).await
         }
         None => {
             let outcome = shared.result_limit.apply(outcome, &message, &shared.id);

@@ -18,6 +18,7 @@ use tokio::process::Command;
 use super::binaries::sibling_binary;
 use super::logs;
 use super::pid;
+use super::pool_spec::PoolWorkers;
 use super::ports;
 use super::rabbitmq_server::RabbitMqSpec;
 use super::recorded;
@@ -51,6 +52,9 @@ pub struct LocalClusterSpec {
     pub worker_env: Vec<(String, String)>,
     /// When Redis `fsync`s its append-only file. Default: [`Fsync::EverySec`].
     pub fsync: Fsync,
+    /// Extra workers serving one pool each (`--pool gpu:1:gpu=2`), besides the `workers`.
+    /// Default: none.
+    pub pools: Vec<PoolWorkers>,
 }
 
 impl Default for LocalClusterSpec {
@@ -63,6 +67,7 @@ impl Default for LocalClusterSpec {
             workers: 2,
             worker_env: Vec::new(),
             fsync: Fsync::EverySec,
+            pools: Vec::new(),
         }
     }
 }
@@ -95,7 +100,7 @@ pub async fn up(spec: &LocalClusterSpec) -> io::Result<ClusterState> {
     };
     recorded::ensure_not_running(&spec.dir)?;
     check_ports(spec)?;
-    let supervisor_program = if spec.workers > 0 {
+    let supervisor_program = if total_workers(spec) > 0 {
         sibling_binary("rask-worker")?;
         Some(sibling_binary("rask")?)
     } else {
@@ -187,14 +192,11 @@ async fn start_parts(
 
     if let Some(program) = supervisor_program {
         let mut command = Command::new(&program);
-        command.args([
-            "local",
-            "supervise",
-            "--workers",
-            &spec.workers.to_string(),
-            "--dir",
-        ]);
-        command.arg(&spec.dir);
+        command.args(["local", "supervise", "--workers", &spec.workers.to_string()]);
+        for pool in &spec.pools {
+            command.arg("--pool").arg(pool.to_string());
+        }
+        command.arg("--dir").arg(&spec.dir);
         // The workers inherit the supervisor's environment.
         command.env("RASK_AMQP_URL", &state.amqp_url);
         command.env("RASK_REDIS_URL", &state.redis_url);
@@ -207,10 +209,15 @@ async fn start_parts(
             started
                 .supervisor
                 .insert(spawn::spawn(command, Lifetime::Detached, &log)?);
-        state = wait_supervised(&spec.dir, spec.workers, supervisor).await?;
+        state = wait_supervised(&spec.dir, total_workers(spec), supervisor).await?;
     }
     tracing::info!(dir = %spec.dir.display(), amqp = %state.amqp_url, redis = %state.redis_url, workers = spec.workers, "local cluster up");
     Ok(state)
+}
+
+/// The workers of `spec`: the plain ones and those of every pool.
+fn total_workers(spec: &LocalClusterSpec) -> usize {
+    spec.workers + spec.pools.iter().map(|p| p.count).sum::<usize>()
 }
 
 /// The record of a freshly started server.
@@ -372,6 +379,7 @@ mod tests {
             workers: 0,
             worker_env: Vec::new(),
             fsync: Fsync::EverySec,
+            pools: Vec::new(),
         }
     }
 

@@ -49,6 +49,7 @@ mod binaries;
 mod cluster;
 mod logs;
 mod pid;
+mod pool_spec;
 mod ports;
 mod rabbitmq_server;
 mod recorded;
@@ -64,6 +65,7 @@ mod lifecycle_test;
 
 pub use binaries::sibling_binary;
 pub use cluster::{default_dir, up, LocalClusterSpec};
+pub use pool_spec::{PoolWorkers, RESOURCES_VARIABLE};
 pub use ports::{free_port, port_is_free};
 pub use rabbitmq_server::RabbitMqSpec;
 pub use recorded::{down, status};

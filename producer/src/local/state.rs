@@ -68,6 +68,10 @@ pub struct Supervision {
     /// The last line its last process logged before it ended; `None` before any exit.
     #[serde(default)]
     pub last_error: Option<String>,
+    /// The pools it was started to serve (`--pools`); empty (not written) for a worker serving
+    /// the pools of its settings (the default pool unless `RASK_POOLS` says otherwise).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pools: Vec<rask_common::Pool>,
 }
 
 /// What a supervised worker is doing.
@@ -198,6 +202,7 @@ mod tests {
                         restarts: 2,
                         last_exit: Some("killed by signal SIGKILL".into()),
                         last_error: None,
+                        pools: vec![rask_common::Pool::new("gpu").unwrap()],
                     }),
                 },
             ],

@@ -23,6 +23,7 @@ use nix::sys::signal::Signal;
 use tokio::time::Instant;
 
 use super::pid;
+use super::pool_spec::PoolWorkers;
 use super::spawn::Lifetime;
 use super::state::{self, ProcessKind, ProcessRecord, Supervision, WorkerState};
 use super::worker::{Worker, WorkerSpec};
@@ -50,6 +51,8 @@ pub struct SuperviseSpec {
     pub program: PathBuf,
     /// Environment variables for the workers on top of this process's (which they inherit).
     pub env: Vec<(String, String)>,
+    /// Extra workers serving one pool each, numbered after the `workers`.
+    pub pools: Vec<PoolWorkers>,
 }
 
 /// The pause before starting a worker again: 1 s after its first abnormal exit, doubling with
@@ -187,13 +190,20 @@ fn describe(status: ExitStatus) -> String {
 /// first workers exits or is not ready within 10 s (the error quotes its log); the workers
 /// started are stopped first.
 pub async fn supervise(spec: &SuperviseSpec, shutdown: impl Future<Output = ()>) -> io::Result<()> {
-    let mut slots: Vec<Slot> = (1..=spec.workers)
-        .map(|number| Slot {
+    // The plain workers, then each pool's: (arguments, extra environment, pools).
+    let plain = std::iter::repeat_with(|| (Vec::new(), Vec::new(), Vec::new())).take(spec.workers);
+    let pooled = spec.pools.iter().flat_map(|p| {
+        std::iter::repeat_with(|| (p.args(), p.env(), vec![p.pool.clone()])).take(p.count)
+    });
+    let mut slots: Vec<Slot> = plain
+        .chain(pooled)
+        .zip(1..)
+        .map(|((args, extra, pools), number)| Slot {
             number,
             spec: WorkerSpec {
                 program: spec.program.clone(),
-                args: Vec::new(),
-                env: spec.env.clone(),
+                args,
+                env: spec.env.iter().cloned().chain(extra).collect(),
                 log: spec.dir.join("logs").join(format!("worker-{number}.log")),
             },
             process: None,
@@ -206,6 +216,7 @@ pub async fn supervise(spec: &SuperviseSpec, shutdown: impl Future<Output = ()>)
                 restarts: 0,
                 last_exit: None,
                 last_error: None,
+                pools,
             },
             pid: 0,
         })
@@ -368,6 +379,7 @@ mod tests {
             workers: 1,
             program,
             env: Vec::new(),
+            pools: Vec::new(),
         }
     }
 

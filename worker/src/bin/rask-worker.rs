@@ -26,6 +26,10 @@ struct Args {
     /// Queue to consume (default: setting `queue`, i.e. `rask.tasks`).
     #[arg(long)]
     queue: Option<String>,
+    /// Pools to serve, comma-separated, e.g. `default,gpu` (default: setting `pools`, i.e.
+    /// `default`): the worker consumes every shard of each pool's task queue.
+    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    pools: Option<Vec<rask_common::Pool>>,
     /// Settings file (default: `rask.toml` in the working directory, if present).
     #[arg(long)]
     config: Option<std::path::PathBuf>,
@@ -81,6 +85,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     if let Some(q) = args.queue {
         settings.queue = q;
+    }
+    if let Some(pools) = args.pools {
+        settings.pools = pools;
     }
     settings.validate().context("checking settings")?;
     tracing::info!(?settings, "starting");

@@ -54,6 +54,8 @@ pub(crate) struct Context {
     pub(crate) confirms: Arc<ConfirmChannel>,
     /// Raised when Redis refuses the configuration.
     pub(crate) fatal: Arc<Fatal>,
+    /// The pools served: a dead-letter copy goes to its delivery's pool.
+    pub(crate) pools: Arc<crate::pools::Pools>,
 }
 
 /// Stored batches that may be settling (publishing dependents, acking) at once.

@@ -143,7 +143,8 @@ pub(super) async fn requeue(batch: Vec<Finished>) {
 /// rejects it without requeue if the copy was not confirmed).
 pub(super) async fn dead_letter(context: &Context, refused: Vec<(Delivery, String)>) {
     for (delivery, reason) in refused {
-        let (s, worker) = (&context.settings, &context.worker);
+        let s = context.pools.of_queue(delivery.routing_key.as_str());
+        let worker = &context.worker;
         let copied = copy_to_dead_letters(&context.confirms, s, worker, &delivery, &reason).await;
         settle_unkeyed(&delivery, copied).await;
     }

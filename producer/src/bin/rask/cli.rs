@@ -101,6 +101,10 @@ pub(crate) struct ScheduleArgs {
     /// Fail a task with `TimedOut` if it runs longer than this.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub(crate) time_limit: Option<Duration>,
+    /// Send the tasks to the workers of this pool (default: the pool the `routes` setting
+    /// names for the function, else `default`).
+    #[arg(long)]
+    pub(crate) pool: Option<rask::Pool>,
 }
 
 impl ScheduleArgs {
@@ -122,6 +126,9 @@ impl ScheduleArgs {
         }
         if let Some(limit) = self.time_limit {
             options = options.time_limit(limit);
+        }
+        if let Some(pool) = &self.pool {
+            options = options.pool(pool.clone());
         }
         options
     }
@@ -167,8 +174,9 @@ pub(crate) struct RunArgs {
 
 #[derive(Args)]
 pub(crate) struct StatusArgs {
-    /// Print one JSON object (`queues`, `dead_letters`, `workers`, `totals`,
-    /// `tasks_per_second`, `recent_errors`) instead of the screen.
+    /// Print one JSON object (`queues`, `dead_letters`, `workers` (each with its `pools`),
+    /// `totals`, `tasks_per_second`, `recent_errors`, `pools`, `unserved_routes`) instead of
+    /// the screen.
     #[arg(long)]
     pub(crate) json: bool,
     /// Refresh every `--interval` until interrupted.
@@ -211,6 +219,9 @@ pub(crate) struct DeadListArgs {
     /// One JSON object per line: `key`, `function`, `reason`, `worker`, `bytes`.
     #[arg(long)]
     pub(crate) json: bool,
+    /// The dead-letter queue of this pool (default: the default pool's).
+    #[arg(long)]
+    pub(crate) pool: Option<rask::Pool>,
 }
 
 #[derive(Args)]
@@ -221,9 +232,14 @@ pub(crate) struct DeadRequeueArgs {
     /// Requeue only the message of this task key.
     #[arg(long)]
     pub(crate) key: Option<String>,
+    /// The dead-letter queue of this pool, requeued to that pool's task queue (default: the
+    /// default pool's).
+    #[arg(long)]
+    pub(crate) pool: Option<rask::Pool>,
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
 pub(crate) enum ScheduleCommand {
     /// Add a schedule (or replace the one of that name): run FUNC with ARG_JSON... at every
     /// tick of `--cron` (in `--tz`) or `--every`.
@@ -298,6 +314,9 @@ pub(crate) struct LocalSuperviseArgs {
     /// How many workers to run.
     #[arg(long)]
     pub(crate) workers: usize,
+    /// Extra workers serving a pool: `NAME:COUNT[:RESOURCE=AMOUNT,...]` (repeatable).
+    #[arg(long = "pool")]
+    pub(crate) pools: Vec<rask::local::PoolWorkers>,
     #[command(flatten)]
     pub(crate) dir: LocalDirArgs,
 }
@@ -328,6 +347,11 @@ pub(crate) struct LocalUpArgs {
     /// batch; see docs/reliability.md).
     #[arg(long, default_value_t = rask::local::Fsync::EverySec)]
     pub(crate) fsync: rask::local::Fsync,
+    /// Also start COUNT workers serving only pool NAME, each declaring the resources given
+    /// (passed to them in `RASK_RESOURCES`): `NAME:COUNT[:RESOURCE=AMOUNT,...]`, e.g.
+    /// `gpu:1:gpu=2`. Repeatable.
+    #[arg(long = "pool")]
+    pub(crate) pools: Vec<rask::local::PoolWorkers>,
     #[command(flatten)]
     pub(crate) dir: LocalDirArgs,
 }

@@ -30,7 +30,16 @@ pub(crate) fn settings(global: &Global) -> Result<Settings> {
 
 /// Connects a client with the command's settings.
 pub(crate) async fn connect(global: &Global) -> Result<Client> {
-    let settings = settings(global)?;
+    connect_to(global, None).await
+}
+
+/// Connects a client with the command's settings, or with those of `pool`'s queues (whose
+/// task and dead-letter queues it then works on as a client of the default pool would).
+pub(crate) async fn connect_to(global: &Global, pool: Option<&rask::Pool>) -> Result<Client> {
+    let mut settings = settings(global)?;
+    if let Some(pool) = pool {
+        settings = settings.for_pool(pool);
+    }
     Client::connect(settings.clone()).await.with_context(|| {
         format!(
             "connecting to {} and {} (is a cluster running? try `rask local up`)",

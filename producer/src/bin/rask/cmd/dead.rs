@@ -7,10 +7,14 @@ use anyhow::Result;
 use rask::TaskKey;
 
 use crate::cli::{DeadCommand, Global};
-use crate::output::connect;
+use crate::output::connect_to;
 
 pub(crate) async fn run(global: &Global, command: DeadCommand) -> Result<ExitCode> {
-    let client = connect(global).await?;
+    let pool = match &command {
+        DeadCommand::List(args) => args.pool.as_ref(),
+        DeadCommand::Requeue(args) => args.pool.as_ref(),
+    };
+    let client = connect_to(global, pool).await?;
     match command {
         DeadCommand::List(args) => {
             let letters = client.dead_letters(args.limit).await?;

@@ -19,6 +19,7 @@ pub(crate) async fn run(command: LocalCommand) -> Result<ExitCode> {
                 workers: args.workers,
                 worker_env: Vec::new(),
                 fsync: args.fsync,
+                pools: args.pools,
             };
             let state = local::up(&spec).await?;
             println!("local cluster up in {}", state.dir.display());
@@ -42,6 +43,7 @@ pub(crate) async fn run(command: LocalCommand) -> Result<ExitCode> {
                 program: local::sibling_binary("rask-worker")?,
                 // `up` set the workers' environment on this process; they inherit it.
                 env: Vec::new(),
+                pools: args.pools,
             };
             local::supervise(&spec, shutdown()).await?;
         }
@@ -88,11 +90,28 @@ fn print_state(state: &ClusterState) {
             _ if p.alive => "running",
             _ => "dead",
         };
-        println!(
+        let mut line = format!(
             "{kind:<10} {:>8}  {alive:<7} {}",
             p.pid,
             p.address.as_deref().unwrap_or("-")
         );
+        // A worker's pools, after its address (`-`): `pools default` for one started without
+        // `--pool` (serving its settings' pools, the default one unless RASK_POOLS says so).
+        if p.kind == ProcessKind::Worker {
+            let pools = p.supervision.as_ref().map(|s| s.pools.as_slice());
+            let pools: Vec<&str> = pools
+                .unwrap_or_default()
+                .iter()
+                .map(|p| p.as_str())
+                .collect();
+            let pools = if pools.is_empty() {
+                rask::Pool::DEFAULT.to_owned()
+            } else {
+                pools.join(",")
+            };
+            line += &format!("  pools {pools}");
+        }
+        println!("{line}");
     }
     for p in state
         .processes

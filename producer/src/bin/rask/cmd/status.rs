@@ -58,6 +58,34 @@ fn render(status: &ClusterStatus) -> String {
             count(q.consumers)
         );
     }
+    // Per pool, when there is more than the default one (the screen of a deployment without
+    // pools stays as it was).
+    if status.pools.len() > 1 {
+        let _ = writeln!(
+            s,
+            "\n{:<24} {:>7} {:>11} {:>8} {:>12}",
+            "POOL", "WORKERS", "CONCURRENCY", "QUEUED", "DEAD LETTERS"
+        );
+        for p in &status.pools {
+            let queued = p.queued.map_or_else(|| "-".to_owned(), |n| n.to_string());
+            let _ = writeln!(
+                s,
+                "{:<24} {:>7} {:>11} {:>8} {:>12}",
+                p.name.as_str(),
+                p.workers,
+                p.concurrency,
+                queued,
+                count(p.dead_letters)
+            );
+        }
+    }
+    for r in &status.unserved_routes {
+        let _ = writeln!(
+            s,
+            "unserved route: {} -> pool {} ({} live worker(s) of the pool, none runs it)",
+            r.function, r.pool, r.workers
+        );
+    }
     let t = status.totals;
     let _ = writeln!(
         s,
