@@ -21,6 +21,8 @@
 //!   (`signing_keys`), each kind in its own domain, made when publishing and checked by workers
 //!   before anything is decoded.
 //! - [`broker`] and [`store`]: connecting to RabbitMQ (and declaring the topology) and to Redis.
+//! - [`revocations`]: tasks cancelled with `force` (a sorted set with expiries, announced on
+//!   a channel), which workers drop at admission or stop.
 //! - [`store_risks`]: Redis settings under which results can vanish, warned about at start.
 //! - [`replica_waits`]: the bookkeeping of waits for replicas (`redis_wait_replicas`).
 //! - [`delay`]: the fixed ladder of delay queues that countdowns, etas and retries wait in.
@@ -45,6 +47,7 @@ pub mod outcome;
 pub mod refusal;
 pub mod replica_waits;
 pub mod retry;
+pub mod revocations;
 pub mod settings;
 pub mod signing;
 pub mod store;

@@ -32,6 +32,8 @@
 //! - `retry.rs`: the client's Redis writes ride out a Redis restart (idempotent ones only).
 //! - `completions.rs`: one Redis subscription per client; waiters re-read on any gap.
 //! - `scatter.rs`: [`Client::scatter`] (local data as stored results) and [`Client::wait`].
+//! - [`Cancel`] (`cancel.rs`): [`Client::cancel`], and with [`Cancel::force`] revocations that
+//!   stop running and queued work.
 //! - [`Future`] (`future.rs`) and [`Gather`] (`gather.rs`): waiting for results.
 //! - `run.rs`: [`Client::run`], one function on every live worker (broadcast), answers by id.
 //! - [`Monitor`] (`status.rs`): [`ClusterStatus`] (queues, live workers, throughput, errors)
@@ -42,6 +44,7 @@
 
 mod bag;
 mod call;
+mod cancel;
 mod client;
 mod completions;
 mod connection;
@@ -61,6 +64,7 @@ mod scatter;
 mod status;
 
 pub use bag::{Bag, Numeric};
+pub use cancel::Cancel;
 pub use client::Client;
 pub use dead::{DeadLetter, Requeued};
 pub use error::{Error, Result};

@@ -27,6 +27,8 @@
 //! - `execute.rs`: one task to an outcome under its time limit; panics, errors and timeouts
 //!   become stored failures. `pace.rs`: which plain functions are quick enough to run inline.
 //!   `overrun.rs`: the threads of plain functions past their limit, counted and bounded.
+//! - `revocations.rs`: tasks revoked by force cancels, in memory (checked at admission, and
+//!   watched by running tasks, which are then stopped), kept up to date from Redis.
 //! - `retries.rs`: a retryable failure goes back to the broker through a delay queue.
 //! - `bag.rs`: the element-wise operations of lazy collections (`rask.bag.map`, …): a registered
 //!   function applied to each element of a partition inside one task.
@@ -66,6 +68,7 @@ mod release;
 mod result_limit;
 mod retries;
 mod retry;
+mod revocations;
 mod signal;
 mod worker;
 mod writer;

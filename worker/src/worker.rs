@@ -13,18 +13,21 @@ use lapin::options::{
     BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions,
 };
 use lapin::types::FieldTable;
-use rask_common::{broker, Outcome, Settings, Store, TaskKey};
+use rask_common::{broker, FailureKind, Outcome, Settings, Store, TaskFailure, TaskKey};
 use tokio::sync::{mpsc, Semaphore};
-use tokio_util::task::TaskTracker;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 
 use crate::admit::{admit, Admission};
 use crate::error::{Error, Result};
 use crate::execute::{execute, time_limit};
 use crate::fatal::Fatal;
 use crate::ops::Health;
+use crate::overrun::Cancel;
 use crate::registry::Registry;
 use crate::release::{ConfirmChannel, Releaser};
 use crate::result_limit::ResultLimit;
+use crate::revocations::Revocations;
 use crate::writer::{self, Finished};
 use crate::{inputs, retries};
 
@@ -45,6 +48,8 @@ pub struct Worker {
     next_node: AtomicUsize,
     /// Whether the store's configuration was checked for risks (once, on the first connection).
     store_checked: AtomicBool,
+    /// The tasks revoked by force cancels (kept across connections).
+    revocations: Arc<Revocations>,
 }
 
 /// What every task handler shares.
@@ -66,6 +71,8 @@ pub(crate) struct Shared {
     pub(crate) fatal: Arc<Fatal>,
     /// The largest result stored (read from Redis once per connection).
     pub(crate) result_limit: ResultLimit,
+    /// The tasks revoked by force cancels: dropped at admission, stopped while running.
+    pub(crate) revocations: Arc<Revocations>,
 }
 
 impl Worker {
@@ -86,6 +93,7 @@ impl Worker {
             id,
             next_node: AtomicUsize::new(0),
             store_checked: AtomicBool::new(false),
+            revocations: Arc::default(),
         }
     }
 
@@ -126,6 +134,11 @@ impl Worker {
         )
         .await?;
         let health = ops.health();
+        // Dropped (and so stopped) whenever `run` returns.
+        let _revocations = AbortOnDropHandle::new(tokio::spawn(crate::revocations::listen(
+            self.settings.clone(),
+            self.revocations.clone(),
+        )));
         let overruns = self.metrics.overruns().clone();
         let exhausted = overruns.exhausted().clone();
         let shutdown = ops
@@ -184,6 +197,8 @@ impl Worker {
             store.warn_about_risks().await;
         }
         let result_limit = ResultLimit::read(&store, &settings).await;
+        // Before consuming: a task revoked before this worker started is never run.
+        self.revocations.load(&store).await?;
         let first = self.next_node.load(Ordering::Relaxed);
         let (connection, node) =
             broker::connect_from(&settings, &format!("rask-worker {id}"), first).await?;
@@ -254,6 +269,7 @@ impl Worker {
             finished,
             fatal: fatal.clone(),
             result_limit,
+            revocations: self.revocations.clone(),
         });
 
         let mut shutdown = shutdown;
@@ -359,21 +375,43 @@ async fn handle(shared: &Shared, delivery: Delivery) {
         }
         Admission::Settled | Admission::Abandoned => return,
     };
+    if shared.revocations.is_revoked(&message.key) {
+        // Its `Cancelled` outcome is stored: storing it again is a no-op that acknowledges.
+        tracing::info!(key = %message.key, "revoked task not run");
+        let text = "revoked by a client (force cancel) before it ran";
+        let failure = TaskFailure::of(&message, FailureKind::Cancelled, text, &shared.id);
+        return finish(shared, message.key, Outcome::Failure(failure), delivery).await;
+    }
     let mut retryable = false;
     let run = shared.metrics.start(&message.function);
     let outcome = match inputs::resolve(&shared.store, &shared.id, &message).await {
         Ok(ready) => {
             let limit = time_limit(&message, &shared.settings);
             let overruns = shared.metrics.overruns();
-            execute(
+            // One token per run, cancelled when the task is revoked while it runs.
+            let cancel = Cancel {
+                token: CancellationToken::new(),
+                grace: shared.settings.cancel_grace,
+            };
+            let executing = execute(
                 &shared.registry,
                 overruns,
                 &shared.id,
                 &ready,
                 limit,
+                &cancel,
                 &mut retryable,
-            )
-            .await
+            );
+            tokio::pin!(executing);
+            tokio::select! {
+                biased;
+                outcome = &mut executing => outcome,
+                () = shared.revocations.revoked(&message.key) => {
+                    tracing::info!(key = %message.key, "revoked task stopped");
+                    cancel.token.cancel();
+                    executing.await
+                }
+            }
         }
         Err(inputs::Unresolved::Failed(outcome)) => outcome,
         Err(inputs::Unresolved::Refused(source)) => {
