@@ -7,6 +7,7 @@
 //! - [`message`]: the task message published to RabbitMQ (MessagePack, versioned).
 //! - [`outcome`]: what a worker stores for a task: a value or a structured [`TaskFailure`].
 //! - [`retry`]: the per-task [`RetryPolicy`] (attempts, exponential backoff with jitter).
+//! - [`options`]: [`TaskOptions`], how a task (or a graph node) is scheduled, retried, limited.
 //! - [`keys`]: task keys and the one place that builds Redis key and channel names.
 //! - [`task`](mod@task): the [`Task`] trait and the [`task!`] macro that defines typed tasks.
 //! - [`graph`]: lazy task graphs: [`graph::Delayed`] calls, their [`graph::Arg`]s, content keys.
@@ -43,6 +44,7 @@ pub mod image;
 pub mod keys;
 pub mod message;
 pub mod ops;
+pub mod options;
 pub mod outcome;
 pub mod refusal;
 pub mod replica_waits;
@@ -60,6 +62,7 @@ pub use error::{Error, ErrorKind, Result};
 pub use graph::{Arg, Delayed};
 pub use keys::{Keys, TaskKey};
 pub use message::{TaskMessage, PROTOCOL_VERSION};
+pub use options::TaskOptions;
 pub use outcome::{FailureKind, Outcome, TaskFailure};
 pub use retry::RetryPolicy;
 pub use settings::Settings;

@@ -46,7 +46,8 @@ impl Client {
     /// ```
     ///
     /// # Errors
-    /// [`Error::Argument`] if an argument did not encode; [`Error::TooLarge`] if a task's message
+    /// [`Error::Argument`] if an argument did not encode; [`Error::DelayedNode`] if a node has a
+    /// countdown or eta; [`Error::TooLarge`] if a task's message
     /// is over `max_message_bytes` (nothing is registered then); [`crate::Error`] if Redis or the
     /// broker failed (the tasks registered or published before the failure stay, and persisting
     /// the same graph again completes it).
@@ -101,11 +102,21 @@ impl Client {
         let max = self.settings().max_message_bytes;
         let mut messages = Vec::new();
         for node in distinct_nodes(roots) {
+            let options = node.options();
+            if options.is_delayed() {
+                return Err(Error::DelayedNode {
+                    function: node.function().to_owned(),
+                    key: node.key().clone(),
+                });
+            }
             let message = node.message().map_err(|e| Error::Argument {
                 function: node.function().to_owned(),
                 key: node.key().clone(),
                 error: e.to_owned(),
             })?;
+            // Its options travel in its message: in the record workers release, and in what is
+            // published now.
+            let message = options.apply(message, self.settings().max_priority);
             // Checked before anything is registered: a record too large to publish would
             // otherwise fail only when a worker releases it.
             let bytes = message.encode()?.len();

@@ -23,7 +23,8 @@
 //! - [`Client`] (`client.rs`): connecting, submitting, mapping, releasing.
 //! - `graph.rs`: [`Client::persist`] and [`Client::compute`] of lazy task graphs ([`Delayed`]).
 //! - [`Bag`] (`bag/`): lazy partitioned collections with native `map`, `filter`, reductions.
-//! - [`TaskOptions`] (`options.rs`): countdown/eta, priority, retries, time limit per task.
+//! - [`TaskOptions`] (from `rask-common`): countdown/eta, priority, retries, time limit per task
+//!   or per graph node ([`Delayed::with_options`]).
 //! - `publish.rs`: pipelined, confirmed publishing with a window; republishes what a lost
 //!   connection left unconfirmed.
 //! - `connection.rs`: the client's RabbitMQ connection and channel, replaced with backoff when lost.
@@ -54,7 +55,6 @@ mod future;
 mod gather;
 mod graph;
 pub mod local;
-mod options;
 mod progress;
 mod publish;
 mod purge;
@@ -70,12 +70,12 @@ pub use dead::{DeadLetter, Requeued};
 pub use error::{Error, Result};
 pub use future::Future;
 pub use gather::{Gather, GatherEach};
-pub use options::TaskOptions;
 pub use progress::{Completed, Progress};
 pub use purge::{Purged, PurgedQueue};
 pub use rask_common::ops::{
     BroadcastFailure, RecentError, WorkerCounters, WorkerEntry, WorkerInfo,
 };
+pub use rask_common::TaskOptions;
 pub use rask_common::{
     builtins, task, Arg, Delayed, FailureKind, RetryPolicy, Settings, Task, TaskError, TaskFailure,
     TaskKey,

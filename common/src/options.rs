@@ -1,17 +1,19 @@
-//! [`TaskOptions`]: how a submitted task is scheduled and retried (countdown or eta, priority,
-//! retry policy, time limit), for [`crate::Client::submit_with`] and [`crate::Client::map_with`].
+//! [`TaskOptions`]: how a task is scheduled and retried (countdown or eta, priority, retry
+//! policy, time limit): for the client's `submit_with` and `map_with`, and per graph node with
+//! [`crate::Delayed::with_options`]. Re-exported by the `rask` crate as `rask::TaskOptions`.
+//! [`TaskOptions::apply`] is the one place where options become message fields.
 
 use std::time::{Duration, SystemTime};
 
-use rask_common::retry::duration_ms;
-use rask_common::{RetryPolicy, TaskMessage};
+use crate::retry::duration_ms;
+use crate::{RetryPolicy, TaskMessage};
 
 /// Scheduling options for submitted tasks. The default runs a task as soon as a worker is free,
 /// at priority 0, once, with the workers' `task_time_limit`.
 ///
 /// ```
 /// use std::time::Duration;
-/// use rask::{RetryPolicy, TaskOptions};
+/// use rask_common::{RetryPolicy, TaskOptions};
 ///
 /// let options = TaskOptions::new()
 ///     .countdown(Duration::from_secs(10))
@@ -20,7 +22,8 @@ use rask_common::{RetryPolicy, TaskMessage};
 ///     .time_limit(Duration::from_secs(30));
 /// assert_eq!(options.delay(), Duration::from_secs(10));
 /// ```
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+// Not `Copy`: options of pools and resources own their names.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct TaskOptions {
     start: Option<Start>,
     priority: u8,
@@ -84,9 +87,15 @@ impl TaskOptions {
         }
     }
 
+    /// Whether a start time is set (a countdown or an eta, even one already past).
+    pub fn is_delayed(&self) -> bool {
+        self.start.is_some()
+    }
+
     /// `message` with these options' priority (at most `max_priority`), retry policy and time
-    /// limit.
-    pub(crate) fn apply(&self, mut message: TaskMessage, max_priority: u8) -> TaskMessage {
+    /// limit: the one place where options become message fields. The start time is not a
+    /// field: the publisher routes the message through a delay queue ([`TaskOptions::delay`]).
+    pub fn apply(&self, mut message: TaskMessage, max_priority: u8) -> TaskMessage {
         message.priority = self.priority.min(max_priority);
         message.retry = self.retry;
         message.time_limit_ms = self.time_limit.map(|d| duration_ms(d).max(1));
@@ -96,7 +105,7 @@ impl TaskOptions {
 
 #[cfg(test)]
 mod tests {
-    use rask_common::TaskKey;
+    use crate::TaskKey;
 
     use super::*;
 
