@@ -30,7 +30,9 @@ pub(crate) struct Pace {
 impl Pace {
     /// Runs the plain body `f` of `function` on this runtime thread, catching a panic: inline
     /// when the function has been quick so far, else under `block_in_place` (which needs a
-    /// multi-threaded runtime); records how long it took.
+    /// multi-threaded runtime; `execute.rs` sends functions that are not quick to the blocking
+    /// pool instead, so this covers one whose average rose between its check and its run);
+    /// records how long it took.
     pub(crate) fn run_in_place<T>(
         &self,
         function: &str,
