@@ -293,8 +293,8 @@ impl<T> Delayed<T> {
         }
     }
 
-    /// The same call with `options`: its pool, resources, priority, retry policy and time
-    /// limit, kept in its message when the graph is persisted or computed and when a worker
+    /// The same call with `options` (priority, retry policy, time limit: everything
+    /// [`TaskOptions::apply`] writes into a message), kept in its message when the graph is persisted or computed and when a worker
     /// releases it. Options are not part of the key: the same call is the same result, however
     /// it is scheduled, so a call whose result is stored (or that is queued or running) is not
     /// run again with other options, and where one graph holds the same call twice with

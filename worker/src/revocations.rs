@@ -138,7 +138,7 @@ async fn follow(
     }
 }
 
-/// The subscription's two halves.
+/// A subscription split in its two halves, and the store to read the whole set from.
 type Halves = (redis::aio::PubSubSink, redis::aio::PubSubStream, Store);
 
 /// Subscribes to the revocation channel on the next node in turn, then reads the whole set.

@@ -103,7 +103,7 @@ impl<T> Bag<T> {
 
     /// The same bag with `options` on the tasks that make its partitions (e.g.
     /// `bag.map(f).with_options(..)`: the `map` tasks), as [`Delayed::with_options`] sets them
-    /// on one call: pool, resources, priority, retry policy, time limit. Partitions already
+    /// on one call (priority, retry policy, time limit). Partitions already
     /// stored (from keys or futures) are left as they are; keys do not change.
     pub fn with_options(self, options: rask_common::TaskOptions) -> Self {
         let parts = self
