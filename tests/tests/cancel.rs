@@ -1,7 +1,8 @@
 //! Force cancel against real servers (`client.cancel(..).force()`, `rask cancel --force`): a
 //! running task is stopped and its worker serves on, a queued revoked task never runs (on a
 //! worker running then, or one started after the revocation), a plain function that ignores its
-//! cancellation is abandoned after `cancel_grace`, and the outcome stays `Cancelled`.
+//! cancellation is abandoned after `cancel_grace`, the outcome stays `Cancelled`, and a
+//! revocation whose announcement a worker missed reaches it by the periodic rescan.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -242,5 +243,41 @@ async fn a_plain_function_ignoring_its_cancellation_is_abandoned_after_the_grace
     // Its late result was dropped: the outcome is still the cancellation.
     let again = failure(held.result_within(PATIENCE).await.unwrap_err());
     assert_eq!(again.kind, FailureKind::Cancelled);
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_revocation_whose_announcement_was_missed_is_found_by_the_rescan() {
+    let mut env = one_at_a_time("cancelrescan").await;
+    // Rescans every 6 pings: every 600 ms.
+    env.settings.redis_ping_interval = Duration::from_millis(100);
+    let worker = env.run_worker(registry());
+    let client = env.client().await;
+    let running = client.submit(sleeper, (60_000,)).await.unwrap();
+    env.eventually("the sleeper to run", || async {
+        SLEEPING.load(Ordering::SeqCst)
+    })
+    .await;
+    // Cancelled without force, then revoked behind the workers' backs: in the set, unannounced.
+    assert_eq!(
+        client.cancel(std::slice::from_ref(&running)).await.unwrap(),
+        1
+    );
+    let store = rask_common::Store::connect(&env.settings).await.unwrap();
+    let expires = rask_common::revocations::unix_ms(std::time::SystemTime::now()) + 60_000;
+    let () = redis::cmd("ZADD")
+        .arg(store.keys().revoked())
+        .arg(expires)
+        .arg(running.key().as_str())
+        .query_async(&mut store.connection())
+        .await
+        .unwrap();
+
+    env.eventually("the sleeper's body to be dropped", || async {
+        SLEEPER_DROPPED.load(Ordering::SeqCst)
+    })
+    .await;
+    let next = client.submit(inc, (9,)).await.unwrap();
+    assert_eq!(next.result_within(PATIENCE).await.unwrap(), 10);
     worker.stop().await.unwrap();
 }
