@@ -16,6 +16,9 @@ use crate::error::Result;
 use crate::keys::TaskKey;
 use crate::store::Store;
 
+/// Most keys revoked by one `ZADD` and announced by one `PUBLISH`.
+const REVOKE_CHUNK: usize = 1000;
+
 /// One announced batch of revocations.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Revoked {
@@ -55,7 +58,8 @@ pub type Revocations = Vec<(TaskKey, u64)>;
 impl Store {
     /// Revokes `keys` for the result TTL: adds them to [`crate::Keys::revoked`] (dropping the
     /// revocations that expired, and setting the set's own TTL to the newest expiry) and
-    /// announces them on [`crate::Keys::revoked_channel`], in one round trip.
+    /// announces them on [`crate::Keys::revoked_channel`] (a batch per 1,000 keys), in one
+    /// round trip.
     ///
     /// # Errors
     /// [`crate::Error::Store`] if Redis fails.
@@ -64,18 +68,26 @@ impl Store {
             return Ok(());
         }
         let now = unix_ms(SystemTime::now());
-        let batch = Revoked {
-            expires_ms: now.saturating_add(self.ttl_ms()),
-            keys: keys.to_vec(),
-        };
+        let expires_ms = now.saturating_add(self.ttl_ms());
         let names = self.keys();
         let set = names.revoked();
         let mut pipe = redis::pipe();
-        let zadd = pipe.cmd("ZADD").arg(&set);
-        for key in keys {
-            zadd.arg(batch.expires_ms).arg(key.as_str());
+        // In chunks, so that no command or announcement is huge.
+        for chunk in keys.chunks(REVOKE_CHUNK) {
+            let zadd = pipe.cmd("ZADD").arg(&set);
+            for key in chunk {
+                zadd.arg(expires_ms).arg(key.as_str());
+            }
+            zadd.ignore();
+            let batch = Revoked {
+                expires_ms,
+                keys: chunk.to_vec(),
+            };
+            pipe.cmd("PUBLISH")
+                .arg(names.revoked_channel())
+                .arg(batch.encode()?)
+                .ignore();
         }
-        zadd.ignore();
         pipe.cmd("ZREMRANGEBYSCORE")
             .arg(&set)
             .arg("-inf")
@@ -84,10 +96,6 @@ impl Store {
             .cmd("PEXPIRE")
             .arg(&set)
             .arg(self.ttl_ms())
-            .ignore()
-            .cmd("PUBLISH")
-            .arg(names.revoked_channel())
-            .arg(batch.encode()?)
             .ignore();
         let () = pipe.query_async(&mut self.connection()).await?;
         Ok(())

@@ -281,3 +281,32 @@ async fn a_revocation_whose_announcement_was_missed_is_found_by_the_rescan() {
     assert_eq!(next.result_within(PATIENCE).await.unwrap(), 10);
     worker.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_force_cancel_of_thousands_of_queued_tasks_runs_none_of_them() {
+    let env = TestEnv::new("cancelmany").await;
+    let client = env.client().await;
+    let counter = Counter::new(&env, "many");
+    let futures = client
+        .map(
+            count_run,
+            (0..2_500).map(|_| (counter.url.clone(), counter.key.clone())),
+        )
+        .await
+        .unwrap();
+    // Revoked in chunks of 1,000 keys before any worker runs.
+    let cancel = client.cancel(&futures);
+    assert_eq!(cancel.force().await.unwrap(), 2_500);
+
+    let worker = env.run_worker(registry());
+    env.eventually("the queue to drain", || async {
+        env.queue_depth(&env.settings.queue).await.0 == 0
+    })
+    .await;
+    worker.stop().await.unwrap();
+    // Stopped gracefully: a delivery not acknowledged would be back in the queue.
+    assert_eq!(env.queue_depth(&env.settings.queue).await.0, 0);
+    assert_eq!(counter.runs().await, 0, "no revoked task ran");
+    let f = failure(futures[1_234].result_within(PATIENCE).await.unwrap_err());
+    assert_eq!(f.kind, FailureKind::Cancelled);
+}
