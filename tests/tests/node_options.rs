@@ -133,7 +133,8 @@ async fn options_are_in_the_record_a_worker_releases() {
         .await
         .unwrap();
     let message = TaskMessage::decode(&record).unwrap();
-    assert_eq!(message.priority, 4);
+    // Clamped to the queue's `max_priority` (0 on quorum queues).
+    assert_eq!(message.priority, 4.min(env.settings.max_priority));
     assert_eq!(message.time_limit_ms, Some(1500));
     assert_eq!(message.retry, Some(RetryPolicy::new(3)));
 }
