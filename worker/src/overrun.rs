@@ -3,14 +3,14 @@
 //!
 //! A thread cannot be stopped from outside: at its limit (or `cancel_grace` after its task was
 //! cancelled with `force`), the worker stops waiting for a plain function and fails its task (or
-//! broadcast), but the thread runs on until the function returns. [`Overruns`] counts those threads (the `rask_overrun_threads` gauge, and a log line
-//! each time one starts or ends) and bounds them: when their number reaches
-//! `max_overrun_threads` (default: 2 × `concurrency`), [`Overruns::exhausted`] fires, and the worker
-//! stops as on SIGTERM and exits with [`crate::Error::Overruns`], so that its supervisor starts a
-//! fresh process (the only way to end such threads). Without the bound, a function that hangs
-//! for some inputs would pile up threads (each with its stack, and its CPU if it spins) until
-//! the worker starved, and then the blocking pool's 512 threads, after which every plain
-//! function would wait for a free thread.
+//! broadcast), but the thread runs on until the function returns. [`Overruns`] counts those threads
+//! (the `rask_overrun_threads` gauge, and a log line each time one starts or ends) and bounds them:
+//! when their number reaches `max_overrun_threads` (default: 2 × `concurrency`),
+//! [`Overruns::exhausted`] fires, and the worker stops as on SIGTERM and exits with
+//! [`crate::Error::Overruns`], so that its supervisor starts a fresh process (the only way to end
+//! such threads). Without the bound, a function that hangs for some inputs would pile up threads
+//! (each with its stack, and its CPU if it spins) until the worker starved, and then the blocking
+//! pool's 512 threads, after which every plain function would wait for a free thread.
 
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -179,7 +179,8 @@ impl Overruns {
         self.gauge.set(i64::try_from(running).unwrap_or(i64::MAX));
         tracing::info!(
             overrun_threads = running,
-            "a plain function that ran past its time limit returned; its thread is free"
+            "a plain function the worker stopped waiting for (time limit or force cancel) \
+             returned; its thread is free"
         );
     }
 }
