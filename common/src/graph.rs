@@ -19,6 +19,7 @@ use sha2::{Digest, Sha256};
 
 use crate::keys::TaskKey;
 use crate::message::TaskMessage;
+use crate::options::TaskOptions;
 
 /// MessagePack ext type code of a dependency placeholder (`0x52`, "R"): its data is the key of
 /// the task whose result goes in that position.
@@ -159,6 +160,8 @@ pub struct Node {
     function: &'static str,
     args: Result<Vec<u8>, String>,
     deps: Vec<Dep>,
+    /// How the task is scheduled (see [`Delayed::with_options`]); not part of its key.
+    options: TaskOptions,
 }
 
 impl Node {
@@ -182,7 +185,13 @@ impl Node {
         &self.deps
     }
 
-    /// The task message of this node (its `deps` set), or why an argument did not encode.
+    /// The options of this node ([`Delayed::with_options`]).
+    pub fn options(&self) -> &TaskOptions {
+        &self.options
+    }
+
+    /// The task message of this node (its `deps` set), or why an argument did not encode; its
+    /// options are not applied (the client applies them, with its `max_priority`).
     pub fn message(&self) -> Result<TaskMessage, &str> {
         let args = self.args()?.to_vec();
         Ok(TaskMessage::new(self.key.clone(), self.function, args).with_deps(self.dep_keys()))
@@ -255,6 +264,7 @@ impl<T> Delayed<T> {
                 function,
                 args,
                 deps,
+                options: TaskOptions::default(),
             }),
             output: PhantomData,
         }
@@ -274,6 +284,47 @@ impl<T> Delayed<T> {
                 function: shared.function,
                 args: shared.args.clone(),
                 deps: shared.deps.clone(),
+                options: shared.options.clone(),
+            },
+        };
+        Delayed {
+            node: Arc::new(node),
+            output: PhantomData,
+        }
+    }
+
+    /// The same call with `options` (priority, retry policy, time limit: everything
+    /// [`TaskOptions::apply`] writes into a message), kept in its message when the graph is persisted or computed and when a worker
+    /// releases it. Options are not part of the key: the same call is the same result, however
+    /// it is scheduled, so a call whose result is stored (or that is queued or running) is not
+    /// run again with other options, and where one graph holds the same call twice with
+    /// different options, one of them is used: set options on a call before building other
+    /// calls from it (those built before depend on the call as it was). A countdown or an eta
+    /// cannot be set on a graph node (nodes start when their inputs are stored): persisting it
+    /// fails with the client's `Error::DelayedNode`, before anything is registered.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use rask_common::{builtins::inc, RetryPolicy, TaskOptions};
+    ///
+    /// let plain = inc.delayed(1);
+    /// let careful = inc.delayed(1).with_options(
+    ///     TaskOptions::new().retry(RetryPolicy::new(3)).time_limit(Duration::from_secs(5)),
+    /// );
+    /// assert_eq!(plain.key(), careful.key());
+    /// ```
+    pub fn with_options(self, options: TaskOptions) -> Self {
+        let node = match Arc::try_unwrap(self.node) {
+            Ok(mut node) => {
+                node.options = options;
+                node
+            }
+            Err(shared) => Node {
+                key: shared.key.clone(),
+                function: shared.function,
+                args: shared.args.clone(),
+                deps: shared.deps.clone(),
+                options,
             },
         };
         Delayed {

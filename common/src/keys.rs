@@ -244,6 +244,19 @@ impl Keys {
         format!("{}:done", self.prefix)
     }
 
+    /// The sorted set of revoked tasks (`client.cancel(..).force()`): member the task key,
+    /// score when the revocation expires (Unix milliseconds): `{prefix}:revoked` (see
+    /// [`crate::revocations`]).
+    pub fn revoked(&self) -> String {
+        self.of_deployment("revoked")
+    }
+
+    /// The channel on which new revocations are announced to workers (a MessagePack
+    /// [`crate::revocations::Revoked`]): `{prefix}:revocations`.
+    pub fn revoked_channel(&self) -> String {
+        format!("{}:revocations", self.prefix)
+    }
+
     /// The channel nobody listens to that a wait for replicas publishes to first (see
     /// [`crate::Store`]'s waits): `{prefix}:replicated`.
     pub fn replication_mark(&self) -> String {

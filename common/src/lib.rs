@@ -7,6 +7,7 @@
 //! - [`message`]: the task message published to RabbitMQ (MessagePack, versioned).
 //! - [`outcome`]: what a worker stores for a task: a value or a structured [`TaskFailure`].
 //! - [`retry`]: the per-task [`RetryPolicy`] (attempts, exponential backoff with jitter).
+//! - [`options`]: [`TaskOptions`], how a task (or a graph node) is scheduled, retried, limited.
 //! - [`keys`]: task keys and the one place that builds Redis key and channel names.
 //! - [`task`](mod@task): the [`Task`] trait and the [`task!`] macro that defines typed tasks.
 //! - [`context`]: what a task body may take besides its arguments: its [`TaskContext`] and the
@@ -24,6 +25,8 @@
 //!   (`signing_keys`), each kind in its own domain, made when publishing and checked by workers
 //!   before anything is decoded.
 //! - [`broker`] and [`store`]: connecting to RabbitMQ (and declaring the topology) and to Redis.
+//! - [`revocations`]: tasks cancelled with `force` (a sorted set with expiries, announced on
+//!   a channel), which workers drop at admission or stop.
 //! - [`store_risks`]: Redis settings under which results can vanish, warned about at start.
 //! - [`replica_waits`]: the bookkeeping of waits for replicas (`redis_wait_replicas`).
 //! - [`schedule`]: periodic tasks: cron patterns and intervals, which ticks are due, and their
@@ -47,11 +50,13 @@ pub mod image;
 pub mod keys;
 pub mod message;
 pub mod ops;
+pub mod options;
 pub mod outcome;
 pub mod pool;
 pub mod refusal;
 pub mod replica_waits;
 pub mod retry;
+pub mod revocations;
 pub mod schedule;
 pub mod settings;
 pub mod signing;
@@ -66,6 +71,7 @@ pub use error::{Error, ErrorKind, Result};
 pub use graph::{Arg, Delayed};
 pub use keys::{Keys, TaskKey};
 pub use message::{TaskMessage, PROTOCOL_VERSION};
+pub use options::TaskOptions;
 pub use outcome::{FailureKind, Outcome, TaskFailure};
 pub use pool::Pool;
 pub use retry::RetryPolicy;

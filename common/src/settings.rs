@@ -152,6 +152,13 @@ pub struct Settings {
     /// Default `30s`.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// How long a running task cancelled with `force` (`rask cancel --force`) has to stop by
+    /// itself before its worker abandons it: an async body is dropped at once, but a plain
+    /// function cannot be stopped from outside its thread, so after this grace its worker frees
+    /// its slot and the thread runs on, counted like a time-limit overrun
+    /// (`max_overrun_threads`). Default `5s`.
+    #[serde(with = "humantime_serde")]
+    pub cancel_grace: Duration,
     /// Deliveries of one task message that may end without a stored outcome (the worker running
     /// it crashed, lost its connection, or stopped past its grace period) before the next
     /// delivery dead-letters it and fails its future with `DeliveryLimit`. Redeliveries of a task
@@ -274,6 +281,7 @@ impl Default for Settings {
             publish_window: 1024,
             result_batch: 256,
             shutdown_grace: Duration::from_secs(30),
+            cancel_grace: Duration::from_secs(5),
             max_deliveries: 5,
             max_message_bytes: 64 << 20,
             max_result_bytes: 64 << 20,
@@ -652,6 +660,7 @@ impl fmt::Debug for Settings {
             .field("publish_window", &self.publish_window)
             .field("result_batch", &self.result_batch)
             .field("shutdown_grace", &self.shutdown_grace)
+            .field("cancel_grace", &self.cancel_grace)
             .field("max_deliveries", &self.max_deliveries)
             .field("max_message_bytes", &self.max_message_bytes)
             .field("max_result_bytes", &self.max_result_bytes)

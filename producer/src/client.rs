@@ -11,10 +11,10 @@ use crate::completions::{Listener, Waiter};
 use crate::connection::BrokerLink;
 use crate::error::{Error, Result};
 use crate::future::Future;
-use crate::options::TaskOptions;
 use crate::pools::RouteWatch;
 use crate::publish::{publish_all, Publisher};
 use crate::purge::Purged;
+use rask_common::TaskOptions;
 
 /// A connection to a rask deployment. Cheap to clone; clones share connections.
 ///

@@ -44,6 +44,20 @@ pub enum Error {
         /// What the encoder said.
         error: String,
     },
+    /// A graph node was given a countdown or an eta ([`rask_common::Delayed::with_options`]):
+    /// graph nodes start when their inputs are stored, so a start time is refused (found by
+    /// `persist`, before anything is registered). Persist the graph later, or delay a task of
+    /// its own with `submit_with`.
+    #[error(
+        "graph task {function} (key {key}) has a countdown or eta: graph tasks start when their \
+         inputs are stored; persist the graph later instead"
+    )]
+    DelayedNode {
+        /// The function called.
+        function: String,
+        /// The call's key.
+        key: TaskKey,
+    },
     /// RabbitMQ refused a published task (negative publisher confirm), and kept refusing it
     /// when published again for the `reconnect_max_wait` setting (a quorum queue refuses
     /// publishes while it elects a leader, e.g. after a node of the cluster was lost).

@@ -46,7 +46,8 @@ impl Client {
     /// ```
     ///
     /// # Errors
-    /// [`Error::Argument`] if an argument did not encode; [`Error::TooLarge`] if a task's message
+    /// [`Error::Argument`] if an argument did not encode; [`Error::DelayedNode`] if a node has a
+    /// countdown or eta; [`Error::TooLarge`] if a task's message
     /// is over `max_message_bytes` (nothing is registered then); [`crate::Error`] if Redis or the
     /// broker failed (the tasks registered or published before the failure stay, and persisting
     /// the same graph again completes it).
@@ -102,16 +103,22 @@ impl Client {
         let mut messages = Vec::new();
         let mut pools = Vec::new();
         for node in distinct_nodes(roots) {
-            let mut message = node.message().map_err(|e| Error::Argument {
+            let options = node.options();
+            if options.is_delayed() {
+                return Err(Error::DelayedNode {
+                    function: node.function().to_owned(),
+                    key: node.key().clone(),
+                });
+            }
+            let message = node.message().map_err(|e| Error::Argument {
                 function: node.function().to_owned(),
                 key: node.key().clone(),
                 error: e.to_owned(),
             })?;
-            // Routed now, before it is registered: a worker that releases it publishes it to
-            // the pool its record names.
-            if message.pool.is_none() {
-                message.pool = self.settings().route(&message.function, None);
-            }
+            // Its options travel in its message: in the record workers release, and in what is
+            // published now. Routed now, before it is registered (its own pool, else the routing
+            // table's): a worker that releases it publishes it to the pool its record names.
+            let message = options.apply(message, self.settings());
             self.watch_route(&message.function, message.pool.as_ref());
             if let Some(pool) = &message.pool {
                 if !pools.contains(pool) {

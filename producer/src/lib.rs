@@ -25,7 +25,8 @@
 //!   worker's client and waits for them without holding its concurrency slot.
 //! - `graph.rs`: [`Client::persist`] and [`Client::compute`] of lazy task graphs ([`Delayed`]).
 //! - [`Bag`] (`bag/`): lazy partitioned collections with native `map`, `filter`, reductions.
-//! - [`TaskOptions`] (`options.rs`): countdown/eta, priority, retries, time limit, pool per task.
+//! - [`TaskOptions`] (from `rask-common`): countdown/eta, priority, retries, time limit per task
+//!   or per graph node ([`Delayed::with_options`]).
 //! - `pools.rs`: [`Client::check_routes`] (routes no live worker serves, and a warning once per
 //!   pool and function) and [`Client::wait_for_workers`].
 //! - `publish.rs`: pipelined, confirmed publishing with a window; republishes what a lost
@@ -38,6 +39,8 @@
 //! - `schedule.rs`: [`Client::schedule`] and friends: periodic tasks ([`ScheduleSpec`]) that
 //!   workers tick.
 //! - `scatter.rs`: [`Client::scatter`] (local data as stored results) and [`Client::wait`].
+//! - [`Cancel`] (`cancel.rs`): [`Client::cancel`], and with [`Cancel::force`] revocations that
+//!   stop running and queued work.
 //! - [`Future`] (`future.rs`) and [`Gather`] (`gather.rs`): waiting for results.
 //! - `run.rs`: [`Client::run`], one function on every live worker (broadcast), answers by id.
 //! - [`Monitor`] (`status.rs`): [`ClusterStatus`] (queues, live workers, throughput, errors)
@@ -48,6 +51,7 @@
 
 mod bag;
 mod call;
+mod cancel;
 mod client;
 mod completions;
 mod connection;
@@ -58,7 +62,6 @@ mod future;
 mod gather;
 mod graph;
 pub mod local;
-mod options;
 mod pools;
 mod progress;
 mod publish;
@@ -70,13 +73,13 @@ mod schedule;
 mod status;
 
 pub use bag::{Bag, Numeric};
+pub use cancel::Cancel;
 pub use client::Client;
 pub use context::ContextExt;
 pub use dead::{DeadLetter, Requeued};
 pub use error::{Error, Result};
 pub use future::Future;
 pub use gather::{Gather, GatherEach};
-pub use options::TaskOptions;
 pub use pools::{UnservedRoute, WaitForWorkers};
 pub use progress::{Completed, Progress};
 pub use purge::{Purged, PurgedQueue};
@@ -84,6 +87,7 @@ pub use rask_common::ops::{
     BroadcastFailure, RecentError, WorkerCounters, WorkerEntry, WorkerInfo,
 };
 pub use rask_common::schedule::{Missed, Schedule, Timing};
+pub use rask_common::TaskOptions;
 pub use rask_common::{
     builtins, task, Arg, Delayed, FailureKind, Pool, RetryPolicy, Settings, State, Task,
     TaskContext, TaskError, TaskFailure, TaskKey,

@@ -1,13 +1,12 @@
 //! Data and outcomes without running tasks: [`Client::scatter`] stores local values as results,
-//! [`Client::wait`] waits for outcomes without decoding them, [`Client::cancel`] stores
-//! cancellations.
+//! [`Client::wait`] waits for outcomes without decoding them (cancellations: `cancel.rs`).
 
 use std::future::IntoFuture;
 use std::time::Duration;
 
 use rask_common::graph::content_key;
 use rask_common::message::encode_value;
-use rask_common::{FailureKind, Outcome, TaskFailure, TaskKey};
+use rask_common::{Outcome, TaskKey};
 use serde::Serialize;
 use tokio::time::Instant;
 
@@ -51,54 +50,9 @@ impl Client {
             .collect())
     }
 
-    /// Cancels the tasks of `futures` that have no outcome yet: stores a
-    /// [`FailureKind::Cancelled`] failure for each (write-once, so a task that finishes first
-    /// keeps its outcome) and releases the graph tasks waiting for them, which then fail with
-    /// `FailureKind::DependencyFailed` naming the cancelled task. A task a worker already started
-    /// runs to the end, but its outcome is dropped; a queued one is not removed from the queue (it
-    /// runs when its turn comes, and its outcome is dropped too). Returns how many futures had no
-    /// outcome when looked at (a task finishing meanwhile keeps its own).
-    ///
-    /// # Errors
-    /// [`crate::Error`] if Redis or the broker fails (cancellations stored before stay).
-    pub async fn cancel<T>(&self, futures: &[Future<T>]) -> Result<usize> {
-        let mut keys: Vec<TaskKey> = futures.iter().map(|f| f.key().clone()).collect();
-        let mut seen = std::collections::HashSet::new();
-        keys.retain(|k| seen.insert(k.clone()));
-        let wait = self.settings().reconnect_max_wait;
-        let stored = store_retrying("reading outcomes", wait, || async {
-            Ok(self.store().get_outcomes(&keys).await?)
-        })
-        .await?;
-        let mut outcomes = Vec::new();
-        for (key, found) in keys.into_iter().zip(stored) {
-            if found.is_some() {
-                continue;
-            }
-            let function = key
-                .as_str()
-                .rsplit_once('-')
-                .map_or(key.as_str(), |(name, _)| name)
-                .to_owned();
-            let failure = Outcome::Failure(TaskFailure::new(
-                FailureKind::Cancelled,
-                "cancelled by a client before it had an outcome",
-                function,
-                key.clone(),
-                "client",
-            ));
-            outcomes.push((key, failure.encode()?));
-        }
-        let ready = self
-            .store_outcomes("storing cancellations", &outcomes)
-            .await?;
-        self.publish(ready.into_iter().map(Ok)).await?;
-        Ok(outcomes.len())
-    }
-
     /// Stores `outcomes` (write-once) and releases the graph tasks waiting for them, riding out
     /// a Redis restart; returns the tasks that became ready.
-    async fn store_outcomes(
+    pub(crate) async fn store_outcomes(
         &self,
         what: &str,
         outcomes: &[(TaskKey, Vec<u8>)],

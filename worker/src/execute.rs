@@ -10,12 +10,18 @@
 //! counted and bounded by `overrun.rs`. Either way the task's concurrency slot is free again at
 //! the limit. The element-wise operations of lazy collections (`bag.rs`) are not under time
 //! limits.
+//!
+//! Force cancel (`client.cancel(..).force()`): each run gets its own [`Cancel`] token, which the
+//! worker cancels when the task is revoked. An async body is then dropped; a plain function
+//! (which will see the token through its context) has `cancel_grace` to return, after which it
+//! is abandoned as at a time limit. Either way the run ends with a `Cancelled` failure (the
+//! client stored one first, so write-once keeps that) and a late result is dropped. A plain
+//! function quick enough to run inline (microseconds so far, `pace.rs`) cannot be abandoned.
 
 use std::any::Any;
 use std::panic::AssertUnwindSafe;
-use std::time::Duration;
-
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 
@@ -23,8 +29,11 @@ use rask_common::{
     FailureKind, Invocation, Outcome, Settings, TaskContext, TaskFailure, TaskMessage,
 };
 
-use crate::overrun::Overruns;
+use crate::overrun::{Cancel, Overruns};
 use crate::registry::{PrepareError, Registry};
+
+/// The message of a task stopped by a force cancel (its stored outcome is the client's).
+const CANCELLED: &str = "cancelled by a client while it ran (force)";
 
 /// What a plain function's time-limit failure adds to the message.
 const UNSTOPPABLE: &str = "; a plain function cannot be stopped, so it runs on in the background \
@@ -40,14 +49,16 @@ pub(crate) fn time_limit(message: &TaskMessage, settings: &Settings) -> Option<D
         .or_else(|| settings.default_time_limit())
 }
 
-/// Runs `message` with the function `registry` has for it, for at most `limit`: plain functions
-/// in place off the runtime's other work (`block_in_place`, or the blocking pool on a
-/// single-threaded runtime or under a limit; inline when they have been quick so far, see
-/// `pace.rs`), async ones on the runtime; a panic is caught and reported either way. A plain
-/// function past its limit leaves its thread to `overruns`. Sets `retryable` when the outcome
-/// is a failure the function marked [`rask_common::TaskError::retryable`] (whether it is
-/// retried is the caller's decision). `context` builds the run's [`TaskContext`], called only
-/// for a function that takes one.
+/// Runs `message` with the function `registry` has for it, for at most `limit`, until
+/// `cancel`'s token is cancelled: plain functions inline when they have been quick so far (see
+/// `pace.rs`), else on the blocking pool (so that the worker can stop waiting for them), async
+/// ones on the runtime; a panic is caught and reported either way. A plain function past its
+/// limit, or past `cancel_grace` after its cancellation, leaves its thread to `overruns`. A
+/// cancelled run ends with a `Cancelled` failure (an async body dropped at its current
+/// `.await`). Sets `retryable` when the outcome is a failure the function marked
+/// [`rask_common::TaskError::retryable`] (whether it is retried is the caller's decision). `context`
+/// builds the run's [`TaskContext`], called only for a function that takes one.
+#[allow(clippy::too_many_arguments)] // each is one concern of a run; bundling hides which
 pub(crate) async fn execute(
     registry: &Registry,
     overruns: &Arc<Overruns>,
@@ -55,14 +66,22 @@ pub(crate) async fn execute(
     message: &TaskMessage,
     context: &(dyn Fn() -> TaskContext + Sync),
     limit: Option<Duration>,
+    cancel: &Cancel,
     retryable: &mut bool,
 ) -> Outcome {
-    if let Some(outcome) = crate::bag::execute(registry, worker, message, context).await {
-        return outcome; // an element-wise operation of a lazy collection
-    }
     let fail = |kind: FailureKind, text: String| {
         Outcome::Failure(TaskFailure::of(message, kind, text, worker))
     };
+    let cancelled = |detail: &str| fail(FailureKind::Cancelled, format!("{CANCELLED}{detail}"));
+    tokio::select! {
+        biased;
+        () = cancel.token.cancelled() => return cancelled(""),
+        bag = crate::bag::execute(registry, worker, message, context) => {
+            if let Some(outcome) = bag {
+                return outcome; // an element-wise operation of a lazy collection
+            }
+        }
+    }
     let invocation = match registry.prepare(&message.function, &message.args, context) {
         Ok(invocation) => invocation,
         Err(PrepareError::Unknown(known)) => {
@@ -90,30 +109,59 @@ pub(crate) async fn execute(
             format!("ran longer than its time limit of {limit:?}{detail}"),
         )
     };
+    let pace = registry.pace();
     let joined = match (invocation, limit) {
-        // On a multi-threaded runtime, run the body on this thread, inline or letting the
-        // runtime move its other work elsewhere (`pace.rs`): no hand-off to the blocking pool
-        // and back per task.
-        (Invocation::Blocking(f), None) if multi_thread => {
-            match registry.pace().run_in_place(&message.function, f) {
+        // On a multi-threaded runtime, a body of microseconds so far runs inline (`pace.rs`):
+        // no hand-off to another thread and back per task.
+        (Invocation::Blocking(f), None) if multi_thread && pace.is_quick(&message.function) => {
+            match pace.run_in_place(&message.function, f) {
                 Ok(result) => Ok(result),
                 Err(payload) => return fail(FailureKind::Panicked, panic_text(payload)),
             }
         }
-        (Invocation::Blocking(f), None) => tokio::task::spawn_blocking(f).await,
-        // At the limit the thread runs on, counted by `overruns`.
-        (Invocation::Blocking(f), Some(limit)) => match overruns.run_blocking(f, limit).await {
-            Ok(joined) => joined,
-            Err(_overran) => return timed_out(limit, UNSTOPPABLE),
-        },
+        // On the blocking pool, so that a force cancel can stop waiting for it; at the limit or
+        // past the cancellation's grace the thread runs on, counted by `overruns`.
+        (Invocation::Blocking(f), limit) => {
+            let timed = move || {
+                let started = Instant::now();
+                let result = f();
+                (result, started.elapsed())
+            };
+            match overruns.run_stoppable(timed, limit, Some(cancel)).await {
+                Ok(Ok((result, took))) => {
+                    // Runs under a limit never run inline, so their pace does not matter.
+                    if limit.is_none() {
+                        pace.record(&message.function, took);
+                    }
+                    Ok(result)
+                }
+                Ok(Err(join)) => Err(join),
+                Err(_overran) if cancel.token.is_cancelled() => {
+                    return cancelled(&format!(
+                        "; a plain function cannot be stopped, so it was abandoned after \
+                         cancel_grace = {:?} and runs on in the background",
+                        cancel.grace
+                    ))
+                }
+                Err(_overran) => return timed_out(limit.unwrap_or_default(), UNSTOPPABLE),
+            }
+        }
         (Invocation::Async(fut), limit) => {
             let caught = AssertUnwindSafe(fut).catch_unwind();
-            let caught = match limit {
-                None => caught.await,
-                // At the limit the body's future is dropped: cancelled at its current `.await`.
-                Some(limit) => match tokio::time::timeout(limit, caught).await {
+            let limited = async {
+                match limit {
+                    None => Ok(caught.await),
+                    // At the limit the body's future is dropped: cancelled at its `.await`.
+                    Some(limit) => tokio::time::timeout(limit, caught).await.map_err(|_| limit),
+                }
+            };
+            let caught = tokio::select! {
+                biased;
+                // The body's future is dropped: cancelled at its current `.await`.
+                () = cancel.token.cancelled() => return cancelled(""),
+                limited = limited => match limited {
                     Ok(caught) => caught,
-                    Err(_) => return timed_out(limit, ""),
+                    Err(limit) => return timed_out(limit, ""),
                 },
             };
             match caught {
@@ -122,6 +170,9 @@ pub(crate) async fn execute(
             }
         }
     };
+    if cancel.token.is_cancelled() {
+        return cancelled("; it returned after its cancellation and its result is dropped");
+    }
     match joined {
         Ok(Ok(bytes)) => Outcome::Value(bytes),
         Ok(Err(error)) => {
@@ -195,6 +246,41 @@ mod tests {
         }
     }
 
+    rask_common::task! {
+        /// Test: flags that it started, then blocks its thread until told to go on through
+        /// `STUBBORN_GATE`, ignoring any cancellation.
+        fn stubborn(x: i64) -> i64 {
+            STUBBORN_STARTED.store(true, std::sync::atomic::Ordering::SeqCst);
+            let gate = STUBBORN_GATE.lock().unwrap().take().expect("a gate is set");
+            gate.recv().expect("the test lets it go on");
+            x
+        }
+    }
+
+    rask_common::task! {
+        /// Test: never finishes on its own; records that it was dropped in `ENDLESS_DROPPED`.
+        async fn endless(x: i64) -> i64 {
+            let _guard = EndlessDropped;
+            std::future::pending::<()>().await;
+            x
+        }
+    }
+
+    static ENDLESS_DROPPED: std::sync::atomic::AtomicBool =
+        std::sync::atomic::AtomicBool::new(false);
+
+    /// Sets `ENDLESS_DROPPED` when dropped.
+    struct EndlessDropped;
+    impl Drop for EndlessDropped {
+        fn drop(&mut self) {
+            ENDLESS_DROPPED.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    static STUBBORN_GATE: std::sync::Mutex<Option<std::sync::mpsc::Receiver<()>>> =
+        std::sync::Mutex::new(None);
+    static STUBBORN_STARTED: std::sync::atomic::AtomicBool =
+        std::sync::atomic::AtomicBool::new(false);
     static GATE: std::sync::Mutex<Option<std::sync::mpsc::Receiver<()>>> =
         std::sync::Mutex::new(None);
     static DROPPED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -219,6 +305,14 @@ mod tests {
         panic!("these functions take no context")
     }
 
+    /// A run's cancellation, not cancelled, with a grace of 5 s.
+    fn running() -> Cancel {
+        Cancel {
+            token: tokio_util::sync::CancellationToken::new(),
+            grace: Duration::from_secs(5),
+        }
+    }
+
     /// `execute` without a limit, ignoring retryability.
     async fn execute(registry: &Registry, worker: &str, message: &TaskMessage) -> Outcome {
         super::execute(
@@ -228,6 +322,7 @@ mod tests {
             message,
             &context,
             None,
+            &running(),
             &mut false,
         )
         .await
@@ -352,6 +447,7 @@ mod tests {
             &message,
             &context,
             limit,
+            &running(),
             &mut false,
         )
         .await;
@@ -370,7 +466,14 @@ mod tests {
         let message = msg("held", encode_value(&(1,)).unwrap());
         let overruns = overruns();
         let outcome = super::execute(
-            &registry, &overruns, "w", &message, &context, limit, &mut false,
+            &registry,
+            &overruns,
+            "w",
+            &message,
+            &context,
+            limit,
+            &running(),
+            &mut false,
         )
         .await;
         // The body is still blocked on the gate: the outcome came at the limit, not after it,
@@ -378,6 +481,70 @@ mod tests {
         let f = failure(outcome);
         assert_eq!(f.kind, FailureKind::TimedOut);
         assert!(f.message.contains("50ms"), "{}", f.message);
+        assert_eq!(overruns.running(), 1);
+        go_on.send(()).expect("the body still waits");
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_async_body_is_dropped() {
+        let registry = Registry::new().with::<endless>();
+        let message = msg("endless", encode_value(&(2,)).unwrap());
+        let cancel = running();
+        let overruns = overruns();
+        let mut retryable = false;
+        let run = super::execute(
+            &registry,
+            &overruns,
+            "w",
+            &message,
+            &context,
+            None,
+            &cancel,
+            &mut retryable,
+        );
+        tokio::pin!(run);
+        // Started (polled once, waiting forever), then cancelled.
+        assert!(futures::poll!(&mut run).is_pending());
+        cancel.token.cancel();
+        let f = failure(run.await);
+        assert_eq!(f.kind, FailureKind::Cancelled);
+        assert!(ENDLESS_DROPPED.load(std::sync::atomic::Ordering::SeqCst));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_blocking_body_ignoring_its_cancellation_is_abandoned_after_the_grace() {
+        let registry = Registry::new().with::<stubborn>();
+        let (go_on, gate) = std::sync::mpsc::channel();
+        *STUBBORN_GATE.lock().unwrap() = Some(gate);
+        let message = msg("stubborn", encode_value(&(3,)).unwrap());
+        let cancel = Cancel {
+            grace: Duration::from_millis(50),
+            ..running()
+        };
+        let overruns = overruns();
+        let mut retryable = false;
+        let run = super::execute(
+            &registry,
+            &overruns,
+            "w",
+            &message,
+            &context,
+            None,
+            &cancel,
+            &mut retryable,
+        );
+        // Cancelled once the body runs (polled for, as the body's thread sets the flag).
+        let cancel_once_started = async {
+            while !STUBBORN_STARTED.load(std::sync::atomic::Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            cancel.token.cancel();
+        };
+        let (outcome, ()) = tokio::join!(run, cancel_once_started);
+        let f = failure(outcome);
+        assert_eq!(f.kind, FailureKind::Cancelled);
+        assert!(f.message.contains("cancel_grace = 50ms"), "{}", f.message);
+        // The body still blocks on its gate: its thread is counted until it returns.
         assert_eq!(overruns.running(), 1);
         go_on.send(()).expect("the body still waits");
     }
@@ -395,6 +562,7 @@ mod tests {
                 &message,
                 &context,
                 None,
+                &running(),
                 &mut flagged,
             )
             .await;

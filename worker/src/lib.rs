@@ -27,6 +27,8 @@
 //! - `execute.rs`: one task to an outcome under its time limit; panics, errors and timeouts
 //!   become stored failures. `pace.rs`: which plain functions are quick enough to run inline.
 //!   `overrun.rs`: the threads of plain functions past their limit, counted and bounded.
+//! - `revocations.rs`: tasks revoked by force cancels, in memory (checked at admission, and
+//!   watched by running tasks, which are then stopped), kept up to date from Redis.
 //! - `secede.rs`: a task waiting on tasks it launched gives its concurrency slot back, and
 //!   parked tasks do not count against the prefetch window.
 //! - `retries.rs`: a retryable failure goes back to the broker through a delay queue.
@@ -74,6 +76,7 @@ mod release;
 mod result_limit;
 mod retries;
 mod retry;
+mod revocations;
 mod scheduler;
 mod secede;
 mod signal;

@@ -1,15 +1,16 @@
-//! Plain (blocking) functions under a time limit, and the threads they leave behind.
+//! Plain (blocking) functions under a time limit or a force cancel, and the threads they leave
+//! behind.
 //!
-//! A thread cannot be stopped from outside: at its limit, the worker stops waiting for a plain
-//! function and fails its task (or broadcast), but the thread runs on until the function
-//! returns. [`Overruns`] counts those threads (the `rask_overrun_threads` gauge, and a log line
-//! each time one starts or ends) and bounds them: when their number reaches
-//! `max_overrun_threads` (default: 2 × `concurrency`), [`Overruns::exhausted`] fires, and the worker
-//! stops as on SIGTERM and exits with [`crate::Error::Overruns`], so that its supervisor starts a
-//! fresh process (the only way to end such threads). Without the bound, a function that hangs
-//! for some inputs would pile up threads (each with its stack, and its CPU if it spins) until
-//! the worker starved, and then the blocking pool's 512 threads, after which every plain
-//! function would wait for a free thread.
+//! A thread cannot be stopped from outside: at its limit (or `cancel_grace` after its task was
+//! cancelled with `force`), the worker stops waiting for a plain function and fails its task (or
+//! broadcast), but the thread runs on until the function returns. [`Overruns`] counts those threads
+//! (the `rask_overrun_threads` gauge, and a log line each time one starts or ends) and bounds them:
+//! when their number reaches `max_overrun_threads` (default: 2 × `concurrency`),
+//! [`Overruns::exhausted`] fires, and the worker stops as on SIGTERM and exits with
+//! [`crate::Error::Overruns`], so that its supervisor starts a fresh process (the only way to end
+//! such threads). Without the bound, a function that hangs for some inputs would pile up threads
+//! (each with its stack, and its CPU if it spins) until the worker starved, and then the blocking
+//! pool's 512 threads, after which every plain function would wait for a free thread.
 
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -33,9 +34,30 @@ pub(crate) struct Overruns {
     exhausted: CancellationToken,
 }
 
-/// A plain function ran past its limit; its thread runs on, counted by [`Overruns`].
+/// A plain function ran past its limit (or its cancellation's grace); its thread runs on,
+/// counted by [`Overruns`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Overran;
+
+/// How a run can be stopped by a force cancel (`client.cancel(..).force()`): its token, which
+/// the worker cancels when the task is revoked, and how long a plain function then has to
+/// return before the worker stops waiting for it (`cancel_grace`).
+#[derive(Debug, Clone)]
+pub(crate) struct Cancel {
+    /// Cancelled when the task is revoked. One per run.
+    pub(crate) token: CancellationToken,
+    /// `cancel_grace`.
+    pub(crate) grace: Duration,
+}
+
+/// Why the worker stopped waiting for a plain function.
+#[derive(Debug, Clone, Copy)]
+enum Why {
+    /// It ran past this time limit.
+    Limit(Duration),
+    /// Its task was cancelled and it did not return within this grace.
+    Cancelled(Duration),
+}
 
 impl Overruns {
     /// A count bounded by `max` (at least 1), reported in `gauge`.
@@ -70,6 +92,18 @@ impl Overruns {
         f: impl FnOnce() -> T + Send + 'static,
         limit: Duration,
     ) -> Result<Result<T, JoinError>, Overran> {
+        self.run_stoppable(f, Some(limit), None).await
+    }
+
+    /// Runs `f` on the blocking pool and waits for it until it returns, `limit` passes, or
+    /// `cancel`'s token is cancelled and its grace period passes: its result (or panic), or
+    /// [`Overran`] when the worker stopped waiting, its thread then counted until `f` returns.
+    pub(crate) async fn run_stoppable<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce() -> T + Send + 'static,
+        limit: Option<Duration>,
+        cancel: Option<&Cancel>,
+    ) -> Result<Result<T, JoinError>, Overran> {
         let state = Arc::new(AtomicU8::new(RUNNING));
         let ended = Ended {
             state: state.clone(),
@@ -79,33 +113,57 @@ impl Overruns {
             let _ended = ended; // dropped when `f` returns or unwinds
             f()
         });
-        match tokio::time::timeout(limit, &mut handle).await {
-            Ok(joined) => Ok(joined),
-            Err(_) => {
-                if state
-                    .compare_exchange(RUNNING, OVERRUN, Ordering::SeqCst, Ordering::SeqCst)
-                    .is_ok()
-                {
-                    self.overran(limit);
-                    Err(Overran)
-                } else {
-                    // It returned at the limit, in the instant between the two: take its result.
-                    Ok(handle.await)
-                }
+        let timed_out = async {
+            match limit {
+                Some(limit) => tokio::time::sleep(limit).await,
+                None => std::future::pending().await,
             }
+        };
+        let abandoned = async {
+            match cancel {
+                Some(cancel) => {
+                    cancel.token.cancelled().await;
+                    tokio::time::sleep(cancel.grace).await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let why = tokio::select! {
+            joined = &mut handle => return Ok(joined),
+            () = timed_out => Why::Limit(limit.unwrap_or_default()),
+            () = abandoned => Why::Cancelled(cancel.map(|c| c.grace).unwrap_or_default()),
+        };
+        if state
+            .compare_exchange(RUNNING, OVERRUN, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
+            self.overran(why);
+            Err(Overran)
+        } else {
+            // It returned at the limit, in the instant between the two: take its result.
+            Ok(handle.await)
         }
     }
 
-    /// One more thread runs past `limit`.
-    fn overran(&self, limit: Duration) {
+    /// One more thread runs on after the worker stopped waiting for it (`why`).
+    fn overran(&self, why: Why) {
         let running = self.running.fetch_add(1, Ordering::SeqCst) + 1;
         self.gauge.set(i64::try_from(running).unwrap_or(i64::MAX));
-        tracing::warn!(
-            ?limit,
-            overrun_threads = running,
-            max_overrun_threads = self.max,
-            "a plain function ran past its time limit; its thread runs on in the background"
-        );
+        match why {
+            Why::Limit(limit) => tracing::warn!(
+                ?limit,
+                overrun_threads = running,
+                max_overrun_threads = self.max,
+                "a plain function ran past its time limit; its thread runs on in the background"
+            ),
+            Why::Cancelled(grace) => tracing::warn!(
+                ?grace,
+                overrun_threads = running,
+                max_overrun_threads = self.max,
+                "a plain function did not stop within cancel_grace of its task being cancelled; \
+                 its thread runs on in the background"
+            ),
+        }
         if running >= self.max && !self.exhausted.is_cancelled() {
             tracing::error!(
                 overrun_threads = running,
@@ -121,7 +179,8 @@ impl Overruns {
         self.gauge.set(i64::try_from(running).unwrap_or(i64::MAX));
         tracing::info!(
             overrun_threads = running,
-            "a plain function that ran past its time limit returned; its thread is free"
+            "a plain function the worker stopped waiting for (time limit or force cancel) \
+             returned; its thread is free"
         );
     }
 }

@@ -1,9 +1,9 @@
 //! How long each plain (blocking) function takes, so that quick ones run inline.
 //!
 //! A plain function must not hold a runtime thread for long (the thread also serves deliveries,
-//! stores and acks), so it runs under `block_in_place`, which hands the thread's other work to
-//! another thread first. For a body of microseconds (`inc`, a lookup) that hand-off (a thread
-//! woken, a context switch) costs more than the body. So each function's run time is tracked as
+//! stores and acks), so it runs on the blocking pool (where a force cancel or a time limit can
+//! stop waiting for it, `execute.rs`). For a body of microseconds (`inc`, a lookup) that hand-off
+//! (a thread woken, a context switch) costs more than the body. So each function's run time is tracked as
 //! a moving average, and a function whose average is under [`QUICK`] runs inline. A function
 //! is never known quick before its first run, and one slow run lifts its average far above
 //! [`QUICK`] (a run of 1 s needs dozens of quick runs to come back under it), so a function that
@@ -30,7 +30,9 @@ pub(crate) struct Pace {
 impl Pace {
     /// Runs the plain body `f` of `function` on this runtime thread, catching a panic: inline
     /// when the function has been quick so far, else under `block_in_place` (which needs a
-    /// multi-threaded runtime); records how long it took.
+    /// multi-threaded runtime; `execute.rs` sends functions that are not quick to the blocking
+    /// pool instead, so this covers one whose average rose between its check and its run);
+    /// records how long it took.
     pub(crate) fn run_in_place<T>(
         &self,
         function: &str,
@@ -56,7 +58,7 @@ impl Pace {
     }
 
     /// Records one run of `function` that took `took`.
-    fn record(&self, function: &str, took: Duration) {
+    pub(crate) fn record(&self, function: &str, took: Duration) {
         let took = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
         let fold = |average: &AtomicU64| {
             let old = average.load(Ordering::Relaxed);

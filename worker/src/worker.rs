@@ -14,19 +14,24 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use rask_common::context::WorkerContext;
-use rask_common::{broker, Outcome, Settings, Store, TaskContext, TaskKey, TaskMessage};
+use rask_common::{
+    broker, FailureKind, Outcome, Settings, Store, TaskContext, TaskFailure, TaskKey, TaskMessage,
+};
 use tokio::sync::{mpsc, Semaphore};
-use tokio_util::task::TaskTracker;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 
 use crate::admit::{admit, Admission};
 use crate::error::{Error, Result};
 use crate::execute::{execute, time_limit};
 use crate::fatal::Fatal;
 use crate::ops::Health;
+use crate::overrun::Cancel;
 use crate::pools::Pools;
 use crate::registry::Registry;
 use crate::release::{ConfirmChannel, Releaser};
 use crate::result_limit::ResultLimit;
+use crate::revocations::Revocations;
 use crate::scheduler;
 use crate::secede::{Deliveries, Seceding, Window};
 use crate::writer::{self, Finished};
@@ -49,6 +54,8 @@ pub struct Worker {
     next_node: AtomicUsize,
     /// Whether the store's configuration was checked for risks (once, on the first connection).
     store_checked: AtomicBool,
+    /// The tasks revoked by force cancels (kept across connections).
+    revocations: Arc<Revocations>,
 }
 
 /// What every task handler shares.
@@ -70,6 +77,8 @@ pub(crate) struct Shared {
     pub(crate) fatal: Arc<Fatal>,
     /// The largest result stored (read from Redis once per connection).
     pub(crate) result_limit: ResultLimit,
+    /// The tasks revoked by force cancels: dropped at admission, stopped while running.
+    pub(crate) revocations: Arc<Revocations>,
     /// The pools served, for the queues of retries and dead letters.
     pub(crate) pools: Arc<Pools>,
     /// What the worker lends tasks that take a context: its id, settings, states (per process).
@@ -79,9 +88,9 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// The context of the run of `message` (built only for a function that takes one).
+    /// The context of the run of `message` (built only for a function that takes one); the
+    /// caller gives it the run's cancellation token.
     pub(crate) fn task_context(&self, message: &TaskMessage) -> TaskContext {
-        // The run's cancellation token is the context's own for now.
         TaskContext::new(
             message.key.clone(),
             message.attempt,
@@ -109,6 +118,7 @@ impl Worker {
             id,
             next_node: AtomicUsize::new(0),
             store_checked: AtomicBool::new(false),
+            revocations: Arc::default(),
         }
     }
 
@@ -161,6 +171,11 @@ impl Worker {
         )
         .await?;
         let health = ops.health();
+        // Dropped (and so stopped) whenever `run` returns.
+        let _revocations = AbortOnDropHandle::new(tokio::spawn(crate::revocations::listen(
+            self.settings.clone(),
+            self.revocations.clone(),
+        )));
         let overruns = self.metrics.overruns().clone();
         let exhausted = overruns.exhausted().clone();
         let shutdown = ops
@@ -220,6 +235,8 @@ impl Worker {
             store.warn_about_risks().await;
         }
         let result_limit = ResultLimit::read(&store, &settings).await;
+        // Before consuming: a task revoked before this worker started is never run.
+        self.revocations.load(&store).await?;
         let first = self.next_node.load(Ordering::Relaxed);
         let (connection, node) =
             broker::connect_from(&settings, &format!("rask-worker {id}"), first).await?;
@@ -317,6 +334,7 @@ impl Worker {
             context: worker_context.clone(),
             seceding: seceding.clone(),
             pools,
+            revocations: self.revocations.clone(),
         });
 
         let mut shutdown = shutdown;
@@ -434,23 +452,50 @@ async fn handle(shared: &Shared, delivery: Delivery) {
         }
         Admission::Settled | Admission::Abandoned => return,
     };
+    if shared.revocations.is_revoked(&message.key) {
+        // Its `Cancelled` outcome is stored: storing it again is a no-op that acknowledges.
+        tracing::info!(key = %message.key, "revoked task not run");
+        let text = "revoked by a client (force cancel) before it ran";
+        let failure = TaskFailure::of(&message, FailureKind::Cancelled, text, &shared.id);
+        return finish(shared, message.key, Outcome::Failure(failure), delivery).await;
+    }
     let mut retryable = false;
     let run = shared.metrics.start(&message.function);
     let outcome = match inputs::resolve(&shared.store, &shared.id, &message).await {
         Ok(ready) => {
             let limit = time_limit(&message, &shared.settings);
             let overruns = shared.metrics.overruns();
-            let context = || shared.task_context(&ready);
-            execute(
+            // One token per run, cancelled when the task is revoked while it runs; a body that
+            // takes a context sees it there.
+            let cancel = Cancel {
+                token: CancellationToken::new(),
+                grace: shared.settings.cancel_grace,
+            };
+            let context = || {
+                shared
+                    .task_context(&ready)
+                    .with_cancellation(cancel.token.clone())
+            };
+            let executing = execute(
                 &shared.registry,
                 overruns,
                 &shared.id,
                 &ready,
                 &context,
                 limit,
+                &cancel,
                 &mut retryable,
-            )
-            .await
+            );
+            tokio::pin!(executing);
+            tokio::select! {
+                biased;
+                outcome = &mut executing => outcome,
+                () = shared.revocations.revoked(&message.key) => {
+                    tracing::info!(key = %message.key, "revoked task stopped");
+                    cancel.token.cancel();
+                    executing.await
+                }
+            }
         }
         Err(inputs::Unresolved::Failed(outcome)) => outcome,
         Err(inputs::Unresolved::Refused(source)) => {

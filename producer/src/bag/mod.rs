@@ -101,6 +101,22 @@ impl<T> Bag<T> {
         }
     }
 
+    /// The same bag with `options` on the tasks that make its partitions (e.g.
+    /// `bag.map(f).with_options(..)`: the `map` tasks), as [`Delayed::with_options`] sets them
+    /// on one call (priority, retry policy, time limit). Partitions already
+    /// stored (from keys or futures) are left as they are; keys do not change.
+    pub fn with_options(self, options: rask_common::TaskOptions) -> Self {
+        let parts = self
+            .parts
+            .into_iter()
+            .map(|part| match part {
+                Part::Lazy(delayed) => Part::Lazy(delayed.with_options(options.clone())),
+                stored @ Part::Stored(_) => stored,
+            })
+            .collect();
+        Bag { parts }
+    }
+
     /// How many partitions the bag has (the tasks an element-wise operation takes).
     pub fn npartitions(&self) -> usize {
         self.parts.len()

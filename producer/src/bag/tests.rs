@@ -106,3 +106,27 @@ fn repartition_joins_or_cuts_and_keeps_what_stays() {
     assert_eq!(stored.repartition(3).npartitions(), 3);
     assert_eq!(Bag::<i64>::from_keys([]).repartition(2).npartitions(), 2);
 }
+
+#[test]
+fn options_go_on_the_tasks_making_the_partitions_not_on_their_inputs() {
+    let options = rask_common::TaskOptions::new()
+        .priority(3)
+        .time_limit(std::time::Duration::from_secs(2));
+    let items = Bag::from_iter(0..10_i64, 3);
+    let mapped = items.map(inc).with_options(options.clone());
+    assert_eq!(mapped.keys(), items.map(inc).keys(), "keys do not change");
+    for part in &mapped.parts {
+        let Part::Lazy(delayed) = part else {
+            panic!("mapped partitions are calls")
+        };
+        assert_eq!(delayed.node().options(), &options);
+        for input in delayed.node().deps() {
+            let rask_common::graph::Dep::Node(input) = input else {
+                panic!("the input is a call")
+            };
+            assert_eq!(input.options(), &rask_common::TaskOptions::default());
+        }
+    }
+    let stored = Bag::<i64>::from_keys([TaskKey::new("kept-1").unwrap()]).with_options(options);
+    assert_eq!(stored.keys(), vec![TaskKey::new("kept-1").unwrap()]);
+}

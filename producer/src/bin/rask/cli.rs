@@ -36,6 +36,9 @@ pub(crate) enum Command {
     Gather(GatherArgs),
     /// Delete stored results by key.
     Release(ReleaseArgs),
+    /// Cancel tasks by key: store `Cancelled` for those without an outcome (failing their graph
+    /// dependents) and print how many; with `--force`, also stop them on the workers.
+    Cancel(CancelArgs),
     /// Empty the task queue and delete every stored result of this deployment (key prefix).
     Purge,
     /// Run one function on every live worker (built-ins: `ping`, `info`) and print the answers
@@ -199,6 +202,17 @@ pub(crate) struct ReleaseArgs {
     /// Task keys whose results to delete.
     #[arg(required = true)]
     pub(crate) keys: Vec<String>,
+}
+
+#[derive(Args)]
+pub(crate) struct CancelArgs {
+    /// Task keys to cancel.
+    #[arg(required = true)]
+    pub(crate) keys: Vec<String>,
+    /// Also revoke them: workers drop them if queued (now or later, for the result TTL) and stop
+    /// them if running (async bodies at once; plain functions after `cancel_grace`).
+    #[arg(long)]
+    pub(crate) force: bool,
 }
 
 #[derive(Subcommand)]

@@ -43,6 +43,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Map(args) => cmd::map::run(&cli.global, args).await,
         Command::Gather(args) => cmd::gather::run(&cli.global, args).await,
         Command::Release(args) => cmd::release::run(&cli.global, args).await,
+        Command::Cancel(args) => cmd::cancel::run(&cli.global, args).await,
         Command::Purge => cmd::purge::run(&cli.global).await,
         Command::Run(args) => cmd::run::run(&cli.global, args).await,
         Command::Status(args) => cmd::status::run(&cli.global, args).await,

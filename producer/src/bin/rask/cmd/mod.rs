@@ -1,6 +1,7 @@
 //! One module per subcommand; each exposes `run`, returning the process exit code.
 
 pub(crate) mod bench;
+pub(crate) mod cancel;
 pub(crate) mod dashboard;
 pub(crate) mod dead;
 pub(crate) mod demo;

@@ -1,18 +1,20 @@
-//! [`TaskOptions`]: how a submitted task is scheduled and retried (countdown or eta, priority,
-//! retry policy, time limit) and which pool of workers runs it, for
-//! [`crate::Client::submit_with`] and [`crate::Client::map_with`].
+//! [`TaskOptions`]: how a task is scheduled and retried (countdown or eta, priority, retry
+//! policy, time limit) and which pool of workers runs it: for the client's `submit_with` and
+//! `map_with`, and per graph node with [`crate::Delayed::with_options`]. Re-exported by the
+//! `rask` crate as `rask::TaskOptions`. [`TaskOptions::apply`] is the one place where options
+//! become message fields.
 
 use std::time::{Duration, SystemTime};
 
-use rask_common::retry::duration_ms;
-use rask_common::{Pool, RetryPolicy, Settings, TaskMessage};
+use crate::retry::duration_ms;
+use crate::{Pool, RetryPolicy, Settings, TaskMessage};
 
 /// Scheduling options for submitted tasks. The default runs a task as soon as a worker is free,
 /// at priority 0, once, with the workers' `task_time_limit`.
 ///
 /// ```
 /// use std::time::Duration;
-/// use rask::{RetryPolicy, TaskOptions};
+/// use rask_common::{RetryPolicy, TaskOptions};
 ///
 /// let options = TaskOptions::new()
 ///     .countdown(Duration::from_secs(10))
@@ -76,12 +78,12 @@ impl TaskOptions {
         self
     }
 
-    /// Sends the task to the workers of `pool` (see [`rask_common::pool`]), whatever the
+    /// Sends the task to the workers of `pool` (see [`crate::pool`]), whatever the
     /// routing table (setting `routes`) says; its retries stay in that pool. Without it, the
     /// routing table's pool for the function, else the default pool.
     ///
     /// ```
-    /// use rask::{Pool, TaskOptions};
+    /// use rask_common::{Pool, TaskOptions};
     ///
     /// let gpu = TaskOptions::new().pool("gpu");
     /// assert_eq!(gpu.pool_name().map(Pool::as_str), Some("gpu"));
@@ -103,12 +105,12 @@ impl TaskOptions {
     /// The pool set with [`TaskOptions::pool`], if any.
     ///
     /// # Errors
-    /// [`rask_common::Error::Settings`] if its name is not a valid pool name.
-    pub(crate) fn checked_pool(&self) -> rask_common::Result<Option<&Pool>> {
+    /// [`crate::Error::Settings`] if its name is not a valid pool name.
+    pub fn checked_pool(&self) -> crate::Result<Option<&Pool>> {
         match &self.pool {
             None => Ok(None),
             Some(Ok(pool)) => Ok(Some(pool)),
-            Some(Err(why)) => Err(rask_common::Error::Settings(why.clone())),
+            Some(Err(why)) => Err(crate::Error::Settings(why.clone())),
         }
     }
 
@@ -123,9 +125,16 @@ impl TaskOptions {
         }
     }
 
+    /// Whether a start time is set (a countdown or an eta, even one already past).
+    pub fn is_delayed(&self) -> bool {
+        self.start.is_some()
+    }
+
     /// `message` with these options' priority (at most `max_priority`), retry policy, time
-    /// limit and pool (routed by [`Settings::route`]: this pool, else the routing table's).
-    pub(crate) fn apply(&self, mut message: TaskMessage, settings: &Settings) -> TaskMessage {
+    /// limit and pool (routed by [`Settings::route`]: this pool, else the routing table's): the
+    /// one place where options become message fields. The start time is not a field: the
+    /// publisher routes the message through a delay queue ([`TaskOptions::delay`]).
+    pub fn apply(&self, mut message: TaskMessage, settings: &Settings) -> TaskMessage {
         message.priority = self.priority.min(settings.max_priority);
         message.retry = self.retry;
         message.time_limit_ms = self.time_limit.map(|d| duration_ms(d).max(1));
@@ -136,7 +145,7 @@ impl TaskOptions {
 
 #[cfg(test)]
 mod tests {
-    use rask_common::TaskKey;
+    use crate::TaskKey;
 
     use super::*;
 
