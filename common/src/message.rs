@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::keys::TaskKey;
+use crate::resources::Resources;
 pub use crate::retry::RetryPolicy;
 
 /// The protocol version this build writes and accepts.
@@ -49,6 +50,15 @@ pub struct TaskMessage {
     /// body too, so that a retry is republished with it. Not written when 0.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub priority: u8,
+    /// What the task needs of a worker's resources (`gpu=1`): a worker runs it only while it
+    /// has that much free ([`crate::resources`]). Empty, and then not written, for a task that
+    /// needs nothing: older messages mean that.
+    #[serde(default, skip_serializing_if = "Resources::is_empty")]
+    pub resources: Resources,
+    /// Times workers that lack the task's resources handed it on for another worker of its
+    /// queue to run (each after a longer pause). Not written when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub handoffs: u32,
 }
 
 fn is_zero<T: Default + PartialEq>(n: &T) -> bool {
@@ -68,6 +78,8 @@ impl TaskMessage {
             retry: None,
             time_limit_ms: None,
             priority: 0,
+            resources: Resources::new(),
+            handoffs: 0,
         }
     }
 
@@ -220,7 +232,14 @@ mod tests {
     #[test]
     fn scheduling_fields_round_trip_and_are_omitted_when_default() {
         let plain = message().encode().unwrap();
-        for field in ["attempt", "retry", "time_limit_ms", "priority"] {
+        for field in [
+            "attempt",
+            "retry",
+            "time_limit_ms",
+            "priority",
+            "resources",
+            "handoffs",
+        ] {
             assert!(
                 !plain.windows(field.len()).any(|w| w == field.as_bytes()),
                 "{field}"
@@ -231,6 +250,8 @@ mod tests {
         m.retry = Some(RetryPolicy::new(5));
         m.time_limit_ms = Some(1500);
         m.priority = 7;
+        m.resources = "gpu=1,mem=2GiB".parse().unwrap();
+        m.handoffs = 3;
         assert_eq!(TaskMessage::decode(&m.encode().unwrap()).unwrap(), m);
     }
 

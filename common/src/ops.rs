@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::Result;
 use crate::keys::TaskKey;
 use crate::outcome::FailureKind;
+use crate::resources::Resources;
 use crate::store::Store;
 
 /// The broadcast function every worker answers with `"pong"`.
@@ -64,6 +65,13 @@ pub struct WorkerEntry {
     pub tasks_per_second: f64,
     /// Its last few task failures, newest last (at most [`RECENT_ERRORS`]).
     pub recent_errors: Vec<RecentError>,
+    /// What it has of named resources (its `resources` setting); empty (and absent in entries
+    /// of older workers) when it declares none.
+    #[serde(default)]
+    pub resources: Resources,
+    /// How much of its resources the tasks it runs held when it wrote this entry.
+    #[serde(default)]
+    pub resources_in_use: Resources,
 }
 
 /// Task counters of one worker since it started.
@@ -291,6 +299,8 @@ mod tests {
                 kind: FailureKind::Failed,
                 message: "no".into(),
             }],
+            resources: "gpu=2,mem=16GiB".parse().unwrap(),
+            resources_in_use: "gpu=1".parse().unwrap(),
         };
         let back: WorkerEntry = decode(&encode(&entry).unwrap()).unwrap();
         assert_eq!(back, entry);

@@ -73,8 +73,8 @@ pub use rask_common::ops::{
     BroadcastFailure, RecentError, WorkerCounters, WorkerEntry, WorkerInfo,
 };
 pub use rask_common::{
-    builtins, task, Arg, Delayed, FailureKind, RetryPolicy, Settings, Task, TaskError, TaskFailure,
-    TaskKey,
+    builtins, task, Arg, Delayed, FailureKind, ResourceSlots, Resources, RetryPolicy, Settings,
+    Task, TaskError, TaskFailure, TaskKey,
 };
 pub use run::RunReport;
 pub use scatter::Wait;

@@ -1,10 +1,10 @@
 //! [`TaskOptions`]: how a submitted task is scheduled and retried (countdown or eta, priority,
-//! retry policy, time limit), for [`crate::Client::submit_with`] and [`crate::Client::map_with`].
+//! retry policy, time limit, resources needed), for [`crate::Client::submit_with`] and [`crate::Client::map_with`].
 
 use std::time::{Duration, SystemTime};
 
 use rask_common::retry::duration_ms;
-use rask_common::{RetryPolicy, TaskMessage};
+use rask_common::{Resources, RetryPolicy, TaskMessage};
 
 /// Scheduling options for submitted tasks. The default runs a task as soon as a worker is free,
 /// at priority 0, once, with the workers' `task_time_limit`.
@@ -17,15 +17,17 @@ use rask_common::{RetryPolicy, TaskMessage};
 ///     .countdown(Duration::from_secs(10))
 ///     .priority(5)
 ///     .retry(RetryPolicy::new(3))
-///     .time_limit(Duration::from_secs(30));
+///     .time_limit(Duration::from_secs(30))
+///     .resources([("gpu", 1)]);
 /// assert_eq!(options.delay(), Duration::from_secs(10));
 /// ```
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct TaskOptions {
     start: Option<Start>,
     priority: u8,
     retry: Option<RetryPolicy>,
     time_limit: Option<Duration>,
+    resources: Resources,
 }
 
 /// When a task may start.
@@ -73,6 +75,16 @@ impl TaskOptions {
         self
     }
 
+    /// Runs the task only on a worker with these resources free, e.g. `[("gpu", 1)]` or
+    /// `"gpu=1,mem=4GiB".parse()?` (amounts in the unit the workers' `resources` setting uses;
+    /// an amount of 0 is left out). The worker holds them for the task's run and tells the task
+    /// which slots it got (e.g. GPU 0 or 1). A task needing more than every live worker of the
+    /// queue has fails with `ResourceUnavailable` naming the resource. Replaces earlier needs.
+    pub fn resources<N: Into<String>>(mut self, needs: impl IntoIterator<Item = (N, u64)>) -> Self {
+        self.resources = needs.into_iter().collect();
+        self
+    }
+
     /// How long from now the task waits before it may run.
     pub fn delay(&self) -> Duration {
         match self.start {
@@ -90,6 +102,7 @@ impl TaskOptions {
         message.priority = self.priority.min(max_priority);
         message.retry = self.retry;
         message.time_limit_ms = self.time_limit.map(|d| duration_ms(d).max(1));
+        message.resources = self.resources.clone();
         message
     }
 }
@@ -106,9 +119,11 @@ mod tests {
         let options = TaskOptions::new()
             .priority(200)
             .retry(RetryPolicy::new(4))
-            .time_limit(Duration::from_millis(1500));
+            .time_limit(Duration::from_millis(1500))
+            .resources([("gpu", 1), ("mem", 0)]);
         let m = options.apply(message.clone(), 9);
         assert_eq!(m.priority, 9);
+        assert_eq!(m.resources.to_string(), "gpu=1");
         assert_eq!(m.retry, Some(RetryPolicy::new(4)));
         assert_eq!(m.time_limit_ms, Some(1500));
         assert_eq!(TaskOptions::new().apply(message.clone(), 9), message);

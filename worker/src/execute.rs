@@ -23,6 +23,7 @@ use rask_common::{FailureKind, Invocation, Outcome, Settings, TaskFailure, TaskM
 
 use crate::overrun::Overruns;
 use crate::registry::{PrepareError, Registry};
+use crate::resources::Held;
 
 /// What a plain function's time-limit failure adds to the message.
 const UNSTOPPABLE: &str = "; a plain function cannot be stopped, so it runs on in the background \
@@ -44,13 +45,15 @@ pub(crate) fn time_limit(message: &TaskMessage, settings: &Settings) -> Option<D
 /// `pace.rs`), async ones on the runtime; a panic is caught and reported either way. A plain
 /// function past its limit leaves its thread to `overruns`. Sets `retryable` when the outcome
 /// is a failure the function marked [`rask_common::TaskError::retryable`] (whether it is
-/// retried is the caller's decision).
+/// retried is the caller's decision). The resource slots `held` (if any) go into the body,
+/// readable there, and are given back when it ends (`resources/current.rs`).
 pub(crate) async fn execute(
     registry: &Registry,
     overruns: &Arc<Overruns>,
     worker: &str,
     message: &TaskMessage,
     limit: Option<Duration>,
+    held: Option<Held>,
     retryable: &mut bool,
 ) -> Outcome {
     if let Some(outcome) = crate::bag::execute(registry, worker, message).await {
@@ -77,6 +80,10 @@ pub(crate) async fn execute(
                 format!("arguments do not decode as {expected}: {error}"),
             )
         }
+    };
+    let invocation = match held {
+        Some(held) => crate::resources::holding(invocation, held),
+        None => invocation,
     };
     let multi_thread = tokio::runtime::Handle::current().runtime_flavor()
         == tokio::runtime::RuntimeFlavor::MultiThread;
@@ -212,7 +219,16 @@ mod tests {
 
     /// `execute` without a limit, ignoring retryability.
     async fn execute(registry: &Registry, worker: &str, message: &TaskMessage) -> Outcome {
-        super::execute(registry, &overruns(), worker, message, None, &mut false).await
+        super::execute(
+            registry,
+            &overruns(),
+            worker,
+            message,
+            None,
+            None,
+            &mut false,
+        )
+        .await
     }
 
     fn msg(function: &str, args: Vec<u8>) -> TaskMessage {
@@ -327,8 +343,16 @@ mod tests {
         let registry = Registry::new().with::<forever>();
         let limit = Some(Duration::from_millis(50));
         let message = msg("forever", encode_value(&(1,)).unwrap());
-        let outcome =
-            super::execute(&registry, &overruns(), "w", &message, limit, &mut false).await;
+        let outcome = super::execute(
+            &registry,
+            &overruns(),
+            "w",
+            &message,
+            limit,
+            None,
+            &mut false,
+        )
+        .await;
         let f = failure(outcome);
         assert_eq!(f.kind, FailureKind::TimedOut);
         assert!(f.message.contains("50ms"), "{}", f.message);
@@ -343,7 +367,8 @@ mod tests {
         let limit = Some(Duration::from_millis(50));
         let message = msg("held", encode_value(&(1,)).unwrap());
         let overruns = overruns();
-        let outcome = super::execute(&registry, &overruns, "w", &message, limit, &mut false).await;
+        let outcome =
+            super::execute(&registry, &overruns, "w", &message, limit, None, &mut false).await;
         // The body is still blocked on the gate: the outcome came at the limit, not after it,
         // and its thread is counted as overrun until it returns.
         let f = failure(outcome);
@@ -359,8 +384,16 @@ mod tests {
         for retryable in [true, false] {
             let mut flagged = !retryable;
             let message = msg("flaky", encode_value(&(retryable,)).unwrap());
-            let outcome =
-                super::execute(&registry, &overruns(), "w", &message, None, &mut flagged).await;
+            let outcome = super::execute(
+                &registry,
+                &overruns(),
+                "w",
+                &message,
+                None,
+                None,
+                &mut flagged,
+            )
+            .await;
             let f = failure(outcome);
             assert_eq!((f.kind, flagged), (FailureKind::Failed, retryable));
         }

@@ -27,6 +27,9 @@
 //! - `execute.rs`: one task to an outcome under its time limit; panics, errors and timeouts
 //!   become stored failures. `pace.rs`: which plain functions are quick enough to run inline.
 //!   `overrun.rs`: the threads of plain functions past their limit, counted and bounded.
+//! - `resources/`: a task needing resources (`gpu=1`) runs only while this worker has them
+//!   free, holding numbered slots it can read ([`held_slots`]); one needing more than this
+//!   worker has is handed to another worker of the queue, or fails with `ResourceUnavailable`.
 //! - `retries.rs`: a retryable failure goes back to the broker through a delay queue.
 //! - `bag.rs`: the element-wise operations of lazy collections (`rask.bag.map`, …): a registered
 //!   function applied to each element of a partition inside one task.
@@ -63,6 +66,7 @@ mod pace;
 mod presence;
 mod registry;
 mod release;
+mod resources;
 mod result_limit;
 mod retries;
 mod retry;
@@ -75,5 +79,6 @@ mod hostile_args_test;
 
 pub use error::{Error, Result, EXIT_CONFIG};
 pub use registry::Registry;
+pub use resources::held_slots;
 pub use signal::shutdown_signal;
 pub use worker::Worker;

@@ -23,6 +23,7 @@ use tokio_util::task::TaskTracker;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
+use crate::resources::Capacity;
 
 /// Who this worker is, as the registry and the `info` broadcast report it.
 pub(crate) struct Identity {
@@ -146,6 +147,7 @@ impl Ops {
         registry: &Registry,
         id: &str,
         metrics: Arc<Metrics>,
+        capacity: Arc<Capacity>,
     ) -> Result<Self> {
         let health = Arc::new(Health::new());
         let stop = CancellationToken::new();
@@ -193,6 +195,7 @@ impl Ops {
             settings.clone(),
             identity,
             metrics,
+            capacity,
             health.clone(),
             leaving.clone(),
         ));

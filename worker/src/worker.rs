@@ -14,7 +14,8 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use rask_common::{broker, Outcome, Settings, Store, TaskKey};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admit::{admit, Admission};
@@ -24,6 +25,7 @@ use crate::fatal::Fatal;
 use crate::ops::Health;
 use crate::registry::Registry;
 use crate::release::{ConfirmChannel, Releaser};
+use crate::resources::{self, Capacity, Census, Gate};
 use crate::result_limit::ResultLimit;
 use crate::writer::{self, Finished};
 use crate::{inputs, retries};
@@ -45,6 +47,8 @@ pub struct Worker {
     next_node: AtomicUsize,
     /// Whether the store's configuration was checked for risks (once, on the first connection).
     store_checked: AtomicBool,
+    /// Its resources (the `resources` setting) and what runs hold of them, across connections.
+    capacity: Arc<Capacity>,
 }
 
 /// What every task handler shares.
@@ -66,6 +70,15 @@ pub(crate) struct Shared {
     pub(crate) fatal: Arc<Fatal>,
     /// The largest result stored (read from Redis once per connection).
     pub(crate) result_limit: ResultLimit,
+    /// The concurrency permits (a task waiting for resources gives its own back meanwhile).
+    pub(crate) permits: Arc<Semaphore>,
+    /// This worker's resources and what runs hold of them.
+    pub(crate) capacity: Arc<Capacity>,
+    /// The live workers' resources, for tasks that need more than this worker has.
+    pub(crate) census: Census,
+    /// Cancelled once the loop stops consuming: tasks still waiting for resources give up
+    /// (their deliveries return to the queue when the channel closes).
+    pub(crate) stopping: CancellationToken,
 }
 
 impl Worker {
@@ -81,6 +94,7 @@ impl Worker {
                 registry.names(),
                 settings.effective_max_overrun_threads(),
             )),
+            capacity: resources::capacity(&settings),
             settings,
             registry,
             id,
@@ -123,6 +137,7 @@ impl Worker {
             &self.registry,
             &self.id,
             self.metrics.clone(),
+            self.capacity.clone(),
         )
         .await?;
         let health = ops.health();
@@ -243,8 +258,13 @@ impl Worker {
             functions = %registry.names().join(","),
             "worker ready"
         );
+        let stopping = CancellationToken::new();
         let shared = Arc::new(Shared {
             signer: rask_common::signing::Signer::from_settings(&settings),
+            census: Census::new(&settings, &id),
+            permits: permits.clone(),
+            capacity: self.capacity.clone(),
+            stopping: stopping.clone(),
             settings,
             registry,
             id,
@@ -276,8 +296,7 @@ impl Worker {
                     // Boxed: the task cell (moved on spawn and on completion) stays small
                     // while the state of a whole delivery lives in one heap allocation.
                     tracker.spawn(async move {
-                        Box::pin(handle(&shared, delivery)).await;
-                        drop(permit);
+                        Box::pin(handle(&shared, delivery, permit)).await;
                     });
                 }
                 Some(Ok(Err(e))) => break Err(Some(Error::Consuming(e))),
@@ -289,6 +308,7 @@ impl Worker {
             }
         };
         drop(consuming);
+        stopping.cancel();
 
         tracing::info!(worker = %shared.id, in_flight = tracker.len(), "stopping: finishing tasks in flight");
         for i in 0..shards.len() {
@@ -340,9 +360,11 @@ fn consumer_tag(id: &str, index: usize) -> String {
     }
 }
 
-/// One delivery, start to end: admitted (or dead-lettered), inputs read, run under its time
-/// limit, then retried through the broker or finished (its outcome stored, then acknowledged).
-async fn handle(shared: &Shared, delivery: Delivery) {
+/// One delivery, start to end: admitted (or dead-lettered), its resources taken (or handed on),
+/// inputs read, run under its time limit, then retried through the broker or finished (its
+/// outcome stored, then acknowledged). Holds `permit` (a concurrency slot) throughout, except
+/// while it waits for resources.
+async fn handle(shared: &Shared, delivery: Delivery, permit: OwnedSemaphorePermit) {
     let message = match admit(shared, &delivery).await {
         Admission::Run(message) => message,
         Admission::Refuse(key, failure) => {
@@ -359,6 +381,18 @@ async fn handle(shared: &Shared, delivery: Delivery) {
         }
         Admission::Settled | Admission::Abandoned => return,
     };
+    // Tasks that need no resources pay for this check only.
+    let (held, _permit) = if message.resources.is_empty() {
+        (None, permit)
+    } else {
+        match resources::gate(shared, &message, &delivery, permit).await {
+            Gate::Run(held, permit) => (Some(held), permit),
+            Gate::Fail(failure) => {
+                return finish(shared, message.key, Outcome::Failure(failure), delivery).await
+            }
+            Gate::Done => return,
+        }
+    };
     let mut retryable = false;
     let run = shared.metrics.start(&message.function);
     let outcome = match inputs::resolve(&shared.store, &shared.id, &message).await {
@@ -371,6 +405,7 @@ async fn handle(shared: &Shared, delivery: Delivery) {
                 &shared.id,
                 &ready,
                 limit,
+                held,
                 &mut retryable,
             )
             .await

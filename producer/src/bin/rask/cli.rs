@@ -97,6 +97,16 @@ pub(crate) struct ScheduleArgs {
     /// Fail a task with `TimedOut` if it runs longer than this.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub(crate) time_limit: Option<Duration>,
+    /// Run only on a worker with these resources free, e.g. `gpu=1` or `gpu=1,mem=4GiB` (see
+    /// `rask-worker --resources`); fails with `ResourceUnavailable` if no live worker has
+    /// that much.
+    #[arg(long, value_name = "NAME=AMOUNT,...", value_parser = parse_resources)]
+    pub(crate) resources: Option<rask::Resources>,
+}
+
+/// Reads `--resources`.
+fn parse_resources(text: &str) -> Result<rask::Resources, String> {
+    text.parse().map_err(|e: rask_common::Error| e.to_string())
 }
 
 impl ScheduleArgs {
@@ -118,6 +128,9 @@ impl ScheduleArgs {
         }
         if let Some(limit) = self.time_limit {
             options = options.time_limit(limit);
+        }
+        if let Some(needs) = &self.resources {
+            options = options.resources(needs.clone());
         }
         options
     }
