@@ -11,7 +11,7 @@
 //!   channel closes, as prefetched deliveries do.
 //! - It needs more than this worker has in all: if another live worker of the queue has
 //!   enough ([`Census`]), the task is handed on: republished (confirmed) through the delay
-//!   ladder after a pause that doubles with each hand-off (50 ms to 5 s, counted in the
+//!   ladder after a pause that doubles with each hand-off (50 ms to 2 s, counted in the
 //!   message's `handoffs`), then acknowledged. So it is neither a failed delivery (not counted
 //!   against `max_deliveries`) nor a busy loop. If no live worker has enough, it fails with
 //!   `ResourceUnavailable` naming the resource, the amount needed and the most any live
@@ -44,7 +44,7 @@ use crate::release;
 use crate::worker::Shared;
 
 /// First and longest pause before a handed-on task is delivered again.
-const HANDOFF_PAUSE: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(5));
+const HANDOFF_PAUSE: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(2));
 
 /// What to do with a task that needs resources.
 pub(crate) enum Gate {
@@ -183,8 +183,8 @@ mod tests {
     fn hand_offs_wait_longer_each_time_up_to_a_bound() {
         assert_eq!(pause(0), Duration::from_millis(50));
         assert_eq!(pause(1), Duration::from_millis(100));
-        assert_eq!(pause(6), Duration::from_millis(3200));
-        assert_eq!(pause(7), Duration::from_secs(5));
-        assert_eq!(pause(u32::MAX), Duration::from_secs(5));
+        assert_eq!(pause(5), Duration::from_millis(1600));
+        assert_eq!(pause(6), Duration::from_secs(2));
+        assert_eq!(pause(u32::MAX), Duration::from_secs(2));
     }
 }
