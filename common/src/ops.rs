@@ -306,6 +306,20 @@ mod tests {
         assert_eq!(back, entry);
         assert_eq!(back.counters.done(), 3);
 
+        // An entry of an older worker, without resources, declares none.
+        let rmpv::Value::Map(fields) = decode::<rmpv::Value>(&encode(&entry).unwrap()).unwrap()
+        else {
+            panic!("an entry is a map")
+        };
+        let older = rmpv::Value::Map(
+            fields
+                .into_iter()
+                .filter(|(k, _)| !k.as_str().is_some_and(|k| k.starts_with("resources")))
+                .collect(),
+        );
+        let back: WorkerEntry = decode(&rmp_serde::to_vec(&older).unwrap()).unwrap();
+        assert!(back.resources.is_empty() && back.resources_in_use.is_empty());
+
         let reply = BroadcastReply {
             worker: "w".into(),
             result: Err(BroadcastFailure {

@@ -885,6 +885,7 @@ mod tests {
         let s = load("resources = \"gpu=1, mem=512MiB\"\n").unwrap();
         assert_eq!(s.resources.to_string(), "gpu=1,mem=512MiB");
         assert!(load("").unwrap().resources.is_empty());
+        assert!(Settings::unknown_variables(["RASK_RESOURCES".to_owned()]).is_empty());
         for (text, says) in [
             ("resources = \"gpu=2GB\"\n", "GB are not"),
             ("[resources]\ngpu = 0\n", "amount 0"),

@@ -190,11 +190,19 @@ async fn a_task_needing_more_than_any_worker_has_fails_naming_the_resource() {
 #[tokio::test]
 async fn a_worker_without_the_resource_hands_the_task_to_one_that_has_it() {
     let env = TestEnv::new("resources-handoff").await;
-    // The GPU worker takes one delivery at a time, so the plain worker receives most tasks.
-    let gpu_worker = InProcess::start(Settings {
-        prefetch: 1,
-        ..worker_settings(&env, 1, "gpu=1")
-    });
+    // The GPU worker, a process given its GPU by `RASK_RESOURCES`, takes one delivery at a
+    // time, so the plain worker receives most tasks.
+    let program = std::path::Path::new(env!("CARGO_BIN_EXE_rask-test-worker"));
+    let gpu_worker = env.spawn_program_with(
+        program,
+        1,
+        &[
+            ("RASK_RESOURCES", "gpu=1"),
+            ("RASK_CONCURRENCY", "1"),
+            ("RASK_PREFETCH", "1"),
+            ("RASK_HEARTBEAT_INTERVAL", "200ms"),
+        ],
+    );
     let monitor = Monitor::connect(env.settings.clone()).await.unwrap();
     env.eventually("the GPU worker registered", || async {
         let workers = monitor.workers().await.unwrap();
@@ -217,5 +225,5 @@ async fn a_worker_without_the_resource_hands_the_task_to_one_that_has_it() {
     assert_eq!(env.queue_depth(&env.settings.dead_letter_queue).await.0, 0);
     client.close().await.unwrap();
     plain_worker.stop().await;
-    gpu_worker.stop().await;
+    drop(gpu_worker);
 }

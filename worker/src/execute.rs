@@ -378,6 +378,70 @@ mod tests {
         go_on.send(()).expect("the body still waits");
     }
 
+    rask_common::task! {
+        /// Test: blocks its thread until told to go on through `SLOT_GATE`, then returns `x`.
+        fn held_with_slot(x: i64) -> i64 {
+            let gate = SLOT_GATE.lock().unwrap().take().expect("a gate is set");
+            gate.recv().expect("the test lets it go on");
+            x
+        }
+    }
+
+    static SLOT_GATE: std::sync::Mutex<Option<std::sync::mpsc::Receiver<()>>> =
+        std::sync::Mutex::new(None);
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn resource_slots_are_held_until_the_body_ends() {
+        use crate::resources::Capacity;
+        let gpus = Arc::new(Capacity::new("gpu=1".parse().unwrap()));
+        let take = || {
+            gpus.try_take(&"gpu=1".parse().unwrap())
+                .expect("the GPU is free")
+        };
+        let registry = Registry::new().with::<forever>().with::<held_with_slot>();
+        let limit = Some(Duration::from_millis(50));
+        let overruns = overruns();
+        let run = |function: &str, slots: Option<crate::resources::Held>| {
+            let message = msg(function, encode_value(&(1,)).unwrap());
+            let (registry, overruns) = (&registry, &overruns);
+            async move {
+                let mut retryable = false;
+                let outcome = super::execute(
+                    registry,
+                    overruns,
+                    "w",
+                    &message,
+                    limit,
+                    slots,
+                    &mut retryable,
+                );
+                failure(outcome.await)
+            }
+        };
+        // An async body is dropped at its limit: the slot is free again then.
+        assert_eq!(
+            run("forever", Some(take())).await.kind,
+            FailureKind::TimedOut
+        );
+        assert!(gpus.in_use().is_empty());
+        // A plain function past its limit still runs on its thread, and still holds its slot
+        // until it returns.
+        let (go_on, gate) = std::sync::mpsc::channel();
+        *SLOT_GATE.lock().unwrap() = Some(gate);
+        let f = run("held_with_slot", Some(take())).await;
+        assert_eq!(f.kind, FailureKind::TimedOut);
+        assert_eq!(gpus.in_use().to_string(), "gpu=1");
+        go_on.send(()).expect("the body still waits");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !gpus.in_use().is_empty() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the slot was never given back"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     #[tokio::test]
     async fn only_retryable_errors_are_flagged() {
         let registry = Registry::new().with::<flaky>();
