@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use rask::builtins::inc;
+use rask::builtins::{fail, inc, sleep_ms};
 use rask::{FailureKind, Monitor, Settings, TaskOptions};
 use rask_tests::tasks::{hold_slot, registry};
 use rask_tests::{failure, read_counter, TestEnv, PATIENCE};
@@ -21,10 +21,15 @@ struct InProcess {
     task: tokio::task::JoinHandle<rask_worker::Result<()>>,
 }
 
+rask::task! {
+    /// Panics.
+    fn explode(text: String) -> i64 { panic!("boom: {text}") }
+}
+
 impl InProcess {
     fn start(settings: Settings) -> Self {
         let stop = CancellationToken::new();
-        let worker = Worker::new(settings, registry());
+        let worker = Worker::new(settings, registry().with::<explode>());
         let task = tokio::spawn(worker.run(stop.clone().cancelled_owned()));
         InProcess { stop, task }
     }
@@ -226,4 +231,51 @@ async fn a_worker_without_the_resource_hands_the_task_to_one_that_has_it() {
     client.close().await.unwrap();
     plain_worker.stop().await;
     drop(gpu_worker);
+}
+
+#[tokio::test]
+async fn slots_are_given_back_whichever_way_a_run_ends() {
+    let env = TestEnv::new("resources-every-path").await;
+    let worker = InProcess::start(worker_settings(&env, 2, "gpu=1"));
+    let client = env.client().await;
+    let gpu = gpus(1);
+    // An error, a panic and a time limit, each holding the only GPU in turn.
+    let failed = client
+        .submit_with(fail, ("no".into(),), &gpu)
+        .await
+        .unwrap();
+    let panicked = client
+        .submit_with(explode, ("x".into(),), &gpu)
+        .await
+        .unwrap();
+    let limited = gpu.clone().time_limit(Duration::from_millis(100));
+    let timed_out = client
+        .submit_with(sleep_ms, (600_000,), &limited)
+        .await
+        .unwrap();
+    let kind = |e| failure(e).kind;
+    assert_eq!(
+        kind(failed.result_within(PATIENCE).await.unwrap_err()),
+        FailureKind::Failed
+    );
+    assert_eq!(
+        kind(panicked.result_within(PATIENCE).await.unwrap_err()),
+        FailureKind::Panicked
+    );
+    assert_eq!(
+        kind(timed_out.result_within(PATIENCE).await.unwrap_err()),
+        FailureKind::TimedOut
+    );
+    // Had any kept the GPU, this would wait for it forever.
+    let p = prefix(&env, "every-path");
+    let after = client
+        .submit_with(hold_slot, (env.settings.redis_url.clone(), p, 1), &gpu)
+        .await
+        .unwrap();
+    assert_eq!(
+        after.result_within(Duration::from_secs(30)).await.unwrap(),
+        vec![0]
+    );
+    client.close().await.unwrap();
+    worker.stop().await;
 }
