@@ -28,6 +28,9 @@ pub const MAX_INDEXED: u64 = 1024;
 /// The longest resource name.
 pub const MAX_NAME_LEN: usize = 64;
 
+/// The most resources a worker declares.
+pub const MAX_RESOURCES: usize = 64;
+
 /// The slot indices a run holds, by resource name (only resources of at most [`MAX_INDEXED`]
 /// units have indices): `{"gpu": [1]}` for a task needing `gpu=1` that got GPU 1.
 pub type ResourceSlots = BTreeMap<String, Vec<u32>>;
@@ -47,6 +50,11 @@ impl Resources {
     /// Whether there are none (a task needing nothing; a worker declaring nothing).
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    /// How many resources there are.
+    pub fn len(&self) -> usize {
+        self.0.len()
     }
 
     /// The amount of `name` (0 when absent).
@@ -78,11 +86,18 @@ impl Resources {
             .map(|(name, needed)| (name, needed, self.get(name)))
     }
 
-    /// Checks the names (1 to [`MAX_NAME_LEN`] characters of `[A-Za-z0-9_.-]`).
+    /// Checks a worker's resources: at most [`MAX_RESOURCES`] of them, names of 1 to
+    /// [`MAX_NAME_LEN`] characters of `[A-Za-z0-9_.-]`.
     ///
     /// # Errors
-    /// [`Error::InvalidResources`] naming the first bad name.
+    /// [`Error::InvalidResources`] naming the first bad name, or the count.
     pub fn validate(&self) -> Result<()> {
+        if self.0.len() > MAX_RESOURCES {
+            return Err(Error::InvalidResources(format!(
+                "{} resources: at most {MAX_RESOURCES} are supported",
+                self.0.len()
+            )));
+        }
         match self.0.keys().find(|name| !valid_name(name)) {
             Some(name) => Err(Error::InvalidResources(format!(
                 "bad resource name {name:?}: names are 1-{MAX_NAME_LEN} characters of \
@@ -317,6 +332,7 @@ mod tests {
 
     #[test]
     fn bad_text_is_named() {
+        let many: String = (0..65).map(|i| format!("r{i}=1,")).collect();
         for (text, says) in [
             ("gpu", "NAME=AMOUNT"),
             ("gpu=0", "amount 0"),
@@ -324,6 +340,7 @@ mod tests {
             ("g pu=1", "bad resource name"),
             ("=1", "bad resource name"),
             ("gpu=two", "bad amount"),
+            (&many, "at most 64"),
         ] {
             let err = text.parse::<Resources>().unwrap_err().to_string();
             assert!(err.contains(says), "{text}: {err}");

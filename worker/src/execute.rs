@@ -8,7 +8,8 @@
 //! limit it runs on the blocking pool, and at the limit the worker stops waiting for it and fails
 //! the task; the thread runs on to completion in the background and its result is dropped,
 //! counted and bounded by `overrun.rs`. Either way the task's concurrency slot is free again at
-//! the limit. The element-wise operations of lazy collections (`bag.rs`) are not under time
+//! the limit; its resource slots, though, stay held until its thread returns (`resources/`).
+//! The element-wise operations of lazy collections (`bag.rs`) are not under time
 //! limits.
 
 use std::any::Any;

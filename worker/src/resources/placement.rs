@@ -43,6 +43,18 @@ pub(crate) fn place<'a>(
     if live.iter().any(|has| has.lacks(needs).is_none()) {
         return Placement::Elsewhere;
     }
+    let most = |resource: &str| live.iter().map(|has| has.get(resource)).max().unwrap_or(0);
+    // First a need no worker has enough of on its own: linear however many names a (hostile)
+    // message lists.
+    if let Some((resource, needed)) = needs.iter().find(|(name, needed)| most(name) < *needed) {
+        return Placement::Nowhere(Shortfall {
+            resource: resource.to_owned(),
+            needed,
+            most: most(resource),
+        });
+    }
+    // Each need is some worker's (so they are no more than the workers declare): which one
+    // does the best worker having the others lack?
     for (resource, needed) in needs.iter() {
         let others: Resources = needs.iter().filter(|(name, _)| *name != resource).collect();
         let most = live
@@ -143,6 +155,13 @@ mod tests {
         assert_eq!(place(&r("tpu=1"), &live), nowhere("tpu", 1, 0));
         assert_eq!(place(&r("gpu=1"), &[r("")]), nowhere("gpu", 1, 0));
         assert_eq!(place(&r("gpu=1"), &[]), nowhere("gpu", 1, 0));
+    }
+
+    #[test]
+    fn a_message_listing_many_needs_is_answered_by_the_first_missing_one() {
+        let needs: Resources = (0..100_000).map(|i| (format!("r{i:06}"), 1)).collect();
+        let live = [r("r000000=1,gpu=2")];
+        assert_eq!(place(&needs, &live), nowhere("r000001", 1, 0));
     }
 
     #[test]
