@@ -1,9 +1,9 @@
 //! The worker's heartbeat in the worker registry: every `heartbeat_interval` it writes its
 //! [`WorkerEntry`] (identity, counters, tasks/s over the interval, recent failures, its
-//! resources and what of them is in use) with a TTL
-//! of three intervals, so that a worker that dies vanishes within three intervals. It first
-//! registers once its broadcast queue is bound, so that a worker in the registry answers
-//! `rask run`. It leaves the registry when the worker starts stopping.
+//! resources and what of them is in use) with a TTL of three intervals, so that a worker that
+//! dies vanishes within three intervals. It first registers once its broadcast queue is bound,
+//! so that a worker in the registry answers `rask run`. It leaves the registry when the worker
+//! starts stopping.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
