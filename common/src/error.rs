@@ -68,6 +68,10 @@ pub enum Error {
     /// interval); says which and why.
     #[error("invalid schedule: {0}")]
     InvalidSchedule(String),
+    /// Resources given as text (`gpu=2,mem=16GiB`: the `resources` setting, a `--resources`
+    /// flag) do not parse or name a resource badly; the message says what is wrong.
+    #[error("invalid resources: {0}")]
+    InvalidResources(String),
 }
 
 /// Whether trying again can help, for an [`Error`] (see [`Error::kind`]).
@@ -150,14 +154,16 @@ impl ErrorKind {
 }
 
 impl Error {
-    /// Whether trying again can help (see [`ErrorKind`]): settings and TLS files are
-    /// [`ErrorKind::Configuration`]; broker and store errors by their reply codes
+    /// Whether trying again can help (see [`ErrorKind`]): settings, TLS files and resources
+    /// are [`ErrorKind::Configuration`]; broker and store errors by their reply codes
     /// ([`ErrorKind::of_broker`], [`ErrorKind::of_store`]; a refusal explained by
     /// [`Error::BrokerRefused`] likewise); encoding, decoding, versions, keys and delays over
     /// the ladder's are [`ErrorKind::Rejected`].
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::Settings(_) | Error::TlsFile { .. } => ErrorKind::Configuration,
+            Error::Settings(_) | Error::TlsFile { .. } | Error::InvalidResources(_) => {
+                ErrorKind::Configuration
+            }
             Error::Broker(e) | Error::BrokerRefused { source: e, .. } => ErrorKind::of_broker(e),
             Error::Store(e) => ErrorKind::of_store(e),
             Error::Encode(_)

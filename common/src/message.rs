@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::keys::TaskKey;
 use crate::pool::Pool;
+use crate::resources::Resources;
 pub use crate::retry::RetryPolicy;
 
 /// The protocol version this build writes and accepts.
@@ -55,6 +56,15 @@ pub struct TaskMessage {
     /// `None` (not written): the default pool.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool: Option<Pool>,
+    /// What the task needs of a worker's resources (`gpu=1`): a worker runs it only while it
+    /// has that much free ([`crate::resources`]). Empty, and then not written, for a task that
+    /// needs nothing: older messages mean that.
+    #[serde(default, skip_serializing_if = "Resources::is_empty")]
+    pub resources: Resources,
+    /// Times workers that lack the task's resources handed it on for another worker of its
+    /// queue to run (each after a longer pause). Not written when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub handoffs: u32,
 }
 
 fn is_zero<T: Default + PartialEq>(n: &T) -> bool {
@@ -75,6 +85,8 @@ impl TaskMessage {
             time_limit_ms: None,
             priority: 0,
             pool: None,
+            resources: Resources::new(),
+            handoffs: 0,
         }
     }
 
@@ -227,7 +239,15 @@ mod tests {
     #[test]
     fn scheduling_fields_round_trip_and_are_omitted_when_default() {
         let plain = message().encode().unwrap();
-        for field in ["attempt", "retry", "time_limit_ms", "priority", "pool"] {
+        for field in [
+            "attempt",
+            "retry",
+            "time_limit_ms",
+            "priority",
+            "pool",
+            "resources",
+            "handoffs",
+        ] {
             assert!(
                 !plain.windows(field.len()).any(|w| w == field.as_bytes()),
                 "{field}"
@@ -239,6 +259,8 @@ mod tests {
         m.time_limit_ms = Some(1500);
         m.priority = 7;
         m.pool = Some(Pool::new("gpu").unwrap());
+        m.resources = "gpu=1,mem=2GiB".parse().unwrap();
+        m.handoffs = 3;
         assert_eq!(TaskMessage::decode(&m.encode().unwrap()).unwrap(), m);
     }
 

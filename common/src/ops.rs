@@ -20,6 +20,7 @@ use crate::error::Result;
 use crate::keys::TaskKey;
 use crate::outcome::FailureKind;
 use crate::pool::Pool;
+use crate::resources::Resources;
 use crate::store::Store;
 
 /// The broadcast function every worker answers with `"pong"`.
@@ -65,6 +66,13 @@ pub struct WorkerEntry {
     pub tasks_per_second: f64,
     /// Its last few task failures, newest last (at most [`RECENT_ERRORS`]).
     pub recent_errors: Vec<RecentError>,
+    /// What it has of named resources (its `resources` setting); empty (and absent in entries
+    /// of older workers) when it declares none.
+    #[serde(default)]
+    pub resources: Resources,
+    /// How much of its resources the tasks it runs held when it wrote this entry.
+    #[serde(default)]
+    pub resources_in_use: Resources,
     /// The pools it serves ([`crate::pool`]). An entry written before pools existed reads as
     /// `["default"]`: such a worker consumed the default pool's queues.
     #[serde(default = "default_pools")]
@@ -309,6 +317,8 @@ mod tests {
                 message: "no".into(),
             }],
             pools: vec![Pool::default_pool(), Pool::new("gpu").unwrap()],
+            resources: "gpu=2,mem=16GiB".parse().unwrap(),
+            resources_in_use: "gpu=1".parse().unwrap(),
         };
         let back: WorkerEntry = decode(&encode(&entry).unwrap()).unwrap();
         assert_eq!(back, entry);
@@ -322,6 +332,20 @@ mod tests {
         }
         let older: WorkerEntry = decode(&rmp_serde::to_vec_named(&older).unwrap()).unwrap();
         assert_eq!(older.pools, vec![Pool::default_pool()]);
+
+        // An entry of an older worker, without resources, declares none.
+        let rmpv::Value::Map(fields) = decode::<rmpv::Value>(&encode(&entry).unwrap()).unwrap()
+        else {
+            panic!("an entry is a map")
+        };
+        let older = rmpv::Value::Map(
+            fields
+                .into_iter()
+                .filter(|(k, _)| !k.as_str().is_some_and(|k| k.starts_with("resources")))
+                .collect(),
+        );
+        let back: WorkerEntry = decode(&rmp_serde::to_vec(&older).unwrap()).unwrap();
+        assert!(back.resources.is_empty() && back.resources_in_use.is_empty());
 
         let reply = BroadcastReply {
             worker: "w".into(),

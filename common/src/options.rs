@@ -1,5 +1,5 @@
 //! [`TaskOptions`]: how a task is scheduled and retried (countdown or eta, priority, retry
-//! policy, time limit) and which pool of workers runs it: for the client's `submit_with` and
+//! policy, time limit, resources needed) and which pool of workers runs it: for the client's `submit_with` and
 //! `map_with`, and per graph node with [`crate::Delayed::with_options`]. Re-exported by the
 //! `rask` crate as `rask::TaskOptions`. [`TaskOptions::apply`] is the one place where options
 //! become message fields.
@@ -7,7 +7,7 @@
 use std::time::{Duration, SystemTime};
 
 use crate::retry::duration_ms;
-use crate::{Pool, RetryPolicy, Settings, TaskMessage};
+use crate::{Pool, Resources, RetryPolicy, Settings, TaskMessage};
 
 /// Scheduling options for submitted tasks. The default runs a task as soon as a worker is free,
 /// at priority 0, once, with the workers' `task_time_limit`.
@@ -29,6 +29,7 @@ pub struct TaskOptions {
     priority: u8,
     retry: Option<RetryPolicy>,
     time_limit: Option<Duration>,
+    resources: Resources,
     /// The pool asked for, or why its name is not one (reported when the task is submitted).
     pool: Option<std::result::Result<Pool, String>>,
 }
@@ -114,6 +115,16 @@ impl TaskOptions {
         }
     }
 
+    /// Runs the task only on a worker with these resources free, e.g. `[("gpu", 1)]` or
+    /// `"gpu=1,mem=4GiB".parse()?` (amounts in the unit the workers' `resources` setting uses;
+    /// an amount of 0 is left out). The worker holds them for the task's run and tells the task
+    /// which slots it got (e.g. GPU 0 or 1). A task needing more than every live worker of the
+    /// queue has fails with `ResourceUnavailable` naming the resource. Replaces earlier needs.
+    pub fn resources<N: Into<String>>(mut self, needs: impl IntoIterator<Item = (N, u64)>) -> Self {
+        self.resources = needs.into_iter().collect();
+        self
+    }
+
     /// How long from now the task waits before it may run.
     pub fn delay(&self) -> Duration {
         match self.start {
@@ -138,6 +149,7 @@ impl TaskOptions {
         message.priority = self.priority.min(settings.max_priority);
         message.retry = self.retry;
         message.time_limit_ms = self.time_limit.map(|d| duration_ms(d).max(1));
+        message.resources = self.resources.clone();
         message.pool = settings.route(&message.function, self.pool_name());
         message
     }

@@ -143,6 +143,10 @@ pub enum FailureKind {
     /// The graph task was ready to run, but the broker refused its message for good (over the
     /// broker's `max_message_size`, unroutable): it never ran. The message gives the cause.
     Unpublishable,
+    /// The task needs more of a resource (`gpu=3`) than any live worker of its queue has in
+    /// total, so no worker can ever run it: the message names the resource, the amount needed
+    /// and the most any live worker has.
+    ResourceUnavailable,
     /// A failure kind written by a newer rask that this build does not know.
     #[serde(other)]
     Other,
@@ -162,6 +166,7 @@ impl fmt::Display for FailureKind {
             FailureKind::DeliveryLimit => "hit the delivery limit",
             FailureKind::ResultTooLarge => "returned a result over max_result_bytes",
             FailureKind::Unpublishable => "could not be published",
+            FailureKind::ResourceUnavailable => "needs resources no live worker has",
             FailureKind::Other => "failed (unknown kind)",
         })
     }

@@ -137,6 +137,14 @@ pub struct Settings {
     pub result_ttl: Duration,
     /// Tasks a worker runs at once. Default: the number of CPUs.
     pub concurrency: usize,
+    /// What a worker has of named resources, e.g. `gpu=2,mem=16GiB` (`RASK_RESOURCES`,
+    /// `rask-worker --resources`), or in `rask.toml` a table `[resources]` with `gpu = 2` and
+    /// `mem = "16GiB"`. Amounts are integers in a unit of the deployment's choosing, with binary
+    /// suffixes `KiB`/`MiB`/`GiB`/`TiB` accepted ([`crate::resources`]). A task needing some
+    /// (`TaskOptions::resources`) runs only while that much is free, besides `concurrency`.
+    /// Default empty: tasks that need a resource go to other workers.
+    #[serde(deserialize_with = "crate::resources::deserialize_setting")]
+    pub resources: crate::resources::Resources,
     /// Unacknowledged deliveries a worker holds (AMQP `basic.qos`), counting those running and
     /// those whose results are being stored. Default `0`, meaning 16 × `concurrency`: enough to
     /// keep short tasks flowing while results are stored in batches (at 4 × a worker spends
@@ -277,6 +285,7 @@ impl Default for Settings {
             key_prefix: "rask".into(),
             result_ttl: Duration::from_secs(24 * 3600),
             concurrency: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            resources: crate::resources::Resources::new(),
             prefetch: 0,
             publish_window: 1024,
             result_batch: 256,
@@ -355,6 +364,9 @@ impl Settings {
         };
         if self.concurrency == 0 {
             return bad("concurrency", &0, "must be at least 1");
+        }
+        if let Err(e) = self.resources.validate() {
+            return bad("resources", &self.resources, &e.to_string());
         }
         if self.queue_shards == 0 || self.queue_shards > MAX_SHARDS {
             return bad("queue_shards", &self.queue_shards, "must be 1 to 256");
@@ -656,6 +668,7 @@ impl fmt::Debug for Settings {
             .field("key_prefix", &self.key_prefix)
             .field("result_ttl", &self.result_ttl)
             .field("concurrency", &self.concurrency)
+            .field("resources", &self.resources.to_string())
             .field("prefetch", &self.prefetch)
             .field("publish_window", &self.publish_window)
             .field("result_batch", &self.result_batch)
@@ -935,5 +948,33 @@ mod tests {
         std::fs::write(&file, "prefetch = \"lots\"\n").unwrap();
         let err = Settings::load_from(&file, true).unwrap_err().to_string();
         assert!(err.contains("prefetch") && err.contains("lots"), "{err}");
+    }
+
+    #[test]
+    fn resources_load_from_a_table_or_text() {
+        let dir = std::env::temp_dir().join(format!("rask-resources-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("rask.toml");
+        let load = |text: &str| {
+            std::fs::write(&file, text).unwrap();
+            Settings::load_from(&file, true)
+        };
+        let s = load("[resources]\ngpu = 2\nmem = \"16GiB\"\n").unwrap();
+        assert_eq!(s.resources.to_string(), "gpu=2,mem=16GiB");
+        // The text form, as `RASK_RESOURCES` gives it.
+        let s = load("resources = \"gpu=1, mem=512MiB\"\n").unwrap();
+        assert_eq!(s.resources.to_string(), "gpu=1,mem=512MiB");
+        assert!(load("").unwrap().resources.is_empty());
+        assert!(Settings::unknown_variables(["RASK_RESOURCES".to_owned()]).is_empty());
+        for (text, says) in [
+            ("resources = \"gpu=2GB\"\n", "GB are not"),
+            ("[resources]\ngpu = 0\n", "amount 0"),
+            ("resources = \"gpu\"\n", "NAME=AMOUNT"),
+        ] {
+            let err = load(text).unwrap_err();
+            assert_eq!(err.kind(), crate::ErrorKind::Configuration);
+            assert!(err.to_string().contains(says), "{text}: {err}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -89,8 +89,8 @@ pub use rask_common::ops::{
 pub use rask_common::schedule::{Missed, Schedule, Timing};
 pub use rask_common::TaskOptions;
 pub use rask_common::{
-    builtins, task, Arg, Delayed, FailureKind, Pool, RetryPolicy, Settings, State, Task,
-    TaskContext, TaskError, TaskFailure, TaskKey,
+    builtins, task, Arg, Delayed, FailureKind, Pool, ResourceSlots, Resources, RetryPolicy,
+    Settings, State, Task, TaskContext, TaskError, TaskFailure, TaskKey,
 };
 pub use run::RunReport;
 pub use scatter::Wait;

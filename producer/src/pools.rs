@@ -271,6 +271,8 @@ mod tests {
             tasks_per_second: 0.0,
             recent_errors: Vec::new(),
             pools: pools.iter().map(|p| Pool::new(*p).unwrap()).collect(),
+            resources: Default::default(),
+            resources_in_use: Default::default(),
         }
     }
 

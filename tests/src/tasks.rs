@@ -66,6 +66,68 @@ rask::task! {
     }
 }
 
+rask::task! {
+    /// Holds the resource slots its worker assigned it (read with
+    /// [`rask_worker::held_slots`]): counts itself in the Redis counter `{prefix}:running`,
+    /// recording the highest count in `{prefix}:peak`, and in `{prefix}:slot:{i}` for each
+    /// `gpu` slot `i` it holds (counting in `{prefix}:shared` each time another run held the
+    /// same slot at once); then waits until the key `{prefix}:gate` exists or `hold_ms` have
+    /// passed, uncounts itself and returns the `gpu` slot indices it held.
+    pub async fn hold_slot(redis_url: String, prefix: String, hold_ms: u64) -> Vec<u32> {
+        let slots = rask_worker::held_slots().remove("gpu").unwrap_or_default();
+        let client = redis::Client::open(redis_url).expect("a Redis URL");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("Redis answers");
+        let key = |name: &str| format!("{prefix}:{name}");
+        let slot_keys: Vec<String> = slots.iter().map(|i| key(&format!("slot:{i}"))).collect();
+        redis::Script::new(ENTER)
+            .key(key("running"))
+            .key(key("peak"))
+            .key(key("shared"))
+            .key(&slot_keys)
+            .invoke_async::<i64>(&mut conn)
+            .await
+            .expect("the script runs");
+        let until = tokio::time::Instant::now() + std::time::Duration::from_millis(hold_ms);
+        while tokio::time::Instant::now() < until {
+            let open: bool = redis::cmd("EXISTS")
+                .arg(key("gate"))
+                .query_async(&mut conn)
+                .await
+                .expect("Redis answers");
+            if open {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let mut leave = redis::pipe();
+        leave.cmd("DECR").arg(key("running")).ignore();
+        for slot in &slot_keys {
+            leave.cmd("DECR").arg(slot).ignore();
+        }
+        leave
+            .query_async::<()>(&mut conn)
+            .await
+            .expect("Redis answers");
+        slots
+    }
+}
+
+/// [`hold_slot`]'s entry: one more running (and the peak), one more holder of each slot (and a
+/// shared slot counted).
+const ENTER: &str = r"
+local running = redis.call('INCR', KEYS[1])
+if running > tonumber(redis.call('GET', KEYS[2]) or '0') then
+  redis.call('SET', KEYS[2], running)
+end
+for i = 4, #KEYS do
+  if redis.call('INCR', KEYS[i]) > 1 then redis.call('INCR', KEYS[3]) end
+end
+return running
+";
+
 /// The runs [`record_run`] recorded in `log`, per `i` (`i` below `n`; a missing file counts
 /// none).
 pub fn recorded_runs(log: &std::path::Path, n: usize) -> Vec<u32> {
@@ -205,4 +267,5 @@ pub fn registry() -> rask_worker::Registry {
         .with::<whoami>()
         .with::<tree>()
         .with::<tree_blocking>()
+        .with::<hold_slot>()
 }

@@ -8,7 +8,8 @@
 //! limit it runs on the blocking pool, and at the limit the worker stops waiting for it and fails
 //! the task; the thread runs on to completion in the background and its result is dropped,
 //! counted and bounded by `overrun.rs`. Either way the task's concurrency slot is free again at
-//! the limit. The element-wise operations of lazy collections (`bag.rs`) are not under time
+//! the limit; its resource slots, though, stay held until its thread returns (`resources/`).
+//! The element-wise operations of lazy collections (`bag.rs`) are not under time
 //! limits.
 //!
 //! Force cancel (`client.cancel(..).force()`): each run gets its own [`Cancel`] token, which the
@@ -31,6 +32,7 @@ use rask_common::{
 
 use crate::overrun::{Cancel, Overruns};
 use crate::registry::{PrepareError, Registry};
+use crate::resources::Held;
 
 /// The message of a task stopped by a force cancel (its stored outcome is the client's).
 const CANCELLED: &str = "cancelled by a client while it ran (force)";
@@ -57,7 +59,9 @@ pub(crate) fn time_limit(message: &TaskMessage, settings: &Settings) -> Option<D
 /// cancelled run ends with a `Cancelled` failure (an async body dropped at its current
 /// `.await`). Sets `retryable` when the outcome is a failure the function marked
 /// [`rask_common::TaskError::retryable`] (whether it is retried is the caller's decision). `context`
-/// builds the run's [`TaskContext`], called only for a function that takes one.
+/// builds the run's [`TaskContext`], called only for a function that takes one. The resource
+/// slots `held` (if any) go into the body, readable there, and are given back when it ends
+/// (`resources/current.rs`).
 #[allow(clippy::too_many_arguments)] // each is one concern of a run; bundling hides which
 pub(crate) async fn execute(
     registry: &Registry,
@@ -67,6 +71,7 @@ pub(crate) async fn execute(
     context: &(dyn Fn() -> TaskContext + Sync),
     limit: Option<Duration>,
     cancel: &Cancel,
+    held: Option<Held>,
     retryable: &mut bool,
 ) -> Outcome {
     let fail = |kind: FailureKind, text: String| {
@@ -100,6 +105,10 @@ pub(crate) async fn execute(
                 format!("arguments do not decode as {expected}: {error}"),
             )
         }
+    };
+    let invocation = match held {
+        Some(held) => crate::resources::holding(invocation, held),
+        None => invocation,
     };
     let multi_thread = tokio::runtime::Handle::current().runtime_flavor()
         == tokio::runtime::RuntimeFlavor::MultiThread;
@@ -323,6 +332,7 @@ mod tests {
             &context,
             None,
             &running(),
+            None,
             &mut false,
         )
         .await
@@ -448,6 +458,7 @@ mod tests {
             &context,
             limit,
             &running(),
+            None,
             &mut false,
         )
         .await;
@@ -473,6 +484,7 @@ mod tests {
             &context,
             limit,
             &running(),
+            None,
             &mut false,
         )
         .await;
@@ -483,6 +495,73 @@ mod tests {
         assert!(f.message.contains("50ms"), "{}", f.message);
         assert_eq!(overruns.running(), 1);
         go_on.send(()).expect("the body still waits");
+    }
+
+    rask_common::task! {
+        /// Test: blocks its thread until told to go on through `SLOT_GATE`, then returns `x`.
+        fn held_with_slot(x: i64) -> i64 {
+            let gate = SLOT_GATE.lock().unwrap().take().expect("a gate is set");
+            gate.recv().expect("the test lets it go on");
+            x
+        }
+    }
+
+    static SLOT_GATE: std::sync::Mutex<Option<std::sync::mpsc::Receiver<()>>> =
+        std::sync::Mutex::new(None);
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn resource_slots_are_held_until_the_body_ends() {
+        use crate::resources::Capacity;
+        let gpus = Arc::new(Capacity::new("gpu=1".parse().unwrap()));
+        let take = || {
+            gpus.try_take(&"gpu=1".parse().unwrap())
+                .expect("the GPU is free")
+        };
+        let registry = Registry::new().with::<forever>().with::<held_with_slot>();
+        let limit = Some(Duration::from_millis(50));
+        let overruns = overruns();
+        let run = |function: &str, slots: Option<crate::resources::Held>| {
+            let message = msg(function, encode_value(&(1,)).unwrap());
+            let (registry, overruns) = (&registry, &overruns);
+            async move {
+                let mut retryable = false;
+                let cancel = running();
+                let outcome = super::execute(
+                    registry,
+                    overruns,
+                    "w",
+                    &message,
+                    &context,
+                    limit,
+                    &cancel,
+                    slots,
+                    &mut retryable,
+                );
+                failure(outcome.await)
+            }
+        };
+        // An async body is dropped at its limit: the slot is free again then.
+        assert_eq!(
+            run("forever", Some(take())).await.kind,
+            FailureKind::TimedOut
+        );
+        assert!(gpus.in_use().is_empty());
+        // A plain function past its limit still runs on its thread, and still holds its slot
+        // until it returns.
+        let (go_on, gate) = std::sync::mpsc::channel();
+        *SLOT_GATE.lock().unwrap() = Some(gate);
+        let f = run("held_with_slot", Some(take())).await;
+        assert_eq!(f.kind, FailureKind::TimedOut);
+        assert_eq!(gpus.in_use().to_string(), "gpu=1");
+        go_on.send(()).expect("the body still waits");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !gpus.in_use().is_empty() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the slot was never given back"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     #[tokio::test]
@@ -500,6 +579,7 @@ mod tests {
             &context,
             None,
             &cancel,
+            None,
             &mut retryable,
         );
         tokio::pin!(run);
@@ -531,6 +611,7 @@ mod tests {
             &context,
             None,
             &cancel,
+            None,
             &mut retryable,
         );
         // Cancelled once the body runs (polled for, as the body's thread sets the flag).
@@ -563,6 +644,7 @@ mod tests {
                 &context,
                 None,
                 &running(),
+                None,
                 &mut flagged,
             )
             .await;

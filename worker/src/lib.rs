@@ -29,6 +29,9 @@
 //!   `overrun.rs`: the threads of plain functions past their limit, counted and bounded.
 //! - `revocations.rs`: tasks revoked by force cancels, in memory (checked at admission, and
 //!   watched by running tasks, which are then stopped), kept up to date from Redis.
+//! - `resources/`: a task needing resources (`gpu=1`) runs only while this worker has them
+//!   free, holding numbered slots it can read ([`held_slots`]); one needing more than this
+//!   worker has is handed to another worker of the queue, or fails with `ResourceUnavailable`.
 //! - `secede.rs`: a task waiting on tasks it launched gives its concurrency slot back, and
 //!   parked tasks do not count against the prefetch window.
 //! - `retries.rs`: a retryable failure goes back to the broker through a delay queue.
@@ -73,6 +76,7 @@ mod pools;
 mod presence;
 mod registry;
 mod release;
+mod resources;
 mod result_limit;
 mod retries;
 mod retry;
@@ -88,5 +92,6 @@ mod hostile_args_test;
 
 pub use error::{Error, Result, EXIT_CONFIG};
 pub use registry::Registry;
+pub use resources::held_slots;
 pub use signal::shutdown_signal;
 pub use worker::Worker;

@@ -23,6 +23,7 @@ use tokio_util::task::TaskTracker;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
+use crate::resources::Capacity;
 use rask_common::context::WorkerContext;
 
 /// Who this worker is, as the registry and the `info` broadcast report it.
@@ -150,6 +151,7 @@ impl Ops {
         context: &Arc<WorkerContext>,
         id: &str,
         metrics: Arc<Metrics>,
+        capacity: Arc<Capacity>,
     ) -> Result<Self> {
         let health = Arc::new(Health::new());
         let stop = CancellationToken::new();
@@ -199,6 +201,7 @@ impl Ops {
             settings.clone(),
             identity,
             metrics,
+            capacity,
             health.clone(),
             leaving.clone(),
         ));

@@ -1,8 +1,9 @@
 //! The worker's heartbeat in the worker registry: every `heartbeat_interval` it writes its
-//! [`WorkerEntry`] (identity, counters, tasks/s over the interval, recent failures) with a TTL
-//! of three intervals, so that a worker that dies vanishes within three intervals. It first
-//! registers once its broadcast queue is bound, so that a worker in the registry answers
-//! `rask run`. It leaves the registry when the worker starts stopping.
+//! [`WorkerEntry`] (identity, counters, tasks/s over the interval, recent failures, its
+//! resources and what of them is in use) with a TTL of three intervals, so that a worker that
+//! dies vanishes within three intervals. It first registers once its broadcast queue is bound,
+//! so that a worker in the registry answers `rask run`. It leaves the registry when the worker
+//! starts stopping.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -15,12 +16,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 use crate::ops::{Health, Identity};
+use crate::resources::Capacity;
 
 /// Writes the registry entry until `leaving` is cancelled, then removes it.
 pub(crate) async fn heartbeat(
     settings: Settings,
     identity: Arc<Identity>,
     metrics: Arc<Metrics>,
+    capacity: Arc<Capacity>,
     health: Arc<Health>,
     leaving: CancellationToken,
 ) {
@@ -64,6 +67,8 @@ pub(crate) async fn heartbeat(
             tasks_per_second: (rate * 100.0).round() / 100.0,
             recent_errors: metrics.recent_errors(),
             pools: identity.pools.clone(),
+            resources: capacity.total().clone(),
+            resources_in_use: capacity.in_use(),
         };
         let written = write(&mut store, &settings, &entry).await;
         health.store.store(written.is_ok(), Ordering::Relaxed);

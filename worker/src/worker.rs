@@ -17,7 +17,7 @@ use rask_common::context::WorkerContext;
 use rask_common::{
     broker, FailureKind, Outcome, Settings, Store, TaskContext, TaskFailure, TaskKey, TaskMessage,
 };
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 
@@ -30,6 +30,7 @@ use crate::overrun::Cancel;
 use crate::pools::Pools;
 use crate::registry::Registry;
 use crate::release::{ConfirmChannel, Releaser};
+use crate::resources::{self, Capacity, Census, Gate};
 use crate::result_limit::ResultLimit;
 use crate::revocations::Revocations;
 use crate::scheduler;
@@ -56,6 +57,8 @@ pub struct Worker {
     store_checked: AtomicBool,
     /// The tasks revoked by force cancels (kept across connections).
     revocations: Arc<Revocations>,
+    /// Its resources (the `resources` setting) and what runs hold of them, across connections.
+    capacity: Arc<Capacity>,
 }
 
 /// What every task handler shares.
@@ -85,6 +88,15 @@ pub(crate) struct Shared {
     pub(crate) context: Arc<WorkerContext>,
     /// The concurrency slots, and the tasks that gave theirs back while they wait.
     pub(crate) seceding: Arc<Seceding>,
+    /// The concurrency permits (a task waiting for resources gives its own back meanwhile).
+    pub(crate) permits: Arc<Semaphore>,
+    /// This worker's resources and what runs hold of them.
+    pub(crate) capacity: Arc<Capacity>,
+    /// The live workers' resources, for tasks that need more than this worker has.
+    pub(crate) census: Census,
+    /// Cancelled once the loop stops consuming: tasks still waiting for resources give up
+    /// (their deliveries return to the queue when the channel closes).
+    pub(crate) stopping: CancellationToken,
 }
 
 impl Shared {
@@ -113,6 +125,7 @@ impl Worker {
                 registry.names(),
                 settings.effective_max_overrun_threads(),
             )),
+            capacity: resources::capacity(&settings),
             settings,
             registry,
             id,
@@ -168,6 +181,7 @@ impl Worker {
             &context,
             &self.id,
             self.metrics.clone(),
+            self.capacity.clone(),
         )
         .await?;
         let health = ops.health();
@@ -320,8 +334,13 @@ impl Worker {
             functions = %registry.names().join(","),
             "worker ready"
         );
+        let stopping = CancellationToken::new();
         let shared = Arc::new(Shared {
             signer: rask_common::signing::Signer::from_settings(&settings),
+            census: Census::new(&settings, &id),
+            permits: permits.clone(),
+            capacity: self.capacity.clone(),
+            stopping: stopping.clone(),
             settings,
             registry,
             id,
@@ -375,11 +394,12 @@ impl Worker {
             // Boxed: the task cell (moved on spawn and on completion) stays small while the
             // state of a whole delivery lives in one heap allocation.
             tracker.spawn(async move {
-                Box::pin(handle(&shared, delivery)).await;
-                shared.seceding.release(permit);
+                let slot = Slot::new(permit, shared.seceding.clone());
+                Box::pin(handle(&shared, delivery, slot)).await;
             });
         };
         drop(consuming);
+        stopping.cancel();
 
         tracing::info!(worker = %shared.id, in_flight = tracker.len(), "stopping: finishing tasks in flight");
         for i in 0..shards.len() {
@@ -433,9 +453,42 @@ fn consumer_tag(id: &str, index: usize) -> String {
     }
 }
 
-/// One delivery, start to end: admitted (or dead-lettered), inputs read, run under its time
-/// limit, then retried through the broker or finished (its outcome stored, then acknowledged).
-async fn handle(shared: &Shared, delivery: Delivery) {
+/// One delivery, start to end: admitted (or dead-lettered), its resources taken (or handed on),
+/// inputs read, run under its time limit, then retried through the broker or finished (its
+/// outcome stored, then acknowledged). Holds `permit` (a concurrency slot) throughout, except
+/// while it waits for resources.
+/// A running task's concurrency slot, given back through [`Seceding::release`] when the task
+/// ends, so that a slot owed by a task stopped while it waited for tasks it launched is paid.
+pub(crate) struct Slot {
+    permit: Option<OwnedSemaphorePermit>,
+    seceding: Arc<Seceding>,
+}
+
+impl Slot {
+    fn new(permit: OwnedSemaphorePermit, seceding: Arc<Seceding>) -> Self {
+        Slot {
+            permit: Some(permit),
+            seceding,
+        }
+    }
+
+    /// The permit itself, for a task that gives it back while it waits for resources.
+    fn take(mut self) -> OwnedSemaphorePermit {
+        self.permit
+            .take()
+            .expect("a slot holds its permit until taken")
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(permit) = self.permit.take() {
+            self.seceding.release(permit);
+        }
+    }
+}
+
+async fn handle(shared: &Shared, delivery: Delivery, slot: Slot) {
     let message = match admit(shared, &delivery).await {
         Admission::Run(message) => message,
         Admission::Refuse(key, failure) => {
@@ -459,6 +512,18 @@ async fn handle(shared: &Shared, delivery: Delivery) {
         let failure = TaskFailure::of(&message, FailureKind::Cancelled, text, &shared.id);
         return finish(shared, message.key, Outcome::Failure(failure), delivery).await;
     }
+    // Tasks that need no resources pay for this check only.
+    let (held, _slot) = if message.resources.is_empty() {
+        (None, slot)
+    } else {
+        match resources::gate(shared, &message, &delivery, slot.take()).await {
+            Gate::Run(held, permit) => (Some(held), Slot::new(permit, shared.seceding.clone())),
+            Gate::Fail(failure) => {
+                return finish(shared, message.key, Outcome::Failure(failure), delivery).await
+            }
+            Gate::Done => return,
+        }
+    };
     let mut retryable = false;
     let run = shared.metrics.start(&message.function);
     let outcome = match inputs::resolve(&shared.store, &shared.id, &message).await {
@@ -471,10 +536,13 @@ async fn handle(shared: &Shared, delivery: Delivery) {
                 token: CancellationToken::new(),
                 grace: shared.settings.cancel_grace,
             };
+            // The slots it holds, for a body that takes a context (read before they move in).
+            let slots = held.as_ref().map(|h| h.slots()).unwrap_or_default();
             let context = || {
                 shared
                     .task_context(&ready)
                     .with_cancellation(cancel.token.clone())
+                    .with_slots(slots.clone())
             };
             let executing = execute(
                 &shared.registry,
@@ -484,6 +552,7 @@ async fn handle(shared: &Shared, delivery: Delivery) {
                 &context,
                 limit,
                 &cancel,
+                held,
                 &mut retryable,
             );
             tokio::pin!(executing);

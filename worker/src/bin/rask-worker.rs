@@ -23,6 +23,11 @@ struct Args {
     /// concurrency, at most 65,535).
     #[arg(long)]
     prefetch: Option<u16>,
+    /// Resources this worker has, as `NAME=AMOUNT` pairs, e.g. `gpu=2,mem=16GiB` (default:
+    /// setting `resources`, i.e. none). Integer amounts; `KiB`, `MiB`, `GiB`, `TiB` suffixes
+    /// for memory-like ones. Tasks needing some run only while that much is free.
+    #[arg(long, value_name = "NAME=AMOUNT,...")]
+    resources: Option<String>,
     /// Queue to consume (default: setting `queue`, i.e. `rask.tasks`).
     #[arg(long)]
     queue: Option<String>,
@@ -82,6 +87,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     if let Some(n) = args.prefetch {
         settings.prefetch = n;
+    }
+    if let Some(text) = args.resources {
+        settings.resources = text.parse().context("reading --resources")?;
     }
     if let Some(q) = args.queue {
         settings.queue = q;

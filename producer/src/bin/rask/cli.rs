@@ -108,6 +108,16 @@ pub(crate) struct ScheduleArgs {
     /// names for the function, else `default`).
     #[arg(long)]
     pub(crate) pool: Option<rask::Pool>,
+    /// Run only on a worker with these resources free, e.g. `gpu=1` or `gpu=1,mem=4GiB` (see
+    /// `rask-worker --resources`); fails with `ResourceUnavailable` if no live worker has
+    /// that much.
+    #[arg(long, value_name = "NAME=AMOUNT,...", value_parser = parse_resources)]
+    pub(crate) resources: Option<rask::Resources>,
+}
+
+/// Reads `--resources`.
+fn parse_resources(text: &str) -> Result<rask::Resources, String> {
+    text.parse().map_err(|e: rask_common::Error| e.to_string())
 }
 
 impl ScheduleArgs {
@@ -132,6 +142,9 @@ impl ScheduleArgs {
         }
         if let Some(pool) = &self.pool {
             options = options.pool(pool.clone());
+        }
+        if let Some(needs) = &self.resources {
+            options = options.resources(needs.clone());
         }
         options
     }

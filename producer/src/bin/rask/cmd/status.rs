@@ -41,6 +41,20 @@ pub(crate) async fn run(global: &Global, args: StatusArgs) -> Result<ExitCode> {
     }
 }
 
+/// A worker's resources as `gpu 1/2, mem 4GiB/16GiB` (in use / total).
+fn resource_use(worker: &rask::WorkerEntry) -> String {
+    use rask_common::resources::format_amount;
+    worker
+        .resources
+        .iter()
+        .map(|(name, total)| {
+            let used = worker.resources_in_use.get(name);
+            format!("{name} {}/{}", format_amount(used), format_amount(total))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The screen: queues, totals, one line per worker, recent errors.
 fn render(status: &ClusterStatus) -> String {
     let mut s = String::new();
@@ -122,6 +136,9 @@ fn render(status: &ClusterStatus) -> String {
             w.metrics_addr
                 .map_or_else(|| "-".to_owned(), |a| format!("http://{a}/metrics"))
         );
+        if !w.resources.is_empty() {
+            let _ = writeln!(s, "{:<36} resources in use: {}", "", resource_use(w));
+        }
     }
     if !status.recent_errors.is_empty() {
         let _ = writeln!(s, "\nrecent errors:");
