@@ -225,6 +225,29 @@ rask::task! {
 }
 
 rask::task! {
+    /// [`tree`] whose every node needs one `gpu`: a node waiting for its children lends its GPU
+    /// slot to them and takes the same slot back (it fails if its slot changed meanwhile).
+    pub async fn gpu_tree(ctx: &rask::TaskContext, depth: u32, label: u64) -> Result<u64, String> {
+        use rask::ContextExt as _;
+        if depth == 0 {
+            return Ok(label);
+        }
+        let before = ctx.slots().clone();
+        let client = ctx.client().await.map_err(|e| e.to_string())?;
+        let gpu = rask::TaskOptions::new().resources([("gpu", 1)]);
+        let children = client
+            .map_with(gpu_tree, [(depth - 1, 2 * label), (depth - 1, 2 * label + 1)], &gpu)
+            .await
+            .map_err(|e| e.to_string())?;
+        let sum: u64 = ctx.gather(&children).await.map_err(|e| e.to_string())?.into_iter().sum();
+        if ctx.slots() != &before || before.get("gpu").map_or(0, Vec::len) != 1 {
+            return Err(format!("held {before:?} before waiting, {:?} after", ctx.slots()));
+        }
+        Ok(sum)
+    }
+}
+
+rask::task! {
     /// [`tree`] with a plain (blocking) body: waits with `secede_blocking`.
     pub fn tree_blocking(ctx: &rask::TaskContext, depth: u32, label: u64) -> Result<u64, rask::Error> {
         use rask::ContextExt as _;
@@ -267,5 +290,6 @@ pub fn registry() -> rask_worker::Registry {
         .with::<whoami>()
         .with::<tree>()
         .with::<tree_blocking>()
+        .with::<gpu_tree>()
         .with::<hold_slot>()
 }

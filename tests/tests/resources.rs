@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use rask::builtins::{fail, inc, sleep_ms};
 use rask::{FailureKind, Monitor, Settings, TaskOptions};
-use rask_tests::tasks::{hold_slot, registry};
+use rask_tests::tasks::{gpu_tree, hold_slot, registry};
 use rask_tests::{failure, read_counter, TestEnv, PATIENCE};
 use rask_worker::Worker;
 use redis::AsyncCommands as _;
@@ -277,5 +277,23 @@ async fn slots_are_given_back_whichever_way_a_run_ends() {
         vec![0]
     );
     client.close().await.unwrap();
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_task_waiting_for_tasks_it_launched_lends_them_its_only_gpu() {
+    let env = TestEnv::new("res-nested").await;
+    // One GPU and one slot: without lending, the root would hold the GPU its children need.
+    let worker = InProcess::start(worker_settings(&env, 1, "gpu=1"));
+    let client = env.client().await;
+    let root = client
+        .submit_with(gpu_tree, (3, 1), &gpus(1))
+        .await
+        .unwrap();
+    let sum = tokio::time::timeout(PATIENCE, root.result())
+        .await
+        .expect("the tree completes")
+        .unwrap();
+    assert_eq!(sum, (8..16).sum::<u64>(), "the sum of the leaves' labels");
     worker.stop().await;
 }

@@ -29,6 +29,8 @@ use lapin::Channel;
 use rask_common::context::{BoxFuture, Secession};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
+use crate::resources::Holding;
+
 /// The deliveries of every consumer of a connection: `Err(queue)` when a queue's main consumer
 /// ended.
 pub(crate) type Deliveries =
@@ -101,6 +103,33 @@ impl Secession for Seceding {
     fn abandon(&self) {
         self.parked.fetch_sub(1, Ordering::AcqRel);
         self.owed.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// The secession of a task that holds resource slots: while it waits for tasks it launched it
+/// gives its slots back too (they may need the same resources), and before it goes on it takes
+/// back the very same slots, then a concurrency slot.
+pub(crate) struct WithResources {
+    pub(crate) seceding: Arc<Seceding>,
+    pub(crate) holding: Arc<Holding>,
+}
+
+impl Secession for WithResources {
+    fn secede(&self) {
+        self.holding.lend();
+        self.seceding.secede();
+    }
+
+    fn rejoin(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            self.holding.reclaim().await;
+            self.seceding.rejoin().await;
+        })
+    }
+
+    fn abandon(&self) {
+        // The slots stay lent: the run's last handle on them gives nothing back twice.
+        self.seceding.abandon();
     }
 }
 

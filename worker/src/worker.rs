@@ -31,10 +31,11 @@ use crate::pools::Pools;
 use crate::registry::Registry;
 use crate::release::{ConfirmChannel, Releaser};
 use crate::resources::{self, Capacity, Census, Gate};
+use crate::resources::{Held, Holding};
 use crate::result_limit::ResultLimit;
 use crate::revocations::Revocations;
 use crate::scheduler;
-use crate::secede::{Deliveries, Seceding, Window};
+use crate::secede::{Deliveries, Seceding, Window, WithResources};
 use crate::writer::{self, Finished};
 use crate::{inputs, retries};
 
@@ -100,14 +101,26 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// The context of the run of `message` (built only for a function that takes one); the
-    /// caller gives it the run's cancellation token.
-    pub(crate) fn task_context(&self, message: &TaskMessage) -> TaskContext {
+    /// The context of the run of `message` (built only for a function that takes one), which
+    /// holds the resource slots `holding` if any (lent out while it secedes); the caller gives
+    /// it the run's cancellation token and slot indices.
+    pub(crate) fn task_context(
+        &self,
+        message: &TaskMessage,
+        holding: Option<&Arc<Holding>>,
+    ) -> TaskContext {
+        let secession: Arc<dyn rask_common::context::Secession> = match holding {
+            Some(holding) => Arc::new(WithResources {
+                seceding: self.seceding.clone(),
+                holding: holding.clone(),
+            }),
+            None => self.seceding.clone(),
+        };
         TaskContext::new(
             message.key.clone(),
             message.attempt,
             self.context.clone(),
-            self.seceding.clone(),
+            secession,
         )
     }
 }
@@ -538,9 +551,10 @@ async fn handle(shared: &Shared, delivery: Delivery, slot: Slot) {
             };
             // The slots it holds, for a body that takes a context (read before they move in).
             let slots = held.as_ref().map(|h| h.slots()).unwrap_or_default();
+            let holding = held.as_ref().map(Held::share);
             let context = || {
                 shared
-                    .task_context(&ready)
+                    .task_context(&ready, holding.as_ref())
                     .with_cancellation(cancel.token.clone())
                     .with_slots(slots.clone())
             };

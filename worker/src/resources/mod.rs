@@ -37,7 +37,7 @@ pub use current::held_slots;
 pub(crate) use current::holding;
 pub(crate) use placement::Census;
 use placement::{Placement, Shortfall};
-pub(crate) use slots::{Capacity, Held};
+pub(crate) use slots::{Capacity, Held, Holding};
 
 use crate::error::Error;
 use crate::release;

@@ -41,12 +41,22 @@ pub(crate) struct Capacity {
     returned: Notify,
 }
 
-/// What one run holds; given back when dropped.
+/// What one run holds; given back when the run's last handle on it ([`Held`], and the
+/// [`Holding`] a task context shares) drops.
 #[derive(Debug)]
 pub(crate) struct Held {
+    holding: Arc<Holding>,
+}
+
+/// The slots a run holds, shared by its [`Held`] guard and its task context, which lends them
+/// out while the task waits for tasks it launched ([`Holding::lend`], [`Holding::reclaim`]).
+#[derive(Debug)]
+pub(crate) struct Holding {
     capacity: Arc<Capacity>,
     /// Per resource: the amount, and the slot indices for indexed ones.
     taken: BTreeMap<String, (u64, Vec<u32>)>,
+    /// Whether the slots are lent out (given back to the capacity while the task waits).
+    lent: Mutex<bool>,
 }
 
 impl Capacity {
@@ -111,8 +121,11 @@ impl Capacity {
             taken.insert(name.to_owned(), (needed, indices));
         }
         Some(Held {
-            capacity: self.clone(),
-            taken,
+            holding: Arc::new(Holding {
+                capacity: self.clone(),
+                taken,
+                lent: Mutex::new(false),
+            }),
         })
     }
 
@@ -135,24 +148,90 @@ impl Capacity {
 impl Held {
     /// The slot indices held, by resource (indexed resources only).
     pub(crate) fn slots(&self) -> ResourceSlots {
-        self.taken
+        self.holding
+            .taken
             .iter()
             .filter(|(_, (_, indices))| !indices.is_empty())
             .map(|(name, (_, indices))| (name.clone(), indices.clone()))
             .collect()
     }
+
+    /// The slots, shared with the run's task context.
+    pub(crate) fn share(&self) -> Arc<Holding> {
+        self.holding.clone()
+    }
 }
 
-impl Drop for Held {
-    fn drop(&mut self) {
+impl Holding {
+    /// Gives the slots back to the capacity until [`Holding::reclaim`]: for a task that waits
+    /// for tasks it launched, which may need the same resources. Lending twice does nothing.
+    pub(crate) fn lend(&self) {
+        let mut lent = self.lent.lock().unwrap_or_else(PoisonError::into_inner);
+        if !*lent {
+            self.give_back();
+            *lent = true;
+        }
+    }
+
+    /// Takes back the very slots lent (the same indices, so that what the task set up for
+    /// GPU 1 is still GPU 1), once they are free again.
+    pub(crate) async fn reclaim(&self) {
+        loop {
+            // Registered before trying, so that a return between the try and the wait wakes it.
+            let returned = self.capacity.returned.notified();
+            tokio::pin!(returned);
+            returned.as_mut().enable();
+            {
+                let mut lent = self.lent.lock().unwrap_or_else(PoisonError::into_inner);
+                if !*lent || self.take_exact() {
+                    *lent = false;
+                    return;
+                }
+            }
+            returned.await;
+        }
+    }
+
+    /// Takes exactly the slots of `taken` if all of them are free.
+    fn take_exact(&self) -> bool {
+        let mut free = self
+            .capacity
+            .free
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let all_free = self
+            .taken
+            .iter()
+            .all(|(name, (amount, indices))| match free.get(name) {
+                Some(Free::Indexed(slots)) => indices.iter().all(|i| slots.contains(i)),
+                Some(Free::Counted(left)) => left >= amount,
+                None => false,
+            });
+        if !all_free {
+            return false;
+        }
+        for (name, (amount, indices)) in &self.taken {
+            match free.get_mut(name) {
+                Some(Free::Indexed(slots)) => indices.iter().for_each(|i| {
+                    slots.remove(i);
+                }),
+                Some(Free::Counted(left)) => *left -= amount,
+                None => {}
+            }
+        }
+        true
+    }
+
+    /// Returns the slots to the capacity and wakes its waiters.
+    fn give_back(&self) {
         {
             let mut free = self
                 .capacity
                 .free
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            for (name, (amount, indices)) in std::mem::take(&mut self.taken) {
-                match free.get_mut(&name) {
+            for (name, (amount, indices)) in &self.taken {
+                match free.get_mut(name) {
                     Some(Free::Indexed(slots)) => slots.extend(indices),
                     Some(Free::Counted(free)) => *free += amount,
                     None => {}
@@ -160,6 +239,15 @@ impl Drop for Held {
             }
         }
         self.capacity.returned.notify_waiters();
+    }
+}
+
+impl Drop for Holding {
+    fn drop(&mut self) {
+        // Slots still lent (the task stopped while it waited) were given back already.
+        if !*self.lent.get_mut().unwrap_or_else(PoisonError::into_inner) {
+            self.give_back();
+        }
     }
 }
 
