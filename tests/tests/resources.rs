@@ -198,7 +198,7 @@ async fn a_worker_without_the_resource_hands_the_task_to_one_that_has_it() {
     // The GPU worker, a process given its GPU by `RASK_RESOURCES`, takes one delivery at a
     // time, so the plain worker receives most tasks.
     let program = std::path::Path::new(env!("CARGO_BIN_EXE_rask-test-worker"));
-    let gpu_worker = env.spawn_program_with(
+    let mut gpu_worker = env.spawn_program_with(
         program,
         1,
         &[
@@ -208,6 +208,9 @@ async fn a_worker_without_the_resource_hands_the_task_to_one_that_has_it() {
             ("RASK_HEARTBEAT_INTERVAL", "200ms"),
         ],
     );
+    // Consuming, so its queue exists (its registry entry comes earlier, once it can answer
+    // broadcasts).
+    gpu_worker[0].wait_ready(PATIENCE).await.expect("the GPU worker consumes");
     let monitor = Monitor::connect(env.settings.clone()).await.unwrap();
     env.eventually("the GPU worker registered", || async {
         let workers = monitor.workers().await.unwrap();
