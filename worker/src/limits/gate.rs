@@ -57,8 +57,12 @@ impl Drop for Lease {
             std::mem::take(&mut self.function),
             std::mem::take(&mut self.id),
         );
-        // If this fails the lease expires by itself.
-        tokio::spawn(async move {
+        // Without a runtime (the process is ending), or if this fails, the lease expires by
+        // itself.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
             if let Err(e) = store::release(&store, &function, &id).await {
                 tracing::warn!(function, error = %e, "could not give a concurrency lease back; it expires by itself");
             }
