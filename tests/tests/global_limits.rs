@@ -2,7 +2,8 @@
 //! 10 s (± 10 %); with a concurrency of 2 across 3 workers never more than 2 run at once,
 //! including after a worker is SIGKILLed while it holds a lease (which then expires, so that
 //! its slot is used again); a task sent back to wait by a limit is not counted against
-//! `max_deliveries`; `rask limit set|list|remove` print what they did.
+//! `max_deliveries`; running workers pick up a limit set or removed later; `rask limit
+//! set|list|remove` print what they did.
 
 use std::time::Duration;
 
@@ -156,6 +157,63 @@ async fn tasks_sent_back_by_a_limit_are_not_counted_as_deliveries() {
     assert_eq!(read_counter(&url, &format!("{prefix}:peak")).await, 1);
     let (dead, _) = env.queue_depth(&env.settings.dead_letter_queue).await;
     assert_eq!(dead, 0, "nothing dead-lettered");
+}
+
+#[tokio::test]
+async fn running_workers_pick_up_a_limit_set_and_removed_later() {
+    let env = TestEnv::new("limit-refresh").await;
+    let client = env.client().await;
+    let _workers = ready(env.spawn_program_with(&test_worker(), 1, &[])).await;
+    let bucket = format!("{}:limit-bucket:started_at", env.settings.key_prefix);
+    let mut redis = redis::Client::open(env.settings.redis_url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let run_one = |i: u64| {
+        let client = &client;
+        async move {
+            let future = client.submit(started_at, (i,)).await.unwrap();
+            future.result_within(PATIENCE).await.unwrap();
+        }
+    };
+    run_one(0).await;
+    let exists: bool = redis.exists(&bucket).await.unwrap();
+    assert!(!exists, "no bucket without a limit");
+
+    client
+        .set_limit("started_at", limit("rate=1000/s"))
+        .await
+        .unwrap();
+    let mut i = 1;
+    env.eventually("the worker takes tokens once it reads the limit", || {
+        i += 1;
+        let (run, mut redis, bucket) = (run_one(i), redis.clone(), bucket.clone());
+        async move {
+            run.await;
+            redis.exists::<_, bool>(&bucket).await.unwrap()
+        }
+    })
+    .await;
+
+    // Removing it deletes the bucket; a worker still applying the limit makes it again.
+    assert!(client.remove_limit("started_at").await.unwrap());
+    env.eventually(
+        "the worker stops taking tokens once it reads the removal",
+        || {
+            i += 1;
+            let (run, mut redis, bucket) = (run_one(i), redis.clone(), bucket.clone());
+            async move {
+                run.await;
+                let exists: bool = redis.exists(&bucket).await.unwrap();
+                if exists {
+                    let _: u64 = redis.del(&bucket).await.unwrap();
+                }
+                !exists
+            }
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
