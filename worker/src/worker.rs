@@ -525,10 +525,16 @@ async fn handle(shared: &Shared, delivery: Delivery, slot: Slot) {
     }
     // Tasks of functions without a limit pay for an in-memory lookup only. The lease (of a
     // concurrency limit) is held until the run ends.
-    let _lease = match shared.limits.of(&message.function) {
-        None => None,
+    let (message, _lease) = match shared.limits.of(&message.function) {
+        None => (message, None),
         Some(limit) => match limits::gate(shared, &message, &delivery, &limit).await {
-            limits::Gate::Run(lease) => lease,
+            limits::Gate::Run(lease, rate_token) => (
+                TaskMessage {
+                    rate_token,
+                    ..message
+                },
+                lease,
+            ),
             limits::Gate::Done => return,
         },
     };

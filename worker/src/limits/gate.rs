@@ -35,8 +35,9 @@ const LEASE_HEARTBEATS: u32 = 3;
 
 /// What to do with a task of a limited function.
 pub(crate) enum Gate {
-    /// Run it now, holding this lease (for a concurrency limit) until the run ends.
-    Run(Option<Lease>),
+    /// Run it now, holding this lease (for a concurrency limit) until the run ends; `true`
+    /// if it holds a rate token (so that a hand-off for resources does not charge it again).
+    Run(Option<Lease>, bool),
     /// Nothing more to do: it was sent back to wait, or the worker stops (Redis refused the
     /// script) and the delivery goes back to the queue when the channel closes.
     Done,
@@ -100,7 +101,7 @@ pub(crate) async fn gate(
         }
     }
     let Some(concurrency) = limit.concurrency else {
-        return Gate::Run(None);
+        return Gate::Run(None, rate_token);
     };
     let id = format!("{}:{}", shared.id, uuid::Uuid::new_v4().simple());
     let ttl = shared.settings.heartbeat_interval * LEASE_HEARTBEATS;
@@ -109,7 +110,7 @@ pub(crate) async fn gate(
     })
     .await;
     match acquired {
-        Ok(true) => Gate::Run(Some(lease(shared, function, id))),
+        Ok(true) => Gate::Run(Some(lease(shared, function, id)), rate_token),
         Ok(false) => {
             let next = TaskMessage {
                 rate_token,
