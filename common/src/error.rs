@@ -72,6 +72,10 @@ pub enum Error {
     /// flag) do not parse or name a resource badly; the message says what is wrong.
     #[error("invalid resources: {0}")]
     InvalidResources(String),
+    /// A global limit (`rask limit set`, the `limits` setting) does not parse or is out of
+    /// range; the message says what is wrong.
+    #[error("invalid limit: {0}")]
+    InvalidLimit(String),
 }
 
 /// Whether trying again can help, for an [`Error`] (see [`Error::kind`]).
@@ -161,9 +165,10 @@ impl Error {
     /// the ladder's are [`ErrorKind::Rejected`].
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::Settings(_) | Error::TlsFile { .. } | Error::InvalidResources(_) => {
-                ErrorKind::Configuration
-            }
+            Error::Settings(_)
+            | Error::TlsFile { .. }
+            | Error::InvalidResources(_)
+            | Error::InvalidLimit(_) => ErrorKind::Configuration,
             Error::Broker(e) | Error::BrokerRefused { source: e, .. } => ErrorKind::of_broker(e),
             Error::Store(e) => ErrorKind::of_store(e),
             Error::Encode(_)

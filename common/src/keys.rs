@@ -239,6 +239,24 @@ impl Keys {
         self.of_deployment("schedule-outbox")
     }
 
+    /// The global limits (a hash: function -> MessagePack [`crate::limits::Limit`]):
+    /// `{prefix}:limits`.
+    pub fn limits(&self) -> String {
+        self.of_deployment("limits")
+    }
+
+    /// The token bucket of rate-limited `function` (the time its next token is due, µs of
+    /// Redis's clock): `{prefix}:limit-bucket:{function}`.
+    pub fn limit_bucket(&self, function: &str) -> String {
+        self.of_deployment(&format!("limit-bucket:{function}"))
+    }
+
+    /// The concurrency leases of `function` (a sorted set: lease id scored by its expiry, Unix
+    /// ms of Redis's clock): `{prefix}:limit-leases:{function}`.
+    pub fn limit_leases(&self, function: &str) -> String {
+        self.of_deployment(&format!("limit-leases:{function}"))
+    }
+
     /// The channel on which workers announce stored results (keys only): `{prefix}:done`.
     pub fn done_channel(&self) -> String {
         format!("{}:done", self.prefix)
@@ -298,6 +316,9 @@ mod tests {
         assert_eq!(keys.deliveries(&key), "p:deliveries:inc-1");
         assert_eq!(keys.worker("w-1"), "p:worker:w-1");
         assert_eq!(keys.workers(), "p:workers");
+        assert_eq!(keys.limits(), "p:limits");
+        assert_eq!(keys.limit_bucket("send"), "p:limit-bucket:send");
+        assert_eq!(keys.limit_leases("send"), "p:limit-leases:send");
         assert!(!keys.is_clustered());
     }
 

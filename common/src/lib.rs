@@ -31,6 +31,8 @@
 //! - [`replica_waits`]: the bookkeeping of waits for replicas (`redis_wait_replicas`).
 //! - [`schedule`]: periodic tasks: cron patterns and intervals, which ticks are due, and their
 //!   records and claims in Redis.
+//! - [`limits`]: global rate and concurrency limits per function: the table, the token
+//!   bucket and the concurrency leases in Redis.
 //! - [`delay`]: the fixed ladder of delay queues that countdowns, etas and retries wait in.
 //! - [`refusal`]: RabbitMQ's refusals of the settings (a login, a queue with other arguments)
 //!   explained, naming the settings involved.
@@ -48,6 +50,7 @@ pub mod error;
 pub mod graph;
 pub mod image;
 pub mod keys;
+pub mod limits;
 pub mod message;
 pub mod ops;
 pub mod options;

@@ -65,6 +65,16 @@ pub struct TaskMessage {
     /// queue to run (each after a longer pause). Not written when 0.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub handoffs: u32,
+    /// Times a worker sent the task back through the delay ladder because of its function's
+    /// global limits ([`crate::limits`]): over the rate, or no concurrency lease free. Such a
+    /// return is a new message, not a failed delivery. Not written when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub deferrals: u32,
+    /// Whether the task already took its token of its function's rate limit (it was sent back
+    /// to wait until that token was due), so that it is not charged again. Cleared on a retry.
+    /// Not written when false.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rate_token: bool,
 }
 
 fn is_zero<T: Default + PartialEq>(n: &T) -> bool {
@@ -87,6 +97,8 @@ impl TaskMessage {
             pool: None,
             resources: Resources::new(),
             handoffs: 0,
+            deferrals: 0,
+            rate_token: false,
         }
     }
 
@@ -247,6 +259,8 @@ mod tests {
             "pool",
             "resources",
             "handoffs",
+            "deferrals",
+            "rate_token",
         ] {
             assert!(
                 !plain.windows(field.len()).any(|w| w == field.as_bytes()),
@@ -261,6 +275,8 @@ mod tests {
         m.pool = Some(Pool::new("gpu").unwrap());
         m.resources = "gpu=1,mem=2GiB".parse().unwrap();
         m.handoffs = 3;
+        m.deferrals = 2;
+        m.rate_token = true;
         assert_eq!(TaskMessage::decode(&m.encode().unwrap()).unwrap(), m);
     }
 

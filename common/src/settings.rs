@@ -263,6 +263,16 @@ pub struct Settings {
     /// Default empty.
     #[serde(deserialize_with = "crate::pool::routes")]
     pub routes: BTreeMap<String, Pool>,
+    /// Global limits per function ([`crate::limits`]), applied by every worker that has them;
+    /// a limit set in Redis (`rask limit set`) replaces the one given here for its function.
+    /// In `rask.toml`, a table per function (`[limits.send_email]` then `rate = "100/s"`,
+    /// `burst = 10`, `concurrency = 2`); in `RASK_LIMITS`, entries separated by `;`
+    /// (`send_email: rate=100/s burst=10; resize: concurrency=2`). Default empty.
+    #[serde(
+        deserialize_with = "crate::limits::deserialize_setting",
+        serialize_with = "crate::limits::serialize_setting"
+    )]
+    pub limits: BTreeMap<String, crate::limits::Limit>,
 }
 
 impl Default for Settings {
@@ -311,6 +321,7 @@ impl Default for Settings {
             schedule_check_interval: Duration::from_secs(1),
             pools: vec![Pool::default_pool()],
             routes: BTreeMap::new(),
+            limits: BTreeMap::new(),
         }
     }
 }
@@ -697,6 +708,7 @@ impl fmt::Debug for Settings {
             .field("schedule_check_interval", &self.schedule_check_interval)
             .field("pools", &self.pools)
             .field("routes", &self.routes)
+            .field("limits", &self.limits)
             .finish()
     }
 }
@@ -948,6 +960,34 @@ mod tests {
         std::fs::write(&file, "prefetch = \"lots\"\n").unwrap();
         let err = Settings::load_from(&file, true).unwrap_err().to_string();
         assert!(err.contains("prefetch") && err.contains("lots"), "{err}");
+    }
+
+    #[test]
+    fn limits_load_from_tables_or_text() {
+        let dir = std::env::temp_dir().join(format!("rask-limits-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("rask.toml");
+        let load = |text: &str| {
+            std::fs::write(&file, text).unwrap();
+            Settings::load_from(&file, true)
+        };
+        let s =
+            load("[limits.send]\nrate = \"100/s\"\nburst = 10\n[limits.resize]\nconcurrency = 2\n")
+                .unwrap();
+        assert_eq!(s.limits["send"].to_string(), "rate=100/s burst=10");
+        assert_eq!(s.limits["resize"].to_string(), "concurrency=2");
+        // The text form, as `RASK_LIMITS` gives it.
+        let s = load("limits = \"send: rate=5/m; resize: concurrency=1\"\n").unwrap();
+        assert_eq!(s.limits["send"].to_string(), "rate=5/m");
+        assert_eq!(s.limits["resize"].concurrency, Some(1));
+        let err = load("[limits.send]\nburst = 3\n").unwrap_err().to_string();
+        assert!(err.contains("burst needs a rate"), "{err}");
+        let err = load("[limits.send]\nrate = \"fast\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("fast"), "{err}");
+        assert!(Settings::default().limits.is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -38,6 +38,8 @@
 //! - `completions.rs`: one Redis subscription per client; waiters re-read on any gap.
 //! - `schedule.rs`: [`Client::schedule`] and friends: periodic tasks ([`ScheduleSpec`]) that
 //!   workers tick.
+//! - `limits.rs`: [`Client::set_limit`] and friends: global rate and concurrency limits per
+//!   function ([`Limit`]) that every worker applies.
 //! - `scatter.rs`: [`Client::scatter`] (local data as stored results) and [`Client::wait`].
 //! - [`Cancel`] (`cancel.rs`): [`Client::cancel`], and with [`Cancel::force`] revocations that
 //!   stop running and queued work.
@@ -61,6 +63,7 @@ mod error;
 mod future;
 mod gather;
 mod graph;
+mod limits;
 pub mod local;
 mod pools;
 mod progress;
@@ -80,9 +83,11 @@ pub use dead::{DeadLetter, Requeued};
 pub use error::{Error, Result};
 pub use future::Future;
 pub use gather::{Gather, GatherEach};
+pub use limits::{LimitInfo, LimitSource};
 pub use pools::{UnservedRoute, WaitForWorkers};
 pub use progress::{Completed, Progress};
 pub use purge::{Purged, PurgedQueue};
+pub use rask_common::limits::{Limit, Rate};
 pub use rask_common::ops::{
     BroadcastFailure, RecentError, WorkerCounters, WorkerEntry, WorkerInfo,
 };

@@ -280,6 +280,55 @@ pub fn registry_for(settings: &rask::Settings) -> rask_worker::Registry {
         .with::<use_probe>()
 }
 
+rask::task! {
+    /// Returns the time it started (Unix ms, this machine's clock): how a rate limit spaced
+    /// the starts of `i`-th task (`i` makes each task's arguments its own).
+    pub fn started_at(i: u64) -> u64 {
+        let _ = i;
+        rask_common::revocations::unix_ms(std::time::SystemTime::now())
+    }
+}
+
+rask::task! {
+    /// Runs while holding a concurrency lease: adds `{pid}:{i}` (its worker's process id) to
+    /// the Redis set `{prefix}:running`, recording the set's largest size in `{prefix}:peak`,
+    /// waits `hold_ms`, removes itself and returns `i`. A member left by a killed worker is
+    /// removed by the test (its pid names it).
+    pub async fn hold_lease(redis_url: String, prefix: String, i: u64, hold_ms: u64) -> u64 {
+        let client = redis::Client::open(redis_url).expect("a Redis URL");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("Redis answers");
+        let member = format!("{}:{i}", std::process::id());
+        redis::Script::new(ENTER_SET)
+            .key(format!("{prefix}:running"))
+            .key(format!("{prefix}:peak"))
+            .arg(&member)
+            .invoke_async::<i64>(&mut conn)
+            .await
+            .expect("the script runs");
+        tokio::time::sleep(std::time::Duration::from_millis(hold_ms)).await;
+        redis::cmd("SREM")
+            .arg(format!("{prefix}:running"))
+            .arg(&member)
+            .exec_async(&mut conn)
+            .await
+            .expect("Redis answers");
+        i
+    }
+}
+
+/// [`hold_lease`]'s entry: into the set, and the peak of its size.
+const ENTER_SET: &str = r"
+redis.call('SADD', KEYS[1], ARGV[1])
+local running = redis.call('SCARD', KEYS[1])
+if running > tonumber(redis.call('GET', KEYS[2]) or '0') then
+  redis.call('SET', KEYS[2], running)
+end
+return running
+";
+
 /// The stock functions and this module's, without those that take worker state.
 pub fn registry() -> rask_worker::Registry {
     rask_worker::Registry::with_builtins()
@@ -292,4 +341,6 @@ pub fn registry() -> rask_worker::Registry {
         .with::<tree_blocking>()
         .with::<gpu_tree>()
         .with::<hold_slot>()
+        .with::<started_at>()
+        .with::<hold_lease>()
 }

@@ -32,6 +32,9 @@
 //! - `resources/`: a task needing resources (`gpu=1`) runs only while this worker has them
 //!   free, holding numbered slots it can read ([`held_slots`]); one needing more than this
 //!   worker has is handed to another worker of the queue, or fails with `ResourceUnavailable`.
+//! - `limits/`: global rate and concurrency limits per function: the table in memory (a task
+//!   of an unlimited function pays no round trip), a token or a lease taken at admission, or
+//!   the task sent back through the delay ladder to wait.
 //! - `secede.rs`: a task waiting on tasks it launched gives its concurrency slot back, and
 //!   parked tasks do not count against the prefetch window.
 //! - `retries.rs`: a retryable failure goes back to the broker through a delay queue.
@@ -68,6 +71,7 @@ mod error;
 mod execute;
 mod fatal;
 mod inputs;
+mod limits;
 mod metrics;
 mod ops;
 mod overrun;

@@ -25,6 +25,7 @@ use crate::admit::{admit, Admission};
 use crate::error::{Error, Result};
 use crate::execute::{execute, time_limit};
 use crate::fatal::Fatal;
+use crate::limits::{self, Limits};
 use crate::ops::Health;
 use crate::overrun::Cancel;
 use crate::pools::Pools;
@@ -60,6 +61,8 @@ pub struct Worker {
     revocations: Arc<Revocations>,
     /// Its resources (the `resources` setting) and what runs hold of them, across connections.
     capacity: Arc<Capacity>,
+    /// The global limits per function, held in memory (kept across connections).
+    limits: Arc<Limits>,
 }
 
 /// What every task handler shares.
@@ -95,6 +98,9 @@ pub(crate) struct Shared {
     pub(crate) capacity: Arc<Capacity>,
     /// The live workers' resources, for tasks that need more than this worker has.
     pub(crate) census: Census,
+    /// The global limits per function (checked in memory; only limited functions pay a
+    /// round trip).
+    pub(crate) limits: Arc<Limits>,
     /// Cancelled once the loop stops consuming: tasks still waiting for resources give up
     /// (their deliveries return to the queue when the channel closes).
     pub(crate) stopping: CancellationToken,
@@ -139,6 +145,7 @@ impl Worker {
                 settings.effective_max_overrun_threads(),
             )),
             capacity: resources::capacity(&settings),
+            limits: Arc::new(Limits::new(&settings)),
             settings,
             registry,
             id,
@@ -264,6 +271,9 @@ impl Worker {
         let result_limit = ResultLimit::read(&store, &settings).await;
         // Before consuming: a task revoked before this worker started is never run.
         self.revocations.load(&store).await?;
+        // Likewise: a limit set before this worker started applies from its first delivery.
+        self.limits.load(&store).await?;
+        let _limits = crate::limits::refresh(store.clone(), self.limits.clone());
         let first = self.next_node.load(Ordering::Relaxed);
         let (connection, node) =
             broker::connect_from(&settings, &format!("rask-worker {id}"), first).await?;
@@ -353,6 +363,7 @@ impl Worker {
             census: Census::new(&settings, &id),
             permits: permits.clone(),
             capacity: self.capacity.clone(),
+            limits: self.limits.clone(),
             stopping: stopping.clone(),
             settings,
             registry,
@@ -525,6 +536,21 @@ async fn handle(shared: &Shared, delivery: Delivery, slot: Slot) {
         let failure = TaskFailure::of(&message, FailureKind::Cancelled, text, &shared.id);
         return finish(shared, message.key, Outcome::Failure(failure), delivery).await;
     }
+    // Tasks of functions without a limit pay for an in-memory lookup only. The lease (of a
+    // concurrency limit) is held until the run ends.
+    let (message, _lease) = match shared.limits.of(&message.function) {
+        None => (message, None),
+        Some(limit) => match limits::gate(shared, &message, &delivery, &limit).await {
+            limits::Gate::Run(lease, rate_token) => (
+                TaskMessage {
+                    rate_token,
+                    ..message
+                },
+                lease,
+            ),
+            limits::Gate::Done => return,
+        },
+    };
     // Tasks that need no resources pay for this check only.
     let (held, _slot) = if message.resources.is_empty() {
         (None, slot)

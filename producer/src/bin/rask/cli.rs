@@ -56,6 +56,10 @@ pub(crate) enum Command {
     /// (each tick published once, by one worker; no scheduler process).
     #[command(subcommand)]
     Schedule(ScheduleCommand),
+    /// Global limits per function: at most a rate of starts and a number running at once, over
+    /// all workers (a task over its limit waits in the broker).
+    #[command(subcommand)]
+    Limit(LimitCommand),
     /// Run a private local cluster (RabbitMQ, Redis, workers) on loopback, without Docker.
     #[command(subcommand)]
     Local(LocalCommand),
@@ -320,6 +324,53 @@ pub(crate) struct ScheduleListArgs {
 pub(crate) struct ScheduleNameArgs {
     /// The schedule's name.
     pub(crate) name: String,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum LimitCommand {
+    /// Limit a function on every worker (replacing its limit): `--rate 100/s [--burst N]`,
+    /// `--concurrency N`, or both.
+    Set(LimitSetArgs),
+    /// Print every limit: one line each, `FUNCTION<TAB>RATE<TAB>BURST<TAB>CONCURRENCY<TAB>SOURCE`
+    /// (`-` where none; source `redis` or `settings`), or one JSON array.
+    List(LimitListArgs),
+    /// Remove a function's limit (set with `limit set`).
+    Remove(LimitRemoveArgs),
+}
+
+#[derive(Args)]
+pub(crate) struct LimitSetArgs {
+    /// The function to limit (e.g. `send_email`).
+    pub(crate) function: String,
+    /// Most tasks started per period over all workers: `COUNT/PERIOD`, the period `s`, `m`, `h`
+    /// or a duration (`100/s`, `5/m`, `10/2s`).
+    #[arg(long, value_parser = parse_rate)]
+    pub(crate) rate: Option<rask::Rate>,
+    /// Tasks that may start at once after a quiet spell (default 1: starts evenly spaced).
+    #[arg(long, requires = "rate", value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) burst: Option<u32>,
+    /// Most tasks running at once over all workers.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) concurrency: Option<u32>,
+}
+
+/// Reads `--rate`.
+fn parse_rate(text: &str) -> Result<rask::Rate, String> {
+    text.parse().map_err(|e: rask_common::Error| e.to_string())
+}
+
+#[derive(Args)]
+pub(crate) struct LimitListArgs {
+    /// One JSON array of objects: `function`, `rate`, `burst`, `concurrency` (null where
+    /// none), `source`.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Args)]
+pub(crate) struct LimitRemoveArgs {
+    /// The function whose limit to remove.
+    pub(crate) function: String,
 }
 
 #[derive(Subcommand)]

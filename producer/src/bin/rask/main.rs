@@ -50,6 +50,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Dashboard(args) => cmd::dashboard::run(&cli.global, args).await,
         Command::Dead(command) => cmd::dead::run(&cli.global, command).await,
         Command::Schedule(command) => cmd::schedule::run(&cli.global, command).await,
+        Command::Limit(command) => cmd::limit::run(&cli.global, command).await,
         Command::Local(command) => cmd::local::run(command).await,
         Command::Demo(args) => cmd::demo::run(&cli.global, args).await,
         Command::Bench(args) => cmd::bench::run(&cli.global, args).await,

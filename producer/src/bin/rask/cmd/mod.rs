@@ -7,6 +7,7 @@ pub(crate) mod dead;
 pub(crate) mod demo;
 pub(crate) mod executions;
 pub(crate) mod gather;
+pub(crate) mod limit;
 pub(crate) mod local;
 pub(crate) mod map;
 pub(crate) mod purge;
