@@ -63,17 +63,20 @@ pub(crate) fn between(
 }
 
 /// Starts between two readings of [`started`], summed by the pools the workers serve (`gpu`,
-/// `default,gpu`): `None` unless both readings count the same workers.
+/// `default,gpu`). A worker missing from the first reading started since (its counters start
+/// at 0); one missing from the second has exited, and what it ran meanwhile is not counted.
 pub(crate) async fn by_pools(
     monitor: &Monitor,
     before: &BTreeMap<String, u64>,
     after: &BTreeMap<String, u64>,
 ) -> Option<BTreeMap<String, u64>> {
-    between(before, after)?;
     let status = monitor.status().await.ok()?;
     let mut sums = BTreeMap::new();
     for worker in status.workers {
-        let ran = after.get(&worker.id)? - before.get(&worker.id)?;
+        let Some(after) = after.get(&worker.id) else {
+            continue;
+        };
+        let ran = after.saturating_sub(before.get(&worker.id).copied().unwrap_or(0));
         let pools: Vec<&str> = worker.pools.iter().map(|p| p.as_str()).collect();
         *sums.entry(pools.join(",")).or_default() += ran;
     }
