@@ -335,7 +335,9 @@ impl Default for LumaTable {
 
 impl fmt::Debug for LumaTable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LumaTable").field("weights", &LUMA_WEIGHTS).finish()
+        f.debug_struct("LumaTable")
+            .field("weights", &LUMA_WEIGHTS)
+            .finish()
     }
 }
 

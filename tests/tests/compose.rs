@@ -161,7 +161,10 @@ fn the_compose_file_keeps_its_promises() {
     assert_eq!(compose["services"]["worker"]["deploy"]["replicas"], 2);
     // The demo's analysis pool, with the resource its tasks need.
     let gpu = environment(&compose["services"]["gpu-worker"]);
-    assert_eq!((gpu["RASK_POOLS"].as_str(), gpu["RASK_RESOURCES"].as_str()), ("gpu", "gpu=1"));
+    assert_eq!(
+        (gpu["RASK_POOLS"].as_str(), gpu["RASK_RESOURCES"].as_str()),
+        ("gpu", "gpu=1")
+    );
     assert_eq!(
         compose["services"]["demo"]["depends_on"]["gpu-worker"]["condition"],
         "service_healthy"
@@ -265,7 +268,9 @@ async fn the_demo_completes_with_scaled_workers() {
     // `docker compose up --scale worker=3`: one more replica than the file's default; and the
     // file's `gpu-worker` replicas, which serve pool gpu with one gpu slot each.
     let replicas = services["worker"]["deploy"]["replicas"].as_u64().unwrap() as usize + 1;
-    let gpu_replicas = services["gpu-worker"]["deploy"]["replicas"].as_u64().unwrap() as usize;
+    let gpu_replicas = services["gpu-worker"]["deploy"]["replicas"]
+        .as_u64()
+        .unwrap() as usize;
     assert!(gpu_replicas >= 1, "the demo needs a worker of pool gpu");
     let mut workers = Vec::new();
     for (service, count) in [("worker", replicas), ("gpu-worker", gpu_replicas)] {
@@ -281,8 +286,9 @@ async fn the_demo_completes_with_scaled_workers() {
                 env,
                 log: dir.join(format!("{service}-{i}.log")),
             };
-            workers
-                .push(local::Worker::spawn(&spec, Lifetime::TiedToCaller).expect("a worker starts"));
+            workers.push(
+                local::Worker::spawn(&spec, Lifetime::TiedToCaller).expect("a worker starts"),
+            );
         }
     }
     for worker in &mut workers {

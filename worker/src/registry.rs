@@ -189,10 +189,7 @@ impl Registry {
     /// # Errors
     /// [`Error::State`] for the first `init` that fails; [`Error::MissingState`] for a function
     /// that takes a state no `with_state` builds.
-    pub(crate) async fn build_states(
-        &self,
-        built: impl Fn(&'static str),
-    ) -> Result<States, Error> {
+    pub(crate) async fn build_states(&self, built: impl Fn(&'static str)) -> Result<States, Error> {
         let mut states = States::new();
         for (state, init) in &self.states {
             let started = std::time::Instant::now();

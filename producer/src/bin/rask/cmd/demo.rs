@@ -59,7 +59,9 @@ pub(crate) async fn run(global: &Global, args: DemoArgs) -> Result<ExitCode> {
         (bytes as f64 * f64::from(args.batches)) / (1024.0 * 1024.0)
     );
     if args.pool.is_default() {
-        println!("image analysis on the default pool (no resources); reduction on the default pool");
+        println!(
+            "image analysis on the default pool (no resources); reduction on the default pool"
+        );
     } else {
         println!(
             "image analysis on pool {} with {}={} per task; reduction on the default pool",

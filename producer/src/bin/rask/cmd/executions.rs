@@ -25,10 +25,7 @@ pub(crate) async fn started(monitor: &Monitor, function: &str) -> Option<BTreeMa
 
 /// Builds of the worker state of type `state` (its type name) per live worker (by id), or
 /// `None` as for [`started`].
-pub(crate) async fn states_built(
-    monitor: &Monitor,
-    state: &str,
-) -> Option<BTreeMap<String, u64>> {
+pub(crate) async fn states_built(monitor: &Monitor, state: &str) -> Option<BTreeMap<String, u64>> {
     let series = format!("rask_states_built_total{{state=\"{state}\"}}");
     read(monitor, &series).await
 }
