@@ -344,7 +344,7 @@ async fn local_up_status_demo_down() {
         stdout(&demo)
     );
     assert!(
-        stdout(&demo).contains("built 3 time(s) by 3 live worker(s)"),
+        stdout(&demo).contains("built 3 time(s) by 3 of 3 live worker(s)"),
         "{}",
         stdout(&demo)
     );

@@ -14,8 +14,8 @@
 //! `rask_overrun_threads` (threads of plain functions past their time limit, `overrun.rs`),
 //! `rask_broadcasts_refused_total` (label `reason`: `too_large`, `signature`, `window`,
 //! `malformed`; `broadcast.rs`), `rask_states_built_total` (label `state`, the type name of a
-//! worker state: how many times this process built it, once), `rask_replica_waits_short_total` and
-//! `rask_replica_waits_skipped_total` (writes acknowledged with fewer replicas than
+//! worker state: how many times this process built it, once), `rask_replica_waits_short_total`
+//! and `rask_replica_waits_skipped_total` (writes acknowledged with fewer replicas than
 //! `redis_wait_replicas`: see `rask_common::replica_waits`).
 
 use std::collections::{BTreeSet, VecDeque};
@@ -441,6 +441,17 @@ mod tests {
         );
         assert!(text.contains("rask_task_duration_seconds_bucket"), "{text}");
         assert_eq!(metrics.recent_errors()[0].kind, FailureKind::TimedOut);
+    }
+
+    #[test]
+    fn state_builds_are_counted_by_type() {
+        let metrics = Metrics::new(vec![], 1);
+        metrics.state_built("rask_common::image::LumaTable");
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"rask_states_built_total{state="rask_common::image::LumaTable"} 1"#),
+            "{text}"
+        );
     }
 
     #[test]

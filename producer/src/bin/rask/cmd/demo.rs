@@ -174,9 +174,11 @@ pub(crate) async fn run(global: &Global, args: DemoArgs) -> Result<ExitCode> {
     }
     let state = std::any::type_name::<LumaTable>();
     match executions::states_built(&monitor, state).await {
+        // A worker of a registry without the stock functions builds none.
         Some(builds) => println!(
-            "worker state {state} (image_stats's luma table) built {} time(s) by {} live worker(s), once per worker process and shared by its tasks",
+            "worker state {state} (image_stats's luma table) built {} time(s) by {} of {} live worker(s), once per worker process and shared by its tasks",
             builds.values().sum::<u64>(),
+            builds.values().filter(|n| **n > 0).count(),
             builds.len()
         ),
         None => println!(
