@@ -209,6 +209,12 @@ async fn analysis_options(client: &Client, pool: &Pool) -> Result<TaskOptions> {
         .timeout(WORKER_WAIT)
         .await
     {
+        // Tasks needing more than any worker of the pool has would fail, each naming the
+        // resource: say it once, before anything is submitted.
+        Ok(workers) if workers.iter().all(|w| w.resources.get(NEED.0) < NEED.1) => bail!(
+            "the live workers of pool {pool} declare no {} (the demo's analysis tasks need {}={} each): start them with it, e.g. `rask local up --pool {pool}:1:{}=2` (or `rask-worker --pools {pool} --resources {}=2`), or run the analysis on the default pool with `rask demo --pool default`",
+            NEED.0, NEED.0, NEED.1, NEED.0, NEED.0
+        ),
         Ok(_) => Ok(options.resources([NEED])),
         Err(rask::Error::WorkersTimeout { waited, .. }) => bail!(
             "no live worker serves pool {pool} (waited {waited:.0?}): the demo analyses images there, each task needing {}={}. Start one, e.g. `rask local up --pool {pool}:1:{}=2` (or `rask-worker --pools {pool} --resources {}=2`), or run the analysis on the default pool with `rask demo --pool default`",
