@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Quick start: install what is missing, build rask, start a private local
-# cluster (RabbitMQ, Redis, two workers) in .rask/local, run the demo
-# against it, and stop the cluster again, whatever happens.
+# cluster (RabbitMQ, Redis, two workers and one worker of pool gpu with two
+# gpu slots) in .rask/local, run the demo against it (image analysis on the
+# gpu pool, the reduction on the default one), and stop the cluster again,
+# whatever happens.
 # Exits with the demo's status.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,5 +26,5 @@ stop_cluster() {
 }
 trap stop_cluster EXIT
 
-"$rask" local up --workers 2 --dir "$RASK_LOCAL_DIR"
+"$rask" local up --workers 2 --pool gpu:1:gpu=2 --dir "$RASK_LOCAL_DIR"
 "$rask" demo

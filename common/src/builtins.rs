@@ -4,8 +4,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::context::State;
 use crate::image::{
-    analyze_batch, merge, merge_summaries, BatchStats, ImageBatch, ImageError, Summary,
+    analyze_batch_with, merge, merge_summaries, BatchStats, ImageBatch, ImageError, LumaTable,
+    Summary,
 };
 
 crate::task! {
@@ -97,8 +99,11 @@ crate::task! {
 }
 
 crate::task! {
-    /// The demo's per-batch image computation: grayscale, blur, Sobel edges, histogram.
-    pub fn image_stats(batch: ImageBatch) -> Result<BatchStats, ImageError> { analyze_batch(&batch) }
+    /// The demo's per-batch image computation: grayscale, blur, Sobel edges, histogram. Takes
+    /// the worker's [`LumaTable`], built once per worker (`Registry::with_builtins` adds it).
+    pub fn image_stats(luma: &State<LumaTable>, batch: ImageBatch) -> Result<BatchStats, ImageError> {
+        analyze_batch_with(luma, &batch)
+    }
 }
 
 crate::task! {

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use rask_common::ops::{self, WorkerEntry};
-use rask_common::{Pool, Settings, Store};
+use rask_common::{bag_ops, Pool, Settings, Store};
 use serde::Serialize;
 use tokio::time::Instant;
 
@@ -36,7 +36,9 @@ pub struct UnservedRoute {
     pub workers: usize,
 }
 
-/// The routes among `routes` that no worker of `workers` serves, sorted.
+/// The routes among `routes` that no worker of `workers` serves, sorted. The element-wise
+/// operations of bags ([`bag_ops::ELEMENT_OPS`]) are served by every worker of the pool: workers
+/// implement them themselves, without registering them.
 pub(crate) fn unserved<'a>(
     routes: impl IntoIterator<Item = (&'a str, &'a Pool)>,
     workers: &[WorkerEntry],
@@ -44,9 +46,10 @@ pub(crate) fn unserved<'a>(
     let mut found = BTreeSet::new();
     for (function, pool) in routes {
         let serving: Vec<&WorkerEntry> = workers.iter().filter(|w| w.serves(pool)).collect();
+        let everywhere = bag_ops::ELEMENT_OPS.contains(&function);
         if !serving
             .iter()
-            .any(|w| w.functions.iter().any(|f| f == function))
+            .any(|w| everywhere || w.functions.iter().any(|f| f == function))
         {
             found.insert(UnservedRoute {
                 function: function.to_owned(),
@@ -289,5 +292,9 @@ mod tests {
         assert_eq!(names, ["other", "stats"]);
         assert!(found.iter().all(|r| r.workers == 1 && r.pool == gpu));
         assert!(unserved([("inc", &Pool::default())], &workers).is_empty());
+        // Bags' element-wise operations run on any worker of the pool, if it has one.
+        assert!(unserved([(bag_ops::MAP, &gpu)], &workers).is_empty());
+        let empty = Pool::new("empty").unwrap();
+        assert_eq!(unserved([(bag_ops::MAP, &empty)], &workers).len(), 1);
     }
 }

@@ -336,12 +336,35 @@ async fn local_up_status_demo_down() {
         "{}",
         stdout(&demo)
     );
+    // The analysis ran on the gpu worker only, each of the three workers built its state once.
+    assert!(
+        stdout(&demo).contains("image analysis on pool gpu with gpu=1 per task")
+            && stdout(&demo).contains("ran: 16 on workers of pool gpu\n"),
+        "{}",
+        stdout(&demo)
+    );
+    assert!(
+        stdout(&demo).contains("built 3 time(s) by 3 of 3 live worker(s)"),
+        "{}",
+        stdout(&demo)
+    );
     // Two groups of eight batches: the final compute summarises only the second one.
     assert!(
         stdout(&demo)
             .contains("reused by it: the workers ran image_summary 1 time(s) for 2 group(s)"),
         "the final compute reuses the persisted group summary: {}",
         stdout(&demo)
+    );
+
+    // No worker serves the pool asked for: the demo says how to start one and fails.
+    let nowhere = rask(&env, &["demo", "--batches", "1", "--pool", "tpu"], "").await;
+    assert!(!nowhere.status.success(), "{}", stdout(&nowhere));
+    assert!(
+        stderr(&nowhere).contains("no live worker serves pool tpu")
+            && stderr(&nowhere).contains("`rask local up --pool tpu:1:gpu=2`")
+            && stderr(&nowhere).contains("`rask demo --pool default`"),
+        "{}",
+        stderr(&nowhere)
     );
 
     let down = rask(&env, &["local", "down", "--dir", dir], "").await;

@@ -2,7 +2,8 @@
 //! of `.env.example` as `docker compose` would, and runs it on this machine: a private RabbitMQ
 //! with the `rabbitmq` service's user and vhost (and no use of `guest`), the `redis` service's own
 //! command (password and all), `worker` replicas scaled past the file's `deploy.replicas` (as
-//! `--scale worker=N` would) and the one-shot `demo`, each with its command and environment. The
+//! `--scale worker=N` would), the `gpu-worker` replicas of pool `gpu` the demo's analysis runs
+//! on, and the one-shot `demo`, each with its command and environment. The
 //! only rewrites: service hostnames become the local servers' addresses, and each worker's
 //! metrics endpoint takes a free port (replicas share one host here, not one container each).
 
@@ -92,7 +93,15 @@ fn rendered() -> Value {
     let vars = env_file(&std::fs::read_to_string(root().join(".env.example")).unwrap());
     let text = std::fs::read_to_string(root().join("docker-compose.yml")).unwrap();
     let mut compose: Value = serde_yaml::from_str(&text).unwrap();
-    compose.apply_merge().unwrap();
+    // A merge may bring in a mapping with merges of its own (`x-rask-worker-env` merges
+    // `x-rask-env`): apply them until none is left.
+    loop {
+        let before = compose.clone();
+        compose.apply_merge().unwrap();
+        if compose == before {
+            break;
+        }
+    }
     interpolate_all(&mut compose, &vars);
     compose
 }
@@ -150,6 +159,16 @@ fn the_compose_file_keeps_its_promises() {
         );
     }
     assert_eq!(compose["services"]["worker"]["deploy"]["replicas"], 2);
+    // The demo's analysis pool, with the resource its tasks need.
+    let gpu = environment(&compose["services"]["gpu-worker"]);
+    assert_eq!(
+        (gpu["RASK_POOLS"].as_str(), gpu["RASK_RESOURCES"].as_str()),
+        ("gpu", "gpu=1")
+    );
+    assert_eq!(
+        compose["services"]["demo"]["depends_on"]["gpu-worker"]["condition"],
+        "service_healthy"
+    );
     let env = environment(&compose["services"]["rabbitmq"]);
     assert_ne!(env["RABBITMQ_DEFAULT_USER"], "guest");
     // No secret has a default in the file itself: without .env it does not render.
@@ -246,21 +265,31 @@ async fn the_demo_completes_with_scaled_workers() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    // `docker compose up --scale worker=3`: one more replica than the file's default.
+    // `docker compose up --scale worker=3`: one more replica than the file's default; and the
+    // file's `gpu-worker` replicas, which serve pool gpu with one gpu slot each.
     let replicas = services["worker"]["deploy"]["replicas"].as_u64().unwrap() as usize + 1;
-    let worker_command = command(&services["worker"]);
+    let gpu_replicas = services["gpu-worker"]["deploy"]["replicas"]
+        .as_u64()
+        .unwrap() as usize;
+    assert!(gpu_replicas >= 1, "the demo needs a worker of pool gpu");
     let mut workers = Vec::new();
-    for i in 0..replicas {
-        let mut env = worker_env.clone();
-        env.retain(|(k, _)| k != "RASK_METRICS_LISTEN");
-        env.push(("RASK_METRICS_LISTEN".into(), "127.0.0.1:0".into()));
-        let spec = WorkerSpec {
-            program: local::sibling_binary(&worker_command[0]).expect("rask-worker is built"),
-            args: worker_command[1..].to_vec(),
-            env,
-            log: dir.join(format!("worker-{i}.log")),
-        };
-        workers.push(local::Worker::spawn(&spec, Lifetime::TiedToCaller).expect("a worker starts"));
+    for (service, count) in [("worker", replicas), ("gpu-worker", gpu_replicas)] {
+        let service_env = rewrite(environment(&services[service]));
+        let worker_command = command(&services[service]);
+        for i in 0..count {
+            let mut env = service_env.clone();
+            env.retain(|(k, _)| k != "RASK_METRICS_LISTEN");
+            env.push(("RASK_METRICS_LISTEN".into(), "127.0.0.1:0".into()));
+            let spec = WorkerSpec {
+                program: local::sibling_binary(&worker_command[0]).expect("rask-worker is built"),
+                args: worker_command[1..].to_vec(),
+                env,
+                log: dir.join(format!("{service}-{i}.log")),
+            };
+            workers.push(
+                local::Worker::spawn(&spec, Lifetime::TiedToCaller).expect("a worker starts"),
+            );
+        }
     }
     for worker in &mut workers {
         worker
@@ -286,7 +315,7 @@ async fn the_demo_completes_with_scaled_workers() {
     assert_eq!(
         queue.consumer_count() as usize,
         replicas,
-        "every replica consumes"
+        "every replica of `worker` consumes the default pool's queue, no `gpu-worker` does"
     );
     let _ = connection.close(200, "done".into()).await;
 
@@ -308,6 +337,12 @@ async fn the_demo_completes_with_scaled_workers() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{output:?}");
     assert!(stdout.contains("images on the cluster"), "{stdout}");
+    assert!(
+        stdout.contains("image analysis on pool gpu with gpu=1 per task")
+            && stdout.contains("on workers of pool gpu")
+            && !stdout.contains("on workers of pool default"),
+        "the analysis runs on the gpu-worker service: {stdout}"
+    );
     // Secrets stay out of what the demo prints.
     for secret in [password, &lookup("RASK_SIGNING_KEYS")] {
         assert!(!stdout.contains(secret.as_str()));
@@ -330,7 +365,7 @@ async fn the_demo_completes_with_scaled_workers() {
     let report: serde_json::Value = serde_json::from_str(shown.trim()).unwrap();
     assert_eq!(
         report["workers"].as_array().map(Vec::len),
-        Some(replicas),
+        Some(replicas + gpu_replicas),
         "{report}"
     );
     // ... and out of the workers' logs.

@@ -1,8 +1,8 @@
 //! Pools against real servers: a task runs only on workers of its pool (chosen by
 //! `TaskOptions::pool`, by the routing table, or the default pool), graph tasks and released
 //! dependents go to their own pool, retries stay in their pool, routes no live worker serves are
-//! reported, `wait_for_workers` waits for the n-th worker of a pool, and a purge empties every
-//! pool's queues.
+//! reported, `wait_for_workers` waits for the n-th worker of a pool, a purge empties every
+//! pool's queues, and a graph's nodes each run in the pool of their own options.
 //!
 //! The workers of the default pool and those of pool `gpu` register functions of the same names
 //! whose bodies say which pool ran them, so every value tells where its task ran.
@@ -27,6 +27,13 @@ macro_rules! pool_functions {
                 /// `x>pool`: which pool ran it, after what it was given.
                 pub(crate) fn tag(x: String) -> String {
                     format!("{x}>{}", POOL)
+                }
+            }
+
+            rask::task! {
+                /// `[a,b,…]>pool`: which pool joined the parts.
+                pub(crate) fn join(parts: Vec<String>) -> String {
+                    format!("[{}]>{}", parts.join(","), POOL)
                 }
             }
 
@@ -86,6 +93,7 @@ fn serving(settings: &Settings, pools: &[Pool]) -> Settings {
 fn default_worker(env: &TestEnv) -> (String, RunningWorker) {
     let registry = Registry::new()
         .with::<on_default::tag>()
+        .with::<on_default::join>()
         .with::<on_default::flaky>()
         .with::<default_only>();
     run(serving(&env.settings, &[Pool::default()]), registry)
@@ -95,6 +103,7 @@ fn default_worker(env: &TestEnv) -> (String, RunningWorker) {
 fn gpu_worker(env: &TestEnv) -> (String, RunningWorker) {
     let registry = Registry::new()
         .with::<on_gpu::tag>()
+        .with::<on_gpu::join>()
         .with::<on_gpu::flaky>();
     run(serving(&env.settings, &[gpu()]), registry)
 }
@@ -226,6 +235,43 @@ async fn a_dependent_released_by_a_gpu_worker_runs_in_the_default_pool() {
         .unwrap();
     let root = on_default::tag.delayed(&leaf);
     assert_eq!(client.compute(&root).await.unwrap(), "e>gpu>default");
+    on_gpu_pool.stop().await.unwrap();
+    default.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_graph_whose_leaves_go_to_gpu_and_root_to_default_runs_each_where_it_should() {
+    let env = TestEnv::new("pools-node-options").await;
+    let (_, default) = default_worker(&env);
+    let (_, on_gpu_pool) = gpu_worker(&env);
+    let leaves = |prefix: &str| -> Vec<_> {
+        (0..4)
+            .map(|i| {
+                on_default::tag
+                    .delayed(format!("{prefix}{i}"))
+                    .with_options(TaskOptions::new().pool("gpu"))
+            })
+            .collect()
+    };
+    let expected = |prefix: &str| {
+        let parts: Vec<String> = (0..4).map(|i| format!("{prefix}{i}>gpu")).collect();
+        format!("[{}]>default", parts.join(","))
+    };
+
+    // The root has no options: the default pool.
+    let client = env.client().await;
+    let root = on_default::join.delayed(leaves("a"));
+    assert_eq!(client.compute(&root).await.unwrap(), expected("a"));
+
+    // A routing table sending both functions to gpu: the leaves' pool is theirs anyway, and
+    // the root's own option wins over the table; persisted rather than computed.
+    let routed = routed(&env, &[("tag", gpu()), ("join", gpu())]).await;
+    let root = on_default::join
+        .delayed(leaves("b"))
+        .with_options(TaskOptions::new().pool(Pool::default()));
+    let future = routed.persist(&root).await.unwrap();
+    assert_eq!(future.result_within(PATIENCE).await.unwrap(), expected("b"));
+
     on_gpu_pool.stop().await.unwrap();
     default.stop().await.unwrap();
 }

@@ -32,12 +32,14 @@
 //! `builtins` tests that the longest sleep does not panic).
 
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 
 use futures::FutureExt;
 use rask_common::builtins::spin;
+use rask_common::context::{Secession, WorkerContext};
 use rask_common::image::{analyze_batch, generate_batch, merge};
 use rask_common::rmpv::{self, Value};
-use rask_common::{bag_ops, FailureKind, Invocation};
+use rask_common::{bag_ops, FailureKind, Invocation, Settings, TaskContext, TaskKey};
 
 use crate::bag;
 use crate::registry::Registry;
@@ -278,14 +280,19 @@ fn mutate(rng: &mut Rng, seed: &Value, names: &[String]) -> Vec<u8> {
 }
 
 /// Runs `function` on `args` on this thread as a worker would; `Err` if it panicked.
-fn run(registry: &Registry, function: &str, args: &[u8]) -> Result<(), String> {
+fn run(
+    registry: &Registry,
+    context: &(dyn Fn() -> TaskContext + Sync),
+    function: &str,
+    args: &[u8],
+) -> Result<(), String> {
     if let Some(op) = bag::Op::from_name(function) {
-        return match bag::apply(registry, op, args, &crate::secede::test_context) {
+        return match bag::apply(registry, op, args, context) {
             Err((FailureKind::Panicked, text)) => Err(text),
             _ => Ok(()),
         };
     }
-    let Ok(invocation) = registry.prepare(function, args, &crate::secede::test_context) else {
+    let Ok(invocation) = registry.prepare(function, args, context) else {
         return Ok(()); // refused as bad arguments: fine
     };
     let outcome = match invocation {
@@ -298,6 +305,18 @@ fn run(registry: &Registry, function: &str, args: &[u8]) -> Result<(), String> {
 /// Runs every case of every stock function; returns the violations found.
 fn fuzz(seed: u64, cases: usize) -> Vec<String> {
     let registry = registry();
+    // The worker state the stock functions take (image_stats's luma table), built once as a
+    // worker builds it, outside the measured runs.
+    let states = futures::executor::block_on(registry.build_states(|_| ())).expect("states");
+    let worker = Arc::new(WorkerContext::new("w", Settings::default(), states));
+    let context = || {
+        TaskContext::new(
+            TaskKey::new("test-1").expect("a valid key"),
+            0,
+            worker.clone(),
+            <dyn Secession>::none(),
+        )
+    };
     let mut names = registry.names();
     names.extend(bag_ops::ELEMENT_OPS.map(str::to_owned));
     // Element-wise operations call `block_on` on the runtime for async element functions.
@@ -336,7 +355,8 @@ fn fuzz(seed: u64, cases: usize) -> Vec<String> {
         let generated = (0..cases).map(|i| mutate(&mut rng, &seeds[i % seeds.len()], &names));
         for args in fixed.into_iter().chain(generated) {
             let mut result = Ok(());
-            let info = allocation_counter::measure(|| result = run(&registry, name, &args));
+            let info =
+                allocation_counter::measure(|| result = run(&registry, &context, name, &args));
             let allowed = FACTOR * args.len() as u64 + SLACK;
             let case = || format!("{name} with {:02x?}", &args[..args.len().min(64)]);
             if let Err(panic) = result {

@@ -13,8 +13,9 @@
 //! `rask_task_duration_seconds` (histogram), `rask_tasks_in_flight`, `rask_reconnects_total`,
 //! `rask_overrun_threads` (threads of plain functions past their time limit, `overrun.rs`),
 //! `rask_broadcasts_refused_total` (label `reason`: `too_large`, `signature`, `window`,
-//! `malformed`; `broadcast.rs`), `rask_replica_waits_short_total` and
-//! `rask_replica_waits_skipped_total` (writes acknowledged with fewer replicas than
+//! `malformed`; `broadcast.rs`), `rask_states_built_total` (label `state`, the type name of a
+//! worker state: how many times this process built it, once), `rask_replica_waits_short_total`
+//! and `rask_replica_waits_skipped_total` (writes acknowledged with fewer replicas than
 //! `redis_wait_replicas`: see `rask_common::replica_waits`).
 
 use std::collections::{BTreeSet, VecDeque};
@@ -56,6 +57,12 @@ struct ReasonLabel {
     reason: &'static str,
 }
 
+/// The label of a worker state: its type's name (`Registry::with_state`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: &'static str,
+}
+
 /// The labels of a failure.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FailedLabels {
@@ -80,6 +87,7 @@ pub(crate) struct Metrics {
     in_flight: Gauge,
     reconnects: Counter,
     refused_broadcasts: Family<ReasonLabel, Counter>,
+    states_built: Family<StateLabel, Counter>,
     overruns: Arc<Overruns>,
     replica_waits: Arc<ReplicaWaitCounts>,
     totals: [AtomicU64; 4],
@@ -148,6 +156,12 @@ impl Metrics {
             "Broadcast requests refused unrun, by reason",
             refused_broadcasts.clone(),
         );
+        let states_built = Family::<StateLabel, Counter>::default();
+        registry.register(
+            "states_built",
+            "Times this worker process built a worker state, by its type (once each)",
+            states_built.clone(),
+        );
         let replica_waits = Arc::<ReplicaWaitCounts>::default();
         registry.register_collector(Box::new(ReplicaWaitCollector(replica_waits.clone())));
         Metrics {
@@ -165,6 +179,7 @@ impl Metrics {
             in_flight,
             reconnects,
             refused_broadcasts,
+            states_built,
             overruns: Arc::new(Overruns::new(max_overruns, overrun_threads)),
             totals: Default::default(),
             recent: Mutex::new(VecDeque::with_capacity(RECENT_ERRORS)),
@@ -209,6 +224,11 @@ impl Metrics {
         self.refused_broadcasts
             .get_or_create(&ReasonLabel { reason })
             .inc();
+    }
+
+    /// Counts a build of the worker state of type `state` (its type name).
+    pub(crate) fn state_built(&self, state: &'static str) {
+        self.states_built.get_or_create(&StateLabel { state }).inc();
     }
 
     /// Counts a reconnection after a lost connection.
@@ -421,6 +441,17 @@ mod tests {
         );
         assert!(text.contains("rask_task_duration_seconds_bucket"), "{text}");
         assert_eq!(metrics.recent_errors()[0].kind, FailureKind::TimedOut);
+    }
+
+    #[test]
+    fn state_builds_are_counted_by_type() {
+        let metrics = Metrics::new(vec![], 1);
+        metrics.state_built("rask_common::image::LumaTable");
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"rask_states_built_total{state="rask_common::image::LumaTable"} 1"#),
+            "{text}"
+        );
     }
 
     #[test]

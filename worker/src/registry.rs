@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use rask_common::builtins;
 use rask_common::context::{BoxFuture, States};
+use rask_common::image::LumaTable;
 use rask_common::message::{decode_args, encode_value};
 use rask_common::{Invocation, Task, TaskContext, TaskError};
 
@@ -110,9 +111,11 @@ impl Registry {
         Registry::default()
     }
 
-    /// A registry with the stock functions of `rask-worker` ([`rask_common::builtins`]).
+    /// A registry with the stock functions of `rask-worker` ([`rask_common::builtins`]) and
+    /// the state they take: the [`LumaTable`] of `image_stats`, built once per worker.
     pub fn with_builtins() -> Self {
         Registry::new()
+            .with_state(|| async { Ok::<_, std::convert::Infallible>(LumaTable::new()) })
             .with::<builtins::inc>()
             .with::<builtins::add>()
             .with::<builtins::leaf>()
@@ -179,13 +182,14 @@ impl Registry {
         self
     }
 
-    /// Builds the worker's states, in the order they were added; then checks that every
-    /// function's states are among them.
+    /// Builds the worker's states, in the order they were added, calling `built` with each
+    /// one's type name once it is built (the worker counts them in its metrics); then checks
+    /// that every function's states are among them.
     ///
     /// # Errors
     /// [`Error::State`] for the first `init` that fails; [`Error::MissingState`] for a function
     /// that takes a state no `with_state` builds.
-    pub(crate) async fn build_states(&self) -> Result<States, Error> {
+    pub(crate) async fn build_states(&self, built: impl Fn(&'static str)) -> Result<States, Error> {
         let mut states = States::new();
         for (state, init) in &self.states {
             let started = std::time::Instant::now();
@@ -193,6 +197,7 @@ impl Registry {
                 .await
                 .map_err(|source| Error::State { state, source })?;
             add(&mut states);
+            built(state);
             tracing::info!(state, took = ?started.elapsed(), "worker state built");
         }
         for (task, callable) in &self.functions {
@@ -260,6 +265,32 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn the_stock_registry_builds_the_luma_table_image_stats_takes_once() {
+        use rask_common::context::{Secession, WorkerContext};
+        use rask_common::image::{analyze_batch, generate_batch, BatchStats};
+
+        let registry = Registry::with_builtins();
+        let built = std::cell::RefCell::new(Vec::new());
+        let states = registry
+            .build_states(|state| built.borrow_mut().push(state))
+            .await
+            .unwrap();
+        assert_eq!(built.into_inner(), [std::any::type_name::<LumaTable>()]);
+        let worker = Arc::new(WorkerContext::new("w", Default::default(), states));
+        let context = || {
+            let key = rask_common::TaskKey::new("t").unwrap();
+            TaskContext::new(key, 0, worker.clone(), <dyn Secession>::none())
+        };
+        let batch = generate_batch(5, 2, 16, 16);
+        let args = encode_value(&(batch.clone(),)).unwrap();
+        let Ok(Invocation::Blocking(f)) = registry.prepare("image_stats", &args, &context) else {
+            panic!("image_stats is a plain function");
+        };
+        let stats: BatchStats = decode_value(&f().unwrap()).unwrap();
+        assert_eq!(stats, analyze_batch(&batch).unwrap());
+    }
+
     rask_common::task! {
         /// Test: no parameters.
         fn constant() -> i64 { 7 }
@@ -292,11 +323,11 @@ mod tests {
             let n = counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             async move { Ok::<_, std::io::Error>(Table(vec![10, 20, n as i64])) }
         });
-        let states = registry.build_states().await.unwrap();
+        let states = registry.build_states(|_| ()).await.unwrap();
         assert_eq!(builds.load(std::sync::atomic::Ordering::Relaxed), 1);
         assert_eq!(states.get::<Table>().unwrap().0, vec![10, 20, 0]);
 
-        let missing = Registry::new().with::<lookup>().build_states().await;
+        let missing = Registry::new().with::<lookup>().build_states(|_| ()).await;
         let err = missing.expect_err("lookup's table is missing");
         assert!(
             matches!(err, Error::MissingState { task: "lookup", .. }),
@@ -306,7 +337,7 @@ mod tests {
 
         let failing = Registry::new()
             .with_state(|| async { Err::<Table, _>("no table here") })
-            .build_states()
+            .build_states(|_| ())
             .await;
         let err = failing.expect_err("the state fails");
         assert_eq!(

@@ -186,7 +186,9 @@ impl Worker {
     /// [`rask_common::ErrorKind::Configuration`] and [`Error::exit_code`] is
     /// [`crate::EXIT_CONFIG`]; or [`Error::Overruns`].
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
-        let states = self.registry.build_states().await.inspect_err(|e| {
+        let metrics = self.metrics.clone();
+        let built = move |state| metrics.state_built(state);
+        let states = self.registry.build_states(built).await.inspect_err(|e| {
             tracing::error!(error = %e, "stopping: the worker state cannot be built");
         })?;
         let context = Arc::new(WorkerContext::new(

@@ -448,6 +448,11 @@ pub(crate) struct DemoArgs {
     /// Give up waiting after this long.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "5m")]
     pub(crate) timeout: Duration,
+    /// The pool that analyses the images; each analysis task needs `gpu=1` there, except on
+    /// `default` (no resource). The demo stops if no live worker serves the pool: start one
+    /// with `rask local up --pool gpu:1:gpu=2`, or ask for `--pool default`.
+    #[arg(long, default_value = "gpu")]
+    pub(crate) pool: rask::Pool,
 }
 
 #[derive(Args)]
