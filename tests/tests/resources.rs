@@ -210,7 +210,10 @@ async fn a_worker_without_the_resource_hands_the_task_to_one_that_has_it() {
     );
     // Consuming, so its queue exists (its registry entry comes earlier, once it can answer
     // broadcasts).
-    gpu_worker[0].wait_ready(PATIENCE).await.expect("the GPU worker consumes");
+    gpu_worker[0]
+        .wait_ready(PATIENCE)
+        .await
+        .expect("the GPU worker consumes");
     let monitor = Monitor::connect(env.settings.clone()).await.unwrap();
     env.eventually("the GPU worker registered", || async {
         let workers = monitor.workers().await.unwrap();
