@@ -75,6 +75,9 @@ pub struct TaskMessage {
     /// Not written when false.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub rate_token: bool,
+    /// The same for its pool's rate limit (a limit on `pool:{pool}`). Not written when false.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub pool_rate_token: bool,
 }
 
 fn is_zero<T: Default + PartialEq>(n: &T) -> bool {
@@ -99,6 +102,7 @@ impl TaskMessage {
             handoffs: 0,
             deferrals: 0,
             rate_token: false,
+            pool_rate_token: false,
         }
     }
 
@@ -261,6 +265,7 @@ mod tests {
             "handoffs",
             "deferrals",
             "rate_token",
+            "pool_rate_token",
         ] {
             assert!(
                 !plain.windows(field.len()).any(|w| w == field.as_bytes()),
@@ -277,6 +282,7 @@ mod tests {
         m.handoffs = 3;
         m.deferrals = 2;
         m.rate_token = true;
+        m.pool_rate_token = true;
         assert_eq!(TaskMessage::decode(&m.encode().unwrap()).unwrap(), m);
     }
 

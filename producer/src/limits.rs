@@ -48,6 +48,25 @@ impl Client {
         Ok(store::put(self.store(), function, &limit).await?)
     }
 
+    /// Limits every task of `pool`, whatever its function (the limit of `pool:NAME` in the
+    /// table; a task passes its pool's limit, then its function's).
+    ///
+    /// # Errors
+    /// A store error if Redis fails.
+    pub async fn set_pool_limit(&self, pool: &rask_common::Pool, limit: Limit) -> Result<()> {
+        self.set_limit(&rask_common::limits::pool_subject(pool), limit)
+            .await
+    }
+
+    /// Removes the limit of `pool` from Redis; whether it had one.
+    ///
+    /// # Errors
+    /// A store error if Redis fails.
+    pub async fn remove_pool_limit(&self, pool: &rask_common::Pool) -> Result<bool> {
+        self.remove_limit(&rask_common::limits::pool_subject(pool))
+            .await
+    }
+
     /// Removes the limit of `function` from Redis; whether it had one. (A limit in workers'
     /// `limits` setting stays.)
     ///

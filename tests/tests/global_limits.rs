@@ -52,6 +52,41 @@ async fn a_rate_of_50_per_second_spreads_500_tasks_over_10_seconds_across_3_work
     );
 }
 
+#[tokio::test]
+async fn a_pool_rate_limits_every_task_of_the_pool_and_no_other() {
+    let env = TestEnv::new("limit-pool").await;
+    let client = env.client().await;
+    let gpu = rask::Pool::new("gpu").unwrap();
+    client
+        .set_pool_limit(&gpu, limit("rate=20/s"))
+        .await
+        .unwrap();
+    let both = [("RASK_POOLS", "default,gpu")];
+    let _workers = ready(env.spawn_program_with(&test_worker(), 2, &both)).await;
+    let spread = |starts: Vec<u64>| {
+        Duration::from_millis(starts.iter().max().unwrap() - starts.iter().min().unwrap())
+    };
+    let on_gpu = rask::TaskOptions::new().pool("gpu");
+    let futures = client
+        .map_with(started_at, (0..60u64).map(|i| (i,)), &on_gpu)
+        .await
+        .unwrap();
+    let limited = spread(client.gather(&futures).timeout(PATIENCE).await.unwrap());
+    // 60 starts at 20/s, the first at once: 59 intervals of 50 ms.
+    assert!(
+        (Duration::from_millis(2_655)..=Duration::from_millis(3_245)).contains(&limited),
+        "60 tasks of pool gpu at 20/s started over {limited:?}"
+    );
+    // The same function on the default pool is not limited.
+    let futures = client
+        .map(started_at, (60..120u64).map(|i| (i,)))
+        .await
+        .unwrap();
+    let free = spread(client.gather(&futures).timeout(PATIENCE).await.unwrap());
+    assert!(free < Duration::from_millis(2_000), "unlimited: {free:?}");
+    assert!(client.remove_pool_limit(&gpu).await.unwrap());
+}
+
 /// The members of `{prefix}:running` left by worker process `pid`, removed (it was killed:
 /// its tasks do not run any more).
 async fn forget_killed(redis: &mut redis::aio::MultiplexedConnection, prefix: &str, pid: u32) {
@@ -262,6 +297,26 @@ async fn the_cli_sets_lists_and_removes_limits() {
     );
     let out = env.rask(&["limit", "remove", "send"], "").await;
     assert_eq!(out.status.code(), Some(1));
+    // A pool's limit: its subject is `pool:NAME`.
+    let out = env
+        .rask(&["limit", "set", "--pool", "gpu", "--rate", "5/s"], "")
+        .await;
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "limited pool:gpu: rate=5/s\n"
+    );
+    let out = env.rask(&["limit", "list"], "").await;
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("pool:gpu\t5/s\t1\t-\tredis\n"),
+        "{out:?}"
+    );
+    let out = env.rask(&["limit", "remove", "--pool", "gpu"], "").await;
+    assert!(out.status.success(), "{out:?}");
+    let out = env
+        .rask(&["limit", "set", "pool:g/pu", "--rate", "5/s"], "")
+        .await;
+    assert!(!out.status.success(), "a pool subject names a valid pool");
     let client = env.client().await;
     let left = client.limits().await.unwrap();
     assert_eq!(left.len(), 1);

@@ -44,10 +44,11 @@ fn next_attempt_with(message: &TaskMessage, retryable: bool, jitter: f64) -> Opt
     Some(Retry {
         // A backoff the delay ladder cannot hold (over 49 days) waits as long as it can.
         delay: policy.delay(attempts, jitter).min(delay::MAX_DELAY),
-        // A new attempt takes a new token of its function's rate limit.
+        // A new attempt takes new tokens of its function's and its pool's rate limits.
         message: TaskMessage {
             attempt: attempts,
             rate_token: false,
+            pool_rate_token: false,
             ..message.clone()
         },
     })

@@ -538,20 +538,40 @@ async fn handle(shared: &Shared, delivery: Delivery, slot: Slot) {
         let failure = TaskFailure::of(&message, FailureKind::Cancelled, text, &shared.id);
         return finish(shared, message.key, Outcome::Failure(failure), delivery).await;
     }
-    // Tasks of functions without a limit pay for an in-memory lookup only. The lease (of a
-    // concurrency limit) is held until the run ends.
+    // Tasks of functions and pools without a limit pay for in-memory lookups only. A lease (of
+    // a concurrency limit) is held until the run ends. The pool's limit first, then the
+    // function's.
+    let (message, _pool_lease) = match shared.limits.of_pool(message.pool.as_ref()) {
+        None => (message, None),
+        Some((subject, limit)) => {
+            let subject = limits::Subject::Pool(&subject);
+            match limits::gate(shared, &message, &delivery, subject, &limit).await {
+                limits::Gate::Run(lease, pool_rate_token) => (
+                    TaskMessage {
+                        pool_rate_token,
+                        ..message
+                    },
+                    lease,
+                ),
+                limits::Gate::Done => return,
+            }
+        }
+    };
     let (message, _lease) = match shared.limits.of(&message.function) {
         None => (message, None),
-        Some(limit) => match limits::gate(shared, &message, &delivery, &limit).await {
-            limits::Gate::Run(lease, rate_token) => (
-                TaskMessage {
-                    rate_token,
-                    ..message
-                },
-                lease,
-            ),
-            limits::Gate::Done => return,
-        },
+        Some(limit) => {
+            let subject = limits::Subject::Function(&message.function);
+            match limits::gate(shared, &message, &delivery, subject, &limit).await {
+                limits::Gate::Run(lease, rate_token) => (
+                    TaskMessage {
+                        rate_token,
+                        ..message
+                    },
+                    lease,
+                ),
+                limits::Gate::Done => return,
+            }
+        }
     };
     // Tasks that need no resources pay for this check only.
     let (held, _slot) = if message.resources.is_empty() {

@@ -1,4 +1,4 @@
-//! Global limits per function: a rate ([`Rate`], a token bucket shared by every worker) and a
+//! Global limits per function or per pool: a rate ([`Rate`], a token bucket shared by every worker) and a
 //! concurrency (leases of a semaphore shared by every worker), as [`Limit`]. They live in Redis
 //! ([`store`]: `rask limit set`, [`crate::Keys::limits`]) and in the `limits` setting; a limit in
 //! Redis replaces the setting's for the same function. Workers keep the table in memory, so that
@@ -192,11 +192,24 @@ impl FromStr for Limit {
 /// The longest function name a limit is set for (as a task key's function part).
 pub const MAX_FUNCTION_LEN: usize = 200;
 
-/// Checks a function name given to `rask limit set`.
+/// The start of the subjects of pool limits in the limit table: the limit of `pool:gpu` applies
+/// to every task of pool `gpu`, whatever its function (and besides its function's own limit).
+pub const POOL_PREFIX: &str = "pool:";
+
+/// The subject of `pool`'s limit in the limit table (`pool:gpu`).
+pub fn pool_subject(pool: &crate::Pool) -> String {
+    format!("{POOL_PREFIX}{pool}")
+}
+
+/// Checks a subject given to `rask limit set`: a function name, or `pool:NAME` for a pool.
 ///
 /// # Errors
-/// [`Error::InvalidLimit`] for an empty or overlong name.
+/// [`Error::InvalidLimit`] for an empty or overlong name, or a `pool:` subject that does not
+/// name a valid pool.
 pub fn check_function(function: &str) -> Result<()> {
+    if let Some(pool) = function.strip_prefix(POOL_PREFIX) {
+        crate::Pool::new(pool).map_err(|e| Error::InvalidLimit(format!("{function:?}: {e}")))?;
+    }
     if function.is_empty()
         || function.len() > MAX_FUNCTION_LEN
         || function.contains(char::is_whitespace)

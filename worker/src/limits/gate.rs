@@ -1,7 +1,8 @@
-//! What a task of a function with a global limit passes before it runs:
+//! What a task of a function (or a pool) with a global limit passes before it runs, once per
+//! limited subject (its pool's limit first, then its function's):
 //!
-//! - A rate: it takes its function's next token (one script, [`store::take_token`]) unless it
-//!   holds one already (`rate_token`). A token due now: on to the next check. A token due
+//! - A rate: it takes the subject's next token (one script, [`store::take_token`]) unless it
+//!   holds one already (`pool_rate_token`, `rate_token`). A token due now: on to the next check. A token due
 //!   later: the task goes back through the delay ladder of its pool for exactly that long,
 //!   holding the token (`rate_token`), and its delivery is acknowledged: no worker holds it
 //!   meanwhile, and as a new message its return is not a failed delivery (`max_deliveries`).
@@ -71,15 +72,52 @@ impl Drop for Lease {
     }
 }
 
-/// Admits `message` (delivered as `delivery`) under `limit`, see the module docs.
+/// Which limit of a task a gate applies: the subject's name in the limit table and the
+/// message's flag for holding a token of its rate.
+#[derive(Clone, Copy)]
+pub(crate) enum Subject<'a> {
+    /// Its pool's (`pool:NAME`).
+    Pool(&'a str),
+    /// Its function's.
+    Function(&'a str),
+}
+
+impl Subject<'_> {
+    fn name(&self) -> &str {
+        match self {
+            Subject::Pool(name) | Subject::Function(name) => name,
+        }
+    }
+
+    fn holds_token(&self, message: &TaskMessage) -> bool {
+        match self {
+            Subject::Pool(_) => message.pool_rate_token,
+            Subject::Function(_) => message.rate_token,
+        }
+    }
+
+    /// `message`, marked as holding (`true`) a token of this subject's rate.
+    fn with_token(&self, message: &TaskMessage, holds: bool) -> TaskMessage {
+        let mut message = message.clone();
+        match self {
+            Subject::Pool(_) => message.pool_rate_token = holds,
+            Subject::Function(_) => message.rate_token = holds,
+        }
+        message
+    }
+}
+
+/// Admits `message` (delivered as `delivery`) under `limit`, the limit of `subject`, see the
+/// module docs.
 pub(crate) async fn gate(
     shared: &Shared,
     message: &TaskMessage,
     delivery: &Delivery,
+    subject: Subject<'_>,
     limit: &Limit,
 ) -> Gate {
-    let function = &message.function;
-    let mut rate_token = message.rate_token;
+    let function = subject.name();
+    let mut rate_token = subject.holds_token(message);
     if limit.rate.is_some() && !rate_token {
         let taken = crate::retry::until_ok("taking a rate-limit token", || {
             store::take_token(&shared.store, function, limit)
@@ -91,11 +129,8 @@ pub(crate) async fn gate(
         };
         rate_token = true;
         if wait >= Duration::from_millis(1) {
-            let holding = TaskMessage {
-                rate_token,
-                ..message.clone()
-            };
-            let why = "over its function's rate limit";
+            let holding = subject.with_token(message, rate_token);
+            let why = "over its rate limit";
             defer(shared, &holding, delivery, wait, why).await;
             return Gate::Done;
         }
@@ -112,19 +147,9 @@ pub(crate) async fn gate(
     match acquired {
         Ok(true) => Gate::Run(Some(lease(shared, function, id)), rate_token),
         Ok(false) => {
-            let next = TaskMessage {
-                rate_token,
-                ..message.clone()
-            };
+            let next = subject.with_token(message, rate_token);
             let delay = pause(message.deferrals);
-            defer(
-                shared,
-                &next,
-                delivery,
-                delay,
-                "no concurrency lease of its function free",
-            )
-            .await;
+            defer(shared, &next, delivery, delay, "no concurrency lease free").await;
             Gate::Done
         }
         Err(source) => refused(shared, "taking a concurrency lease", source),

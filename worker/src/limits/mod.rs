@@ -14,16 +14,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
-use rask_common::limits::{store, Limit};
-use rask_common::{Settings, Store};
+use rask_common::limits::{pool_subject, store, Limit};
+use rask_common::{Pool, Settings, Store};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-pub(crate) use gate::{gate, Gate};
+pub(crate) use gate::{gate, Gate, Subject};
 
 /// How often a worker reads the limits in Redis again.
 pub(crate) const REFRESH: Duration = Duration::from_secs(1);
 
-/// The limits this worker applies, by function.
+/// The limits this worker applies, by function (and by pool: `pool:NAME`).
 pub(crate) struct Limits {
     /// The `limits` setting.
     configured: BTreeMap<String, Limit>,
@@ -52,6 +52,17 @@ impl Limits {
         }
         let table = self.table.read().unwrap_or_else(PoisonError::into_inner);
         table.get(function).copied()
+    }
+
+    /// The limit of `pool` (its subject `pool:NAME`; `None` for the default pool), and the
+    /// subject, if it has one.
+    pub(crate) fn of_pool(&self, pool: Option<&Pool>) -> Option<(String, Limit)> {
+        if self.count.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let subject = pool_subject(&Pool::of(pool));
+        let limit = self.of(&subject)?;
+        Some((subject, limit))
     }
 
     /// Applies the setting overlaid by `stored` (Redis's table).

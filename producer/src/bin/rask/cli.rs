@@ -328,20 +328,25 @@ pub(crate) struct ScheduleNameArgs {
 
 #[derive(Subcommand)]
 pub(crate) enum LimitCommand {
-    /// Limit a function on every worker (replacing its limit): `--rate 100/s [--burst N]`,
-    /// `--concurrency N`, or both.
+    /// Limit a function (or with `--pool NAME`, every task of a pool) on every worker, replacing
+    /// its limit: `--rate 100/s [--burst N]`, `--concurrency N`, or both.
     Set(LimitSetArgs),
     /// Print every limit: one line each, `FUNCTION<TAB>RATE<TAB>BURST<TAB>CONCURRENCY<TAB>SOURCE`
     /// (`-` where none; source `redis` or `settings`), or one JSON array.
     List(LimitListArgs),
-    /// Remove a function's limit (set with `limit set`).
+    /// Remove a function's limit, or a pool's with `--pool NAME` (set with `limit set`).
     Remove(LimitRemoveArgs),
 }
 
 #[derive(Args)]
 pub(crate) struct LimitSetArgs {
     /// The function to limit (e.g. `send_email`).
-    pub(crate) function: String,
+    #[arg(required_unless_present = "pool", conflicts_with = "pool")]
+    pub(crate) function: Option<String>,
+    /// Limit every task of this pool instead, whatever its function (the limit of `pool:NAME`;
+    /// a task passes its pool's limit and its function's).
+    #[arg(long)]
+    pub(crate) pool: Option<rask::Pool>,
     /// Most tasks started per period over all workers: `COUNT/PERIOD`, the period `s`, `m`, `h`
     /// or a duration (`100/s`, `5/m`, `10/2s`).
     #[arg(long, value_parser = parse_rate)]
@@ -370,7 +375,19 @@ pub(crate) struct LimitListArgs {
 #[derive(Args)]
 pub(crate) struct LimitRemoveArgs {
     /// The function whose limit to remove.
-    pub(crate) function: String,
+    #[arg(required_unless_present = "pool", conflicts_with = "pool")]
+    pub(crate) function: Option<String>,
+    /// Remove this pool's limit instead.
+    #[arg(long)]
+    pub(crate) pool: Option<rask::Pool>,
+}
+
+/// The limit table's subject of a `limit` command: the function, or `pool:NAME`.
+pub(crate) fn limit_subject(function: Option<String>, pool: Option<&rask::Pool>) -> String {
+    match pool {
+        Some(pool) => rask_common::limits::pool_subject(pool),
+        None => function.expect("clap requires a function without --pool"),
+    }
 }
 
 #[derive(Subcommand)]

@@ -1,4 +1,4 @@
-//! `rask limit set|list|remove`: global rate and concurrency limits per function.
+//! `rask limit set|list|remove`: global rate and concurrency limits per function or pool.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use rask::{Limit, LimitInfo};
 
-use crate::cli::{Global, LimitCommand};
+use crate::cli::{limit_subject, Global, LimitCommand};
 use crate::output::connect;
 
 pub(crate) async fn run(global: &Global, command: LimitCommand) -> Result<ExitCode> {
@@ -18,8 +18,9 @@ pub(crate) async fn run(global: &Global, command: LimitCommand) -> Result<ExitCo
                 burst: args.burst,
                 concurrency: args.concurrency,
             };
-            client.set_limit(&args.function, limit).await?;
-            println!("limited {}: {limit}", args.function);
+            let subject = limit_subject(args.function, args.pool.as_ref());
+            client.set_limit(&subject, limit).await?;
+            println!("limited {subject}: {limit}");
             ExitCode::SUCCESS
         }
         LimitCommand::List(args) => {
@@ -36,11 +37,12 @@ pub(crate) async fn run(global: &Global, command: LimitCommand) -> Result<ExitCo
             ExitCode::SUCCESS
         }
         LimitCommand::Remove(args) => {
-            if client.remove_limit(&args.function).await? {
-                println!("removed the limit of {}", args.function);
+            let subject = limit_subject(args.function, args.pool.as_ref());
+            if client.remove_limit(&subject).await? {
+                println!("removed the limit of {subject}");
                 ExitCode::SUCCESS
             } else {
-                eprintln!("rask: no limit set for {:?}", args.function);
+                eprintln!("rask: no limit set for {subject:?}");
                 ExitCode::FAILURE
             }
         }
