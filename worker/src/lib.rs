@@ -35,6 +35,8 @@
 //! - `limits/`: global rate and concurrency limits per function: the table in memory (a task
 //!   of an unlimited function pays no round trip), a token or a lease taken at admission, or
 //!   the task sent back through the delay ladder to wait.
+//! - `send_back.rs`: a delivered task sent back to wait in the broker (a retry, a hand-off, a
+//!   task over a limit): published through the delay ladder, confirmed, then acknowledged.
 //! - `secede.rs`: a task waiting on tasks it launched gives its concurrency slot back, and
 //!   parked tasks do not count against the prefetch window.
 //! - `retries.rs`: a retryable failure goes back to the broker through a delay queue.
@@ -87,6 +89,7 @@ mod retry;
 mod revocations;
 mod scheduler;
 mod secede;
+mod send_back;
 mod signal;
 mod worker;
 mod writer;

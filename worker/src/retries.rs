@@ -14,12 +14,11 @@
 use std::time::Duration;
 
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicRejectOptions};
-use rask_common::broker::Destination;
 use rask_common::delay;
 use rask_common::{Settings, TaskMessage};
 
-use crate::release::{self, ConfirmChannel, PublishError};
+use crate::release::ConfirmChannel;
+use crate::send_back::send_back;
 
 /// The next attempt at a task, and how long it waits in the broker before it may run.
 #[derive(Debug, Clone, PartialEq)]
@@ -63,31 +62,24 @@ pub(crate) async fn schedule(
     delivery: Delivery,
 ) {
     let Retry { message, delay } = retry;
-    let published = async {
-        let to = Destination::after(settings, delay).map_err(PublishError::Delay)?;
-        let channel = channel.get().await?;
-        release::publish(&channel, &to, &message).await
-    }
-    .await;
-    let settled = match published {
-        Ok(()) => {
-            tracing::info!(
-                key = %message.key,
-                task = %message.function,
-                attempt = message.attempt + 1,
-                max_attempts = message.retry.map_or(1, |p| p.max_attempts),
-                ?delay,
-                "retry scheduled"
-            );
-            delivery.ack(BasicAckOptions::default()).await
-        }
-        Err(e) => {
-            tracing::warn!(key = %message.key, error = %e, "cannot schedule a retry; requeueing the task");
-            delivery.reject(BasicRejectOptions { requeue: true }).await
-        }
-    };
-    if let Err(e) = settled {
-        tracing::warn!(key = %message.key, error = %e, "could not settle a retried task; it will be redelivered");
+    if send_back(
+        channel,
+        settings,
+        &message,
+        delay,
+        &delivery,
+        "schedule a retry",
+    )
+    .await
+    {
+        tracing::info!(
+            key = %message.key,
+            task = %message.function,
+            attempt = message.attempt + 1,
+            max_attempts = message.retry.map_or(1, |p| p.max_attempts),
+            ?delay,
+            "retry scheduled"
+        );
     }
 }
 

@@ -18,14 +18,12 @@
 use std::time::Duration;
 
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicRejectOptions};
-use rask_common::broker::Destination;
 use rask_common::limits::{store, Limit};
 use rask_common::{Store, TaskMessage};
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::error::Error;
-use crate::release;
+use crate::send_back::send_back;
 use crate::worker::Shared;
 
 /// First and longest pause before a task that found no lease free is delivered again.
@@ -216,26 +214,11 @@ async fn defer(
         deferrals: message.deferrals.saturating_add(1),
         ..message.clone()
     };
-    let published = async {
-        let settings = shared.pools.settings_for(message.pool.as_ref());
-        let delay = delay.min(rask_common::delay::MAX_DELAY);
-        let to = Destination::after(&settings, delay).map_err(release::PublishError::Delay)?;
-        let channel = shared.confirms.get().await?;
-        release::publish(&channel, &to, &next).await
-    }
-    .await;
-    let settled = match published {
-        Ok(()) => {
-            tracing::debug!(key = %message.key, task = %message.function, ?delay, deferrals = next.deferrals, "{why}: sent back to wait");
-            delivery.ack(BasicAckOptions::default()).await
-        }
-        Err(e) => {
-            tracing::warn!(key = %message.key, error = %e, "cannot send a limited task back to wait; requeueing it");
-            delivery.reject(BasicRejectOptions { requeue: true }).await
-        }
-    };
-    if let Err(e) = settled {
-        tracing::warn!(key = %message.key, error = %e, "could not settle a deferred task; it will be redelivered");
+    let settings = shared.pools.settings_for(message.pool.as_ref());
+    let delay = delay.min(rask_common::delay::MAX_DELAY);
+    let what = "send a limited task back to wait";
+    if send_back(&shared.confirms, &settings, &next, delay, delivery, what).await {
+        tracing::debug!(key = %message.key, task = %message.function, ?delay, deferrals = next.deferrals, "{why}: sent back to wait");
     }
 }
 

@@ -27,8 +27,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicRejectOptions};
-use rask_common::broker::Destination;
 use rask_common::resources::format_amount;
 use rask_common::{FailureKind, TaskFailure, TaskMessage};
 use tokio::sync::OwnedSemaphorePermit;
@@ -40,7 +38,7 @@ use placement::{Placement, Shortfall};
 pub(crate) use slots::{Capacity, Held, Holding};
 
 use crate::error::Error;
-use crate::release;
+use crate::send_back::send_back;
 use crate::worker::Shared;
 
 /// First and longest pause before a handed-on task is delivered again.
@@ -137,40 +135,24 @@ fn pause(handoffs: u32) -> Duration {
         .min(HANDOFF_PAUSE.1)
 }
 
-/// Republishes `message` (one more hand-off) through the delay ladder, confirmed, then
-/// acknowledges `delivery`; requeues it instead if publishing fails.
+/// Republishes `message` (one more hand-off) through the delay ladder of its pool, confirmed,
+/// then acknowledges `delivery`; requeues it instead if publishing fails.
 async fn hand_on(shared: &Shared, message: &TaskMessage, delivery: &Delivery) {
     let next = TaskMessage {
         handoffs: message.handoffs.saturating_add(1),
         ..message.clone()
     };
     let delay = pause(message.handoffs);
-    let published = async {
-        // Through the delay ladder of the task's own pool, back to that pool's queues.
-        let settings = shared.pools.settings_for(message.pool.as_ref());
-        let to = Destination::after(&settings, delay).map_err(release::PublishError::Delay)?;
-        let channel = shared.confirms.get().await?;
-        release::publish(&channel, &to, &next).await
-    }
-    .await;
-    let settled = match published {
-        Ok(()) => {
-            tracing::debug!(
-                key = %message.key,
-                needs = %message.resources,
-                handoffs = next.handoffs,
-                ?delay,
-                "this worker lacks the task's resources; handed on to another worker"
-            );
-            delivery.ack(BasicAckOptions::default()).await
-        }
-        Err(e) => {
-            tracing::warn!(key = %message.key, error = %e, "cannot hand the task on; requeueing it");
-            delivery.reject(BasicRejectOptions { requeue: true }).await
-        }
-    };
-    if let Err(e) = settled {
-        tracing::warn!(key = %message.key, error = %e, "could not settle a handed-on task; it will be redelivered");
+    let settings = shared.pools.settings_for(message.pool.as_ref());
+    let what = "hand the task on";
+    if send_back(&shared.confirms, &settings, &next, delay, delivery, what).await {
+        tracing::debug!(
+            key = %message.key,
+            needs = %message.resources,
+            handoffs = next.handoffs,
+            ?delay,
+            "this worker lacks the task's resources; handed on to another worker"
+        );
     }
 }
 
