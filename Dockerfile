@@ -14,7 +14,7 @@ COPY . .
 # the registry and build artefacts between builds; the binaries are copied out of them.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bins -p rask -p rask-worker \
+    cargo build --release --locked --bins -p rask-cli -p rask-worker \
     && mkdir -p /out \
     && cp target/release/rask target/release/rask-worker /out/ \
     && strip /out/rask /out/rask-worker

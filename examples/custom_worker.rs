@@ -5,7 +5,7 @@
 //! not stores an `UnknownTask` failure), so run it with no stock workers on the same queue:
 //!
 //! ```text
-//! cargo run -p rask -- local up --workers 0                   # RabbitMQ and Redis only
+//! cargo run -p rask-cli -- local up --workers 0                   # RabbitMQ and Redis only
 //! cargo run -p rask-examples --example custom_worker          # this worker; Ctrl-C stops it
 //! cargo run -p rask-examples --example submit_and_gather      # in another terminal
 //! ```

@@ -6,7 +6,7 @@
 //! then submits one task per text to pool `gpu`, each needing one `gpu` slot.
 //!
 //! ```text
-//! cargo run -p rask -- local up --workers 0                 # RabbitMQ and Redis only
+//! cargo run -p rask-cli -- local up --workers 0                 # RabbitMQ and Redis only
 //! cargo run -p rask-examples --example pools                # the gpu worker; Ctrl-C stops it
 //! cargo run -p rask-examples --example pools -- submit "a cat" "two dogs" "a red fox"
 //! ```

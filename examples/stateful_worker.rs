@@ -4,10 +4,10 @@
 //! holding the worker's concurrency slot.
 //!
 //! ```text
-//! cargo run -p rask -- local up --workers 0                    # RabbitMQ and Redis only
+//! cargo run -p rask-cli -- local up --workers 0                    # RabbitMQ and Redis only
 //! cargo run -p rask-examples --example stateful_worker         # this worker; Ctrl-C stops it
-//! cargo run -p rask -- submit count_keywords '"to be or not to be"'   # in another terminal
-//! cargo run -p rask -- submit count_keywords_in '["to be", "or not", "to be"]'
+//! cargo run -p rask-cli -- submit count_keywords '"to be or not to be"'   # in another terminal
+//! cargo run -p rask-cli -- submit count_keywords_in '["to be", "or not", "to be"]'
 //! ```
 //!
 //! Settings come from `rask.toml` and `RASK_*` variables; the defaults match `rask local up`.

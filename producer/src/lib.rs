@@ -48,7 +48,8 @@
 //! - [`Monitor`] (`status.rs`): [`ClusterStatus`] (queues, live workers, throughput, errors)
 //!   for `rask status` and the dashboard.
 //! - `progress.rs`: [`Client::progress`] and [`Client::gather_with_progress`].
-//! - [`local`]: a private RabbitMQ, Redis and workers on loopback (`rask local`).
+//! - `local` (feature `local`): a private RabbitMQ, Redis and workers on loopback (`rask local`,
+//!   the tests and the bench use it; the command-line tool is the `rask-cli` crate).
 //! - [`Error`] (`error.rs`): what can fail.
 
 mod bag;
@@ -64,6 +65,7 @@ mod future;
 mod gather;
 mod graph;
 mod limits;
+#[cfg(feature = "local")]
 pub mod local;
 mod pools;
 mod progress;
