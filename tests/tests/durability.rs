@@ -159,8 +159,18 @@ async fn a_worker_shows_writes_acknowledged_without_replicas_on_its_metrics() {
         assert_eq!(value, i + 1);
     }
 
-    let (code, body) = http_get(&metrics, "/metrics").await;
-    assert_eq!(code, 200);
+    // A result is visible to the client as soon as it is written; the worker counts the wait
+    // (or its skip) right after: read the metrics once all three are counted.
+    let counted = || async {
+        let (code, body) = http_get(&metrics, "/metrics").await;
+        assert_eq!(code, 200);
+        let waits = metric(&body, "rask_replica_waits_short_total")
+            + metric(&body, "rask_replica_waits_skipped_total");
+        (waits, body)
+    };
+    env.eventually("three waits counted", || async { counted().await.0 >= 3.0 })
+        .await;
+    let (_, body) = counted().await;
     let short = metric(&body, "rask_replica_waits_short_total");
     let skipped = metric(&body, "rask_replica_waits_skipped_total");
     assert!(short >= 1.0, "a short wait is counted: {body}");
