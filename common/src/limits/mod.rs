@@ -119,6 +119,16 @@ impl Limit {
                 "the concurrency must be at least 1".into(),
             ));
         }
+        // A rate built by parsing is in range; one decoded from a record may not be.
+        if let Some(rate) = self.rate {
+            let max_ms = u64::try_from(crate::delay::MAX_DELAY.as_millis()).unwrap_or(u64::MAX);
+            if rate.count == 0 || rate.per_ms == 0 || rate.per_ms > max_ms {
+                return Err(Error::InvalidLimit(format!(
+                    "rate {}/{} ms: the count must be at least 1 and the period 1 ms to 49 days",
+                    rate.count, rate.per_ms
+                )));
+            }
+        }
         Ok(())
     }
 
@@ -135,12 +145,15 @@ impl Limit {
         Ok(rmp_serde::to_vec_named(self)?)
     }
 
-    /// A record read from Redis.
+    /// A record read from Redis, checked as [`Limit::validate`] does: a record written by hand
+    /// (a concurrency of 0, a rate of 0 per 0 ms) is refused rather than applied.
     ///
     /// # Errors
-    /// [`Error::Decode`] if `bytes` are not one.
+    /// [`Error::Decode`] if `bytes` are not one; [`Error::InvalidLimit`] if it is out of range.
     pub fn decode(bytes: &[u8]) -> Result<Self> {
-        Ok(rmp_serde::from_slice(bytes)?)
+        let limit: Limit = rmp_serde::from_slice(bytes)?;
+        limit.validate()?;
+        Ok(limit)
     }
 }
 
@@ -311,6 +324,35 @@ pub(crate) fn serialize_setting<S: serde::Serializer>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn records_out_of_range_are_refused_when_read() {
+        let forged = |limit: &Limit| Limit::decode(&rmp_serde::to_vec_named(limit).unwrap());
+        let zero_rate = Limit {
+            rate: Some(Rate {
+                count: 0,
+                per_ms: 0,
+            }),
+            burst: None,
+            concurrency: None,
+        };
+        assert!(forged(&zero_rate).is_err());
+        let zero_concurrency = Limit {
+            rate: None,
+            burst: None,
+            concurrency: Some(0),
+        };
+        assert!(forged(&zero_concurrency).is_err());
+        let fine = Limit {
+            rate: Some(Rate {
+                count: 5,
+                per_ms: 1000,
+            }),
+            burst: Some(2),
+            concurrency: Some(3),
+        };
+        assert_eq!(forged(&fine).unwrap(), fine);
+    }
 
     #[test]
     fn rates_parse_and_print() {

@@ -100,6 +100,10 @@ impl Timing {
                     .map_err(|e| Error::InvalidSchedule(format!("time zone {tz:?}: {e}")))?;
                 Ok(Compiled::Cron(Box::new(cron), zone))
             }
+            // A record written by hand may hold what `Timing::every` refuses.
+            Timing::Every { every_ms: 0, .. } => Err(Error::InvalidSchedule(
+                "the interval must be at least 1 ms".into(),
+            )),
             Timing::Every {
                 every_ms,
                 anchor_ms,

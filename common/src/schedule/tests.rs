@@ -213,3 +213,18 @@ fn records_round_trip() {
     assert_eq!("all".parse::<Missed>().unwrap(), Missed::All);
     assert!("sometimes".parse::<Missed>().is_err());
 }
+
+#[test]
+fn a_forged_interval_of_zero_is_an_error_not_a_panic() {
+    let mut s = schedule(
+        Timing::every(Duration::from_secs(1), 0).unwrap(),
+        Missed::All,
+        0,
+    );
+    s.timing = Timing::Every {
+        every_ms: 0,
+        anchor_ms: 0,
+    };
+    assert!(s.due(Some(0), 10_000, Duration::from_secs(5)).is_err());
+    assert!(s.timing.next_after(5).is_err());
+}
