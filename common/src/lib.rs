@@ -27,6 +27,7 @@
 //! - [`broker`] and [`store`]: connecting to RabbitMQ (and declaring the topology) and to Redis.
 //! - [`revocations`]: tasks cancelled with `force` (a sorted set with expiries, announced on
 //!   a channel), which workers drop at admission or stop.
+//! - [`pinged`]: a Redis subscription pinged so that a silently dead connection is noticed.
 //! - [`store_risks`]: Redis settings under which results can vanish, warned about at start.
 //! - [`replica_waits`]: the bookkeeping of waits for replicas (`redis_wait_replicas`).
 //! - [`schedule`]: periodic tasks: cron patterns and intervals, which ticks are due, and their
@@ -55,6 +56,7 @@ pub mod message;
 pub mod ops;
 pub mod options;
 pub mod outcome;
+pub mod pinged;
 pub mod pool;
 pub mod refusal;
 pub mod replica_waits;

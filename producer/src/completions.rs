@@ -15,7 +15,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use rask_common::pinged::{self, Lost};
 use rask_common::{Outcome, Store, TaskKey};
 use tokio::sync::{broadcast, oneshot};
 use tokio::task::JoinHandle;
@@ -148,48 +148,39 @@ async fn subscribe(
 }
 
 /// Passes announcements of `pubsub` on to waiters, pings it every `ping`, and asks waiters to
-/// re-read every [`RESCAN_EVERY`] pings; returns why the subscription is lost: it failed, or a
-/// ping went unanswered for `ping`.
+/// re-read every [`RESCAN_EVERY`] pings ([`pinged::relay`]); returns why the subscription is
+/// lost: it failed, or a ping went unanswered for `ping`.
 async fn relay(
     pubsub: redis::aio::PubSub,
     ping: Duration,
     events: &broadcast::Sender<Event>,
 ) -> redis::RedisError {
     let (mut sink, mut messages) = pubsub.split();
-    let mut pings = tokio::time::interval_at(tokio::time::Instant::now() + ping, ping);
-    pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut until_rescan = RESCAN_EVERY;
-    loop {
-        tokio::select! {
-            message = messages.next() => {
-                let Some(message) = message else {
-                    return redis::RedisError::from(std::io::Error::from(
-                        std::io::ErrorKind::ConnectionReset,
-                    ));
-                };
-                match rmp_serde::from_slice::<Vec<String>>(message.get_payload_bytes()) {
-                    Ok(keys) => {
-                        let _ = events.send(Event::Done(Arc::new(keys)));
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "ignoring a malformed completion announcement")
-                    }
-                }
-            }
-            _ = pings.tick() => {
-                // Announcements arriving meanwhile wait in the subscription's buffer.
-                match tokio::time::timeout(ping, sink.ping::<redis::Value>()).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => return e,
-                    Err(_) => return timed_out("PING", ping),
-                }
-                until_rescan -= 1;
-                if until_rescan == 0 {
-                    until_rescan = RESCAN_EVERY;
-                    let _ = events.send(Event::Resync);
-                }
-            }
+    let announced = |payload: &[u8]| match rmp_serde::from_slice::<Vec<String>>(payload) {
+        Ok(keys) => {
+            let _ = events.send(Event::Done(Arc::new(keys)));
         }
+        Err(e) => tracing::warn!(error = %e, "ignoring a malformed completion announcement"),
+    };
+    let resync = || {
+        let _ = events.send(Event::Resync);
+        std::future::ready(Ok::<(), std::convert::Infallible>(()))
+    };
+    let lost = pinged::relay(
+        &mut sink,
+        &mut messages,
+        ping,
+        RESCAN_EVERY,
+        announced,
+        resync,
+    );
+    match lost.await {
+        Lost::Failed(e) => e,
+        Lost::Unanswered(ping) => timed_out("PING", ping),
+        Lost::Closed => {
+            redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset))
+        }
+        Lost::Rescan(never) => match never {},
     }
 }
 

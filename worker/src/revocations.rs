@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
-use futures::StreamExt;
+use rask_common::pinged;
 use rask_common::revocations::{unix_ms, Revoked};
 use rask_common::{Settings, Store, TaskKey};
 use tokio::sync::watch;
@@ -180,8 +180,8 @@ async fn subscribed(
 }
 
 /// Merges the revocations announced on the subscription, pings it every
-/// `redis_ping_interval` and reads the whole set every [`RESCAN_EVERY`] pings; returns why the
-/// subscription is lost.
+/// `redis_ping_interval` and reads the whole set every [`RESCAN_EVERY`] pings
+/// ([`pinged::relay`]); returns why the subscription is lost.
 async fn relay(
     settings: &Settings,
     revocations: &Revocations,
@@ -189,41 +189,19 @@ async fn relay(
     sink: &mut redis::aio::PubSubSink,
     messages: &mut redis::aio::PubSubStream,
 ) -> String {
-    let ping = settings.redis_ping_interval;
-    let mut pings = tokio::time::interval_at(tokio::time::Instant::now() + ping, ping);
-    pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut until_rescan = RESCAN_EVERY;
-    loop {
-        tokio::select! {
-            message = messages.next() => {
-                let Some(message) = message else {
-                    return "the subscription closed".to_owned();
-                };
-                match Revoked::decode(message.get_payload_bytes()) {
-                    Ok(batch) => {
-                        tracing::info!(tasks = batch.keys.len(), "tasks revoked");
-                        let expires = batch.expires_ms;
-                        revocations.merge(batch.keys.into_iter().map(|k| (k, expires)));
-                    }
-                    Err(e) => tracing::warn!(error = %e, "ignoring a malformed revocation announcement"),
-                }
-            }
-            _ = pings.tick() => {
-                match tokio::time::timeout(ping, sink.ping::<redis::Value>()).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => return e.to_string(),
-                    Err(_) => return format!("PING unanswered for {ping:?}"),
-                }
-                until_rescan -= 1;
-                if until_rescan == 0 {
-                    until_rescan = RESCAN_EVERY;
-                    if let Err(e) = revocations.load(store).await {
-                        return e.to_string();
-                    }
-                }
-            }
+    let announced = |payload: &[u8]| match Revoked::decode(payload) {
+        Ok(batch) => {
+            tracing::info!(tasks = batch.keys.len(), "tasks revoked");
+            let expires = batch.expires_ms;
+            revocations.merge(batch.keys.into_iter().map(|k| (k, expires)));
         }
-    }
+        Err(e) => tracing::warn!(error = %e, "ignoring a malformed revocation announcement"),
+    };
+    let ping = settings.redis_ping_interval;
+    let rescan = || revocations.load(store);
+    pinged::relay(sink, messages, ping, RESCAN_EVERY, announced, rescan)
+        .await
+        .to_string()
 }
 
 #[cfg(test)]
