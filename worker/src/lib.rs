@@ -58,6 +58,8 @@
 //! - `scheduler.rs`: periodic tasks: claim the due ticks of the schedules in Redis and publish
 //!   them (one worker per tick), and publish the ticks a dead claimant left unconfirmed.
 //! - `dead_letter.rs`: messages that will not run go to the dead-letter queue with a reason.
+//! - [`foreign`]: functions implemented outside Rust (Python), registered by name, taking and
+//!   returning MessagePack, run like Rust tasks.
 //! - [`Registry`] (`registry.rs`): functions by name, arguments decoded per function, and the
 //!   worker state they share (built once at start).
 //! - `ops.rs`: the worker's operations services beside the task loop, each on its own
@@ -72,6 +74,7 @@ mod dead_letter;
 mod error;
 mod execute;
 mod fatal;
+pub mod foreign;
 mod inputs;
 mod limits;
 mod metrics;
@@ -98,6 +101,7 @@ mod writer;
 mod hostile_args_test;
 
 pub use error::{Error, Result, EXIT_CONFIG};
+pub use foreign::{ForeignCall, ForeignError, ForeignFunction};
 pub use registry::Registry;
 pub use resources::held_slots;
 pub use signal::shutdown_signal;

@@ -2,6 +2,7 @@
 //! the worker state they share (built once per worker process, before it consumes).
 
 use std::any::TypeId;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use rask_common::message::{decode_args, encode_value};
 use rask_common::{Invocation, Task, TaskContext, TaskError};
 
 use crate::error::Error;
+use crate::foreign::{Foreign, ForeignFunction};
 use crate::pace::Pace;
 
 /// MessagePack's empty array and nil.
@@ -23,7 +25,7 @@ const NIL: u8 = 0xc0;
 pub(crate) type ErasedInvocation = Invocation<Vec<u8>>;
 
 /// Decodes arguments and prepares a call of one registered function.
-trait Callable: Send + Sync {
+pub(crate) trait Callable: Send + Sync {
     fn prepare(
         &self,
         args: &[u8],
@@ -93,7 +95,8 @@ pub(crate) enum PrepareError {
 /// The functions a worker runs, by name, and the state they share. Cheap to clone.
 #[derive(Clone, Default)]
 pub struct Registry {
-    functions: BTreeMap<&'static str, Arc<dyn Callable>>,
+    /// Rust tasks under their `NAME`, foreign functions under the name given at run time.
+    functions: BTreeMap<Cow<'static, str>, Arc<dyn Callable>>,
     /// How to build each state value (its type's name, its function), in order.
     states: Vec<(&'static str, StateInit)>,
     /// How long the plain functions take (shared by clones).
@@ -148,8 +151,21 @@ impl Registry {
 
     /// Adds task `T` (replacing a function of the same name).
     pub fn with<T: Task>(mut self) -> Self {
-        self.functions
-            .insert(T::NAME, Arc::new(Typed::<T>(std::marker::PhantomData)));
+        self.functions.insert(
+            Cow::Borrowed(T::NAME),
+            Arc::new(Typed::<T>(std::marker::PhantomData)),
+        );
+        self
+    }
+
+    /// Adds a function implemented outside Rust under `name` (replacing a function of the same
+    /// name): it receives the task's arguments as MessagePack and returns its result as
+    /// MessagePack (see [`crate::foreign`]); the worker runs it as it runs a Rust task.
+    pub fn with_foreign(mut self, name: impl Into<String>, function: impl ForeignFunction) -> Self {
+        self.functions.insert(
+            Cow::Owned(name.into()),
+            Arc::new(Foreign(Arc::new(function))),
+        );
         self
     }
 
@@ -201,6 +217,8 @@ impl Registry {
             tracing::info!(state, took = ?started.elapsed(), "worker state built");
         }
         for (task, callable) in &self.functions {
+            // Foreign functions (the only ones under owned names) take no states.
+            let Cow::Borrowed(task) = task else { continue };
             if let Some((_, state)) = callable
                 .states()
                 .into_iter()
@@ -214,7 +232,7 @@ impl Registry {
 
     /// The registered names, sorted.
     pub fn names(&self) -> Vec<String> {
-        self.functions.keys().map(|n| (*n).to_owned()).collect()
+        self.functions.keys().map(|n| n.to_string()).collect()
     }
 
     /// Decodes `args` for function `name` and prepares the call; `context` builds the run's
