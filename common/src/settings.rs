@@ -273,6 +273,11 @@ pub struct Settings {
         serialize_with = "crate::limits::serialize_setting"
     )]
     pub limits: BTreeMap<String, crate::limits::Limit>,
+    /// Whether Python workers (`python -m rask worker`) run pickled functions
+    /// (`client.submit(lambda x: x + 1, 1)`, shipped by cloudpickle): code from the message
+    /// itself. Honoured only with `signing_keys` set, so that only holders of a key can make a
+    /// worker run code (see `docs/security.md`). Rust workers ignore it. Default `false`.
+    pub allow_pickled_functions: bool,
 }
 
 impl Default for Settings {
@@ -322,6 +327,7 @@ impl Default for Settings {
             pools: vec![Pool::default_pool()],
             routes: BTreeMap::new(),
             limits: BTreeMap::new(),
+            allow_pickled_functions: false,
         }
     }
 }

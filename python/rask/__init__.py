@@ -7,15 +7,19 @@ asyncio API. Values cross as MessagePack (see `rask.encode`).
 
 from ._rask import ExtType, NDARRAY_EXT, __version__, decode, encode
 from .errors import FailureKind, RaskError, TaskFailed, TimeoutError
+from .task import PickledFunctionRefused, Retry, task
 
 __all__ = [
     "ExtType",
     "FailureKind",
     "NDARRAY_EXT",
+    "PickledFunctionRefused",
     "RaskError",
+    "Retry",
     "TaskFailed",
     "TimeoutError",
     "__version__",
     "decode",
     "encode",
+    "task",
 ]
