@@ -24,6 +24,7 @@
 //! # Ok(()) }
 //! ```
 
+mod named;
 mod reduce;
 mod run;
 mod transform;
