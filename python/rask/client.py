@@ -8,7 +8,7 @@ import threading
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Union
 
 from . import _aio, _rask
-from ._names import task_name
+from ._names import resolve_call, task_name
 from .errors import RaskError
 
 __all__ = ["Client", "Future", "get_client"]
@@ -130,7 +130,8 @@ class Client:
             from .delayed import delayed
 
             return self.persist(delayed(fn, pure=False, **options)(*args))
-        (key,) = self._c.map(task_name(fn), [args], **options)
+        name, args, options = resolve_call(fn, args, options, self._c.signs)
+        (key,) = self._c.map(name, [args], **options)
         return Future(key, self)
 
     def map(self, fn: Any, *iterables: Iterable[Any], **options: Any) -> List[Future]:
@@ -139,11 +140,19 @@ class Client:
         if not iterables:
             raise TypeError("map needs at least one iterable of arguments")
         args = zip(*iterables) if len(iterables) > 1 else ((a,) for a in iterables[0])
-        return [Future(k, self) for k in self._c.map(task_name(fn), args, **options)]
+        if not isinstance(fn, str) and not isinstance(getattr(fn, "__rask_name__", None), str):
+            calls = [resolve_call(fn, a, options, self._c.signs) for a in args]
+            if not calls:
+                return []
+            name, _, options = calls[0]
+            args = [a for _, a, _ in calls]
+        else:
+            name, _, options = resolve_call(fn, (), options, self._c.signs)
+        return [Future(k, self) for k in self._c.map(name, args, **options)]
 
     async def submit_async(self, fn: Any, *args: Any, **options: Any) -> Future:
         """`submit` for asyncio."""
-        name = task_name(fn)
+        name, args, options = resolve_call(fn, args, options, self._c.signs)
         keys = await _aio.start(lambda cb: self._c.map(name, [args], cb, **options))
         return Future(keys[0], self)
 
@@ -151,8 +160,12 @@ class Client:
         """`map` for asyncio."""
         if not iterables:
             raise TypeError("map needs at least one iterable of arguments")
-        name = task_name(fn)
         args = list(zip(*iterables)) if len(iterables) > 1 else [(a,) for a in iterables[0]]
+        calls = [resolve_call(fn, a, options, self._c.signs) for a in args]
+        if not calls:
+            return []
+        name, _, options = calls[0]
+        args = [a for _, a, _ in calls]
         keys = await _aio.start(lambda cb: self._c.map(name, args, cb, **options))
         return [Future(k, self) for k in keys]
 

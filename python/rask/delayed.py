@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any, List, Optional, Tuple
 
 from . import _rask
-from ._names import task_name
+from ._names import task_name, task_pool
 
 __all__ = ["Delayed", "DelayedFunction", "delayed"]
 
@@ -71,6 +71,9 @@ def delayed(fn: Any, *, pure: bool = True, **options: Any) -> DelayedFunction:
     """`fn` (a task name or a @rask.task function) as a lazy function: `delayed("inc")(1)` is a
     `Delayed`. `pure=False` gives every call a unique key (it runs even if an identical call
     did); task options (`priority`, `retries`, `time_limit`, `pool`) apply to each call."""
+    pool = task_pool(fn)
+    if pool is not None and options.get("pool") is None:
+        options = dict(options, pool=pool)
     return DelayedFunction(task_name(fn), pure, options)
 
 

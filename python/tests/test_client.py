@@ -203,14 +203,26 @@ def test_run_on_every_worker(client):
     assert answers and set(answers.values()) == {"pong"}
 
 
-def test_submit_by_a_task_object_uses_its_registered_name(client):
+def test_submit_by_a_task_object_uses_its_registered_name_and_pool(client):
     class Task:
         __rask_name__ = "inc"
 
     n = unique()
     assert client.submit(Task(), n).result(30) == n + 1
+    assert client.map(Task(), [n, n + 1])[1].result(30) == n + 2
+    assert rask.delayed(Task())(n).compute(timeout=30) == n + 1
+
+    class Elsewhere:
+        __rask_name__ = "inc"
+        __rask_pool__ = f"nobody-{unique()}"
+
+    # Routed to its pool, which no worker serves: it stays queued there.
+    queued = client.submit(Elsewhere(), n)
+    with pytest.raises(rask.TimeoutError):
+        queued.result(timeout=0.5)
+    client.cancel(queued)
     with pytest.raises(TypeError, match="registered name"):
-        client.submit(lambda x: x, 1)
+        client.submit(42, 1)
 
 
 def test_unknown_options_are_refused(client):

@@ -97,6 +97,13 @@ impl PyClient {
         Ok(PyClient { inner })
     }
 
+    /// Whether this client signs its messages (it has `signing_keys`): what shipping a pickled
+    /// function needs.
+    #[getter]
+    fn signs(&self) -> bool {
+        !self.inner.settings().signing_keys.is_empty()
+    }
+
     /// Submits one call of `function` per tuple of `args_list`; returns their keys once the
     /// broker confirmed them all.
     #[pyo3(signature = (function, args_list, callback = None, **options))]
