@@ -5,7 +5,7 @@ it waits) and an asyncio one (`*_async` methods, awaitable futures)."""
 from __future__ import annotations
 
 import threading
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from . import _aio, _rask
 from ._names import resolve_call, task_name
@@ -139,7 +139,9 @@ class Client:
         `map`), pipelined, and returns the futures in input order."""
         if not iterables:
             raise TypeError("map needs at least one iterable of arguments")
-        args = zip(*iterables) if len(iterables) > 1 else ((a,) for a in iterables[0])
+        args: Iterable[Tuple[Any, ...]] = (
+            zip(*iterables) if len(iterables) > 1 else ((a,) for a in iterables[0])
+        )
         if not isinstance(fn, str) and not isinstance(getattr(fn, "__rask_name__", None), str):
             calls = [resolve_call(fn, a, options, self._c.signs) for a in args]
             if not calls:
