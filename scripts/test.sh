@@ -50,6 +50,11 @@ if [ "$#" -eq 0 ]; then
 fi
 cargo nextest run --workspace --no-fail-fast "$@"
 
+# The Python package and its notebook, against the same servers (scripts/test-python.sh).
+if [ "$#" -eq 0 ]; then
+    bash scripts/test-python.sh
+fi
+
 # Then the core and graph suites again, on clusters: a 3-node RabbitMQ cluster with quorum
 # queues and a Redis Cluster of 3 primaries and 3 replicas (rask-test-clusters starts them and
 # writes the variables that point the suites at them). Only for a whole run.

@@ -88,6 +88,17 @@ impl<T> Arg<T> {
         }
     }
 
+    /// The same argument typed as a `U`, for callers whose values are dynamically typed (the
+    /// Python package builds every argument as an `Arg<rmpv::Value>`). Nothing is checked: the
+    /// worker decodes the value as the parameter it fills.
+    pub fn cast<U>(self) -> Arg<U> {
+        Arg {
+            value: self.value,
+            deps: self.deps,
+            param: PhantomData,
+        }
+    }
+
     /// Forgets the parameter type (what [`task!`](crate::task!)'s `delayed` does with each
     /// argument).
     #[doc(hidden)]
@@ -329,6 +340,16 @@ impl<T> Delayed<T> {
         };
         Delayed {
             node: Arc::new(node),
+            output: PhantomData,
+        }
+    }
+
+    /// The same call with its result typed as a `U`, for callers whose values are dynamically
+    /// typed (the Python package reads every result as an `rmpv::Value`). Nothing is checked:
+    /// the result is decoded as `U` when it is read.
+    pub fn cast<U>(self) -> Delayed<U> {
+        Delayed {
+            node: self.node,
             output: PhantomData,
         }
     }

@@ -22,6 +22,18 @@ pub fn rask_error(py: Python<'_>, message: &str) -> PyErr {
     build(py, "RaskError", message, |_| Ok(()))
 }
 
+/// `rask.errors.TimeoutError` for a wait of `waited` that ended with `pending` tasks (`key`
+/// one of them) unfinished.
+pub fn timeout(py: Python<'_>, waited: std::time::Duration, pending: usize, key: &str) -> PyErr {
+    let message =
+        format!("timed out after {waited:?} with {pending} task(s) unfinished (first: {key})");
+    build(py, "TimeoutError", &message, |kw| {
+        kw.set_item("waited", waited.as_secs_f64())?;
+        kw.set_item("pending", pending)?;
+        kw.set_item("key", key)
+    })
+}
+
 /// The Python exception for a client library error: `TaskFailed` for a task's failure,
 /// `TimeoutError` for a wait that ran out, `RaskError` for anything else.
 pub fn from_client(err: rask::Error) -> PyErr {

@@ -1,7 +1,8 @@
 //! [`Bag`]: a lazy, partitioned collection whose common operations are native, after Dask's
 //! bags. This module owns the type, its partitions and how it is built; `transform.rs` the
 //! element-wise transformations, `reduce.rs` the reductions, `run.rs` submitting (`persist`,
-//! `compute`).
+//! `compute`), `named.rs` the same by function name over `rmpv::Value` elements (for the Python
+//! package).
 //!
 //! A bag is a list of partitions, each the key of one task result holding a list of elements:
 //! either a [`Delayed`] call not submitted yet, or a result already on the cluster (persisted).
@@ -24,6 +25,7 @@
 //! # Ok(()) }
 //! ```
 
+mod named;
 mod reduce;
 mod run;
 mod transform;

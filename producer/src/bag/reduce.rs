@@ -200,7 +200,7 @@ impl<T> Bag<T> {
 
     /// `leaf` on each partition, `merge` on runs of at most [`FAN_IN`] partial results until
     /// at most that many are left, then `root` on those (an empty list for no partitions).
-    fn reduce<P, R>(
+    pub(super) fn reduce<P, R>(
         &self,
         leaf: impl Fn(Arg<Vec<T>>) -> Delayed<P>,
         merge: impl Fn(Arg<Vec<P>>) -> Delayed<P>,
