@@ -20,9 +20,10 @@ if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv"
 fi
 # What the suite needs besides the package: pytest; numpy (arrays as values); tqdm (the
-# terminal progress bar); nbclient, ipykernel, ipywidgets and matplotlib (the notebook).
+# terminal progress bar); nbclient, ipykernel, ipywidgets and matplotlib (the notebook);
+# cloudpickle (pickled functions).
 "$venv/bin/pip" install -q --disable-pip-version-check \
-    pytest numpy tqdm nbclient ipykernel ipywidgets matplotlib
+    pytest numpy tqdm nbclient ipykernel ipywidgets matplotlib cloudpickle
 "$venv/bin/pip" install -q --disable-pip-version-check --force-reinstall --no-deps \
     --config-settings=build-args="--profile dev" ./python
 "$venv/bin/python" -m pytest python/tests -q "$@"
