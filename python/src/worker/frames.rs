@@ -102,31 +102,3 @@ pub(crate) fn read_reply(mut body: Vec<u8>) -> Result<Result<Vec<u8>, ForeignErr
         None => Err(BadFrame("an empty reply".into())),
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn calls_and_replies_read_back() {
-        let frame = call("mod.f", &[0x91, 0x01]);
-        let len = u32::from_le_bytes(frame[..4].try_into().unwrap()) as usize;
-        assert_eq!(len, frame.len() - 4);
-        assert_eq!(
-            read_call(&frame[4..]).unwrap(),
-            ("mod.f", &[0x91, 0x01][..])
-        );
-        assert!(read_call(&[5, 0, b'a']).is_err());
-
-        let frame = value(&[0x2a]);
-        assert_eq!(read_reply(frame[4..].to_vec()).unwrap(), Ok(vec![0x2a]));
-        let raised = ForeignError {
-            traceback: Some("Traceback ...".into()),
-            retryable: true,
-            ..ForeignError::new("ValueError", "bad")
-        };
-        let frame = error(&raised);
-        assert_eq!(read_reply(frame[4..].to_vec()).unwrap(), Err(raised));
-        assert!(read_reply(vec![9]).is_err());
-    }
-}
