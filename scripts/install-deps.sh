@@ -2,7 +2,9 @@
 # Installs what rask's local cluster and test suite need, if missing:
 # RabbitMQ, Redis, docker-compose and Chromium (Debian packages; headless
 # Chromium drives the dashboard test), iproute2 and iptables (the partition
-# tests cut network namespaces off with them), python3-venv (scripts/validate-k8s.sh)
+# tests cut network namespaces off with them), python3-venv (scripts/validate-k8s.sh),
+# podman with runc, netavark and aardvark-dns (its bridge networks and their DNS) and
+# debootstrap (scripts/containers-test.sh runs docker-compose.yml in containers with them),
 # and cargo-nextest.
 # Safe to run again: it only installs what is missing, and says what it did.
 #
@@ -26,7 +28,8 @@ fi
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 
 missing=()
-for package in rabbitmq-server redis-server docker-compose chromium iproute2 iptables python3-venv; do
+for package in rabbitmq-server redis-server docker-compose chromium iproute2 iptables python3-venv \
+    podman runc netavark aardvark-dns debootstrap; do
     if installed "$package"; then
         say "$package is already installed"
     else

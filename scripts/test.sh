@@ -55,6 +55,17 @@ if [ "$#" -eq 0 ]; then
     bash scripts/test-python.sh
 fi
 
+# docker-compose.yml in real containers (podman, images built from local stand-ins and the
+# Dockerfile): healthchecks, scaling, the demo, a killed worker, a drained stop, a rolling
+# restart. Only for a whole run; it needs root (rootful podman).
+if [ "$#" -eq 0 ]; then
+    if [ "$(id -u)" -eq 0 ]; then
+        bash scripts/containers-test.sh
+    else
+        echo "test.sh: the container test (scripts/containers-test.sh) needs root: not run" >&2
+    fi
+fi
+
 # Then the core and graph suites again, on clusters: a 3-node RabbitMQ cluster with quorum
 # queues and a Redis Cluster of 3 primaries and 3 replicas (rask-test-clusters starts them and
 # writes the variables that point the suites at them). Only for a whole run.

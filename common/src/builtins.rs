@@ -1,14 +1,9 @@
-//! The functions every stock `rask-worker` runs, as typed handles producers can submit.
+//! The functions every stock `rask-worker` runs, as typed handles producers can submit. (The
+//! demo's image tasks, which the stock worker runs too, are in the `rask-demo` crate.)
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-
-use crate::context::State;
-use crate::image::{
-    analyze_batch_with, merge, merge_summaries, BatchStats, ImageBatch, ImageError, LumaTable,
-    Summary,
-};
 
 crate::task! {
     /// `x + 1` (the throughput and latency benchmarks' task).
@@ -96,24 +91,6 @@ pub fn spin(seed: u64, rounds: u32) -> u64 {
 crate::task! {
     /// Always fails with `message` (to see failures end to end).
     pub fn fail(message: String) -> Result<(), String> { Err(message) }
-}
-
-crate::task! {
-    /// The demo's per-batch image computation: grayscale, blur, Sobel edges, histogram. Takes
-    /// the worker's [`LumaTable`], built once per worker (`Registry::with_builtins` adds it).
-    pub fn image_stats(luma: &State<LumaTable>, batch: ImageBatch) -> Result<BatchStats, ImageError> {
-        analyze_batch_with(luma, &batch)
-    }
-}
-
-crate::task! {
-    /// Reduces per-batch statistics to one summary.
-    pub fn image_summary(stats: Vec<BatchStats>) -> Summary { merge(&stats) }
-}
-
-crate::task! {
-    /// Reduces summaries of parts to the summary of the whole (for reduction trees).
-    pub fn merge_image_summaries(parts: Vec<Summary>) -> Summary { merge_summaries(&parts) }
 }
 
 /// A number as `sum` takes and returns it.

@@ -18,7 +18,6 @@
 //! - [`builtins`]: the functions every stock worker runs (`inc`, `add`, `sum`, `echo`, …).
 //! - [`bag_ops`]: the native operations of lazy collections (`Bag`): element-wise operation
 //!   names and the partition and reduction tasks every stock worker runs.
-//! - [`image`]: the image-batch computation of the demo.
 //! - [`pool`]: pools of workers: validated [`Pool`] names, each pool's queue names, routing.
 //! - [`settings`]: typed [`Settings`], loaded from defaults, `rask.toml` and `RASK_*` variables.
 //! - [`signing`]: HMAC-SHA256 signatures of task messages and broadcast requests
@@ -49,7 +48,6 @@ pub mod delay;
 pub mod dependencies;
 pub mod error;
 pub mod graph;
-pub mod image;
 pub mod keys;
 pub mod limits;
 pub mod message;

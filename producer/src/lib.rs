@@ -20,6 +20,7 @@
 //! worker with the `rask-worker` library.
 //!
 //! ## Layout
+//! - [`builtins`]: the stock worker's functions (`inc`, `echo`, the demo's `image_stats`, …).
 //! - [`Client`] (`client.rs`): connecting, submitting, mapping, releasing.
 //! - [`ContextExt`] (`context.rs`): a task running on a worker launches tasks through the
 //!   worker's client and waits for them without holding its concurrency slot.
@@ -53,6 +54,7 @@
 //! - [`Error`] (`error.rs`): what can fail.
 
 mod bag;
+pub mod builtins;
 mod call;
 mod cancel;
 mod client;
@@ -96,8 +98,8 @@ pub use rask_common::ops::{
 pub use rask_common::schedule::{Missed, Schedule, Timing};
 pub use rask_common::TaskOptions;
 pub use rask_common::{
-    builtins, task, Arg, Delayed, FailureKind, Pool, ResourceSlots, Resources, RetryPolicy,
-    Settings, State, Task, TaskContext, TaskError, TaskFailure, TaskKey,
+    task, Arg, Delayed, FailureKind, Pool, ResourceSlots, Resources, RetryPolicy, Settings, State,
+    Task, TaskContext, TaskError, TaskFailure, TaskKey,
 };
 pub use run::RunReport;
 pub use scatter::Wait;

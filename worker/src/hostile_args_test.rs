@@ -37,9 +37,9 @@ use std::sync::Arc;
 use futures::FutureExt;
 use rask_common::builtins::spin;
 use rask_common::context::{Secession, WorkerContext};
-use rask_common::image::{analyze_batch, generate_batch, merge};
 use rask_common::rmpv::{self, Value};
 use rask_common::{bag_ops, FailureKind, Invocation, Settings, TaskContext, TaskKey};
+use rask_demo::image::{analyze_batch, generate_batch, merge};
 
 use crate::bag;
 use crate::registry::Registry;

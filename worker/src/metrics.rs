@@ -446,10 +446,10 @@ mod tests {
     #[test]
     fn state_builds_are_counted_by_type() {
         let metrics = Metrics::new(vec![], 1);
-        metrics.state_built("rask_common::image::LumaTable");
+        metrics.state_built("rask_demo::image::LumaTable");
         let text = metrics.encode();
         assert!(
-            text.contains(r#"rask_states_built_total{state="rask_common::image::LumaTable"} 1"#),
+            text.contains(r#"rask_states_built_total{state="rask_demo::image::LumaTable"} 1"#),
             "{text}"
         );
     }

@@ -9,9 +9,9 @@ use std::sync::Arc;
 
 use rask_common::builtins;
 use rask_common::context::{BoxFuture, States};
-use rask_common::image::LumaTable;
 use rask_common::message::{decode_args, encode_value};
 use rask_common::{Invocation, Task, TaskContext, TaskError};
+use rask_demo::image::LumaTable;
 
 use crate::error::Error;
 use crate::foreign::{Foreign, ForeignFunction};
@@ -114,8 +114,9 @@ impl Registry {
         Registry::default()
     }
 
-    /// A registry with the stock functions of `rask-worker` ([`rask_common::builtins`]) and
-    /// the state they take: the [`LumaTable`] of `image_stats`, built once per worker.
+    /// A registry with the stock functions of `rask-worker` ([`rask_common::builtins`] and the
+    /// demo's [`rask_demo::tasks`]) and the state they take: the [`LumaTable`] of
+    /// `image_stats`, built once per worker.
     pub fn with_builtins() -> Self {
         Registry::new()
             .with_state(|| async { Ok::<_, std::convert::Infallible>(LumaTable::new()) })
@@ -128,9 +129,9 @@ impl Registry {
             .with::<builtins::sleep_ms>()
             .with::<builtins::spin_hash>()
             .with::<builtins::fail>()
-            .with::<builtins::image_stats>()
-            .with::<builtins::image_summary>()
-            .with::<builtins::merge_image_summaries>()
+            .with::<rask_demo::image_stats>()
+            .with::<rask_demo::image_summary>()
+            .with::<rask_demo::merge_image_summaries>()
             .with::<rask_common::bag_ops::bag_items>()
             .with::<rask_common::bag_ops::bag_concat>()
             .with::<rask_common::bag_ops::bag_split>()
@@ -286,7 +287,7 @@ mod tests {
     #[tokio::test]
     async fn the_stock_registry_builds_the_luma_table_image_stats_takes_once() {
         use rask_common::context::{Secession, WorkerContext};
-        use rask_common::image::{analyze_batch, generate_batch, BatchStats};
+        use rask_demo::image::{analyze_batch, generate_batch, BatchStats};
 
         let registry = Registry::with_builtins();
         let built = std::cell::RefCell::new(Vec::new());

@@ -25,7 +25,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rask::builtins::{image_stats, image_summary, merge_image_summaries};
 use rask::{Bag, Client, Monitor, Pool, Task, TaskOptions};
 use rask_common::bag_ops;
-use rask_common::image::{batch_len, generate_batch, LumaTable};
+use rask_demo::image::{batch_len, generate_batch, LumaTable};
 
 use crate::cli::{DemoArgs, Global};
 use crate::cmd::executions;

@@ -1,0 +1,5 @@
+//! The functions every stock `rask-worker` runs, as typed handles to submit: rask's own (from
+//! `rask-common`) and the demo's image tasks (from `rask-demo`), in one place as before.
+
+pub use rask_common::builtins::*;
+pub use rask_demo::tasks::{image_stats, image_summary, merge_image_summaries};
