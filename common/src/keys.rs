@@ -201,6 +201,18 @@ impl Keys {
         self.of_task("deliveries", key)
     }
 
+    /// The state record of task `key` (a hash, see [`crate::events`]), expiring with its
+    /// result: `{prefix}:state:{key}`.
+    pub fn state(&self, key: &TaskKey) -> String {
+        self.of_task("state", key)
+    }
+
+    /// The deployment's bounded event stream (a Redis Stream, see [`crate::events`]):
+    /// `{prefix}:events`.
+    pub fn events(&self) -> String {
+        self.of_deployment("events")
+    }
+
     /// Patterns (for `SCAN MATCH`) of every graph bookkeeping key of this prefix.
     pub fn graph_patterns(&self) -> [String; 4] {
         ["task", "published", "pending", "dependents"]

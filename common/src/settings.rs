@@ -273,6 +273,14 @@ pub struct Settings {
         serialize_with = "crate::limits::serialize_setting"
     )]
     pub limits: BTreeMap<String, crate::limits::Limit>,
+    /// Whether producers and workers record task states and events ([`crate::events`]): a
+    /// state record per task (`rask inspect`, expiring with the result) and entries in the
+    /// deployment's bounded event stream (`rask events`), written in the same batches as the
+    /// Redis writes that happen anyway. Default `true`.
+    pub events: bool,
+    /// Most entries kept in the event stream (`XADD MAXLEN ~`; Redis trims whole blocks, so a
+    /// few more may remain). Default `100000`.
+    pub events_max_len: u64,
 }
 
 impl Default for Settings {
@@ -322,6 +330,8 @@ impl Default for Settings {
             pools: vec![Pool::default_pool()],
             routes: BTreeMap::new(),
             limits: BTreeMap::new(),
+            events: true,
+            events_max_len: 100_000,
         }
     }
 }
@@ -700,6 +710,8 @@ impl fmt::Debug for Settings {
             .field("tls_key_file", &self.tls_key_file)
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("metrics", &self.metrics)
+            .field("events", &self.events)
+            .field("events_max_len", &self.events_max_len)
             .field("metrics_listen", &self.metrics_listen)
             .field("broadcast_concurrency", &self.broadcast_concurrency)
             .field("max_broadcast_bytes", &self.max_broadcast_bytes)

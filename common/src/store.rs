@@ -209,8 +209,8 @@ impl Store {
         Ok((count, stored))
     }
 
-    /// Deletes the stored outcomes of `keys`, their graph task records, published markers and
-    /// delivery counters (so that a graph submitted again runs them again); returns how many
+    /// Deletes the stored outcomes of `keys`, their graph task records, published markers,
+    /// delivery counters and state records (so that a graph submitted again runs them again); returns how many
     /// outcomes existed.
     ///
     /// # Errors
@@ -227,6 +227,7 @@ impl Store {
                     self.keys.task(k),
                     self.keys.published(k),
                     self.keys.deliveries(k),
+                    self.keys.state(k),
                 ]
             })
             .collect();
@@ -255,6 +256,12 @@ impl Store {
             self.scan_delete(&pattern).await?;
         }
         self.scan_delete(&format!("{}:deliveries:*", self.keys.prefix()))
+            .await?;
+        self.scan_delete(&format!("{}:state:*", self.keys.prefix()))
+            .await?;
+        redis::cmd("DEL")
+            .arg(self.keys.events())
+            .query_async::<()>(&mut self.conn.clone())
             .await?;
         Ok(deleted)
     }

@@ -61,6 +61,7 @@ mod connection;
 mod context;
 mod dead;
 mod error;
+mod events;
 mod future;
 mod gather;
 mod graph;
@@ -89,6 +90,7 @@ pub use limits::{LimitInfo, LimitSource};
 pub use pools::{UnservedRoute, WaitForWorkers};
 pub use progress::{Completed, Progress};
 pub use purge::{Purged, PurgedQueue};
+pub use rask_common::events::{Event, EventKind, TaskInfo, TaskState};
 pub use rask_common::limits::{Limit, Rate};
 pub use rask_common::ops::{
     BroadcastFailure, RecentError, WorkerCounters, WorkerEntry, WorkerInfo,

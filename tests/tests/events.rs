@@ -1,0 +1,208 @@
+//! Task states and events against real servers: `client.task_info` and `rask inspect` tell
+//! each state (queued, waiting, running, succeeded, failed, cancelled, unknown) with who
+//! queued a task, where it ran and how it ended; `rask events` lists the lifecycle from the
+//! bounded stream; the `events` setting off records nothing.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use rask::builtins::{add, fail, inc, sleep_ms};
+use rask::{EventKind, TaskKey, TaskOptions, TaskState};
+use rask_tests::{TestEnv, PATIENCE};
+use rask_worker::Registry;
+
+async fn xlen(env: &TestEnv) -> u64 {
+    let client = redis::Client::open(env.settings.redis_url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let name = format!("{}:events", env.settings.key_prefix);
+    redis::cmd("XLEN")
+        .arg(name)
+        .query_async(&mut conn)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn task_info_tells_every_state() {
+    let env = TestEnv::new("states").await;
+    let worker = env.run_worker(Registry::with_builtins());
+    let client = env.client().await;
+
+    let done = client.submit(inc, (41,)).await.unwrap();
+    let failed = client.submit(fail, ("no luck 7".into(),)).await.unwrap();
+    assert_eq!(done.result_within(PATIENCE).await.unwrap(), 42);
+    assert!(failed.result_within(PATIENCE).await.is_err());
+    // Queued events are written in the background, after publishing.
+    env.eventually("the queued record", || async {
+        client
+            .task_info(done.key())
+            .await
+            .unwrap()
+            .queued_at
+            .is_some()
+    })
+    .await;
+    let info = client.task_info(done.key()).await.unwrap();
+    assert_eq!(info.state, TaskState::Succeeded);
+    assert_eq!(info.function.as_deref(), Some("inc"));
+    assert!(info.queued_by.is_some() && info.queued_at.is_some());
+    let (started, finished) = (info.started_at.unwrap(), info.finished_at.unwrap());
+    assert!(info.queued_at.unwrap() <= started && started <= finished);
+    assert!(info.worker.is_some() && info.slot.is_some());
+    assert_eq!(info.attempt, Some(0));
+    let info = client.task_info(failed.key()).await.unwrap();
+    assert_eq!(info.state, TaskState::Failed);
+    assert_eq!(info.error.as_deref(), Some("no luck 7"));
+    assert_eq!(info.failure, Some(rask::FailureKind::Failed));
+
+    // Long enough to be seen running; a graph task waits for it.
+    let long = client.submit(sleep_ms, (60_000,)).await.unwrap();
+    let waiting = client
+        .persist(&add.delayed(rask::Arg::key(long.key().clone()), 1))
+        .await
+        .unwrap();
+    env.eventually("the long task to show as running", || async {
+        client.task_info(long.key()).await.unwrap().state == TaskState::Running
+    })
+    .await;
+    let info = client.task_info(long.key()).await.unwrap();
+    assert!(info.worker.is_some() && info.started_at.is_some() && info.slot.is_some());
+    let info = client.task_info(waiting.key()).await.unwrap();
+    assert_eq!(info.state, TaskState::Waiting);
+    assert_eq!(info.waiting_for, vec![long.key().clone()]);
+
+    // Queued: it starts in a minute.
+    let later = TaskOptions::new().countdown(Duration::from_secs(60));
+    let queued = client.submit_with(inc, (1,), &later).await.unwrap();
+    env.eventually("the delayed task to show as queued", || async {
+        client.task_info(queued.key()).await.unwrap().state == TaskState::Queued
+    })
+    .await;
+    let info = client.task_info(queued.key()).await.unwrap();
+    assert_eq!(
+        info.queued_by,
+        client.task_info(done.key()).await.unwrap().queued_by
+    );
+    assert!(info.started_at.is_none());
+
+    client.cancel(&[queued]).await.unwrap();
+    let cancelled = client.cancel(&[long.clone()]).force().await.unwrap();
+    assert_eq!(cancelled, 1);
+    let info = client.task_info(long.key()).await.unwrap();
+    assert_eq!(info.state, TaskState::Cancelled);
+
+    let unknown = TaskKey::new("inc-never-submitted").unwrap();
+    let info = client.task_info(&unknown).await.unwrap();
+    assert_eq!(info.state, TaskState::Unknown);
+
+    // The CLI prints the same.
+    let out = env
+        .rask(
+            &["inspect", "--json", done.key().as_str(), unknown.as_str()],
+            "",
+        )
+        .await;
+    assert!(out.status.success(), "{out:?}");
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["key"], done.key().as_str());
+    assert_eq!(lines[0]["state"], "succeeded");
+    assert_eq!(lines[0]["function"], "inc");
+    assert_eq!(lines[1]["state"], "unknown");
+    let out = env.rask(&["inspect", failed.key().as_str()], "").await;
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.starts_with(&format!("{}  failed", failed.key())),
+        "{text}"
+    );
+    assert!(text.contains("no luck 7"), "{text}");
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn events_list_each_task_lifecycle() {
+    let env = TestEnv::new("events").await;
+    let worker = env.run_worker(Registry::with_builtins());
+    let client = env.client().await;
+    let futures = client.map(inc, (0..50).map(|i| (i,))).await.unwrap();
+    client.gather(&futures).timeout(PATIENCE).await.unwrap();
+    let other = client.submit(fail, ("bad 3".into(),)).await.unwrap();
+    assert!(other.result_within(PATIENCE).await.is_err());
+    let keys: HashSet<String> = futures.iter().map(|f| f.key().to_string()).collect();
+
+    // Queued events are written in the background: wait for all of them.
+    env.eventually("every event to be recorded", || async {
+        client.events(None, None, 10_000).await.unwrap().len() >= 102
+    })
+    .await;
+    let out = env
+        .rask(&["events", "--json", "--function", "inc"], "")
+        .await;
+    assert!(out.status.success(), "{out:?}");
+    let mut kinds: HashMap<String, Vec<String>> = HashMap::new();
+    for line in String::from_utf8(out.stdout).unwrap().lines() {
+        let event: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(event["function"], "inc");
+        let key = event["key"].as_str().unwrap().to_owned();
+        kinds
+            .entry(key)
+            .or_default()
+            .push(event["kind"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(kinds.keys().cloned().collect::<HashSet<_>>(), keys);
+    for (key, kinds) in &kinds {
+        let mut kinds = kinds.clone();
+        kinds.sort();
+        assert_eq!(kinds, ["queued", "succeeded"], "events of {key}");
+    }
+    let events = client.events(None, None, 10_000).await.unwrap();
+    let failure = events
+        .iter()
+        .find(|e| e.key == *other.key() && e.kind == EventKind::Failed)
+        .expect("a failed event");
+    assert_eq!(failure.error.as_deref(), Some("bad 3"));
+    assert!(failure.worker.is_some() && failure.duration_ms.is_some());
+
+    // --since: only what is newer; an empty window prints nothing.
+    let out = env.rask(&["events", "--since", "1ms"], "").await;
+    assert!(out.status.success(), "{out:?}");
+    let after = client
+        .events(Some(&events.last().unwrap().id), None, 10)
+        .await;
+    assert!(after.unwrap().is_empty());
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_event_stream_is_bounded() {
+    let mut env = TestEnv::new("events-bound").await;
+    env.settings.events_max_len = 10;
+    let worker = env.run_worker(Registry::with_builtins());
+    let client = env.client().await;
+    let futures = client.map(inc, (0..1000).map(|i| (i,))).await.unwrap();
+    client.gather(&futures).timeout(PATIENCE).await.unwrap();
+    // 2000 events; Redis trims whole nodes of 100 entries (`MAXLEN ~`).
+    let len = xlen(&env).await;
+    assert!((10..=250).contains(&len), "{len} entries kept");
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn events_off_records_nothing() {
+    let mut env = TestEnv::new("events-off").await;
+    env.settings.events = false;
+    let worker = env.run_worker(Registry::with_builtins());
+    let client = env.client().await;
+    let future = client.submit(inc, (1,)).await.unwrap();
+    assert_eq!(future.result_within(PATIENCE).await.unwrap(), 2);
+    // The state still comes from the result; nothing else is known.
+    let info = client.task_info(future.key()).await.unwrap();
+    assert_eq!(info.state, TaskState::Succeeded);
+    assert!(info.queued_at.is_none() && info.started_at.is_none());
+    assert_eq!(xlen(&env).await, 0);
+    worker.stop().await.unwrap();
+}
