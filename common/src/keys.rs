@@ -201,10 +201,17 @@ impl Keys {
         self.of_task("deliveries", key)
     }
 
-    /// The state record of task `key` (a hash, see [`crate::events`]), expiring with its
-    /// result: `{prefix}:state:{key}`.
-    pub fn state(&self, key: &TaskKey) -> String {
-        self.of_task("state", key)
+    /// The state records written in time bucket `bucket` (see [`crate::events`]): a hash of
+    /// task key -> its last event on a worker (MessagePack [`crate::events::Event`]):
+    /// `{prefix}:states:{bucket}`.
+    pub fn states(&self, bucket: u64) -> String {
+        self.of_deployment(&format!("states:{bucket}"))
+    }
+
+    /// The queued records written in time bucket `bucket`: a hash of task key -> its `queued`
+    /// event: `{prefix}:queued:{bucket}`.
+    pub fn queued(&self, bucket: u64) -> String {
+        self.of_deployment(&format!("queued:{bucket}"))
     }
 
     /// The deployment's bounded event stream (a Redis Stream, see [`crate::events`]):

@@ -209,9 +209,9 @@ impl Store {
         Ok((count, stored))
     }
 
-    /// Deletes the stored outcomes of `keys`, their graph task records, published markers,
-    /// delivery counters and state records (so that a graph submitted again runs them again); returns how many
-    /// outcomes existed.
+    /// Deletes the stored outcomes of `keys`, their graph task records, published markers and
+    /// delivery counters (so that a graph submitted again runs them again); returns how many
+    /// outcomes existed. (Their state records stay until their time bucket expires.)
     ///
     /// # Errors
     /// [`crate::Error::Store`] if Redis fails.
@@ -227,7 +227,6 @@ impl Store {
                     self.keys.task(k),
                     self.keys.published(k),
                     self.keys.deliveries(k),
-                    self.keys.state(k),
                 ]
             })
             .collect();
@@ -257,8 +256,11 @@ impl Store {
         }
         self.scan_delete(&format!("{}:deliveries:*", self.keys.prefix()))
             .await?;
-        self.scan_delete(&format!("{}:state:*", self.keys.prefix()))
-            .await?;
+        for kind in ["states", "queued"] {
+            let bucket = self.keys.states(0);
+            let pattern = bucket.replace("states:0", &format!("{kind}:*"));
+            self.scan_delete(&pattern).await?;
+        }
         redis::cmd("DEL")
             .arg(self.keys.events())
             .query_async::<()>(&mut self.conn.clone())

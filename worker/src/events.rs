@@ -1,7 +1,7 @@
 //! The worker's side of task states and events ([`rask_common::events`]): which concurrency
 //! slot each run takes, and the events of runs, kept in memory until the result writer adds
-//! them to the batch it stores (`writer/mod.rs`), so that recording costs no round trip per
-//! task. A flusher writes, every [`FLUSH`], what the writer has not taken (retries, which store
+//! them to the pipeline of the batch it stores (`writer/store.rs`), so that recording costs no
+//! round trip. A flusher writes, every [`FLUSH`], what the writer has not taken (retries, which store
 //! no result) and a `started` record for each run older than [`FLUSH`], so that a long run shows
 //! as running; a short run records only its end, which carries its start.
 //!
@@ -105,6 +105,11 @@ impl Events {
             lanes.0.sort_unstable_by(|a, b| b.cmp(a));
         }
         Some(running.event)
+    }
+
+    /// The recorder the writer adds the events it takes with.
+    pub(crate) fn recorder(&self) -> &Recorder {
+        &self.recorder
     }
 
     /// Records `event` for the next write.

@@ -81,18 +81,14 @@ pub(crate) async fn run(
         // transient cause.
         let (last, normal): (Vec<Finished>, Vec<Finished>) =
             received.into_iter().partition(|f| f.last);
-        // The events of these runs go to Redis alongside the batch, in a pipeline of their own
-        // on the same connection, so that a refused event never holds a result. Polled first,
-        // it is sent first: a client told of a result finds its task's state record.
+        // The events of these runs go to Redis in the batch's pipeline (see `store.rs`).
         let mut events = context.events.take();
         for (group, last) in [(normal, false), (last, true)] {
             if group.is_empty() {
                 continue;
             }
-            let storing = store::store(&context.store, group);
-            let recording = context.events.write(std::mem::take(&mut events));
-            let ((), stored) = tokio::join!(recording, storing);
-            let stored = match stored {
+            let recording = (context.events.recorder(), std::mem::take(&mut events));
+            let stored = match store::store(&context.store, group, recording).await {
                 Ok(stored) => stored,
                 Err(source) => {
                     let what = "storing results";
