@@ -94,7 +94,11 @@ async fn task_info_tells_every_state() {
     assert!(info.started_at.is_none());
 
     client.cancel(&[queued]).await.unwrap();
-    let cancelled = client.cancel(&[long.clone()]).force().await.unwrap();
+    let cancelled = client
+        .cancel(std::slice::from_ref(&long))
+        .force()
+        .await
+        .unwrap();
     assert_eq!(cancelled, 1);
     let info = client.task_info(long.key()).await.unwrap();
     assert_eq!(info.state, TaskState::Cancelled);
