@@ -53,6 +53,9 @@ pub(crate) enum Command {
     /// Print the deployment's task events (queued, started, succeeded, failed, retried,
     /// cancelled, dead_lettered), oldest first; `--follow` keeps printing new ones.
     Events(EventsArgs),
+    /// Write a performance report of the last `--since` (one self-contained HTML file): task
+    /// stream, throughput, durations per function, worker utilization, failures.
+    Report(ReportArgs),
     /// Serve a live web dashboard of the deployment (plain HTML/JS over `/api/status`).
     Dashboard(DashboardArgs),
     /// Inspect and replay the dead-letter queue (messages workers could not process).
@@ -240,6 +243,16 @@ pub(crate) struct EventsArgs {
     /// Only events of the last DURATION (e.g. `10m`); default: every event kept.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub(crate) since: Option<Duration>,
+}
+
+#[derive(Args)]
+pub(crate) struct ReportArgs {
+    /// The window reported: the last DURATION (e.g. `10m`).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10m")]
+    pub(crate) since: Duration,
+    /// The HTML file to write.
+    #[arg(long, default_value = "report.html")]
+    pub(crate) out: PathBuf,
 }
 
 #[derive(Args)]

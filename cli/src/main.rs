@@ -49,6 +49,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status(args) => cmd::status::run(&cli.global, args).await,
         Command::Inspect(args) => cmd::inspect::run(&cli.global, args).await,
         Command::Events(args) => cmd::events::run(&cli.global, args).await,
+        Command::Report(args) => cmd::report::run(&cli.global, args).await,
         Command::Dashboard(args) => cmd::dashboard::run(&cli.global, args).await,
         Command::Dead(command) => cmd::dead::run(&cli.global, command).await,
         Command::Schedule(command) => cmd::schedule::run(&cli.global, command).await,

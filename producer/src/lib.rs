@@ -50,6 +50,9 @@
 //! - `progress.rs`: [`Client::progress`] and [`Client::gather_with_progress`].
 //! - `local` (feature `local`): a private RabbitMQ, Redis and workers on loopback (`rask local`,
 //!   the tests and the bench use it; the command-line tool is the `rask-cli` crate).
+//! - `events.rs`: the `queued` and `cancelled` task events of this client (written in batches in
+//!   the background), [`Client::task_info`] and [`Client::events`] (`rask inspect`, `rask events`).
+//! - `report.rs`: [`Client::report`], a self-contained HTML performance report of task events.
 //! - [`Error`] (`error.rs`): what can fail.
 
 mod bag;
@@ -72,6 +75,7 @@ mod pools;
 mod progress;
 mod publish;
 mod purge;
+mod report;
 mod retry;
 mod run;
 mod scatter;

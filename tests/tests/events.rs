@@ -223,3 +223,58 @@ async fn events_off_records_nothing() {
     assert_eq!(stream_lengths(&env).await, (0, 0));
     worker.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_report_around_a_block_is_one_self_contained_page() {
+    let env = TestEnv::new("report").await;
+    let worker = env.run_worker(Registry::with_builtins());
+    let client = env.client().await;
+    let out = env.path("report.html");
+    let futures = client
+        .report(&out, async {
+            let futures = client.map(inc, (0..30).map(|i| (i,))).await.unwrap();
+            client.gather(&futures).timeout(PATIENCE).await.unwrap();
+            let failed = client
+                .submit(fail, ("report <failure> 9".into(),))
+                .await
+                .unwrap();
+            assert!(failed.result_within(PATIENCE).await.is_err());
+            futures
+        })
+        .await
+        .unwrap();
+    assert_eq!(futures.len(), 30);
+    let page = std::fs::read_to_string(&out).unwrap();
+    assert!(page.contains(r#"<b id="tasks">31</b>"#), "{page}");
+    assert!(page.contains(r#"<b id="failed">1</b>"#), "{page}");
+    assert_eq!(page.matches(r#"class="run""#).count(), 31);
+    assert!(page.contains(r#"data-function="inc""#) && page.contains(r#"data-function="fail""#));
+    assert!(
+        page.contains("report &lt;failure&gt; 9"),
+        "the failure, escaped"
+    );
+    assert!(page.contains(r#"id="utilization""#) && page.contains(r#"id="throughput""#));
+    // Self-contained: nothing to fetch.
+    for fetch in ["src=", "href=", "<link", "<script", "url("] {
+        assert!(!page.contains(fetch), "{fetch} in the page");
+    }
+
+    // The CLI writes the same kind of page for the last minutes.
+    let cli_out = env.path("cli-report.html");
+    let done = env
+        .rask(
+            &[
+                "report",
+                "--since",
+                "10m",
+                "--out",
+                cli_out.to_str().unwrap(),
+            ],
+            "",
+        )
+        .await;
+    assert!(done.status.success(), "{done:?}");
+    let page = std::fs::read_to_string(&cli_out).unwrap();
+    assert!(page.contains(r#"<b id="tasks">31</b>"#), "{page}");
+    worker.stop().await.unwrap();
+}

@@ -14,6 +14,7 @@ pub(crate) mod local;
 pub(crate) mod map;
 pub(crate) mod purge;
 pub(crate) mod release;
+pub(crate) mod report;
 pub(crate) mod run;
 pub(crate) mod schedule;
 pub(crate) mod status;
