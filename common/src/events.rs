@@ -180,6 +180,20 @@ pub struct Recorder {
     enabled: bool,
 }
 
+/// The MessagePack header of an array of `len` items.
+fn array_header(len: usize) -> Vec<u8> {
+    match u32::try_from(len) {
+        Ok(n) if n < 16 => vec![0x90 | n as u8],
+        Ok(n) if n <= 0xffff => vec![0xdc, (n >> 8) as u8, n as u8],
+        Ok(n) => {
+            let mut header = vec![0xdd];
+            header.extend_from_slice(&n.to_be_bytes());
+            header
+        }
+        Err(_) => unreachable!("batches of events are far smaller"),
+    }
+}
+
 /// The width of a records' time bucket for results kept `ttl_ms`: a 24th of it, at least a
 /// minute (so that a task's records are in one of at most 26 buckets).
 fn bucket_ms(ttl_ms: u64) -> u64 {
@@ -216,22 +230,33 @@ impl Recorder {
         let width = bucket_ms(self.ttl_ms);
         let bucket = now_ms() / width;
         let expire_at = (bucket + 1) * width + self.ttl_ms;
-        let (queued, ran): (Vec<&Event>, Vec<&Event>) =
-            events.iter().partition(|e| e.kind == EventKind::Queued);
-        for (name, group) in [
-            (self.keys.queued(bucket), queued),
-            (self.keys.states(bucket), ran),
+        // Each event encoded once: its record, and (after an array header) the stream entry.
+        let encoded = events
+            .iter()
+            .map(rmp_serde::to_vec_named)
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        for (name, queued) in [
+            (self.keys.queued(bucket), true),
+            (self.keys.states(bucket), false),
         ] {
-            if group.is_empty() {
+            let mut group = events
+                .iter()
+                .zip(&encoded)
+                .filter(|(e, _)| (e.kind == EventKind::Queued) == queued)
+                .peekable();
+            if group.peek().is_none() {
                 continue;
             }
             let hset = pipe.cmd("HSET").arg(&name);
-            for event in group {
-                hset.arg(event.key.as_str())
-                    .arg(rmp_serde::to_vec_named(event)?);
+            for (event, bytes) in group {
+                hset.arg(event.key.as_str()).arg(bytes.as_slice());
             }
             hset.ignore();
             pipe.cmd("PEXPIREAT").arg(&name).arg(expire_at).ignore();
+        }
+        let mut entry = array_header(events.len());
+        for bytes in &encoded {
+            entry.extend_from_slice(bytes);
         }
         pipe.cmd("XADD")
             .arg(self.keys.events())
@@ -242,7 +267,7 @@ impl Recorder {
             .arg("n")
             .arg(events.len())
             .arg("events")
-            .arg(rmp_serde::to_vec_named(events)?)
+            .arg(entry)
             .ignore();
         Ok(())
     }
@@ -546,6 +571,16 @@ mod tests {
 
     fn key(k: &str) -> TaskKey {
         TaskKey::new(k).unwrap()
+    }
+
+    #[test]
+    fn array_headers_match_rmp() {
+        for n in [0usize, 3, 15, 16, 300, 65_535, 65_536] {
+            let items = vec![0u8; n];
+            let whole = rmp_serde::to_vec(&items).unwrap();
+            let header = array_header(n);
+            assert_eq!(&whole[..header.len()], header.as_slice(), "{n}");
+        }
     }
 
     #[test]
