@@ -278,3 +278,32 @@ async fn a_report_around_a_block_is_one_self_contained_page() {
     assert!(page.contains(r#"<b id="tasks">31</b>"#), "{page}");
     worker.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_dead_lettered_task_shows_when_and_why() {
+    let mut env = TestEnv::new("events-dead").await;
+    // The worker takes smaller messages than the client sends.
+    let sends = env.settings.max_message_bytes;
+    env.settings.max_message_bytes = 1000;
+    let worker = env.run_worker(Registry::with_builtins());
+    env.settings.max_message_bytes = sends;
+    let client = env.client().await;
+    let big = client
+        .submit(rask::builtins::echo, (rmpv::Value::from("x".repeat(4000)),))
+        .await
+        .unwrap();
+    assert!(big.result_within(PATIENCE).await.is_err());
+    let info = client.task_info(big.key()).await.unwrap();
+    assert_eq!(info.state, TaskState::Failed);
+    assert!(info.dead_lettered_at.is_some(), "{info:?}");
+    let events = client.events(None, None, 100).await.unwrap();
+    let dead = events
+        .iter()
+        .find(|e| e.key == *big.key() && e.kind == EventKind::DeadLettered)
+        .expect("a dead_lettered event");
+    assert!(
+        dead.error.as_deref().unwrap_or("").contains("1000"),
+        "{dead:?}"
+    );
+    worker.stop().await.unwrap();
+}

@@ -119,6 +119,23 @@ impl Events {
         }
     }
 
+    /// Records that the message of task `key` (of `function`, if known) was dead-lettered
+    /// for `reason` (written with the batch that stores its failure).
+    pub(crate) fn dead_lettered(
+        &self,
+        key: &rask_common::TaskKey,
+        function: Option<&str>,
+        reason: &str,
+    ) {
+        let mut event = Event::new(
+            EventKind::DeadLettered,
+            key.clone(),
+            function.unwrap_or("-"),
+        );
+        event.worker = Some(self.worker.clone());
+        self.push(event.with_error(reason));
+    }
+
     /// The events not yet written (for the writer's next batch).
     pub(crate) fn take(&self) -> Vec<Event> {
         if !self.recorder.enabled() {
