@@ -271,7 +271,10 @@ impl Store {
         events: &[crate::events::Event],
     ) -> Result<Vec<TaskMessage>> {
         if self.keys().is_clustered() {
-            recorder.write(self, events).await?;
+            // Events are not worth failing a batch of results for.
+            if let Err(e) = recorder.write(self, events).await {
+                tracing::warn!(error = %e, events = events.len(), "could not record task events");
+            }
             return self.store_and_release_with(outcomes, &[]).await;
         }
         let mut extra = redis::pipe();
