@@ -47,6 +47,15 @@ pub(crate) enum Command {
     /// One screen on the deployment: queues, dead letters, live workers and their counters,
     /// tasks/s, recent errors.
     Status(StatusArgs),
+    /// Print where tasks are by key: state (queued, waiting, running, succeeded, failed,
+    /// cancelled, unknown), who queued them and when, where and when they ran, how they ended.
+    Inspect(InspectArgs),
+    /// Print the deployment's task events (queued, started, succeeded, failed, retried,
+    /// cancelled, dead_lettered), oldest first; `--follow` keeps printing new ones.
+    Events(EventsArgs),
+    /// Write a performance report of the last `--since` (one self-contained HTML file): task
+    /// stream, throughput, durations per function, worker utilization, failures.
+    Report(ReportArgs),
     /// Serve a live web dashboard of the deployment (plain HTML/JS over `/api/status`).
     Dashboard(DashboardArgs),
     /// Inspect and replay the dead-letter queue (messages workers could not process).
@@ -205,6 +214,45 @@ pub(crate) struct StatusArgs {
     /// How often `--watch` refreshes.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
     pub(crate) interval: Duration,
+}
+
+#[derive(Args)]
+pub(crate) struct InspectArgs {
+    /// Task keys to inspect.
+    #[arg(required = true)]
+    pub(crate) keys: Vec<String>,
+    /// One JSON object per key and line: `key`, `state`, `function`, `queued_at`, `queued_by`,
+    /// `started_at`, `worker`, `slot`, `attempt`, `finished_at`, `duration_ms`, `retries`,
+    /// `failure`, `error`, `dead_lettered_at`, `waiting_for` (times in Unix ms).
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Args)]
+pub(crate) struct EventsArgs {
+    /// Keep printing new events until interrupted.
+    #[arg(long)]
+    pub(crate) follow: bool,
+    /// One JSON object per event and line: `id`, `kind`, `key`, `function`, `at` (Unix ms),
+    /// and where set `by`, `worker`, `slot`, `attempt`, `started`, `duration_ms`, `error`.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Only events of tasks of this function.
+    #[arg(long)]
+    pub(crate) function: Option<String>,
+    /// Only events of the last DURATION (e.g. `10m`); default: every event kept.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub(crate) since: Option<Duration>,
+}
+
+#[derive(Args)]
+pub(crate) struct ReportArgs {
+    /// The window reported: the last DURATION (e.g. `10m`).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10m")]
+    pub(crate) since: Duration,
+    /// The HTML file to write.
+    #[arg(long, default_value = "report.html")]
+    pub(crate) out: PathBuf,
 }
 
 #[derive(Args)]
@@ -499,6 +547,10 @@ pub(crate) struct BenchArgs {
     #[arg(long, default_value_t = 1, conflicts_with = "use_running",
           value_parser = clap::value_parser!(u16).range(1..=256))]
     pub(crate) shards: u16,
+    /// Run the private cluster's clients and workers with the `events` setting off (to
+    /// measure what recording task events costs).
+    #[arg(long, conflicts_with = "use_running")]
+    pub(crate) no_events: bool,
     /// Run every workload this many times and report the medians.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) runs: u32,

@@ -49,6 +49,14 @@ pub(crate) async fn connect_to(global: &Global, pool: Option<&rask::Pool>) -> Re
     })
 }
 
+/// Connects a monitor (Redis only) with the command's settings.
+pub(crate) async fn monitor(global: &Global) -> Result<rask::Monitor> {
+    let settings = settings(global)?;
+    rask::Monitor::connect(settings.clone())
+        .await
+        .with_context(|| format!("connecting to {}", masked(settings.redis_nodes())))
+}
+
 /// The URLs with their passwords masked, comma-separated.
 fn masked(urls: Vec<&str>) -> String {
     urls.into_iter()

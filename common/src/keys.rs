@@ -201,6 +201,25 @@ impl Keys {
         self.of_task("deliveries", key)
     }
 
+    /// The state records written in time bucket `bucket` (see [`crate::events`]): a hash of
+    /// task key -> its last event on a worker (MessagePack [`crate::events::Event`]):
+    /// `{prefix}:states:{bucket}`.
+    pub fn states(&self, bucket: u64) -> String {
+        self.of_deployment(&format!("states:{bucket}"))
+    }
+
+    /// The queued records written in time bucket `bucket`: a hash of task key -> its `queued`
+    /// event: `{prefix}:queued:{bucket}`.
+    pub fn queued(&self, bucket: u64) -> String {
+        self.of_deployment(&format!("queued:{bucket}"))
+    }
+
+    /// The deployment's bounded event stream (a Redis Stream, see [`crate::events`]):
+    /// `{prefix}:events`.
+    pub fn events(&self) -> String {
+        self.of_deployment("events")
+    }
+
     /// Patterns (for `SCAN MATCH`) of every graph bookkeeping key of this prefix.
     pub fn graph_patterns(&self) -> [String; 4] {
         ["task", "published", "pending", "dependents"]

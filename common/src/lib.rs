@@ -38,6 +38,8 @@
 //!   explained, naming the settings involved.
 //! - [`ops`]: the worker registry entry and broadcast requests and replies (`rask status`,
 //!   `rask run`, the dashboard).
+//! - [`events`]: task states by key (`rask inspect`) and the bounded event stream
+//!   (`rask events`), recorded in the batches of writes that happen anyway.
 //! - [`error`]: the crate's [`Error`].
 
 pub mod bag_ops;
@@ -47,6 +49,7 @@ pub mod context;
 pub mod delay;
 pub mod dependencies;
 pub mod error;
+pub mod events;
 pub mod graph;
 pub mod keys;
 pub mod limits;

@@ -278,6 +278,14 @@ pub struct Settings {
     /// itself. Honoured only with `signing_keys` set, so that only holders of a key can make a
     /// worker run code (see `docs/security.md`). Rust workers ignore it. Default `false`.
     pub allow_pickled_functions: bool,
+    /// Whether producers and workers record task states and events ([`crate::events`]): a
+    /// state record per task (`rask inspect`, expiring with the result) and entries in the
+    /// deployment's bounded event stream (`rask events`), written in the same batches as the
+    /// Redis writes that happen anyway. Default `true`.
+    pub events: bool,
+    /// Most entries kept in the event stream (`XADD MAXLEN ~`; Redis trims whole blocks, so a
+    /// few more may remain). Default `100000`.
+    pub events_max_len: u64,
 }
 
 impl Default for Settings {
@@ -328,6 +336,8 @@ impl Default for Settings {
             routes: BTreeMap::new(),
             limits: BTreeMap::new(),
             allow_pickled_functions: false,
+            events: true,
+            events_max_len: 100_000,
         }
     }
 }
@@ -706,6 +716,8 @@ impl fmt::Debug for Settings {
             .field("tls_key_file", &self.tls_key_file)
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("metrics", &self.metrics)
+            .field("events", &self.events)
+            .field("events_max_len", &self.events_max_len)
             .field("metrics_listen", &self.metrics_listen)
             .field("broadcast_concurrency", &self.broadcast_concurrency)
             .field("max_broadcast_bytes", &self.max_broadcast_bytes)

@@ -211,7 +211,7 @@ impl Store {
 
     /// Deletes the stored outcomes of `keys`, their graph task records, published markers and
     /// delivery counters (so that a graph submitted again runs them again); returns how many
-    /// outcomes existed.
+    /// outcomes existed. (Their state records stay until their time bucket expires.)
     ///
     /// # Errors
     /// [`crate::Error::Store`] if Redis fails.
@@ -255,6 +255,15 @@ impl Store {
             self.scan_delete(&pattern).await?;
         }
         self.scan_delete(&format!("{}:deliveries:*", self.keys.prefix()))
+            .await?;
+        for kind in ["states", "queued"] {
+            let bucket = self.keys.states(0);
+            let pattern = bucket.replace("states:0", &format!("{kind}:*"));
+            self.scan_delete(&pattern).await?;
+        }
+        redis::cmd("DEL")
+            .arg(self.keys.events())
+            .query_async::<()>(&mut self.conn.clone())
             .await?;
         Ok(deleted)
     }

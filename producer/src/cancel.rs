@@ -86,6 +86,11 @@ impl<'a> IntoFuture for Cancel<'a> {
                 .store_outcomes("storing cancellations", &outcomes)
                 .await?;
             client.publish(ready.into_iter().map(Ok)).await?;
+            client.events_log().cancelled(
+                outcomes
+                    .iter()
+                    .map(|(key, _)| (key.clone(), function_of(key).to_owned())),
+            );
             if self.force {
                 // After the outcomes: a worker that drops a revoked task finds its outcome.
                 let revoked: Vec<TaskKey> = outcomes.into_iter().map(|(k, _)| k).collect();
@@ -101,12 +106,15 @@ impl<'a> IntoFuture for Cancel<'a> {
 }
 
 /// The `Cancelled` failure a client stores for `key`.
-fn cancelled(key: TaskKey) -> Outcome {
-    let function = key
-        .as_str()
+/// The function a task key names (`inc-00ff…` -> `inc`), or the whole key.
+fn function_of(key: &TaskKey) -> &str {
+    key.as_str()
         .rsplit_once('-')
         .map_or(key.as_str(), |(name, _)| name)
-        .to_owned();
+}
+
+fn cancelled(key: TaskKey) -> Outcome {
+    let function = function_of(&key).to_owned();
     Outcome::Failure(TaskFailure::new(
         FailureKind::Cancelled,
         "cancelled by a client before it had an outcome",

@@ -14,6 +14,7 @@ use crate::future::Future;
 use crate::pools::RouteWatch;
 use crate::publish::{publish_all, Publisher};
 use crate::purge::Purged;
+use rask_common::events::{Event, TaskInfo};
 use rask_common::TaskOptions;
 
 /// A connection to a rask deployment. Cheap to clone; clones share connections.
@@ -37,6 +38,8 @@ struct Inner {
     listener: Listener,
     /// The routes published to, checked once each against the worker registry.
     routes: Arc<RouteWatch>,
+    /// The `queued` events of tasks published (`events.rs`).
+    queued: crate::events::Queued,
 }
 
 impl Client {
@@ -55,8 +58,10 @@ impl Client {
         )
         .await?;
         let link = BrokerLink::connect(&settings).await?;
+        let queued = crate::events::Queued::new(&store, &settings);
         Ok(Client {
             inner: Arc::new(Inner {
+                queued,
                 settings,
                 link,
                 store,
@@ -152,10 +157,12 @@ impl Client {
         let _ = task;
         let pool = self.inner.settings.route(T::NAME, None);
         self.watch_route(T::NAME, pool.as_ref());
+        let queued = &self.inner.queued;
         let messages = args.into_iter().map(move |args| {
             let key = TaskKey::unique(T::NAME);
             let mut message = TaskMessage::new(key, T::NAME, encode_value(&args)?);
             message.pool.clone_from(&pool);
+            queued.note(&message);
             Ok::<_, Error>(message)
         });
         let publisher = Publisher::new(
@@ -165,7 +172,10 @@ impl Client {
             messages,
         );
         futures::stream::unfold(publisher, move |mut publisher| async move {
-            let next = publisher.next().await?;
+            let Some(next) = publisher.next().await else {
+                queued.flush();
+                return None;
+            };
             let next = next.map(|(index, key)| (index, self.future(key)));
             Some((next, publisher))
         })
@@ -278,13 +288,21 @@ impl Client {
         &self,
         messages: impl IntoIterator<Item = Result<TaskMessage>>,
     ) -> Result<()> {
-        publish_all(
+        let queued = &self.inner.queued;
+        let messages = messages.into_iter().inspect(|m| {
+            if let Ok(m) = m {
+                queued.note(m);
+            }
+        });
+        let published = publish_all(
             &self.inner.link,
             &self.inner.settings,
             Duration::ZERO,
             messages,
         )
-        .await
+        .await;
+        queued.flush();
+        published
     }
 
     /// Publishes `messages` (calls of `function`) with `options` applied, to their pool,
@@ -298,8 +316,51 @@ impl Client {
         let s = &self.inner.settings;
         let pool = options.checked_pool()?;
         self.watch_route(function, s.route(function, pool).as_ref());
-        let messages = messages.into_iter().map(|m| m.map(|m| options.apply(m, s)));
-        publish_all(&self.inner.link, s, options.delay(), messages).await
+        let queued = &self.inner.queued;
+        let messages = messages.into_iter().map(|m| {
+            m.map(|m| {
+                let m = options.apply(m, s);
+                queued.note(&m);
+                m
+            })
+        });
+        let published = publish_all(&self.inner.link, s, options.delay(), messages).await;
+        queued.flush();
+        published
+    }
+
+    /// What is known of each task of `keys`, in order: its state (`queued`, `waiting`,
+    /// `running`, `succeeded`, `failed`, `cancelled` or `unknown`), who queued it and when,
+    /// where and when it ran, how it ended (see [`rask_common::events`]). `rask inspect`
+    /// prints it.
+    ///
+    /// # Errors
+    /// [`crate::Error::Common`] if Redis fails.
+    pub async fn task_info(&self, key: &TaskKey) -> Result<TaskInfo> {
+        let mut infos = self.tasks_info(std::slice::from_ref(key)).await?;
+        Ok(infos.pop().expect("one info per key"))
+    }
+
+    /// [`Client::task_info`] of many tasks at once, in order.
+    ///
+    /// # Errors
+    /// [`crate::Error::Common`] if Redis fails.
+    pub async fn tasks_info(&self, keys: &[TaskKey]) -> Result<Vec<TaskInfo>> {
+        Ok(rask_common::events::task_info(&self.inner.store, keys).await?)
+    }
+
+    /// Up to `count` events of the deployment's event stream after entry `after` (exclusive;
+    /// `None`: from `since` ago, or from the oldest kept), oldest first (`rask events`).
+    ///
+    /// # Errors
+    /// [`crate::Error::Common`] if Redis fails.
+    pub async fn events(
+        &self,
+        after: Option<&str>,
+        since: Option<Duration>,
+        count: usize,
+    ) -> Result<Vec<Event>> {
+        Ok(rask_common::events::read_events(&self.inner.store, after, since, count).await?)
     }
 
     /// Notes that `function` is published to `pool` (`None`: the default pool), so that a
@@ -328,6 +389,11 @@ impl Client {
             self.inner.listener.subscribe(),
             keys,
         )
+    }
+
+    /// The client's recorder of task events (`events.rs`).
+    pub(crate) fn events_log(&self) -> &crate::events::Queued {
+        &self.inner.queued
     }
 
     pub(crate) fn store(&self) -> &Store {

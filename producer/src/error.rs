@@ -135,6 +135,14 @@ pub enum Error {
     /// Redis failed.
     #[error("store: {0}")]
     Store(#[from] redis::RedisError),
+    /// A performance report ([`crate::Client::report`]) could not be written to its file.
+    #[error("cannot write the report {}: {source}", path.display())]
+    Report {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 impl Error {

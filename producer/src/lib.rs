@@ -51,6 +51,9 @@
 //! - `progress.rs`: [`Client::progress`] and [`Client::gather_with_progress`].
 //! - `local` (feature `local`): a private RabbitMQ, Redis and workers on loopback (`rask local`,
 //!   the tests and the bench use it; the command-line tool is the `rask-cli` crate).
+//! - `events.rs`: the `queued` and `cancelled` task events of this client (written in batches in
+//!   the background), [`Client::task_info`] and [`Client::events`] (`rask inspect`, `rask events`).
+//! - `report.rs`: [`Client::report`], a self-contained HTML performance report of task events.
 //! - [`Error`] (`error.rs`): what can fail.
 
 mod bag;
@@ -63,6 +66,7 @@ mod connection;
 mod context;
 mod dead;
 mod error;
+mod events;
 mod future;
 mod gather;
 mod graph;
@@ -73,6 +77,7 @@ mod pools;
 mod progress;
 mod publish;
 mod purge;
+mod report;
 mod retry;
 mod run;
 mod scatter;
@@ -91,6 +96,7 @@ pub use limits::{LimitInfo, LimitSource};
 pub use pools::{UnservedRoute, WaitForWorkers};
 pub use progress::{Completed, Progress};
 pub use purge::{Purged, PurgedQueue};
+pub use rask_common::events::{Event, EventKind, TaskInfo, TaskState};
 pub use rask_common::limits::{Limit, Rate};
 pub use rask_common::ops::{
     BroadcastFailure, RecentError, WorkerCounters, WorkerEntry, WorkerInfo,

@@ -115,6 +115,11 @@ impl Monitor {
         &self.settings
     }
 
+    /// The store this monitor reads (for task states and events, `events.rs`).
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// The live workers from the registry, sorted by id.
     ///
     /// # Errors

@@ -215,6 +215,9 @@ async fn refuse(
         settle_unkeyed(delivery, copied).await;
         return Admission::Settled;
     };
+    shared
+        .events
+        .dead_lettered(&key, refusal.function.as_deref(), reason);
     // Whoever waits on the key (a client, or graph tasks depending on it) learns why: the
     // failure is stored and released like any outcome, then the delivery is acknowledged.
     let failure = TaskFailure {

@@ -44,6 +44,8 @@
 //!   function applied to each element of a partition inside one task.
 //! - `inputs.rs`: a graph task's inputs read in one `MGET` and substituted, or its
 //!   `DependencyFailed` outcome.
+//! - `events.rs`: task states and events of runs (slot, start, end), kept in memory and written
+//!   with the result batches (`events` setting).
 //! - `writer/`: outcomes to Redis in batches, then acknowledgements (never before); a batch
 //!   Redis refuses is split so that one refused outcome holds no other (`store.rs`), and
 //!   released dependents the broker refuses fail instead of looping (`settle.rs`).
@@ -72,6 +74,7 @@ mod bag;
 mod broadcast;
 mod dead_letter;
 mod error;
+mod events;
 mod execute;
 mod fatal;
 pub mod foreign;

@@ -104,6 +104,8 @@ pub(crate) struct Shared {
     /// Cancelled once the loop stops consuming: tasks still waiting for resources give up
     /// (their deliveries return to the queue when the channel closes).
     pub(crate) stopping: CancellationToken,
+    /// Task states and events (`events.rs`), written with the result batches.
+    pub(crate) events: Arc<crate::events::Events>,
 }
 
 impl Shared {
@@ -336,7 +338,9 @@ impl Worker {
         let releaser = Releaser::new(connection.clone(), pools.clone()).await?;
         let fatal = Arc::new(Fatal::default());
         let (finished, finished_rx) = mpsc::channel(usize::from(prefetch).max(1) * 2);
+        let events = Arc::new(crate::events::Events::new(&store, &settings, &id));
         let context = writer::Context {
+            events: events.clone(),
             store: store.clone(),
             settings: settings.clone(),
             worker: id.clone(),
@@ -360,7 +364,9 @@ impl Worker {
             "worker ready"
         );
         let stopping = CancellationToken::new();
+        tokio::spawn(events.clone().flush_until(stopping.clone()));
         let shared = Arc::new(Shared {
+            events,
             signer: rask_common::signing::Signer::from_settings(&settings),
             census: Census::new(&settings, &id),
             permits: permits.clone(),
@@ -587,6 +593,7 @@ async fn handle(shared: &Shared, delivery: Delivery, slot: Slot) {
     };
     let mut retryable = false;
     let run = shared.metrics.start(&message.function);
+    let recording = shared.events.start(&message);
     let outcome = match inputs::resolve(&shared.store, &shared.id, &message).await {
         Ok(ready) => {
             let limit = time_limit(&message, &shared.settings);
@@ -637,12 +644,18 @@ async fn handle(shared: &Shared, delivery: Delivery, slot: Slot) {
     match retries::next_attempt(&message, retryable) {
         Some(retry) => {
             run.retried();
+            if let Some(recording) = recording {
+                recording.retried(&outcome);
+            }
             let settings = shared.pools.settings_for(message.pool.as_ref());
             retries::schedule(&shared.confirms, &settings, retry, delivery).await
         }
         None => {
             let outcome = shared.result_limit.apply(outcome, &message, &shared.id);
             run.finished(&outcome);
+            if let Some(recording) = recording {
+                recording.finished(&outcome);
+            }
             finish(shared, message.key, outcome, delivery).await
         }
     }

@@ -1,7 +1,9 @@
 //! `rask dashboard`: a live web page of the deployment. One static page (`dashboard.html`,
 //! plain HTML and JavaScript, compiled into the binary: no build step, no files to deploy)
 //! polls `/api/status` (the JSON of `rask status --json`) every second and draws workers and
-//! their load, queue depth, throughput over time, failures, recent errors and dead letters.
+//! their load, queue depth, throughput over time, failures, recent errors and dead letters;
+//! and polls `/api/events` (task events, see `rask events`) to draw the task stream (a row per
+//! worker slot, a bar per task colored by function) and the progress per function.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -28,6 +30,7 @@ pub(crate) async fn run(global: &Global, args: DashboardArgs) -> Result<ExitCode
     let app = axum::Router::new()
         .route("/", get(|| async { Html(PAGE) }))
         .route("/api/status", get(status))
+        .route("/api/events", get(events))
         .with_state(monitor);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -41,6 +44,33 @@ pub(crate) async fn run(global: &Global, args: DashboardArgs) -> Result<ExitCode
         .await
         .context("serving the dashboard")?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Most events one `/api/events` answer carries.
+const EVENTS_PAGE: usize = 5000;
+
+/// The query of `/api/events`: after the entry `after`, or from `since_minutes` ago.
+#[derive(serde::Deserialize)]
+struct EventsQuery {
+    after: Option<String>,
+    since_minutes: Option<u64>,
+}
+
+/// `/api/events`: task events (a JSON array, oldest first), or 502 with the error.
+async fn events(
+    State(monitor): State<Arc<Monitor>>,
+    axum::extract::Query(query): axum::extract::Query<EventsQuery>,
+) -> Response {
+    let since = query
+        .since_minutes
+        .map(|m| std::time::Duration::from_secs(m * 60));
+    match monitor
+        .events(query.after.as_deref(), since, EVENTS_PAGE)
+        .await
+    {
+        Ok(events) => axum::Json(events).into_response(),
+        Err(e) => (StatusCode::BAD_GATEWAY, format!("{e}")).into_response(),
+    }
 }
 
 /// `/api/status`: the deployment now, or 502 with the error.

@@ -256,13 +256,51 @@ impl Store {
         &self,
         outcomes: &[(TaskKey, Vec<u8>)],
     ) -> Result<Vec<TaskMessage>> {
+        self.store_and_release_with(outcomes, &[]).await
+    }
+
+    /// [`Store::store_and_release`], writing `events` (task events, see [`crate::events`])
+    /// in the first pipeline with `recorder` (on a Redis Cluster, in a pipeline of their own).
+    ///
+    /// # Errors
+    /// As [`Store::store_and_release`].
+    pub async fn store_and_release_recording(
+        &self,
+        outcomes: &[(TaskKey, Vec<u8>)],
+        recorder: &crate::events::Recorder,
+        events: &[crate::events::Event],
+    ) -> Result<Vec<TaskMessage>> {
+        if self.keys().is_clustered() {
+            // Events are not worth failing a batch of results for.
+            if let Err(e) = recorder.write(self, events).await {
+                tracing::warn!(error = %e, events = events.len(), "could not record task events");
+            }
+            return self.store_and_release_with(outcomes, &[]).await;
+        }
+        let mut extra = redis::pipe();
+        recorder.add(&mut extra, events)?;
+        self.store_and_release_with(
+            outcomes,
+            extra.cmd_iter().cloned().collect::<Vec<_>>().as_slice(),
+        )
+        .await
+    }
+
+    /// [`Store::store_and_release`] with `extra` commands (replies ignored) in the first
+    /// pipeline of a single Redis.
+    async fn store_and_release_with(
+        &self,
+        outcomes: &[(TaskKey, Vec<u8>)],
+        mut extra: &[redis::Cmd],
+    ) -> Result<Vec<TaskMessage>> {
         // In chunks, so that no release script keeps Redis from serving others for long.
         let mut bodies = Vec::new();
         for chunk in outcomes.chunks(PIPELINE_CHUNK) {
             if self.keys().is_clustered() {
                 bodies.extend(self.store_and_release_by_slot(chunk).await?);
             } else {
-                bodies.extend(self.store_and_release_chunk(chunk).await?);
+                bodies.extend(self.store_and_release_chunk(chunk, extra).await?);
+                extra = &[];
                 self.replicate().await?;
             }
         }
@@ -282,12 +320,16 @@ impl Store {
     async fn store_and_release_chunk(
         &self,
         outcomes: &[(TaskKey, Vec<u8>)],
+        extra: &[redis::Cmd],
     ) -> Result<Vec<Vec<u8>>> {
         let keys = self.keys();
         // Announced in the same round trip: waiters learn of the results without waiting for
         // the dependents' bookkeeping.
         let mut pipe = self.outcomes_pipeline(outcomes);
         self.announce(&mut pipe, outcomes)?;
+        for cmd in extra {
+            pipe.add_command(cmd.clone()).ignore();
+        }
         pipe.cmd("DEL");
         for (key, _) in outcomes {
             pipe.arg(keys.published(key));

@@ -56,6 +56,8 @@ pub(crate) struct Context {
     pub(crate) fatal: Arc<Fatal>,
     /// The pools served: a dead-letter copy goes to its delivery's pool.
     pub(crate) pools: Arc<crate::pools::Pools>,
+    /// The task events to write with each batch (`events.rs`).
+    pub(crate) events: Arc<crate::events::Events>,
 }
 
 /// Stored batches that may be settling (publishing dependents, acking) at once.
@@ -79,11 +81,14 @@ pub(crate) async fn run(
         // transient cause.
         let (last, normal): (Vec<Finished>, Vec<Finished>) =
             received.into_iter().partition(|f| f.last);
+        // The events of these runs go to Redis in the batch's pipeline (see `store.rs`).
+        let mut events = context.events.take();
         for (group, last) in [(normal, false), (last, true)] {
             if group.is_empty() {
                 continue;
             }
-            let stored = match store::store(&context.store, group).await {
+            let recording = (context.events.recorder(), std::mem::take(&mut events));
+            let stored = match store::store(&context.store, group, recording).await {
                 Ok(stored) => stored,
                 Err(source) => {
                     let what = "storing results";

@@ -5,6 +5,7 @@
 //! with one refused costs about `2 log2 n` more round trips, on this failure path only.
 
 use lapin::message::Delivery;
+use rask_common::events::{Event, Recorder};
 use rask_common::{ErrorKind, Store, TaskKey, TaskMessage};
 
 use super::Finished;
@@ -51,14 +52,23 @@ impl Group {
 /// # Errors
 /// An [`ErrorKind::Configuration`] error (Redis refuses every write of this worker: a replica,
 /// missing ACL permissions): nothing more can be stored.
-pub(super) async fn store(store: &Store, batch: Vec<Finished>) -> rask_common::Result<Stored> {
+///
+/// The task events of `recording` go in the first pipeline tried (only: a batch Redis refuses
+/// is split and stored without them, so that they never hold a result).
+pub(super) async fn store(
+    store: &Store,
+    batch: Vec<Finished>,
+    recording: (&Recorder, Vec<Event>),
+) -> rask_common::Result<Stored> {
     let mut stored = Stored::default();
     let mut todo = vec![Group::new(batch)];
+    let (recorder, mut events) = recording;
     while let Some(mut group) = todo.pop() {
         let attempt = retry::until_ok("storing results", || {
-            store.store_and_release(&group.outcomes)
+            store.store_and_release_recording(&group.outcomes, recorder, &events)
         })
         .await;
+        events.clear();
         match attempt {
             Ok(ready) => {
                 stored.ready.extend(ready);

@@ -34,6 +34,8 @@ pub(super) struct Shape {
     pub(super) queue_type: QueueType,
     /// Task queue shards.
     pub(super) shards: u16,
+    /// Whether task events are recorded (the `events` setting).
+    pub(super) events: bool,
 }
 
 /// The cluster under test.
@@ -101,6 +103,7 @@ impl Cluster {
                 QueueType::Quorum => 0,
             },
             queue_shards: shape.shards,
+            events: shape.events,
             ..settings
         };
         let mut cluster = Cluster {
@@ -315,6 +318,8 @@ fn settings_env(s: &Settings) -> Vec<(String, String)> {
         ("RASK_QUEUE_TYPE", s.queue_type.to_string()),
         ("RASK_QUEUE_SHARDS", s.queue_shards.to_string()),
         ("RASK_MAX_PRIORITY", s.max_priority.to_string()),
+        ("RASK_EVENTS", s.events.to_string()),
+        ("RASK_EVENTS_MAX_LEN", s.events_max_len.to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))

@@ -243,7 +243,11 @@ pub(crate) async fn run(global: &Global, args: BenchArgs) -> Result<ExitCode> {
                 rask_common::settings::QueueType::Classic
             },
             shards: args.shards,
+            events: !args.no_events,
         };
+        if args.no_events {
+            eprintln!("bench: task events are off");
+        }
         if let Some(c) = shape.concurrency {
             eprintln!("bench: each worker runs {c} task(s) at once");
         }
