@@ -76,6 +76,15 @@ pub enum Error {
     /// range; the message says what is wrong.
     #[error("invalid limit: {0}")]
     InvalidLimit(String),
+    /// Bytes read for a [`crate::reference::Reference`] are not what it names (another length,
+    /// or another digest): changed or replaced where they were kept.
+    #[error("value {digest} is not what its reference names: {what}")]
+    ReferenceMismatch {
+        /// The digest the reference names.
+        digest: crate::reference::Digest,
+        /// What differs.
+        what: String,
+    },
 }
 
 /// Whether trying again can help, for an [`Error`] (see [`Error::kind`]).
@@ -176,7 +185,8 @@ impl Error {
             | Error::Version { .. }
             | Error::InvalidKey(_)
             | Error::InvalidSchedule(_)
-            | Error::DelayTooLong { .. } => ErrorKind::Rejected,
+            | Error::DelayTooLong { .. }
+            | Error::ReferenceMismatch { .. } => ErrorKind::Rejected,
         }
     }
 

@@ -178,6 +178,13 @@ pub struct Settings {
     /// ones fail with a clear error, or are dead-lettered). Default `67108864` (64 MiB; RabbitMQ
     /// refuses bodies over 128 MiB by default).
     pub max_message_bytes: usize,
+    /// Longest encoded arguments, in bytes, that travel inside the task message. Longer ones are
+    /// stored once in Redis (content-addressed, for `result_ttl`) before the message is
+    /// published, and the message carries a reference the worker reads them by
+    /// ([`crate::reference`]): a large value then crosses Redis instead of the broker's
+    /// persistent store, and is not bound by `max_message_bytes`. `0`: always inline.
+    /// Default `262144` (256 KiB).
+    pub inline_limit: usize,
     /// Largest result, in bytes (the task's return value, MessagePack-encoded), a worker stores;
     /// a larger one is not stored: the task's future fails with `ResultTooLarge`, naming the
     /// task and both sizes. Keeps every stored value below Redis's `proto-max-bulk-len` (512 MB
@@ -303,6 +310,7 @@ impl Default for Settings {
             cancel_grace: Duration::from_secs(5),
             max_deliveries: 5,
             max_message_bytes: 64 << 20,
+            inline_limit: 256 << 10,
             max_result_bytes: 64 << 20,
             task_time_limit: Duration::ZERO,
             max_priority: 9,
@@ -687,6 +695,7 @@ impl fmt::Debug for Settings {
             .field("cancel_grace", &self.cancel_grace)
             .field("max_deliveries", &self.max_deliveries)
             .field("max_message_bytes", &self.max_message_bytes)
+            .field("inline_limit", &self.inline_limit)
             .field("max_result_bytes", &self.max_result_bytes)
             .field("task_time_limit", &self.task_time_limit)
             .field("max_priority", &self.max_priority)

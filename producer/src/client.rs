@@ -160,6 +160,7 @@ impl Client {
         });
         let publisher = Publisher::new(
             &self.inner.link,
+            &self.inner.store,
             &self.inner.settings,
             Duration::ZERO,
             messages,
@@ -280,6 +281,7 @@ impl Client {
     ) -> Result<()> {
         publish_all(
             &self.inner.link,
+            &self.inner.store,
             &self.inner.settings,
             Duration::ZERO,
             messages,
@@ -299,7 +301,14 @@ impl Client {
         let pool = options.checked_pool()?;
         self.watch_route(function, s.route(function, pool).as_ref());
         let messages = messages.into_iter().map(|m| m.map(|m| options.apply(m, s)));
-        publish_all(&self.inner.link, s, options.delay(), messages).await
+        publish_all(
+            &self.inner.link,
+            &self.inner.store,
+            s,
+            options.delay(),
+            messages,
+        )
+        .await
     }
 
     /// Notes that `function` is published to `pool` (`None`: the default pool), so that a

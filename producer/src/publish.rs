@@ -19,7 +19,8 @@ use futures::future::BoxFuture;
 use futures::stream::{FuturesOrdered, StreamExt};
 use lapin::{Channel, Confirmation};
 use rask_common::broker::{self, Destination};
-use rask_common::{Pool, Settings, TaskKey, TaskMessage};
+use rask_common::reference::{Location, Reference};
+use rask_common::{Pool, Settings, Store, TaskKey, TaskMessage};
 use tokio::time::Instant;
 
 use crate::connection::{is_lost, BrokerLink, Live};
@@ -32,17 +33,19 @@ const MAX_IN_FLIGHT_BYTES: usize = 64 << 20;
 /// Publishes `messages` in order, to run after `delay`, keeping at most
 /// `settings.publish_window` unconfirmed, and returns once every one is confirmed by the broker
 /// (persistent, routed). Messages are taken from the iterator only as the window allows, so
-/// memory stays bounded however many there are.
+/// memory stays bounded however many there are. Arguments longer than `inline_limit` go to
+/// `store` first and travel by reference (see [`Publisher::next`]).
 ///
 /// # Errors
 /// As [`Publisher::next`].
 pub(crate) async fn publish_all(
     link: &BrokerLink,
+    store: &Store,
     settings: &Settings,
     delay: Duration,
     messages: impl IntoIterator<Item = Result<TaskMessage>>,
 ) -> Result<()> {
-    let mut publisher = Publisher::new(link, settings, delay, messages);
+    let mut publisher = Publisher::new(link, store, settings, delay, messages);
     while let Some(confirmed) = publisher.next().await {
         confirmed?;
     }
@@ -55,6 +58,15 @@ struct Pending {
     index: usize,
     message: TaskMessage,
     body: Vec<u8>,
+    /// Arguments passed by reference (`message.args_ref`), stored before each publish of it.
+    offload: Option<Arc<Vec<u8>>>,
+}
+
+impl Pending {
+    /// The bytes it holds in memory until confirmed.
+    fn bytes(&self) -> usize {
+        self.body.len() + self.offload.as_ref().map_or(0, |a| a.len())
+    }
 }
 
 /// How one publish ended.
@@ -73,6 +85,7 @@ enum Attempt {
 /// Publishes an iterator of messages through a window, yielding each as it is confirmed.
 pub(crate) struct Publisher<'a, I> {
     link: &'a BrokerLink,
+    store: &'a Store,
     settings: &'a Settings,
     delay: Duration,
     source: std::iter::Fuse<I>,
@@ -104,12 +117,14 @@ impl<'a, I: Iterator<Item = Result<TaskMessage>>> Publisher<'a, I> {
     /// A publisher of `messages` (nothing is taken from them before [`Publisher::next`]).
     pub(crate) fn new(
         link: &'a BrokerLink,
+        store: &'a Store,
         settings: &'a Settings,
         delay: Duration,
         messages: impl IntoIterator<IntoIter = I>,
     ) -> Self {
         Publisher {
             link,
+            store,
             settings,
             delay,
             source: messages.into_iter().fuse(),
@@ -170,7 +185,7 @@ impl<'a, I: Iterator<Item = Result<TaskMessage>>> Publisher<'a, I> {
                     return Some(Ok((index, key)));
                 }
                 Some(Attempt::Lost(pending, error)) => {
-                    self.in_flight_bytes -= pending.body.len();
+                    self.in_flight_bytes -= pending.bytes();
                     if !self.lost {
                         tracing::warn!(error = %error, "lost the broker while publishing; reconnecting");
                         self.lost = true;
@@ -179,7 +194,7 @@ impl<'a, I: Iterator<Item = Result<TaskMessage>>> Publisher<'a, I> {
                     self.again.push_back(pending);
                 }
                 Some(Attempt::Nacked(pending)) => {
-                    self.in_flight_bytes -= pending.body.len();
+                    self.in_flight_bytes -= pending.bytes();
                     let since = *self.outage.get_or_insert_with(Instant::now);
                     if since.elapsed() >= self.settings.reconnect_max_wait {
                         return Some(Err(Error::Nacked(pending.message.key)));
@@ -251,9 +266,9 @@ impl<'a, I: Iterator<Item = Result<TaskMessage>>> Publisher<'a, I> {
                     continue;
                 }
             };
-            self.in_flight_bytes += pending.body.len();
+            self.in_flight_bytes += pending.bytes();
             self.in_flight
-                .push_back(Box::pin(attempt(channel, to, pending)));
+                .push_back(Box::pin(attempt(channel, self.store.clone(), to, pending)));
         }
         Ok(())
     }
@@ -292,8 +307,17 @@ impl<'a, I: Iterator<Item = Result<TaskMessage>>> Publisher<'a, I> {
         Ok(())
     }
 
-    /// Encodes `message` (the next from the iterator), refusing it if it is too large.
-    fn encode(&mut self, message: TaskMessage) -> Result<Pending> {
+    /// Encodes `message` (the next from the iterator), refusing it if it is too large; its
+    /// arguments, when longer than `inline_limit`, are taken out to travel by reference.
+    fn encode(&mut self, mut message: TaskMessage) -> Result<Pending> {
+        let limit = self.settings.inline_limit;
+        let offload = if limit > 0 && message.args.len() > limit && message.args_ref.is_none() {
+            let args = std::mem::take(&mut message.args);
+            message.args_ref = Some(Reference::to(&args, Location::Store));
+            Some(Arc::new(args))
+        } else {
+            None
+        };
         let body = message.encode()?;
         if body.len() > self.settings.max_message_bytes {
             return Err(Error::TooLarge {
@@ -308,6 +332,7 @@ impl<'a, I: Iterator<Item = Result<TaskMessage>>> Publisher<'a, I> {
             index,
             message,
             body,
+            offload,
         })
     }
 }
@@ -315,8 +340,19 @@ impl<'a, I: Iterator<Item = Result<TaskMessage>>> Publisher<'a, I> {
 /// First and largest pause before publishing refused (nacked) messages again.
 const NACK_PAUSE: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
 
-/// Publishes `pending` on `channel` and waits for the broker's confirm.
-async fn attempt(channel: Channel, to: Arc<Destination>, pending: Pending) -> Attempt {
+/// Stores the arguments of `pending` passed by reference, if any, then publishes it on `channel`
+/// and waits for the broker's confirm.
+async fn attempt(
+    channel: Channel,
+    store: Store,
+    to: Arc<Destination>,
+    pending: Pending,
+) -> Attempt {
+    if let (Some(args), Some(reference)) = (&pending.offload, &pending.message.args_ref) {
+        if let Err(e) = store.put_argument(&reference.digest, args).await {
+            return Attempt::Failed(e.into());
+        }
+    }
     let published = broker::publish_task(&channel, &to, &pending.message, &pending.body).await;
     let confirmation = match published {
         Ok(confirm) => confirm.await.map_err(Error::from),
@@ -325,13 +361,10 @@ async fn attempt(channel: Channel, to: Arc<Destination>, pending: Pending) -> At
     match confirmation {
         Ok(Confirmation::Nack(_)) => Attempt::Nacked(pending),
         Ok(confirmation) => {
-            let Pending {
-                index,
-                message,
-                body,
-            } = pending;
+            let bytes = pending.bytes();
+            let Pending { index, message, .. } = pending;
             match check(&to, &message.key, confirmation) {
-                Ok(()) => Attempt::Confirmed(index, message.key, body.len()),
+                Ok(()) => Attempt::Confirmed(index, message.key, bytes),
                 Err(e) => Attempt::Failed(e),
             }
         }

@@ -42,6 +42,7 @@
 //! - `retries.rs`: a retryable failure goes back to the broker through a delay queue.
 //! - `bag.rs`: the element-wise operations of lazy collections (`rask.bag.map`, …): a registered
 //!   function applied to each element of a partition inside one task.
+//! - `references.rs`: arguments passed by reference read from Redis and checked against it.
 //! - `inputs.rs`: a graph task's inputs read in one `MGET` and substituted, or its
 //!   `DependencyFailed` outcome.
 //! - `writer/`: outcomes to Redis in batches, then acknowledgements (never before); a batch
@@ -80,6 +81,7 @@ mod overrun;
 mod pace;
 mod pools;
 mod presence;
+mod references;
 mod registry;
 mod release;
 mod resources;

@@ -38,7 +38,7 @@ use crate::revocations::Revocations;
 use crate::scheduler;
 use crate::secede::{Deliveries, Seceding, Window, WithResources};
 use crate::writer::{self, Finished};
-use crate::{inputs, retries};
+use crate::{inputs, references, retries};
 
 /// First and largest pause between attempts to reconnect.
 const RECONNECT: (std::time::Duration, std::time::Duration) = (
@@ -587,7 +587,19 @@ async fn handle(shared: &Shared, delivery: Delivery, slot: Slot) {
     };
     let mut retryable = false;
     let run = shared.metrics.start(&message.function);
-    let outcome = match inputs::resolve(&shared.store, &shared.id, &message).await {
+    let signed = shared.signer.is_some();
+    let with_args = match references::resolve(&shared.store, &shared.id, &message, signed).await {
+        Ok(with_args) => with_args,
+        Err(references::Unresolved::Failed(outcome)) => {
+            run.finished(&outcome);
+            return finish(shared, message.key, outcome, delivery).await;
+        }
+        Err(references::Unresolved::Refused(source)) => {
+            let what = "reading arguments";
+            return shared.fatal.raise(Error::StoreRefused { what, source });
+        }
+    };
+    let outcome = match inputs::resolve(&shared.store, &shared.id, &with_args).await {
         Ok(ready) => {
             let limit = time_limit(&message, &shared.settings);
             let overruns = shared.metrics.overruns();
