@@ -77,6 +77,9 @@ pub enum Location {
     /// TTL.
     #[default]
     Store,
+    /// In the deployment's blob store (`blob_url`, [`crate::blobs`]), as the object named by
+    /// the digest's hex.
+    Blob,
 }
 
 impl Location {
@@ -134,6 +137,51 @@ impl Reference {
     }
 }
 
+/// The MessagePack ext type of a stored result that is a reference: an `Outcome::Value` whose
+/// bytes are this ext, with the named-map encoding of a [`Reference`] as its data, stands for
+/// the value kept where the reference says (a result over `blob_threshold`). `0x42` (`B`);
+/// graph placeholders use `0x52` ([`crate::graph::DEPENDENCY_EXT`]).
+pub const RESULT_REF_EXT: i8 = 0x42;
+
+impl Reference {
+    /// The stored value standing for the value this reference names (see [`RESULT_REF_EXT`]).
+    ///
+    /// # Errors
+    /// [`Error::Encode`] (cannot happen: a reference is a few dozen bytes).
+    pub fn to_value_bytes(&self) -> Result<Vec<u8>> {
+        let data = rmp_serde::to_vec_named(self)?;
+        // ext 8 or ext 16 (a reference is about 60 bytes).
+        let mut out = Vec::with_capacity(data.len() + 4);
+        match u8::try_from(data.len()) {
+            Ok(len) => out.extend_from_slice(&[0xc7, len]),
+            Err(_) => {
+                out.push(0xc8);
+                out.extend_from_slice(&(data.len() as u16).to_be_bytes());
+            }
+        }
+        out.push(RESULT_REF_EXT as u8);
+        out.extend_from_slice(&data);
+        Ok(out)
+    }
+
+    /// The reference a stored value stands for, if it is one ([`RESULT_REF_EXT`]); `None` for
+    /// any other value. Cheap: looks at the first bytes only unless they are the ext.
+    pub fn from_value_bytes(bytes: &[u8]) -> Option<Reference> {
+        // A reference's data is far shorter than 64 KiB: ext 8 (c7) or ext 16 (c8) only.
+        let (len, start) = match bytes {
+            [0xc7, len, ty, ..] if *ty as i8 == RESULT_REF_EXT => (usize::from(*len), 3),
+            [0xc8, hi, lo, ty, ..] if *ty as i8 == RESULT_REF_EXT => {
+                (usize::from(u16::from_be_bytes([*hi, *lo])), 4)
+            }
+            _ => return None,
+        };
+        if bytes.len() != start + len {
+            return None;
+        }
+        rmp_serde::from_slice(&bytes[start..]).ok()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,6 +216,20 @@ mod tests {
         })
         .unwrap();
         assert!(rmp_serde::from_slice::<Reference>(&bytes).is_err());
+    }
+
+    #[test]
+    fn a_result_reference_round_trips_and_other_values_are_not_one() {
+        let r = Reference::to(b"a large result", Location::Blob);
+        let stored = r.to_value_bytes().unwrap();
+        assert_eq!(Reference::from_value_bytes(&stored), Some(r));
+        assert_eq!(
+            Reference::from_value_bytes(&stored[..stored.len() - 1]),
+            None
+        );
+        let plain = rmp_serde::to_vec(&serde_bytes::Bytes::new(&stored)).unwrap();
+        assert_eq!(Reference::from_value_bytes(&plain), None);
+        assert_eq!(Reference::from_value_bytes(b""), None);
     }
 
     #[test]

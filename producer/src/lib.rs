@@ -71,6 +71,7 @@ mod pools;
 mod progress;
 mod publish;
 mod purge;
+mod references;
 mod retry;
 mod run;
 mod scatter;

@@ -15,16 +15,17 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::stream::{FuturesOrdered, StreamExt};
 use lapin::{Channel, Confirmation};
 use rask_common::broker::{self, Destination};
-use rask_common::reference::{Location, Reference};
-use rask_common::{Pool, Settings, Store, TaskKey, TaskMessage};
+use rask_common::{Pool, Settings, TaskKey, TaskMessage};
 use tokio::time::Instant;
 
 use crate::connection::{is_lost, BrokerLink, Live};
 use crate::error::{Error, Result};
+use crate::references::Keeper;
 
 /// Most bytes of task messages kept unconfirmed at once, whatever the window: bounds the
 /// client's memory when tasks carry large arguments.
@@ -33,19 +34,19 @@ const MAX_IN_FLIGHT_BYTES: usize = 64 << 20;
 /// Publishes `messages` in order, to run after `delay`, keeping at most
 /// `settings.publish_window` unconfirmed, and returns once every one is confirmed by the broker
 /// (persistent, routed). Messages are taken from the iterator only as the window allows, so
-/// memory stays bounded however many there are. Arguments longer than `inline_limit` go to
-/// `store` first and travel by reference (see [`Publisher::next`]).
+/// memory stays bounded however many there are. Arguments too long to travel inline go to
+/// `keeper` first and travel by reference ([`Keeper::take_args`]).
 ///
 /// # Errors
 /// As [`Publisher::next`].
 pub(crate) async fn publish_all(
     link: &BrokerLink,
-    store: &Store,
+    keeper: &Keeper,
     settings: &Settings,
     delay: Duration,
     messages: impl IntoIterator<Item = Result<TaskMessage>>,
 ) -> Result<()> {
-    let mut publisher = Publisher::new(link, store, settings, delay, messages);
+    let mut publisher = Publisher::new(link, keeper, settings, delay, messages);
     while let Some(confirmed) = publisher.next().await {
         confirmed?;
     }
@@ -59,7 +60,7 @@ struct Pending {
     message: TaskMessage,
     body: Vec<u8>,
     /// Arguments passed by reference (`message.args_ref`), stored before each publish of it.
-    offload: Option<Arc<Vec<u8>>>,
+    offload: Option<Bytes>,
 }
 
 impl Pending {
@@ -85,7 +86,7 @@ enum Attempt {
 /// Publishes an iterator of messages through a window, yielding each as it is confirmed.
 pub(crate) struct Publisher<'a, I> {
     link: &'a BrokerLink,
-    store: &'a Store,
+    keeper: &'a Keeper,
     settings: &'a Settings,
     delay: Duration,
     source: std::iter::Fuse<I>,
@@ -117,14 +118,14 @@ impl<'a, I: Iterator<Item = Result<TaskMessage>>> Publisher<'a, I> {
     /// A publisher of `messages` (nothing is taken from them before [`Publisher::next`]).
     pub(crate) fn new(
         link: &'a BrokerLink,
-        store: &'a Store,
+        keeper: &'a Keeper,
         settings: &'a Settings,
         delay: Duration,
         messages: impl IntoIterator<IntoIter = I>,
     ) -> Self {
         Publisher {
             link,
-            store,
+            keeper,
             settings,
             delay,
             source: messages.into_iter().fuse(),
@@ -268,7 +269,7 @@ impl<'a, I: Iterator<Item = Result<TaskMessage>>> Publisher<'a, I> {
             };
             self.in_flight_bytes += pending.bytes();
             self.in_flight
-                .push_back(Box::pin(attempt(channel, self.store.clone(), to, pending)));
+                .push_back(Box::pin(attempt(channel, self.keeper.clone(), to, pending)));
         }
         Ok(())
     }
@@ -308,16 +309,9 @@ impl<'a, I: Iterator<Item = Result<TaskMessage>>> Publisher<'a, I> {
     }
 
     /// Encodes `message` (the next from the iterator), refusing it if it is too large; its
-    /// arguments, when longer than `inline_limit`, are taken out to travel by reference.
+    /// arguments, when too long to travel inline, are taken out to travel by reference.
     fn encode(&mut self, mut message: TaskMessage) -> Result<Pending> {
-        let limit = self.settings.inline_limit;
-        let offload = if limit > 0 && message.args.len() > limit && message.args_ref.is_none() {
-            let args = std::mem::take(&mut message.args);
-            message.args_ref = Some(Reference::to(&args, Location::Store));
-            Some(Arc::new(args))
-        } else {
-            None
-        };
+        let offload = self.keeper.take_args(&mut message);
         let body = message.encode()?;
         if body.len() > self.settings.max_message_bytes {
             return Err(Error::TooLarge {
@@ -344,13 +338,13 @@ const NACK_PAUSE: (Duration, Duration) = (Duration::from_millis(100), Duration::
 /// and waits for the broker's confirm.
 async fn attempt(
     channel: Channel,
-    store: Store,
+    keeper: Keeper,
     to: Arc<Destination>,
     pending: Pending,
 ) -> Attempt {
     if let (Some(args), Some(reference)) = (&pending.offload, &pending.message.args_ref) {
-        if let Err(e) = store.put_argument(&reference.digest, args).await {
-            return Attempt::Failed(e.into());
+        if let Err(e) = keeper.keep(reference, args.clone()).await {
+            return Attempt::Failed(e);
         }
     }
     let published = broker::publish_task(&channel, &to, &pending.message, &pending.body).await;

@@ -34,6 +34,9 @@ pub(super) struct Shape {
     pub(super) queue_type: QueueType,
     /// Task queue shards.
     pub(super) shards: u16,
+    /// Longest arguments sent inside the message (`None`: the setting's default; `Some(0)`:
+    /// always inline, as before arguments could go by reference).
+    pub(super) inline_limit: Option<usize>,
 }
 
 /// The cluster under test.
@@ -101,6 +104,7 @@ impl Cluster {
                 QueueType::Quorum => 0,
             },
             queue_shards: shape.shards,
+            inline_limit: shape.inline_limit.unwrap_or(settings.inline_limit),
             ..settings
         };
         let mut cluster = Cluster {
@@ -315,6 +319,7 @@ fn settings_env(s: &Settings) -> Vec<(String, String)> {
         ("RASK_QUEUE_TYPE", s.queue_type.to_string()),
         ("RASK_QUEUE_SHARDS", s.queue_shards.to_string()),
         ("RASK_MAX_PRIORITY", s.max_priority.to_string()),
+        ("RASK_INLINE_LIMIT", s.inline_limit.to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))

@@ -243,6 +243,7 @@ pub(crate) async fn run(global: &Global, args: BenchArgs) -> Result<ExitCode> {
                 rask_common::settings::QueueType::Classic
             },
             shards: args.shards,
+            inline_limit: args.inline_limit,
         };
         if let Some(c) = shape.concurrency {
             eprintln!("bench: each worker runs {c} task(s) at once");
