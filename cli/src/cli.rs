@@ -511,4 +511,9 @@ pub(crate) struct BenchArgs {
     /// did before arguments could go by reference (for comparing the two).
     #[arg(long, value_name = "BYTES")]
     pub(crate) inline_limit: Option<usize>,
+    /// Keep arguments and results over `blob_threshold` (1 MiB) in a blob store, a directory
+    /// of the private cluster (`blob_url = file://…`): `--workloads payload --blobs` measures
+    /// large values through it.
+    #[arg(long)]
+    pub(crate) blobs: bool,
 }

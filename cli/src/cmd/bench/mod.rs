@@ -244,6 +244,7 @@ pub(crate) async fn run(global: &Global, args: BenchArgs) -> Result<ExitCode> {
             },
             shards: args.shards,
             inline_limit: args.inline_limit,
+            blobs: args.blobs,
         };
         if let Some(c) = shape.concurrency {
             eprintln!("bench: each worker runs {c} task(s) at once");
