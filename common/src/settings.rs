@@ -183,7 +183,8 @@ pub struct Settings {
     /// published, and the message carries a reference the worker reads them by
     /// ([`crate::reference`]): a large value then crosses Redis instead of the broker's
     /// persistent store, and is not bound by `max_message_bytes`. `0`: always inline.
-    /// Default `262144` (256 KiB).
+    /// Default `0`: measured with `rask bench --workloads payload` against an append-only Redis,
+    /// passing 1 MiB arguments through Redis cost more CPU than through RabbitMQ (docs/benchmarks.md).
     pub inline_limit: usize,
     /// Where large values are kept ([`crate::blobs`]): `file:///path` (one machine, `rask
     /// local`) or `s3://bucket/prefix` (a build with the `s3` feature; see `s3_endpoint`).
@@ -322,7 +323,7 @@ impl Default for Settings {
             cancel_grace: Duration::from_secs(5),
             max_deliveries: 5,
             max_message_bytes: 64 << 20,
-            inline_limit: 256 << 10,
+            inline_limit: 0,
             blob_url: String::new(),
             s3_endpoint: String::new(),
             blob_threshold: 1 << 20,

@@ -11,6 +11,9 @@ use rask_common::reference::{Location, Reference};
 use rask_tests::{failure, TestEnv, PATIENCE};
 use rmpv::Value;
 
+/// The `inline_limit` of these tests (off by default).
+const LIMIT: usize = 256 << 10;
+
 /// A signing key for the signed test.
 const KEY: &str = "reference-signing-key-0123456789";
 
@@ -64,7 +67,8 @@ async fn overwrite(env: &TestEnv, reference: &Reference, bytes: &[u8]) {
 
 #[tokio::test]
 async fn large_arguments_travel_by_reference_and_come_back_intact() {
-    let env = TestEnv::new("ref-roundtrip").await;
+    let mut env = TestEnv::new("ref-roundtrip").await;
+    env.settings.inline_limit = LIMIT;
     let _workers = env.spawn_workers(1);
     let client = env.client().await;
     let payloads: Vec<Vec<u8>> = (0..3).map(|i| payload(i, 1 << 20)).collect();
@@ -90,9 +94,8 @@ async fn large_arguments_travel_by_reference_and_come_back_intact() {
 }
 
 #[tokio::test]
-async fn inline_limit_zero_keeps_arguments_in_the_message() {
-    let mut env = TestEnv::new("ref-inline").await;
-    env.settings.inline_limit = 0;
+async fn by_default_arguments_stay_in_the_message() {
+    let env = TestEnv::new("ref-inline").await;
     let _workers = env.spawn_workers(1);
     let client = env.client().await;
     let sent = payload(11, 600 << 10);
@@ -106,7 +109,8 @@ async fn inline_limit_zero_keeps_arguments_in_the_message() {
 
 #[tokio::test]
 async fn arguments_that_are_gone_fail_the_task_naming_their_digest() {
-    let env = TestEnv::new("ref-gone").await;
+    let mut env = TestEnv::new("ref-gone").await;
+    env.settings.inline_limit = LIMIT;
     let client = env.client().await;
     let sent = payload(21, 1 << 20);
     let reference = reference_of(&sent);
@@ -129,6 +133,7 @@ async fn arguments_that_are_gone_fail_the_task_naming_their_digest() {
 #[tokio::test]
 async fn changed_arguments_are_refused_by_their_digest_when_signed() {
     let mut env = TestEnv::new("ref-signed").await;
+    env.settings.inline_limit = LIMIT;
     env.settings.signing_keys = vec![KEY.to_owned()];
     let client = env.client().await;
     let sent = payload(31, 1 << 20);
@@ -157,7 +162,8 @@ async fn changed_arguments_are_refused_by_their_digest_when_signed() {
 
 #[tokio::test]
 async fn purge_deletes_arguments_passed_by_reference() {
-    let env = TestEnv::new("ref-purge").await;
+    let mut env = TestEnv::new("ref-purge").await;
+    env.settings.inline_limit = LIMIT;
     let client = env.client().await;
     let sent = payload(41, 1 << 20);
     let reference = reference_of(&sent);
