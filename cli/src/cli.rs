@@ -558,4 +558,14 @@ pub(crate) struct BenchArgs {
     /// of starting a private one; worker memory and CPU are then not measured.
     #[arg(long)]
     pub(crate) use_running: bool,
+    /// Longest task arguments, in bytes, sent inside the message in the private cluster (the
+    /// `inline_limit` setting; default: its default); `0` sends every argument inline, as rask
+    /// did before arguments could go by reference (for comparing the two).
+    #[arg(long, value_name = "BYTES")]
+    pub(crate) inline_limit: Option<usize>,
+    /// Keep arguments and results over `blob_threshold` (1 MiB) in a blob store, a directory
+    /// of the private cluster (`blob_url = file://…`): `--workloads payload --blobs` measures
+    /// large values through it.
+    #[arg(long)]
+    pub(crate) blobs: bool,
 }

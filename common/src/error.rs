@@ -76,6 +76,26 @@ pub enum Error {
     /// range; the message says what is wrong.
     #[error("invalid limit: {0}")]
     InvalidLimit(String),
+    /// Bytes read for a [`crate::reference::Reference`] are not what it names (another length,
+    /// or another digest): changed or replaced where they were kept.
+    #[error("value {digest} is not what its reference names: {what}")]
+    ReferenceMismatch {
+        /// The digest the reference names.
+        digest: crate::reference::Digest,
+        /// What differs.
+        what: String,
+    },
+    /// The blob store (`blob_url`, [`crate::blobs`]) refused something or could not be reached.
+    #[error("blob store: {what}: {source}")]
+    Blob {
+        /// Whether trying again can help: credentials, permissions and a store that cannot be
+        /// set up are [`ErrorKind::Configuration`], the rest [`ErrorKind::Transient`].
+        kind: ErrorKind,
+        /// What rask was doing, e.g. `writing blob {digest} to s3://bucket/prefix`.
+        what: String,
+        /// The store's error.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 /// Whether trying again can help, for an [`Error`] (see [`Error::kind`]).
@@ -171,12 +191,14 @@ impl Error {
             | Error::InvalidLimit(_) => ErrorKind::Configuration,
             Error::Broker(e) | Error::BrokerRefused { source: e, .. } => ErrorKind::of_broker(e),
             Error::Store(e) => ErrorKind::of_store(e),
+            Error::Blob { kind, .. } => *kind,
             Error::Encode(_)
             | Error::Decode(_)
             | Error::Version { .. }
             | Error::InvalidKey(_)
             | Error::InvalidSchedule(_)
-            | Error::DelayTooLong { .. } => ErrorKind::Rejected,
+            | Error::DelayTooLong { .. }
+            | Error::ReferenceMismatch { .. } => ErrorKind::Rejected,
         }
     }
 

@@ -220,6 +220,18 @@ impl Keys {
         self.of_deployment("events")
     }
 
+    /// Where arguments passed by reference are kept ([`crate::reference`]):
+    /// `{prefix}:arg:{digest}`, the digest in hex (no hash tag on a cluster: each is read and
+    /// written alone).
+    pub fn argument(&self, digest: &crate::reference::Digest) -> String {
+        format!("{}:arg:{}", self.prefix, digest.hex())
+    }
+
+    /// Pattern (for `SCAN MATCH`) of every [`Keys::argument`] key of this prefix.
+    pub fn argument_pattern(&self) -> String {
+        format!("{}:arg:*", self.prefix)
+    }
+
     /// Patterns (for `SCAN MATCH`) of every graph bookkeeping key of this prefix.
     pub fn graph_patterns(&self) -> [String; 4] {
         ["task", "published", "pending", "dependents"]

@@ -8,6 +8,9 @@
 //! - [`outcome`]: what a worker stores for a task: a value or a structured [`TaskFailure`].
 //! - [`retry`]: the per-task [`RetryPolicy`] (attempts, exponential backoff with jitter).
 //! - [`options`]: [`TaskOptions`], how a task (or a graph node) is scheduled, retried, limited.
+//! - [`blobs`] (feature `blobs`; S3 with feature `s3`): the blob store of `blob_url`, large
+//!   values kept by digest in a directory or a bucket.
+//! - [`reference`]: values kept once outside the message, named by digest ([`reference::Reference`]).
 //! - [`keys`]: task keys and the one place that builds Redis key and channel names.
 //! - [`task`](mod@task): the [`Task`] trait and the [`task!`] macro that defines typed tasks.
 //! - [`context`]: what a task body may take besides its arguments: its [`TaskContext`] and the
@@ -43,6 +46,7 @@
 //! - [`error`]: the crate's [`Error`].
 
 pub mod bag_ops;
+pub mod blobs;
 pub mod broker;
 pub mod builtins;
 pub mod context;
@@ -59,6 +63,7 @@ pub mod options;
 pub mod outcome;
 pub mod pinged;
 pub mod pool;
+pub mod reference;
 pub mod refusal;
 pub mod replica_waits;
 pub mod resources;

@@ -78,6 +78,11 @@ pub struct TaskMessage {
     /// The same for its pool's rate limit (a limit on `pool:{pool}`). Not written when false.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub pool_rate_token: bool,
+    /// Where the arguments are when they are too large to travel in the message (longer than
+    /// the `inline_limit` setting): `args` is then empty, and the worker reads them from there
+    /// before running the task ([`crate::reference`]). `None` (not written): they are in `args`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args_ref: Option<crate::reference::Reference>,
 }
 
 fn is_zero<T: Default + PartialEq>(n: &T) -> bool {
@@ -103,6 +108,7 @@ impl TaskMessage {
             deferrals: 0,
             rate_token: false,
             pool_rate_token: false,
+            args_ref: None,
         }
     }
 
@@ -266,6 +272,7 @@ mod tests {
             "deferrals",
             "rate_token",
             "pool_rate_token",
+            "args_ref",
         ] {
             assert!(
                 !plain.windows(field.len()).any(|w| w == field.as_bytes()),
@@ -283,6 +290,10 @@ mod tests {
         m.deferrals = 2;
         m.rate_token = true;
         m.pool_rate_token = true;
+        m.args_ref = Some(crate::reference::Reference::to(
+            b"large",
+            crate::reference::Location::Store,
+        ));
         assert_eq!(TaskMessage::decode(&m.encode().unwrap()).unwrap(), m);
     }
 

@@ -178,6 +178,26 @@ pub struct Settings {
     /// ones fail with a clear error, or are dead-lettered). Default `67108864` (64 MiB; RabbitMQ
     /// refuses bodies over 128 MiB by default).
     pub max_message_bytes: usize,
+    /// Longest encoded arguments, in bytes, that travel inside the task message. Longer ones are
+    /// stored once in Redis (content-addressed, for `result_ttl`) before the message is
+    /// published, and the message carries a reference the worker reads them by
+    /// ([`crate::reference`]): a large value then crosses Redis instead of the broker's
+    /// persistent store, and is not bound by `max_message_bytes`. `0`: always inline.
+    /// Default `0`: measured with `rask bench --workloads payload` against an append-only Redis,
+    /// passing 1 MiB arguments through Redis cost more CPU than through RabbitMQ (docs/benchmarks.md).
+    pub inline_limit: usize,
+    /// Where large values are kept ([`crate::blobs`]): `file:///path` (one machine, `rask
+    /// local`) or `s3://bucket/prefix` (a build with the `s3` feature; see `s3_endpoint`).
+    /// Arguments and results longer than `blob_threshold` are written there, content-addressed,
+    /// and the message or the stored result carries a reference. Empty: no blob store (large
+    /// arguments go by `inline_limit`, results into Redis). Default empty.
+    pub blob_url: String,
+    /// The S3-compatible server of an `s3://` `blob_url` (e.g. `http://127.0.0.1:9000`); empty:
+    /// AWS. Credentials and region come from the usual `AWS_*` variables. Default empty.
+    pub s3_endpoint: String,
+    /// Longest encoded argument tuple or result, in bytes, kept out of the blob store when
+    /// `blob_url` is set; longer ones are written there. Default `1048576` (1 MiB).
+    pub blob_threshold: usize,
     /// Largest result, in bytes (the task's return value, MessagePack-encoded), a worker stores;
     /// a larger one is not stored: the task's future fails with `ResultTooLarge`, naming the
     /// task and both sizes. Keeps every stored value below Redis's `proto-max-bulk-len` (512 MB
@@ -316,6 +336,10 @@ impl Default for Settings {
             cancel_grace: Duration::from_secs(5),
             max_deliveries: 5,
             max_message_bytes: 64 << 20,
+            inline_limit: 0,
+            blob_url: String::new(),
+            s3_endpoint: String::new(),
+            blob_threshold: 1 << 20,
             max_result_bytes: 64 << 20,
             task_time_limit: Duration::ZERO,
             max_priority: 9,
@@ -703,6 +727,10 @@ impl fmt::Debug for Settings {
             .field("cancel_grace", &self.cancel_grace)
             .field("max_deliveries", &self.max_deliveries)
             .field("max_message_bytes", &self.max_message_bytes)
+            .field("inline_limit", &self.inline_limit)
+            .field("blob_url", &self.blob_url)
+            .field("s3_endpoint", &self.s3_endpoint)
+            .field("blob_threshold", &self.blob_threshold)
             .field("max_result_bytes", &self.max_result_bytes)
             .field("task_time_limit", &self.task_time_limit)
             .field("max_priority", &self.max_priority)

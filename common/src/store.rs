@@ -187,6 +187,49 @@ impl Store {
         Ok(chunks.into_iter().flatten().collect())
     }
 
+    /// Stores `bytes` as arguments passed by reference under [`Keys::argument`] of `digest`
+    /// (their SHA-256, [`crate::reference::Reference`]), kept for the result TTL: written only
+    /// if absent (content-addressed: the same bytes are the same value), the TTL renewed either
+    /// way; then waits for replicas as a result write does (`redis_wait_replicas`), so that the
+    /// bytes are as safe as the message that will name them.
+    ///
+    /// # Errors
+    /// [`crate::Error::Store`] if Redis fails.
+    pub async fn put_argument(
+        &self,
+        digest: &crate::reference::Digest,
+        bytes: &[u8],
+    ) -> Result<()> {
+        let key = self.keys.argument(digest);
+        let ttl_ms = self.ttl_ms();
+        redis::pipe()
+            .cmd("SET")
+            .arg(&key)
+            .arg(bytes)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl_ms)
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(&key)
+            .arg(ttl_ms)
+            .ignore()
+            .query_async::<()>(&mut self.conn.clone())
+            .await?;
+        self.replicate().await
+    }
+
+    /// Reads arguments passed by reference (`None` if they are gone: expired or purged).
+    ///
+    /// # Errors
+    /// [`crate::Error::Store`] if Redis fails.
+    pub async fn get_argument(&self, digest: &crate::reference::Digest) -> Result<Option<Vec<u8>>> {
+        Ok(redis::cmd("GET")
+            .arg(self.keys.argument(digest))
+            .query_async(&mut self.conn.clone())
+            .await?)
+    }
+
     /// Counts one more redelivery of the message of `key` (`INCR` of [`Keys::deliveries`], kept
     /// for the result TTL) and reads whether the task already has a stored outcome, in one round
     /// trip: returns the redeliveries counted so far, this one included, and that flag.
@@ -242,7 +285,8 @@ impl Store {
     }
 
     /// Deletes every result of this deployment's prefix, its graph bookkeeping (task records,
-    /// published markers, pending and dependents sets) and delivery counters, by SCAN; returns how
+    /// published markers, pending and dependents sets), delivery counters and arguments passed
+    /// by reference, by SCAN; returns how
     /// many results.
     ///
     /// # Errors
@@ -265,6 +309,7 @@ impl Store {
             .arg(self.keys.events())
             .query_async::<()>(&mut self.conn.clone())
             .await?;
+        self.scan_delete(&self.keys.argument_pattern()).await?;
         Ok(deleted)
     }
 

@@ -14,6 +14,7 @@ use crate::future::Future;
 use crate::pools::RouteWatch;
 use crate::publish::{publish_all, Publisher};
 use crate::purge::Purged;
+use crate::references::Keeper;
 use rask_common::events::{Event, TaskInfo};
 use rask_common::TaskOptions;
 
@@ -35,6 +36,8 @@ struct Inner {
     settings: Settings,
     link: BrokerLink,
     store: Store,
+    /// Where values that do not travel inline are kept (Redis, the blob store).
+    keeper: Keeper,
     listener: Listener,
     /// The routes published to, checked once each against the worker registry.
     routes: Arc<RouteWatch>,
@@ -57,6 +60,7 @@ impl Client {
             settings.redis_ping_interval,
         )
         .await?;
+        let keeper = Keeper::new(store.clone(), &settings)?;
         let link = BrokerLink::connect(&settings).await?;
         let queued = crate::events::Queued::new(&store, &settings);
         Ok(Client {
@@ -64,6 +68,7 @@ impl Client {
                 queued,
                 settings,
                 link,
+                keeper,
                 store,
                 listener,
                 routes: Arc::default(),
@@ -167,6 +172,7 @@ impl Client {
         });
         let publisher = Publisher::new(
             &self.inner.link,
+            &self.inner.keeper,
             &self.inner.settings,
             Duration::ZERO,
             messages,
@@ -241,18 +247,26 @@ impl Client {
         Future::new(self.clone(), key)
     }
 
-    /// Deletes the stored results of `keys`; returns how many existed.
+    /// Deletes the stored results of `keys`; returns how many existed. With a blob store
+    /// (`blob_url`), results kept there are deleted from it too.
     ///
     /// # Errors
-    /// [`crate::Error::Store`] if Redis fails.
+    /// [`crate::Error::Store`] if Redis fails; [`crate::Error::Common`] if the blob store does.
     pub async fn release(&self, keys: &[TaskKey]) -> Result<u64> {
-        Ok(self.inner.store.delete(keys).await?)
+        let Some(blobs) = self.inner.keeper.blobs() else {
+            return Ok(self.inner.store.delete(keys).await?);
+        };
+        // Results kept in the blob store go with their records: read first which are.
+        let kept = crate::references::blob_results(&self.inner.store, keys).await?;
+        let deleted = self.inner.store.delete(keys).await?;
+        blobs.delete(&kept).await?;
+        Ok(deleted)
     }
 
     /// Empties every task queue shard and every delay queue (tasks waiting for a countdown, an
     /// eta or a retry), of the default pool and of every pool the settings name (`pools`,
     /// `routes`), this client published to or a live worker serves, and deletes every stored
-    /// result of this deployment (key prefix).
+    /// result of this deployment (key prefix), and every object under `blob_url` if it is set.
     /// Returns (messages purged from all those queues, results deleted); see
     /// [`Client::purge_report`] for the queues one by one.
     ///
@@ -269,7 +283,13 @@ impl Client {
     /// # Errors
     /// [`crate::Error`] if RabbitMQ or Redis fails.
     pub async fn purge_report(&self) -> Result<Purged> {
-        crate::purge::purge(&self.inner.link, &self.inner.settings, &self.inner.store).await
+        let purged =
+            crate::purge::purge(&self.inner.link, &self.inner.settings, &self.inner.store).await?;
+        if let Some(blobs) = self.inner.keeper.blobs() {
+            // Every object under `blob_url`: the prefix belongs to the deployment.
+            blobs.purge().await?;
+        }
+        Ok(purged)
     }
 
     /// Stops listening for completions and closes the connection to RabbitMQ (Redis connections
@@ -296,6 +316,7 @@ impl Client {
         });
         let published = publish_all(
             &self.inner.link,
+            &self.inner.keeper,
             &self.inner.settings,
             Duration::ZERO,
             messages,
@@ -324,7 +345,14 @@ impl Client {
                 m
             })
         });
-        let published = publish_all(&self.inner.link, s, options.delay(), messages).await;
+        let published = publish_all(
+            &self.inner.link,
+            &self.inner.keeper,
+            s,
+            options.delay(),
+            messages,
+        )
+        .await;
         queued.flush();
         published
     }
@@ -386,6 +414,7 @@ impl Client {
     pub(crate) fn waiter(&self, keys: Vec<TaskKey>) -> Waiter {
         Waiter::new(
             self.inner.store.clone(),
+            self.inner.keeper.clone(),
             self.inner.listener.subscribe(),
             keys,
         )

@@ -21,6 +21,7 @@ use tokio::sync::{broadcast, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result};
+use crate::references::Keeper;
 
 /// What the listener tells waiters.
 #[derive(Debug, Clone)]
@@ -195,6 +196,8 @@ fn timed_out(what: &str, deadline: Duration) -> redis::RedisError {
 /// Waits for the outcomes of a set of keys, yielding each (by its index) as it is stored.
 pub(crate) struct Waiter {
     store: Store,
+    /// Reads results kept in the blob store (`blob_url`).
+    keeper: Keeper,
     events: broadcast::Receiver<Event>,
     keys: Vec<TaskKey>,
     pending: HashMap<TaskKey, Vec<usize>>,
@@ -207,6 +210,7 @@ impl Waiter {
     /// first call of [`Waiter::next`] reads everything).
     pub(crate) fn new(
         store: Store,
+        keeper: Keeper,
         events: broadcast::Receiver<Event>,
         keys: Vec<TaskKey>,
     ) -> Self {
@@ -216,6 +220,7 @@ impl Waiter {
         }
         Waiter {
             store,
+            keeper,
             events,
             keys,
             pending,
@@ -247,7 +252,17 @@ impl Waiter {
     pub(crate) async fn next(&mut self) -> Option<Result<(usize, Result<Outcome>)>> {
         loop {
             if let Some((index, bytes)) = self.ready.pop_front() {
-                return Some(Ok((index, Outcome::decode(&bytes).map_err(Error::from))));
+                let outcome = match Outcome::decode(&bytes).map_err(Error::from) {
+                    // A result kept in the blob store: read from there (a `GET` per result,
+                    // of results over `blob_threshold` only).
+                    Ok(Outcome::Value(value)) if self.keeper.blobs().is_some() => self
+                        .keeper
+                        .resolve_result(&self.keys[index], value)
+                        .await
+                        .map(Outcome::Value),
+                    other => other,
+                };
+                return Some(Ok((index, outcome)));
             }
             if self.pending.is_empty() {
                 return None;

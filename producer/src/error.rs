@@ -126,6 +126,15 @@ pub enum Error {
     /// The listener for completions stopped (the client is shutting down).
     #[error("the completion listener stopped")]
     ListenerStopped,
+    /// The task's result was kept in the blob store (`blob_url`) and is gone from there
+    /// (deleted by a `release` or `purge`, or expired by the bucket's lifecycle rule).
+    #[error("the result of {key} was kept in the blob store as {digest}, which is gone")]
+    ResultGone {
+        /// The task.
+        key: TaskKey,
+        /// The blob's digest (hex).
+        digest: String,
+    },
     /// Settings, keys, encoding, or connecting.
     #[error(transparent)]
     Common(#[from] rask_common::Error),

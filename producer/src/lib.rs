@@ -78,6 +78,7 @@ mod progress;
 mod publish;
 mod purge;
 mod report;
+mod references;
 mod retry;
 mod run;
 mod scatter;

@@ -15,6 +15,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::stream::{FuturesOrdered, StreamExt};
 use lapin::{Channel, Confirmation};
@@ -24,6 +25,7 @@ use tokio::time::Instant;
 
 use crate::connection::{is_lost, BrokerLink, Live};
 use crate::error::{Error, Result};
+use crate::references::Keeper;
 
 /// Most bytes of task messages kept unconfirmed at once, whatever the window: bounds the
 /// client's memory when tasks carry large arguments.
@@ -32,17 +34,19 @@ const MAX_IN_FLIGHT_BYTES: usize = 64 << 20;
 /// Publishes `messages` in order, to run after `delay`, keeping at most
 /// `settings.publish_window` unconfirmed, and returns once every one is confirmed by the broker
 /// (persistent, routed). Messages are taken from the iterator only as the window allows, so
-/// memory stays bounded however many there are.
+/// memory stays bounded however many there are. Arguments too long to travel inline go to
+/// `keeper` first and travel by reference ([`Keeper::take_args`]).
 ///
 /// # Errors
 /// As [`Publisher::next`].
 pub(crate) async fn publish_all(
     link: &BrokerLink,
+    keeper: &Keeper,
     settings: &Settings,
     delay: Duration,
     messages: impl IntoIterator<Item = Result<TaskMessage>>,
 ) -> Result<()> {
-    let mut publisher = Publisher::new(link, settings, delay, messages);
+    let mut publisher = Publisher::new(link, keeper, settings, delay, messages);
     while let Some(confirmed) = publisher.next().await {
         confirmed?;
     }
@@ -55,6 +59,15 @@ struct Pending {
     index: usize,
     message: TaskMessage,
     body: Vec<u8>,
+    /// Arguments passed by reference (`message.args_ref`), stored before each publish of it.
+    offload: Option<Bytes>,
+}
+
+impl Pending {
+    /// The bytes it holds in memory until confirmed.
+    fn bytes(&self) -> usize {
+        self.body.len() + self.offload.as_ref().map_or(0, |a| a.len())
+    }
 }
 
 /// How one publish ended.
@@ -73,6 +86,7 @@ enum Attempt {
 /// Publishes an iterator of messages through a window, yielding each as it is confirmed.
 pub(crate) struct Publisher<'a, I> {
     link: &'a BrokerLink,
+    keeper: &'a Keeper,
     settings: &'a Settings,
     delay: Duration,
     source: std::iter::Fuse<I>,
@@ -104,12 +118,14 @@ impl<'a, I: Iterator<Item = Result<TaskMessage>>> Publisher<'a, I> {
     /// A publisher of `messages` (nothing is taken from them before [`Publisher::next`]).
     pub(crate) fn new(
         link: &'a BrokerLink,
+        keeper: &'a Keeper,
         settings: &'a Settings,
         delay: Duration,
         messages: impl IntoIterator<IntoIter = I>,
     ) -> Self {
         Publisher {
             link,
+            keeper,
             settings,
             delay,
             source: messages.into_iter().fuse(),
@@ -170,7 +186,7 @@ impl<'a, I: Iterator<Item = Result<TaskMessage>>> Publisher<'a, I> {
                     return Some(Ok((index, key)));
                 }
                 Some(Attempt::Lost(pending, error)) => {
-                    self.in_flight_bytes -= pending.body.len();
+                    self.in_flight_bytes -= pending.bytes();
                     if !self.lost {
                         tracing::warn!(error = %error, "lost the broker while publishing; reconnecting");
                         self.lost = true;
@@ -179,7 +195,7 @@ impl<'a, I: Iterator<Item = Result<TaskMessage>>> Publisher<'a, I> {
                     self.again.push_back(pending);
                 }
                 Some(Attempt::Nacked(pending)) => {
-                    self.in_flight_bytes -= pending.body.len();
+                    self.in_flight_bytes -= pending.bytes();
                     let since = *self.outage.get_or_insert_with(Instant::now);
                     if since.elapsed() >= self.settings.reconnect_max_wait {
                         return Some(Err(Error::Nacked(pending.message.key)));
@@ -251,9 +267,9 @@ impl<'a, I: Iterator<Item = Result<TaskMessage>>> Publisher<'a, I> {
                     continue;
                 }
             };
-            self.in_flight_bytes += pending.body.len();
+            self.in_flight_bytes += pending.bytes();
             self.in_flight
-                .push_back(Box::pin(attempt(channel, to, pending)));
+                .push_back(Box::pin(attempt(channel, self.keeper.clone(), to, pending)));
         }
         Ok(())
     }
@@ -292,8 +308,10 @@ impl<'a, I: Iterator<Item = Result<TaskMessage>>> Publisher<'a, I> {
         Ok(())
     }
 
-    /// Encodes `message` (the next from the iterator), refusing it if it is too large.
-    fn encode(&mut self, message: TaskMessage) -> Result<Pending> {
+    /// Encodes `message` (the next from the iterator), refusing it if it is too large; its
+    /// arguments, when too long to travel inline, are taken out to travel by reference.
+    fn encode(&mut self, mut message: TaskMessage) -> Result<Pending> {
+        let offload = self.keeper.take_args(&mut message);
         let body = message.encode()?;
         if body.len() > self.settings.max_message_bytes {
             return Err(Error::TooLarge {
@@ -308,6 +326,7 @@ impl<'a, I: Iterator<Item = Result<TaskMessage>>> Publisher<'a, I> {
             index,
             message,
             body,
+            offload,
         })
     }
 }
@@ -315,8 +334,19 @@ impl<'a, I: Iterator<Item = Result<TaskMessage>>> Publisher<'a, I> {
 /// First and largest pause before publishing refused (nacked) messages again.
 const NACK_PAUSE: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
 
-/// Publishes `pending` on `channel` and waits for the broker's confirm.
-async fn attempt(channel: Channel, to: Arc<Destination>, pending: Pending) -> Attempt {
+/// Stores the arguments of `pending` passed by reference, if any, then publishes it on `channel`
+/// and waits for the broker's confirm.
+async fn attempt(
+    channel: Channel,
+    keeper: Keeper,
+    to: Arc<Destination>,
+    pending: Pending,
+) -> Attempt {
+    if let (Some(args), Some(reference)) = (&pending.offload, &pending.message.args_ref) {
+        if let Err(e) = keeper.keep(reference, args.clone()).await {
+            return Attempt::Failed(e);
+        }
+    }
     let published = broker::publish_task(&channel, &to, &pending.message, &pending.body).await;
     let confirmation = match published {
         Ok(confirm) => confirm.await.map_err(Error::from),
@@ -325,13 +355,10 @@ async fn attempt(channel: Channel, to: Arc<Destination>, pending: Pending) -> At
     match confirmation {
         Ok(Confirmation::Nack(_)) => Attempt::Nacked(pending),
         Ok(confirmation) => {
-            let Pending {
-                index,
-                message,
-                body,
-            } = pending;
+            let bytes = pending.bytes();
+            let Pending { index, message, .. } = pending;
             match check(&to, &message.key, confirmation) {
-                Ok(()) => Attempt::Confirmed(index, message.key, body.len()),
+                Ok(()) => Attempt::Confirmed(index, message.key, bytes),
                 Err(e) => Attempt::Failed(e),
             }
         }

@@ -42,6 +42,7 @@
 //! - `retries.rs`: a retryable failure goes back to the broker through a delay queue.
 //! - `bag.rs`: the element-wise operations of lazy collections (`rask.bag.map`, …): a registered
 //!   function applied to each element of a partition inside one task.
+//! - `references.rs`: arguments passed by reference read from Redis and checked against it.
 //! - `inputs.rs`: a graph task's inputs read in one `MGET` and substituted, or its
 //!   `DependencyFailed` outcome.
 //! - `events.rs`: task states and events of runs (slot, start, end), kept in memory and written
@@ -86,6 +87,7 @@ mod overrun;
 mod pace;
 mod pools;
 mod presence;
+mod references;
 mod registry;
 mod release;
 mod resources;

@@ -38,7 +38,7 @@ use crate::revocations::Revocations;
 use crate::scheduler;
 use crate::secede::{Deliveries, Seceding, Window, WithResources};
 use crate::writer::{self, Finished};
-use crate::{inputs, retries};
+use crate::{inputs, references, retries};
 
 /// First and largest pause between attempts to reconnect.
 const RECONNECT: (std::time::Duration, std::time::Duration) = (
@@ -74,6 +74,8 @@ pub(crate) struct Shared {
     /// For dead-letter copies and retries.
     pub(crate) confirms: Arc<ConfirmChannel>,
     pub(crate) store: Store,
+    /// The blob store of `blob_url`, if set: arguments and results over `blob_threshold`.
+    pub(crate) blobs: Option<rask_common::blobs::Blobs>,
     /// To the result writer.
     pub(crate) finished: mpsc::Sender<Finished>,
     /// Task counters (`metrics.rs`).
@@ -273,6 +275,7 @@ impl Worker {
             store.warn_about_risks().await;
         }
         let result_limit = ResultLimit::read(&store, &settings).await;
+        let blobs = rask_common::blobs::Blobs::from_settings(&settings)?;
         // Before consuming: a task revoked before this worker started is never run.
         self.revocations.load(&store).await?;
         // Likewise: a limit set before this worker started applies from its first delivery.
@@ -379,6 +382,7 @@ impl Worker {
             metrics: self.metrics.clone(),
             confirms,
             store,
+            blobs,
             finished,
             fatal: fatal.clone(),
             result_limit,
@@ -594,7 +598,27 @@ async fn handle(shared: &Shared, delivery: Delivery, slot: Slot) {
     let mut retryable = false;
     let run = shared.metrics.start(&message.function);
     let recording = shared.events.start(&message);
-    let outcome = match inputs::resolve(&shared.store, &shared.id, &message).await {
+    let signed = shared.signer.is_some();
+    let kept = references::Kept {
+        store: &shared.store,
+        blobs: shared.blobs.as_ref(),
+        blob_threshold: shared.settings.blob_threshold,
+    };
+    let with_args = match references::resolve(&kept, &shared.id, &message, signed).await {
+        Ok(with_args) => with_args,
+        Err(references::Unresolved::Failed(outcome)) => {
+            run.finished(&outcome);
+            if let Some(recording) = recording {
+                recording.finished(&outcome);
+            }
+            return finish(shared, message.key, outcome, delivery).await;
+        }
+        Err(references::Unresolved::Refused(source)) => {
+            let what = "reading arguments";
+            return shared.fatal.raise(Error::StoreRefused { what, source });
+        }
+    };
+    let outcome = match inputs::resolve(&shared.store, &shared.id, &with_args).await {
         Ok(ready) => {
             let limit = time_limit(&message, &shared.settings);
             let overruns = shared.metrics.overruns();
@@ -651,6 +675,13 @@ async fn handle(shared: &Shared, delivery: Delivery, slot: Slot) {
             retries::schedule(&shared.confirms, &settings, retry, delivery).await
         }
         None => {
+            let outcome = match references::keep_result(&kept, &message, outcome).await {
+                Ok(outcome) => outcome,
+                Err(source) => {
+                    let what = "writing a result to the blob store";
+                    return shared.fatal.raise(Error::StoreRefused { what, source });
+                }
+            };
             let outcome = shared.result_limit.apply(outcome, &message, &shared.id);
             run.finished(&outcome);
             if let Some(recording) = recording {

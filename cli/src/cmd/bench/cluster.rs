@@ -36,6 +36,11 @@ pub(super) struct Shape {
     pub(super) shards: u16,
     /// Whether task events are recorded (the `events` setting).
     pub(super) events: bool,
+    /// Longest arguments sent inside the message (`None`: the setting's default; `Some(0)`:
+    /// always inline, as before arguments could go by reference).
+    pub(super) inline_limit: Option<usize>,
+    /// Whether values over `blob_threshold` go to a blob store (a directory of the run).
+    pub(super) blobs: bool,
 }
 
 /// The cluster under test.
@@ -104,6 +109,12 @@ impl Cluster {
             },
             queue_shards: shape.shards,
             events: shape.events,
+            inline_limit: shape.inline_limit.unwrap_or(settings.inline_limit),
+            blob_url: if shape.blobs {
+                format!("file://{}", dir.join("blobs").display())
+            } else {
+                String::new()
+            },
             ..settings
         };
         let mut cluster = Cluster {
@@ -320,6 +331,8 @@ fn settings_env(s: &Settings) -> Vec<(String, String)> {
         ("RASK_MAX_PRIORITY", s.max_priority.to_string()),
         ("RASK_EVENTS", s.events.to_string()),
         ("RASK_EVENTS_MAX_LEN", s.events_max_len.to_string()),
+        ("RASK_INLINE_LIMIT", s.inline_limit.to_string()),
+        ("RASK_BLOB_URL", s.blob_url.clone()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))

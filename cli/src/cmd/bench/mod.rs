@@ -244,6 +244,8 @@ pub(crate) async fn run(global: &Global, args: BenchArgs) -> Result<ExitCode> {
             },
             shards: args.shards,
             events: !args.no_events,
+            inline_limit: args.inline_limit,
+            blobs: args.blobs,
         };
         if args.no_events {
             eprintln!("bench: task events are off");

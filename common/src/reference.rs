@@ -1,0 +1,245 @@
+//! References: a large value kept once outside the task message and named by its content, so
+//! that the message (which RabbitMQ stores on disk and copies to a worker) stays small.
+//!
+//! A task whose encoded arguments are longer than the `inline_limit` setting is published with
+//! `args` empty and [`crate::TaskMessage::args_ref`] set: the arguments are stored first (before
+//! the publish, so a worker never sees a reference to nothing), under a key made of their
+//! SHA-256 digest ([`crate::Keys::argument`]), with the result TTL. The worker reads them before
+//! running the task and checks them against the reference: their length always, their digest
+//! when messages are signed (the signature covers the reference, so a writer of Redis cannot
+//! swap the bytes it names). The format is in docs/protocol.md, "Values by reference".
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use sha2::{Digest as _, Sha256};
+
+use crate::error::{Error, Result};
+
+/// The SHA-256 digest of a value's bytes: its address.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Digest([u8; 32]);
+
+impl Digest {
+    /// The digest of `bytes`.
+    pub fn of(bytes: &[u8]) -> Self {
+        Digest(Sha256::digest(bytes).into())
+    }
+
+    /// The 32 bytes of the digest.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// The 64 lowercase hex digits of the digest (as it appears in keys and object names).
+    pub fn hex(&self) -> String {
+        let mut text = String::with_capacity(64);
+        crate::keys::push_hex(&mut text, &self.0);
+        text
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.hex())
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Digest({})", self.hex())
+    }
+}
+
+impl Serialize for Digest {
+    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Digest {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        let bytes: serde_bytes::ByteBuf = Deserialize::deserialize(deserializer)?;
+        let array: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
+            serde::de::Error::invalid_length(bytes.len(), &"a 32-byte SHA-256 digest")
+        })?;
+        Ok(Digest(array))
+    }
+}
+
+/// Where the bytes a [`Reference`] names are kept.
+///
+/// Not `#[non_exhaustive]`: a reader must handle every location it can decode; a message naming
+/// a location this build does not know does not decode (it is dead-lettered as malformed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum Location {
+    /// In the deployment's Redis, under [`crate::Keys::argument`] of the digest, for the result
+    /// TTL.
+    #[default]
+    Store,
+    /// In the deployment's blob store (`blob_url`, [`crate::blobs`]), as the object named by
+    /// the digest's hex.
+    Blob,
+}
+
+impl Location {
+    fn is_store(&self) -> bool {
+        *self == Location::Store
+    }
+}
+
+/// A value kept outside the message: its digest, its length, where it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Reference {
+    /// SHA-256 of the bytes.
+    pub digest: Digest,
+    /// Their length.
+    pub len: u64,
+    /// Where they are kept; not written for [`Location::Store`].
+    #[serde(default, skip_serializing_if = "Location::is_store")]
+    pub location: Location,
+}
+
+impl Reference {
+    /// A reference to `bytes`, kept at `location`.
+    pub fn to(bytes: &[u8], location: Location) -> Self {
+        Reference {
+            digest: Digest::of(bytes),
+            len: bytes.len() as u64,
+            location,
+        }
+    }
+
+    /// Checks that `bytes` are what this reference names: their length, and their digest when
+    /// `digest` is true.
+    ///
+    /// # Errors
+    /// [`Error::ReferenceMismatch`] saying what differs.
+    pub fn check(&self, bytes: &[u8], digest: bool) -> Result<()> {
+        let mismatch = |what: String| Error::ReferenceMismatch {
+            digest: self.digest,
+            what,
+        };
+        if bytes.len() as u64 != self.len {
+            return Err(mismatch(format!(
+                "{} bytes where the reference says {}",
+                bytes.len(),
+                self.len
+            )));
+        }
+        if digest {
+            let found = Digest::of(bytes);
+            if found != self.digest {
+                return Err(mismatch(format!("the bytes found have digest {found}")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The MessagePack ext type of a stored result that is a reference: an `Outcome::Value` whose
+/// bytes are this ext, with the named-map encoding of a [`Reference`] as its data, stands for
+/// the value kept where the reference says (a result over `blob_threshold`). `0x42` (`B`);
+/// graph placeholders use `0x52` ([`crate::graph::DEPENDENCY_EXT`]).
+pub const RESULT_REF_EXT: i8 = 0x42;
+
+impl Reference {
+    /// The stored value standing for the value this reference names (see [`RESULT_REF_EXT`]).
+    ///
+    /// # Errors
+    /// [`Error::Encode`] (cannot happen: a reference is a few dozen bytes).
+    pub fn to_value_bytes(&self) -> Result<Vec<u8>> {
+        let data = rmp_serde::to_vec_named(self)?;
+        // ext 8 or ext 16 (a reference is about 60 bytes).
+        let mut out = Vec::with_capacity(data.len() + 4);
+        match u8::try_from(data.len()) {
+            Ok(len) => out.extend_from_slice(&[0xc7, len]),
+            Err(_) => {
+                out.push(0xc8);
+                out.extend_from_slice(&(data.len() as u16).to_be_bytes());
+            }
+        }
+        out.push(RESULT_REF_EXT as u8);
+        out.extend_from_slice(&data);
+        Ok(out)
+    }
+
+    /// The reference a stored value stands for, if it is one ([`RESULT_REF_EXT`]); `None` for
+    /// any other value. Cheap: looks at the first bytes only unless they are the ext.
+    pub fn from_value_bytes(bytes: &[u8]) -> Option<Reference> {
+        // A reference's data is far shorter than 64 KiB: ext 8 (c7) or ext 16 (c8) only.
+        let (len, start) = match bytes {
+            [0xc7, len, ty, ..] if *ty as i8 == RESULT_REF_EXT => (usize::from(*len), 3),
+            [0xc8, hi, lo, ty, ..] if *ty as i8 == RESULT_REF_EXT => {
+                (usize::from(u16::from_be_bytes([*hi, *lo])), 4)
+            }
+            _ => return None,
+        };
+        if bytes.len() != start + len {
+            return None;
+        }
+        rmp_serde::from_slice(&bytes[start..]).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digest_is_sha256_in_hex() {
+        assert_eq!(
+            Digest::of(b"abc").hex(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn references_round_trip_and_omit_the_default_location() {
+        let r = Reference::to(b"payload", Location::Store);
+        let bytes = rmp_serde::to_vec_named(&r).unwrap();
+        assert!(!bytes.windows(8).any(|w| w == b"location"));
+        assert_eq!(rmp_serde::from_slice::<Reference>(&bytes).unwrap(), r);
+    }
+
+    #[test]
+    fn a_digest_of_the_wrong_length_is_refused() {
+        #[derive(Serialize)]
+        struct Short {
+            #[serde(with = "serde_bytes")]
+            digest: Vec<u8>,
+            len: u64,
+        }
+        let bytes = rmp_serde::to_vec_named(&Short {
+            digest: vec![1; 31],
+            len: 3,
+        })
+        .unwrap();
+        assert!(rmp_serde::from_slice::<Reference>(&bytes).is_err());
+    }
+
+    #[test]
+    fn a_result_reference_round_trips_and_other_values_are_not_one() {
+        let r = Reference::to(b"a large result", Location::Blob);
+        let stored = r.to_value_bytes().unwrap();
+        assert_eq!(Reference::from_value_bytes(&stored), Some(r));
+        assert_eq!(
+            Reference::from_value_bytes(&stored[..stored.len() - 1]),
+            None
+        );
+        let plain = rmp_serde::to_vec(&serde_bytes::Bytes::new(&stored)).unwrap();
+        assert_eq!(Reference::from_value_bytes(&plain), None);
+        assert_eq!(Reference::from_value_bytes(b""), None);
+    }
+
+    #[test]
+    fn check_compares_length_always_and_digest_when_asked() {
+        let r = Reference::to(b"payload", Location::Store);
+        assert!(r.check(b"payload", true).is_ok());
+        assert!(r.check(b"payloa", false).is_err());
+        // Same length, other bytes: only the digest tells.
+        assert!(r.check(b"PAYLOAD", false).is_ok());
+        let error = r.check(b"PAYLOAD", true).unwrap_err();
+        assert!(error.to_string().contains("digest"), "{error}");
+    }
+}
