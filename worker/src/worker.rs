@@ -74,6 +74,8 @@ pub(crate) struct Shared {
     /// For dead-letter copies and retries.
     pub(crate) confirms: Arc<ConfirmChannel>,
     pub(crate) store: Store,
+    /// Reads the inputs of the graph tasks held, in batches.
+    pub(crate) inputs: inputs::InputReader,
     /// To the result writer.
     pub(crate) finished: mpsc::Sender<Finished>,
     /// Task counters (`metrics.rs`).
@@ -372,6 +374,7 @@ impl Worker {
             id,
             metrics: self.metrics.clone(),
             confirms,
+            inputs: inputs::InputReader::new(store.clone()),
             store,
             finished,
             fatal: fatal.clone(),
@@ -587,7 +590,7 @@ async fn handle(shared: &Shared, delivery: Delivery, slot: Slot) {
     };
     let mut retryable = false;
     let run = shared.metrics.start(&message.function);
-    let outcome = match inputs::resolve(&shared.store, &shared.id, &message).await {
+    let outcome = match inputs::resolve(&shared.inputs, &shared.id, &message).await {
         Ok(ready) => {
             let limit = time_limit(&message, &shared.settings);
             let overruns = shared.metrics.overruns();

@@ -44,6 +44,7 @@
 //! keeps the same records by steps that each stay in one slot.
 
 mod cluster;
+mod ready;
 
 use std::sync::LazyLock;
 
@@ -55,6 +56,8 @@ use crate::keys::Keys;
 use crate::keys::TaskKey;
 use crate::message::TaskMessage;
 use crate::store::Store;
+
+pub use ready::ReadyTask;
 
 /// Most scripts sent in one pipeline.
 const PIPELINE_CHUNK: usize = 1000;
@@ -247,15 +250,16 @@ impl Store {
     /// Stores `outcomes` write-once, announces them and releases their dependents (the release
     /// script), in that order in one pipeline per 1000 outcomes: one round trip for a worker's
     /// batch (on a cluster, a few: see [`cluster`]); then waits for `redis_wait_replicas`
-    /// replicas, if any. Returns the messages of the dependents that are ready to run, without
-    /// duplicates; publish them before acknowledging.
+    /// replicas, if any. Returns the dependents that are ready to run, without duplicates, as
+    /// their stored records (published as they are, not decoded and encoded again); publish
+    /// them before acknowledging.
     ///
     /// # Errors
     /// [`crate::Error::Store`] if Redis fails (call again: storing and releasing are idempotent).
     pub async fn store_and_release(
         &self,
         outcomes: &[(TaskKey, Vec<u8>)],
-    ) -> Result<Vec<TaskMessage>> {
+    ) -> Result<Vec<ReadyTask>> {
         // In chunks, so that no release script keeps Redis from serving others for long.
         let mut bodies = Vec::new();
         for chunk in outcomes.chunks(PIPELINE_CHUNK) {
@@ -321,13 +325,13 @@ impl Store {
     }
 }
 
-/// The ready dependents' task records as messages, without duplicates.
-fn decode_ready(bodies: Vec<Vec<u8>>) -> Vec<TaskMessage> {
+/// The ready dependents' task records, their heads read, without duplicates.
+fn decode_ready(bodies: Vec<Vec<u8>>) -> Vec<ReadyTask> {
     let mut seen = std::collections::HashSet::new();
     let mut ready = Vec::with_capacity(bodies.len());
     for body in bodies {
-        match TaskMessage::decode(&body) {
-            Ok(message) if seen.insert(message.key.clone()) => ready.push(message),
+        match ReadyTask::from_body(body) {
+            Ok(task) if seen.insert(task.key.clone()) => ready.push(task),
             Ok(_) => {}
             Err(e) => tracing::warn!(reason = %e.reason, "skipping an undecodable task record"),
         }
