@@ -625,16 +625,22 @@ async fn a_published_marker_lives_only_while_its_task_has_a_record_and_no_result
         "{marker_ttl} ms, record {record_ttl} ms"
     );
 
-    // Released: no marker; registered again, it is ready again.
+    // Released: no marker, the record kept (lineage); registered again, it is ready again.
     assert_eq!(store.delete(std::slice::from_ref(&key)).await.unwrap(), 0);
     assert!(!exists(&store, marker()).await);
+    assert!(exists(&store, store.keys().task(&key)).await);
+    assert_eq!(register().await.unwrap(), vec![Registration::Ready]);
+    // Once the record is gone (expired), nothing is marked.
+    redis::cmd("DEL")
+        .arg(store.keys().task(&key))
+        .query_async::<()>(&mut store.connection())
+        .await
+        .unwrap();
     mark().await.unwrap();
     assert!(!exists(&store, marker()).await, "no record, no marker");
-    assert_eq!(register().await.unwrap(), vec![Registration::Ready]);
 
     // A marker left without a record (say, a record that expired before it) vouches for
     // nothing: registering writes the record anew and deletes the marker.
-    store.delete(std::slice::from_ref(&key)).await.unwrap();
     redis::cmd("SET")
         .arg(marker())
         .arg("1")

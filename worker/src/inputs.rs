@@ -6,6 +6,9 @@
 //! ([`InputReader`]: the reads asked for while one is in flight go out as the next one, a
 //! pipeline of `MGET`s, which a Redis Cluster splits by slot), not one round trip per task.
 //!
+//! Missing inputs (expired or released) are recomputed from their messages where these are
+//! kept ([`crate::lineage`]); only an input gone with its message fails the task.
+//!
 //! Splicing: each input's value is spliced into the arguments as its stored MessagePack bytes
 //! ([`rask_common::splice`]): the value is borrowed from the stored outcome and copied once,
 //! into the arguments; no value tree is built, nothing is decoded and encoded again.
@@ -18,7 +21,9 @@ use rask_common::{
 };
 use tokio::sync::{mpsc, oneshot};
 
+use crate::lineage::{self, Recovery};
 use crate::retry;
+use crate::worker::Shared;
 
 /// Most tasks whose inputs go in one batched read.
 const READS_PER_BATCH: usize = 512;
@@ -28,11 +33,31 @@ type Stored = Vec<Option<Vec<u8>>>;
 
 /// Why a graph task's inputs are not ready to run it with.
 pub(crate) enum Unresolved {
-    /// The outcome to store instead of running it (an input failed or is missing).
+    /// The outcome to store instead of running it (an input failed, or is gone for good).
     Failed(Outcome),
     /// Redis refused to read them, for a reason retrying cannot fix.
     Refused(rask_common::Error),
+    /// Inputs were gone and are being recomputed: the task waits for them as a record again;
+    /// acknowledge its delivery without an outcome ([`crate::lineage`]).
+    Waiting,
+    /// Inputs were gone and publishing them again failed for a cause that may pass: requeue
+    /// the delivery.
+    Requeue,
 }
+
+/// What the stored inputs of a task make of it.
+enum Spliced<'m> {
+    /// Ready to execute.
+    Ready(Cow<'m, TaskMessage>),
+    /// These inputs have no stored result.
+    Missing(Vec<TaskKey>),
+    /// An input failed: store this instead.
+    Failed(Outcome),
+}
+
+/// Reads of the inputs before a task whose missing inputs keep turning out stored when
+/// relinked (a race with their own release, each time) is given up as missing.
+const READS: usize = 3;
 
 /// One task's read: its input keys, and where the stored outcomes go (`None`: the batched
 /// read failed; the task reads alone, to get its own error).
@@ -98,23 +123,59 @@ impl InputReader {
     }
 }
 
-/// `message` with its inputs in place of the placeholders, ready to execute; or why not.
+/// `message` with its inputs in place of the placeholders, ready to execute; or why not. Inputs
+/// found missing are recomputed from their messages where these are kept ([`crate::lineage`]).
 /// Plain tasks pass through borrowed; `message` itself is left as it is (a retry republishes it
 /// with its placeholders).
 pub(crate) async fn resolve<'m>(
-    reader: &InputReader,
-    worker: &str,
+    shared: &Shared,
     message: &'m TaskMessage,
 ) -> Result<Cow<'m, TaskMessage>, Unresolved> {
     if message.deps.is_empty() {
         return Ok(Cow::Borrowed(message));
     }
-    let stored = reader
-        .read(&message.deps)
-        .await
-        .map_err(Unresolved::Refused)?;
+    let mut missing = Vec::new();
+    for _ in 0..READS {
+        let stored = shared
+            .inputs
+            .read(&message.deps)
+            .await
+            .map_err(Unresolved::Refused)?;
+        missing = match splice_inputs(&shared.id, message, &stored) {
+            Spliced::Ready(ready) => return Ok(ready),
+            Spliced::Failed(outcome) => return Err(Unresolved::Failed(outcome)),
+            Spliced::Missing(missing) => missing,
+        };
+        let recovered = lineage::recover(shared, message, &missing)
+            .await
+            .map_err(Unresolved::Refused)?;
+        match recovered {
+            Recovery::Stored => continue,
+            Recovery::Waiting => return Err(Unresolved::Waiting),
+            Recovery::Requeue => return Err(Unresolved::Requeue),
+            Recovery::Failed(outcome) => return Err(Unresolved::Failed(outcome)),
+        }
+    }
+    let text = format!(
+        "inputs {} have no stored result (they expired or were released before this task ran)",
+        missing
+            .iter()
+            .map(TaskKey::as_str)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let failure = TaskFailure::of(message, FailureKind::DependencyFailed, text, &shared.id);
+    Err(Unresolved::Failed(Outcome::Failure(failure)))
+}
+
+/// `message` with the `stored` outcomes of its inputs (in the order of its `deps`) spliced in.
+fn splice_inputs<'m>(
+    worker: &str,
+    message: &'m TaskMessage,
+    stored: &[Option<Vec<u8>>],
+) -> Spliced<'m> {
     let fail = |text: String| {
-        Unresolved::Failed(Outcome::Failure(TaskFailure::of(
+        Spliced::Failed(Outcome::Failure(TaskFailure::of(
             message,
             FailureKind::DependencyFailed,
             text,
@@ -122,40 +183,43 @@ pub(crate) async fn resolve<'m>(
         )))
     };
     let mut values: HashMap<&str, &[u8]> = HashMap::with_capacity(stored.len());
-    for (key, bytes) in message.deps.iter().zip(&stored) {
+    let mut missing = Vec::new();
+    for (key, bytes) in message.deps.iter().zip(stored) {
         let Some(bytes) = bytes else {
-            return Err(fail(format!(
-                "input {key} has no stored result (it expired or was released before this task ran)"
-            )));
+            missing.push(key.clone());
+            continue;
         };
         let value = match StoredOutcome::decode(bytes) {
             Ok(StoredOutcome::Value(value)) => value,
             Ok(StoredOutcome::Failure(f)) if f.kind == FailureKind::DependencyFailed => {
-                return Err(fail(f.message))
+                return fail(f.message)
             }
             Ok(StoredOutcome::Failure(f)) => {
-                return Err(fail(format!(
+                return fail(format!(
                     "root task {} (key {}) {}: {}",
                     f.task, f.key, f.kind, f.message
-                )))
+                ))
             }
-            Err(e) => return Err(fail(format!("input {key} is not a stored outcome: {e}"))),
+            Err(e) => return fail(format!("input {key} is not a stored outcome: {e}")),
         };
         match splice::value_len(value) {
             Ok(len) if len == value.len() => {}
-            Ok(_) => return Err(fail(format!("input {key} is not one MessagePack value"))),
-            Err(e) => return Err(fail(format!("input {key} is not MessagePack: {e}"))),
+            Ok(_) => return fail(format!("input {key} is not one MessagePack value")),
+            Err(e) => return fail(format!("input {key} is not MessagePack: {e}")),
         }
         values.insert(key.as_str(), value);
     }
+    if !missing.is_empty() {
+        return Spliced::Missing(missing);
+    }
     match splice::splice(&message.args, |key| values.get(key).copied()) {
         // The placeholders' message is kept for a retry; the rest is small (key, names).
-        Ok(Some(args)) => Ok(Cow::Owned(TaskMessage {
+        Ok(Some(args)) => Spliced::Ready(Cow::Owned(TaskMessage {
             args,
             ..message.clone()
         })),
         // Nothing to splice; or malformed arguments, left to the registry, which reports them
         // as BadArguments.
-        Ok(None) | Err(_) => Ok(Cow::Borrowed(message)),
+        Ok(None) | Err(_) => Spliced::Ready(Cow::Borrowed(message)),
     }
 }

@@ -42,8 +42,10 @@
 //! - `retries.rs`: a retryable failure goes back to the broker through a delay queue.
 //! - `bag.rs`: the element-wise operations of lazy collections (`rask.bag.map`, …): a registered
 //!   function applied to each element of a partition inside one task.
-//! - `inputs.rs`: a graph task's inputs read in one `MGET` and substituted, or its
-//!   `DependencyFailed` outcome.
+//! - `inputs.rs`: a graph task's inputs read with the other tasks' in one batched `MGET` and
+//!   spliced in as raw bytes, or its `DependencyFailed` outcome.
+//! - `lineage.rs`: inputs found gone recomputed from their stored messages while the task waits
+//!   for them again as a record.
 //! - `writer/`: outcomes to Redis in batches, then acknowledgements (never before); a batch
 //!   Redis refuses is split so that one refused outcome holds no other (`store.rs`), and
 //!   released dependents the broker refuses fail instead of looping (`settle.rs`).
@@ -74,6 +76,7 @@ mod execute;
 mod fatal;
 mod inputs;
 mod limits;
+mod lineage;
 mod metrics;
 mod ops;
 mod overrun;

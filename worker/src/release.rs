@@ -215,7 +215,7 @@ pub(crate) async fn publish(
 
 /// Publishes the released task `ready` to `to` from its stored body and waits for the
 /// broker's confirmation.
-async fn publish_ready(
+pub(crate) async fn publish_ready(
     channel: &Channel,
     to: &Destination,
     ready: &ReadyTask,

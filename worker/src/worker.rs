@@ -38,7 +38,7 @@ use crate::revocations::Revocations;
 use crate::scheduler;
 use crate::secede::{Deliveries, Seceding, Window, WithResources};
 use crate::writer::{self, Finished};
-use crate::{inputs, retries};
+use crate::{inputs, lineage, retries};
 
 /// First and largest pause between attempts to reconnect.
 const RECONNECT: (std::time::Duration, std::time::Duration) = (
@@ -590,7 +590,7 @@ async fn handle(shared: &Shared, delivery: Delivery, slot: Slot) {
     };
     let mut retryable = false;
     let run = shared.metrics.start(&message.function);
-    let outcome = match inputs::resolve(&shared.inputs, &shared.id, &message).await {
+    let outcome = match inputs::resolve(shared, &message).await {
         Ok(ready) => {
             let limit = time_limit(&message, &shared.settings);
             let overruns = shared.metrics.overruns();
@@ -632,6 +632,8 @@ async fn handle(shared: &Shared, delivery: Delivery, slot: Slot) {
             }
         }
         Err(inputs::Unresolved::Failed(outcome)) => outcome,
+        Err(inputs::Unresolved::Waiting) => return lineage::settle(&delivery, false).await,
+        Err(inputs::Unresolved::Requeue) => return lineage::settle(&delivery, true).await,
         Err(inputs::Unresolved::Refused(source)) => {
             let what = "reading inputs";
             return shared.fatal.raise(Error::StoreRefused { what, source });

@@ -44,6 +44,7 @@
 //! keeps the same records by steps that each stay in one slot.
 
 mod cluster;
+pub mod lineage;
 mod ready;
 
 use std::sync::LazyLock;
@@ -70,7 +71,8 @@ const REGISTER_CHUNK: usize = 200;
 
 /// Registers graph tasks, each idempotently: registering a task again (a retry whose first reply
 /// was lost, or another producer's identical graph) redoes every step and answers as the first
-/// time would now. ARGV: the key prefix, the TTL in ms, then for each task its key, its message,
+/// time would now. ARGV: the key prefix, the TTL in ms, the records' TTL in ms (lineage), then
+/// for each task its key, its message,
 /// its number of dependencies and their keys. Returns for each task, in order, 0 (its result is
 /// stored, or it is published: nothing to do), 1 (waiting) or 2 (ready: the caller publishes
 /// it). A marker counts only beside a record that existed before: when the record is written
@@ -82,8 +84,9 @@ static REGISTER: LazyLock<Script> = LazyLock::new(|| {
         r"
 local prefix = ARGV[1]
 local ttl = ARGV[2]
+local record_ttl = ARGV[3]
 local codes = {}
-local i = 3
+local i = 4
 while i <= #ARGV do
   local key = ARGV[i]
   local first_dep = i + 3
@@ -94,10 +97,10 @@ while i <= #ARGV do
   local code = 1
   if redis.call('EXISTS', prefix .. ':result:' .. key) == 1 then
     code = 0
-  elseif redis.call('SET', record, ARGV[i + 1], 'NX', 'PX', ttl) then
+  elseif redis.call('SET', record, ARGV[i + 1], 'NX', 'PX', record_ttl) then
     redis.call('DEL', published)
   else
-    redis.call('PEXPIRE', record, ttl)
+    redis.call('PEXPIRE', record, record_ttl)
     if redis.call('EXISTS', published) == 1 then code = 0 end
   end
   if code == 1 then
@@ -218,7 +221,7 @@ impl Store {
             let mut invocations = Vec::with_capacity(chunk.len().div_ceil(REGISTER_CHUNK));
             for tasks in chunk.chunks(REGISTER_CHUNK) {
                 let mut inv = REGISTER.prepare_invoke();
-                inv.arg(keys.prefix()).arg(ttl_ms);
+                inv.arg(keys.prefix()).arg(ttl_ms).arg(self.lineage_ms());
                 for task in tasks {
                     inv.arg(task.key.as_str())
                         .arg(task.encode()?)
