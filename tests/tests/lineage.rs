@@ -129,3 +129,22 @@ async fn an_input_gone_with_its_message_fails_the_task_naming_it() {
     assert_eq!(middles.runs().await, 2, "nothing was recomputed");
     worker.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_graph_computed_over_a_released_result_recomputes_it() {
+    let env = TestEnv::new("lineagelater").await;
+    let client = env.client().await;
+    let (leaves, middles) = (Counter::new(&env, "leaves"), Counter::new(&env, "middles"));
+    let mids = three_levels(&env, &client, &leaves, &middles).await;
+    let released: Vec<TaskKey> = vec![mids[0].0.key().clone()];
+    assert_eq!(client.release(&released).await.unwrap(), 1);
+
+    // Registered after the release: the new graph waits for the released middle, which its
+    // producer publishes again from its kept message.
+    let worker = env.run_worker(registry());
+    let graph = over(&mids);
+    let computed = tokio::time::timeout(PATIENCE, client.compute(&graph)).await;
+    assert_eq!(computed.unwrap().unwrap(), mids[0].1 + mids[1].1 + 7);
+    assert_eq!((leaves.runs().await, middles.runs().await), (4, 3));
+    worker.stop().await.unwrap();
+}

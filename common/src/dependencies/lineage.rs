@@ -27,6 +27,7 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
+use super::ReadyTask;
 use crate::error::Result;
 #[cfg(doc)]
 use crate::keys::Keys;
@@ -53,7 +54,8 @@ return 0
 });
 
 /// Step 2. KEYS: the input's result, record, dependents set, published marker, pending set
-/// and rebuild counter. ARGV: the waiting task's key, the TTL in ms, the most rebuilds.
+/// and rebuild counter. ARGV: the waiting task's key (empty: link nothing, see
+/// [`Store::rebuild_lost`]), the TTL in ms, the most rebuilds.
 /// Returns 0 (stored), 1 (gone), 2 (on its way), 3 (exhausted) or its record (rebuild).
 static RELINK: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -61,8 +63,10 @@ static RELINK: LazyLock<Script> = LazyLock::new(|| {
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local record = redis.call('GET', KEYS[2])
 if not record then return 1 end
-redis.call('SADD', KEYS[3], ARGV[1])
-redis.call('PEXPIRE', KEYS[3], ARGV[2])
+if ARGV[1] ~= '' then
+  redis.call('SADD', KEYS[3], ARGV[1])
+  redis.call('PEXPIRE', KEYS[3], ARGV[2])
+end
 if redis.call('EXISTS', KEYS[4]) == 1 or redis.call('SCARD', KEYS[5]) > 0 then return 2 end
 local rebuilds = redis.call('INCR', KEYS[6])
 local ttl = redis.call('PTTL', KEYS[2])
@@ -122,6 +126,34 @@ impl Store {
     /// # Errors
     /// [`crate::Error::Store`] if Redis fails (call again: only a rebuild count may grow).
     pub async fn relink(&self, key: &TaskKey, missing: &[TaskKey]) -> Result<Vec<Relink>> {
+        self.relink_as(key.as_str(), missing).await
+    }
+
+    /// For a producer whose new graph waits for `inputs` known only by key (futures of earlier
+    /// graphs), which its registration linked it to: those whose result is gone but whose
+    /// message is kept, not marked published and not waiting for inputs of their own, have
+    /// their rebuilds counted and are returned, to be published (then marked) by the caller,
+    /// so that a graph over a released or expired result recomputes it instead of waiting
+    /// for a task nobody runs.
+    ///
+    /// # Errors
+    /// [`crate::Error::Store`] if Redis fails.
+    pub async fn rebuild_lost(&self, inputs: &[TaskKey]) -> Result<Vec<ReadyTask>> {
+        if inputs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let found = self.relink_as("", inputs).await?;
+        Ok(found
+            .into_iter()
+            .filter_map(|relink| match relink {
+                Relink::Rebuild(record) => ReadyTask::from_body(record).ok(),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// [`Store::relink`] for the task `key` (empty: link nothing).
+    async fn relink_as(&self, key: &str, missing: &[TaskKey]) -> Result<Vec<Relink>> {
         let keys = self.keys();
         let mut pipe = redis::pipe();
         pipe.load_script(&RELINK).ignore();
@@ -133,7 +165,7 @@ impl Store {
                 .key(keys.published(input))
                 .key(keys.pending(input))
                 .key(keys.rebuilds(input))
-                .arg(key.as_str())
+                .arg(key)
                 .arg(self.ttl_ms())
                 .arg(MAX_REBUILDS);
             pipe.invoke_script(&inv);
