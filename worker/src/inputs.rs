@@ -81,6 +81,15 @@ impl InputReader {
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(READS_PER_BATCH);
             while asked.recv_many(&mut batch, READS_PER_BATCH).await > 0 {
+                // Handlers spawned with this one (deliveries that came together) ask next:
+                // let them, so that their reads go in this batch rather than the next.
+                tokio::task::yield_now().await;
+                while batch.len() < READS_PER_BATCH {
+                    match asked.try_recv() {
+                        Ok(read) => batch.push(read),
+                        Err(_) => break,
+                    }
+                }
                 let keys: Vec<TaskKey> =
                     batch.iter().flat_map(|r| r.keys.iter().cloned()).collect();
                 let read = retry::until_ok("reading inputs", || reading.get_outcomes(&keys)).await;
