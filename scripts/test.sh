@@ -66,7 +66,7 @@ if [ "$#" -eq 0 ]; then
     fi
 fi
 
-# Then the core and graph suites again, on clusters: a 3-node RabbitMQ cluster with quorum
+# Then the core, graph and lineage suites again, on clusters: a 3-node RabbitMQ cluster with quorum
 # queues and a Redis Cluster of 3 primaries and 3 replicas (rask-test-clusters starts them and
 # writes the variables that point the suites at them). Only for a whole run.
 if [ "$#" -eq 0 ]; then
@@ -87,7 +87,7 @@ if [ "$#" -eq 0 ]; then
     # the same features and the binaries it built (`-p` alone would resolve other features of
     # shared dependencies, serde's among them, and rebuild nearly everything).
     (set -a; . "$clusters_env"; exec cargo nextest run --workspace --no-fail-fast \
-        -E 'package(rask-tests) & (binary(core) | binary(graph))') || status=$?
+        -E 'package(rask-tests) & (binary(core) | binary(graph) | binary(lineage))') || status=$?
     kill "$clusters_pid"
     wait "$clusters_pid" || true
     exit "$status"

@@ -441,16 +441,34 @@ pub async fn publish_task(
     message: &crate::TaskMessage,
     body: &[u8],
 ) -> Result<lapin::PublisherConfirm> {
+    publish_body(
+        channel,
+        to,
+        &message.key,
+        signed_properties(message, to, body),
+        body,
+    )
+    .await
+}
+
+/// Publishes `body`, the message of task `key`, with `properties` to `to`.
+async fn publish_body(
+    channel: &Channel,
+    to: &Destination,
+    key: &crate::TaskKey,
+    properties: BasicProperties,
+    body: &[u8],
+) -> Result<lapin::PublisherConfirm> {
     Ok(channel
         .basic_publish(
             to.exchange.as_str().into(),
-            to.routing_key_for(&message.key).into(),
+            to.routing_key_for(key).into(),
             lapin::options::BasicPublishOptions {
                 mandatory: true,
                 ..Default::default()
             },
             body,
-            signed_properties(message, to, body),
+            properties,
         )
         .await?)
 }
@@ -462,7 +480,11 @@ fn signed_properties(
     to: &Destination,
     body: &[u8],
 ) -> BasicProperties {
-    let mut properties = task_properties(message);
+    sign(task_properties(message), to, body)
+}
+
+/// `properties` with the delay headers of `to` and the signature of `body` when `to` signs.
+fn sign(mut properties: BasicProperties, to: &Destination, body: &[u8]) -> BasicProperties {
     if let Some(delay) = &to.delay {
         properties = properties.with_headers(delay.clone());
     }
@@ -474,16 +496,37 @@ fn signed_properties(
 
 /// Properties of a task message: persistent, typed, identified by its key, with its priority.
 pub fn task_properties(message: &crate::TaskMessage) -> BasicProperties {
+    properties_of(&message.key, &message.function, message.priority)
+}
+
+/// [`task_properties`] from the fields themselves.
+fn properties_of(key: &crate::TaskKey, function: &str, priority: u8) -> BasicProperties {
     let properties = BasicProperties::default()
         .with_delivery_mode(2)
         .with_content_type(CONTENT_TYPE.into())
-        .with_message_id(message.key.as_str().into())
-        .with_type(message.function.as_str().into());
-    if message.priority > 0 {
-        properties.with_priority(message.priority)
+        .with_message_id(key.as_str().into())
+        .with_type(function.into());
+    if priority > 0 {
+        properties.with_priority(priority)
     } else {
         properties
     }
+}
+
+/// Publishes a released graph task from its stored record ([`crate::dependencies::ReadyTask`]),
+/// as [`publish_task`] does a message: the body goes out as stored, never decoded and encoded
+/// again.
+///
+/// # Errors
+/// [`crate::Error::Broker`] if the channel refuses the publish.
+pub async fn publish_ready(
+    channel: &Channel,
+    to: &Destination,
+    ready: &crate::dependencies::ReadyTask,
+) -> Result<lapin::PublisherConfirm> {
+    let properties = properties_of(&ready.key, &ready.function, ready.priority);
+    let properties = sign(properties, to, &ready.body);
+    publish_body(channel, to, &ready.key, properties, &ready.body).await
 }
 
 /// Declares the fanout exchange of broadcast requests (`rask run`), `{exchange}.broadcast`, and

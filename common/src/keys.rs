@@ -232,9 +232,16 @@ impl Keys {
         format!("{}:arg:*", self.prefix)
     }
 
+    /// How many times the result of graph task `key` was recomputed from its message because a
+    /// dependent found it gone (see [`crate::dependencies::lineage`]): `{prefix}:rebuilds:{key}`,
+    /// an integer living as long as the task's record.
+    pub fn rebuilds(&self, key: &TaskKey) -> String {
+        self.of_task("rebuilds", key)
+    }
+
     /// Patterns (for `SCAN MATCH`) of every graph bookkeeping key of this prefix.
-    pub fn graph_patterns(&self) -> [String; 4] {
-        ["task", "published", "pending", "dependents"]
+    pub fn graph_patterns(&self) -> [String; 5] {
+        ["task", "published", "pending", "dependents", "rebuilds"]
             .map(|kind| format!("{}:{kind}:*", self.prefix))
     }
 

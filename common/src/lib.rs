@@ -16,6 +16,7 @@
 //! - [`context`]: what a task body may take besides its arguments: its [`TaskContext`] and the
 //!   worker's [`State`].
 //! - [`graph`]: lazy task graphs: [`graph::Delayed`] calls, their [`graph::Arg`]s, content keys.
+//! - [`splice`]: graph inputs spliced into a task's arguments as raw MessagePack bytes.
 //! - [`dependencies`]: the Redis scripts that register graph tasks and release them when their
 //!   inputs are stored.
 //! - [`builtins`]: the functions every stock worker runs (`inc`, `add`, `sum`, `echo`, …).
@@ -72,6 +73,7 @@ pub mod revocations;
 pub mod schedule;
 pub mod settings;
 pub mod signing;
+pub mod splice;
 pub mod store;
 mod store_conn;
 pub mod store_risks;
@@ -84,7 +86,7 @@ pub use graph::{Arg, Delayed};
 pub use keys::{Keys, TaskKey};
 pub use message::{TaskMessage, PROTOCOL_VERSION};
 pub use options::TaskOptions;
-pub use outcome::{FailureKind, Outcome, TaskFailure};
+pub use outcome::{FailureKind, Outcome, StoredOutcome, TaskFailure};
 pub use pool::Pool;
 pub use resources::{ResourceSlots, Resources};
 pub use retry::RetryPolicy;

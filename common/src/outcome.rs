@@ -34,6 +34,27 @@ impl Outcome {
     }
 }
 
+/// A stored outcome read without copying its value: what a worker splices into a graph task's
+/// arguments ([`crate::splice`]).
+#[derive(Debug, PartialEq, Deserialize)]
+#[serde(rename = "Outcome")]
+pub enum StoredOutcome<'a> {
+    /// The task's return value, MessagePack-encoded, borrowed from the stored bytes.
+    Value(#[serde(borrow, with = "serde_bytes")] &'a [u8]),
+    /// The task did not produce a value.
+    Failure(TaskFailure),
+}
+
+impl<'a> StoredOutcome<'a> {
+    /// Reads stored bytes, borrowing the value from them.
+    ///
+    /// # Errors
+    /// [`crate::Error::Decode`] if the bytes are not an outcome.
+    pub fn decode(bytes: &'a [u8]) -> Result<Self> {
+        Ok(rmp_serde::from_slice(bytes)?)
+    }
+}
+
 /// Why a task failed, with enough context to find it: which task, which key, which worker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskFailure {
@@ -193,6 +214,15 @@ mod tests {
         let text = failure.to_string();
         assert!(text.contains("explode") && text.contains("panicked") && text.contains("boom"));
         assert!(!text.contains("attempts"), "{text}");
+        let value = Outcome::Value(vec![0x92, 1, 2]).encode().unwrap();
+        assert_eq!(
+            StoredOutcome::decode(&value).unwrap(),
+            StoredOutcome::Value(&[0x92, 1, 2])
+        );
+        assert_eq!(
+            StoredOutcome::decode(&outcome.encode().unwrap()).unwrap(),
+            StoredOutcome::Failure(failure.clone())
+        );
         failure.attempts = 3;
         assert!(failure.to_string().contains("after 3 attempts"));
     }

@@ -135,6 +135,12 @@ pub struct Settings {
     /// How long a stored result lives in Redis. Default `1day`.
     #[serde(with = "humantime_serde")]
     pub result_ttl: Duration,
+    /// How long the messages of graph tasks (their `{prefix}:task:{key}` records) are kept,
+    /// from when they are registered: a worker that finds an input's result gone (expired or
+    /// released) recomputes it from its message while it is kept (lineage). Records live for
+    /// the longer of this and `result_ttl`. Default `2days` (twice the default `result_ttl`).
+    #[serde(with = "humantime_serde")]
+    pub lineage_ttl: Duration,
     /// Tasks a worker runs at once. Default: the number of CPUs.
     pub concurrency: usize,
     /// What a worker has of named resources, e.g. `gpu=2,mem=16GiB` (`RASK_RESOURCES`,
@@ -327,6 +333,7 @@ impl Default for Settings {
             dead_letter_max_bytes: 256 << 20,
             key_prefix: "rask".into(),
             result_ttl: Duration::from_secs(24 * 3600),
+            lineage_ttl: Duration::from_secs(2 * 24 * 3600),
             concurrency: std::thread::available_parallelism().map_or(1, |n| n.get()),
             resources: crate::resources::Resources::new(),
             prefetch: 0,
@@ -718,6 +725,7 @@ impl fmt::Debug for Settings {
             .field("dead_letter_max_bytes", &self.dead_letter_max_bytes)
             .field("key_prefix", &self.key_prefix)
             .field("result_ttl", &self.result_ttl)
+            .field("lineage_ttl", &self.lineage_ttl)
             .field("concurrency", &self.concurrency)
             .field("resources", &self.resources.to_string())
             .field("prefetch", &self.prefetch)

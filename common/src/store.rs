@@ -57,6 +57,8 @@ pub struct Store {
     waits: Connection,
     keys: Keys,
     ttl: Duration,
+    /// How long graph task records live: the longer of `lineage_ttl` and `result_ttl`.
+    lineage: Duration,
     replica_waits: ReplicaWaits,
 }
 
@@ -84,6 +86,7 @@ impl Store {
             waits,
             keys,
             ttl: settings.result_ttl,
+            lineage: settings.lineage_ttl.max(settings.result_ttl),
             replica_waits: ReplicaWaits::new(settings.redis_wait_replicas),
         })
     }
@@ -138,6 +141,11 @@ impl Store {
     /// The TTL of everything stored, in milliseconds.
     pub(crate) fn ttl_ms(&self) -> u64 {
         u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The TTL of graph task records (lineage), in milliseconds.
+    pub(crate) fn lineage_ms(&self) -> u64 {
+        u64::try_from(self.lineage.as_millis()).unwrap_or(u64::MAX)
     }
 
     /// A pipeline that stores `outcomes` write-once with the TTL (replies ignored).
@@ -252,9 +260,11 @@ impl Store {
         Ok((count, stored))
     }
 
-    /// Deletes the stored outcomes of `keys`, their graph task records, published markers and
-    /// delivery counters (so that a graph submitted again runs them again); returns how many
-    /// outcomes existed. (Their state records stay until their time bucket expires.)
+    /// Deletes the stored outcomes of `keys`, their published markers and delivery counters (so
+    /// that a graph submitted again runs them again); returns how many outcomes existed. Their
+    /// graph task records stay, for `lineage_ttl`: a graph task that needs one of these results
+    /// later has it recomputed from its message ([`crate::dependencies::lineage`]); `purge`
+    /// deletes them. Their state records stay until their time bucket expires.
     ///
     /// # Errors
     /// [`crate::Error::Store`] if Redis fails.
@@ -265,13 +275,7 @@ impl Store {
         let names: Vec<String> = keys.iter().map(|k| self.keys.result(k)).collect();
         let records: Vec<String> = keys
             .iter()
-            .flat_map(|k| {
-                [
-                    self.keys.task(k),
-                    self.keys.published(k),
-                    self.keys.deliveries(k),
-                ]
-            })
+            .flat_map(|k| [self.keys.published(k), self.keys.deliveries(k)])
             .collect();
         let (deleted,): (u64,) = redis::pipe()
             .cmd("DEL")

@@ -146,12 +146,14 @@ impl Client {
             Ok(self.store().register_tasks(&messages).await?)
         })
         .await?;
+        let lost = self.rebuild_lost(&messages, &found).await?;
         let ready: Vec<_> = messages
             .into_iter()
             .zip(found)
             .filter(|(_, r)| *r == Registration::Ready)
             .map(|(m, _)| m)
             .collect();
+        let ready: Vec<_> = ready.into_iter().chain(lost).collect();
         let keys: Vec<TaskKey> = ready.iter().map(|m| m.key.clone()).collect();
         self.publish(ready.into_iter().map(Ok)).await?;
         if keys.is_empty() {
@@ -164,6 +166,46 @@ impl Client {
             tracing::warn!(error = %e, tasks = keys.len(), "could not mark published graph tasks; persisting them again before they finish may run them twice");
         }
         Ok(())
+    }
+}
+
+impl Client {
+    /// The inputs known only by key (results of earlier graphs) that the waiting tasks of
+    /// `messages` (registered as `found`) wait for, whose results are gone but whose messages
+    /// are kept: recomputed from their messages (lineage), to be published with the ready tasks.
+    async fn rebuild_lost(
+        &self,
+        messages: &[rask_common::TaskMessage],
+        found: &[Registration],
+    ) -> Result<Vec<rask_common::TaskMessage>> {
+        let submitted: HashSet<&TaskKey> = messages.iter().map(|m| &m.key).collect();
+        let mut seen = HashSet::new();
+        let external: Vec<TaskKey> = messages
+            .iter()
+            .zip(found)
+            .filter(|(_, r)| **r == Registration::Waiting)
+            .flat_map(|(m, _)| &m.deps)
+            .filter(|dep| !submitted.contains(dep) && seen.insert(*dep))
+            .cloned()
+            .collect();
+        if external.is_empty() {
+            return Ok(Vec::new());
+        }
+        let wait = self.settings().reconnect_max_wait;
+        let lost = store_retrying("recomputing lost inputs", wait, || async {
+            Ok(self.store().rebuild_lost(&external).await?)
+        })
+        .await?;
+        Ok(lost
+            .into_iter()
+            .filter_map(|task| match task.message() {
+                Ok(message) => Some(message),
+                Err(e) => {
+                    tracing::warn!(key = %task.key, reason = %e.reason, "skipping an undecodable task record");
+                    None
+                }
+            })
+            .collect())
     }
 }
 

@@ -58,10 +58,21 @@ impl Client {
         outcomes: &[(TaskKey, Vec<u8>)],
     ) -> Result<Vec<rask_common::TaskMessage>> {
         let wait = self.settings().reconnect_max_wait;
-        store_retrying(what, wait, || async {
+        let ready = store_retrying(what, wait, || async {
             Ok(self.store().store_and_release(outcomes).await?)
         })
-        .await
+        .await?;
+        // This client publishes messages: the records are decoded (not on a worker's path).
+        Ok(ready
+            .into_iter()
+            .filter_map(|task| match task.message() {
+                Ok(message) => Some(message),
+                Err(e) => {
+                    tracing::warn!(key = %task.key, reason = %e.reason, "skipping an undecodable task record");
+                    None
+                }
+            })
+            .collect())
     }
 
     /// Waits until every one of `futures` has an outcome, a value or a failure, without reading

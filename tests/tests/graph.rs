@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use rask::builtins::{add, inc, sleep_ms, sum_ints};
 use rask::{Arg, Client, Delayed, FailureKind, Future, TaskKey};
-use rask_common::dependencies::Registration;
+use rask_common::dependencies::{ReadyTask, Registration};
 use rask_common::message::encode_value;
 use rask_common::{Outcome, Store, TaskMessage};
 use rask_tests::runs::{ready_workers, until_stored};
@@ -566,22 +566,15 @@ async fn registering_and_releasing_are_idempotent() {
     let b_done = [(b.key().clone(), value(3))];
     assert!(store.store_and_release(&a_done).await.unwrap().is_empty());
     assert_eq!(register().await.unwrap(), vec![Registration::Waiting]);
-    assert_eq!(
-        store.store_and_release(&b_done).await.unwrap(),
-        vec![message.clone()]
-    );
+    // Released tasks come back as their stored records, published as they are.
+    let released = vec![ReadyTask::from_message(&message).unwrap()];
+    assert_eq!(store.store_and_release(&b_done).await.unwrap(), released);
     // Released, and so marked published: registering again leaves it to the releasing worker.
     assert_eq!(register().await.unwrap(), vec![Registration::Known]);
     // That worker died before publishing and acking: the redelivered tasks release `c` again,
     // marked or not, so it is not lost.
-    assert_eq!(
-        store.store_and_release(&b_done).await.unwrap(),
-        vec![message.clone()]
-    );
-    assert_eq!(
-        store.store_and_release(&a_done).await.unwrap(),
-        vec![message.clone()]
-    );
+    assert_eq!(store.store_and_release(&b_done).await.unwrap(), released);
+    assert_eq!(store.store_and_release(&a_done).await.unwrap(), released);
     // Once `c` has a result, nothing releases it any more.
     assert!(store
         .store_and_release(&[(c.key().clone(), value(5))])
@@ -632,16 +625,22 @@ async fn a_published_marker_lives_only_while_its_task_has_a_record_and_no_result
         "{marker_ttl} ms, record {record_ttl} ms"
     );
 
-    // Released: no marker; registered again, it is ready again.
+    // Released: no marker, the record kept (lineage); registered again, it is ready again.
     assert_eq!(store.delete(std::slice::from_ref(&key)).await.unwrap(), 0);
     assert!(!exists(&store, marker()).await);
+    assert!(exists(&store, store.keys().task(&key)).await);
+    assert_eq!(register().await.unwrap(), vec![Registration::Ready]);
+    // Once the record is gone (expired), nothing is marked.
+    redis::cmd("DEL")
+        .arg(store.keys().task(&key))
+        .query_async::<()>(&mut store.connection())
+        .await
+        .unwrap();
     mark().await.unwrap();
     assert!(!exists(&store, marker()).await, "no record, no marker");
-    assert_eq!(register().await.unwrap(), vec![Registration::Ready]);
 
     // A marker left without a record (say, a record that expired before it) vouches for
     // nothing: registering writes the record anew and deletes the marker.
-    store.delete(std::slice::from_ref(&key)).await.unwrap();
     redis::cmd("SET")
         .arg(marker())
         .arg("1")

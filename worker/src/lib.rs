@@ -43,8 +43,10 @@
 //! - `bag.rs`: the element-wise operations of lazy collections (`rask.bag.map`, …): a registered
 //!   function applied to each element of a partition inside one task.
 //! - `references.rs`: arguments passed by reference read from Redis and checked against it.
-//! - `inputs.rs`: a graph task's inputs read in one `MGET` and substituted, or its
-//!   `DependencyFailed` outcome.
+//! - `inputs.rs`: a graph task's inputs read with the other tasks' in one batched `MGET` and
+//!   spliced in as raw bytes, or its `DependencyFailed` outcome.
+//! - `lineage.rs`: inputs found gone recomputed from their stored messages while the task waits
+//!   for them again as a record.
 //! - `events.rs`: task states and events of runs (slot, start, end), kept in memory and written
 //!   with the result batches (`events` setting).
 //! - `writer/`: outcomes to Redis in batches, then acknowledgements (never before); a batch
@@ -81,6 +83,7 @@ mod fatal;
 pub mod foreign;
 mod inputs;
 mod limits;
+mod lineage;
 mod metrics;
 mod ops;
 mod overrun;

@@ -1,6 +1,7 @@
 //! Publishing from a worker. Releasing graph tasks: the writer stores a batch of outcomes and
 //! runs the release script in one pipeline (`Store::store_and_release`); this module publishes
-//! the dependents that became ready, confirmed, before the batch is acknowledged. No scheduler,
+//! the dependents that became ready, confirmed, before the batch is acknowledged, from their
+//! stored records as they are ([`ReadyTask`]: never decoded and encoded again). No scheduler,
 //! no client round trip per graph level. Also the [`ConfirmChannel`] that dead-letter copies and
 //! retries are published on.
 
@@ -9,6 +10,7 @@ use std::sync::Arc;
 use lapin::options::ConfirmSelectOptions;
 use lapin::{Channel, Confirmation, Connection};
 use rask_common::broker::{self, Destination};
+use rask_common::dependencies::ReadyTask;
 use rask_common::{ErrorKind, Pool, TaskKey, TaskMessage};
 
 use crate::pools::Pools;
@@ -155,10 +157,7 @@ impl Publisher {
     /// Publishes the dependents `ready` to run, all at once (confirmed); returns those that were
     /// not confirmed, each with why. A message the broker refuses closes the channel, which
     /// fails the others in flight with it: [`Publisher::publish_alone`] tells whose fault it is.
-    pub(crate) async fn publish(
-        &self,
-        ready: Vec<TaskMessage>,
-    ) -> Vec<(TaskMessage, PublishError)> {
+    pub(crate) async fn publish(&self, ready: Vec<ReadyTask>) -> Vec<(ReadyTask, PublishError)> {
         // Each dependent to its own pool's queues (one destination per pool in the batch).
         let mut destinations: Vec<(Option<&Pool>, Destination)> = Vec::new();
         for message in &ready {
@@ -174,7 +173,7 @@ impl Publisher {
                 .iter()
                 .find(|(p, _)| *p == pool)
                 .expect("a destination per pool");
-            publish(&self.channel, to, message)
+            publish_ready(&self.channel, to, message)
         });
         let results = futures::future::join_all(publishes).await;
         ready
@@ -189,17 +188,14 @@ impl Publisher {
     ///
     /// # Errors
     /// [`PublishError`] if it is not confirmed.
-    pub(crate) async fn publish_alone(
-        &mut self,
-        message: &TaskMessage,
-    ) -> Result<(), PublishError> {
+    pub(crate) async fn publish_alone(&mut self, message: &ReadyTask) -> Result<(), PublishError> {
         if !self.channel.status().connected() {
             self.channel = confirm_channel(&self.connection)
                 .await
                 .map_err(PublishError::Channel)?;
         }
         let to = Destination::tasks(&self.pools.settings_for(message.pool.as_ref()));
-        publish(&self.channel, &to, message).await
+        publish_ready(&self.channel, &to, message).await
     }
 }
 
@@ -213,13 +209,31 @@ pub(crate) async fn publish(
     let body = message
         .encode()
         .map_err(|source| PublishError::Encode { key: key(), source })?;
+    let confirm = broker::publish_task(channel, to, message, &body).await;
+    confirmed(&message.key, confirm).await
+}
+
+/// Publishes the released task `ready` to `to` from its stored body and waits for the
+/// broker's confirmation.
+pub(crate) async fn publish_ready(
+    channel: &Channel,
+    to: &Destination,
+    ready: &ReadyTask,
+) -> Result<(), PublishError> {
+    confirmed(&ready.key, broker::publish_ready(channel, to, ready).await).await
+}
+
+/// Waits for the broker's confirmation of the publish of task `key`.
+async fn confirmed(
+    key: &TaskKey,
+    confirm: rask_common::Result<lapin::PublisherConfirm>,
+) -> Result<(), PublishError> {
+    let key = || key.clone();
     let failed = |source| PublishError::Broker { key: key(), source };
-    let confirm = broker::publish_task(channel, to, message, &body)
-        .await
-        .map_err(|e| match e {
-            rask_common::Error::Broker(source) => PublishError::Broker { key: key(), source },
-            source => PublishError::Encode { key: key(), source },
-        })?;
+    let confirm = confirm.map_err(|e| match e {
+        rask_common::Error::Broker(source) => PublishError::Broker { key: key(), source },
+        source => PublishError::Encode { key: key(), source },
+    })?;
     match confirm.await.map_err(failed)? {
         Confirmation::Ack(None) => Ok(()),
         Confirmation::Ack(Some(_)) => Err(PublishError::Unroutable(key())),

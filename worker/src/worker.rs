@@ -38,7 +38,7 @@ use crate::revocations::Revocations;
 use crate::scheduler;
 use crate::secede::{Deliveries, Seceding, Window, WithResources};
 use crate::writer::{self, Finished};
-use crate::{inputs, references, retries};
+use crate::{inputs, lineage, references, retries};
 
 /// First and largest pause between attempts to reconnect.
 const RECONNECT: (std::time::Duration, std::time::Duration) = (
@@ -76,6 +76,8 @@ pub(crate) struct Shared {
     pub(crate) store: Store,
     /// The blob store of `blob_url`, if set: arguments and results over `blob_threshold`.
     pub(crate) blobs: Option<rask_common::blobs::Blobs>,
+    /// Reads the inputs of the graph tasks held, in batches.
+    pub(crate) inputs: inputs::InputReader,
     /// To the result writer.
     pub(crate) finished: mpsc::Sender<Finished>,
     /// Task counters (`metrics.rs`).
@@ -381,6 +383,7 @@ impl Worker {
             id,
             metrics: self.metrics.clone(),
             confirms,
+            inputs: inputs::InputReader::new(store.clone()),
             store,
             blobs,
             finished,
@@ -618,7 +621,7 @@ async fn handle(shared: &Shared, delivery: Delivery, slot: Slot) {
             return shared.fatal.raise(Error::StoreRefused { what, source });
         }
     };
-    let outcome = match inputs::resolve(&shared.store, &shared.id, &with_args).await {
+    let outcome = match inputs::resolve(shared, &with_args).await {
         Ok(ready) => {
             let limit = time_limit(&message, &shared.settings);
             let overruns = shared.metrics.overruns();
@@ -660,6 +663,8 @@ async fn handle(shared: &Shared, delivery: Delivery, slot: Slot) {
             }
         }
         Err(inputs::Unresolved::Failed(outcome)) => outcome,
+        Err(inputs::Unresolved::Waiting) => return lineage::settle(&delivery, false).await,
+        Err(inputs::Unresolved::Requeue) => return lineage::settle(&delivery, true).await,
         Err(inputs::Unresolved::Refused(source)) => {
             let what = "reading inputs";
             return shared.fatal.raise(Error::StoreRefused { what, source });

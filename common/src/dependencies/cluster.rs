@@ -41,7 +41,7 @@ use crate::message::TaskMessage;
 use crate::store::Store;
 
 /// Step 1 of registering. KEYS: the task's result, record, pending set and published marker.
-/// ARGV: its message, the TTL in ms, then its inputs. The first registration deletes a marker
+/// ARGV: its message, the TTL in ms, the record's TTL in ms (lineage), then its inputs. The first registration deletes a marker
 /// left without a record, writes the pending set with every input and then the record (so that
 /// a record always has its whole pending set); a later one (a retry, or another producer)
 /// keeps the pending set as releases left it, and only renews the TTLs (the record's, not the
@@ -53,17 +53,17 @@ static REGISTER_OWN: LazyLock<Script> = LazyLock::new(|| {
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 if redis.call('EXISTS', KEYS[2]) == 0 then
   redis.call('DEL', KEYS[4])
-  for i = 3, #ARGV, 1000 do
+  for i = 4, #ARGV, 1000 do
     redis.call('SADD', KEYS[3], unpack(ARGV, i, math.min(i + 999, #ARGV)))
   end
-  if #ARGV > 2 then redis.call('PEXPIRE', KEYS[3], ARGV[2]) end
-  redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
-  if #ARGV == 2 then return 2 end
+  if #ARGV > 3 then redis.call('PEXPIRE', KEYS[3], ARGV[2]) end
+  redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[3])
+  if #ARGV == 3 then return 2 end
   return 1
 end
-redis.call('PEXPIRE', KEYS[2], ARGV[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
 if redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
-if #ARGV == 2 or redis.call('SCARD', KEYS[3]) == 0 then return 2 end
+if #ARGV == 3 or redis.call('SCARD', KEYS[3]) == 0 then return 2 end
 redis.call('PEXPIRE', KEYS[3], ARGV[2])
 return 1
 ",
@@ -149,7 +149,8 @@ impl Store {
                 .key(keys.pending(&task.key))
                 .key(keys.published(&task.key))
                 .arg(task.encode()?)
-                .arg(ttl_ms);
+                .arg(ttl_ms)
+                .arg(self.lineage_ms());
             for dep in &task.deps {
                 inv.arg(dep.as_str());
             }

@@ -44,6 +44,8 @@
 //! keeps the same records by steps that each stay in one slot.
 
 mod cluster;
+pub mod lineage;
+mod ready;
 
 use std::sync::LazyLock;
 
@@ -56,43 +58,75 @@ use crate::keys::TaskKey;
 use crate::message::TaskMessage;
 use crate::store::Store;
 
+pub use ready::ReadyTask;
+
 /// Most scripts sent in one pipeline.
 const PIPELINE_CHUNK: usize = 1000;
 
-/// Registers one graph task, idempotently: registering it again (a retry whose first reply was
-/// lost, or another producer's identical graph) redoes every step and answers as the first time
-/// would now. KEYS: its result, task record, published marker and pending set, then for each
-/// dependency its result and dependents set. ARGV: its key, its message, the TTL in ms, then the
-/// dependency keys. Returns 0 (its result is stored, or it is published: nothing to do), 1
-/// (waiting) or 2 (ready: the caller publishes it). A marker counts only beside a record that
-/// existed before: when the record is written anew, a marker left there is deleted. The
-/// record's TTL is renewed, the marker's is not (so that a marker whose message was lost
-/// expires however often the task is registered).
+/// Most graph tasks registered by one script call (several calls go in one pipeline): one
+/// call per task would cost Redis more than the registering itself (a script call's set-up is
+/// most of a small task's), and a call for many more would keep Redis from serving others for
+/// long.
+const REGISTER_CHUNK: usize = 200;
+
+/// Registers graph tasks, each idempotently: registering a task again (a retry whose first reply
+/// was lost, or another producer's identical graph) redoes every step and answers as the first
+/// time would now. ARGV: the key prefix, the TTL in ms, the records' TTL in ms (lineage), then
+/// for each task its key, its message,
+/// its number of dependencies and their keys. Returns for each task, in order, 0 (its result is
+/// stored, or it is published: nothing to do), 1 (waiting) or 2 (ready: the caller publishes
+/// it). A marker counts only beside a record that existed before: when the record is written
+/// anew, a marker left there is deleted. The record's TTL is renewed, the marker's is not (so
+/// that a marker whose message was lost expires however often the task is registered). Key
+/// names are built from the prefix, as a single Redis allows (on a cluster: [`cluster`]).
 static REGISTER: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-if redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then
-  redis.call('DEL', KEYS[3])
-else
-  redis.call('PEXPIRE', KEYS[2], ARGV[3])
-  if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
-end
-local pending = 0
-for i = 1, #ARGV - 3 do
-  if redis.call('EXISTS', KEYS[3 + 2 * i]) == 0 then
-    local dependents = KEYS[4 + 2 * i]
-    redis.call('SADD', dependents, ARGV[1])
-    redis.call('PEXPIRE', dependents, ARGV[3])
-    redis.call('SADD', KEYS[4], ARGV[3 + i])
-    pending = pending + 1
+local prefix = ARGV[1]
+local ttl = ARGV[2]
+local record_ttl = ARGV[3]
+local codes = {}
+local i = 4
+while i <= #ARGV do
+  local key = ARGV[i]
+  local first_dep = i + 3
+  local last_dep = first_dep + tonumber(ARGV[i + 2]) - 1
+  local record = prefix .. ':task:' .. key
+  local published = prefix .. ':published:' .. key
+  local pending_set = prefix .. ':pending:' .. key
+  local code = 1
+  if redis.call('EXISTS', prefix .. ':result:' .. key) == 1 then
+    code = 0
+  elseif redis.call('SET', record, ARGV[i + 1], 'NX', 'PX', record_ttl) then
+    redis.call('DEL', published)
   else
-    redis.call('SREM', KEYS[4], ARGV[3 + i])
+    redis.call('PEXPIRE', record, record_ttl)
+    if redis.call('EXISTS', published) == 1 then code = 0 end
   end
+  if code == 1 then
+    local pending = 0
+    for d = first_dep, last_dep do
+      local dep = ARGV[d]
+      if redis.call('EXISTS', prefix .. ':result:' .. dep) == 0 then
+        local dependents = prefix .. ':dependents:' .. dep
+        redis.call('SADD', dependents, key)
+        redis.call('PEXPIRE', dependents, ttl)
+        redis.call('SADD', pending_set, dep)
+        pending = pending + 1
+      else
+        redis.call('SREM', pending_set, dep)
+      end
+    end
+    if pending == 0 then
+      code = 2
+    else
+      redis.call('PEXPIRE', pending_set, ttl)
+    end
+  end
+  codes[#codes + 1] = code
+  i = last_dep + 1
 end
-if pending == 0 then return 2 end
-redis.call('PEXPIRE', KEYS[4], ARGV[3])
-return 1
+return codes
 ",
     )
 });
@@ -184,20 +218,17 @@ impl Store {
                 found.extend(self.register_tasks_by_slot(chunk).await?);
                 continue;
             }
-            let mut invocations = Vec::with_capacity(chunk.len());
-            for task in chunk {
+            let mut invocations = Vec::with_capacity(chunk.len().div_ceil(REGISTER_CHUNK));
+            for tasks in chunk.chunks(REGISTER_CHUNK) {
                 let mut inv = REGISTER.prepare_invoke();
-                inv.key(keys.result(&task.key))
-                    .key(keys.task(&task.key))
-                    .key(keys.published(&task.key))
-                    .key(keys.pending(&task.key))
-                    .arg(task.key.as_str())
-                    .arg(task.encode()?)
-                    .arg(ttl_ms);
-                for dep in &task.deps {
-                    inv.key(keys.result(dep))
-                        .key(keys.dependents(dep))
-                        .arg(dep.as_str());
+                inv.arg(keys.prefix()).arg(ttl_ms).arg(self.lineage_ms());
+                for task in tasks {
+                    inv.arg(task.key.as_str())
+                        .arg(task.encode()?)
+                        .arg(task.deps.len());
+                    for dep in &task.deps {
+                        inv.arg(dep.as_str());
+                    }
                 }
                 invocations.push(inv);
             }
@@ -206,8 +237,8 @@ impl Store {
             for inv in &invocations {
                 pipe.invoke_script(inv);
             }
-            let codes: Vec<u8> = pipe.query_async(&mut self.connection()).await?;
-            found.extend(codes.into_iter().map(|code| match code {
+            let codes: Vec<Vec<u8>> = pipe.query_async(&mut self.connection()).await?;
+            found.extend(codes.into_iter().flatten().map(|code| match code {
                 0 => Registration::Known,
                 1 => Registration::Waiting,
                 _ => Registration::Ready,
@@ -247,15 +278,16 @@ impl Store {
     /// Stores `outcomes` write-once, announces them and releases their dependents (the release
     /// script), in that order in one pipeline per 1000 outcomes: one round trip for a worker's
     /// batch (on a cluster, a few: see [`cluster`]); then waits for `redis_wait_replicas`
-    /// replicas, if any. Returns the messages of the dependents that are ready to run, without
-    /// duplicates; publish them before acknowledging.
+    /// replicas, if any. Returns the dependents that are ready to run, without duplicates, as
+    /// their stored records (published as they are, not decoded and encoded again); publish
+    /// them before acknowledging.
     ///
     /// # Errors
     /// [`crate::Error::Store`] if Redis fails (call again: storing and releasing are idempotent).
     pub async fn store_and_release(
         &self,
         outcomes: &[(TaskKey, Vec<u8>)],
-    ) -> Result<Vec<TaskMessage>> {
+    ) -> Result<Vec<ReadyTask>> {
         self.store_and_release_with(outcomes, &[]).await
     }
 
@@ -269,7 +301,7 @@ impl Store {
         outcomes: &[(TaskKey, Vec<u8>)],
         recorder: &crate::events::Recorder,
         events: &[crate::events::Event],
-    ) -> Result<Vec<TaskMessage>> {
+    ) -> Result<Vec<ReadyTask>> {
         if self.keys().is_clustered() {
             // Events are not worth failing a batch of results for.
             if let Err(e) = recorder.write(self, events).await {
@@ -292,7 +324,7 @@ impl Store {
         &self,
         outcomes: &[(TaskKey, Vec<u8>)],
         mut extra: &[redis::Cmd],
-    ) -> Result<Vec<TaskMessage>> {
+    ) -> Result<Vec<ReadyTask>> {
         // In chunks, so that no release script keeps Redis from serving others for long.
         let mut bodies = Vec::new();
         for chunk in outcomes.chunks(PIPELINE_CHUNK) {
@@ -363,13 +395,13 @@ impl Store {
     }
 }
 
-/// The ready dependents' task records as messages, without duplicates.
-fn decode_ready(bodies: Vec<Vec<u8>>) -> Vec<TaskMessage> {
+/// The ready dependents' task records, their heads read, without duplicates.
+fn decode_ready(bodies: Vec<Vec<u8>>) -> Vec<ReadyTask> {
     let mut seen = std::collections::HashSet::new();
     let mut ready = Vec::with_capacity(bodies.len());
     for body in bodies {
-        match TaskMessage::decode(&body) {
-            Ok(message) if seen.insert(message.key.clone()) => ready.push(message),
+        match ReadyTask::from_body(body) {
+            Ok(task) if seen.insert(task.key.clone()) => ready.push(task),
             Ok(_) => {}
             Err(e) => tracing::warn!(reason = %e.reason, "skipping an undecodable task record"),
         }

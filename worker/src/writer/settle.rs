@@ -14,7 +14,8 @@ use std::sync::Arc;
 
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicRejectOptions};
-use rask_common::{ErrorKind, FailureKind, Outcome, TaskFailure, TaskMessage};
+use rask_common::dependencies::ReadyTask;
+use rask_common::{ErrorKind, FailureKind, Outcome, TaskFailure};
 
 use super::store::Stored;
 use super::{Context, Finished};
@@ -64,7 +65,7 @@ pub(super) async fn settle(
 async fn release(
     context: &Context,
     publisher: &mut Publisher,
-    mut ready: Vec<TaskMessage>,
+    mut ready: Vec<ReadyTask>,
     last: bool,
 ) -> Result<(), PublishError> {
     while !ready.is_empty() {
@@ -83,10 +84,7 @@ async fn release(
 
 /// Stores an `Unpublishable` failure for each dependent that cannot be published; returns the
 /// dependents those failures release.
-async fn fail(
-    context: &Context,
-    unpublishable: Vec<(TaskMessage, PublishError)>,
-) -> Vec<TaskMessage> {
+async fn fail(context: &Context, unpublishable: Vec<(ReadyTask, PublishError)>) -> Vec<ReadyTask> {
     if unpublishable.is_empty() {
         return Vec::new();
     }
@@ -102,7 +100,11 @@ async fn fail(
             )
         };
         tracing::error!(key = %message.key, error = %cause, "a ready dependent cannot be published; failing it");
-        let failure = TaskFailure::of(&message, FailureKind::Unpublishable, text, &context.worker);
+        let kind = FailureKind::Unpublishable;
+        let failure = match message.message() {
+            Ok(whole) => TaskFailure::of(&whole, kind, text, &context.worker),
+            Err(_) => TaskFailure::new(kind, text, task.clone(), key.clone(), &context.worker),
+        };
         match Outcome::Failure(failure).encode() {
             Ok(encoded) => outcomes.push((message.key, encoded)),
             Err(e) => {

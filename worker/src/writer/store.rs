@@ -5,8 +5,9 @@
 //! with one refused costs about `2 log2 n` more round trips, on this failure path only.
 
 use lapin::message::Delivery;
+use rask_common::dependencies::ReadyTask;
 use rask_common::events::{Event, Recorder};
-use rask_common::{ErrorKind, Store, TaskKey, TaskMessage};
+use rask_common::{ErrorKind, Store, TaskKey};
 
 use super::Finished;
 use crate::retry;
@@ -19,7 +20,7 @@ pub(super) struct Stored {
     /// Refused for good, with the reason: dead-letter each.
     pub(super) refused: Vec<(Delivery, String)>,
     /// The dependents released by what was stored, to publish before acknowledging.
-    pub(super) ready: Vec<TaskMessage>,
+    pub(super) ready: Vec<ReadyTask>,
 }
 
 /// Part of a batch: the finished tasks and their outcomes (moved out of them), in order.
