@@ -467,7 +467,7 @@ fn signed_properties(
         properties = properties.with_headers(delay.clone());
     }
     match &to.signer {
-        Some(signer) => signer.sign_properties(MessageKind::Task, properties, body),
+        Some(signer) => signer.sign_properties(MessageKind::of_task(message), properties, body),
         None => properties,
     }
 }

@@ -15,6 +15,8 @@
 //! - [`graph`]: lazy task graphs: [`graph::Delayed`] calls, their [`graph::Arg`]s, content keys.
 //! - [`dependencies`]: the Redis scripts that register graph tasks and release them when their
 //!   inputs are stored.
+//! - [`batch`]: batched small tasks: how many calls a batch message carries, and the run times
+//!   workers publish to size them by.
 //! - [`builtins`]: the functions every stock worker runs (`inc`, `add`, `sum`, `echo`, …).
 //! - [`bag_ops`]: the native operations of lazy collections (`Bag`): element-wise operation
 //!   names and the partition and reduction tasks every stock worker runs.
@@ -42,6 +44,7 @@
 //! - [`error`]: the crate's [`Error`].
 
 pub mod bag_ops;
+pub mod batch;
 pub mod broker;
 pub mod builtins;
 pub mod context;
