@@ -88,6 +88,40 @@ async fn a_batched_map_packs_calls_into_messages_and_batch_1_publishes_one_per_t
 }
 
 #[tokio::test]
+async fn map_batches_a_function_once_workers_measured_it_quick() {
+    let env = TestEnv::new("batch-pace").await;
+    let client = env.client().await;
+    let queue = env.settings.queue.clone();
+    // Not measured yet: one message per task.
+    let first = client.map(inc, (0..5).map(|i| (i,))).await.unwrap();
+    assert_eq!(env.queue_depth(&queue).await.0, 5);
+    let settings = [("RASK_HEARTBEAT_INTERVAL", "100ms")];
+    let mut worker = env.spawn_program_with(program(), 1, &settings).remove(0);
+    let values = client.gather(&first).timeout(PATIENCE).await.unwrap();
+    assert_eq!(values, (1..=5).collect::<Vec<i64>>());
+    let store = Store::connect(&env.settings).await.unwrap();
+    env.eventually("the worker to publish inc's run time", || async {
+        rask_common::batch::read_pace(&store, "inc")
+            .await
+            .unwrap()
+            .is_some()
+    })
+    .await;
+    worker.kill().await.unwrap();
+    env.eventually("the worker to be gone", || async {
+        env.queue_depth(&queue).await.1 == 0
+    })
+    .await;
+    // Measured in microseconds: 50 calls go in one message.
+    let second = client.map(inc, (0..50).map(|i| (i,))).await.unwrap();
+    assert_eq!(env.queue_depth(&queue).await.0, 1);
+    let _workers = env.spawn_program_with(program(), 1, &[]);
+    let values = client.gather(&second).timeout(PATIENCE).await.unwrap();
+    assert_eq!(values, (1..=50).collect::<Vec<i64>>());
+    client.close().await.unwrap();
+}
+
+#[tokio::test]
 async fn one_failing_call_fails_only_itself_with_its_typed_error() {
     let env = TestEnv::new("batch-failure").await;
     let _workers = env.spawn_program_with(program(), 1, &[]);
