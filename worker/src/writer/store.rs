@@ -2,8 +2,9 @@
 //! goes in one pipeline; if Redis refuses it for what it holds (a script error on one task's
 //! graph records, say), it is split in halves, each stored on its own, down to the refused
 //! outcome alone, whose delivery is dead-lettered with Redis's reason (a batch message's
-//! outcomes stay together: Redis refusing one of them dead-letters the whole batch). A batch of `n` outcomes
-//! with one refused costs about `2 log2 n` more round trips, on this failure path only.
+//! outcomes stay together: Redis refusing one of them dead-letters the whole batch). A batch of
+//! `n` outcomes with one refused costs about `2 log2 n` more round trips, on this failure path
+//! only.
 
 use lapin::message::Delivery;
 use rask_common::{ErrorKind, Store, TaskKey, TaskMessage};
