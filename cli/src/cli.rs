@@ -176,6 +176,10 @@ pub(crate) struct MapArgs {
     /// Give up waiting after this long (e.g. `30s`, `5m`).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub(crate) timeout: Option<Duration>,
+    /// Pack at most N calls into one message (batched small tasks); `1` turns batching off.
+    /// Default: sized by the function's run time as workers measured it.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) batch: Option<u32>,
     #[command(flatten)]
     pub(crate) schedule: ScheduleArgs,
 }

@@ -480,16 +480,22 @@ fn signed_properties(
     to: &Destination,
     body: &[u8],
 ) -> BasicProperties {
-    sign(task_properties(message), to, body)
+    sign(task_properties(message), MessageKind::of_task(message), to, body)
 }
 
-/// `properties` with the delay headers of `to` and the signature of `body` when `to` signs.
-fn sign(mut properties: BasicProperties, to: &Destination, body: &[u8]) -> BasicProperties {
+/// `properties` with the delay headers of `to` and the signature of `body` (a message of
+/// `kind`) when `to` signs.
+fn sign(
+    mut properties: BasicProperties,
+    kind: MessageKind,
+    to: &Destination,
+    body: &[u8],
+) -> BasicProperties {
     if let Some(delay) = &to.delay {
         properties = properties.with_headers(delay.clone());
     }
     match &to.signer {
-        Some(signer) => signer.sign_properties(MessageKind::Task, properties, body),
+        Some(signer) => signer.sign_properties(kind, properties, body),
         None => properties,
     }
 }
@@ -525,7 +531,8 @@ pub async fn publish_ready(
     ready: &crate::dependencies::ReadyTask,
 ) -> Result<lapin::PublisherConfirm> {
     let properties = properties_of(&ready.key, &ready.function, ready.priority);
-    let properties = sign(properties, to, &ready.body);
+    // Graph tasks are never batches (only `map` packs calls).
+    let properties = sign(properties, MessageKind::Task, to, &ready.body);
     publish_body(channel, to, &ready.key, properties, &ready.body).await
 }
 

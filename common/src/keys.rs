@@ -295,6 +295,12 @@ impl Keys {
         self.of_deployment(&format!("limit-leases:{function}"))
     }
 
+    /// The run times workers measured (a hash: function -> average run time in nanoseconds,
+    /// decimal), from which clients size batches ([`crate::batch`]): `{prefix}:pace`.
+    pub fn pace(&self) -> String {
+        self.of_deployment("pace")
+    }
+
     /// The channel on which workers announce stored results (keys only): `{prefix}:done`.
     pub fn done_channel(&self) -> String {
         format!("{}:done", self.prefix)

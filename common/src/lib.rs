@@ -19,6 +19,8 @@
 //! - [`splice`]: graph inputs spliced into a task's arguments as raw MessagePack bytes.
 //! - [`dependencies`]: the Redis scripts that register graph tasks and release them when their
 //!   inputs are stored.
+//! - [`batch`]: batched small tasks: how many calls a batch message carries, and the run times
+//!   workers publish to size them by.
 //! - [`builtins`]: the functions every stock worker runs (`inc`, `add`, `sum`, `echo`, …).
 //! - [`bag_ops`]: the native operations of lazy collections (`Bag`): element-wise operation
 //!   names and the partition and reduction tasks every stock worker runs.
@@ -48,6 +50,7 @@
 
 pub mod bag_ops;
 pub mod blobs;
+pub mod batch;
 pub mod broker;
 pub mod builtins;
 pub mod context;

@@ -83,6 +83,23 @@ pub struct TaskMessage {
     /// before running the task ([`crate::reference`]). `None` (not written): they are in `args`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub args_ref: Option<crate::reference::Reference>,
+    /// The calls of a batch message ([`crate::batch`]): many small calls of `function` in one
+    /// message, each with its own key and arguments; the message's own `key` then names the
+    /// batch and `args` is empty. Empty, and then not written, for a message of one task: older
+    /// messages mean that.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub calls: Vec<Call>,
+}
+
+/// One call of a batch message: its own key (its outcome is stored under it) and arguments; the
+/// rest (function, retry policy, time limit, priority, pool) is the batch message's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Call {
+    /// The call's key.
+    pub key: TaskKey,
+    /// Its arguments, encoded as for [`TaskMessage::args`].
+    #[serde(with = "serde_bytes")]
+    pub args: Vec<u8>,
 }
 
 fn is_zero<T: Default + PartialEq>(n: &T) -> bool {
@@ -109,6 +126,40 @@ impl TaskMessage {
             rate_token: false,
             pool_rate_token: false,
             args_ref: None,
+            calls: Vec::new(),
+        }
+    }
+
+    /// A batch message of `calls` of `function` under the batch key `key` ([`crate::batch`]).
+    pub fn batch(key: TaskKey, function: impl Into<String>, calls: Vec<Call>) -> Self {
+        TaskMessage {
+            calls,
+            ..TaskMessage::new(key, function, Vec::new())
+        }
+    }
+
+    /// Whether this is a batch message (it has calls).
+    pub fn is_batch(&self) -> bool {
+        !self.calls.is_empty()
+    }
+
+    /// Splits a batch message into its calls and the template each call's message is made
+    /// from ([`TaskMessage::for_call`]): the batch without its calls, arguments and deps.
+    pub fn into_calls(mut self) -> (TaskMessage, Vec<Call>) {
+        let calls = std::mem::take(&mut self.calls);
+        self.args = Vec::new();
+        self.deps = Vec::new();
+        (self, calls)
+    }
+
+    /// The message of one call of a batch, from the batch's template
+    /// ([`TaskMessage::into_calls`]): the call's key and arguments with the batch's function and
+    /// scheduling fields: what runs, is retried and is reported as the call.
+    pub fn for_call(&self, call: Call) -> TaskMessage {
+        TaskMessage {
+            key: call.key,
+            args: call.args,
+            ..self.clone()
         }
     }
 
@@ -344,6 +395,36 @@ mod tests {
         })
         .unwrap();
         assert_eq!(TaskMessage::decode(&body).unwrap().function, "inc");
+    }
+
+    #[test]
+    fn batches_round_trip_and_plain_messages_do_not_write_calls() {
+        assert!(!message()
+            .encode()
+            .unwrap()
+            .windows(5)
+            .any(|w| w == b"calls"));
+        let call = |k: &str, n: i64| Call {
+            key: TaskKey::new(k).unwrap(),
+            args: encode_value(&(n,)).unwrap(),
+        };
+        let mut batch = TaskMessage::batch(
+            TaskKey::new("inc.batch-1").unwrap(),
+            "inc",
+            vec![call("inc-1", 1), call("inc-2", 2)],
+        );
+        batch.retry = Some(RetryPolicy::new(3));
+        assert!(batch.is_batch() && !message().is_batch());
+        assert_eq!(
+            TaskMessage::decode(&batch.encode().unwrap()).unwrap(),
+            batch
+        );
+        let (template, calls) = batch.into_calls();
+        let second = template.for_call(calls[1].clone());
+        assert_eq!(second.key.as_str(), "inc-2");
+        assert_eq!(second.args, calls[1].args);
+        assert_eq!(second.retry, Some(RetryPolicy::new(3)));
+        assert!(!second.is_batch());
     }
 
     #[test]

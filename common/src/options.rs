@@ -32,6 +32,8 @@ pub struct TaskOptions {
     resources: Resources,
     /// The pool asked for, or why its name is not one (reported when the task is submitted).
     pool: Option<std::result::Result<Pool, String>>,
+    /// Calls per batch message in a `map` ([`TaskOptions::batch`]); `None`: sized by run time.
+    batch: Option<usize>,
 }
 
 /// When a task may start.
@@ -123,6 +125,28 @@ impl TaskOptions {
     pub fn resources<N: Into<String>>(mut self, needs: impl IntoIterator<Item = (N, u64)>) -> Self {
         self.resources = needs.into_iter().collect();
         self
+    }
+
+    /// Packs at most `calls` calls of a `map` into one message ([`crate::batch`]): the worker
+    /// runs them one after the other, stores their outcomes together and acknowledges the
+    /// message once; each call keeps its own key, outcome, retries and failure. `1` turns
+    /// batching off (one message per task); `0` counts as `1`. Without it, `map` sizes batches
+    /// from the function's measured run time ([`crate::batch::size_for`]). Calls that need
+    /// resources are never batched.
+    pub fn batch(mut self, calls: usize) -> Self {
+        self.batch = Some(calls.max(1));
+        self
+    }
+
+    /// The batch size set with [`TaskOptions::batch`], if any.
+    pub fn batch_size(&self) -> Option<usize> {
+        self.batch
+    }
+
+    /// Whether calls with these options may share a message: they need no resources (a worker
+    /// holds resources per task).
+    pub fn batchable(&self) -> bool {
+        self.resources.is_empty()
     }
 
     /// How long from now the task waits before it may run.

@@ -25,7 +25,13 @@
 //!   `expiration` and `timestamp` (how long the request is good for, from when: see
 //!   [`BroadcastWindow`]), then the body.
 //!
-//! The header's value is the kind's scheme (`v1=` for tasks, `b1=` for broadcast requests)
+//! - [`MessageKind::Batch`], domain `rask task batch v1\n`: a batch message
+//!   ([`crate::batch`]), signed as a whole like a task message (`message_id` is the batch key,
+//!   `type` the function, the body holds every call's key and arguments). Its own domain, so
+//!   that a batch never verifies as a single task nor a task as a batch.
+//!
+//! The header's value is the kind's scheme (`v1=` for tasks, `b1=` for broadcast requests, `c1=`
+//! for batches)
 //! followed by the 64 lowercase hex digits of the MAC: the prefix names what was signed, so that
 //! a signature of the wrong kind is reported as such ([`Unverified::OtherKind`]) and another
 //! scheme can be added without breaking these. Comparison is constant-time
@@ -59,17 +65,34 @@ pub enum MessageKind {
     Task,
     /// A broadcast request (`rask run`, [`crate::ops::BroadcastRequest`]).
     BroadcastRequest,
+    /// A batch message: many calls in one task message ([`crate::batch`]).
+    Batch,
 }
 
 impl MessageKind {
     /// Every kind.
-    pub const ALL: [MessageKind; 2] = [MessageKind::Task, MessageKind::BroadcastRequest];
+    pub const ALL: [MessageKind; 3] = [
+        MessageKind::Task,
+        MessageKind::BroadcastRequest,
+        MessageKind::Batch,
+    ];
+
+    /// The kind of a task message: [`MessageKind::Batch`] for a batch, else
+    /// [`MessageKind::Task`].
+    pub fn of_task(message: &crate::TaskMessage) -> Self {
+        if message.is_batch() {
+            MessageKind::Batch
+        } else {
+            MessageKind::Task
+        }
+    }
 
     /// The bytes every signed input of this kind starts with.
     fn domain(self) -> &'static [u8] {
         match self {
             MessageKind::Task => b"rask task message v1\n",
             MessageKind::BroadcastRequest => b"rask broadcast request v1\n",
+            MessageKind::Batch => b"rask task batch v1\n",
         }
     }
 
@@ -78,6 +101,7 @@ impl MessageKind {
         match self {
             MessageKind::Task => "v1=",
             MessageKind::BroadcastRequest => "b1=",
+            MessageKind::Batch => "c1=",
         }
     }
 
@@ -115,6 +139,7 @@ impl fmt::Display for MessageKind {
         f.write_str(match self {
             MessageKind::Task => "task message",
             MessageKind::BroadcastRequest => "broadcast request",
+            MessageKind::Batch => "batch message",
         })
     }
 }
@@ -264,6 +289,31 @@ impl Signer {
         } else {
             Err(Unverified::Mismatch)
         }
+    }
+}
+
+impl Signer {
+    /// Checks the signature of a delivery from a task queue, which may be a task message or a
+    /// batch message: verified as the kind its signature's scheme names, if that is one of the
+    /// two. Returns that kind; the caller checks that the body decodes as that kind.
+    ///
+    /// # Errors
+    /// [`Unverified`] saying why it does not verify (a broadcast signature is
+    /// [`Unverified::OtherKind`]).
+    pub fn verify_task_or_batch(
+        &self,
+        properties: &BasicProperties,
+        body: &[u8],
+    ) -> Result<MessageKind, Unverified> {
+        let kind = properties
+            .headers()
+            .as_ref()
+            .and_then(|h| header_text(h, SIGNATURE_HEADER))
+            .and_then(|signature| MessageKind::of_signature(&signature))
+            .filter(|kind| *kind == MessageKind::Batch)
+            .unwrap_or(MessageKind::Task);
+        self.verify_properties(kind, properties, body)
+            .map(|()| kind)
     }
 }
 
@@ -436,6 +486,37 @@ mod tests {
             AMQPValue::LongString(value.into()),
         );
         properties.clone().with_headers(headers)
+    }
+
+    #[test]
+    fn batches_sign_in_their_own_domain() {
+        let signer = Signer::new(&[OLD]).unwrap();
+        let properties = task("inc.batch-1", "inc");
+        let as_batch = signer.sign_properties(MessageKind::Batch, properties.clone(), b"body");
+        let as_task = signer.sign_properties(MessageKind::Task, properties, b"body");
+        assert_eq!(
+            signer.verify_task_or_batch(&as_batch, b"body"),
+            Ok(MessageKind::Batch)
+        );
+        assert_eq!(
+            signer.verify_task_or_batch(&as_task, b"body"),
+            Ok(MessageKind::Task)
+        );
+        assert_eq!(
+            signer.verify_properties(MessageKind::Task, &as_batch, b"body"),
+            Err(Unverified::OtherKind {
+                expected: MessageKind::Task,
+                found: MessageKind::Batch,
+            })
+        );
+        assert_eq!(
+            signer.verify_task_or_batch(&as_batch, b"tampered"),
+            Err(Unverified::Mismatch)
+        );
+        // The tags differ: the same body and properties sign differently per kind.
+        let tag =
+            |p: &BasicProperties| header_text(p.headers().as_ref().unwrap(), SIGNATURE_HEADER);
+        assert_ne!(tag(&as_batch).unwrap()[3..], tag(&as_task).unwrap()[3..]);
     }
 
     #[test]

@@ -111,6 +111,12 @@ impl Client {
     /// Submits one call of `task` per element of `args`, pipelined (no round trip per task), and
     /// returns their futures in input order once the broker has confirmed all of them.
     ///
+    /// Small quick calls share messages (batches, see [`TaskOptions::batch`]): each keeps its
+    /// own key, outcome, retries and failure, and the worker stores a batch's outcomes together
+    /// and acknowledges it once. The size follows the function's run time as workers measured
+    /// it (calls of a millisecond or more, or of a function not measured yet, are not batched);
+    /// [`Client::map_with`] with [`TaskOptions::batch`] sets it.
+    ///
     /// Arguments are taken from `args` only as the publish window allows (at most
     /// `publish_window` unconfirmed), so a huge iterator streams: what `map` keeps is one future
     /// (a key) per task. To not even keep those, use [`Client::map_stream`].
@@ -131,7 +137,8 @@ impl Client {
     /// stays bounded however many tasks there are, and at most `publish_window` arguments are
     /// taken but not yet yielded. Futures come in input order, except that tasks published again
     /// after a reconnect come after those confirmed before it (hence the index). The stream
-    /// ends after the last task, or after an error.
+    /// ends after the last task, or after an error. It publishes one message per task (no
+    /// batches).
     ///
     /// ```no_run
     /// use futures::StreamExt;
@@ -232,14 +239,37 @@ impl Client {
         args: impl IntoIterator<Item = Result<Vec<u8>>>,
         options: &TaskOptions,
     ) -> Result<Vec<Future<T>>> {
+        let args = args.into_iter();
+        let size = self.batch_size(function, options, args.size_hint()).await;
         let mut keys = Vec::new();
-        let messages = args.into_iter().map(|args| {
-            let key = TaskKey::unique(function);
-            keys.push(key.clone());
-            Ok(TaskMessage::new(key, function, args?))
-        });
+        let messages = crate::batch::pack(function, args, size, &mut keys);
         self.publish_with(function, messages, options).await?;
         Ok(keys.into_iter().map(|k| self.future(k)).collect())
+    }
+
+    /// How many calls of `function` go into one message of a map with `options` over
+    /// arguments of `size_hint` ([`rask_common::batch`]): 1 for one call or calls that need
+    /// resources; the size set with [`TaskOptions::batch`]; else sized by the run time workers
+    /// published for the function (one `HGET`; 1 if Redis cannot say).
+    async fn batch_size(
+        &self,
+        function: &str,
+        options: &TaskOptions,
+        size_hint: (usize, Option<usize>),
+    ) -> usize {
+        if !options.batchable() || size_hint.1.is_some_and(|most| most <= 1) {
+            return 1;
+        }
+        if let Some(size) = options.batch_size() {
+            return size;
+        }
+        match rask_common::batch::read_pace(&self.inner.store, function).await {
+            Ok(average) => rask_common::batch::size_for(average),
+            Err(e) => {
+                tracing::warn!(function, error = %e, "cannot read the run time workers measured; not batching");
+                1
+            }
+        }
     }
 
     /// A future for the task with `key`, submitted by this or any other process.

@@ -11,10 +11,12 @@
 //! every `redis_ping_interval` and replaces it when a ping goes unanswered, and waiters
 //! re-read everything pending every few intervals in any case.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::time::Duration;
 
+use hashbrown::HashTable;
 use rask_common::pinged::{self, Lost};
 use rask_common::{Outcome, Store, TaskKey};
 use tokio::sync::{broadcast, oneshot};
@@ -193,16 +195,29 @@ fn timed_out(what: &str, deadline: Duration) -> redis::RedisError {
     ))
 }
 
+/// Keys read per `MGET` round of a re-read of everything pending: a re-read of a million keys
+/// goes in rounds, whose outcomes are handed out before the next round is read, so that the
+/// client never holds a million outcomes (or their keys' names) at once.
+const RESCAN_CHUNK: usize = 10_000;
+
 /// Waits for the outcomes of a set of keys, yielding each (by its index) as it is stored.
+///
+/// Memory per key: the key itself (`keys`) and one index in `pending`, a table of indices found
+/// by their key's hash: no key is held twice (a map of a million tasks gathers in a bounded
+/// client).
 pub(crate) struct Waiter {
     store: Store,
     /// Reads results kept in the blob store (`blob_url`).
     keeper: Keeper,
     events: broadcast::Receiver<Event>,
     keys: Vec<TaskKey>,
-    pending: HashMap<TaskKey, Vec<usize>>,
+    /// Indices of `keys` still without an outcome, hashed by their key with `hasher` (a key
+    /// given more than once is there once per index).
+    pending: HashTable<usize>,
+    hasher: RandomState,
     ready: VecDeque<(usize, Arc<Vec<u8>>)>,
-    rescan: bool,
+    /// A re-read of everything pending under way: the next index of `keys` to read.
+    rescan: Option<usize>,
 }
 
 impl Waiter {
@@ -214,9 +229,11 @@ impl Waiter {
         events: broadcast::Receiver<Event>,
         keys: Vec<TaskKey>,
     ) -> Self {
-        let mut pending: HashMap<TaskKey, Vec<usize>> = HashMap::with_capacity(keys.len());
+        let hasher = RandomState::new();
+        let mut pending = HashTable::with_capacity(keys.len());
         for (i, key) in keys.iter().enumerate() {
-            pending.entry(key.clone()).or_default().push(i);
+            let hash = hasher.hash_one(key.as_str());
+            pending.insert_unique(hash, i, |&j: &usize| hasher.hash_one(keys[j].as_str()));
         }
         Waiter {
             store,
@@ -224,26 +241,41 @@ impl Waiter {
             events,
             keys,
             pending,
+            hasher,
             ready: VecDeque::new(),
-            rescan: true,
+            rescan: Some(0),
         }
     }
 
     /// A waiter for keys that cannot have outcomes yet (fresh unique keys not yet published):
     /// it skips the first read and only listens.
     pub(crate) fn for_unpublished(mut self) -> Self {
-        self.rescan = false;
+        self.rescan = None;
         self
     }
 
     /// Indices of the keys still without an outcome.
     pub(crate) fn pending_indices(&self) -> Vec<usize> {
-        self.pending.values().flatten().copied().collect()
+        self.pending.iter().copied().collect()
     }
 
     /// The key at `index`.
     pub(crate) fn key(&self, index: usize) -> &TaskKey {
         &self.keys[index]
+    }
+
+    /// A pending index whose key is `key`, if any.
+    fn find(&self, key: &str) -> Option<usize> {
+        let hash = self.hasher.hash_one(key);
+        self.pending
+            .find(hash, |&i| self.keys[i].as_str() == key)
+            .copied()
+    }
+
+    /// Whether `index` is still pending.
+    fn is_pending(&self, index: usize) -> bool {
+        let hash = self.hasher.hash_one(self.keys[index].as_str());
+        self.pending.find(hash, |&i| i == index).is_some()
     }
 
     /// The next stored outcome as (index, outcome), or `None` when all are done. An outcome
@@ -267,16 +299,17 @@ impl Waiter {
             if self.pending.is_empty() {
                 return None;
             }
-            if self.rescan {
-                self.rescan = false;
-                let all: Vec<TaskKey> = self.pending.keys().cloned().collect();
-                if let Err(e) = self.fetch(&all).await {
-                    self.rescan = true;
+            if let Some(from) = self.rescan {
+                // One round of the re-read; its outcomes are handed out before the next.
+                let to = (from + RESCAN_CHUNK).min(self.keys.len());
+                let round: Vec<usize> = (from..to).filter(|&i| self.is_pending(i)).collect();
+                if let Err(e) = self.fetch(&round).await {
                     return Some(Err(e));
                 }
+                self.rescan = (to < self.keys.len()).then_some(to);
                 continue;
             }
-            let mut announced: Vec<TaskKey> = Vec::new();
+            let mut announced: Vec<usize> = Vec::new();
             let mut first = Some(self.events.recv().await);
             loop {
                 let event = match first.take() {
@@ -293,22 +326,20 @@ impl Waiter {
                     },
                 };
                 match event {
-                    Ok(Event::Done(keys)) => announced.extend(
-                        keys.iter()
-                            .filter_map(|k| self.pending.get_key_value(k.as_str()))
-                            .map(|(k, _)| k.clone()),
-                    ),
+                    Ok(Event::Done(keys)) => {
+                        announced.extend(keys.iter().filter_map(|k| self.find(k.as_str())));
+                    }
                     Ok(Event::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => {
-                        self.rescan = true
+                        self.rescan = Some(0);
                     }
                     Err(broadcast::error::RecvError::Closed) => {
                         return Some(Err(Error::ListenerStopped))
                     }
                 }
             }
-            if !announced.is_empty() && !self.rescan {
+            if !announced.is_empty() && self.rescan.is_none() {
                 if let Err(e) = self.fetch(&announced).await {
-                    self.rescan = true;
+                    self.rescan = Some(0);
                     return Some(Err(e));
                 }
             }
@@ -331,15 +362,22 @@ impl Waiter {
         }
     }
 
-    /// Reads `keys` and moves those with outcomes from pending to ready.
-    async fn fetch(&mut self, keys: &[TaskKey]) -> Result<()> {
-        let found = self.store.get_outcomes(keys).await?;
+    /// Reads the keys at `indices` and moves those with outcomes (every index of each such
+    /// key) from pending to ready.
+    async fn fetch(&mut self, indices: &[usize]) -> Result<()> {
+        if indices.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<TaskKey> = indices.iter().map(|&i| self.keys[i].clone()).collect();
+        let found = self.store.get_outcomes(&keys).await?;
         for (key, bytes) in keys.iter().zip(found) {
             let Some(bytes) = bytes else { continue };
-            if let Some(indices) = self.pending.remove(key) {
-                let bytes = Arc::new(bytes);
-                self.ready
-                    .extend(indices.into_iter().map(|i| (i, bytes.clone())));
+            let bytes = Arc::new(bytes);
+            let hash = self.hasher.hash_one(key.as_str());
+            let all = &self.keys;
+            while let Ok(entry) = self.pending.find_entry(hash, |&i| all[i] == *key) {
+                let (index, _) = entry.remove();
+                self.ready.push_back((index, bytes.clone()));
             }
         }
         Ok(())

@@ -88,8 +88,18 @@ impl<'a, T: DeserializeOwned + Send + 'static> IntoFuture for Gather<'a, T> {
 
     fn into_future(self) -> Self::IntoFuture {
         Box::pin(async move {
-            let results = collect::<T>(self.client, self.futures, self.timeout, true).await?;
-            results.into_iter().collect()
+            let Collected { values, waited, .. } =
+                collect_values::<T>(self.client, self.futures, self.timeout, true).await?;
+            let pending = values.iter().filter(|v| v.is_none()).count();
+            if let Some(first) = values.iter().position(Option::is_none) {
+                return Err(Error::Timeout {
+                    waited,
+                    pending,
+                    first: self.futures[first].key().clone(),
+                });
+            }
+            // Values only: a failure returned early (fail fast).
+            Ok(values.into_iter().flatten().collect())
         })
     }
 }
@@ -104,19 +114,59 @@ impl<'a, T: DeserializeOwned + Send + 'static> IntoFuture for GatherEach<'a, T> 
             futures,
             timeout,
         } = self.0;
-        Box::pin(collect::<T>(client, futures, timeout, false))
+        Box::pin(collect_each::<T>(client, futures, timeout))
     }
 }
 
+/// Waits for every outcome (or the deadline) and returns each task's result; those still
+/// pending at the deadline are [`Error::Timeout`].
+async fn collect_each<T: DeserializeOwned>(
+    client: &Client,
+    futures: &[Future<T>],
+    timeout: Option<Duration>,
+) -> Result<Vec<Result<T>>> {
+    let Collected {
+        values,
+        mut failures,
+        waited,
+    } = collect_values(client, futures, timeout, false).await?;
+    Ok(values
+        .into_iter()
+        .enumerate()
+        .map(|(i, value)| match value {
+            Some(value) => Ok(value),
+            None => Err(failures.remove(&i).unwrap_or_else(|| Error::Timeout {
+                waited,
+                pending: 1,
+                first: futures[i].key().clone(),
+            })),
+        })
+        .collect())
+}
+
+/// What [`collect_values`] gathered.
+struct Collected<T> {
+    /// Each task's value, where it succeeded.
+    values: Vec<Option<T>>,
+    /// The tasks that failed, by index.
+    failures: std::collections::HashMap<usize, Error>,
+    /// How long it waited.
+    waited: Duration,
+}
+
 /// Waits for every outcome (or the deadline); with `fail_fast`, returns the first failure.
-async fn collect<T: DeserializeOwned>(
+///
+/// Values are kept as `Option<T>` (failures, rare, in a side table), not as `Result<T>` per
+/// task: a `Result` is as large as [`Error`], which a million results would pay for each.
+async fn collect_values<T: DeserializeOwned>(
     client: &Client,
     futures: &[Future<T>],
     timeout: Option<Duration>,
     fail_fast: bool,
-) -> Result<Vec<Result<T>>> {
+) -> Result<Collected<T>> {
     let keys: Vec<TaskKey> = futures.iter().map(|f| f.key().clone()).collect();
-    let mut results: Vec<Option<Result<T>>> = futures.iter().map(|_| None).collect();
+    let mut values: Vec<Option<T>> = futures.iter().map(|_| None).collect();
+    let mut failures = std::collections::HashMap::new();
     let mut waiter = client.waiter(keys);
     let started = Instant::now();
     loop {
@@ -133,50 +183,21 @@ async fn collect<T: DeserializeOwned>(
             None => break,
             Some(Err(e)) => return Err(e),
             Some(Ok((index, outcome))) => {
-                let result = outcome.and_then(|o| decode::<T>(waiter.key(index), o));
-                if fail_fast {
-                    if let Err(e) = result {
-                        return Err(e);
+                match outcome.and_then(|o| decode::<T>(waiter.key(index), o)) {
+                    Ok(value) => values[index] = Some(value),
+                    Err(e) if fail_fast => return Err(e),
+                    Err(e) => {
+                        failures.insert(index, e);
                     }
                 }
-                results[index] = Some(result);
             }
         }
     }
-    let pending = results.iter().filter(|r| r.is_none()).count();
-    if pending > 0 {
-        let waited = started.elapsed();
-        let first = futures[results
-            .iter()
-            .position(Option::is_none)
-            .expect("one is pending")]
-        .key()
-        .clone();
-        if fail_fast {
-            return Err(Error::Timeout {
-                waited,
-                pending,
-                first,
-            });
-        }
-        return Ok(results
-            .into_iter()
-            .zip(futures)
-            .map(|(r, f)| {
-                r.unwrap_or_else(|| {
-                    Err(Error::Timeout {
-                        waited,
-                        pending: 1,
-                        first: f.key().clone(),
-                    })
-                })
-            })
-            .collect());
-    }
-    Ok(results
-        .into_iter()
-        .map(|r| r.expect("none pending"))
-        .collect())
+    Ok(Collected {
+        values,
+        failures,
+        waited: started.elapsed(),
+    })
 }
 
 /// The value of the one key `waiter` waits for.

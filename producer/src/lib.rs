@@ -30,6 +30,7 @@
 //!   or per graph node ([`Delayed::with_options`]).
 //! - `pools.rs`: [`Client::check_routes`] (routes no live worker serves, and a warning once per
 //!   pool and function) and [`Client::wait_for_workers`].
+//! - `batch.rs`: `map` packs many small calls into one batch message (`TaskOptions::batch`).
 //! - `publish.rs`: pipelined, confirmed publishing with a window; republishes what a lost
 //!   connection left unconfirmed.
 //! - `connection.rs`: the client's RabbitMQ connection and channel, replaced with backoff when lost.
@@ -58,6 +59,7 @@
 
 mod bag;
 pub mod builtins;
+mod batch;
 mod call;
 mod cancel;
 mod client;

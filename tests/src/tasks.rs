@@ -329,6 +329,31 @@ end
 return running
 ";
 
+rask::task! {
+    /// Counts its run in the Redis counter `{prefix}:{i}` (runs per call, for batches); kills
+    /// its worker process on the spot on the first run of the call `abort_at`; fails
+    /// (retryably) its first `fail_first` runs; else returns `i * 10 + 7`, a value of its own.
+    pub async fn counted(redis_url: String, prefix: String, i: u64, fail_first: i64, abort_at: u64) -> Result<u64, rask::TaskError> {
+        let client = redis::Client::open(redis_url).expect("a Redis URL");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("Redis answers");
+        let run = redis::cmd("INCR")
+            .arg(format!("{prefix}:{i}"))
+            .query_async::<i64>(&mut conn)
+            .await
+            .expect("INCR succeeds");
+        if i == abort_at && run == 1 {
+            std::process::abort()
+        }
+        if run <= fail_first {
+            return Err(rask::TaskError::retryable(format!("run {run} of call {i} fails")));
+        }
+        Ok(i * 10 + 7)
+    }
+}
+
 /// The stock functions and this module's, without those that take worker state.
 pub fn registry() -> rask_worker::Registry {
     rask_worker::Registry::with_builtins()
@@ -343,4 +368,5 @@ pub fn registry() -> rask_worker::Registry {
         .with::<hold_slot>()
         .with::<started_at>()
         .with::<hold_lease>()
+        .with::<counted>()
 }

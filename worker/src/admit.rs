@@ -82,27 +82,37 @@ fn abandon(shared: &Shared, what: &'static str, source: rask_common::Error) -> A
 /// Checks `delivery` (see the module docs); dead-letters and settles what has no key to report
 /// on.
 pub(crate) async fn admit(shared: &Shared, delivery: &Delivery) -> Admission {
+    let mut signed_as = None;
     if let Some(signer) = &shared.signer {
         // The size first: a body over the limit is not even hashed to check its signature.
         let verified = if delivery.data.len() > shared.settings.max_message_bytes {
             Err(oversized(shared.settings.max_message_bytes, &delivery.data))
         } else {
             signer
-                .verify_properties(MessageKind::Task, &delivery.properties, &delivery.data)
+                .verify_task_or_batch(&delivery.properties, &delivery.data)
                 .map_err(|unverified| unverified.to_string())
         };
-        if let Err(reason) = verified {
-            let s = &shared.settings;
-            let copied =
-                copy_to_dead_letters(&shared.confirms, s, &shared.id, delivery, &reason).await;
-            settle_unkeyed(delivery, copied).await;
-            return Admission::Settled;
+        match verified {
+            Ok(kind) => signed_as = Some(kind),
+            Err(reason) => return unverified(shared, delivery, &reason).await,
         }
     }
     let message = match decode(shared.settings.max_message_bytes, &delivery.data) {
         Ok(message) => message,
         Err(bad) => return refuse(shared, delivery, FailureKind::BadMessage, bad.into()).await,
     };
+    // A batch signed as a task, or a task signed as a batch, was not published as it is.
+    if let Some(kind) = signed_as.filter(|kind| *kind != MessageKind::of_task(&message)) {
+        let reason = format!(
+            "message signature does not verify: a {kind} signature on a {}",
+            MessageKind::of_task(&message)
+        );
+        return unverified(shared, delivery, &reason).await;
+    }
+    // A batch message counts its redeliveries and reads its calls' outcomes itself (`batch.rs`).
+    if message.is_batch() {
+        return Admission::Run(message);
+    }
     if !delivery.redelivered {
         return Admission::Run(message);
     }
@@ -157,6 +167,15 @@ pub(crate) async fn admit(shared: &Shared, delivery: &Delivery) -> Admission {
         function: Some(message.function),
     };
     refuse(shared, delivery, FailureKind::DeliveryLimit, refusal).await
+}
+
+/// Dead-letters and settles a delivery whose signature does not verify (nothing is stored: see
+/// the module docs).
+async fn unverified(shared: &Shared, delivery: &Delivery, reason: &str) -> Admission {
+    let s = &shared.settings;
+    let copied = copy_to_dead_letters(&shared.confirms, s, &shared.id, delivery, reason).await;
+    settle_unkeyed(delivery, copied).await;
+    Admission::Settled
 }
 
 /// The task message in `body`, or why it is not one (with its key where it can be read). A body

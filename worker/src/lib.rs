@@ -39,6 +39,8 @@
 //!   task over a limit): published through the delay ladder, confirmed, then acknowledged.
 //! - `secede.rs`: a task waiting on tasks it launched gives its concurrency slot back, and
 //!   parked tasks do not count against the prefetch window.
+//! - `batch.rs`: a batch message's calls run one after the other, their outcomes stored
+//!   together, the delivery acknowledged once; retries leave the batch alone.
 //! - `retries.rs`: a retryable failure goes back to the broker through a delay queue.
 //! - `bag.rs`: the element-wise operations of lazy collections (`rask.bag.map`, …): a registered
 //!   function applied to each element of a partition inside one task.
@@ -74,6 +76,7 @@
 
 mod admit;
 mod bag;
+mod batch;
 mod broadcast;
 mod dead_letter;
 mod error;

@@ -57,6 +57,16 @@ impl Pace {
             .is_some_and(|ns| ns.load(Ordering::Relaxed) < QUICK.as_nanos() as u64)
     }
 
+    /// Every function's average run time so far (published for clients to size batches by,
+    /// `batch.rs`).
+    pub(crate) fn averages(&self) -> Vec<(String, Duration)> {
+        let averages = self.averages.read().unwrap_or_else(|e| e.into_inner());
+        averages
+            .iter()
+            .map(|(f, ns)| (f.clone(), Duration::from_nanos(ns.load(Ordering::Relaxed))))
+            .collect()
+    }
+
     /// Records one run of `function` that took `took`.
     pub(crate) fn record(&self, function: &str, took: Duration) {
         let took = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);

@@ -27,6 +27,14 @@ pub(crate) struct Retry {
     delay: Duration,
 }
 
+impl Retry {
+    /// The next attempt's message and how long it waits (for a batch, which publishes it
+    /// itself, `batch.rs`).
+    pub(crate) fn into_parts(self) -> (TaskMessage, Duration) {
+        (self.message, self.delay)
+    }
+}
+
 /// The retry of `message` after an attempt that failed, if the failure was `retryable` and the
 /// message's policy allows another attempt; `None` when the failure is final.
 pub(crate) fn next_attempt(message: &TaskMessage, retryable: bool) -> Option<Retry> {

@@ -283,6 +283,12 @@ impl Worker {
         // Likewise: a limit set before this worker started applies from its first delivery.
         self.limits.load(&store).await?;
         let _limits = crate::limits::refresh(store.clone(), self.limits.clone());
+        // The functions' run times, for clients sizing batches (`batch.rs`).
+        let _pace = crate::batch::publish_pace(
+            store.clone(),
+            registry.clone(),
+            settings.heartbeat_interval,
+        );
         let first = self.next_node.load(Ordering::Relaxed);
         let (connection, node) =
             broker::connect_from(&settings, &format!("rask-worker {id}"), first).await?;
@@ -539,11 +545,15 @@ async fn handle(shared: &Shared, delivery: Delivery, slot: Slot) {
                 outcome,
                 delivery,
                 last,
+                more: Vec::new(),
             };
             return store(shared, finished).await;
         }
         Admission::Settled | Admission::Abandoned => return,
     };
+    if message.is_batch() {
+        return crate::batch::handle(shared, message, delivery, slot).await;
+    }
     if shared.revocations.is_revoked(&message.key) {
         // Its `Cancelled` outcome is stored: storing it again is a no-op that acknowledges.
         tracing::info!(key = %message.key, "revoked task not run");
@@ -718,6 +728,7 @@ async fn finish(shared: &Shared, key: TaskKey, outcome: Outcome, delivery: Deliv
         outcome: encoded,
         delivery,
         last: false,
+        more: Vec::new(),
     };
     store(shared, finished).await;
 }

@@ -40,12 +40,12 @@ pub(crate) async fn run(global: &Global, args: MapArgs) -> Result<ExitCode> {
         encoded.push(encode_args(&items)?);
     }
     let client = connect(global).await?;
+    let mut options = args.schedule.options();
+    if let Some(calls) = args.batch {
+        options = options.batch(calls as usize);
+    }
     let futures = client
-        .map_encoded_with::<Value>(
-            &args.function,
-            encoded.into_iter().map(Ok),
-            &args.schedule.options(),
-        )
+        .map_encoded_with::<Value>(&args.function, encoded.into_iter().map(Ok), &options)
         .await?;
     keys_or_results(&client, &futures, args.keys_only, args.timeout).await
 }

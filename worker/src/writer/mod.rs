@@ -42,6 +42,9 @@ pub(crate) struct Finished {
     /// The delivery limit is reached: dependents that cannot be published now fail instead of
     /// the delivery being requeued once more.
     pub(crate) last: bool,
+    /// The other outcomes of a batch message (`batch.rs`), stored with this one, in the same
+    /// pipeline, before the one delivery is acknowledged. Empty for a single task.
+    pub(crate) more: Vec<(TaskKey, Vec<u8>)>,
 }
 
 /// What settling stored batches needs, shared by the batches settling at once.

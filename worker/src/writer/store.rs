@@ -1,8 +1,10 @@
 //! Storing a batch of outcomes so that one that Redis refuses cannot hold the others: the batch
 //! goes in one pipeline; if Redis refuses it for what it holds (a script error on one task's
 //! graph records, say), it is split in halves, each stored on its own, down to the refused
-//! outcome alone, whose delivery is dead-lettered with Redis's reason. A batch of `n` outcomes
-//! with one refused costs about `2 log2 n` more round trips, on this failure path only.
+//! outcome alone, whose delivery is dead-lettered with Redis's reason (a batch message's
+//! outcomes stay together: Redis refusing one of them dead-letters the whole batch). A batch of
+//! `n` outcomes with one refused costs about `2 log2 n` more round trips, on this failure path
+//! only.
 
 use lapin::message::Delivery;
 use rask_common::dependencies::ReadyTask;
@@ -23,27 +25,39 @@ pub(super) struct Stored {
     pub(super) ready: Vec<ReadyTask>,
 }
 
-/// Part of a batch: the finished tasks and their outcomes (moved out of them), in order.
+/// Part of a batch: the finished tasks and their outcomes (moved out of them), in order; a
+/// batch message's outcomes (`Finished::more`) follow its first, and stay in the same group.
 struct Group {
     finished: Vec<Finished>,
     outcomes: Vec<(TaskKey, Vec<u8>)>,
+    /// How many outcomes each of `finished` has (1 unless a batch message).
+    counts: Vec<usize>,
 }
 
 impl Group {
     fn new(mut finished: Vec<Finished>) -> Self {
-        let outcomes = finished
-            .iter_mut()
-            .map(|f| (f.key.clone(), std::mem::take(&mut f.outcome)))
-            .collect();
-        Group { finished, outcomes }
+        let mut outcomes = Vec::with_capacity(finished.len());
+        let mut counts = Vec::with_capacity(finished.len());
+        for f in &mut finished {
+            counts.push(1 + f.more.len());
+            outcomes.push((f.key.clone(), std::mem::take(&mut f.outcome)));
+            outcomes.append(&mut f.more);
+        }
+        Group {
+            finished,
+            outcomes,
+            counts,
+        }
     }
 
-    /// Splits off the second half.
+    /// Splits off the second half (of the finished tasks, each with all its outcomes).
     fn split(&mut self) -> Group {
         let mid = self.finished.len() / 2;
+        let at = self.counts[..mid].iter().sum();
         Group {
             finished: self.finished.split_off(mid),
-            outcomes: self.outcomes.split_off(mid),
+            outcomes: self.outcomes.split_off(at),
+            counts: self.counts.split_off(mid),
         }
     }
 }

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use super::floor::Floor;
 use super::report::Figures;
-use super::{map_and_gather, release};
+use super::{map_and_gather, release, unbatched};
 
 /// Hashing rounds per task: about 8 ms on one of this machine's cores.
 pub(super) const ROUNDS: u32 = 1_500_000;
@@ -21,8 +21,13 @@ const CHECK_EVERY: usize = 50;
 
 /// rask: `map(spin_hash, (i, ROUNDS))`, then `gather`; checks a sample of the results.
 pub(super) async fn rask(client: &Client, n: usize) -> Result<Figures> {
-    let (values, futures, seconds) =
-        map_and_gather(client, spin_hash, (0..n as u64).map(|i| (i, ROUNDS))).await?;
+    let (values, futures, seconds) = map_and_gather(
+        client,
+        spin_hash,
+        (0..n as u64).map(|i| (i, ROUNDS)),
+        &unbatched(),
+    )
+    .await?;
     for (i, value) in values.iter().enumerate().step_by(CHECK_EVERY) {
         ensure!(
             *value == spin(i as u64, ROUNDS),

@@ -22,6 +22,12 @@
 //!
 //! A message body is `[value length: u32 LE][value][zeros]`, as long as rask's encoded task
 //! message for the same call; the consumer stores the value, as long as rask's stored outcome.
+//!
+//! Batched (`fine`): one message carries n calls, as rask's batch message does, typed
+//! [`BATCH_TYPE`]: `[n: u32 LE]` then per call `[id length: u8][id][value length: u32 LE][value]`,
+//! padded with zeros to the length of rask's batch message of n such calls. The consumer
+//! stores the n values in the pipeline of its deliveries (one `SET` each, one `PUBLISH` of
+//! every key) and acks the message once they are stored; the client checks every value.
 //! The caller checks every byte of every value, outside or inside its timer exactly as it does
 //! for rask.
 
@@ -63,6 +69,8 @@ const NOTIFICATIONS_AT_ONCE: usize = 256;
 const MGET_BYTES: usize = 8 << 20;
 /// Most keys per `MGET` (as rask's store reads them).
 const MGET_KEYS: usize = 1000;
+/// The `type` property of a floor message carrying a batch of calls.
+const BATCH_TYPE: &str = "rask-floor-batch";
 /// Keys per `DEL` when cleaning up.
 const DEL_KEYS: usize = 10_000;
 /// An unused floor queue disappears by itself after this long (`x-expires`), in case the bench
@@ -106,6 +114,20 @@ impl Shape {
             value_len: outcome.encode()?.len(),
             salt,
         })
+    }
+
+    /// The length of rask's batch message of `n` calls of this shape's function, each with
+    /// arguments as long as `args` encodes.
+    pub(super) fn batch_len<T: Task>(_: T, args: T::Args, n: usize) -> Result<usize> {
+        let encoded = encode_value(&args)?;
+        let calls = (0..n)
+            .map(|_| rask_common::message::Call {
+                key: TaskKey::unique(T::NAME),
+                args: encoded.clone(),
+            })
+            .collect();
+        let key = rask_common::batch::batch_key(T::NAME);
+        Ok(TaskMessage::batch(key, T::NAME, calls).encode()?.len())
     }
 
     /// The value stored for message `i`.
@@ -280,6 +302,67 @@ impl Stage {
         for i in range {
             let (key, confirm) = self.publish_one(shape, i).await?;
             keys.push(key);
+            in_flight.push_back(confirm);
+            while in_flight.len() >= self.window {
+                let confirm = in_flight.pop_front().expect("the window is not empty");
+                check(confirm.await?)?;
+            }
+        }
+        for confirm in in_flight {
+            check(confirm.await?)?;
+        }
+        Ok(keys)
+    }
+
+    /// Publishes the calls `range` of `shape`, `per_message` calls per message (each message
+    /// padded to `body_len`), persistent, confirmed, with a window; returns every call's Redis
+    /// key, in order, once the broker has confirmed them all.
+    pub(super) async fn publish_batched(
+        &mut self,
+        shape: &Shape,
+        range: Range<usize>,
+        per_message: usize,
+        body_len: usize,
+    ) -> Result<Vec<String>> {
+        let mut keys = Vec::with_capacity(range.len());
+        let mut in_flight = VecDeque::with_capacity(self.window);
+        let (start, end) = (range.start, range.end);
+        for (m, first) in (start..end).step_by(per_message.max(1)).enumerate() {
+            let calls = first..(first + per_message).min(end);
+            let mut body = Vec::with_capacity(body_len);
+            body.extend_from_slice(&(calls.len() as u32).to_le_bytes());
+            for i in calls {
+                let id = format!("{}-{}", shape.function, uuid::Uuid::new_v4().simple());
+                body.push(u8::try_from(id.len()).expect("ids are short"));
+                body.extend_from_slice(id.as_bytes());
+                let value = shape.value(i);
+                body.extend_from_slice(&(value.len() as u32).to_le_bytes());
+                body.extend_from_slice(&value);
+                let key = format!("{}{id}", self.key_prefix);
+                self.keys.push(key.clone());
+                keys.push(key);
+            }
+            body.resize(body.len().max(body_len), 0);
+            let id = format!("{}.batch-{}", shape.function, uuid::Uuid::new_v4().simple());
+            let properties = BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_content_type(rask_common::broker::CONTENT_TYPE.into())
+                .with_message_id(id.as_str().into())
+                .with_type(BATCH_TYPE.into());
+            let queue = &self.queues[m % self.queues.len()];
+            let confirm = self
+                .channel
+                .basic_publish(
+                    "".into(),
+                    queue.as_str().into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
+                    &body,
+                    properties,
+                )
+                .await?;
             in_flight.push_back(confirm);
             while in_flight.len() >= self.window {
                 let confirm = in_flight.pop_front().expect("the window is not empty");
@@ -537,6 +620,24 @@ impl Consumer {
         let mut pipe = redis::pipe();
         let mut announced = Vec::new();
         for delivery in &deliveries {
+            let batch = delivery.properties.kind().as_ref().map(|k| k.as_str()) == Some(BATCH_TYPE);
+            if batch {
+                for (id, value) in calls_of(&delivery.data) {
+                    let key = format!("{}{id}", self.key_prefix);
+                    pipe.cmd("SET")
+                        .arg(&key)
+                        .arg(value)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(self.ttl_ms)
+                        .ignore();
+                    if !announced.is_empty() {
+                        announced.push(b'\n');
+                    }
+                    announced.extend_from_slice(key.as_bytes());
+                }
+                continue;
+            }
             let id = delivery
                 .properties
                 .message_id()
@@ -576,6 +677,28 @@ impl Consumer {
             Ok(())
         }
     }
+}
+
+/// The calls inside a batched floor message body, as (id, value) (see the module docs).
+fn calls_of(body: &[u8]) -> Vec<(&str, &[u8])> {
+    let mut calls = Vec::new();
+    let Some((n, mut rest)) = body.split_first_chunk::<4>() else {
+        return calls;
+    };
+    for _ in 0..u32::from_le_bytes(*n) {
+        let Some((&id_len, after)) = rest.split_first() else {
+            break;
+        };
+        let (id, after) = after.split_at(usize::from(id_len).min(after.len()));
+        let Some((len, after)) = after.split_first_chunk::<4>() else {
+            break;
+        };
+        let len = (u32::from_le_bytes(*len) as usize).min(after.len());
+        let (value, after) = after.split_at(len);
+        calls.push((std::str::from_utf8(id).unwrap_or_default(), value));
+        rest = after;
+    }
+    calls
 }
 
 /// The value inside a floor message body (see the module docs).

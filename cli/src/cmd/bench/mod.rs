@@ -9,8 +9,8 @@
 //! # Layout
 //! - `mod.rs`: flags, sizes, the order of runs, memory and CPU around each run.
 //! - `cluster.rs`: the private RabbitMQ, Redis and workers (or the running deployment).
-//! - `throughput.rs`, `latency.rs`, `dag.rs`, `payload.rs`, `scale.rs`, `cpu.rs`: one workload
-//!   each, rask's run and the floor's side by side.
+//! - `throughput.rs`, `latency.rs`, `dag.rs`, `payload.rs`, `scale.rs`, `cpu.rs`, `fine.rs`,
+//!   `million.rs`: one workload each, rask's run and the floor's side by side.
 //! - `floor.rs`: publisher, consumers and polling client of the floor.
 //! - `report.rs`: figures, `RESULT` lines, the table and the JSON document.
 //! - `rss.rs`: memory and CPU of processes from `/proc`.
@@ -18,8 +18,10 @@
 mod cluster;
 mod cpu;
 mod dag;
+mod fine;
 mod floor;
 mod latency;
+mod million;
 mod payload;
 mod report;
 mod rss;
@@ -64,6 +66,12 @@ pub(crate) enum Workload {
     /// 2,000 CPU-bound `spin_hash` tasks (about 8 ms each here): tasks/s, against the same hashing on
     /// one thread per worker. Only when asked for (not part of the default run).
     Cpu,
+    /// 200,000 `inc` through one batched `map` (100 calls per message), against a floor that
+    /// batches the same way: tasks/s.
+    Fine,
+    /// A `map` of 1,000,000 `inc`, one message per task: tasks/s, the client's peak RSS and the
+    /// throughput beside a 20,000-task map's. Only when asked for (not part of the default run).
+    Million,
 }
 
 const TASKS_PER_S: Metric = Metric {
@@ -74,12 +82,13 @@ const TASKS_PER_S: Metric = Metric {
 
 impl Workload {
     /// Every workload, in the order they are listed.
-    const ALL: [Workload; 5] = [
+    const ALL: [Workload; 6] = [
         Workload::Throughput,
         Workload::Latency,
         Workload::Dag,
         Workload::Payload,
         Workload::Scale,
+        Workload::Fine,
     ];
 
     /// Where it runs: `payload` last, because the allocators of the client and the workers keep
@@ -100,13 +109,19 @@ impl Workload {
             Workload::Payload => "payload",
             Workload::Scale => "scale",
             Workload::Cpu => "cpu",
+            Workload::Fine => "fine",
+            Workload::Million => "million",
         }
     }
 
     /// The figures compared with the floor; the first is the main one.
     fn metrics(self) -> &'static [Metric] {
         match self {
-            Workload::Throughput | Workload::Scale | Workload::Cpu => &[TASKS_PER_S],
+            Workload::Throughput
+            | Workload::Scale
+            | Workload::Cpu
+            | Workload::Fine
+            | Workload::Million => &[TASKS_PER_S],
             Workload::Latency => &[
                 Metric {
                     key: "p50_us",
@@ -158,6 +173,12 @@ impl Workload {
                 sizes.payload_bytes >> 10
             ),
             Workload::Scale => format!("{} inc", thousands(sizes.scale as u64)),
+            Workload::Fine => format!(
+                "{} inc, {} per message",
+                thousands(sizes.fine as u64),
+                fine::BATCH
+            ),
+            Workload::Million => format!("{} inc", thousands(sizes.million as u64)),
             Workload::Cpu => format!(
                 "{} spin_hash x {} rounds",
                 thousands(sizes.cpu as u64),
@@ -176,6 +197,8 @@ struct Sizes {
     payload_bytes: usize,
     scale: usize,
     cpu: usize,
+    fine: usize,
+    million: usize,
     idle: Duration,
 }
 
@@ -189,6 +212,8 @@ impl Sizes {
         payload_bytes: 1 << 20,
         scale: 200_000,
         cpu: 2_000,
+        fine: 200_000,
+        million: 1_000_000,
         idle: Duration::from_secs(2),
     };
 
@@ -201,6 +226,8 @@ impl Sizes {
         payload_bytes: 64 << 10,
         scale: 400,
         cpu: 20,
+        fine: 400,
+        million: 1_000,
         idle: Duration::from_millis(500),
     };
 }
@@ -374,6 +401,8 @@ async fn run_rask(workload: Workload, client: &Client, sizes: &Sizes) -> Result<
         Workload::Payload => payload::rask(client, sizes.payloads, sizes.payload_bytes).await,
         Workload::Scale => scale::rask(client, sizes.scale).await,
         Workload::Cpu => cpu::rask(client, sizes.cpu).await,
+        Workload::Fine => fine::rask(client, sizes.fine).await,
+        Workload::Million => million::rask(client, sizes.million).await,
     }
 }
 
@@ -385,6 +414,8 @@ async fn run_floor(workload: Workload, floor: &mut Floor, sizes: &Sizes) -> Resu
         Workload::Payload => payload::floor(floor, sizes.payloads, sizes.payload_bytes).await,
         Workload::Scale => scale::floor(floor, sizes.scale).await,
         Workload::Cpu => cpu::floor(floor, sizes.cpu).await,
+        Workload::Fine => fine::floor(floor, sizes.fine).await,
+        Workload::Million => million::floor(floor, sizes.million).await,
     }
 }
 
@@ -476,21 +507,32 @@ async fn measure_idle(workers: &[Pid], window: Duration) -> Result<Idle> {
 }
 
 /// Deletes the stored results of `futures`, so Redis does not grow from workload to workload.
-/// `map(task, args)` then `gather` (for at most [`PATIENCE`]): the values, the futures (to
-/// release once the values are checked) and the seconds from the first submit to the last result.
+/// `map_with(task, args, options)` then `gather` (for at most [`PATIENCE`]): the values, the
+/// futures (to release once the values are checked) and the seconds from the first submit to
+/// the last result. Workloads that compare with a floor of one message per task pass
+/// [`unbatched`] options, so that their figures mean what they meant before batches.
 async fn map_and_gather<T: rask::Task>(
     client: &Client,
     task: T,
     args: impl IntoIterator<Item = T::Args>,
+    options: &rask::TaskOptions,
 ) -> Result<(Vec<T::Output>, Vec<rask::Future<T::Output>>, f64)> {
     let started = Instant::now();
-    let futures = client.map(task, args).await.context("submitting")?;
+    let futures = client
+        .map_with(task, args, options)
+        .await
+        .context("submitting")?;
     let values = client
         .gather(&futures)
         .timeout(PATIENCE)
         .await
         .context("gathering")?;
     Ok((values, futures, started.elapsed().as_secs_f64()))
+}
+
+/// Options of one message per task (no batches).
+fn unbatched() -> rask::TaskOptions {
+    rask::TaskOptions::new().batch(1)
 }
 
 async fn release<T>(client: &Client, futures: &[rask::Future<T>]) -> Result<()> {

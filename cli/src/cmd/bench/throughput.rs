@@ -9,12 +9,12 @@ use tokio::time::Instant;
 
 use super::floor::{check_value, Floor, Shape};
 use super::report::Figures;
-use super::{map_and_gather, release};
+use super::{map_and_gather, release, unbatched};
 
 /// rask: `map(inc, 0..n)`, then `gather`; checks every result is its input plus one.
 pub(super) async fn rask(client: &Client, n: usize) -> Result<Figures> {
     let (values, futures, seconds) =
-        map_and_gather(client, inc, (0..n as i64).map(|i| (i,))).await?;
+        map_and_gather(client, inc, (0..n as i64).map(|i| (i,)), &unbatched()).await?;
     for (i, value) in values.iter().enumerate() {
         ensure!(
             *value == i as i64 + 1,
