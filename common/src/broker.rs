@@ -480,7 +480,12 @@ fn signed_properties(
     to: &Destination,
     body: &[u8],
 ) -> BasicProperties {
-    sign(task_properties(message), MessageKind::of_task(message), to, body)
+    sign(
+        task_properties(message),
+        MessageKind::of_task(message),
+        to,
+        body,
+    )
 }
 
 /// `properties` with the delay headers of `to` and the signature of `body` (a message of

@@ -49,8 +49,8 @@
 //! - [`error`]: the crate's [`Error`].
 
 pub mod bag_ops;
-pub mod blobs;
 pub mod batch;
+pub mod blobs;
 pub mod broker;
 pub mod builtins;
 pub mod context;

@@ -58,8 +58,8 @@
 //! - [`Error`] (`error.rs`): what can fail.
 
 mod bag;
-pub mod builtins;
 mod batch;
+pub mod builtins;
 mod call;
 mod cancel;
 mod client;
@@ -79,8 +79,8 @@ mod pools;
 mod progress;
 mod publish;
 mod purge;
-mod report;
 mod references;
+mod report;
 mod retry;
 mod run;
 mod scatter;
