@@ -415,7 +415,8 @@ async fn bench_smoke_runs_every_workload() {
     let out = rask(&env, &["bench", "--smoke", "--json"], "").await;
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
-    for workload in ["throughput", "latency", "dag", "payload", "scale"] {
+    let workloads = ["throughput", "latency", "dag", "payload", "scale", "fine"];
+    for workload in workloads {
         for system in ["rask", "floor"] {
             let line = format!("RESULT system={system} workload={workload} ");
             assert!(text.contains(&line), "no `{line}` in:\n{text}");
@@ -426,7 +427,7 @@ async fn bench_smoke_runs_every_workload() {
     let json: serde_json::Value = serde_json::from_str(last).expect("the last line is JSON");
     assert_eq!(
         json["workloads"].as_array().map(Vec::len),
-        Some(5),
+        Some(workloads.len()),
         "{json}"
     );
 }
