@@ -551,10 +551,14 @@ pub(crate) struct BenchArgs {
     #[arg(long, default_value_t = 1, conflicts_with = "use_running",
           value_parser = clap::value_parser!(u16).range(1..=256))]
     pub(crate) shards: u16,
-    /// Run the private cluster's clients and workers with the `events` setting off (to
-    /// measure what recording task events costs).
-    #[arg(long, conflicts_with = "use_running")]
+    /// Run the private cluster's clients and workers with the `events` setting off (its
+    /// default; kept for scripts that pass it).
+    #[arg(long, conflicts_with_all = ["use_running", "events"])]
     pub(crate) no_events: bool,
+    /// Run the private cluster's clients and workers with the `events` setting on (to measure
+    /// what recording task states and events costs).
+    #[arg(long, conflicts_with = "use_running")]
+    pub(crate) events: bool,
     /// Run every workload this many times and report the medians.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) runs: u32,

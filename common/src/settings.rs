@@ -307,7 +307,8 @@ pub struct Settings {
     /// Whether producers and workers record task states and events ([`crate::events`]): a
     /// state record per task (`rask inspect`, expiring with the result) and entries in the
     /// deployment's bounded event stream (`rask events`), written in the same batches as the
-    /// Redis writes that happen anyway. Default `true`.
+    /// Redis writes that happen anyway. Default `false`: recording costs the hot path (docs/benchmarks.md:
+    /// about 10-25 % of one-message-per-task throughput at 200,000 tasks), as Celery's `-E`.
     pub events: bool,
     /// Most entries kept in the event stream (`XADD MAXLEN ~`; Redis trims whole blocks, so a
     /// few more may remain). Default `100000`.
@@ -367,7 +368,7 @@ impl Default for Settings {
             routes: BTreeMap::new(),
             limits: BTreeMap::new(),
             allow_pickled_functions: false,
-            events: true,
+            events: false,
             events_max_len: 100_000,
         }
     }

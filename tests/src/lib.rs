@@ -253,6 +253,7 @@ impl TestEnv {
             ("RASK_QUEUE_TYPE".into(), s.queue_type.to_string()),
             ("RASK_QUEUE_SHARDS".into(), s.queue_shards.to_string()),
             ("RASK_MAX_PRIORITY".into(), s.max_priority.to_string()),
+            ("RASK_EVENTS".into(), s.events.to_string()),
         ];
         if !s.amqp_urls.is_empty() {
             vars.push(("RASK_AMQP_URLS".into(), s.amqp_urls.join(",")));

@@ -160,7 +160,8 @@ async fn chromium(url: &str, profile: &std::path::Path, args: &[&str]) -> String
 
 #[tokio::test]
 async fn the_dashboard_draws_the_task_stream_and_progress_per_function() {
-    let env = TestEnv::new("stream-dashboard").await;
+    let mut env = TestEnv::new("stream-dashboard").await;
+    env.settings.events = true;
     let workers = env.spawn_workers_with(
         2,
         &[

@@ -32,7 +32,8 @@ async fn stream_lengths(env: &TestEnv) -> (u64, u64) {
 
 #[tokio::test]
 async fn task_info_tells_every_state() {
-    let env = TestEnv::new("states").await;
+    let mut env = TestEnv::new("states").await;
+    env.settings.events = true;
     let worker = env.run_worker(Registry::with_builtins());
     let client = env.client().await;
 
@@ -137,7 +138,8 @@ async fn task_info_tells_every_state() {
 
 #[tokio::test]
 async fn events_list_each_task_lifecycle() {
-    let env = TestEnv::new("events").await;
+    let mut env = TestEnv::new("events").await;
+    env.settings.events = true;
     let worker = env.run_worker(Registry::with_builtins());
     let client = env.client().await;
     let futures = client.map(inc, (0..50).map(|i| (i,))).await.unwrap();
@@ -192,6 +194,7 @@ async fn events_list_each_task_lifecycle() {
 #[tokio::test]
 async fn the_event_stream_is_bounded() {
     let mut env = TestEnv::new("events-bound").await;
+    env.settings.events = true;
     env.settings.events_max_len = 10;
     let worker = env.run_worker(Registry::with_builtins());
     let client = env.client().await;
@@ -226,7 +229,8 @@ async fn events_off_records_nothing() {
 
 #[tokio::test]
 async fn a_report_around_a_block_is_one_self_contained_page() {
-    let env = TestEnv::new("report").await;
+    let mut env = TestEnv::new("report").await;
+    env.settings.events = true;
     let worker = env.run_worker(Registry::with_builtins());
     let client = env.client().await;
     let out = env.path("report.html");
@@ -282,6 +286,7 @@ async fn a_report_around_a_block_is_one_self_contained_page() {
 #[tokio::test]
 async fn a_dead_lettered_task_shows_when_and_why() {
     let mut env = TestEnv::new("events-dead").await;
+    env.settings.events = true;
     // The worker takes smaller messages than the client sends.
     let sends = env.settings.max_message_bytes;
     env.settings.max_message_bytes = 1000;

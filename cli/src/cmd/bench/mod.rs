@@ -270,12 +270,12 @@ pub(crate) async fn run(global: &Global, args: BenchArgs) -> Result<ExitCode> {
                 rask_common::settings::QueueType::Classic
             },
             shards: args.shards,
-            events: !args.no_events,
+            events: args.events,
             inline_limit: args.inline_limit,
             blobs: args.blobs,
         };
-        if args.no_events {
-            eprintln!("bench: task events are off");
+        if args.events {
+            eprintln!("bench: task events are on");
         }
         if let Some(c) = shape.concurrency {
             eprintln!("bench: each worker runs {c} task(s) at once");
