@@ -196,16 +196,7 @@ impl Client {
             Ok(self.store().rebuild_lost(&external).await?)
         })
         .await?;
-        Ok(lost
-            .into_iter()
-            .filter_map(|task| match task.message() {
-                Ok(message) => Some(message),
-                Err(e) => {
-                    tracing::warn!(key = %task.key, reason = %e.reason, "skipping an undecodable task record");
-                    None
-                }
-            })
-            .collect())
+        Ok(rask_common::dependencies::ReadyTask::messages(lost))
     }
 }
 

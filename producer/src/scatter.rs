@@ -63,16 +63,7 @@ impl Client {
         })
         .await?;
         // This client publishes messages: the records are decoded (not on a worker's path).
-        Ok(ready
-            .into_iter()
-            .filter_map(|task| match task.message() {
-                Ok(message) => Some(message),
-                Err(e) => {
-                    tracing::warn!(key = %task.key, reason = %e.reason, "skipping an undecodable task record");
-                    None
-                }
-            })
-            .collect())
+        Ok(rask_common::dependencies::ReadyTask::messages(ready))
     }
 
     /// Waits until every one of `futures` has an outcome, a value or a failure, without reading

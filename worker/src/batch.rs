@@ -162,16 +162,7 @@ async fn run_call(shared: &Shared, message: &TaskMessage) -> Ran {
             None,
             &mut retryable,
         );
-        tokio::pin!(executing);
-        tokio::select! {
-            biased;
-            outcome = &mut executing => outcome,
-            () = shared.revocations.revoked(&message.key) => {
-                tracing::info!(key = %message.key, "revoked task stopped");
-                cancel.token.cancel();
-                executing.await
-            }
-        }
+        crate::worker::until_revoked(shared, &message.key, &cancel, executing).await
     };
     match retries::next_attempt(message, retryable) {
         Some(retry) => {

@@ -661,16 +661,7 @@ async fn handle(shared: &Shared, delivery: Delivery, slot: Slot) {
                 held,
                 &mut retryable,
             );
-            tokio::pin!(executing);
-            tokio::select! {
-                biased;
-                outcome = &mut executing => outcome,
-                () = shared.revocations.revoked(&message.key) => {
-                    tracing::info!(key = %message.key, "revoked task stopped");
-                    cancel.token.cancel();
-                    executing.await
-                }
-            }
+            until_revoked(shared, &message.key, &cancel, executing).await
         }
         Err(inputs::Unresolved::Failed(outcome)) => outcome,
         Err(inputs::Unresolved::Waiting) => return lineage::settle(&delivery, false).await,
@@ -703,6 +694,26 @@ async fn handle(shared: &Shared, delivery: Delivery, slot: Slot) {
                 recording.finished(&outcome);
             }
             finish(shared, message.key, outcome, delivery).await
+        }
+    }
+}
+
+/// Runs `executing` (the body of task `key`) to its outcome; when a client revokes the task while
+/// it runs (force cancel), `cancel` is fired and the body's outcome after that is returned.
+pub(crate) async fn until_revoked(
+    shared: &Shared,
+    key: &TaskKey,
+    cancel: &Cancel,
+    executing: impl std::future::Future<Output = Outcome>,
+) -> Outcome {
+    tokio::pin!(executing);
+    tokio::select! {
+        biased;
+        outcome = &mut executing => outcome,
+        () = shared.revocations.revoked(key) => {
+            tracing::info!(key = %key, "revoked task stopped");
+            cancel.token.cancel();
+            executing.await
         }
     }
 }

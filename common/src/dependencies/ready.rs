@@ -92,6 +92,21 @@ impl ReadyTask {
     pub fn message(&self) -> Result<TaskMessage, Undecodable> {
         TaskMessage::decode(&self.body)
     }
+
+    /// The messages of `tasks`, decoded (for a client that publishes them); an undecodable
+    /// record is logged and skipped.
+    pub fn messages(tasks: Vec<ReadyTask>) -> Vec<TaskMessage> {
+        tasks
+            .into_iter()
+            .filter_map(|task| match task.message() {
+                Ok(message) => Some(message),
+                Err(e) => {
+                    tracing::warn!(key = %task.key, reason = %e.reason, "skipping an undecodable task record");
+                    None
+                }
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]
