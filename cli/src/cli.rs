@@ -126,6 +126,15 @@ pub(crate) struct ScheduleArgs {
     /// that much.
     #[arg(long, value_name = "NAME=AMOUNT,...", value_parser = parse_resources)]
     pub(crate) resources: Option<rask::Resources>,
+    /// Hedged execution: publish a second copy of a task still running after this long (e.g.
+    /// `200ms`); the first outcome stored wins and the other copy is cancelled. Hedged tasks
+    /// are not batched; the copies are counted in `{prefix}:hedges`.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, conflicts_with = "hedge_p95")]
+    pub(crate) hedge: Option<Duration>,
+    /// Hedged execution after FACTOR times the 95th percentile of the completion times of the
+    /// call's tasks so far (the function's average run time until 20 have completed).
+    #[arg(long, value_name = "FACTOR")]
+    pub(crate) hedge_p95: Option<f64>,
 }
 
 /// Reads `--resources`.
@@ -158,6 +167,12 @@ impl ScheduleArgs {
         }
         if let Some(needs) = &self.resources {
             options = options.resources(needs.clone());
+        }
+        if let Some(after) = self.hedge {
+            options = options.hedge(after);
+        }
+        if let Some(factor) = self.hedge_p95 {
+            options = options.hedge_p95(factor);
         }
         options
     }

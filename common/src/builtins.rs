@@ -67,6 +67,21 @@ crate::task! {
 }
 
 crate::task! {
+    /// Sleeps `ms` milliseconds, or `slow_ms` in `per_mille` runs out of 1,000 (drawn afresh at
+    /// each run, not per argument: a straggler is a slow moment of a machine, not a slow
+    /// input), then returns `i`: the `stragglers` benchmark's task (hedged execution).
+    pub async fn straggle(i: u64, ms: u64, slow_ms: u64, per_mille: u32) -> u64 {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let draw = spin(u64::from(nanos) ^ i.rotate_left(32), 2) % 1000;
+        let pause = if draw < u64::from(per_mille) { slow_ms } else { ms };
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        i
+    }
+}
+
+crate::task! {
     /// CPU-bound work of a fixed size, for scaling measurements: [`spin`]`(seed, rounds)`.
     /// A fixed amount of work rather than a fixed time, so that workers sharing a core take
     /// longer instead of finishing early. A million rounds take about 5.5 ms on this machine.

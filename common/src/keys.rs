@@ -295,6 +295,12 @@ impl Keys {
         self.of_deployment(&format!("limit-leases:{function}"))
     }
 
+    /// The hedge copies published (a hash: function -> copies, decimal), the extra runs hedged
+    /// execution cost ([`crate::hedge`]): `{prefix}:hedges`.
+    pub fn hedges(&self) -> String {
+        self.of_deployment("hedges")
+    }
+
     /// The run times workers measured (a hash: function -> average run time in nanoseconds,
     /// decimal), from which clients size batches ([`crate::batch`]): `{prefix}:pace`.
     pub fn pace(&self) -> String {

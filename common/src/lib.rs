@@ -15,6 +15,7 @@
 //! - [`task`](mod@task): the [`Task`] trait and the [`task!`] macro that defines typed tasks.
 //! - [`context`]: what a task body may take besides its arguments: its [`TaskContext`] and the
 //!   worker's [`State`].
+//! - [`hedge`]: hedged execution: the [`hedge::Hedge`] policy and the count of hedge copies.
 //! - [`graph`]: lazy task graphs: [`graph::Delayed`] calls, their [`graph::Arg`]s, content keys.
 //! - [`splice`]: graph inputs spliced into a task's arguments as raw MessagePack bytes.
 //! - [`dependencies`]: the Redis scripts that register graph tasks and release them when their
@@ -59,6 +60,7 @@ pub mod dependencies;
 pub mod error;
 pub mod events;
 pub mod graph;
+pub mod hedge;
 pub mod keys;
 pub mod limits;
 pub mod message;

@@ -89,6 +89,12 @@ pub struct TaskMessage {
     /// messages mean that.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub calls: Vec<Call>,
+    /// A hedge copy ([`crate::hedge`]): published again by the client because the task ran
+    /// late. A worker reads whether the task has an outcome before running it (the other copy
+    /// may have stored one) and does not run it if so. Not written when false: older messages
+    /// and older workers mean an ordinary delivery.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub hedge: bool,
 }
 
 /// One call of a batch message: its own key (its outcome is stored under it) and arguments; the
@@ -127,6 +133,7 @@ impl TaskMessage {
             pool_rate_token: false,
             args_ref: None,
             calls: Vec::new(),
+            hedge: false,
         }
     }
 

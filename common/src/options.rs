@@ -7,6 +7,7 @@
 use std::time::{Duration, SystemTime};
 
 use crate::retry::duration_ms;
+use crate::hedge::Hedge;
 use crate::{Pool, Resources, RetryPolicy, Settings, TaskMessage};
 
 /// Scheduling options for submitted tasks. The default runs a task as soon as a worker is free,
@@ -34,6 +35,8 @@ pub struct TaskOptions {
     pool: Option<std::result::Result<Pool, String>>,
     /// Calls per batch message in a `map` ([`TaskOptions::batch`]); `None`: sized by run time.
     batch: Option<usize>,
+    /// When a late task gets a second copy ([`TaskOptions::hedge`]); `None`: never.
+    hedge: Option<Hedge>,
 }
 
 /// When a task may start.
@@ -138,8 +141,48 @@ impl TaskOptions {
         self
     }
 
+    /// Hedged execution: when the task has not finished `after` it started running (as the
+    /// submitting client sees it), a second copy of its message is published; the first outcome
+    /// stored wins (write-once) and the other copy is revoked (a worker running it stops, one
+    /// receiving it later drops it). For tasks whose runs are sometimes slow for reasons of
+    /// their own (a slow machine, a pause), not for slow inputs: both copies would be slow.
+    /// Each copy is an extra run, counted in `{prefix}:hedges`. The client that submits does
+    /// the hedging, for as long as it is connected: tasks of a `map` with it are not batched.
+    /// See docs/protocol.md, "Hedged execution".
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use rask_common::TaskOptions;
+    ///
+    /// let options = TaskOptions::new().hedge(Duration::from_millis(200));
+    /// assert!(options.hedge_policy().is_some());
+    /// assert_eq!(options.batch_size(), Some(1), "hedged tasks are not batched");
+    /// ```
+    pub fn hedge(mut self, after: Duration) -> Self {
+        self.hedge = Some(Hedge::After(after));
+        self
+    }
+
+    /// [`TaskOptions::hedge`] with a wait of `factor` times the 95th percentile of the
+    /// completion times of the call's tasks seen so far (from 20 completed; before that,
+    /// `factor` times the average run time workers published for the function, and no hedging
+    /// while neither is known). A factor under 1 counts as 1.
+    pub fn hedge_p95(mut self, factor: f64) -> Self {
+        self.hedge = Some(Hedge::P95 { factor });
+        self
+    }
+
+    /// The hedging set with [`TaskOptions::hedge`] or [`TaskOptions::hedge_p95`], if any.
+    pub fn hedge_policy(&self) -> Option<Hedge> {
+        self.hedge
+    }
+
     /// The batch size set with [`TaskOptions::batch`], if any.
     pub fn batch_size(&self) -> Option<usize> {
+        if self.hedge.is_some() {
+            // A hedge copy is a task message of its own: hedged calls travel alone.
+            return Some(1);
+        }
         self.batch
     }
 

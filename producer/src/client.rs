@@ -43,6 +43,8 @@ struct Inner {
     routes: Arc<RouteWatch>,
     /// The `queued` events of tasks published (`events.rs`).
     queued: crate::events::Queued,
+    /// The hedgers of hedged calls running in the background (`hedge.rs`).
+    hedgers: crate::hedge::Hedgers,
 }
 
 impl Client {
@@ -72,6 +74,7 @@ impl Client {
                 store,
                 listener,
                 routes: Arc::default(),
+                hedgers: crate::hedge::Hedgers::default(),
             }),
         })
     }
@@ -324,11 +327,13 @@ impl Client {
 
     /// Stops listening for completions and closes the connection to RabbitMQ (Redis connections
     /// close when the last clone drops). Waits still running on clones fail; later submits fail
-    /// with [`crate::Error::Closed`].
+    /// with [`crate::Error::Closed`]. Hedging stops first: the other copies of hedged tasks
+    /// that have an outcome are revoked (see [`TaskOptions::hedge`]).
     ///
     /// # Errors
     /// [`crate::Error::Broker`] if the close handshake fails.
     pub async fn close(&self) -> Result<()> {
+        self.inner.hedgers.finish().await;
         self.inner.listener.stop();
         self.inner.link.close().await
     }
@@ -368,22 +373,26 @@ impl Client {
         let pool = options.checked_pool()?;
         self.watch_route(function, s.route(function, pool).as_ref());
         let queued = &self.inner.queued;
+        let delay = options.delay();
+        // Hedged tasks are kept, to publish a copy of those that run late (`hedge.rs`).
+        let hedge = options.hedge_policy();
+        let mut armed = hedge.map(|_| crate::hedge::Armed::new());
         let messages = messages.into_iter().map(|m| {
             m.map(|m| {
                 let m = options.apply(m, s);
                 queued.note(&m);
+                if let Some(armed) = armed.as_mut() {
+                    armed.note(&m, delay);
+                }
                 m
             })
         });
-        let published = publish_all(
-            &self.inner.link,
-            &self.inner.keeper,
-            s,
-            options.delay(),
-            messages,
-        )
-        .await;
+        let published = publish_all(&self.inner.link, &self.inner.keeper, s, delay, messages).await;
         queued.flush();
+        if let (Ok(()), Some(policy), Some(armed)) = (&published, hedge, armed) {
+            let hedgers = &self.inner.hedgers;
+            hedgers.spawn(self.clone(), policy, function.to_owned(), armed);
+        }
         published
     }
 

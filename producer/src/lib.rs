@@ -30,6 +30,8 @@
 //!   or per graph node ([`Delayed::with_options`]).
 //! - `pools.rs`: [`Client::check_routes`] (routes no live worker serves, and a warning once per
 //!   pool and function) and [`Client::wait_for_workers`].
+//! - `hedge.rs`: hedged execution ([`TaskOptions::hedge`]): a copy of each late task, the
+//!   first outcome wins, the other copy is revoked.
 //! - `batch.rs`: `map` packs many small calls into one batch message (`TaskOptions::batch`).
 //! - `publish.rs`: pipelined, confirmed publishing with a window; republishes what a lost
 //!   connection left unconfirmed.
@@ -72,6 +74,7 @@ mod events;
 mod future;
 mod gather;
 mod graph;
+mod hedge;
 mod limits;
 #[cfg(feature = "local")]
 pub mod local;
@@ -105,6 +108,7 @@ pub use rask_common::ops::{
     BroadcastFailure, RecentError, WorkerCounters, WorkerEntry, WorkerInfo,
 };
 pub use rask_common::schedule::{Missed, Schedule, Timing};
+pub use rask_common::hedge::Hedge;
 pub use rask_common::TaskOptions;
 pub use rask_common::{
     task, Arg, Delayed, FailureKind, Pool, ResourceSlots, Resources, RetryPolicy, Settings, State,

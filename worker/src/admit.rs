@@ -38,6 +38,10 @@
 //! (the same number the Redis counter holds), so the worker only reads whether an outcome is
 //! stored (one `MGET`) and writes no counter. Retries and dead letters are new messages, so
 //! neither count.
+//!
+//! A hedge copy (`TaskMessage::hedge`, see `rask_common::hedge`) is checked for an outcome on
+//! its first delivery too (one `GET`, for hedge copies only): when the other copy of the task
+//! finished first, the copy does not run; its stored outcome goes through the writer as above.
 
 use lapin::message::Delivery;
 use rask_common::broker;
@@ -114,6 +118,10 @@ pub(crate) async fn admit(shared: &Shared, delivery: &Delivery) -> Admission {
         return Admission::Run(message);
     }
     if !delivery.redelivered {
+        if message.hedge {
+            // A hedge copy: the other copy may have stored an outcome already.
+            return unless_stored(shared, message).await;
+        }
         return Admission::Run(message);
     }
     let key = &message.key;
@@ -167,6 +175,30 @@ pub(crate) async fn admit(shared: &Shared, delivery: &Delivery) -> Admission {
         function: Some(message.function),
     };
     refuse(shared, delivery, FailureKind::DeliveryLimit, refusal).await
+}
+
+/// Runs `message` (a hedge copy, `TaskMessage::hedge`) unless its task has an outcome stored
+/// already: one `GET`, for hedge copies only.
+async fn unless_stored(shared: &Shared, message: TaskMessage) -> Admission {
+    let key = &message.key;
+    let outcomes = retry::until_ok("reading an outcome", || {
+        shared.store.get_outcomes(std::slice::from_ref(key))
+    })
+    .await;
+    match outcomes {
+        Ok(outcomes) => match outcomes.into_iter().next() {
+            Some(Some(bytes)) => {
+                tracing::info!(key = %key, "hedge copy of a task that already has an outcome; not running it");
+                Admission::Stored {
+                    key: message.key,
+                    outcome: bytes,
+                    last: false,
+                }
+            }
+            _ => Admission::Run(message),
+        },
+        Err(e) => abandon(shared, "reading outcomes", e),
+    }
 }
 
 /// Dead-letters and settles a delivery whose signature does not verify (nothing is stored: see

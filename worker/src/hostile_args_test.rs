@@ -26,10 +26,10 @@
 //! The run is deterministic (a fixed seed); `RASK_FUZZ_CASES` and `RASK_FUZZ_SEED` run it longer
 //! or elsewhere.
 //!
-//! Two bodies are stand-ins with the stock name and argument types, so that the decoding paths
+//! Three bodies are stand-ins with the stock name and argument types, so that the decoding paths
 //! are the real ones: `spin_hash` spins at most 1,000 rounds (its work is bounded by its `u32`
-//! and by time limits, not by memory) and `sleep_ms` does not sleep (it allocates nothing;
-//! `builtins` tests that the longest sleep does not panic).
+//! and by time limits, not by memory) and `sleep_ms` and `straggle` do not sleep (they allocate
+//! nothing; `builtins` tests that the longest sleep does not panic).
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -73,11 +73,20 @@ rask_common::task! {
     async fn sleep_ms(ms: u64) -> u64 { ms }
 }
 
-/// The stock functions, with the two stand-ins.
+rask_common::task! {
+    /// Stand-in for the stock `straggle` (same name and arguments) that does not sleep.
+    async fn straggle(i: u64, ms: u64, slow_ms: u64, per_mille: u32) -> u64 {
+        let _ = (ms, slow_ms, per_mille);
+        i
+    }
+}
+
+/// The stock functions, with the three stand-ins.
 fn registry() -> Registry {
     Registry::with_builtins()
         .with::<spin_hash>()
         .with::<sleep_ms>()
+        .with::<straggle>()
 }
 
 /// splitmix64: small, fast, reproducible.
@@ -119,6 +128,7 @@ fn seeds(name: &str) -> Vec<Value> {
         "sum_ints" => vec![v(serde_json::json!([[1, 2, 3]]))],
         "echo" => vec![v(serde_json::json!([{"a": [1, "b"]}]))],
         "sleep_ms" => vec![v(serde_json::json!([5]))],
+        "straggle" => vec![v(serde_json::json!([1, 0, 0, 0]))],
         "spin_hash" => vec![v(serde_json::json!([7, 3]))],
         "fail" => vec![v(serde_json::json!(["no"]))],
         "image_stats" => vec![args(vec![to(&batch)]), args(vec![to(&empty)])],

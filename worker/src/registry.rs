@@ -127,6 +127,7 @@ impl Registry {
             .with::<builtins::sum_ints>()
             .with::<builtins::echo>()
             .with::<builtins::sleep_ms>()
+            .with::<builtins::straggle>()
             .with::<builtins::spin_hash>()
             .with::<builtins::fail>()
             .with::<rask_demo::image_stats>()

@@ -47,5 +47,10 @@ pub(crate) async fn run(global: &Global, args: MapArgs) -> Result<ExitCode> {
     let futures = client
         .map_encoded_with::<Value>(&args.function, encoded.into_iter().map(Ok), &options)
         .await?;
-    keys_or_results(&client, &futures, args.keys_only, args.timeout).await
+    let code = keys_or_results(&client, &futures, args.keys_only, args.timeout).await;
+    if options.hedge_policy().is_some() {
+        // Revokes the other copies of hedged tasks before the process exits.
+        client.close().await?;
+    }
+    code
 }

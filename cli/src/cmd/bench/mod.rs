@@ -11,6 +11,7 @@
 //! - `cluster.rs`: the private RabbitMQ, Redis and workers (or the running deployment).
 //! - `throughput.rs`, `latency.rs`, `dag.rs`, `payload.rs`, `scale.rs`, `cpu.rs`, `fine.rs`,
 //!   `million.rs`: one workload each, rask's run and the floor's side by side.
+//! - `stragglers.rs`: hedged execution, a map with 1 % slow runs with and without hedging.
 //! - `floor.rs`: publisher, consumers and polling client of the floor.
 //! - `report.rs`: figures, `RESULT` lines, the table and the JSON document.
 //! - `rss.rs`: memory and CPU of processes from `/proc`.
@@ -26,6 +27,7 @@ mod payload;
 mod report;
 mod rss;
 mod scale;
+mod stragglers;
 mod throughput;
 
 use std::future::Future;
@@ -72,6 +74,10 @@ pub(crate) enum Workload {
     /// A `map` of 1,000,000 `inc`, one message per task: tasks/s, the client's peak RSS and the
     /// throughput beside a 20,000-task map's. Only when asked for (not part of the default run).
     Million,
+    /// A `map` of 1,000 `straggle` tasks of 5 ms, 1 % of runs taking 100 times longer, with
+    /// hedging (after 50 ms) against the same map without: per-task completion p50/p99 ms,
+    /// seconds, and the hedge copies it cost. Only when asked for (not part of the default run).
+    Stragglers,
 }
 
 const TASKS_PER_S: Metric = Metric {
@@ -111,6 +117,7 @@ impl Workload {
             Workload::Cpu => "cpu",
             Workload::Fine => "fine",
             Workload::Million => "million",
+            Workload::Stragglers => "stragglers",
         }
     }
 
@@ -149,6 +156,23 @@ impl Workload {
                 ratio_key: "ratio",
                 label: "MiB/s",
             }],
+            Workload::Stragglers => &[
+                Metric {
+                    key: "p99_ms",
+                    ratio_key: "ratio",
+                    label: "p99 ms",
+                },
+                Metric {
+                    key: "p50_ms",
+                    ratio_key: "ratio_p50",
+                    label: "p50 ms",
+                },
+                Metric {
+                    key: "seconds",
+                    ratio_key: "ratio_seconds",
+                    label: "seconds",
+                },
+            ],
         }
     }
 
@@ -179,6 +203,13 @@ impl Workload {
                 fine::BATCH
             ),
             Workload::Million => format!("{} inc", thousands(sizes.million as u64)),
+            Workload::Stragglers => format!(
+                "{} straggle, {}‰ of runs {} ms instead of {} ms; floor: unhedged",
+                thousands(sizes.stragglers as u64),
+                stragglers::PER_MILLE,
+                stragglers::SLOW_MS,
+                stragglers::MS
+            ),
             Workload::Cpu => format!(
                 "{} spin_hash x {} rounds",
                 thousands(sizes.cpu as u64),
@@ -199,6 +230,7 @@ struct Sizes {
     cpu: usize,
     fine: usize,
     million: usize,
+    stragglers: usize,
     idle: Duration,
 }
 
@@ -214,6 +246,7 @@ impl Sizes {
         cpu: 2_000,
         fine: 200_000,
         million: 1_000_000,
+        stragglers: 1_000,
         idle: Duration::from_secs(2),
     };
 
@@ -228,6 +261,7 @@ impl Sizes {
         cpu: 20,
         fine: 400,
         million: 1_000,
+        stragglers: 50,
         idle: Duration::from_millis(500),
     };
 }
@@ -373,6 +407,14 @@ async fn measure(
                         .await
                         .with_context(|| format!("{name} on rask"))?;
                     rask_runs.push(figures);
+                } else if workload == Workload::Stragglers {
+                    // Its "floor" is rask without hedging.
+                    eprintln!("bench: {name}: rask without hedging{of}");
+                    let figures = probe
+                        .around(true, stragglers::unhedged(&client, sizes.stragglers))
+                        .await
+                        .with_context(|| format!("{name} on rask without hedging"))?;
+                    floor_runs.push(figures);
                 } else {
                     eprintln!("bench: {name}: floor{of}");
                     let figures = probe
@@ -403,6 +445,7 @@ async fn run_rask(workload: Workload, client: &Client, sizes: &Sizes) -> Result<
         Workload::Cpu => cpu::rask(client, sizes.cpu).await,
         Workload::Fine => fine::rask(client, sizes.fine).await,
         Workload::Million => million::rask(client, sizes.million).await,
+        Workload::Stragglers => stragglers::hedged(client, sizes.stragglers).await,
     }
 }
 
@@ -416,6 +459,7 @@ async fn run_floor(workload: Workload, floor: &mut Floor, sizes: &Sizes) -> Resu
         Workload::Cpu => cpu::floor(floor, sizes.cpu).await,
         Workload::Fine => fine::floor(floor, sizes.fine).await,
         Workload::Million => million::floor(floor, sizes.million).await,
+        Workload::Stragglers => bail!("stragglers compares rask with and without hedging: no floor run"),
     }
 }
 
