@@ -170,7 +170,9 @@ async fn a_stalled_run_is_overtaken_by_its_hedge_copy_and_stopped() {
 
 #[tokio::test]
 async fn without_hedging_the_task_waits_for_its_slow_run() {
-    let env = TestEnv::new("hedgewait").await;
+    let mut env = TestEnv::new("hedgewait").await;
+    // A slot for each stalled run and one for the copy.
+    env.settings.concurrency = 3;
     let worker = env.run_worker(registry());
     let client = env.client().await;
     let keys = Keys::of(&env);
