@@ -60,9 +60,7 @@ pub async fn count_copies(store: &Store, function: &str, copies: u64) -> Result<
         return Ok(());
     }
     let mut conn = store.connection();
-    let _: i64 = conn
-        .hincr(store.keys().hedges(), function, copies)
-        .await?;
+    let _: i64 = conn.hincr(store.keys().hedges(), function, copies).await?;
     Ok(())
 }
 
@@ -83,7 +81,10 @@ mod tests {
     #[test]
     fn a_fixed_wait_is_its_own_threshold() {
         let hedge = Hedge::After(Duration::from_millis(300));
-        assert_eq!(hedge.threshold(None, None), Some(Duration::from_millis(300)));
+        assert_eq!(
+            hedge.threshold(None, None),
+            Some(Duration::from_millis(300))
+        );
         assert_eq!(
             hedge.threshold(Some(Duration::from_secs(9)), None),
             Some(Duration::from_millis(300))
@@ -99,7 +100,10 @@ mod tests {
             Some(Duration::from_millis(80))
         );
         assert_eq!(
-            hedge.threshold(Some(Duration::from_millis(100)), Some(Duration::from_millis(40))),
+            hedge.threshold(
+                Some(Duration::from_millis(100)),
+                Some(Duration::from_millis(40))
+            ),
             Some(Duration::from_millis(200)),
             "the call's own percentile wins over the average"
         );

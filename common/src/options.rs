@@ -6,8 +6,8 @@
 
 use std::time::{Duration, SystemTime};
 
-use crate::retry::duration_ms;
 use crate::hedge::Hedge;
+use crate::retry::duration_ms;
 use crate::{Pool, Resources, RetryPolicy, Settings, TaskMessage};
 
 /// Scheduling options for submitted tasks. The default runs a task as soon as a worker is free,

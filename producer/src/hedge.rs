@@ -100,7 +100,9 @@ impl Hedgers {
             .await
             .is_err()
         {
-            tracing::warn!("hedgers did not finish within {FINISH_WAIT:?}; other copies may run on");
+            tracing::warn!(
+                "hedgers did not finish within {FINISH_WAIT:?}; other copies may run on"
+            );
         }
     }
 }
@@ -256,7 +258,10 @@ async fn revoke(client: &Client, keys: &[TaskKey]) {
     })
     .await;
     match revoked {
-        Ok(()) => tracing::debug!(tasks = keys.len(), "revoked the other copies of hedged tasks"),
+        Ok(()) => tracing::debug!(
+            tasks = keys.len(),
+            "revoked the other copies of hedged tasks"
+        ),
         Err(e) => tracing::warn!(error = %e, "cannot revoke the other copies of hedged tasks"),
     }
 }
@@ -471,7 +476,11 @@ mod tests {
         let t0 = Instant::now();
         let mut t = tracker(Hedge::After(10 * MS), 3, t0);
         assert!(!t.completed(0, t0 + MS));
-        assert_eq!(t.next_deadline(), Some(t0 + 11 * MS), "task 1 is the oldest");
+        assert_eq!(
+            t.next_deadline(),
+            Some(t0 + 11 * MS),
+            "task 1 is the oldest"
+        );
         assert!(!t.completed(1, t0 + 2 * MS));
         assert!(!t.completed(2, t0 + 3 * MS));
         assert_eq!(t.next_deadline(), None, "all done");
@@ -491,6 +500,10 @@ mod tests {
 
         let paced = Tracker::new(Hedge::P95 { factor: 3.0 }, Some(20 * MS), vec![t0]);
         let mut paced = paced;
-        assert_eq!(paced.next_deadline(), Some(t0 + 60 * MS), "the average until then");
+        assert_eq!(
+            paced.next_deadline(),
+            Some(t0 + 60 * MS),
+            "the average until then"
+        );
     }
 }

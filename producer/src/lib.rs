@@ -103,12 +103,12 @@ pub use pools::{UnservedRoute, WaitForWorkers};
 pub use progress::{Completed, Progress};
 pub use purge::{Purged, PurgedQueue};
 pub use rask_common::events::{Event, EventKind, TaskInfo, TaskState};
+pub use rask_common::hedge::Hedge;
 pub use rask_common::limits::{Limit, Rate};
 pub use rask_common::ops::{
     BroadcastFailure, RecentError, WorkerCounters, WorkerEntry, WorkerInfo,
 };
 pub use rask_common::schedule::{Missed, Schedule, Timing};
-pub use rask_common::hedge::Hedge;
 pub use rask_common::TaskOptions;
 pub use rask_common::{
     task, Arg, Delayed, FailureKind, Pool, ResourceSlots, Resources, RetryPolicy, Settings, State,

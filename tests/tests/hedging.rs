@@ -177,10 +177,7 @@ async fn without_hedging_the_task_waits_for_its_slow_run() {
     let client = env.client().await;
     let keys = Keys::of(&env);
 
-    let plain = client
-        .submit(stall_first, keys.args(1))
-        .await
-        .unwrap();
+    let plain = client.submit(stall_first, keys.args(1)).await.unwrap();
     let hedged = client
         .submit_with(stall_first, keys.args(2), &hedged(200))
         .await

@@ -459,7 +459,9 @@ async fn run_floor(workload: Workload, floor: &mut Floor, sizes: &Sizes) -> Resu
         Workload::Cpu => cpu::floor(floor, sizes.cpu).await,
         Workload::Fine => fine::floor(floor, sizes.fine).await,
         Workload::Million => million::floor(floor, sizes.million).await,
-        Workload::Stragglers => bail!("stragglers compares rask with and without hedging: no floor run"),
+        Workload::Stragglers => {
+            bail!("stragglers compares rask with and without hedging: no floor run")
+        }
     }
 }
 
