@@ -144,11 +144,14 @@ async fn run(
                     finished.push(more);
                 }
                 let now = Instant::now();
-                let losers: Vec<TaskKey> = finished
-                    .into_iter()
-                    .filter(|&i| tracker.completed(i, now))
-                    .map(|i| messages[i].key.clone())
-                    .collect();
+                let mut losers: Vec<TaskKey> = Vec::new();
+                for i in finished {
+                    if tracker.completed(i, now) {
+                        losers.push(messages[i].key.clone());
+                    }
+                    // Its arguments are not needed any more.
+                    messages[i].args = Vec::new();
+                }
                 revoke(&client, &losers).await;
                 continue;
             }
@@ -182,12 +185,13 @@ async fn run(
             })
             .collect();
         tracing::info!(function, copies = copies.len(), "hedging late tasks");
-        if let Err(e) = client.publish(copies.into_iter().map(Ok)).await {
-            tracing::warn!(function, error = %e, "publishing hedge copies failed");
-        }
+        // Counted first, so that a copy's outcome never comes before its count.
         let count = unfinished.len() as u64;
         if let Err(e) = rask_common::hedge::count_copies(client.store(), &function, count).await {
             tracing::warn!(function, error = %e, "cannot count hedge copies");
+        }
+        if let Err(e) = client.publish(copies.into_iter().map(Ok)).await {
+            tracing::warn!(function, error = %e, "publishing hedge copies failed");
         }
     }
     watcher.abort();
