@@ -1,7 +1,8 @@
 //! Hedged execution against real servers (`TaskOptions::hedge`, `rask submit --hedge`): a task
 //! whose first run stalls finishes through its hedge copy while the stalled run is stopped; the
 //! outcome is written once; without hedging the same task waits for its slow run; a copy still
-//! queued when the other copy's outcome is stored never runs.
+//! queued when the other copy's outcome is stored never runs; copies are signed when
+//! `signing_keys` are set.
 //!
 //! The stall is decided by a Redis counter (only a task's first run stalls) and lasts until the
 //! test opens the task's gate, so no test waits on a clock: each waits for results, counters or
@@ -252,6 +253,27 @@ async fn submit_hedge_on_the_command_line() {
     assert_eq!(printed, serde_json::json!([3, 2]), "the copy's outcome");
     env.eventually("the stalled run to be stopped", || async {
         keys.stopped(3).await == 1
+    })
+    .await;
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn hedge_copies_are_signed_like_any_task() {
+    let mut env = TestEnv::new("hedgesigned").await;
+    env.settings.signing_keys =
+        vec!["0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0".into()];
+    let worker = env.run_worker(registry());
+    let client = env.client().await;
+    let keys = Keys::of(&env);
+    let future = client
+        .submit_with(stall_first, keys.args(1), &hedged(200))
+        .await
+        .unwrap();
+    // A copy that did not verify would be dead-lettered and the stall would never end.
+    assert_eq!(future.result_within(PATIENCE).await.unwrap(), (1, 2));
+    env.eventually("the stalled run to be stopped", || async {
+        keys.stopped(1).await == 1
     })
     .await;
     worker.stop().await.unwrap();
