@@ -177,7 +177,8 @@ impl TaskOptions {
         self.hedge
     }
 
-    /// The batch size set with [`TaskOptions::batch`], if any.
+    /// The batch size set with [`TaskOptions::batch`], if any; 1 for hedged calls
+    /// ([`TaskOptions::hedge`]), which travel one per message.
     pub fn batch_size(&self) -> Option<usize> {
         if self.hedge.is_some() {
             // A hedge copy is a task message of its own: hedged calls travel alone.
