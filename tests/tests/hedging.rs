@@ -2,7 +2,7 @@
 //! whose first run stalls finishes through its hedge copy while the stalled run is stopped; the
 //! outcome is written once; without hedging the same task waits for its slow run; a copy still
 //! queued when the other copy's outcome is stored never runs; copies are signed when
-//! `signing_keys` are set.
+//! `signing_keys` are set; `hedge_p95` copies the one task of a map far slower than the rest.
 //!
 //! The stall is decided by a Redis counter (only a task's first run stalls) and lasts until the
 //! test opens the task's gate, so no test waits on a clock: each waits for results, counters or
@@ -37,46 +37,61 @@ impl Drop for StopMark {
     }
 }
 
-rask::task! {
-    /// Counts its run in `{prefix}:runs:{i}`; its first run stalls until the key
-    /// `{prefix}:gate:{i}` exists (counting `{prefix}:stopped:{i}` if it is stopped meanwhile);
-    /// returns `(i, run)`, so the outcome says which run stored it.
-    async fn stall_first(redis_url: String, prefix: String, i: u64) -> (u64, i64) {
-        let client = redis::Client::open(redis_url.as_str()).expect("a Redis URL");
-        let mut conn = client
-            .get_multiplexed_async_connection()
-            .await
-            .expect("Redis answers");
-        let run: i64 = redis::cmd("INCR")
-            .arg(format!("{prefix}:runs:{i}"))
-            .query_async(&mut conn)
-            .await
-            .expect("INCR succeeds");
-        if run == 1 {
-            let mut mark = StopMark {
-                url: redis_url.clone(),
-                key: format!("{prefix}:stopped:{i}"),
-                armed: true,
-            };
-            loop {
-                let open: bool = redis::cmd("EXISTS")
-                    .arg(format!("{prefix}:gate:{i}"))
-                    .query_async(&mut conn)
-                    .await
-                    .expect("Redis answers");
-                if open {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
+/// Counts a run of task `i` in `{prefix}:runs:{i}`; when `stall` and it is the first run, stalls
+/// until the key `{prefix}:gate:{i}` exists (counting `{prefix}:stopped:{i}` if it is stopped
+/// meanwhile); returns `(i, run)`, so the outcome says which run stored it.
+async fn run_once_slowly(redis_url: String, prefix: String, i: u64, stall: bool) -> (u64, i64) {
+    let client = redis::Client::open(redis_url.as_str()).expect("a Redis URL");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis answers");
+    let run: i64 = redis::cmd("INCR")
+        .arg(format!("{prefix}:runs:{i}"))
+        .query_async(&mut conn)
+        .await
+        .expect("INCR succeeds");
+    if stall && run == 1 {
+        let mut mark = StopMark {
+            url: redis_url.clone(),
+            key: format!("{prefix}:stopped:{i}"),
+            armed: true,
+        };
+        loop {
+            let open: bool = redis::cmd("EXISTS")
+                .arg(format!("{prefix}:gate:{i}"))
+                .query_async(&mut conn)
+                .await
+                .expect("Redis answers");
+            if open {
+                break;
             }
-            mark.armed = false;
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        (i, run)
+        mark.armed = false;
+    }
+    (i, run)
+}
+
+rask::task! {
+    /// [`run_once_slowly`]: its first run stalls until its gate opens.
+    async fn stall_first(redis_url: String, prefix: String, i: u64) -> (u64, i64) {
+        run_once_slowly(redis_url, prefix, i, true).await
+    }
+}
+
+rask::task! {
+    /// [`run_once_slowly`]: the first run of task `stalled` stalls until its gate opens, the
+    /// others are quick.
+    async fn stall_one(redis_url: String, prefix: String, i: u64, stalled: u64) -> (u64, i64) {
+        run_once_slowly(redis_url, prefix, i, i == stalled).await
     }
 }
 
 fn registry() -> Registry {
-    Registry::with_builtins().with::<stall_first>()
+    Registry::with_builtins()
+        .with::<stall_first>()
+        .with::<stall_one>()
 }
 
 /// The test's Redis keys for task `i`.
@@ -276,5 +291,37 @@ async fn hedge_copies_are_signed_like_any_task() {
         keys.stopped(1).await == 1
     })
     .await;
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn hedge_p95_copies_the_task_far_slower_than_the_rest_of_its_map() {
+    let env = TestEnv::new("hedgep95").await;
+    let worker = env.run_worker(registry());
+    let client = env.client().await;
+    let keys = Keys::of(&env);
+    // The last of 30 stalls: it is late once 20 others give the 95th percentile.
+    let n = 30;
+    let stalled = n - 1;
+    let args = (0..n).map(|i| (keys.url.clone(), keys.prefix.clone(), i, stalled));
+    let futures = client
+        .map_with(stall_one, args, &TaskOptions::new().hedge_p95(2.0))
+        .await
+        .unwrap();
+    let values = client
+        .gather(&futures)
+        .timeout(PATIENCE)
+        .await
+        .expect("every task finishes, the stalled one through its copy");
+    for (i, (value, _run)) in values.iter().enumerate() {
+        assert_eq!(*value, i as u64);
+    }
+    assert_eq!(values[stalled as usize], (stalled, 2), "the copy's outcome");
+    env.eventually("the stalled run to be stopped", || async {
+        keys.stopped(stalled).await == 1
+    })
+    .await;
+    // Quick tasks may get copies too on a loaded machine; the stalled one surely did.
+    assert!(client.hedge_copies("stall_one").await.unwrap() >= 1);
     worker.stop().await.unwrap();
 }
