@@ -2,13 +2,17 @@
 //! real work against real servers, every `rask_*` name in a panel's expression is a sample of
 //! a worker's `/metrics` or of `rask dashboard`'s `/metrics` (the cluster gauges), so a renamed
 //! or dropped metric fails here. The work includes a retry and a redelivery (a task that kills
-//! its worker); the new counters and the cluster gauges hold the values it left.
+//! its worker) and a message that is not a task (dead-lettered); the new counters and the
+//! cluster gauges hold the values it left.
 
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
+use lapin::options::BasicPublishOptions;
+use lapin::BasicProperties;
 use rask::{RetryPolicy, TaskOptions};
+use rask_common::broker;
 use rask_tests::dashboard::spawn_dashboard;
 use rask_tests::tasks::counted;
 use rask_tests::{http_get, metric, TestEnv, PATIENCE};
@@ -157,8 +161,30 @@ async fn every_metric_of_the_grafana_dashboard_is_exported() {
         })
         .await;
     let worker = &status["workers"][0];
-    let (code, worker_metrics) =
-        http_get(worker["metrics_addr"].as_str().unwrap(), "/metrics").await;
+    let worker_address = worker["metrics_addr"].as_str().unwrap();
+    // A message that is not a task: the worker left dead-letters it.
+    let connection = broker::connect(&env.settings, "test publisher")
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .basic_publish(
+            env.settings.exchange.as_str().into(),
+            env.settings.queue.as_str().into(),
+            BasicPublishOptions::default(),
+            b"not a task",
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let dead_lettered = r#"rask_dead_lettered_total{cause="bad_message"}"#;
+    env.eventually("the message dead-lettered", || async {
+        metric(&http_get(worker_address, "/metrics").await.1, dead_lettered) == 1.0
+    })
+    .await;
+    let (code, worker_metrics) = http_get(worker_address, "/metrics").await;
     assert_eq!(code, 200);
     let (_dashboard, address) = spawn_dashboard(&env).await;
     let (code, cluster_metrics) = http_get(&address, "/metrics").await;
@@ -197,6 +223,18 @@ async fn every_metric_of_the_grafana_dashboard_is_exported() {
         metric(
             &cluster_metrics,
             &queue(&s.dead_letter_queue, "dead_letter")
+        ),
+        0.0
+    );
+    let held = format!(
+        r#"rask_queue_messages_ready{{queue="{}",pool="default",role="dead_letter"}}"#,
+        s.dead_letter_queue
+    );
+    assert_eq!(metric(&cluster_metrics, &held), 1.0, "{cluster_metrics}");
+    assert_eq!(
+        metric(
+            &worker_metrics,
+            r#"rask_dead_lettered_total{cause="delivery_limit"}"#
         ),
         0.0
     );
