@@ -347,3 +347,42 @@ async fn the_dashboard_draws_a_graph_by_key_and_each_workers_memory_and_cpu() {
     let png = screenshot(&env, &url, "dashboard-graph.png", 1280, 1750).await;
     assert!(png.len() > 50_000, "{} bytes", png.len());
 }
+
+#[tokio::test]
+async fn a_graph_view_shows_published_tasks_as_queued_with_events_off() {
+    use rask::builtins::{add, inc};
+
+    let mut env = TestEnv::new("graph-view-no-events").await;
+    env.settings.events = false;
+    // No worker: the leaves stay in the queue, their dependent waits.
+    let a = inc.delayed(10);
+    let b = inc.delayed(20);
+    let sum = add.delayed(&a, &b);
+    let client = env.client().await;
+    client.persist(&sum).await.unwrap();
+    let monitor = rask::Monitor::connect(env.settings.clone()).await.unwrap();
+    let view = monitor.graph_view(sum.key(), 100).await.unwrap().unwrap();
+    let nodes: Vec<(&str, rask::TaskState, u32)> = view
+        .nodes
+        .iter()
+        .map(|n| (n.key.as_str(), n.state, n.layer))
+        .collect();
+    let mut leaves = [a.key().as_str(), b.key().as_str()];
+    leaves.sort_unstable();
+    assert_eq!(
+        nodes,
+        [
+            (leaves[0], rask::TaskState::Queued, 0),
+            (leaves[1], rask::TaskState::Queued, 0),
+            (sum.key().as_str(), rask::TaskState::Waiting, 1),
+        ]
+    );
+    assert!(!view.truncated);
+    // At most 2 tasks: the walk stops and says so.
+    let view = monitor.graph_view(sum.key(), 2).await.unwrap().unwrap();
+    assert_eq!(view.nodes.len(), 2);
+    assert!(view.truncated);
+    // A key with no graph record.
+    let plain = client.submit(inc, (1,)).await.unwrap();
+    assert_eq!(monitor.graph_view(plain.key(), 100).await.unwrap(), None);
+}
