@@ -84,6 +84,7 @@ mod store_conn;
 pub mod store_risks;
 pub mod task;
 mod tls;
+pub mod usage;
 
 pub use context::{State, TaskContext};
 pub use error::{Error, ErrorKind, Result};

@@ -22,6 +22,7 @@ use crate::outcome::FailureKind;
 use crate::pool::Pool;
 use crate::resources::Resources;
 use crate::store::Store;
+use crate::usage::ProcessUsage;
 
 /// The broadcast function every worker answers with `"pong"`.
 pub const PING: &str = "ping";
@@ -77,6 +78,10 @@ pub struct WorkerEntry {
     /// `["default"]`: such a worker consumed the default pool's queues.
     #[serde(default = "default_pools")]
     pub pools: Vec<Pool>,
+    /// Its resident memory and CPU time when it wrote this entry (absent from entries of older
+    /// workers, and where `/proc` cannot be read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<ProcessUsage>,
 }
 
 /// The pools of a registry entry that names none.
@@ -318,6 +323,10 @@ mod tests {
             }],
             pools: vec![Pool::default_pool(), Pool::new("gpu").unwrap()],
             resources: "gpu=2,mem=16GiB".parse().unwrap(),
+            usage: Some(ProcessUsage {
+                resident_bytes: 50 << 20,
+                cpu_seconds: 1.25,
+            }),
             resources_in_use: "gpu=1".parse().unwrap(),
         };
         let back: WorkerEntry = decode(&encode(&entry).unwrap()).unwrap();
@@ -341,11 +350,15 @@ mod tests {
         let older = rmpv::Value::Map(
             fields
                 .into_iter()
-                .filter(|(k, _)| !k.as_str().is_some_and(|k| k.starts_with("resources")))
+                .filter(|(k, _)| {
+                    !k.as_str()
+                        .is_some_and(|k| k.starts_with("resources") || k == "usage")
+                })
                 .collect(),
         );
         let back: WorkerEntry = decode(&rmp_serde::to_vec(&older).unwrap()).unwrap();
         assert!(back.resources.is_empty() && back.resources_in_use.is_empty());
+        assert_eq!(back.usage, None, "an older worker's entry has no usage");
 
         let reply = BroadcastReply {
             worker: "w".into(),

@@ -51,6 +51,8 @@
 //! - `run.rs`: [`Client::run`], one function on every live worker (broadcast), answers by id.
 //! - [`Monitor`] (`status.rs`): [`ClusterStatus`] (queues, live workers, throughput, errors)
 //!   for `rask status` and the dashboard.
+//!   `graph_view.rs`: [`GraphView`], a persisted graph's tasks and their states by layer;
+//!   `event_lag.rs`: [`EventStreamHead`], how far behind the task event stream is.
 //! - `progress.rs`: [`Client::progress`] and [`Client::gather_with_progress`].
 //! - `local` (feature `local`): a private RabbitMQ, Redis and workers on loopback (`rask local`,
 //!   the tests and the bench use it; the command-line tool is the `rask-cli` crate).
@@ -70,10 +72,12 @@ mod connection;
 mod context;
 mod dead;
 mod error;
+mod event_lag;
 mod events;
 mod future;
 mod gather;
 mod graph;
+mod graph_view;
 mod hedge;
 mod limits;
 #[cfg(feature = "local")]
@@ -96,8 +100,10 @@ pub use client::Client;
 pub use context::ContextExt;
 pub use dead::{DeadLetter, Requeued};
 pub use error::{Error, Result};
+pub use event_lag::EventStreamHead;
 pub use future::Future;
 pub use gather::{Gather, GatherEach};
+pub use graph_view::{GraphNode, GraphView};
 pub use limits::{LimitInfo, LimitSource};
 pub use pools::{UnservedRoute, WaitForWorkers};
 pub use progress::{Completed, Progress};

@@ -276,6 +276,7 @@ mod tests {
             pools: pools.iter().map(|p| Pool::new(*p).unwrap()).collect(),
             resources: Default::default(),
             resources_in_use: Default::default(),
+            usage: None,
         }
     }
 

@@ -19,6 +19,7 @@ use rask::{Client, Settings};
 use rask_worker::{Registry, Worker};
 use tokio::sync::OnceCell;
 
+pub mod dashboard;
 pub mod netns;
 pub mod poison;
 pub mod redis_cluster;

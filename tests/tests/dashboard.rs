@@ -4,35 +4,8 @@
 //! has fetched `/api/events`, the task stream (a row per worker slot) and the progress per
 //! function. With `SCREENSHOTS_DIR` set, the screenshot is kept there (docs/).
 
-use std::process::Stdio;
-
+use rask_tests::dashboard::{chromium, screenshot, spawn_dashboard as dashboard};
 use rask_tests::{http_get, TestEnv, PATIENCE};
-use tokio::io::{AsyncBufReadExt, BufReader};
-
-/// Starts `rask dashboard` on a free port; returns the process and its address.
-async fn dashboard(env: &TestEnv) -> (tokio::process::Child, String) {
-    let program = rask::local::sibling_binary("rask").expect("rask is built");
-    let mut child = tokio::process::Command::new(program)
-        .args(["dashboard", "--listen", "127.0.0.1:0"])
-        .envs(env.env_vars())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("rask dashboard starts");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(PATIENCE, lines.next_line())
-        .await
-        .expect("the dashboard prints its URL")
-        .unwrap()
-        .expect("a line");
-    let address = line
-        .strip_prefix("dashboard: http://")
-        .and_then(|rest| rest.strip_suffix('/'))
-        .unwrap_or_else(|| panic!("unexpected first line: {line}"))
-        .to_owned();
-    (child, address)
-}
 
 /// The DOM of `url` after its scripts ran for a while, as headless Chromium dumps it.
 async fn chromium_dom(url: &str) -> String {
@@ -120,42 +93,6 @@ async fn the_dashboard_shows_workers_queue_depth_and_counts() {
         text.starts_with("updated "),
         "the page fetched its data: {text:.200}"
     );
-}
-
-/// Headless Chromium on `url` with `args` (the flags that work on a closed network, a fresh
-/// profile in `profile`); its standard output.
-async fn chromium(url: &str, profile: &std::path::Path, args: &[&str]) -> String {
-    let profile = format!("--user-data-dir={}", profile.display());
-    let out = tokio::time::timeout(
-        PATIENCE,
-        tokio::process::Command::new("chromium")
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--virtual-time-budget=3000",
-                profile.as_str(),
-            ])
-            .args(args)
-            .arg(url)
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("chromium finishes")
-    .expect("chromium runs (install it with scripts/install-deps.sh)");
-    assert!(
-        out.status.success(),
-        "chromium failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[tokio::test]
@@ -249,4 +186,203 @@ fn worker_id(dom: &str, pid: u32) -> String {
         .find(|id| id.contains(&needle))
         .unwrap_or_else(|| panic!("no lane of worker pid {pid}"))
         .to_owned()
+}
+
+/// The `/api/graph` view of `key` on the dashboard at `address`, once it is one.
+async fn graph_view(address: &str, key: &str) -> Option<serde_json::Value> {
+    let (code, body) = http_get(address, &format!("/api/graph?key={key}")).await;
+    (code == 200).then(|| serde_json::from_str(&body).expect("a JSON graph view"))
+}
+
+#[tokio::test]
+async fn the_dashboard_draws_a_graph_by_key_and_each_workers_memory_and_cpu() {
+    use rask::builtins::{add, inc, sleep_ms, sum_ints};
+    use rask::{Arg, TaskOptions};
+
+    let mut env = TestEnv::new("graph-dashboard").await;
+    env.settings.events = true;
+    let workers = env.spawn_workers_with(
+        2,
+        &[
+            ("RASK_HEARTBEAT_INTERVAL", "300ms"),
+            ("RASK_CONCURRENCY", "2"),
+            ("RASK_SHUTDOWN_GRACE", "100ms"),
+        ],
+    );
+    // A graph with a task in each state: inc(1), inc(2) and their sum succeed; inc(MAX)
+    // overflows, so its dependent fails; a sleep runs for 10 minutes while a task waits for
+    // it; a task routed to a pool no worker serves stays queued; the output waits for them.
+    let a = inc.delayed(1);
+    let b = inc.delayed(2);
+    let c = add.delayed(&a, &b);
+    let overflow = inc.delayed(i64::MAX);
+    let d = add.delayed(&c, &overflow);
+    let slow = sleep_ms.delayed(600_000);
+    let after = inc.delayed(slow.clone().cast::<i64>());
+    let idle = inc.delayed(5).with_options(TaskOptions::new().pool("idle"));
+    let output = sum_ints.delayed(Arg::list([
+        Arg::from(&d),
+        Arg::from(&after),
+        Arg::from(&idle),
+    ]));
+    let client = env.client().await;
+    client.persist(&output).await.unwrap();
+    let expected = [
+        (a.key(), "succeeded"),
+        (b.key(), "succeeded"),
+        (c.key(), "succeeded"),
+        (overflow.key(), "failed"),
+        (d.key(), "failed"),
+        (output.key(), "waiting"),
+        (slow.key(), "running"),
+        (after.key(), "waiting"),
+        (idle.key(), "queued"),
+    ];
+
+    let (_dashboard, address) = dashboard(&env).await;
+    let key = output.key().as_str();
+    let states = |v: &serde_json::Value| -> Vec<(String, String)> {
+        v["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| {
+                (
+                    n["key"].as_str().unwrap().into(),
+                    n["state"].as_str().unwrap().into(),
+                )
+            })
+            .collect()
+    };
+    let all_in_place = |v: &serde_json::Value| {
+        let states = states(v);
+        states.len() == expected.len()
+            && expected
+                .iter()
+                .all(|(k, s)| states.contains(&(k.as_str().to_owned(), (*s).to_owned())))
+    };
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let view = loop {
+        let view = graph_view(&address, key).await;
+        match view {
+            Some(view) if all_in_place(&view) => break view,
+            _ if tokio::time::Instant::now() > deadline => {
+                panic!("gave up waiting for each task's state; last view: {view:?}")
+            }
+            _ => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+        }
+    };
+    // Layers: a task is one right of its deepest input.
+    let layer = |k: &rask::TaskKey| {
+        view["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["key"] == k.as_str())
+            .map(|n| n["layer"].as_u64().unwrap())
+            .unwrap()
+    };
+    assert_eq!(
+        [
+            a.key(),
+            c.key(),
+            d.key(),
+            output.key(),
+            slow.key(),
+            after.key(),
+            idle.key()
+        ]
+        .map(layer),
+        [0, 1, 2, 3, 0, 1, 0]
+    );
+    assert_eq!(view["truncated"], false);
+    let (code, body) = http_get(&address, "/api/graph?key=inc-not-a-graph-task").await;
+    assert_eq!(code, 404, "{body}");
+    assert!(body.contains("no graph record"), "{body}");
+
+    // Memory and CPU of each worker, from three heartbeats or more.
+    env.eventually("three heartbeats of each worker sampled", || async {
+        let (_, body) = http_get(&address, "/api/usage").await;
+        let usage: serde_json::Value = serde_json::from_str(&body).unwrap();
+        usage.as_object().is_some_and(|workers| {
+            workers.len() == 2 && workers.values().all(|s| s.as_array().unwrap().len() >= 3)
+        })
+    })
+    .await;
+
+    let url = format!("http://{address}/?graph={key}");
+    let dom = chromium(&url, &env.path("profile-graph"), &["--dump-dom"]).await;
+    for (state, count) in [
+        ("succeeded", 3),
+        ("failed", 2),
+        ("running", 1),
+        ("waiting", 2),
+        ("queued", 1),
+        ("cancelled", 0),
+    ] {
+        let shown = format!(r#"id="graph-count-{state}">{count}<"#);
+        assert!(dom.contains(&shown), "{shown}: {dom}");
+    }
+    for (k, state) in expected {
+        let node = format!(r#"data-key="{k}" data-state="{state}""#);
+        assert!(dom.contains(&node), "{node}: {dom}");
+    }
+    assert_eq!(dom.matches(r#"class="graph-node""#).count(), 9, "{dom}");
+    assert!(dom.contains("9 tasks in 4 layers"), "{dom}");
+    // A line per worker on each chart, axes with their units.
+    for worker in &workers {
+        let id = format!("-{}-", worker.pid());
+        let lines = dom
+            .split(r#"data-worker=""#)
+            .skip(1)
+            .filter(|rest| rest[..rest.find('"').unwrap()].contains(&id))
+            .count();
+        assert_eq!(lines, 2, "memory and CPU lines of worker {id}: {dom}");
+    }
+    assert!(dom.contains(" MiB</text>"), "memory axis in MiB: {dom}");
+    assert!(dom.contains(" %</text>"), "CPU axis in %: {dom}");
+    let time_axes = dom.matches(r#"class="x-label">time (seconds before now)<"#);
+    assert_eq!(time_axes.count(), 2, "{dom}");
+
+    let png = screenshot(&env, &url, "dashboard-graph.png", 1280, 1750).await;
+    assert!(png.len() > 50_000, "{} bytes", png.len());
+}
+
+#[tokio::test]
+async fn a_graph_view_shows_published_tasks_as_queued_with_events_off() {
+    use rask::builtins::{add, inc};
+
+    let mut env = TestEnv::new("graph-view-no-events").await;
+    env.settings.events = false;
+    // No worker: the leaves stay in the queue, their dependent waits.
+    let a = inc.delayed(10);
+    let b = inc.delayed(20);
+    let sum = add.delayed(&a, &b);
+    let client = env.client().await;
+    client.persist(&sum).await.unwrap();
+    let monitor = rask::Monitor::connect(env.settings.clone()).await.unwrap();
+    let view = monitor.graph_view(sum.key(), 100).await.unwrap().unwrap();
+    let nodes: Vec<(&str, rask::TaskState, u32)> = view
+        .nodes
+        .iter()
+        .map(|n| (n.key.as_str(), n.state, n.layer))
+        .collect();
+    let mut leaves = [a.key().as_str(), b.key().as_str()];
+    leaves.sort_unstable();
+    assert_eq!(
+        nodes,
+        [
+            (leaves[0], rask::TaskState::Queued, 0),
+            (leaves[1], rask::TaskState::Queued, 0),
+            (sum.key().as_str(), rask::TaskState::Waiting, 1),
+        ]
+    );
+    assert!(!view.truncated);
+    // At most 2 tasks: the walk stops and says so.
+    let view = monitor.graph_view(sum.key(), 2).await.unwrap().unwrap();
+    assert_eq!(view.nodes.len(), 2);
+    assert!(view.truncated);
+    // A key with no graph record.
+    let plain = client.submit(inc, (1,)).await.unwrap();
+    assert_eq!(monitor.graph_view(plain.key(), 100).await.unwrap(), None);
 }

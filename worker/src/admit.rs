@@ -52,6 +52,7 @@ use rask_common::{FailureKind, TaskFailure, TaskKey, TaskMessage};
 
 use crate::dead_letter::{copy_to_dead_letters, settle_unkeyed};
 use crate::error::Error;
+use crate::metrics::DeadLetterCause;
 use crate::retry;
 use crate::worker::Shared;
 
@@ -86,6 +87,9 @@ fn abandon(shared: &Shared, what: &'static str, source: rask_common::Error) -> A
 /// Checks `delivery` (see the module docs); dead-letters and settles what has no key to report
 /// on.
 pub(crate) async fn admit(shared: &Shared, delivery: &Delivery) -> Admission {
+    if delivery.redelivered {
+        shared.metrics.redelivered();
+    }
     let mut signed_as = None;
     if let Some(signer) = &shared.signer {
         // The size first: a body over the limit is not even hashed to check its signature.
@@ -206,6 +210,7 @@ async fn unless_stored(shared: &Shared, message: TaskMessage) -> Admission {
 async fn unverified(shared: &Shared, delivery: &Delivery, reason: &str) -> Admission {
     let s = &shared.settings;
     let copied = copy_to_dead_letters(&shared.confirms, s, &shared.id, delivery, reason).await;
+    shared.metrics.dead_lettered(DeadLetterCause::Signature);
     settle_unkeyed(delivery, copied).await;
     Admission::Settled
 }
@@ -262,6 +267,10 @@ async fn refuse(
     let s = shared.pools.of_queue(delivery.routing_key.as_str());
     let reason = &refusal.reason;
     let copied = copy_to_dead_letters(&shared.confirms, s, &shared.id, delivery, reason).await;
+    shared.metrics.dead_lettered(match kind {
+        FailureKind::DeliveryLimit => DeadLetterCause::DeliveryLimit,
+        _ => DeadLetterCause::BadMessage,
+    });
     let Some(key) = refusal.key else {
         settle_unkeyed(delivery, copied).await;
         return Admission::Settled;

@@ -54,6 +54,9 @@ pub(crate) async fn handle(shared: &Shared, message: TaskMessage, delivery: Deli
     if let Some(reason) = &earlier.limit_reached {
         let s = shared.pools.of_queue(delivery.routing_key.as_str());
         copy_to_dead_letters(&shared.confirms, s, &shared.id, &delivery, reason).await;
+        shared
+            .metrics
+            .dead_lettered(crate::metrics::DeadLetterCause::DeliveryLimit);
     }
     let mut outcomes: Vec<(TaskKey, Vec<u8>)> = Vec::with_capacity(calls.len());
     let mut retries: Vec<Retry> = Vec::new();

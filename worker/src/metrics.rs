@@ -16,7 +16,11 @@
 //! `malformed`; `broadcast.rs`), `rask_states_built_total` (label `state`, the type name of a
 //! worker state: how many times this process built it, once), `rask_replica_waits_short_total`
 //! and `rask_replica_waits_skipped_total` (writes acknowledged with fewer replicas than
-//! `redis_wait_replicas`: see `rask_common::replica_waits`).
+//! `redis_wait_replicas`: see `rask_common::replica_waits`), `rask_redeliveries_total`
+//! (deliveries RabbitMQ marked redelivered), `rask_dead_lettered_total` (label `cause`, a
+//! [`DeadLetterCause`]: messages this worker sent to a dead-letter queue),
+//! `rask_process_resident_memory_bytes` and `rask_process_cpu_seconds_total` (read from `/proc`
+//! at each scrape, [`rask_common::usage`]).
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,11 +34,13 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use rask_common::bag_ops;
 use rask_common::ops::{RecentError, WorkerCounters, RECENT_ERRORS};
 use rask_common::store::ReplicaWaitCounts;
+use rask_common::usage::ProcessUsage;
 use rask_common::Outcome;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -63,6 +69,46 @@ struct StateLabel {
     state: &'static str,
 }
 
+/// Why a worker sent a message to a dead-letter queue (the `cause` label of
+/// `rask_dead_lettered_total`).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub(crate) enum DeadLetterCause {
+    /// Its signature did not verify (`signing_keys`).
+    Signature,
+    /// It was not a task message of this protocol, or over `max_message_bytes`.
+    BadMessage,
+    /// It was delivered `max_deliveries` times without an outcome.
+    DeliveryLimit,
+    /// Redis refused its outcome for good.
+    StoreRefused,
+}
+
+impl DeadLetterCause {
+    /// Every cause, so that each series exists (at 0) from the start.
+    const ALL: [DeadLetterCause; 4] = [
+        DeadLetterCause::Signature,
+        DeadLetterCause::BadMessage,
+        DeadLetterCause::DeliveryLimit,
+        DeadLetterCause::StoreRefused,
+    ];
+
+    /// The label value.
+    fn as_str(self) -> &'static str {
+        match self {
+            DeadLetterCause::Signature => "signature",
+            DeadLetterCause::BadMessage => "bad_message",
+            DeadLetterCause::DeliveryLimit => "delivery_limit",
+            DeadLetterCause::StoreRefused => "store_refused",
+        }
+    }
+}
+
+/// The label of a dead-lettered message.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CauseLabel {
+    cause: &'static str,
+}
+
 /// The labels of a failure.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FailedLabels {
@@ -88,6 +134,8 @@ pub(crate) struct Metrics {
     reconnects: Counter,
     refused_broadcasts: Family<ReasonLabel, Counter>,
     states_built: Family<StateLabel, Counter>,
+    redeliveries: Counter,
+    dead_lettered: Family<CauseLabel, Counter>,
     overruns: Arc<Overruns>,
     replica_waits: Arc<ReplicaWaitCounts>,
     totals: [AtomicU64; 4],
@@ -164,7 +212,28 @@ impl Metrics {
         );
         let replica_waits = Arc::<ReplicaWaitCounts>::default();
         registry.register_collector(Box::new(ReplicaWaitCollector(replica_waits.clone())));
+        let redeliveries = Counter::default();
+        registry.register(
+            "redeliveries",
+            "Deliveries RabbitMQ marked redelivered (their earlier delivery went back to the queue unacknowledged)",
+            redeliveries.clone(),
+        );
+        let dead_lettered = Family::<CauseLabel, Counter>::default();
+        for cause in DeadLetterCause::ALL {
+            // Created at 0, so that a dashboard sees every series before the first dead letter.
+            let _ = dead_lettered.get_or_create(&CauseLabel {
+                cause: cause.as_str(),
+            });
+        }
+        registry.register(
+            "dead_lettered",
+            "Messages this worker sent to a dead-letter queue, by cause",
+            dead_lettered.clone(),
+        );
+        registry.register_collector(Box::new(ProcessCollector));
         Metrics {
+            redeliveries,
+            dead_lettered,
             registry,
             replica_waits,
             known: known
@@ -231,6 +300,20 @@ impl Metrics {
         self.states_built.get_or_create(&StateLabel { state }).inc();
     }
 
+    /// Counts a delivery RabbitMQ marked redelivered.
+    pub(crate) fn redelivered(&self) {
+        self.redeliveries.inc();
+    }
+
+    /// Counts a message sent to a dead-letter queue for `cause`.
+    pub(crate) fn dead_lettered(&self, cause: DeadLetterCause) {
+        self.dead_lettered
+            .get_or_create(&CauseLabel {
+                cause: cause.as_str(),
+            })
+            .inc();
+    }
+
     /// Counts a reconnection after a lost connection.
     pub(crate) fn reconnected(&self) {
         self.reconnects.inc();
@@ -295,6 +378,34 @@ impl Collector for ReplicaWaitCollector {
                 counter.metric_type(),
             )?)?;
         }
+        Ok(())
+    }
+}
+
+/// This process's resident memory and CPU time, read from `/proc` at each scrape (nothing is
+/// written where it cannot be read).
+#[derive(Debug)]
+struct ProcessCollector;
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(usage) = ProcessUsage::of_self() else {
+            return Ok(());
+        };
+        let memory = ConstGauge::new(usage.resident_bytes);
+        memory.encode(encoder.encode_descriptor(
+            "process_resident_memory_bytes",
+            "Resident memory of the worker process",
+            None,
+            memory.metric_type(),
+        )?)?;
+        let cpu = ConstCounter::new(usage.cpu_seconds);
+        cpu.encode(encoder.encode_descriptor(
+            "process_cpu_seconds",
+            "CPU time of the worker process, user + system, all threads",
+            None,
+            cpu.metric_type(),
+        )?)?;
         Ok(())
     }
 }
@@ -441,6 +552,31 @@ mod tests {
         );
         assert!(text.contains("rask_task_duration_seconds_bucket"), "{text}");
         assert_eq!(metrics.recent_errors()[0].kind, FailureKind::TimedOut);
+    }
+
+    #[test]
+    fn redeliveries_dead_letters_and_the_process_are_exported() {
+        let metrics = Metrics::new(vec![], 1);
+        let text = metrics.encode();
+        assert!(text.contains("rask_redeliveries_total 0"), "{text}");
+        for cause in DeadLetterCause::ALL {
+            let line = format!("rask_dead_lettered_total{{cause=\"{}\"}} 0", cause.as_str());
+            assert!(text.contains(&line), "{line}: {text}");
+        }
+        metrics.redelivered();
+        metrics.redelivered();
+        metrics.dead_lettered(DeadLetterCause::DeliveryLimit);
+        let text = metrics.encode();
+        assert!(text.contains("rask_redeliveries_total 2"), "{text}");
+        assert!(
+            text.contains(r#"rask_dead_lettered_total{cause="delivery_limit"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains("rask_process_resident_memory_bytes "),
+            "{text}"
+        );
+        assert!(text.contains("rask_process_cpu_seconds_total "), "{text}");
     }
 
     #[test]

@@ -1,15 +1,16 @@
 //! The worker's heartbeat in the worker registry: every `heartbeat_interval` it writes its
 //! [`WorkerEntry`] (identity, counters, tasks/s over the interval, recent failures, its
-//! resources and what of them is in use) with a TTL of three intervals, so that a worker that
-//! dies vanishes within three intervals. It first registers once its broadcast queue is bound,
-//! so that a worker in the registry answers `rask run`. It leaves the registry when the worker
-//! starts stopping.
+//! resources and what of them is in use, its resident memory and CPU time read from `/proc`)
+//! with a TTL of three intervals, so that a worker that dies vanishes within three intervals.
+//! It first registers once its broadcast queue is bound, so that a worker in the registry
+//! answers `rask run`. It leaves the registry when the worker starts stopping.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use rask_common::ops::{self, WorkerEntry};
+use rask_common::usage::ProcessUsage;
 use rask_common::{Settings, Store};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
@@ -69,6 +70,7 @@ pub(crate) async fn heartbeat(
             pools: identity.pools.clone(),
             resources: capacity.total().clone(),
             resources_in_use: capacity.in_use(),
+            usage: ProcessUsage::of_self(),
         };
         let written = write(&mut store, &settings, &entry).await;
         health.store.store(written.is_ok(), Ordering::Relaxed);

@@ -358,6 +358,7 @@ impl Worker {
             confirms: confirms.clone(),
             fatal: fatal.clone(),
             pools: pools.clone(),
+            metrics: self.metrics.clone(),
         };
         let writer = tokio::spawn(writer::run(context, finished_rx, releaser));
         let permits = Arc::new(Semaphore::new(settings.concurrency));

@@ -3,7 +3,13 @@
 //! polls `/api/status` (the JSON of `rask status --json`) every second and draws workers and
 //! their load, queue depth, throughput over time, failures, recent errors and dead letters;
 //! and polls `/api/events` (task events, see `rask events`) to draw the task stream (a row per
-//! worker slot, a bar per task colored by function) and the progress per function.
+//! worker slot, a bar per task colored by function) and the progress per function; draws each
+//! worker's memory and CPU over time from `/api/usage` (`usage.rs`); and, for a key entered,
+//! the picture of its persisted graph from `/api/graph` (nodes in layers, colored by state).
+//! `/metrics` serves the cluster's Prometheus gauges (`exporter.rs`).
+
+mod exporter;
+mod usage;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -27,11 +33,22 @@ pub(crate) async fn run(global: &Global, args: DashboardArgs) -> Result<ExitCode
             .await
             .context("connecting to Redis")?,
     );
+    let history = Arc::new(usage::UsageHistory::default());
+    let sampler = tokio::spawn(usage::sample(monitor.clone(), history.clone()));
     let app = axum::Router::new()
         .route("/", get(|| async { Html(PAGE) }))
         .route("/api/status", get(status))
         .route("/api/events", get(events))
-        .with_state(monitor);
+        .route("/api/graph", get(graph))
+        .route("/metrics", get(metrics))
+        .with_state(monitor)
+        .route(
+            "/api/usage",
+            get(move || {
+                let history = history.clone();
+                async move { axum::Json(history.snapshot()) }
+            }),
+        );
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
@@ -43,6 +60,7 @@ pub(crate) async fn run(global: &Global, args: DashboardArgs) -> Result<ExitCode
         })
         .await
         .context("serving the dashboard")?;
+    sampler.abort();
     Ok(ExitCode::SUCCESS)
 }
 
@@ -78,5 +96,54 @@ async fn status(State(monitor): State<Arc<Monitor>>) -> Response {
     match monitor.status().await {
         Ok(status) => axum::Json(status).into_response(),
         Err(e) => (StatusCode::BAD_GATEWAY, format!("{e}")).into_response(),
+    }
+}
+
+/// Most tasks of a graph `/api/graph` reads (the picture of a larger one is truncated).
+const GRAPH_NODES: usize = 2500;
+
+/// The query of `/api/graph`: the key of a graph task.
+#[derive(serde::Deserialize)]
+struct GraphQuery {
+    key: String,
+}
+
+/// `/api/graph`: the persisted graph of `key` with its tasks' states (a [`rask::GraphView`]);
+/// 400 for a malformed key, 404 when `key` has no graph record, 502 with the error.
+async fn graph(
+    State(monitor): State<Arc<Monitor>>,
+    axum::extract::Query(query): axum::extract::Query<GraphQuery>,
+) -> Response {
+    let key = match rask::TaskKey::new(query.key.trim()) {
+        Ok(key) => key,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}")).into_response(),
+    };
+    match monitor.graph_view(&key, GRAPH_NODES).await {
+        Ok(Some(view)) => axum::Json(view).into_response(),
+        Ok(None) => (
+            StatusCode::NOT_FOUND,
+            format!("no graph record for {key} (not a graph task, or its record expired)"),
+        )
+            .into_response(),
+        Err(e) => (StatusCode::BAD_GATEWAY, format!("{e}")).into_response(),
+    }
+}
+
+/// `/metrics`: the cluster's Prometheus gauges (`exporter.rs`), or 503 with the error (so that
+/// Prometheus records a failed scrape rather than stale values).
+async fn metrics(State(monitor): State<Arc<Monitor>>) -> Response {
+    let read = async {
+        Ok::<_, rask::Error>((monitor.status().await?, monitor.event_stream_head().await?))
+    };
+    match read.await {
+        Ok((status, events)) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            exporter::encode(&status, &events, rask_common::events::now_ms()),
+        )
+            .into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}")).into_response(),
     }
 }

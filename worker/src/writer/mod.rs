@@ -61,6 +61,8 @@ pub(crate) struct Context {
     pub(crate) pools: Arc<crate::pools::Pools>,
     /// The task events to write with each batch (`events.rs`).
     pub(crate) events: Arc<crate::events::Events>,
+    /// Counts the dead letters of refused outcomes (`metrics.rs`).
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Stored batches that may be settling (publishing dependents, acking) at once.

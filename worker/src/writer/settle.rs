@@ -148,6 +148,9 @@ pub(super) async fn dead_letter(context: &Context, refused: Vec<(Delivery, Strin
         let s = context.pools.of_queue(delivery.routing_key.as_str());
         let worker = &context.worker;
         let copied = copy_to_dead_letters(&context.confirms, s, worker, &delivery, &reason).await;
+        context
+            .metrics
+            .dead_lettered(crate::metrics::DeadLetterCause::StoreRefused);
         settle_unkeyed(&delivery, copied).await;
     }
 }
