@@ -198,6 +198,14 @@ pub struct Recorder {
     origin: Origin,
 }
 
+/// How often a worker writes the events of the runs that ended (docs/protocol.md §19): a
+/// run's record and stream event reach Redis at most about this long after its result.
+pub const WORKER_FLUSH: Duration = Duration::from_millis(250);
+
+/// Most events in one `HSET` or stream entry (so that no command keeps Redis from serving
+/// others for long).
+const CHUNK: usize = 512;
+
 /// The width of a records' time bucket for results kept `ttl_ms`: a 24th of it, at least a
 /// minute (so that a task's records are in one of at most 26 buckets).
 fn bucket_ms(ttl_ms: u64) -> u64 {
@@ -236,9 +244,10 @@ impl Recorder {
         }
     }
 
-    /// The commands that write `events`: their records (an `HSET` and a `PEXPIREAT` per kind
-    /// of record) and one stream entry (`XADD MAXLEN ~`); none when there are no events or
-    /// events are off. Add them to a pipeline with their replies ignored.
+    /// The commands that write `events`: their records (per kind of record, an `HSET` per
+    /// [`CHUNK`] events and a `PEXPIREAT`) and a stream entry per [`CHUNK`] events (`XADD
+    /// MAXLEN ~`); none when there are no events or events are off. Add them to a pipeline
+    /// with their replies ignored.
     pub fn commands(&self, events: &[Event]) -> Vec<redis::Cmd> {
         if !self.enabled || events.is_empty() {
             return Vec::new();
@@ -247,7 +256,7 @@ impl Recorder {
         let width = bucket_ms(self.ttl_ms);
         let bucket = now_ms() / width;
         let expire_at = (bucket + 1) * width + self.ttl_ms;
-        let mut commands = Vec::with_capacity(5);
+        let mut commands = Vec::new();
         let mut record = Vec::with_capacity(64);
         for (name, queued) in [
             (self.keys.queued(bucket), true),
@@ -260,29 +269,33 @@ impl Recorder {
             if group.peek().is_none() {
                 continue;
             }
-            let mut hset = redis::cmd("HSET");
-            hset.arg(&name);
-            for event in group {
-                record.clear();
-                event_codec::put_record(&mut record, event, writer);
-                hset.arg(event.key.as_str()).arg(record.as_slice());
+            while group.peek().is_some() {
+                let mut hset = redis::cmd("HSET");
+                hset.arg(&name);
+                for event in group.by_ref().take(CHUNK) {
+                    record.clear();
+                    event_codec::put_record(&mut record, event, writer);
+                    hset.arg(event.key.as_str()).arg(record.as_slice());
+                }
+                commands.push(hset);
             }
-            commands.push(hset);
             let mut expire = redis::cmd("PEXPIREAT");
             expire.arg(&name).arg(expire_at);
             commands.push(expire);
         }
-        let mut xadd = redis::cmd("XADD");
-        xadd.arg(self.keys.events())
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(self.max_len)
-            .arg("*")
-            .arg("n")
-            .arg(events.len())
-            .arg("v2")
-            .arg(event_codec::stream_entry(events, writer));
-        commands.push(xadd);
+        for chunk in events.chunks(CHUNK) {
+            let mut xadd = redis::cmd("XADD");
+            xadd.arg(self.keys.events())
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(self.max_len)
+                .arg("*")
+                .arg("n")
+                .arg(chunk.len())
+                .arg("v2")
+                .arg(event_codec::stream_entry(chunk, writer));
+            commands.push(xadd);
+        }
         commands
     }
 

@@ -1,14 +1,17 @@
 //! The worker's side of task states and events ([`rask_common::events`]): which concurrency
-//! slot each run takes, and the events of runs, kept in memory until the result writer adds
-//! them to the pipeline of the batch it stores (`writer/store.rs`), so that recording costs no
-//! round trip. A flusher writes, every [`FLUSH`], what the writer has not taken (retries, which store
-//! no result) and a `started` record for each run older than [`FLUSH`], so that a long run shows
-//! as running; a short run records only its end, which carries its start.
+//! slot each run takes, and the events of runs, kept in memory and written by a flusher every
+//! [`FLUSH`] in one pipeline (an `HSET` of records and a stream entry per 512 events), with a
+//! `started` record for each run older than [`FLUSH`], so that a long run shows as running; a
+//! short run records only its end, which carries its start. A few large writes cost Redis less
+//! per task than a few commands with every batch of results (each command's own cost is shared
+//! by many more events); a record may then reach Redis up to [`FLUSH`] after its result. A
+//! dead-lettered message's event goes with the batch that stores its failure instead
+//! (`writer/store.rs`), so that its record is there with the failure.
 //!
 //! With the `events` setting off, [`Events::start`] returns `None` and nothing else happens.
 
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use rask_common::events::{now_ms, Event, EventKind, Origin, Recorder};
 use rask_common::outcome::Outcome;
@@ -16,7 +19,7 @@ use rask_common::{Settings, Store, TaskKey, TaskMessage};
 use tokio_util::sync::CancellationToken;
 
 /// How often the flusher runs, and how old a run is before its start is recorded on its own.
-const FLUSH: Duration = Duration::from_millis(250);
+const FLUSH: std::time::Duration = rask_common::events::WORKER_FLUSH;
 
 /// A run not yet ended, in its slot.
 struct Running {
@@ -47,8 +50,10 @@ pub(crate) struct Events {
     store: Store,
     /// Runs in progress, by slot number: a run takes the lowest free slot.
     slots: Mutex<Vec<Option<Running>>>,
-    /// Events not yet written.
+    /// Events not yet written, for the flusher.
     done: Mutex<Vec<Event>>,
+    /// Events to write with the next batch of results (dead letters).
+    urgent: Mutex<Vec<Event>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -63,6 +68,7 @@ impl Events {
             store: store.clone(),
             slots: Mutex::default(),
             done: Mutex::default(),
+            urgent: Mutex::default(),
         }
     }
 
@@ -126,15 +132,22 @@ impl Events {
             key.clone(),
             function.unwrap_or("-"),
         );
-        self.push(event.with_error(reason));
+        lock(&self.urgent).push(event.with_error(reason));
     }
 
-    /// The events not yet written (for the writer's next batch).
+    /// The events to write with the writer's next batch of results.
     pub(crate) fn take(&self) -> Vec<Event> {
         if !self.recorder.enabled() {
             return Vec::new();
         }
-        std::mem::take(&mut *lock(&self.done))
+        std::mem::take(&mut *lock(&self.urgent))
+    }
+
+    /// Every event not yet written.
+    fn take_all(&self) -> Vec<Event> {
+        let mut events = std::mem::take(&mut *lock(&self.done));
+        events.append(&mut lock(&self.urgent));
+        events
     }
 
     /// Writes `events` (a warning if Redis fails: events are not worth failing a task for).
@@ -144,8 +157,9 @@ impl Events {
         }
     }
 
-    /// Writes, every [`FLUSH`] until `stop`, the events the writer has not taken and the
-    /// starts of runs older than [`FLUSH`]; then writes what is left.
+    /// Writes, every [`FLUSH`] until `stop`, the events of runs that ended and the starts of
+    /// runs older than [`FLUSH`]; then writes what is left (cancel `stop` once no task runs any
+    /// more and the writer is done).
     pub(crate) async fn flush_until(self: Arc<Self>, stop: CancellationToken) {
         if !self.recorder.enabled() {
             return;
@@ -157,7 +171,7 @@ impl Events {
                 () = stop.cancelled() => break,
                 _ = tick.tick() => {}
             }
-            let mut events = self.take();
+            let mut events = self.take_all();
             {
                 let now = Instant::now();
                 let mut slots = lock(&self.slots);
@@ -172,7 +186,7 @@ impl Events {
             }
             self.write(events).await;
         }
-        let events = self.take();
+        let events = self.take_all();
         self.write(events).await;
     }
 }
