@@ -599,6 +599,35 @@ mod tests {
     }
 
     #[test]
+    fn large_batches_are_written_in_chunks() {
+        let recorder = Recorder {
+            keys: Keys::new("rask"),
+            ttl_ms: 86_400_000,
+            max_len: 1000,
+            enabled: true,
+            origin: Origin::Worker("w-1".into()),
+        };
+        let events: Vec<Event> = (0..CHUNK + 1)
+            .map(|i| Event::new(EventKind::Succeeded, key(&format!("t-{i}")), "t"))
+            .collect();
+        let names: Vec<String> = recorder
+            .commands(&events)
+            .iter()
+            .map(|c| {
+                let packed = String::from_utf8_lossy(&c.get_packed_command()).into_owned();
+                packed.split("\r\n").nth(2).unwrap_or_default().to_owned()
+            })
+            .collect();
+        // Two HSETs of states (no queued events), one expiry, two stream entries.
+        assert_eq!(names, ["HSET", "HSET", "PEXPIREAT", "XADD", "XADD"]);
+        let off = Recorder {
+            enabled: false,
+            ..recorder
+        };
+        assert!(off.commands(&events).is_empty());
+    }
+
+    #[test]
     fn errors_are_shortened() {
         let long = "é".repeat(MAX_ERROR_CHARS + 10);
         let event = Event::new(EventKind::Failed, key("f-1"), "f").with_error(&long);
