@@ -9,11 +9,15 @@
 //!   (each bucket at its end plus `result_ttl`, `PEXPIREAT`): the `queued` events at
 //!   [`Keys::queued`] (task key -> event, written by producers) and the last event of each task
 //!   on a worker at [`Keys::states`] (`started`, `succeeded`, `failed`, `retried`,
-//!   `cancelled`, `dead_lettered`; a newer one replaces the one before). Each value is a
-//!   MessagePack [`Event`] (a map with the field names of [`Event`]).
+//!   `cancelled`, `dead_lettered`; a newer one replaces the one before). Each value is the
+//!   event in the compact encoding of `event_codec.rs` (a positional MessagePack array).
 //! - the deployment's **event stream**, a Redis Stream at [`Keys::events`] capped at about
 //!   `events_max_len` entries (`XADD MAXLEN ~`): one entry per batch, with the fields `n` (how
-//!   many events) and `events` (a MessagePack array of [`Event`]s, oldest first).
+//!   many events) and `v2` (the batch in the compact encoding: who wrote it and its functions
+//!   once, then each event).
+//!
+//! Readers also take records and entries of the first encoding (MessagePack maps with the
+//! field names of [`Event`], in an entry's field `events`).
 //!
 //! [`task_info`] reads a task's [`TaskInfo`]: its [`TaskState`] comes first from its stored
 //! result (the truth), then from its graph inputs still pending, then from its records (the
@@ -26,6 +30,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
+use crate::event_codec;
 use crate::keys::{Keys, TaskKey};
 use crate::outcome::{FailureKind, Outcome};
 use crate::store::Store;
@@ -171,28 +176,35 @@ impl Event {
     }
 }
 
-/// Writes events in batches (see the module docs).
+/// Who records events: a client (its `host:pid`, on `queued` and `cancelled` events) or a
+/// worker (its id). Written once per stream entry and in each record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Origin {
+    /// A client, `host:pid`.
+    Client(String),
+    /// A worker, its id.
+    Worker(String),
+}
+
+/// Writes events in batches (see the module docs), in the compact encoding of
+/// docs/protocol.md §19.
 #[derive(Debug, Clone)]
 pub struct Recorder {
     keys: Keys,
     ttl_ms: u64,
     max_len: u64,
     enabled: bool,
+    origin: Origin,
 }
 
-/// The MessagePack header of an array of `len` items.
-fn array_header(len: usize) -> Vec<u8> {
-    match u32::try_from(len) {
-        Ok(n) if n < 16 => vec![0x90 | n as u8],
-        Ok(n) if n <= 0xffff => vec![0xdc, (n >> 8) as u8, n as u8],
-        Ok(n) => {
-            let mut header = vec![0xdd];
-            header.extend_from_slice(&n.to_be_bytes());
-            header
-        }
-        Err(_) => unreachable!("batches of events are far smaller"),
-    }
-}
+/// How often a worker writes the events of the runs that ended (docs/protocol.md §19): a
+/// run's record and stream event reach Redis at most about this long after its result.
+pub const WORKER_FLUSH: Duration = Duration::from_millis(250);
+
+/// Most events in one `HSET` or stream entry (so that no command keeps Redis from serving
+/// others for long).
+const CHUNK: usize = 512;
 
 /// The width of a records' time bucket for results kept `ttl_ms`: a 24th of it, at least a
 /// minute (so that a task's records are in one of at most 26 buckets).
@@ -202,13 +214,15 @@ fn bucket_ms(ttl_ms: u64) -> u64 {
 
 impl Recorder {
     /// A recorder for the deployment of `store`, as `settings` say (`events`,
-    /// `events_max_len`, `result_ttl`).
-    pub fn new(store: &Store, settings: &crate::Settings) -> Self {
+    /// `events_max_len`, `result_ttl`), of events that `origin` writes (its `by` or `worker`
+    /// field; whatever those fields of the events given hold is not written).
+    pub fn new(store: &Store, settings: &crate::Settings, origin: Origin) -> Self {
         Recorder {
             keys: store.keys().clone(),
             ttl_ms: store.ttl_ms(),
             max_len: settings.events_max_len,
             enabled: settings.events,
+            origin,
         }
     }
 
@@ -217,59 +231,79 @@ impl Recorder {
         self.enabled
     }
 
-    /// Adds `events` to `pipe`: their records (an `HSET` and a `PEXPIREAT` per kind of record)
-    /// and one stream entry (`XADD MAXLEN ~`), replies ignored. Nothing when there are none or
-    /// events are off.
-    ///
-    /// # Errors
-    /// [`crate::Error::Encode`] (cannot happen for events built by rask).
-    pub fn add(&self, pipe: &mut redis::Pipeline, events: &[Event]) -> Result<()> {
-        if !self.enabled || events.is_empty() {
-            return Ok(());
+    fn writer(&self) -> event_codec::Writer<'_> {
+        match &self.origin {
+            Origin::Client(by) => event_codec::Writer {
+                by: Some(by),
+                worker: None,
+            },
+            Origin::Worker(id) => event_codec::Writer {
+                by: None,
+                worker: Some(id),
+            },
         }
+    }
+
+    /// The commands that write `events`: their records (per kind of record, an `HSET` per
+    /// [`CHUNK`] events and a `PEXPIREAT`) and a stream entry per [`CHUNK`] events (`XADD
+    /// MAXLEN ~`); none when there are no events or events are off. Add them to a pipeline
+    /// with their replies ignored.
+    pub fn commands(&self, events: &[Event]) -> Vec<redis::Cmd> {
+        if !self.enabled || events.is_empty() {
+            return Vec::new();
+        }
+        let writer = self.writer();
         let width = bucket_ms(self.ttl_ms);
         let bucket = now_ms() / width;
         let expire_at = (bucket + 1) * width + self.ttl_ms;
-        // Each event encoded once: its record, and (after an array header) the stream entry.
-        let encoded = events
-            .iter()
-            .map(rmp_serde::to_vec_named)
-            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let mut commands = Vec::new();
+        let mut record = Vec::with_capacity(64);
         for (name, queued) in [
             (self.keys.queued(bucket), true),
             (self.keys.states(bucket), false),
         ] {
             let mut group = events
                 .iter()
-                .zip(&encoded)
-                .filter(|(e, _)| (e.kind == EventKind::Queued) == queued)
+                .filter(|e| (e.kind == EventKind::Queued) == queued)
                 .peekable();
             if group.peek().is_none() {
                 continue;
             }
-            let hset = pipe.cmd("HSET").arg(&name);
-            for (event, bytes) in group {
-                hset.arg(event.key.as_str()).arg(bytes.as_slice());
+            while group.peek().is_some() {
+                let mut hset = redis::cmd("HSET");
+                hset.arg(&name);
+                for event in group.by_ref().take(CHUNK) {
+                    record.clear();
+                    event_codec::put_record(&mut record, event, writer);
+                    hset.arg(event.key.as_str()).arg(record.as_slice());
+                }
+                commands.push(hset);
             }
-            hset.ignore();
-            pipe.cmd("PEXPIREAT").arg(&name).arg(expire_at).ignore();
+            let mut expire = redis::cmd("PEXPIREAT");
+            expire.arg(&name).arg(expire_at);
+            commands.push(expire);
         }
-        let mut entry = array_header(events.len());
-        for bytes in &encoded {
-            entry.extend_from_slice(bytes);
+        for chunk in events.chunks(CHUNK) {
+            let mut xadd = redis::cmd("XADD");
+            xadd.arg(self.keys.events())
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(self.max_len)
+                .arg("*")
+                .arg("n")
+                .arg(chunk.len())
+                .arg("v2")
+                .arg(event_codec::stream_entry(chunk, writer));
+            commands.push(xadd);
         }
-        pipe.cmd("XADD")
-            .arg(self.keys.events())
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(self.max_len)
-            .arg("*")
-            .arg("n")
-            .arg(events.len())
-            .arg("events")
-            .arg(entry)
-            .ignore();
-        Ok(())
+        commands
+    }
+
+    /// Adds the [`Recorder::commands`] of `events` to `pipe`, replies ignored.
+    pub fn add(&self, pipe: &mut redis::Pipeline, events: &[Event]) {
+        for command in self.commands(events) {
+            pipe.add_command(command).ignore();
+        }
     }
 
     /// Writes `events` in one pipeline (nothing when there are none or events are off).
@@ -281,7 +315,7 @@ impl Recorder {
             return Ok(());
         }
         let mut pipe = redis::pipe();
-        self.add(&mut pipe, events)?;
+        self.add(&mut pipe, events);
         pipe.query_async::<()>(&mut store.connection()).await?;
         Ok(())
     }
@@ -458,17 +492,13 @@ pub async fn task_info(store: &Store, keys: &[TaskKey]) -> Result<Vec<TaskInfo>>
     }
     let found: Vec<Vec<Option<Vec<u8>>>> = records.query_async(&mut store.connection()).await?;
     // A record that does not decode (written by hand, say) counts as absent.
-    let decode = |bytes: &Option<Vec<u8>>| {
-        bytes
-            .as_deref()
-            .and_then(|b| rmp_serde::from_slice::<Event>(b).ok())
-    };
     let latest = |offset: usize, i: usize| {
-        found
-            .iter()
-            .skip(offset)
-            .step_by(2)
-            .find_map(|per_key| per_key.get(i).and_then(decode))
+        found.iter().skip(offset).step_by(2).find_map(|per_key| {
+            per_key
+                .get(i)
+                .and_then(Option::as_deref)
+                .and_then(|bytes| event_codec::decode_record(&keys[i], bytes))
+        })
     };
     let outcomes = store.get_outcomes(keys).await?;
     let pending = keys.iter().map(|key| async move {
@@ -530,12 +560,7 @@ pub async fn read_events(
     let mut events = Vec::new();
     for (id, fields) in entries {
         // An entry that does not decode (written by hand, say) is skipped.
-        let Some(batch) = fields
-            .get("events")
-            .and_then(|b| rmp_serde::from_slice::<Vec<Event>>(b).ok())
-        else {
-            continue;
-        };
+        let batch = event_codec::decode_entry(&fields);
         events.extend(
             batch
                 .into_iter()
@@ -574,13 +599,32 @@ mod tests {
     }
 
     #[test]
-    fn array_headers_match_rmp() {
-        for n in [0usize, 3, 15, 16, 300, 65_535, 65_536] {
-            let items = vec![0u8; n];
-            let whole = rmp_serde::to_vec(&items).unwrap();
-            let header = array_header(n);
-            assert_eq!(&whole[..header.len()], header.as_slice(), "{n}");
-        }
+    fn large_batches_are_written_in_chunks() {
+        let recorder = Recorder {
+            keys: Keys::new("rask"),
+            ttl_ms: 86_400_000,
+            max_len: 1000,
+            enabled: true,
+            origin: Origin::Worker("w-1".into()),
+        };
+        let events: Vec<Event> = (0..CHUNK + 1)
+            .map(|i| Event::new(EventKind::Succeeded, key(&format!("t-{i}")), "t"))
+            .collect();
+        let names: Vec<String> = recorder
+            .commands(&events)
+            .iter()
+            .map(|c| {
+                let packed = String::from_utf8_lossy(&c.get_packed_command()).into_owned();
+                packed.split("\r\n").nth(2).unwrap_or_default().to_owned()
+            })
+            .collect();
+        // Two HSETs of states (no queued events), one expiry, two stream entries.
+        assert_eq!(names, ["HSET", "HSET", "PEXPIREAT", "XADD", "XADD"]);
+        let off = Recorder {
+            enabled: false,
+            ..recorder
+        };
+        assert!(off.commands(&events).is_empty());
     }
 
     #[test]

@@ -58,6 +58,7 @@ pub mod context;
 pub mod delay;
 pub mod dependencies;
 pub mod error;
+mod event_codec;
 pub mod events;
 pub mod graph;
 pub mod hedge;

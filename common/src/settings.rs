@@ -306,9 +306,10 @@ pub struct Settings {
     pub allow_pickled_functions: bool,
     /// Whether producers and workers record task states and events ([`crate::events`]): a
     /// state record per task (`rask inspect`, expiring with the result) and entries in the
-    /// deployment's bounded event stream (`rask events`), written in the same batches as the
-    /// Redis writes that happen anyway. Default `false`: recording costs the hot path (docs/benchmarks.md:
-    /// about 10-25 % of one-message-per-task throughput at 200,000 tasks), as Celery's `-E`.
+    /// deployment's bounded event stream (`rask events`), written in batches (a client's per
+    /// publishing call, a worker's every 250 ms). Default `false`: recording costs the hot path
+    /// (docs/benchmarks.md: 0-3 % of the CPU of one-message-per-task work, 23-39 % more in
+    /// batched work, where Redis is the bottleneck), as Celery's `-E`.
     pub events: bool,
     /// Most entries kept in the event stream (`XADD MAXLEN ~`; Redis trims whole blocks, so a
     /// few more may remain). Default `100000`.

@@ -6,18 +6,17 @@
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use rask_common::events::{Event, EventKind, Recorder, TaskInfo};
+use rask_common::events::{Event, EventKind, Origin, Recorder, TaskInfo};
 use rask_common::{Settings, Store, TaskKey, TaskMessage};
 
 /// Queued events written together, at most.
-const FLUSH_AT: usize = 512;
+const FLUSH_AT: usize = 2048;
 
 /// The queued events of one client.
 pub(crate) struct Queued {
+    /// Writes as this client (`host:pid`).
     recorder: Recorder,
     store: Store,
-    /// Who publishes: `host:pid`.
-    by: String,
     buffer: Mutex<Vec<Event>>,
 }
 
@@ -26,10 +25,10 @@ impl Queued {
     pub(crate) fn new(store: &Store, settings: &Settings) -> Self {
         let host = hostname::get()
             .map_or_else(|_| "host".to_owned(), |h| h.to_string_lossy().into_owned());
+        let by = format!("{host}:{}", std::process::id());
         Queued {
-            recorder: Recorder::new(store, settings),
+            recorder: Recorder::new(store, settings, Origin::Client(by)),
             store: store.clone(),
-            by: format!("{host}:{}", std::process::id()),
             buffer: Mutex::default(),
         }
     }
@@ -39,8 +38,7 @@ impl Queued {
         if !self.recorder.enabled() {
             return;
         }
-        let mut event = Event::new(EventKind::Queued, message.key.clone(), &message.function);
-        event.by = Some(self.by.clone());
+        let event = Event::new(EventKind::Queued, message.key.clone(), &message.function);
         let full = {
             let mut buffer = self.buffer.lock().unwrap_or_else(PoisonError::into_inner);
             buffer.push(event);
@@ -59,11 +57,7 @@ impl Queued {
         }
         let events: Vec<Event> = keys
             .into_iter()
-            .map(|(key, function)| {
-                let mut event = Event::new(EventKind::Cancelled, key, function);
-                event.by = Some(self.by.clone());
-                event
-            })
+            .map(|(key, function)| Event::new(EventKind::Cancelled, key, function))
             .collect();
         if !events.is_empty() {
             self.spawn_write(events);

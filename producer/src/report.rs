@@ -8,13 +8,16 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Duration;
 
-use rask_common::events::{now_ms, Event, EventKind};
+use rask_common::events::{now_ms, Event, EventKind, WORKER_FLUSH};
 
 use crate::client::Client;
 use crate::error::Result;
 
 /// Most stream entries read for one report.
 const MAX_ENTRIES: usize = 100_000;
+/// Most times a report around a block reads the events again, waiting for the workers'
+/// last writes.
+const SETTLE_ROUNDS: usize = 8;
 /// Colors of functions, in order of their names.
 const PALETTE: [&str; 8] = [
     "#3f7be0", "#2e9d5b", "#e08a3f", "#8e5bd6", "#d6455b", "#2bb3b3", "#b3a32b", "#6b7a8f",
@@ -41,7 +44,9 @@ impl Client {
 
     /// Runs `block` and writes the performance report of the task events recorded while it
     /// ran to the file `out` (as Dask's `performance_report` around a block); returns what
-    /// `block` returned.
+    /// `block` returned. Workers write events up to [`WORKER_FLUSH`] after the results, so
+    /// the report is written once a read a little later finds no more events of the block
+    /// (about 0.3 to 0.6 s after it ends).
     ///
     /// # Errors
     /// [`crate::Error::Common`] if Redis fails; [`crate::Error::Report`] if the file cannot be
@@ -50,8 +55,20 @@ impl Client {
         let from = now_ms();
         let output = block.await;
         let to = now_ms();
-        let since = Duration::from_millis(to.saturating_sub(from) + 1);
-        let events = self.events(None, Some(since), MAX_ENTRIES).await?;
+        // Workers write the events of runs up to a flush interval after their results: read
+        // again, a flush interval later, until a read finds no more of the block's events.
+        let since_from = || Duration::from_millis(now_ms().saturating_sub(from) + 1);
+        let of_block = |events: &[Event]| events.iter().filter(|e| e.at <= to).count();
+        let mut events = self.events(None, Some(since_from()), MAX_ENTRIES).await?;
+        for _ in 0..SETTLE_ROUNDS {
+            tokio::time::sleep(WORKER_FLUSH + WORKER_FLUSH / 5).await;
+            let again = self.events(None, Some(since_from()), MAX_ENTRIES).await?;
+            let settled = of_block(&again) == of_block(&events);
+            events = again;
+            if settled {
+                break;
+            }
+        }
         std::fs::write(out, render(&events, from, to)).map_err(|source| crate::Error::Report {
             path: out.to_path_buf(),
             source,

@@ -41,14 +41,11 @@ async fn task_info_tells_every_state() {
     let failed = client.submit(fail, ("no luck 7".into(),)).await.unwrap();
     assert_eq!(done.result_within(PATIENCE).await.unwrap(), 42);
     assert!(failed.result_within(PATIENCE).await.is_err());
-    // Queued events are written in the background, after publishing.
-    env.eventually("the queued record", || async {
-        client
-            .task_info(done.key())
-            .await
-            .unwrap()
-            .queued_at
-            .is_some()
+    // Queued events are written in the background, after publishing, and a worker's within a
+    // flush interval of the result.
+    env.eventually("the queued and finished records", || async {
+        let info = client.task_info(done.key()).await.unwrap();
+        info.queued_at.is_some() && info.finished_at.is_some()
     })
     .await;
     let info = client.task_info(done.key()).await.unwrap();
@@ -198,7 +195,11 @@ async fn the_event_stream_is_bounded() {
     env.settings.events_max_len = 10;
     let worker = env.run_worker(Registry::with_builtins());
     let client = env.client().await;
-    let futures = client.map(inc, (0..3000).map(|i| (i,))).await.unwrap();
+    // A client writes its queued events at the end of each publishing call: an entry each.
+    let mut futures = Vec::new();
+    for i in 0..300 {
+        futures.push(client.submit(inc, (i,)).await.unwrap());
+    }
     client.gather(&futures).timeout(PATIENCE).await.unwrap();
     // An entry per batch of events; Redis trims whole nodes of 100 entries (`MAXLEN ~`).
     env.eventually("the stream to be trimmed", || async {

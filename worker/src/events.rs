@@ -1,44 +1,59 @@
 //! The worker's side of task states and events ([`rask_common::events`]): which concurrency
-//! slot each run takes, and the events of runs, kept in memory until the result writer adds
-//! them to the pipeline of the batch it stores (`writer/store.rs`), so that recording costs no
-//! round trip. A flusher writes, every [`FLUSH`], what the writer has not taken (retries, which store
-//! no result) and a `started` record for each run older than [`FLUSH`], so that a long run shows
-//! as running; a short run records only its end, which carries its start.
+//! slot each run takes, and the events of runs, kept in memory and written by a flusher every
+//! [`FLUSH`] in one pipeline (an `HSET` of records and a stream entry per 512 events), with a
+//! `started` record for each run older than [`FLUSH`], so that a long run shows as running; a
+//! short run records only its end, which carries its start. A few large writes cost Redis less
+//! per task than a few commands with every batch of results (each command's own cost is shared
+//! by many more events); a record may then reach Redis up to [`FLUSH`] after its result. A
+//! dead-lettered message's event goes with the batch that stores its failure instead
+//! (`writer/store.rs`), so that its record is there with the failure.
 //!
 //! With the `events` setting off, [`Events::start`] returns `None` and nothing else happens.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use rask_common::events::{now_ms, Event, EventKind, Recorder};
+use rask_common::events::{now_ms, Event, EventKind, Origin, Recorder};
 use rask_common::outcome::Outcome;
-use rask_common::{Settings, Store, TaskMessage};
+use rask_common::{Settings, Store, TaskKey, TaskMessage};
 use tokio_util::sync::CancellationToken;
 
 /// How often the flusher runs, and how old a run is before its start is recorded on its own.
-const FLUSH: Duration = Duration::from_millis(250);
+const FLUSH: std::time::Duration = rask_common::events::WORKER_FLUSH;
 
-/// A run not yet ended.
+/// A run not yet ended, in its slot.
 struct Running {
-    event: Event,
+    key: TaskKey,
+    function: String,
+    attempt: u32,
+    /// When it started (Unix ms, and for its duration).
+    at: u64,
     since: Instant,
     /// Whether its `started` event was written.
     recorded: bool,
+}
+
+impl Running {
+    /// Its event of `kind`, at `at`, with its slot and attempt.
+    fn event(&self, kind: EventKind, slot: u32, at: u64) -> Event {
+        let mut event = Event::new(kind, self.key.clone(), self.function.clone());
+        event.at = at;
+        event.slot = Some(slot);
+        event.attempt = Some(self.attempt);
+        event
+    }
 }
 
 /// The events of one worker connection.
 pub(crate) struct Events {
     recorder: Recorder,
     store: Store,
-    worker: String,
-    /// Free slot numbers (lowest first) and the next never used.
-    lanes: Mutex<(Vec<u32>, u32)>,
-    /// Runs in progress, by run number.
-    running: Mutex<HashMap<u64, Running>>,
-    next_run: std::sync::atomic::AtomicU64,
-    /// Events not yet written.
+    /// Runs in progress, by slot number: a run takes the lowest free slot.
+    slots: Mutex<Vec<Option<Running>>>,
+    /// Events not yet written, for the flusher.
     done: Mutex<Vec<Event>>,
+    /// Events to write with the next batch of results (dead letters).
+    urgent: Mutex<Vec<Event>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -49,13 +64,11 @@ impl Events {
     /// The events of worker `worker` writing to `store` as `settings` say.
     pub(crate) fn new(store: &Store, settings: &Settings, worker: &str) -> Self {
         Events {
-            recorder: Recorder::new(store, settings),
+            recorder: Recorder::new(store, settings, Origin::Worker(worker.to_owned())),
             store: store.clone(),
-            worker: worker.to_owned(),
-            lanes: Mutex::default(),
-            running: Mutex::default(),
-            next_run: std::sync::atomic::AtomicU64::new(0),
+            slots: Mutex::default(),
             done: Mutex::default(),
+            urgent: Mutex::default(),
         }
     }
 
@@ -65,46 +78,35 @@ impl Events {
         if !self.recorder.enabled() {
             return None;
         }
-        let slot = {
-            let mut lanes = lock(&self.lanes);
-            lanes.0.pop().unwrap_or_else(|| {
-                lanes.1 += 1;
-                lanes.1 - 1
-            })
+        let running = Running {
+            key: message.key.clone(),
+            function: message.function.clone(),
+            attempt: message.attempt,
+            at: now_ms(),
+            since: Instant::now(),
+            recorded: false,
         };
-        let mut event = Event::new(EventKind::Started, message.key.clone(), &message.function);
-        event.worker = Some(self.worker.clone());
-        event.slot = Some(slot);
-        event.attempt = Some(message.attempt);
-        let id = self
-            .next_run
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let since = Instant::now();
-        lock(&self.running).insert(
-            id,
-            Running {
-                event,
-                since,
-                recorded: false,
-            },
-        );
+        let mut slots = lock(&self.slots);
+        let slot = match slots.iter().position(Option::is_none) {
+            Some(free) => {
+                slots[free] = Some(running);
+                free
+            }
+            None => {
+                slots.push(Some(running));
+                slots.len() - 1
+            }
+        };
         Some(Run {
             events: self,
-            id,
-            since,
+            slot,
+            ended: false,
         })
     }
 
-    /// Ends run `id`: frees its slot and returns its start event.
-    fn end(&self, id: u64) -> Option<Event> {
-        let running = lock(&self.running).remove(&id)?;
-        if let Some(slot) = running.event.slot {
-            let mut lanes = lock(&self.lanes);
-            lanes.0.push(slot);
-            // Lowest first.
-            lanes.0.sort_unstable_by(|a, b| b.cmp(a));
-        }
-        Some(running.event)
+    /// Ends the run in `slot`: frees the slot and returns the run.
+    fn end(&self, slot: usize) -> Option<Running> {
+        lock(&self.slots).get_mut(slot).and_then(Option::take)
     }
 
     /// The recorder the writer adds the events it takes with.
@@ -121,27 +123,31 @@ impl Events {
 
     /// Records that the message of task `key` (of `function`, if known) was dead-lettered
     /// for `reason` (written with the batch that stores its failure).
-    pub(crate) fn dead_lettered(
-        &self,
-        key: &rask_common::TaskKey,
-        function: Option<&str>,
-        reason: &str,
-    ) {
-        let mut event = Event::new(
+    pub(crate) fn dead_lettered(&self, key: &TaskKey, function: Option<&str>, reason: &str) {
+        if !self.recorder.enabled() {
+            return;
+        }
+        let event = Event::new(
             EventKind::DeadLettered,
             key.clone(),
             function.unwrap_or("-"),
         );
-        event.worker = Some(self.worker.clone());
-        self.push(event.with_error(reason));
+        lock(&self.urgent).push(event.with_error(reason));
     }
 
-    /// The events not yet written (for the writer's next batch).
+    /// The events to write with the writer's next batch of results.
     pub(crate) fn take(&self) -> Vec<Event> {
         if !self.recorder.enabled() {
             return Vec::new();
         }
-        std::mem::take(&mut *lock(&self.done))
+        std::mem::take(&mut *lock(&self.urgent))
+    }
+
+    /// Every event not yet written.
+    fn take_all(&self) -> Vec<Event> {
+        let mut events = std::mem::take(&mut *lock(&self.done));
+        events.append(&mut lock(&self.urgent));
+        events
     }
 
     /// Writes `events` (a warning if Redis fails: events are not worth failing a task for).
@@ -151,8 +157,9 @@ impl Events {
         }
     }
 
-    /// Writes, every [`FLUSH`] until `stop`, the events the writer has not taken and the
-    /// starts of runs older than [`FLUSH`]; then writes what is left.
+    /// Writes, every [`FLUSH`] until `stop`, the events of runs that ended and the starts of
+    /// runs older than [`FLUSH`]; then writes what is left (cancel `stop` once no task runs any
+    /// more and the writer is done).
     pub(crate) async fn flush_until(self: Arc<Self>, stop: CancellationToken) {
         if !self.recorder.enabled() {
             return;
@@ -164,20 +171,22 @@ impl Events {
                 () = stop.cancelled() => break,
                 _ = tick.tick() => {}
             }
-            let mut events = self.take();
+            let mut events = self.take_all();
             {
                 let now = Instant::now();
-                let mut running = lock(&self.running);
-                for run in running.values_mut() {
+                let mut slots = lock(&self.slots);
+                for (slot, run) in slots.iter_mut().enumerate() {
+                    let Some(run) = run else { continue };
                     if !run.recorded && now.duration_since(run.since) >= FLUSH {
                         run.recorded = true;
-                        events.push(run.event.clone());
+                        let slot = u32::try_from(slot).unwrap_or(u32::MAX);
+                        events.push(run.event(EventKind::Started, slot, run.at));
                     }
                 }
             }
             self.write(events).await;
         }
-        let events = self.take();
+        let events = self.take_all();
         self.write(events).await;
     }
 }
@@ -186,18 +195,29 @@ impl Events {
 /// went back to the queue), it only frees its slot.
 pub(crate) struct Run<'a> {
     events: &'a Events,
-    id: u64,
-    since: Instant,
+    slot: usize,
+    ended: bool,
 }
 
 impl Run<'_> {
     /// The run's end event of `kind`, with its start, duration and `error`.
-    fn ended(&self, kind: EventKind, error: Option<&str>) -> Option<Event> {
-        let mut event = self.events.end(self.id)?;
-        event.started = Some(event.at);
-        event.duration_ms = Some(u64::try_from(self.since.elapsed().as_millis()).unwrap_or(0));
-        event.kind = kind;
-        event.at = now_ms();
+    fn ended(&mut self, kind: EventKind, error: Option<&str>) -> Option<Event> {
+        self.ended = true;
+        let run = self.events.end(self.slot)?;
+        let duration = u64::try_from(run.since.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let slot = u32::try_from(self.slot).unwrap_or(u32::MAX);
+        let Running {
+            key,
+            function,
+            attempt,
+            at: started,
+            ..
+        } = run;
+        let mut event = Event::new(kind, key, function);
+        event.slot = Some(slot);
+        event.attempt = Some(attempt);
+        event.started = Some(started);
+        event.duration_ms = Some(duration);
         Some(match error {
             Some(error) => event.with_error(error),
             None => event,
@@ -205,7 +225,7 @@ impl Run<'_> {
     }
 
     /// The run ended with `outcome` (to be stored).
-    pub(crate) fn finished(self, outcome: &Outcome) {
+    pub(crate) fn finished(mut self, outcome: &Outcome) {
         let error = match outcome {
             Outcome::Value(_) => None,
             Outcome::Failure(f) => Some(f.message.as_str()),
@@ -216,7 +236,7 @@ impl Run<'_> {
     }
 
     /// The run failed with `outcome` and is retried.
-    pub(crate) fn retried(self, outcome: &Outcome) {
+    pub(crate) fn retried(mut self, outcome: &Outcome) {
         let error = match outcome {
             Outcome::Value(_) => None,
             Outcome::Failure(f) => Some(f.message.as_str()),
@@ -229,6 +249,8 @@ impl Run<'_> {
 
 impl Drop for Run<'_> {
     fn drop(&mut self) {
-        self.events.end(self.id);
+        if !self.ended {
+            self.events.end(self.slot);
+        }
     }
 }

@@ -376,7 +376,11 @@ impl Worker {
             "worker ready"
         );
         let stopping = CancellationToken::new();
-        tokio::spawn(events.clone().flush_until(stopping.clone()));
+        // Stopped once the tasks in flight and the writer are done, so that it writes their
+        // events too.
+        let flushed = CancellationToken::new();
+        let flusher = tokio::spawn(events.clone().flush_until(flushed.clone()));
+        let flushed = flushed.drop_guard();
         let shared = Arc::new(Shared {
             events,
             signer: rask_common::signing::Signer::from_settings(&settings),
@@ -475,6 +479,10 @@ impl Worker {
                 ?grace,
                 "grace period over: tasks still running go back to the queue unacknowledged"
             ),
+        }
+        drop(flushed);
+        if tokio::time::timeout(grace, flusher).await.is_err() {
+            tracing::warn!("could not write the last task events in time");
         }
         // Deliveries prefetched but never started go back to the queue when the channel closes.
         let _ = channel.close(200, "worker stopping".into()).await;

@@ -11,7 +11,7 @@ use crate::cli::{EventsArgs, Global};
 use crate::cmd::inspect::time;
 use crate::output::monitor;
 
-/// Events read per request.
+/// Stream entries read per request.
 const PAGE: usize = 1000;
 /// How often `--follow` looks for new events.
 const POLL: Duration = Duration::from_millis(250);
@@ -21,7 +21,8 @@ pub(crate) async fn run(global: &Global, args: EventsArgs) -> Result<ExitCode> {
     let mut last: Option<String> = None;
     loop {
         let events = client.events(last.as_deref(), args.since, PAGE).await?;
-        let full = events.len() == PAGE;
+        // `PAGE` counts stream entries, each of many events: read on until nothing is left.
+        let full = !events.is_empty();
         for event in &events {
             if args.function.as_ref().is_none_or(|f| *f == event.function) {
                 if args.json {

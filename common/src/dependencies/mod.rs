@@ -288,7 +288,7 @@ impl Store {
         &self,
         outcomes: &[(TaskKey, Vec<u8>)],
     ) -> Result<Vec<ReadyTask>> {
-        self.store_and_release_with(outcomes, &[]).await
+        self.store_and_release_with(outcomes, Vec::new()).await
     }
 
     /// [`Store::store_and_release`], writing `events` (task events, see [`crate::events`])
@@ -307,15 +307,10 @@ impl Store {
             if let Err(e) = recorder.write(self, events).await {
                 tracing::warn!(error = %e, events = events.len(), "could not record task events");
             }
-            return self.store_and_release_with(outcomes, &[]).await;
+            return self.store_and_release_with(outcomes, Vec::new()).await;
         }
-        let mut extra = redis::pipe();
-        recorder.add(&mut extra, events)?;
-        self.store_and_release_with(
-            outcomes,
-            extra.cmd_iter().cloned().collect::<Vec<_>>().as_slice(),
-        )
-        .await
+        self.store_and_release_with(outcomes, recorder.commands(events))
+            .await
     }
 
     /// [`Store::store_and_release`] with `extra` commands (replies ignored) in the first
@@ -323,7 +318,7 @@ impl Store {
     async fn store_and_release_with(
         &self,
         outcomes: &[(TaskKey, Vec<u8>)],
-        mut extra: &[redis::Cmd],
+        mut extra: Vec<redis::Cmd>,
     ) -> Result<Vec<ReadyTask>> {
         // In chunks, so that no release script keeps Redis from serving others for long.
         let mut bodies = Vec::new();
@@ -331,8 +326,8 @@ impl Store {
             if self.keys().is_clustered() {
                 bodies.extend(self.store_and_release_by_slot(chunk).await?);
             } else {
+                let extra = std::mem::take(&mut extra);
                 bodies.extend(self.store_and_release_chunk(chunk, extra).await?);
-                extra = &[];
                 self.replicate().await?;
             }
         }
@@ -352,7 +347,7 @@ impl Store {
     async fn store_and_release_chunk(
         &self,
         outcomes: &[(TaskKey, Vec<u8>)],
-        extra: &[redis::Cmd],
+        extra: Vec<redis::Cmd>,
     ) -> Result<Vec<Vec<u8>>> {
         let keys = self.keys();
         // Announced in the same round trip: waiters learn of the results without waiting for
@@ -360,7 +355,7 @@ impl Store {
         let mut pipe = self.outcomes_pipeline(outcomes);
         self.announce(&mut pipe, outcomes)?;
         for cmd in extra {
-            pipe.add_command(cmd.clone()).ignore();
+            pipe.add_command(cmd).ignore();
         }
         pipe.cmd("DEL");
         for (key, _) in outcomes {

@@ -59,7 +59,7 @@ pub(crate) struct Context {
     pub(crate) fatal: Arc<Fatal>,
     /// The pools served: a dead-letter copy goes to its delivery's pool.
     pub(crate) pools: Arc<crate::pools::Pools>,
-    /// The task events to write with each batch (`events.rs`).
+    /// The task events to write with each batch (dead letters, `events.rs`).
     pub(crate) events: Arc<crate::events::Events>,
     /// Counts the dead letters of refused outcomes (`metrics.rs`).
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
@@ -86,7 +86,7 @@ pub(crate) async fn run(
         // transient cause.
         let (last, normal): (Vec<Finished>, Vec<Finished>) =
             received.into_iter().partition(|f| f.last);
-        // The events of these runs go to Redis in the batch's pipeline (see `store.rs`).
+        // Dead letters' events go to Redis in the batch's pipeline (see `store.rs`).
         let mut events = context.events.take();
         for (group, last) in [(normal, false), (last, true)] {
             if group.is_empty() {
