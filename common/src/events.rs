@@ -530,6 +530,12 @@ pub async fn task_info(store: &Store, keys: &[TaskKey]) -> Result<Vec<TaskInfo>>
         .collect())
 }
 
+/// The events of one stream entry's fields (either encoding, §19), oldest first; empty if the
+/// entry does not decode (one written by hand, say).
+pub fn decode_stream_entry(fields: &HashMap<String, Vec<u8>>) -> Vec<Event> {
+    event_codec::decode_entry(fields)
+}
+
 /// Reads the events of up to `count` stream entries after entry `after` (exclusive; `None`:
 /// from the start, or from `since` ago when given), oldest first. Each event's
 /// [`Event::id`] is its entry's (the events of one batch share it).

@@ -3,7 +3,7 @@
 //! and its newest entry (two commands in one round trip, at scrape time: nothing on the task
 //! path).
 
-use rask_common::events::Event;
+use rask_common::events::decode_stream_entry;
 
 use crate::Monitor;
 
@@ -54,10 +54,10 @@ impl Monitor {
                 ..EventStreamHead::default()
             });
         };
-        let newest_event_at = fields
-            .get("events")
-            .and_then(|b| rmp_serde::from_slice::<Vec<Event>>(b).ok())
-            .and_then(|events| events.iter().map(|e| e.at).max());
+        let newest_event_at = decode_stream_entry(&fields)
+            .iter()
+            .map(|e| e.at)
+            .max();
         Ok(EventStreamHead {
             entries,
             newest_entry_ms: id.split('-').next().and_then(|ms| ms.parse().ok()),

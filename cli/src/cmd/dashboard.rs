@@ -64,8 +64,9 @@ pub(crate) async fn run(global: &Global, args: DashboardArgs) -> Result<ExitCode
     Ok(ExitCode::SUCCESS)
 }
 
-/// Most events one `/api/events` answer carries.
-const EVENTS_PAGE: usize = 5000;
+/// Most stream entries one `/api/events` answer reads (a worker's entry carries up to 512
+/// events, a producer's up to 2,048; the page polls on with `after`).
+const EVENTS_PAGE: usize = 64;
 
 /// The query of `/api/events`: after the entry `after`, or from `since_minutes` ago.
 #[derive(serde::Deserialize)]
