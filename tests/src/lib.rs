@@ -19,11 +19,13 @@ use rask::{Client, Settings};
 use rask_worker::{Registry, Worker};
 use tokio::sync::OnceCell;
 
+pub mod blob_tasks;
 pub mod netns;
 pub mod poison;
 pub mod redis_cluster;
 pub mod replica;
 pub mod runs;
+pub mod s3;
 pub mod slow_link;
 pub mod tasks;
 pub mod writes;
