@@ -78,3 +78,16 @@ rask::task! {
         Ok((bytes.len() as u64, digest.hex()))
     }
 }
+
+rask::task! {
+    /// The length and SHA-256 (hex) of the bytes `value` holds (a MessagePack bin; an error for
+    /// any other value): a dependent of a graph task whose large result is kept in the blob store.
+    pub fn digest_value(value: rmpv::Value) -> Result<(u64, String), String> {
+        match value {
+            rmpv::Value::Binary(bytes) => {
+                Ok((bytes.len() as u64, rask_common::reference::Digest::of(&bytes).hex()))
+            }
+            other => Err(format!("expected bytes, got {other}")),
+        }
+    }
+}

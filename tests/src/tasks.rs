@@ -371,4 +371,5 @@ pub fn registry() -> rask_worker::Registry {
         .with::<counted>()
         .with::<crate::blob_tasks::stream_blob>()
         .with::<crate::blob_tasks::digest_blob>()
+        .with::<crate::blob_tasks::digest_value>()
 }

@@ -5,7 +5,9 @@
 //! RabbitMQ or Redis: over `max_message_bytes` and `max_result_bytes`); `release` deletes the
 //! blobs of the results it releases and `purge` the rest; a worker killed at a known point of an
 //! upload (half written, [`stream_blob`]) leaves no object and no outcome naming one, and the
-//! redelivered task completes it; task code reads an input by URL ([`digest_blob`]).
+//! redelivered task completes it; task code reads an input by URL ([`digest_blob`]); a graph
+//! task's input kept in the blob store (its producer's result was over `blob_threshold`)
+//! reaches it as the value ([`digest_value`]).
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -14,7 +16,7 @@ use rask::{Blob, Future};
 use rask_common::blobs::Blobs;
 use rask_common::message::encode_value;
 use rask_common::reference::{Digest, Location, Reference};
-use rask_tests::blob_tasks::{digest_blob, pattern, stream_blob};
+use rask_tests::blob_tasks::{digest_blob, digest_value, pattern, stream_blob};
 use rask_tests::s3::MotoServer;
 use rask_tests::{Counter, TestEnv, PATIENCE};
 use rmpv::Value;
@@ -264,4 +266,27 @@ async fn a_task_reads_its_input_by_url_from_a_directory() {
 #[tokio::test]
 async fn a_task_reads_its_input_by_url_from_s3() {
     a_task_reads_its_input_by_url(Kind::S3).await;
+}
+
+async fn a_graph_input_kept_in_the_blob_store_reaches_its_dependent(kind: Kind) {
+    let place = Place::new("blob-graph", kind).await;
+    let _workers = place.test_workers(1);
+    let client = place.env.client().await;
+    let big = pattern(31, 3 << 20);
+    let leaf = echo.delayed(Value::Binary(big.clone()));
+    let root = digest_value.delayed(&leaf);
+    let (len, digest) = client.compute(&root).await.unwrap();
+    assert_eq!((len, digest), (big.len() as u64, Digest::of(&big).hex()));
+    // The leaf's result was kept in the blob store (the dependent read it from there).
+    assert!(place.holds(&digest_of_echo(&big)).await);
+}
+
+#[tokio::test]
+async fn a_graph_input_kept_in_a_directory_reaches_its_dependent() {
+    a_graph_input_kept_in_the_blob_store_reaches_its_dependent(Kind::File).await;
+}
+
+#[tokio::test]
+async fn a_graph_input_kept_in_s3_reaches_its_dependent() {
+    a_graph_input_kept_in_the_blob_store_reaches_its_dependent(Kind::S3).await;
 }
