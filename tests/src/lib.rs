@@ -266,6 +266,12 @@ impl TestEnv {
                 s.redis_cluster_urls.join(","),
             ));
         }
+        if !s.blob_url.is_empty() {
+            vars.push(("RASK_BLOB_URL".into(), s.blob_url.clone()));
+        }
+        if !s.s3_endpoint.is_empty() {
+            vars.push(("RASK_S3_ENDPOINT".into(), s.s3_endpoint.clone()));
+        }
         if s.redis_wait_replicas > 0 {
             vars.push((
                 "RASK_REDIS_WAIT_REPLICAS".into(),

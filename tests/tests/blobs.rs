@@ -7,7 +7,8 @@
 //! upload (half written, [`stream_blob`]) leaves no object and no outcome naming one, and the
 //! redelivered task completes it; task code reads an input by URL ([`digest_blob`]); a graph
 //! task's input kept in the blob store (its producer's result was over `blob_threshold`)
-//! reaches it as the value ([`digest_value`]).
+//! reaches it as the value ([`digest_value`]). And `rask local up` with a `file://` blob
+//! store passes a large argument through it.
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -289,4 +290,69 @@ async fn a_graph_input_kept_in_a_directory_reaches_its_dependent() {
 #[tokio::test]
 async fn a_graph_input_kept_in_s3_reaches_its_dependent() {
     a_graph_input_kept_in_the_blob_store_reaches_its_dependent(Kind::S3).await;
+}
+
+#[tokio::test]
+async fn a_large_argument_round_trips_through_rask_local_with_a_blob_directory() {
+    let port = || rask::local::free_port().unwrap();
+    let (amqp, dist, redis) = (port(), port(), port());
+    let mut env = TestEnv::new("blob-local").await;
+    let objects = env.path("objects");
+    env.settings = rask::Settings {
+        amqp_url: format!("amqp://guest:guest@127.0.0.1:{amqp}/%2f"),
+        redis_url: format!("redis://127.0.0.1:{redis}/"),
+        blob_url: format!("file://{}", objects.display()),
+        ..rask::Settings::default()
+    };
+    let dir = env.path("cluster");
+    let dir = dir.to_str().unwrap();
+    let (amqp, dist, redis) = (amqp.to_string(), dist.to_string(), redis.to_string());
+    let up = env
+        .rask(
+            &[
+                "local",
+                "up",
+                "--workers",
+                "1",
+                "--dir",
+                dir,
+                "--amqp-port",
+                &amqp,
+                "--dist-port",
+                &dist,
+                "--redis-port",
+                &redis,
+            ],
+            "",
+        )
+        .await;
+    assert!(
+        up.status.success(),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let client = env.client().await;
+    // Over max_message_bytes (64 MiB): it can only travel through the blob store.
+    let sent = pattern(41, 80 << 20);
+    // Stopped before anything is asserted, so that a failure leaves no cluster behind.
+    let echoed =
+        tokio::time::timeout(PATIENCE, client.call(echo, (Value::Binary(sent.clone()),))).await;
+    client.close().await.unwrap();
+    let down = env.rask(&["local", "down", "--dir", dir], "").await;
+    assert!(
+        down.status.success(),
+        "{}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+    let echoed = echoed
+        .expect("the result arrives in time")
+        .expect("the task succeeds");
+    assert!(echoed == Value::Binary(sent.clone()), "the result differs");
+    let args = encode_value(&(Value::Binary(sent.clone()),)).unwrap();
+    for digest in [Digest::of(&args), digest_of_echo(&sent)] {
+        assert!(
+            objects.join(digest.hex()).exists(),
+            "{digest} in the directory"
+        );
+    }
 }
