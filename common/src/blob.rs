@@ -226,11 +226,7 @@ impl Blob {
     /// # Errors
     /// As [`Blob::chunks`]; errors while reading are `std::io::Error`s wrapping an [`Error`].
     pub async fn open(&self) -> Result<BlobReader> {
-        let chunks = self
-            .chunks()
-            .await?
-            .map_err(|e| std::io::Error::other(e))
-            .boxed();
+        let chunks = self.chunks().await?.map_err(std::io::Error::other).boxed();
         Ok(BlobReader {
             inner: StreamReader::new(chunks),
         })

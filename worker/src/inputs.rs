@@ -20,7 +20,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 
-use rask_common::reference::{Location, Reference};
+use rask_common::reference::{Digest, Location, Reference};
 use rask_common::{
     splice, FailureKind, Outcome, Store, StoredOutcome, TaskFailure, TaskKey, TaskMessage,
 };
@@ -62,8 +62,8 @@ enum Spliced<'m> {
     InBlobs(Vec<(TaskKey, Reference)>),
 }
 
-/// Values of inputs read from the blob store, by input key.
-type FromBlobs = HashMap<String, Vec<u8>>;
+/// Values of inputs read from the blob store, by digest.
+type FromBlobs = HashMap<Digest, Vec<u8>>;
 
 /// Reads of the inputs before a task whose missing inputs keep turning out stored when
 /// relinked (a race with their own release, each time) is given up as missing.
@@ -161,16 +161,21 @@ pub(crate) async fn resolve<'m>(
             .read(&message.deps)
             .await
             .map_err(Unresolved::Refused)?;
-        let mut spliced = splice_inputs(&shared.id, message, &stored, &from_blobs);
-        if let Spliced::InBlobs(references) = spliced {
-            read_blobs(shared, message, &references, &mut from_blobs).await?;
-            spliced = splice_inputs(&shared.id, message, &stored, &from_blobs);
-        }
+        // Each pass that finds inputs in the blob store reads them (by digest: a second pass
+        // finds them read), then splices again.
+        let spliced = loop {
+            match splice_inputs(&shared.id, message, &stored, &from_blobs) {
+                Spliced::InBlobs(references) => {
+                    read_blobs(shared, message, &references, &mut from_blobs).await?
+                }
+                spliced => break spliced,
+            }
+        };
         missing = match spliced {
             Spliced::Ready(ready) => return Ok(ready),
             Spliced::Failed(outcome) => return Err(Unresolved::Failed(outcome)),
             Spliced::Missing(missing) => missing,
-            Spliced::InBlobs(_) => unreachable!("the blobs named were read"),
+            Spliced::InBlobs(_) => unreachable!("the loop above reads them"),
         };
         let recovered = lineage::recover(shared, message, &missing)
             .await
@@ -237,7 +242,7 @@ async fn read_blobs(
         if let Err(e) = reference.check(&bytes, signed) {
             return Err(fail(format!("input {key} in the blob store: {e}")));
         }
-        from_blobs.insert(key.as_str().to_owned(), Vec::from(bytes));
+        from_blobs.insert(reference.digest, Vec::from(bytes));
     }
     Ok(())
 }
@@ -282,7 +287,7 @@ fn splice_inputs<'m>(
         // A value kept in the blob store: spliced as the value read from there.
         let value = match Reference::from_value_bytes(value) {
             Some(reference) if reference.location == Location::Blob => {
-                match from_blobs.get(key.as_str()) {
+                match from_blobs.get(&reference.digest) {
                     Some(read) => read.as_slice(),
                     None => {
                         in_blobs.push((key.clone(), reference));
