@@ -127,13 +127,18 @@ fn parse(url: &str) -> Result<(String, Path)> {
 ///
 /// ```no_run
 /// # async fn example(ctx: &rask_common::TaskContext) -> rask_common::Result<()> {
-/// use tokio::io::AsyncReadExt as _;
+/// use futures::TryStreamExt as _;
+/// // Read an input chunk by chunk, as it arrives.
 /// let input = ctx.blob("s3://images/batch-7.raw")?;
-/// let mut reader = input.open().await?;
-/// let mut header = [0u8; 16];
-/// reader.read_exact(&mut header).await?;
-/// let output = ctx.blob("s3://images/batch-7.stats")?;
-/// output.put(b"...".to_vec()).await?;
+/// let mut chunks = input.chunks().await?;
+/// let mut total = 0;
+/// while let Some(chunk) = chunks.try_next().await? {
+///     total += chunk.len();
+/// }
+/// // Write an output in parts; it exists once `finish` returns.
+/// let mut output = ctx.blob("s3://images/batch-7.stats")?.create();
+/// output.write(total.to_string().into_bytes()).await?;
+/// output.finish().await?;
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
