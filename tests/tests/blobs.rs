@@ -356,3 +356,47 @@ async fn a_large_argument_round_trips_through_rask_local_with_a_blob_directory()
         );
     }
 }
+
+#[tokio::test]
+async fn the_demo_reads_its_batches_from_the_blob_store() {
+    let place = Place::new("blob-demo", Kind::File).await;
+    let _workers = place.workers(1);
+    let from = format!("{}/images", place.root);
+    let demo = |from: String| {
+        let env = &place.env;
+        async move {
+            let args = [
+                "demo",
+                "--pool",
+                "default",
+                "--batches",
+                "4",
+                "--images",
+                "2",
+                "--size",
+                "16",
+                "--timeout",
+                "60s",
+                "--from",
+                &from,
+            ];
+            let out = env.rask(&args, "").await;
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "{stdout}\n{stderr}");
+            stdout
+        }
+    };
+    let first = demo(from.clone()).await;
+    assert!(
+        first.contains("batches kept under") && first.contains(": 4 written, 0 already there"),
+        "{first}"
+    );
+    assert!(first.contains("analysed 8 images"), "{first}");
+    // Written once: a second demo finds them and analyses the same images.
+    let second = demo(from.clone()).await;
+    assert!(second.contains(": 0 written, 4 already there"), "{second}");
+    assert!(second.contains("analysed 8 images"), "{second}");
+    let dir = from.strip_prefix("file://").unwrap();
+    assert_eq!(std::fs::read_dir(dir).unwrap().count(), 4);
+}
