@@ -5,7 +5,8 @@
 # tests cut network namespaces off with them), python3-venv (scripts/validate-k8s.sh),
 # podman with runc, netavark and aardvark-dns (its bridge networks and their DNS) and
 # debootstrap (scripts/containers-test.sh runs docker-compose.yml in containers with them),
-# and cargo-nextest.
+# cargo-nextest, and moto's S3 server (PyPI, into the venv target/moto-venv: the blob tests run
+# against it; tests/src/s3.rs says why moto rather than Garage).
 # Safe to run again: it only installs what is missing, and says what it did.
 #
 # The Debian packages would start system-wide RabbitMQ and Redis services on
@@ -77,4 +78,17 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
     say "installing cargo-nextest"
     cargo install cargo-nextest --locked
+fi
+
+# moto in server mode: a real S3-compatible server for the blob-store tests (tests/src/s3.rs
+# starts it). Only its S3 part and the server's web framework: `moto[server]` would pull every
+# AWS service's dependencies (minutes more to install).
+moto_venv="$(cd "$(dirname "$0")/.." && pwd)/target/moto-venv"
+if [ -x "$moto_venv/bin/moto_server" ]; then
+    say "moto is already installed in $moto_venv"
+else
+    say "installing moto (S3 server for the blob tests) into $moto_venv"
+    mkdir -p "$(dirname "$moto_venv")"
+    python3 -m venv "$moto_venv"
+    "$moto_venv/bin/pip" install -q --disable-pip-version-check 'moto[s3]>=5,<6' flask flask-cors
 fi

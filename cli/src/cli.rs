@@ -537,6 +537,12 @@ pub(crate) struct DemoArgs {
     /// with `rask local up --pool gpu:1:gpu=2`, or ask for `--pool default`.
     #[arg(long, default_value = "gpu")]
     pub(crate) pool: rask::Pool,
+    /// Keep the image batches in a blob store under this URL (`file:///dir` or
+    /// `s3://bucket/prefix`, with the `s3_endpoint` setting and `AWS_*` credentials), written
+    /// once (a batch already there is not written again), and send tasks only their URLs: the
+    /// workers read the batches from there.
+    #[arg(long, value_name = "URL")]
+    pub(crate) from: Option<String>,
 }
 
 #[derive(Args)]

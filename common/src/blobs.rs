@@ -12,6 +12,8 @@
 //! of AWS; credentials and region from the usual `AWS_*` variables), `blob_threshold`.
 
 pub use imp::Blobs;
+#[cfg(feature = "blobs")]
+pub(crate) use imp::{blob_error, s3};
 
 #[cfg(feature = "blobs")]
 mod imp {
@@ -128,6 +130,25 @@ mod imp {
             Ok(Some(got.bytes().await.map_err(|e| blob_error(what(), e))?))
         }
 
+        /// Whether the object of `digest` exists (without reading it).
+        ///
+        /// # Errors
+        /// [`Error::Blob`] if the store refuses or cannot be reached.
+        pub async fn contains(&self, digest: &Digest) -> Result<bool> {
+            let head = GetOptions {
+                head: true,
+                ..GetOptions::default()
+            };
+            match self.store.get_opts(&self.path(digest), head).await {
+                Ok(_) => Ok(true),
+                Err(object_store::Error::NotFound { .. }) => Ok(false),
+                Err(e) => Err(blob_error(
+                    format!("looking up blob {digest} in {}", self.url),
+                    e,
+                )),
+            }
+        }
+
         /// Deletes the objects of `digests` (those already gone are skipped).
         ///
         /// # Errors
@@ -174,7 +195,7 @@ mod imp {
 
     /// An error of the store while doing `what`: credentials and permissions are
     /// [`ErrorKind::Configuration`], the rest [`ErrorKind::Transient`].
-    fn blob_error(what: String, e: object_store::Error) -> Error {
+    pub(crate) fn blob_error(what: String, e: object_store::Error) -> Error {
         let kind = match e {
             object_store::Error::PermissionDenied { .. }
             | object_store::Error::Unauthenticated { .. }
@@ -191,7 +212,7 @@ mod imp {
     /// An S3 store of `bucket` (credentials and region from the `AWS_*` variables; `endpoint`, when
     /// not empty, an S3-compatible server, over plain HTTP if it says so).
     #[cfg(feature = "s3")]
-    fn s3(bucket: &str, endpoint: &str, url: &str) -> Result<Arc<dyn ObjectStore>> {
+    pub(crate) fn s3(bucket: &str, endpoint: &str, url: &str) -> Result<Arc<dyn ObjectStore>> {
         let mut builder = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
         if !endpoint.is_empty() {
             builder = builder
@@ -210,7 +231,7 @@ mod imp {
     }
 
     #[cfg(not(feature = "s3"))]
-    fn s3(_bucket: &str, _endpoint: &str, url: &str) -> Result<Arc<dyn ObjectStore>> {
+    pub(crate) fn s3(_bucket: &str, _endpoint: &str, url: &str) -> Result<Arc<dyn ObjectStore>> {
         Err(bad_url(
             url,
             "this build has no S3 support (build with the `s3` feature)",
@@ -245,7 +266,9 @@ mod imp {
             let bytes = Bytes::from_static(b"a large value");
             let digest = Digest::of(&bytes);
             assert_eq!(blobs.get(&digest).await.unwrap(), None);
+            assert!(!blobs.contains(&digest).await.unwrap());
             blobs.put(&digest, bytes.clone()).await.unwrap();
+            assert!(blobs.contains(&digest).await.unwrap());
             assert!(dir.join(digest.hex()).exists());
             assert_eq!(blobs.get(&digest).await.unwrap(), Some(bytes));
             blobs.delete(&[digest]).await.unwrap();
@@ -307,6 +330,14 @@ mod imp {
         /// # Errors
         /// None: no store exists in this build.
         pub async fn get(&self, _digest: &Digest) -> Result<Option<Bytes>> {
+            match self.never {}
+        }
+
+        /// Whether the object of `digest` exists.
+        ///
+        /// # Errors
+        /// None: no store exists in this build.
+        pub async fn contains(&self, _digest: &Digest) -> Result<bool> {
             match self.never {}
         }
 

@@ -136,6 +136,10 @@ pub struct WorkerContext {
     settings: Settings,
     states: States,
     client: tokio::sync::OnceCell<Arc<dyn Any + Send + Sync>>,
+    /// The stores of the blobs its tasks open by URL ([`TaskContext::blob`]), made on first
+    /// use.
+    #[cfg(feature = "blobs")]
+    blob_stores: crate::blob::BlobStores,
 }
 
 impl WorkerContext {
@@ -143,6 +147,8 @@ impl WorkerContext {
     pub fn new(worker: impl Into<Arc<str>>, settings: Settings, states: States) -> Self {
         WorkerContext {
             worker: worker.into(),
+            #[cfg(feature = "blobs")]
+            blob_stores: crate::blob::BlobStores::new(&settings),
             settings,
             states,
             client: tokio::sync::OnceCell::new(),
@@ -278,6 +284,18 @@ impl TaskContext {
     /// it as a parameter, `model: &State<Model>`).
     pub fn state<T: Send + Sync + 'static>(&self) -> Option<Arc<State<T>>> {
         self.inner.worker.states.get::<T>()
+    }
+
+    /// The blob named by `url` (`file:///path` or `s3://bucket/key`), on the worker's S3
+    /// server (`s3_endpoint`, credentials from the `AWS_*` variables): for a task that reads or
+    /// writes large data itself. The worker's tasks share one store per bucket.
+    ///
+    /// # Errors
+    /// As [`crate::blob::BlobStores::blob`]: a URL that names no object, or a store that cannot
+    /// be set up.
+    #[cfg(feature = "blobs")]
+    pub fn blob(&self, url: &str) -> crate::Result<crate::blob::Blob> {
+        self.inner.worker.blob_stores.blob(url)
     }
 
     /// Awaits `wait` without holding the worker's concurrency slot (Dask's `secede` and

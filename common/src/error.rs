@@ -96,6 +96,12 @@ pub enum Error {
         /// The store's error.
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// A blob named by URL (`rask::Blob`) does not exist (never written, deleted, expired).
+    #[error("blob {url} does not exist")]
+    BlobMissing {
+        /// The blob's URL.
+        url: String,
+    },
 }
 
 /// Whether trying again can help, for an [`Error`] (see [`Error::kind`]).
@@ -198,7 +204,8 @@ impl Error {
             | Error::InvalidKey(_)
             | Error::InvalidSchedule(_)
             | Error::DelayTooLong { .. }
-            | Error::ReferenceMismatch { .. } => ErrorKind::Rejected,
+            | Error::ReferenceMismatch { .. }
+            | Error::BlobMissing { .. } => ErrorKind::Rejected,
         }
     }
 

@@ -10,6 +10,8 @@
 //! - [`options`]: [`TaskOptions`], how a task (or a graph node) is scheduled, retried, limited.
 //! - [`blobs`] (feature `blobs`; S3 with feature `s3`): the blob store of `blob_url`, large
 //!   values kept by digest in a directory or a bucket.
+//! - `blob` (feature `blobs`): `Blob`, one object of a blob store by URL (`file://`, `s3://`),
+//!   read and written whole or streaming by task code.
 //! - [`reference`]: values kept once outside the message, named by digest ([`reference::Reference`]).
 //! - [`keys`]: task keys and the one place that builds Redis key and channel names.
 //! - [`task`](mod@task): the [`Task`] trait and the [`task!`] macro that defines typed tasks.
@@ -51,6 +53,8 @@
 
 pub mod bag_ops;
 pub mod batch;
+#[cfg(feature = "blobs")]
+pub mod blob;
 pub mod blobs;
 pub mod broker;
 pub mod builtins;

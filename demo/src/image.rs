@@ -138,6 +138,13 @@ pub enum ImageError {
         /// Length of the buffer received.
         actual: usize,
     },
+    /// A batch named by URL (`image_stats_from`) could not be read or decoded.
+    Unreadable {
+        /// The batch's URL.
+        url: String,
+        /// Why (the blob store's or the decoder's error).
+        cause: String,
+    },
 }
 
 impl fmt::Display for ImageError {
@@ -160,6 +167,7 @@ impl fmt::Display for ImageError {
                 f,
                 "pixel buffer holds {actual} bytes but the dimensions need {expected}"
             ),
+            Self::Unreadable { url, cause } => write!(f, "batch {url} cannot be read: {cause}"),
         }
     }
 }

@@ -13,4 +13,6 @@
 pub mod image;
 pub mod tasks;
 
+#[cfg(feature = "blobs")]
+pub use tasks::image_stats_from;
 pub use tasks::{image_stats, image_summary, merge_image_summaries};

@@ -15,6 +15,28 @@ rask_common::task! {
     }
 }
 
+#[cfg(feature = "blobs")]
+rask_common::task! {
+    /// [`image_stats`] of the batch stored at `url` (`file://…` or `s3://…`, MessagePack of an
+    /// [`ImageBatch`]), read on the worker from the blob store (`rask demo --from URL`): the
+    /// task message carries the URL, not the pixels.
+    pub async fn image_stats_from(
+        luma: &State<LumaTable>,
+        ctx: &rask_common::TaskContext,
+        url: String
+    ) -> Result<BatchStats, ImageError> {
+        let unreadable = |cause: String| ImageError::Unreadable { url: url.clone(), cause };
+        let bytes = ctx
+            .blob(&url)
+            .map_err(|e| unreadable(e.to_string()))?
+            .get()
+            .await
+            .map_err(|e| unreadable(e.to_string()))?;
+        let batch: ImageBatch = rmp_serde::from_slice(&bytes).map_err(|e| unreadable(e.to_string()))?;
+        analyze_batch_with(luma, &batch)
+    }
+}
+
 rask_common::task! {
     /// Reduces per-batch statistics to one summary.
     pub fn image_summary(stats: Vec<BatchStats>) -> Summary { merge(&stats) }

@@ -108,6 +108,10 @@ pub use limits::{LimitInfo, LimitSource};
 pub use pools::{UnservedRoute, WaitForWorkers};
 pub use progress::{Completed, Progress};
 pub use purge::{Purged, PurgedQueue};
+/// Large data by URL for task code (`file://`, `s3://`; feature `blobs`): see
+/// [`rask_common::blob`]. Inside a task, `ctx.blob(url)` ([`TaskContext::blob`]).
+#[cfg(feature = "blobs")]
+pub use rask_common::blob::{Blob, BlobReader, BlobStores, BlobWriter};
 pub use rask_common::events::{Event, EventKind, TaskInfo, TaskState};
 pub use rask_common::hedge::Hedge;
 pub use rask_common::limits::{Limit, Rate};

@@ -19,12 +19,14 @@ use rask::{Client, Settings};
 use rask_worker::{Registry, Worker};
 use tokio::sync::OnceCell;
 
+pub mod blob_tasks;
 pub mod dashboard;
 pub mod netns;
 pub mod poison;
 pub mod redis_cluster;
 pub mod replica;
 pub mod runs;
+pub mod s3;
 pub mod slow_link;
 pub mod tasks;
 pub mod writes;
@@ -264,6 +266,12 @@ impl TestEnv {
                 "RASK_REDIS_CLUSTER_URLS".into(),
                 s.redis_cluster_urls.join(","),
             ));
+        }
+        if !s.blob_url.is_empty() {
+            vars.push(("RASK_BLOB_URL".into(), s.blob_url.clone()));
+        }
+        if !s.s3_endpoint.is_empty() {
+            vars.push(("RASK_S3_ENDPOINT".into(), s.s3_endpoint.clone()));
         }
         if s.redis_wait_replicas > 0 {
             vars.push((

@@ -369,4 +369,7 @@ pub fn registry() -> rask_worker::Registry {
         .with::<started_at>()
         .with::<hold_lease>()
         .with::<counted>()
+        .with::<crate::blob_tasks::stream_blob>()
+        .with::<crate::blob_tasks::digest_blob>()
+        .with::<crate::blob_tasks::digest_value>()
 }

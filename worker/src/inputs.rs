@@ -12,10 +12,15 @@
 //! Splicing: each input's value is spliced into the arguments as its stored MessagePack bytes
 //! ([`rask_common::splice`]): the value is borrowed from the stored outcome and copied once,
 //! into the arguments; no value tree is built, nothing is decoded and encoded again.
+//!
+//! Inputs kept in the blob store (results over `blob_threshold`, stored as a reference:
+//! [`rask_common::reference::RESULT_REF_EXT`]) are read from it and spliced as the value they
+//! stand for ([`read_blobs`]); inputs without one cost a look at their first bytes.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 
+use rask_common::reference::{Digest, Location, Reference};
 use rask_common::{
     splice, FailureKind, Outcome, Store, StoredOutcome, TaskFailure, TaskKey, TaskMessage,
 };
@@ -53,7 +58,12 @@ enum Spliced<'m> {
     Missing(Vec<TaskKey>),
     /// An input failed: store this instead.
     Failed(Outcome),
+    /// These inputs are kept in the blob store: read them, then splice again.
+    InBlobs(Vec<(TaskKey, Reference)>),
 }
+
+/// Values of inputs read from the blob store, by digest.
+type FromBlobs = HashMap<Digest, Vec<u8>>;
 
 /// Reads of the inputs before a task whose missing inputs keep turning out stored when
 /// relinked (a race with their own release, each time) is given up as missing.
@@ -144,16 +154,28 @@ pub(crate) async fn resolve<'m>(
         return Ok(Cow::Borrowed(message));
     }
     let mut missing = Vec::new();
+    let mut from_blobs = FromBlobs::new();
     for _ in 0..READS {
         let stored = shared
             .inputs
             .read(&message.deps)
             .await
             .map_err(Unresolved::Refused)?;
-        missing = match splice_inputs(&shared.id, message, &stored) {
+        // Each pass that finds inputs in the blob store reads them (by digest: a second pass
+        // finds them read), then splices again.
+        let spliced = loop {
+            match splice_inputs(&shared.id, message, &stored, &from_blobs) {
+                Spliced::InBlobs(references) => {
+                    read_blobs(shared, message, &references, &mut from_blobs).await?
+                }
+                spliced => break spliced,
+            }
+        };
+        missing = match spliced {
             Spliced::Ready(ready) => return Ok(ready),
             Spliced::Failed(outcome) => return Err(Unresolved::Failed(outcome)),
             Spliced::Missing(missing) => missing,
+            Spliced::InBlobs(_) => unreachable!("the loop above reads them"),
         };
         let recovered = lineage::recover(shared, message, &missing)
             .await
@@ -177,11 +199,61 @@ pub(crate) async fn resolve<'m>(
     Err(Unresolved::Failed(Outcome::Failure(failure)))
 }
 
-/// `message` with the `stored` outcomes of its inputs (in the order of its `deps`) spliced in.
+/// Reads the values of the inputs `references` names from the blob store into `from_blobs`,
+/// checked against their references (the length; the digest too when messages are signed, as
+/// for arguments by reference).
+///
+/// # Errors
+/// [`Unresolved::Failed`] (`DependencyFailed`) when a value is gone or differs, or this worker
+/// has no blob store; [`Unresolved::Refused`] when the store refuses for a reason retrying
+/// cannot fix.
+async fn read_blobs(
+    shared: &Shared,
+    message: &TaskMessage,
+    references: &[(TaskKey, Reference)],
+    from_blobs: &mut FromBlobs,
+) -> Result<(), Unresolved> {
+    let fail = |text: String| {
+        let failure = TaskFailure::of(message, FailureKind::DependencyFailed, text, &shared.id);
+        Unresolved::Failed(Outcome::Failure(failure))
+    };
+    let Some(blobs) = &shared.blobs else {
+        let (key, _) = &references[0];
+        return Err(fail(format!(
+            "input {key} is kept in a blob store, and this worker's blob_url is not set"
+        )));
+    };
+    let signed = shared.signer.is_some();
+    let reads = references.iter().map(|(key, reference)| async move {
+        let read = retry::until_ok("reading an input from the blob store", || {
+            blobs.get(&reference.digest)
+        })
+        .await;
+        (key, reference, read)
+    });
+    for (key, reference, read) in futures::future::join_all(reads).await {
+        let Some(bytes) = read.map_err(Unresolved::Refused)? else {
+            return Err(fail(format!(
+                "input {key} ({} bytes, blob {}) is gone from the blob store (released, purged \
+                 or expired)",
+                reference.len, reference.digest
+            )));
+        };
+        if let Err(e) = reference.check(&bytes, signed) {
+            return Err(fail(format!("input {key} in the blob store: {e}")));
+        }
+        from_blobs.insert(reference.digest, Vec::from(bytes));
+    }
+    Ok(())
+}
+
+/// `message` with the `stored` outcomes of its inputs (in the order of its `deps`) spliced in,
+/// those kept in the blob store taken from `from_blobs`.
 fn splice_inputs<'m>(
     worker: &str,
     message: &'m TaskMessage,
     stored: &[Option<Vec<u8>>],
+    from_blobs: &FromBlobs,
 ) -> Spliced<'m> {
     let fail = |text: String| {
         Spliced::Failed(Outcome::Failure(TaskFailure::of(
@@ -193,6 +265,7 @@ fn splice_inputs<'m>(
     };
     let mut values: HashMap<&str, &[u8]> = HashMap::with_capacity(stored.len());
     let mut missing = Vec::new();
+    let mut in_blobs = Vec::new();
     for (key, bytes) in message.deps.iter().zip(stored) {
         let Some(bytes) = bytes else {
             missing.push(key.clone());
@@ -211,6 +284,19 @@ fn splice_inputs<'m>(
             }
             Err(e) => return fail(format!("input {key} is not a stored outcome: {e}")),
         };
+        // A value kept in the blob store: spliced as the value read from there.
+        let value = match Reference::from_value_bytes(value) {
+            Some(reference) if reference.location == Location::Blob => {
+                match from_blobs.get(&reference.digest) {
+                    Some(read) => read.as_slice(),
+                    None => {
+                        in_blobs.push((key.clone(), reference));
+                        continue;
+                    }
+                }
+            }
+            _ => value,
+        };
         match splice::value_len(value) {
             Ok(len) if len == value.len() => {}
             Ok(_) => return fail(format!("input {key} is not one MessagePack value")),
@@ -220,6 +306,9 @@ fn splice_inputs<'m>(
     }
     if !missing.is_empty() {
         return Spliced::Missing(missing);
+    }
+    if !in_blobs.is_empty() {
+        return Spliced::InBlobs(in_blobs);
     }
     match splice::splice(&message.args, |key| values.get(key).copied()) {
         // The placeholders' message is kept for a retry; the rest is small (key, names).

@@ -118,7 +118,7 @@ impl Registry {
     /// demo's [`rask_demo::tasks`]) and the state they take: the [`LumaTable`] of
     /// `image_stats`, built once per worker.
     pub fn with_builtins() -> Self {
-        Registry::new()
+        let registry = Registry::new()
             .with_state(|| async { Ok::<_, std::convert::Infallible>(LumaTable::new()) })
             .with::<builtins::inc>()
             .with::<builtins::add>()
@@ -148,7 +148,11 @@ impl Registry {
             .with::<rask_common::bag_ops::bag_distinct>()
             .with::<rask_common::bag_ops::bag_distinct_merge>()
             .with::<rask_common::bag_ops::bag_frequencies>()
-            .with::<rask_common::bag_ops::bag_frequencies_merge>()
+            .with::<rask_common::bag_ops::bag_frequencies_merge>();
+        // The demo's `--from URL`: batches read from a blob store.
+        #[cfg(feature = "blobs")]
+        let registry = registry.with::<rask_demo::image_stats_from>();
+        registry
     }
 
     /// Adds task `T` (replacing a function of the same name).

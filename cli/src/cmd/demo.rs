@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use rask::builtins::{image_stats, image_summary, merge_image_summaries};
-use rask::{Bag, Client, Monitor, Pool, Task, TaskOptions};
+use rask::builtins::{image_stats, image_stats_from, image_summary, merge_image_summaries};
+use rask::{Bag, BlobStores, Client, Monitor, Pool, Task, TaskOptions};
 use rask_common::bag_ops;
 use rask_demo::image::{batch_len, generate_batch, LumaTable};
 
@@ -71,15 +71,33 @@ pub(crate) async fn run(global: &Global, args: DemoArgs) -> Result<ExitCode> {
     let monitor = Monitor::connect(settings(global)?).await?;
     let maps_before = executions::started(&monitor, bag_ops::MAP).await;
     let started = Instant::now();
-    let batches = (0..args.batches).map(|id| generate_batch(id, args.images, args.size, args.size));
     let partitions = args.batches as usize;
-    let images = Bag::from_iter(batches, partitions);
-    let stats = images
-        .map(image_stats)
-        .with_options(options)
-        .persist(&client)
-        .await
-        .context("submitting batches")?;
+    let (image_keys, stats) = match &args.from {
+        // The batches stay in the blob store; the tasks carry their URLs.
+        Some(from) => {
+            let urls = store_batches(&client, from, &args).await?;
+            let images = Bag::from_iter(urls, partitions);
+            let stats = images
+                .map(image_stats_from)
+                .with_options(options)
+                .persist(&client)
+                .await
+                .context("submitting batches")?;
+            (images.keys(), stats)
+        }
+        None => {
+            let batches =
+                (0..args.batches).map(|id| generate_batch(id, args.images, args.size, args.size));
+            let images = Bag::from_iter(batches, partitions);
+            let stats = images
+                .map(image_stats)
+                .with_options(options)
+                .persist(&client)
+                .await
+                .context("submitting batches")?;
+            (images.keys(), stats)
+        }
+    };
     let futures = stats.futures(&client);
 
     let bar =
@@ -187,7 +205,7 @@ pub(crate) async fn run(global: &Global, args: DemoArgs) -> Result<ExitCode> {
     }
     // The images and their statistics are content-keyed: left stored, a second demo on this
     // cluster would find them and measure nothing. The summaries stay, as persisted results do.
-    let stored: Vec<_> = images.keys().into_iter().chain(stats.keys()).collect();
+    let stored: Vec<_> = image_keys.into_iter().chain(stats.keys()).collect();
     client.release(&stored).await?;
     client.close().await?;
     Ok(ExitCode::SUCCESS)
@@ -222,4 +240,36 @@ async fn analysis_options(client: &Client, pool: &Pool) -> Result<TaskOptions> {
         ),
         Err(e) => Err(e).context("waiting for a worker of the analysis pool"),
     }
+}
+
+/// Writes the demo's batches to the blob store under `from` (MessagePack, as a task message
+/// would carry them), skipping those already there, and returns their URLs.
+///
+/// # Errors
+/// A bad URL, or a store that refuses or cannot be reached.
+async fn store_batches(client: &Client, from: &str, args: &DemoArgs) -> Result<Vec<String>> {
+    let from = from.trim_end_matches('/');
+    let mut urls = Vec::with_capacity(args.batches as usize);
+    let mut written = 0;
+    let stores = BlobStores::new(client.settings());
+    for id in 0..args.batches {
+        let url = format!(
+            "{from}/batch-{id}-{}x{}x{}.msgpack",
+            args.images, args.size, args.size
+        );
+        let blob = stores
+            .blob(&url)
+            .with_context(|| format!("--from {from}"))?;
+        if blob.size().await?.is_none() {
+            let batch = generate_batch(id, args.images, args.size, args.size);
+            blob.put(rmp_serde::to_vec(&batch)?).await?;
+            written += 1;
+        }
+        urls.push(url);
+    }
+    println!(
+        "batches kept under {from}: {written} written, {} already there",
+        urls.len() - written
+    );
+    Ok(urls)
 }
