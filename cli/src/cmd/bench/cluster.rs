@@ -326,6 +326,7 @@ fn settings_env(s: &Settings) -> Vec<(String, String)> {
         ("RASK_PREFETCH", s.prefetch.to_string()),
         ("RASK_PUBLISH_WINDOW", s.publish_window.to_string()),
         ("RASK_RESULT_BATCH", s.result_batch.to_string()),
+        ("RASK_LOCAL_CONTINUATION", s.local_continuation.to_string()),
         ("RASK_QUEUE_TYPE", s.queue_type.to_string()),
         ("RASK_QUEUE_SHARDS", s.queue_shards.to_string()),
         ("RASK_MAX_PRIORITY", s.max_priority.to_string()),
