@@ -41,6 +41,8 @@ pub(super) struct Shape {
     pub(super) inline_limit: Option<usize>,
     /// Whether values over `blob_threshold` go to a blob store (a directory of the run).
     pub(super) blobs: bool,
+    /// Whether workers run the graph tasks they release (the `local_continuation` setting).
+    pub(super) continuation: bool,
 }
 
 /// The cluster under test.
@@ -109,6 +111,7 @@ impl Cluster {
             },
             queue_shards: shape.shards,
             events: shape.events,
+            local_continuation: shape.continuation,
             inline_limit: shape.inline_limit.unwrap_or(settings.inline_limit),
             blob_url: if shape.blobs {
                 format!("file://{}", dir.join("blobs").display())
