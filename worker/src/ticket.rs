@@ -19,6 +19,9 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicRejectOptions};
 
 /// What acknowledges (or requeues) a finished task.
+// Not boxed: every delivered task has one, and a box would cost each an allocation; the
+// delivery was held by value before tickets existed.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Ticket {
     /// The task's own delivery.
     Delivery(Delivery),
