@@ -580,6 +580,10 @@ pub(crate) struct BenchArgs {
     /// what recording task states and events costs).
     #[arg(long, conflicts_with = "use_running")]
     pub(crate) events: bool,
+    /// Run the private cluster's workers with the `local_continuation` setting off: every graph
+    /// task released is published (to measure what running released tasks in place saves).
+    #[arg(long, conflicts_with = "use_running")]
+    pub(crate) no_continuation: bool,
     /// Run every workload this many times and report the medians.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) runs: u32,

@@ -161,6 +161,12 @@ pub struct Settings {
     pub publish_window: usize,
     /// Most results a worker writes to Redis in one pipeline. Default `256`.
     pub result_batch: usize,
+    /// Whether a worker runs a graph task released by outcomes it stored itself, when it has a
+    /// free concurrency slot and the task fits it (its pool served, no resources, no global
+    /// limit), instead of publishing it (docs/protocol.md §11, "Local continuation"): the
+    /// deliveries that released it stay unacknowledged until its outcome is stored. `false`
+    /// publishes every released task. Default `true`.
+    pub local_continuation: bool,
     /// How long a stopping worker (SIGTERM/SIGINT) lets running tasks finish; tasks still running
     /// after it are released back to the queue unacknowledged and run again elsewhere.
     /// Default `30s`.
@@ -341,6 +347,7 @@ impl Default for Settings {
             prefetch: 0,
             publish_window: 1024,
             result_batch: 256,
+            local_continuation: true,
             shutdown_grace: Duration::from_secs(30),
             cancel_grace: Duration::from_secs(5),
             max_deliveries: 5,
@@ -733,6 +740,7 @@ impl fmt::Debug for Settings {
             .field("prefetch", &self.prefetch)
             .field("publish_window", &self.publish_window)
             .field("result_batch", &self.result_batch)
+            .field("local_continuation", &self.local_continuation)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("cancel_grace", &self.cancel_grace)
             .field("max_deliveries", &self.max_deliveries)

@@ -8,9 +8,10 @@
 //! idempotent, so a retry after a lost reply, or persisting a graph again after a failed
 //! `persist`, never leaves a node unpublished), and marked published once the broker confirmed
 //! it, so that the same graph persisted again, by any producer, does not run it again; the
-//! others wait as records that workers publish when their last input is stored. The client
-//! makes no round trip per graph level or per node (marking adds one per `persist`), and may
-//! exit once `persist` returns. Every message is checked against `max_message_bytes` before
+//! others wait as records that workers publish when their last input is stored. The sources
+//! (nodes without inputs) are registered first and published while the rest registers. The
+//! client makes no round trip per graph level or per node (two registrations and a marking per
+//! `persist`), and may exit once `persist` returns. Every message is checked against `max_message_bytes` before
 //! anything is registered.
 
 use std::collections::HashSet;
@@ -18,7 +19,7 @@ use std::sync::Arc;
 
 use rask_common::dependencies::Registration;
 use rask_common::graph::{Arg, Dep, Node};
-use rask_common::{Delayed, TaskKey};
+use rask_common::{Delayed, TaskKey, TaskMessage};
 use serde::de::DeserializeOwned;
 
 use crate::client::Client;
@@ -141,20 +142,26 @@ impl Client {
         for pool in &pools {
             self.declare_pool(pool).await?;
         }
-        let wait = self.settings().reconnect_max_wait;
-        let found = store_retrying("registering graph tasks", wait, || async {
-            Ok(self.store().register_tasks(&messages).await?)
-        })
-        .await?;
-        let lost = self.rebuild_lost(&messages, &found).await?;
-        let ready: Vec<_> = messages
-            .into_iter()
-            .zip(found)
-            .filter(|(_, r)| *r == Registration::Ready)
-            .map(|(m, _)| m)
-            .collect();
-        let ready: Vec<_> = ready.into_iter().chain(lost).collect();
-        let keys: Vec<TaskKey> = ready.iter().map(|m| m.key.clone()).collect();
+        let submitted: HashSet<TaskKey> = messages.iter().map(|m| m.key.clone()).collect();
+        // The sources (nodes without inputs: a tree's leaves) first, alone: they are published
+        // while the rest registers, so that workers start on them meanwhile. Any order is
+        // safe: a node registered after its input was stored finds the result (its script
+        // checks each input), one registered before is released by it.
+        let (sources, rest): (Vec<TaskMessage>, Vec<TaskMessage>) =
+            messages.into_iter().partition(|m| m.deps.is_empty());
+        let found = self.register(&sources).await?;
+        let mut keys: Vec<TaskKey> = Vec::new();
+        let ready_sources = ready(sources, found, &mut keys);
+        let (published, found) = tokio::join!(
+            self.publish(ready_sources.into_iter().map(Ok)),
+            self.register(&rest)
+        );
+        published?;
+        let found = found?;
+        let lost = self.rebuild_lost(&submitted, &rest, &found).await?;
+        let mut ready = ready(rest, found, &mut keys);
+        keys.extend(lost.iter().map(|m| m.key.clone()));
+        ready.extend(lost);
         self.publish(ready.into_iter().map(Ok)).await?;
         if keys.is_empty() {
             return Ok(());
@@ -170,22 +177,36 @@ impl Client {
 }
 
 impl Client {
-    /// The inputs known only by key (results of earlier graphs) that the waiting tasks of
-    /// `messages` (registered as `found`) wait for, whose results are gone but whose messages
-    /// are kept: recomputed from their messages (lineage), to be published with the ready tasks.
+    /// Registers graph tasks ([`rask_common::Store::register_tasks`]), retrying what Redis
+    /// fails for up to `reconnect_max_wait` (registering is idempotent).
+    async fn register(&self, tasks: &[TaskMessage]) -> Result<Vec<Registration>> {
+        if tasks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let wait = self.settings().reconnect_max_wait;
+        store_retrying("registering graph tasks", wait, || async {
+            Ok(self.store().register_tasks(tasks).await?)
+        })
+        .await
+    }
+
+    /// The inputs known only by key (results of earlier graphs: not among the `submitted`
+    /// nodes) that the waiting tasks of `messages` (registered as `found`) wait for, whose
+    /// results are gone but whose messages are kept: recomputed from their messages (lineage),
+    /// to be published with the ready tasks.
     async fn rebuild_lost(
         &self,
-        messages: &[rask_common::TaskMessage],
+        submitted: &HashSet<TaskKey>,
+        messages: &[TaskMessage],
         found: &[Registration],
-    ) -> Result<Vec<rask_common::TaskMessage>> {
-        let submitted: HashSet<&TaskKey> = messages.iter().map(|m| &m.key).collect();
+    ) -> Result<Vec<TaskMessage>> {
         let mut seen = HashSet::new();
         let external: Vec<TaskKey> = messages
             .iter()
             .zip(found)
             .filter(|(_, r)| **r == Registration::Waiting)
             .flat_map(|(m, _)| &m.deps)
-            .filter(|dep| !submitted.contains(dep) && seen.insert(*dep))
+            .filter(|dep| !submitted.contains(*dep) && seen.insert(*dep))
             .cloned()
             .collect();
         if external.is_empty() {
@@ -198,6 +219,23 @@ impl Client {
         .await?;
         Ok(rask_common::dependencies::ReadyTask::messages(lost))
     }
+}
+
+/// The messages of `messages` that registering found [`Registration::Ready`] (`found`, in
+/// order), their keys added to `keys` (to mark them once published).
+fn ready(
+    messages: Vec<TaskMessage>,
+    found: Vec<Registration>,
+    keys: &mut Vec<TaskKey>,
+) -> Vec<TaskMessage> {
+    let ready: Vec<TaskMessage> = messages
+        .into_iter()
+        .zip(found)
+        .filter(|(_, r)| *r == Registration::Ready)
+        .map(|(m, _)| m)
+        .collect();
+    keys.extend(ready.iter().map(|m| m.key.clone()));
+    ready
 }
 
 /// Every node reachable from `roots`, once each (by key), without recursion.

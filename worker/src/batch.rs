@@ -113,7 +113,7 @@ pub(crate) async fn handle(shared: &Shared, message: TaskMessage, delivery: Deli
     let finished = Finished {
         key,
         outcome,
-        delivery,
+        ticket: crate::ticket::Ticket::Delivery(delivery),
         last: limit_reached,
         more: outcomes.collect(),
     };

@@ -51,6 +51,9 @@
 //!   for them again as a record.
 //! - `events.rs`: task states and events of runs (slot, start, end), kept in memory and written
 //!   with the result batches (`events` setting).
+//! - `continuation.rs`: a graph task released by outcomes this worker stored runs here when a
+//!   slot is free, instead of through the broker; `ticket.rs`: what settles a finished task (its
+//!   delivery, or a hold on the deliveries that released it, acknowledged once it is settled).
 //! - `writer/`: outcomes to Redis in batches, then acknowledgements (never before); a batch
 //!   Redis refuses is split so that one refused outcome holds no other (`store.rs`), and
 //!   released dependents the broker refuses fail instead of looping (`settle.rs`).
@@ -78,6 +81,7 @@ mod admit;
 mod bag;
 mod batch;
 mod broadcast;
+mod continuation;
 mod dead_letter;
 mod error;
 mod events;
@@ -105,6 +109,7 @@ mod scheduler;
 mod secede;
 mod send_back;
 mod signal;
+mod ticket;
 mod worker;
 mod writer;
 

@@ -3,8 +3,6 @@
 //! failing; only an input whose message is gone too fails the task (`DependencyFailed`, naming
 //! it). The steps and why they are safe: [`rask_common::dependencies::lineage`].
 
-use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicRejectOptions};
 use rask_common::broker::Destination;
 use rask_common::dependencies::lineage::{Relink, MAX_REBUILDS};
 use rask_common::dependencies::ReadyTask;
@@ -103,17 +101,4 @@ pub(crate) async fn recover(
         }
     }
     Ok(Recovery::Waiting)
-}
-
-/// Settles the delivery of a task that waits again (acknowledged) or must be tried again later
-/// (requeued).
-pub(crate) async fn settle(delivery: &Delivery, requeue: bool) {
-    let settled = if requeue {
-        delivery.reject(BasicRejectOptions { requeue: true }).await
-    } else {
-        delivery.ack(BasicAckOptions::default()).await
-    };
-    if let Err(e) = settled {
-        tracing::warn!(error = %e, "could not settle a parked graph task; it will be redelivered");
-    }
 }

@@ -236,6 +236,11 @@ impl Registry {
         Ok(states)
     }
 
+    /// Whether a function is registered under `name`.
+    pub(crate) fn knows(&self, name: &str) -> bool {
+        self.functions.contains_key(name)
+    }
+
     /// The registered names, sorted.
     pub fn names(&self) -> Vec<String> {
         self.functions.keys().map(|n| n.to_string()).collect()

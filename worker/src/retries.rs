@@ -13,12 +13,12 @@
 
 use std::time::Duration;
 
-use lapin::message::Delivery;
 use rask_common::delay;
 use rask_common::{Settings, TaskMessage};
 
 use crate::release::ConfirmChannel;
-use crate::send_back::send_back;
+use crate::send_back::send_back_ticket;
+use crate::ticket::Ticket;
 
 /// The next attempt at a task, and how long it waits in the broker before it may run.
 #[derive(Debug, Clone, PartialEq)]
@@ -61,25 +61,17 @@ fn next_attempt_with(message: &TaskMessage, retryable: bool, jitter: f64) -> Opt
     })
 }
 
-/// Publishes `retry` to its delay queue (confirmed), then acknowledges `delivery`; requeues
-/// `delivery` instead if publishing fails.
+/// Publishes `retry` to its delay queue (confirmed), then settles `ticket` (acknowledges its
+/// delivery); requeues instead if publishing fails.
 pub(crate) async fn schedule(
     channel: &ConfirmChannel,
     settings: &Settings,
     retry: Retry,
-    delivery: Delivery,
+    ticket: Ticket,
 ) {
     let Retry { message, delay } = retry;
-    if send_back(
-        channel,
-        settings,
-        &message,
-        delay,
-        &delivery,
-        "schedule a retry",
-    )
-    .await
-    {
+    let what = "schedule a retry";
+    if send_back_ticket(channel, settings, &message, delay, ticket, what).await {
         tracing::info!(
             key = %message.key,
             task = %message.function,

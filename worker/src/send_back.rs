@@ -11,6 +11,7 @@ use rask_common::broker::Destination;
 use rask_common::{Settings, TaskMessage};
 
 use crate::release::{self, ConfirmChannel, PublishError};
+use crate::ticket::Ticket;
 
 /// Publishes `message` to the delay queue of `settings` (its pool's) for `delay`, confirmed,
 /// then acknowledges `delivery`; requeues `delivery` instead if publishing fails (logged with
@@ -23,12 +24,7 @@ pub(crate) async fn send_back(
     delivery: &Delivery,
     what: &str,
 ) -> bool {
-    let published = async {
-        let to = Destination::after(settings, delay).map_err(PublishError::Delay)?;
-        let channel = confirms.get().await?;
-        release::publish(&channel, &to, message).await
-    }
-    .await;
+    let published = publish_back(confirms, settings, message, delay).await;
     let settled = match &published {
         Ok(()) => delivery.ack(BasicAckOptions::default()).await,
         Err(e) => {
@@ -40,4 +36,37 @@ pub(crate) async fn send_back(
         tracing::warn!(key = %message.key, error = %e, "could not settle a task sent back to wait; it will be redelivered");
     }
     published.is_ok()
+}
+
+/// [`send_back`] for a task settled by `ticket` (its delivery, or the deliveries that released
+/// it when it ran here as their continuation).
+pub(crate) async fn send_back_ticket(
+    confirms: &ConfirmChannel,
+    settings: &Settings,
+    message: &TaskMessage,
+    delay: Duration,
+    ticket: Ticket,
+    what: &str,
+) -> bool {
+    if let Ticket::Delivery(delivery) = &ticket {
+        return send_back(confirms, settings, message, delay, delivery, what).await;
+    }
+    let published = publish_back(confirms, settings, message, delay).await;
+    if let Err(e) = &published {
+        tracing::warn!(key = %message.key, error = %e, "cannot {what}; requeueing the tasks that released it");
+    }
+    ticket.settle(published.is_err()).await;
+    published.is_ok()
+}
+
+/// Publishes `message` to the delay queue of `settings` for `delay` and waits for the confirm.
+async fn publish_back(
+    confirms: &ConfirmChannel,
+    settings: &Settings,
+    message: &TaskMessage,
+    delay: Duration,
+) -> Result<(), PublishError> {
+    let to = Destination::after(settings, delay).map_err(PublishError::Delay)?;
+    let channel = confirms.get().await?;
+    release::publish(&channel, &to, message).await
 }

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 
 use crate::admit::{admit, Admission};
+use crate::continuation::Continuation;
 use crate::error::{Error, Result};
 use crate::execute::{execute, time_limit};
 use crate::fatal::Fatal;
@@ -37,8 +38,9 @@ use crate::result_limit::ResultLimit;
 use crate::revocations::Revocations;
 use crate::scheduler;
 use crate::secede::{Deliveries, Seceding, Window, WithResources};
+use crate::ticket::Ticket;
 use crate::writer::{self, Finished};
-use crate::{inputs, lineage, references, retries};
+use crate::{inputs, references, retries};
 
 /// First and largest pause between attempts to reconnect.
 const RECONNECT: (std::time::Duration, std::time::Duration) = (
@@ -350,7 +352,16 @@ impl Worker {
         let fatal = Arc::new(Fatal::default());
         let (finished, finished_rx) = mpsc::channel(usize::from(prefetch).max(1) * 2);
         let events = Arc::new(crate::events::Events::new(&store, &settings, &id));
+        let tracker = TaskTracker::new();
+        // Not on a Redis Cluster: releasing again through stored results (what a redelivery
+        // needs after a continuation, `ticket.rs`) is a script over many slots.
+        let continuation = Arc::new(Continuation::new(
+            settings.local_continuation && !store.keys().is_clustered(),
+            tracker.clone(),
+            usize::from(prefetch),
+        ));
         let context = writer::Context {
+            continuation: continuation.clone(),
             events: events.clone(),
             store: store.clone(),
             settings: settings.clone(),
@@ -364,7 +375,6 @@ impl Worker {
         let permits = Arc::new(Semaphore::new(settings.concurrency));
         let seceding = Arc::new(Seceding::new(permits.clone()));
         let mut window = Window::new(per_shard);
-        let tracker = TaskTracker::new();
         tracing::info!(
             worker = %id,
             queue = %settings.queue,
@@ -405,6 +415,7 @@ impl Worker {
             pools,
             revocations: self.revocations.clone(),
         });
+        continuation.attach(&shared);
 
         let mut shutdown = shutdown;
         let consuming = health.consuming();
@@ -519,7 +530,7 @@ pub(crate) struct Slot {
 }
 
 impl Slot {
-    fn new(permit: OwnedSemaphorePermit, seceding: Arc<Seceding>) -> Self {
+    pub(crate) fn new(permit: OwnedSemaphorePermit, seceding: Arc<Seceding>) -> Self {
         Slot {
             permit: Some(permit),
             seceding,
@@ -546,13 +557,19 @@ async fn handle(shared: &Shared, delivery: Delivery, slot: Slot) {
     let message = match admit(shared, &delivery).await {
         Admission::Run(message) => message,
         Admission::Refuse(key, failure) => {
-            return finish(shared, key, Outcome::Failure(failure), delivery).await
+            return finish(
+                shared,
+                key,
+                Outcome::Failure(failure),
+                Ticket::Delivery(delivery),
+            )
+            .await
         }
         Admission::Stored { key, outcome, last } => {
             let finished = Finished {
                 key,
                 outcome,
-                delivery,
+                ticket: Ticket::Delivery(delivery),
                 last,
                 more: Vec::new(),
             };
@@ -568,7 +585,13 @@ async fn handle(shared: &Shared, delivery: Delivery, slot: Slot) {
         tracing::info!(key = %message.key, "revoked task not run");
         let text = "revoked by a client (force cancel) before it ran";
         let failure = TaskFailure::of(&message, FailureKind::Cancelled, text, &shared.id);
-        return finish(shared, message.key, Outcome::Failure(failure), delivery).await;
+        return finish(
+            shared,
+            message.key,
+            Outcome::Failure(failure),
+            Ticket::Delivery(delivery),
+        )
+        .await;
     }
     // Tasks of functions and pools without a limit pay for in-memory lookups only. A lease (of
     // a concurrency limit) is held until the run ends. The pool's limit first, then the
@@ -612,11 +635,39 @@ async fn handle(shared: &Shared, delivery: Delivery, slot: Slot) {
         match resources::gate(shared, &message, &delivery, slot.take()).await {
             Gate::Run(held, permit) => (Some(held), Slot::new(permit, shared.seceding.clone())),
             Gate::Fail(failure) => {
-                return finish(shared, message.key, Outcome::Failure(failure), delivery).await
+                let ticket = Ticket::Delivery(delivery);
+                return finish(shared, message.key, Outcome::Failure(failure), ticket).await;
             }
             Gate::Done => return,
         }
     };
+    run(shared, message, held, Ticket::Delivery(delivery)).await;
+}
+
+/// Runs `message`, a graph task released by outcomes this worker stored, in `slot`, as the
+/// continuation of those outcomes (`continuation.rs`): `ticket` holds their deliveries until it
+/// is settled. It was checked to need nothing a delivered task waits for (no resources, no
+/// limit), so it runs as soon as its inputs are read.
+pub(crate) async fn continue_task(
+    shared: &Shared,
+    message: TaskMessage,
+    slot: Slot,
+    ticket: Ticket,
+) {
+    let _slot = slot;
+    if shared.revocations.is_revoked(&message.key) {
+        tracing::info!(key = %message.key, "revoked task not run");
+        let text = "revoked by a client (force cancel) before it ran";
+        let failure = TaskFailure::of(&message, FailureKind::Cancelled, text, &shared.id);
+        return finish(shared, message.key, Outcome::Failure(failure), ticket).await;
+    }
+    run(shared, message, None, ticket).await;
+}
+
+/// An admitted task, its limits passed and resources `held` (if it needs any), from its
+/// arguments to its outcome: inputs read, run under its time limit, then retried through the
+/// broker or finished (its outcome stored, then `ticket` settled).
+async fn run(shared: &Shared, message: TaskMessage, held: Option<Held>, ticket: Ticket) {
     let mut retryable = false;
     let run = shared.metrics.start(&message.function);
     let recording = shared.events.start(&message);
@@ -633,7 +684,7 @@ async fn handle(shared: &Shared, delivery: Delivery, slot: Slot) {
             if let Some(recording) = recording {
                 recording.finished(&outcome);
             }
-            return finish(shared, message.key, outcome, delivery).await;
+            return finish(shared, message.key, outcome, ticket).await;
         }
         Err(references::Unresolved::Refused(source)) => {
             let what = "reading arguments";
@@ -673,8 +724,8 @@ async fn handle(shared: &Shared, delivery: Delivery, slot: Slot) {
             until_revoked(shared, &message.key, &cancel, executing).await
         }
         Err(inputs::Unresolved::Failed(outcome)) => outcome,
-        Err(inputs::Unresolved::Waiting) => return lineage::settle(&delivery, false).await,
-        Err(inputs::Unresolved::Requeue) => return lineage::settle(&delivery, true).await,
+        Err(inputs::Unresolved::Waiting) => return ticket.ack().await,
+        Err(inputs::Unresolved::Requeue) => return ticket.requeue().await,
         Err(inputs::Unresolved::Refused(source)) => {
             let what = "reading inputs";
             return shared.fatal.raise(Error::StoreRefused { what, source });
@@ -687,7 +738,7 @@ async fn handle(shared: &Shared, delivery: Delivery, slot: Slot) {
                 recording.retried(&outcome);
             }
             let settings = shared.pools.settings_for(message.pool.as_ref());
-            retries::schedule(&shared.confirms, &settings, retry, delivery).await
+            retries::schedule(&shared.confirms, &settings, retry, ticket).await
         }
         None => {
             let outcome = match references::keep_result(&kept, &message, outcome).await {
@@ -702,7 +753,7 @@ async fn handle(shared: &Shared, delivery: Delivery, slot: Slot) {
             if let Some(recording) = recording {
                 recording.finished(&outcome);
             }
-            finish(shared, message.key, outcome, delivery).await
+            finish(shared, message.key, outcome, ticket).await
         }
     }
 }
@@ -728,8 +779,8 @@ pub(crate) async fn until_revoked(
 }
 
 /// Hands `outcome` to the result writer, which stores it, releases its dependents and then
-/// acknowledges `delivery`.
-async fn finish(shared: &Shared, key: TaskKey, outcome: Outcome, delivery: Delivery) {
+/// settles `ticket` (acknowledges the delivery).
+async fn finish(shared: &Shared, key: TaskKey, outcome: Outcome, ticket: Ticket) {
     if let Outcome::Failure(f) = &outcome {
         tracing::info!(key = %f.key, task = %f.task, kind = ?f.kind, message = %f.message, "task failed");
     }
@@ -737,8 +788,16 @@ async fn finish(shared: &Shared, key: TaskKey, outcome: Outcome, delivery: Deliv
         Ok(bytes) => bytes,
         Err(e) => {
             tracing::error!(key = %key, error = %e, "outcome does not encode; dead-lettering");
-            if let Err(e) = delivery.reject(BasicRejectOptions { requeue: false }).await {
-                tracing::warn!(error = %e, "could not reject; the task will be redelivered");
+            match ticket {
+                Ticket::Delivery(delivery) => {
+                    let reject = BasicRejectOptions { requeue: false };
+                    if let Err(e) = delivery.reject(reject).await {
+                        tracing::warn!(error = %e, "could not reject; the task will be redelivered");
+                    }
+                }
+                // Its releasers go back to the queue; released again, it is published, and
+                // dead-lettered as a delivery.
+                Ticket::Carried(hold) => drop(hold),
             }
             return;
         }
@@ -746,7 +805,7 @@ async fn finish(shared: &Shared, key: TaskKey, outcome: Outcome, delivery: Deliv
     let finished = Finished {
         key,
         outcome: encoded,
-        delivery,
+        ticket,
         last: false,
         more: Vec::new(),
     };

@@ -185,6 +185,59 @@ end
 return ready
 ";
 
+/// Releases again, through stored results: as [`RELEASE`] for the keys given, and then for
+/// each dependent found with a result already (and nothing pending), its own dependents, and
+/// so on, at most ARGV[2] levels down. ARGV: the key prefix, the depth, then the stored keys.
+/// Returns the records of the dependents found ready (nothing pending, no result), each once,
+/// marking them published. For a redelivered task whose outcome is stored: the worker that
+/// stored it may have run its dependents itself (local continuation) and died before their
+/// dependents were released, which no delivery of their own would do again.
+static RELEASE_AGAIN: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local prefix = ARGV[1]
+local depth = tonumber(ARGV[2])
+local ready = {}
+local seen = {}
+local level = {}
+for i = 3, #ARGV do
+  if not seen[ARGV[i]] then
+    seen[ARGV[i]] = true
+    level[#level + 1] = ARGV[i]
+  end
+end
+while #level > 0 and depth >= 0 do
+  local below = {}
+  for _, key in ipairs(level) do
+    redis.call('DEL', prefix .. ':published:' .. key)
+    local dependents = redis.call('SMEMBERS', prefix .. ':dependents:' .. key)
+    for _, d in ipairs(dependents) do
+      local pending = prefix .. ':pending:' .. d
+      redis.call('SREM', pending, key)
+      if not seen[d] and redis.call('SCARD', pending) == 0 then
+        seen[d] = true
+        if redis.call('EXISTS', prefix .. ':result:' .. d) == 1 then
+          below[#below + 1] = d
+        else
+          local record = prefix .. ':task:' .. d
+          local message = redis.call('GET', record)
+          if message then
+            local ttl = redis.call('PTTL', record)
+            if ttl > 0 then redis.call('SET', prefix .. ':published:' .. d, '1', 'PX', ttl) end
+            table.insert(ready, message)
+          end
+        end
+      end
+    end
+  end
+  level = below
+  depth = depth - 1
+end
+return ready
+",
+    )
+});
+
 /// What registering a graph task found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Registration {
@@ -387,6 +440,35 @@ impl Store {
             other => other?,
         };
         Ok(bodies)
+    }
+}
+
+impl Store {
+    /// Releases the dependents of `keys` (whose outcomes are stored) again, and, through those
+    /// that have a result already, their dependents, down to `depth` levels below `keys`;
+    /// returns those ready to run (nothing pending, no result), as their stored records, marked
+    /// published. For redelivered tasks: the worker that stored their outcomes may have run
+    /// their dependents itself and died before releasing what those released in turn. On a
+    /// Redis Cluster, where workers never run released tasks themselves, nothing (the plain
+    /// release of the stored batch does all).
+    ///
+    /// # Errors
+    /// [`crate::Error::Store`] if Redis fails (call again: releasing is idempotent).
+    pub async fn release_again(&self, keys: &[TaskKey], depth: usize) -> Result<Vec<ReadyTask>> {
+        if keys.is_empty() || self.keys().is_clustered() {
+            return Ok(Vec::new());
+        }
+        let mut bodies = Vec::new();
+        for chunk in keys.chunks(PIPELINE_CHUNK) {
+            let mut inv = RELEASE_AGAIN.prepare_invoke();
+            inv.arg(self.keys().prefix()).arg(depth);
+            for key in chunk {
+                inv.arg(key.as_str());
+            }
+            let found: Vec<Vec<u8>> = inv.invoke_async(&mut self.connection()).await?;
+            bodies.extend(found);
+        }
+        Ok(decode_ready(bodies))
     }
 }
 

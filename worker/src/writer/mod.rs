@@ -23,22 +23,24 @@ mod store;
 
 use std::sync::Arc;
 
-use lapin::message::Delivery;
 use rask_common::{Settings, Store, TaskKey};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use crate::continuation::Continuation;
 use crate::error::Error;
 use crate::fatal::Fatal;
 use crate::release::{ConfirmChannel, Releaser};
+use crate::ticket::Ticket;
 
 /// A finished task: its encoded outcome and the delivery to acknowledge once it is stored.
 pub(crate) struct Finished {
     pub(crate) key: TaskKey,
     pub(crate) outcome: Vec<u8>,
-    /// Acknowledged once the outcome is stored; copied to the dead-letter queue if Redis
-    /// refuses it for good.
-    pub(crate) delivery: Delivery,
+    /// Settled (acknowledged) once the outcome is stored: the task's delivery, copied to the
+    /// dead-letter queue if Redis refuses it for good, or for a continued task the deliveries
+    /// that released it (`ticket.rs`).
+    pub(crate) ticket: Ticket,
     /// The delivery limit is reached: dependents that cannot be published now fail instead of
     /// the delivery being requeued once more.
     pub(crate) last: bool,
@@ -63,6 +65,8 @@ pub(crate) struct Context {
     pub(crate) events: Arc<crate::events::Events>,
     /// Counts the dead letters of refused outcomes (`metrics.rs`).
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
+    /// Which released dependents run here rather than through the broker.
+    pub(crate) continuation: Arc<Continuation>,
 }
 
 /// Stored batches that may be settling (publishing dependents, acking) at once.

@@ -12,8 +12,6 @@
 
 use std::sync::Arc;
 
-use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicRejectOptions};
 use rask_common::dependencies::ReadyTask;
 use rask_common::{ErrorKind, FailureKind, Outcome, TaskFailure};
 
@@ -23,10 +21,14 @@ use crate::dead_letter::{copy_to_dead_letters, settle_unkeyed};
 use crate::error::Error;
 use crate::release::{PublishError, Publisher};
 use crate::retry;
+use crate::ticket::{Carrier, Ticket};
 
 /// Publishes a stored batch's ready dependents, then acks the batch and dead-letters what Redis
 /// refused; requeues the batch instead if a dependent could not be published for a cause that
 /// may pass (unless `last`: the delivery limit is reached, and such dependents fail).
+///
+/// Dependents this worker can run now (a free slot, see `continuation.rs`) are not published:
+/// they run here, and the batch's deliveries are acknowledged only once each of them is settled.
 pub(super) async fn settle(
     context: Arc<Context>,
     stored: Stored,
@@ -38,8 +40,12 @@ pub(super) async fn settle(
         refused,
         ready,
     } = stored;
+    let first = !last && done.iter().all(|f| f.ticket.carries_on());
+    let (continued, ready) = context.continuation.split(ready, first);
     if let Some(mut publisher) = publisher {
         if let Err(e) = release(&context, &mut publisher, ready, last).await {
+            // The dependents kept to run here are not started (their slots are freed): the
+            // redelivered batch releases them again.
             tracing::warn!(error = %e, tasks = done.len(), "publishing ready dependents failed; requeueing the batch");
             requeue(done).await;
             dead_letter(&context, refused).await;
@@ -47,12 +53,16 @@ pub(super) async fn settle(
         }
     }
     dead_letter(&context, refused).await;
+    if !continued.is_empty() {
+        // Acknowledged (or requeued) once every continued task is settled.
+        let carrier = Carrier::new(done.into_iter().map(|f| f.ticket).collect());
+        context.continuation.start(continued, &carrier);
+        return;
+    }
     let acks = done.into_iter().map(|f| async move {
-        if let Err(e) = f.delivery.ack(BasicAckOptions::default()).await {
-            // The channel is gone: the broker redelivers the message, and the stored
-            // outcome makes the rerun harmless (write-once).
-            tracing::warn!(key = %f.key, error = %e, "ack failed; the task will be redelivered");
-        }
+        // A failed ack (the channel is gone) means a redelivery, made harmless by the stored
+        // outcome (write-once).
+        f.ticket.ack().await;
     });
     futures::future::join_all(acks).await;
 }
@@ -132,25 +142,26 @@ async fn fail(context: &Context, unpublishable: Vec<(ReadyTask, PublishError)>) 
 
 /// Rejects every delivery of `batch` with requeue.
 pub(super) async fn requeue(batch: Vec<Finished>) {
-    let rejects = batch.into_iter().map(|f| async move {
-        let requeue = BasicRejectOptions { requeue: true };
-        if let Err(e) = f.delivery.reject(requeue).await {
-            tracing::warn!(key = %f.key, error = %e, "reject failed; the task will be redelivered");
-        }
-    });
+    let rejects = batch.into_iter().map(|f| f.ticket.requeue());
     futures::future::join_all(rejects).await;
 }
 
 /// Copies each refused delivery to the dead-letter queue with its reason, then acks it (or
-/// rejects it without requeue if the copy was not confirmed).
-pub(super) async fn dead_letter(context: &Context, refused: Vec<(Delivery, String)>) {
-    for (delivery, reason) in refused {
+/// rejects it without requeue if the copy was not confirmed). A continued task has no delivery
+/// to copy: the deliveries that released it are requeued instead, and their redelivery
+/// publishes it, to be dead-lettered as a delivery if Redis refuses it again.
+pub(super) async fn dead_letter(context: &Context, refused: Vec<(Ticket, String)>) {
+    for (ticket, reason) in refused {
+        let Some(delivery) = ticket.delivery() else {
+            ticket.requeue().await;
+            continue;
+        };
         let s = context.pools.of_queue(delivery.routing_key.as_str());
         let worker = &context.worker;
-        let copied = copy_to_dead_letters(&context.confirms, s, worker, &delivery, &reason).await;
+        let copied = copy_to_dead_letters(&context.confirms, s, worker, delivery, &reason).await;
         context
             .metrics
             .dead_lettered(crate::metrics::DeadLetterCause::StoreRefused);
-        settle_unkeyed(&delivery, copied).await;
+        settle_unkeyed(delivery, copied).await;
     }
 }

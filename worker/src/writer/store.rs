@@ -6,13 +6,15 @@
 //! `n` outcomes with one refused costs about `2 log2 n` more round trips, on this failure path
 //! only.
 
-use lapin::message::Delivery;
+use std::collections::HashSet;
+
 use rask_common::dependencies::ReadyTask;
 use rask_common::events::{Event, Recorder};
 use rask_common::{ErrorKind, Store, TaskKey};
 
 use super::Finished;
 use crate::retry;
+use crate::ticket::Ticket;
 
 /// A batch stored as far as Redis allows.
 #[derive(Default)]
@@ -20,7 +22,7 @@ pub(super) struct Stored {
     /// Stored: acknowledge once `ready` is published.
     pub(super) done: Vec<Finished>,
     /// Refused for good, with the reason: dead-letter each.
-    pub(super) refused: Vec<(Delivery, String)>,
+    pub(super) refused: Vec<(Ticket, String)>,
     /// The dependents released by what was stored, to publish before acknowledging.
     pub(super) ready: Vec<ReadyTask>,
 }
@@ -76,6 +78,15 @@ pub(super) async fn store(
     recording: (&Recorder, Vec<Event>),
 ) -> rask_common::Result<Stored> {
     let mut stored = Stored::default();
+    // The keys of each redelivered task (a batch message's calls too), by its first.
+    let redelivered: Vec<(TaskKey, Vec<TaskKey>)> = batch
+        .iter()
+        .filter(|f| f.ticket.delivery().is_some_and(|d| d.redelivered))
+        .map(|f| {
+            let keys = std::iter::once(&f.key).chain(f.more.iter().map(|(key, _)| key));
+            (f.key.clone(), keys.cloned().collect())
+        })
+        .collect();
     let mut todo = vec![Group::new(batch)];
     let (recorder, mut events) = recording;
     while let Some(mut group) = todo.pop() {
@@ -101,11 +112,50 @@ pub(super) async fn store(
                 let finished = group.finished.pop().expect("a group of one");
                 let reason = refusal_reason(store, &finished.key, &e).await;
                 tracing::error!(key = %finished.key, reason, "dead-lettering a task whose outcome Redis refuses");
-                stored.refused.push((finished.delivery, reason));
+                stored.refused.push((finished.ticket, reason));
             }
         }
     }
+    if !redelivered.is_empty() {
+        // Only what was stored: releasing a key without a result would release too early.
+        let done: HashSet<&TaskKey> = stored.done.iter().map(|f| &f.key).collect();
+        let keys: Vec<TaskKey> = redelivered
+            .into_iter()
+            .filter(|(first, _)| done.contains(first))
+            .flat_map(|(_, keys)| keys)
+            .collect();
+        again(store, &keys, &mut stored).await?;
+    }
     Ok(stored)
+}
+
+/// Releases the dependents of the redelivered tasks of `stored` again through stored results
+/// ([`Store::release_again`], as deep as tasks continue here: see `ticket.rs`), adding those
+/// found ready to `stored.ready`: a worker that died after running released tasks itself left
+/// what they released in turn to the redelivery of the task that released them.
+async fn again(store: &Store, keys: &[TaskKey], stored: &mut Stored) -> rask_common::Result<()> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let depth = crate::ticket::MAX_DEPTH + 1;
+    let found = retry::until_ok("releasing dependents again", || {
+        store.release_again(keys, depth)
+    })
+    .await;
+    match found {
+        Ok(found) => {
+            let mut known: HashSet<TaskKey> = stored.ready.iter().map(|r| r.key.clone()).collect();
+            let fresh = found.into_iter().filter(|r| known.insert(r.key.clone()));
+            stored.ready.extend(fresh);
+            Ok(())
+        }
+        Err(e) if e.kind() == ErrorKind::Configuration => Err(e),
+        // Refused for what the records hold: the plain release of these keys went through.
+        Err(e) => {
+            tracing::error!(error = %e, tasks = keys.len(), "Redis refused to release dependents again");
+            Ok(())
+        }
+    }
 }
 
 /// Why the outcome of task `key` could not be stored: if it is stored all the same (a

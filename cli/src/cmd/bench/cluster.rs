@@ -41,6 +41,8 @@ pub(super) struct Shape {
     pub(super) inline_limit: Option<usize>,
     /// Whether values over `blob_threshold` go to a blob store (a directory of the run).
     pub(super) blobs: bool,
+    /// Whether workers run the graph tasks they release (the `local_continuation` setting).
+    pub(super) continuation: bool,
 }
 
 /// The cluster under test.
@@ -109,6 +111,7 @@ impl Cluster {
             },
             queue_shards: shape.shards,
             events: shape.events,
+            local_continuation: shape.continuation,
             inline_limit: shape.inline_limit.unwrap_or(settings.inline_limit),
             blob_url: if shape.blobs {
                 format!("file://{}", dir.join("blobs").display())
@@ -326,6 +329,7 @@ fn settings_env(s: &Settings) -> Vec<(String, String)> {
         ("RASK_PREFETCH", s.prefetch.to_string()),
         ("RASK_PUBLISH_WINDOW", s.publish_window.to_string()),
         ("RASK_RESULT_BATCH", s.result_batch.to_string()),
+        ("RASK_LOCAL_CONTINUATION", s.local_continuation.to_string()),
         ("RASK_QUEUE_TYPE", s.queue_type.to_string()),
         ("RASK_QUEUE_SHARDS", s.queue_shards.to_string()),
         ("RASK_MAX_PRIORITY", s.max_priority.to_string()),

@@ -307,9 +307,13 @@ pub(crate) async fn run(global: &Global, args: BenchArgs) -> Result<ExitCode> {
             events: args.events,
             inline_limit: args.inline_limit,
             blobs: args.blobs,
+            continuation: !args.no_continuation,
         };
         if args.events {
             eprintln!("bench: task events are on");
+        }
+        if args.no_continuation {
+            eprintln!("bench: workers publish every graph task they release");
         }
         if let Some(c) = shape.concurrency {
             eprintln!("bench: each worker runs {c} task(s) at once");
