@@ -141,3 +141,43 @@ async fn release_removes_the_blobs_of_released_results() {
     client.purge().await.unwrap();
     assert_eq!(files(&dir), Vec::<String>::new());
 }
+
+/// A result read back from the blob store is checked as arguments are: an object of another
+/// length always, one of the same length with other bytes by its digest when messages are
+/// signed (without signing the client hashes each value once, to name its arguments).
+#[tokio::test]
+async fn a_changed_result_blob_is_refused_by_its_length_and_when_signed_by_its_digest() {
+    const KEY: &str = "blob-signing-key-0123456789abcdef";
+    let (mut env, dir, url) = with_blobs(TestEnv::new("blob-check").await, "blobs");
+    env.settings.signing_keys = vec![KEY.to_owned()];
+    let _workers = env.spawn_workers_with(
+        1,
+        &[("RASK_BLOB_URL", url.as_str()), ("RASK_SIGNING_KEYS", KEY)],
+    );
+    let signed = env.client().await;
+    let sent = payload(41, 2 << 20);
+    let future: Future<Value> = signed
+        .submit(echo, (Value::Binary(sent.clone()),))
+        .await
+        .unwrap();
+    let value = future.result_within(PATIENCE).await.unwrap();
+    assert!(value == Value::Binary(sent.clone()), "the result differs");
+    let object = dir.join(digest_of_echo(&sent).hex());
+    let mut bytes = std::fs::read(&object).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&object, &bytes).unwrap();
+    let error = future.result_within(PATIENCE).await.unwrap_err();
+    assert!(error.to_string().contains("digest"), "{error}");
+
+    let mut unsigned = env.settings.clone();
+    unsigned.signing_keys.clear();
+    let plain = rask::Client::connect(unsigned).await.unwrap();
+    let again: Future<Value> = plain.future(future.key().clone());
+    std::fs::write(&object, &bytes[..last]).unwrap();
+    let error = again.result_within(PATIENCE).await.unwrap_err();
+    assert!(
+        error.to_string().contains("bytes where the reference says"),
+        "{error}"
+    );
+}
