@@ -320,6 +320,10 @@ impl<'a, I: Iterator<Item = Result<TaskMessage>>> Publisher<'a, I> {
                 max: self.settings.max_message_bytes,
             });
         }
+        // The body holds the arguments now; only the message's other fields are read again
+        // (properties, signature kind, key), so a large argument is not held twice until its
+        // confirm.
+        message.args = Vec::new();
         let index = self.pulled;
         self.pulled += 1;
         Ok(Pending {

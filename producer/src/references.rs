@@ -2,6 +2,14 @@
 //! the message (longer than `blob_threshold` with a blob store: to it; else longer than
 //! `inline_limit`: to Redis), storing them before their message is published, and reading
 //! results that are references back from the blob store.
+//!
+//! A result read back from the blob store is checked against its reference as a worker checks
+//! arguments (`worker/src/references.rs`): its length always, its SHA-256 only when messages
+//! are signed (`signing_keys`). Objects are written whole under their digest (renamed into
+//! place, or one `PUT`), so a partial object is never found under a name; without signing,
+//! whoever can write the blob store or Redis can already change any result, and a second
+//! SHA-256 per value (about 0.6 ms per MiB, after the one that named the argument) would only
+//! cost CPU.
 
 use bytes::Bytes;
 use rask_common::blobs::Blobs;
@@ -17,6 +25,9 @@ pub(crate) struct Keeper {
     blobs: Option<Blobs>,
     inline_limit: usize,
     blob_threshold: usize,
+    /// Whether results read from the blob store are checked against their digest, not only
+    /// their length (with `signing_keys`, see the module docs).
+    check_digests: bool,
 }
 
 impl Keeper {
@@ -30,6 +41,7 @@ impl Keeper {
             blobs: Blobs::from_settings(settings)?,
             inline_limit: settings.inline_limit,
             blob_threshold: settings.blob_threshold,
+            check_digests: !settings.signing_keys.is_empty(),
         })
     }
 
@@ -72,7 +84,7 @@ impl Keeper {
 
     /// The value a stored result `bytes` stands for: `bytes` themselves, or, for a result kept
     /// in the blob store ([`Reference::from_value_bytes`]), the bytes read from there and
-    /// checked against the reference.
+    /// checked against the reference (their length; their digest too with `signing_keys`).
     ///
     /// # Errors
     /// [`Error::ResultGone`] when the blob is gone; [`Error::Common`] if the blob store fails,
@@ -94,7 +106,7 @@ impl Keeper {
                 digest: reference.digest.hex(),
             });
         };
-        reference.check(&value, true)?;
+        reference.check(&value, self.check_digests)?;
         Ok(Vec::from(value))
     }
 }

@@ -400,3 +400,44 @@ async fn the_demo_reads_its_batches_from_the_blob_store() {
     let dir = from.strip_prefix("file://").unwrap();
     assert_eq!(std::fs::read_dir(dir).unwrap().count(), 4);
 }
+
+/// A result read back from the blob store is checked as arguments are: an object of another
+/// length always, one of the same length with other bytes by its digest when messages are
+/// signed (without signing the client hashes each value once, to name its arguments).
+#[tokio::test]
+async fn a_changed_result_blob_is_refused_by_its_length_and_when_signed_by_its_digest() {
+    const KEY: &str = "blob-signing-key-0123456789abcdef";
+    let mut place = Place::new("blob-check", Kind::File).await;
+    place.env.settings.signing_keys = vec![KEY.to_owned()];
+    let mut vars = place.vars();
+    vars.push(("RASK_SIGNING_KEYS", KEY));
+    let _workers = place.env.spawn_workers_with(1, &vars);
+    let env = &place.env;
+    let dir = env.path("objects").join("blobs");
+    let signed = env.client().await;
+    let sent = pattern(41, 2 << 20);
+    let future: Future<Value> = signed
+        .submit(echo, (Value::Binary(sent.clone()),))
+        .await
+        .unwrap();
+    let value = future.result_within(PATIENCE).await.unwrap();
+    assert!(value == Value::Binary(sent.clone()), "the result differs");
+    let object = dir.join(digest_of_echo(&sent).hex());
+    let mut bytes = std::fs::read(&object).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&object, &bytes).unwrap();
+    let error = future.result_within(PATIENCE).await.unwrap_err();
+    assert!(error.to_string().contains("digest"), "{error}");
+
+    let mut unsigned = env.settings.clone();
+    unsigned.signing_keys.clear();
+    let plain = rask::Client::connect(unsigned).await.unwrap();
+    let again: Future<Value> = plain.future(future.key().clone());
+    std::fs::write(&object, &bytes[..last]).unwrap();
+    let error = again.result_within(PATIENCE).await.unwrap_err();
+    assert!(
+        error.to_string().contains("bytes where the reference says"),
+        "{error}"
+    );
+}

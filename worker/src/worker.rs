@@ -82,6 +82,8 @@ pub(crate) struct Shared {
     pub(crate) inputs: inputs::InputReader,
     /// To the result writer.
     pub(crate) finished: mpsc::Sender<Finished>,
+    /// Stores an outcome in place when the writer would batch it alone (`writer/mod.rs`).
+    pub(crate) writer: Arc<writer::Direct>,
     /// Task counters (`metrics.rs`).
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
     /// Checks task messages' signatures when `signing_keys` is set (built once per connection).
@@ -371,7 +373,8 @@ impl Worker {
             pools: pools.clone(),
             metrics: self.metrics.clone(),
         };
-        let writer = tokio::spawn(writer::run(context, finished_rx, releaser));
+        let direct = writer::Direct::new(context, releaser);
+        let writer = tokio::spawn(writer::run(direct.clone(), finished_rx));
         let permits = Arc::new(Semaphore::new(settings.concurrency));
         let seceding = Arc::new(Seceding::new(permits.clone()));
         let mut window = Window::new(per_shard);
@@ -408,6 +411,7 @@ impl Worker {
             store,
             blobs,
             finished,
+            writer: direct,
             fatal: fatal.clone(),
             result_limit,
             context: worker_context.clone(),
@@ -812,8 +816,13 @@ async fn finish(shared: &Shared, key: TaskKey, outcome: Outcome, ticket: Ticket)
     store(shared, finished).await;
 }
 
-/// Hands an encoded outcome to the result writer (see [`finish`]).
+/// Hands an encoded outcome to the result writer (see [`finish`]), or stores it in place when
+/// the writer would store it alone (no store under way, nothing queued for it): one task in
+/// flight then pays no hand-off between tasks.
 async fn store(shared: &Shared, finished: Finished) {
+    let Some(finished) = shared.writer.store(finished, &shared.finished).await else {
+        return;
+    };
     if shared.finished.send(finished).await.is_err() {
         tracing::error!("result writer stopped; the task will be redelivered");
     }

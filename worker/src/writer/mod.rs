@@ -17,10 +17,16 @@
 //! Publishing released dependents (`settle.rs`) is told apart the same way: a dependent the
 //! broker refuses for good fails with a stored `Unpublishable` failure; any other failure
 //! requeues the batch, whose redeliveries are counted against `max_deliveries` (`admit.rs`).
+//!
+//! Batching must not cost latency when one task is in flight: a handler whose outcome would be
+//! alone (no store under way, nothing waiting for the writer) stores it itself, settles it and
+//! acknowledges ([`Direct::store`]), saving the hand-off to the writer's task; under load the
+//! writer's batches take over, since a store is then always under way.
 
 mod settle;
 mod store;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use rask_common::{Settings, Store, TaskKey};
@@ -30,7 +36,7 @@ use tokio::task::JoinSet;
 use crate::continuation::Continuation;
 use crate::error::Error;
 use crate::fatal::Fatal;
-use crate::release::{ConfirmChannel, Releaser};
+use crate::release::{ConfirmChannel, Publisher, Releaser};
 use crate::ticket::Ticket;
 
 /// A finished task: its encoded outcome and the delivery to acknowledge once it is stored.
@@ -72,19 +78,101 @@ pub(crate) struct Context {
 /// Stored batches that may be settling (publishing dependents, acking) at once.
 const SETTLING_BATCHES: usize = 4;
 
+/// What the writer and the handlers storing in place share: the context, the releaser of
+/// dependents and the count of stores under way.
+pub(crate) struct Direct {
+    context: Arc<Context>,
+    releaser: tokio::sync::Mutex<Releaser>,
+    /// Stores under way: the writer's batches and the stores in place.
+    storing: AtomicUsize,
+}
+
+/// The writer stopped: Redis refused the configuration (raised on [`Context::fatal`]).
+struct Stopped;
+
+impl Direct {
+    /// The shared part of a writer with `context`, publishing released dependents with
+    /// `releaser`.
+    pub(crate) fn new(context: Context, releaser: Releaser) -> Arc<Self> {
+        Arc::new(Direct {
+            context: Arc::new(context),
+            releaser: tokio::sync::Mutex::new(releaser),
+            storing: AtomicUsize::new(0),
+        })
+    }
+
+    /// Stores and settles `finished` in the calling task if it would be alone in a batch: no
+    /// store is under way and nothing waits in `queue` (the writer's channel). Else gives it
+    /// back, to be sent to the writer. Stores, releases, publishes dependents and acknowledges
+    /// exactly as the writer does for a batch of one.
+    pub(crate) async fn store(
+        &self,
+        finished: Finished,
+        queue: &mpsc::Sender<Finished>,
+    ) -> Option<Finished> {
+        if queue.capacity() < queue.max_capacity()
+            || self
+                .storing
+                .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+        {
+            return Some(finished);
+        }
+        let last = finished.last;
+        let events = self.context.events.take();
+        let stored = self.store_group(vec![finished], last, events).await;
+        self.storing.fetch_sub(1, Ordering::AcqRel);
+        if let Ok(Some((stored, publisher))) = stored {
+            settle::settle(self.context.clone(), stored, publisher, last).await;
+        }
+        None
+    }
+
+    /// Stores `group` (finished tasks that are all `last` or none) with `events`; returns
+    /// what to settle, `None` if the group was requeued (its dependents cannot be published
+    /// now), or [`Stopped`] (raised on the context's `fatal`).
+    async fn store_group(
+        &self,
+        group: Vec<Finished>,
+        last: bool,
+        events: Vec<rask_common::events::Event>,
+    ) -> Result<Option<(store::Stored, Option<Publisher>)>, Stopped> {
+        let context = &self.context;
+        let recording = (context.events.recorder(), events);
+        let stored = match store::store(&context.store, group, recording).await {
+            Ok(stored) => stored,
+            Err(source) => {
+                let what = "storing results";
+                context.fatal.raise(Error::StoreRefused { what, source });
+                return Err(Stopped);
+            }
+        };
+        if stored.ready.is_empty() {
+            return Ok(Some((stored, None)));
+        }
+        let publisher = self.releaser.lock().await.publisher().await;
+        match publisher {
+            Ok(publisher) => Ok(Some((stored, Some(publisher)))),
+            Err(e) => {
+                tracing::warn!(error = %e, tasks = stored.done.len(), last, "cannot publish ready dependents; requeueing the batch");
+                settle::requeue(stored.done).await;
+                settle::dead_letter(context, stored.refused).await;
+                Ok(None)
+            }
+        }
+    }
+}
+
 /// Runs until every sender is dropped and everything received is stored and acknowledged, or
 /// until Redis refuses the configuration (then the error is raised on `context.fatal` and what
 /// is not acknowledged goes back to the queue when the channel closes).
-pub(crate) async fn run(
-    context: Context,
-    mut finished: mpsc::Receiver<Finished>,
-    mut releaser: Releaser,
-) {
-    let context = Arc::new(context);
+pub(crate) async fn run(direct: Arc<Direct>, mut finished: mpsc::Receiver<Finished>) {
+    let context = direct.context.clone();
     let max_batch = context.settings.result_batch;
     let mut settling = JoinSet::new();
     let mut batch: Vec<Finished> = Vec::with_capacity(max_batch);
     'batches: while finished.recv_many(&mut batch, max_batch).await > 0 {
+        direct.storing.fetch_add(1, Ordering::AcqRel);
         let received = std::mem::replace(&mut batch, Vec::with_capacity(max_batch));
         // Last deliveries settle apart, so that only their own dependents may fail for a
         // transient cause.
@@ -96,26 +184,13 @@ pub(crate) async fn run(
             if group.is_empty() {
                 continue;
             }
-            let recording = (context.events.recorder(), std::mem::take(&mut events));
-            let stored = match store::store(&context.store, group, recording).await {
-                Ok(stored) => stored,
-                Err(source) => {
-                    let what = "storing results";
-                    context.fatal.raise(Error::StoreRefused { what, source });
+            let events = std::mem::take(&mut events);
+            let (stored, publisher) = match direct.store_group(group, last, events).await {
+                Ok(Some(settle)) => settle,
+                Ok(None) => continue,
+                Err(Stopped) => {
+                    direct.storing.fetch_sub(1, Ordering::AcqRel);
                     break 'batches;
-                }
-            };
-            let publisher = if stored.ready.is_empty() {
-                None
-            } else {
-                match releaser.publisher().await {
-                    Ok(publisher) => Some(publisher),
-                    Err(e) => {
-                        tracing::warn!(error = %e, tasks = stored.done.len(), "cannot publish ready dependents; requeueing the batch");
-                        settle::requeue(stored.done).await;
-                        settle::dead_letter(&context, stored.refused).await;
-                        continue;
-                    }
                 }
             };
             // Settle (publish dependents, then ack) while the next batch is being stored.
@@ -124,6 +199,7 @@ pub(crate) async fn run(
             }
             settling.spawn(settle::settle(context.clone(), stored, publisher, last));
         }
+        direct.storing.fetch_sub(1, Ordering::AcqRel);
     }
     while settling.join_next().await.is_some() {}
 }
