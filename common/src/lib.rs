@@ -46,6 +46,8 @@
 //!   `rask run`, the dashboard).
 //! - [`events`]: task states by key (`rask inspect`) and the bounded event stream
 //!   (`rask events`), recorded in the batches of writes that happen anyway.
+//! - [`trace`]: the W3C trace context a task carries (body and AMQP headers) from its producer
+//!   to its runs and to what is published on its behalf.
 //! - [`error`]: the crate's [`Error`].
 
 pub mod bag_ops;
@@ -81,6 +83,7 @@ pub mod store;
 mod store_conn;
 pub mod store_risks;
 pub mod task;
+pub mod trace;
 mod tls;
 
 pub use context::{State, TaskContext};

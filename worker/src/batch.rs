@@ -27,6 +27,7 @@ use rask_common::message::Call;
 use rask_common::settings::QueueType;
 use rask_common::{broker, FailureKind, Outcome, TaskFailure, TaskKey, TaskMessage};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::dead_letter::copy_to_dead_letters;
 use crate::error::Error;
@@ -150,6 +151,8 @@ async fn run_call(shared: &Shared, message: &TaskMessage) -> Ran {
             .with_cancellation(cancel.token.clone())
     };
     let mut retryable = false;
+    // Each call its own span, all children of the batch's trace context.
+    let span = crate::spans::run(&shared.settings, &shared.id, message);
     let outcome = {
         let executing = execute(
             &shared.registry,
@@ -162,11 +165,14 @@ async fn run_call(shared: &Shared, message: &TaskMessage) -> Ran {
             None,
             &mut retryable,
         );
-        crate::worker::until_revoked(shared, &message.key, &cancel, executing).await
+        crate::worker::until_revoked(shared, &message.key, &cancel, executing)
+            .instrument(span.clone())
+            .await
     };
     match retries::next_attempt(message, retryable) {
         Some(retry) => {
             run.retried();
+            crate::spans::retried(&span);
             if let Some(recording) = recording {
                 recording.retried(&outcome);
             }
@@ -175,6 +181,7 @@ async fn run_call(shared: &Shared, message: &TaskMessage) -> Ran {
         None => {
             let outcome = shared.result_limit.apply(outcome, message, &shared.id);
             run.finished(&outcome);
+            crate::spans::finished(&span, &outcome);
             if let Some(recording) = recording {
                 recording.finished(&outcome);
             }

@@ -89,6 +89,8 @@ mod limits;
 mod lineage;
 mod metrics;
 mod ops;
+#[cfg(feature = "otlp")]
+pub mod otlp;
 mod overrun;
 mod pace;
 mod pools;
@@ -105,6 +107,7 @@ mod scheduler;
 mod secede;
 mod send_back;
 mod signal;
+mod spans;
 mod worker;
 mod writer;
 

@@ -20,6 +20,7 @@ use rask_common::{
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
+use tracing::Instrument;
 
 use crate::admit::{admit, Admission};
 use crate::error::{Error, Result};
@@ -38,7 +39,7 @@ use crate::revocations::Revocations;
 use crate::scheduler;
 use crate::secede::{Deliveries, Seceding, Window, WithResources};
 use crate::writer::{self, Finished};
-use crate::{inputs, lineage, references, retries};
+use crate::{inputs, lineage, references, retries, spans};
 
 /// First and largest pause between attempts to reconnect.
 const RECONNECT: (std::time::Duration, std::time::Duration) = (
@@ -554,6 +555,21 @@ async fn handle(shared: &Shared, delivery: Delivery, slot: Slot) {
     if message.is_batch() {
         return crate::batch::handle(shared, message, delivery, slot).await;
     }
+    let span = spans::run(&shared.settings, &shared.id, &message);
+    run_one(shared, message, delivery, slot, &span)
+        .instrument(span.clone())
+        .await
+}
+
+/// Runs the admitted task `message` of `delivery` in `slot` (the rest of [`handle`]), recording
+/// its outcome on `span`.
+async fn run_one(
+    shared: &Shared,
+    message: TaskMessage,
+    delivery: Delivery,
+    slot: Slot,
+    span: &tracing::Span,
+) {
     if shared.revocations.is_revoked(&message.key) {
         // Its `Cancelled` outcome is stored: storing it again is a no-op that acknowledges.
         tracing::info!(key = %message.key, "revoked task not run");
@@ -674,6 +690,7 @@ async fn handle(shared: &Shared, delivery: Delivery, slot: Slot) {
     match retries::next_attempt(&message, retryable) {
         Some(retry) => {
             run.retried();
+            spans::retried(span);
             if let Some(recording) = recording {
                 recording.retried(&outcome);
             }
@@ -690,6 +707,7 @@ async fn handle(shared: &Shared, delivery: Delivery, slot: Slot) {
             };
             let outcome = shared.result_limit.apply(outcome, &message, &shared.id);
             run.finished(&outcome);
+            spans::finished(span, &outcome);
             if let Some(recording) = recording {
                 recording.finished(&outcome);
             }
