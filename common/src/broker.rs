@@ -773,8 +773,7 @@ mod tests {
     #[test]
     fn trace_context_goes_in_the_headers_beside_delay_and_signature() {
         use crate::trace::{TraceContext, TRACEPARENT_HEADER};
-        let mut message =
-            TaskMessage::new(TaskKey::new("inc-1").unwrap(), "inc", vec![0x91, 0x01]);
+        let mut message = TaskMessage::new(TaskKey::new("inc-1").unwrap(), "inc", vec![0x91, 0x01]);
         let body = message.encode().unwrap();
         let plain = Destination::tasks(&Settings::default());
         // No context: no header table at all.

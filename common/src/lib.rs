@@ -83,8 +83,8 @@ pub mod store;
 mod store_conn;
 pub mod store_risks;
 pub mod task;
-pub mod trace;
 mod tls;
+pub mod trace;
 
 pub use context::{State, TaskContext};
 pub use error::{Error, ErrorKind, Result};

@@ -39,13 +39,18 @@ const MAX_TRACESTATE: usize = 512;
 const SAMPLED: u8 = 0x01;
 
 /// A W3C trace context: the trace a task belongs to, the span it is a child of (its producer's),
-/// the trace flags, and the vendors' `tracestate`. Cheap to clone (the state is shared).
+/// the trace flags, and the vendors' `tracestate`. One pointer wide (a task message without one
+/// grows by 8 bytes) and cheap to clone (shared, as by the calls of a batch).
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub struct TraceContext {
+pub struct TraceContext(Arc<Ids>);
+
+/// What a [`TraceContext`] holds.
+#[derive(PartialEq, Eq, Hash)]
+struct Ids {
     trace_id: [u8; 16],
     span_id: [u8; 8],
     flags: u8,
-    state: Option<Arc<str>>,
+    state: Option<Box<str>>,
 }
 
 impl TraceContext {
@@ -54,29 +59,54 @@ impl TraceContext {
         if trace_id == [0; 16] || span_id == [0; 8] {
             return None;
         }
-        Some(TraceContext {
+        Some(TraceContext(Arc::new(Ids {
             trace_id,
             span_id,
             flags,
             state: None,
-        })
+        })))
+    }
+
+    /// This context with the `tracestate` `state` (dropped unless valid).
+    fn with_state(self, state: Option<&str>) -> Self {
+        match state.map(str::trim).filter(|s| valid_state(s)) {
+            None => self,
+            Some(state) => TraceContext(Arc::new(Ids {
+                state: Some(state.into()),
+                ..self.ids()
+            })),
+        }
+    }
+
+    /// A copy of the ids (and state).
+    fn ids(&self) -> Ids {
+        Ids {
+            trace_id: self.0.trace_id,
+            span_id: self.0.span_id,
+            flags: self.0.flags,
+            state: self.0.state.clone(),
+        }
     }
 
     /// A new sampled trace with random ids: what a producer starts when its caller is in no
     /// trace.
     pub fn random_root() -> Self {
-        let trace = uuid::Uuid::new_v4().as_u128().to_be_bytes();
-        TraceContext::new(trace, random_span_id(), SAMPLED)
-            .unwrap_or_else(|| TraceContext::random_root())
+        TraceContext(Arc::new(Ids {
+            // Never all zeros: a version 4 UUID has its version bits set.
+            trace_id: uuid::Uuid::new_v4().as_u128().to_be_bytes(),
+            span_id: random_span_id(),
+            flags: SAMPLED,
+            state: None,
+        }))
     }
 
     /// The same trace under a new (random) span: a child of this context, for a producer with
     /// no span of its own to take the id of.
     pub fn child(&self) -> Self {
-        TraceContext {
+        TraceContext(Arc::new(Ids {
             span_id: random_span_id(),
-            ..self.clone()
-        }
+            ..self.ids()
+        }))
     }
 
     /// Parses a `traceparent` header (and a `tracestate`), as W3C Trace Context says: version
@@ -107,9 +137,7 @@ impl TraceContext {
             *byte = hex_byte(&text[36 + 2 * i..38 + 2 * i])?;
         }
         let flags = hex_byte(&text[53..55])?;
-        let mut context = TraceContext::new(trace_id, span_id, flags)?;
-        context.state = tracestate.map(str::trim).filter(|s| valid_state(s)).map(Arc::from);
-        Some(context)
+        Some(TraceContext::new(trace_id, span_id, flags)?.with_state(tracestate))
     }
 
     /// The context in `headers` ([`TRACEPARENT_HEADER`], [`TRACESTATE_HEADER`]), if it has a
@@ -130,10 +158,10 @@ impl TraceContext {
             ShortString::from(TRACEPARENT_HEADER),
             AMQPValue::LongString(self.traceparent().as_str().into()),
         );
-        if let Some(state) = &self.state {
+        if let Some(state) = self.state() {
             headers.insert(
                 ShortString::from(TRACESTATE_HEADER),
-                AMQPValue::LongString(state.as_ref().into()),
+                AMQPValue::LongString(state.into()),
             );
         }
     }
@@ -142,35 +170,35 @@ impl TraceContext {
     pub fn traceparent(&self) -> TraceParent {
         let mut text = [b'-'; TRACEPARENT_LEN];
         text[0..2].copy_from_slice(b"00");
-        put_hex(&mut text[3..35], &self.trace_id);
-        put_hex(&mut text[36..52], &self.span_id);
-        put_hex(&mut text[53..55], &[self.flags]);
+        put_hex(&mut text[3..35], &self.0.trace_id);
+        put_hex(&mut text[36..52], &self.0.span_id);
+        put_hex(&mut text[53..55], &[self.0.flags]);
         TraceParent(text)
     }
 
     /// The trace id.
     pub fn trace_id(&self) -> [u8; 16] {
-        self.trace_id
+        self.0.trace_id
     }
 
     /// The id of the parent span (the producer's).
     pub fn span_id(&self) -> [u8; 8] {
-        self.span_id
+        self.0.span_id
     }
 
     /// The trace flags (bit 0: sampled).
     pub fn flags(&self) -> u8 {
-        self.flags
+        self.0.flags
     }
 
     /// Whether the parent sampled its span (bit 0 of the flags).
     pub fn sampled(&self) -> bool {
-        self.flags & SAMPLED != 0
+        self.0.flags & SAMPLED != 0
     }
 
     /// The vendors' `tracestate`, if any.
     pub fn state(&self) -> Option<&str> {
-        self.state.as_deref()
+        self.0.state.as_deref()
     }
 
     /// The context of the current `tracing` span, when it has an OpenTelemetry context (the
@@ -195,29 +223,24 @@ impl TraceContext {
         if !span.is_valid() {
             return None;
         }
-        let mut context = TraceContext::new(
+        let context = TraceContext::new(
             span.trace_id().to_bytes(),
             span.span_id().to_bytes(),
             span.trace_flags().to_u8(),
         )?;
-        let state = span.trace_state().header();
-        if valid_state(&state) {
-            context.state = Some(Arc::from(state));
-        }
-        Some(context)
+        Some(context.with_state(Some(&span.trace_state().header())))
     }
 
     /// This context as a remote OpenTelemetry parent.
     pub fn to_otel(&self) -> opentelemetry::Context {
         let state = self
-            .state
-            .as_deref()
+            .state()
             .and_then(|s| s.parse::<TraceState>().ok())
             .unwrap_or_default();
         let span = SpanContext::new(
-            TraceId::from_bytes(self.trace_id),
-            SpanId::from_bytes(self.span_id),
-            TraceFlags::new(self.flags),
+            TraceId::from_bytes(self.0.trace_id),
+            SpanId::from_bytes(self.0.span_id),
+            TraceFlags::new(self.0.flags),
             true,
             state,
         );
@@ -290,8 +313,8 @@ impl fmt::Debug for TraceContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut debug = f.debug_struct("TraceContext");
         debug.field("traceparent", &self.traceparent().as_str());
-        if let Some(state) = &self.state {
-            debug.field("tracestate", state);
+        if let Some(state) = self.state() {
+            debug.field("tracestate", &state);
         }
         debug.finish()
     }
@@ -302,11 +325,11 @@ impl fmt::Debug for TraceContext {
 impl Serialize for TraceContext {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
-        let fields = if self.state.is_some() { 2 } else { 1 };
+        let fields = if self.state().is_some() { 2 } else { 1 };
         let mut map = serializer.serialize_struct("TraceContext", fields)?;
         map.serialize_field(TRACEPARENT_HEADER, self.traceparent().as_str())?;
-        if let Some(state) = &self.state {
-            map.serialize_field(TRACESTATE_HEADER, state.as_ref())?;
+        if let Some(state) = self.state() {
+            map.serialize_field(TRACESTATE_HEADER, state)?;
         }
         map.end()
     }
@@ -372,7 +395,10 @@ mod tests {
         // A later version may add fields; its first four are read.
         let later = "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-next";
         assert_eq!(
-            TraceContext::parse(later, None).unwrap().traceparent().as_str(),
+            TraceContext::parse(later, None)
+                .unwrap()
+                .traceparent()
+                .as_str(),
             EXAMPLE
         );
         // A bad state is dropped, the context kept.

@@ -2,9 +2,9 @@
 //! broker's publisher confirm with the task's execution.
 
 use futures::future::{select, Either};
-use tracing::Instrument;
 use rask_common::message::encode_value;
 use rask_common::{Task, TaskKey, TaskMessage};
+use tracing::Instrument;
 
 use crate::client::Client;
 use crate::error::Result;

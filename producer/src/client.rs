@@ -4,9 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
-use tracing::Instrument;
 use rask_common::message::encode_value;
 use rask_common::{Settings, Store, Task, TaskKey, TaskMessage};
+use tracing::Instrument;
 
 use crate::completions::{Listener, Waiter};
 use crate::connection::BrokerLink;
@@ -247,7 +247,8 @@ impl Client {
         let size = self.batch_size(function, options, args.size_hint()).await;
         let mut keys = Vec::new();
         let messages = crate::batch::pack(function, args, size, &mut keys);
-        self.publish_with("map", function, messages, options).await?;
+        self.publish_with("map", function, messages, options)
+            .await?;
         Ok(keys.into_iter().map(|k| self.future(k)).collect())
     }
 

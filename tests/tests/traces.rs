@@ -7,7 +7,8 @@
 //!   an independent submit after it starts a trace of its own.
 //! - The calls of a batch message each get a span under the map's publish span; a retried task's
 //!   attempts share their parent.
-//! - A message with a malformed `traceparent` header runs as any other.
+//! - A `traceparent` header alone (no body field) is read; a malformed one is ignored: the task
+//!   runs as any other.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -203,7 +204,9 @@ fn tree(base: i64, leaves: i64) -> (Delayed<i64>, Vec<TaskKey>) {
     (level.pop().unwrap(), keys)
 }
 
-#[tokio::test]
+// Multi-threaded: the collector's tasks must answer while `Otlp::shutdown` blocks this thread
+// (the test body runs on it, so the subscriber set here is the body's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_persisted_graph_is_one_trace_parented_to_its_producer() {
     let (env, collector, _workers, otlp) = traced("traces-graph").await;
     let subscriber = {
@@ -242,12 +245,18 @@ async fn a_persisted_graph_is_one_trace_parented_to_its_producer() {
         .iter()
         .find(|s| s.attribute("rask.operation") == "graph")
         .expect("the graph's publish span");
-    assert_eq!(graph.trace_id, caller.trace_id, "the graph joins its caller's trace");
+    assert_eq!(
+        graph.trace_id, caller.trace_id,
+        "the graph joins its caller's trace"
+    );
     assert_eq!(graph.parent_span_id, caller.span_id);
     for key in &keys {
         let spans = &runs[key];
         for span in spans {
-            assert_eq!(span.trace_id, caller.trace_id, "{key}: one trace for the graph");
+            assert_eq!(
+                span.trace_id, caller.trace_id,
+                "{key}: one trace for the graph"
+            );
             assert_eq!(
                 span.parent_span_id, graph.span_id,
                 "{key}: a child of the producer's publish span, released or not"
@@ -256,14 +265,22 @@ async fn a_persisted_graph_is_one_trace_parented_to_its_producer() {
             assert!(!span.attribute("rask.worker").is_empty(), "{key}");
         }
     }
-    let added = keys.iter().filter(|k| k.as_str().starts_with("add")).count();
+    let added = keys
+        .iter()
+        .filter(|k| k.as_str().starts_with("add"))
+        .count();
     assert_eq!(added, 3, "the released nodes are among those checked");
 
-    let [alone] = collector.wait_for_runs(&env, &[single.key().clone()], 1).await[single.key()]
-        .clone()
-        .try_into()
-        .expect("one run of the single task");
-    assert_ne!(alone.trace_id, caller.trace_id, "an independent submit: its own trace");
+    let [alone] = collector
+        .wait_for_runs(&env, &[single.key().clone()], 1)
+        .await[single.key()]
+    .clone()
+    .try_into()
+    .expect("one run of the single task");
+    assert_ne!(
+        alone.trace_id, caller.trace_id,
+        "an independent submit: its own trace"
+    );
     let submit = publishes
         .iter()
         .find(|s| s.attribute("rask.operation") == "submit")
@@ -273,7 +290,7 @@ async fn a_persisted_graph_is_one_trace_parented_to_its_producer() {
     assert!(submit.parent_span_id.is_empty(), "a root: no caller span");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_calls_and_retries_are_children_of_their_publish() {
     // No exporter in the test process: the client makes the trace context itself (its publish
     // span is not exported, so the workers' spans share a parent no one sent).
@@ -295,7 +312,10 @@ async fn batch_calls_and_retries_are_children_of_their_publish() {
     for key in &keys {
         for span in &runs[key] {
             assert_eq!(span.trace_id, first.trace_id, "{key}: the map's trace");
-            assert_eq!(span.parent_span_id, first.parent_span_id, "{key}: one parent");
+            assert_eq!(
+                span.parent_span_id, first.parent_span_id,
+                "{key}: one parent"
+            );
         }
     }
     let own: Vec<&Vec<u8>> = keys.iter().map(|k| &runs[k][0].span_id).collect();
@@ -313,7 +333,9 @@ async fn batch_calls_and_retries_are_children_of_their_publish() {
         .unwrap();
     let (_, attempt, _, _) = retried.result_within(PATIENCE).await.unwrap();
     assert_eq!(attempt, 1);
-    let attempts = &collector.wait_for_runs(&env, &[retried.key().clone()], 2).await[retried.key()];
+    let attempts = &collector
+        .wait_for_runs(&env, &[retried.key().clone()], 2)
+        .await[retried.key()];
     let outcome = |attempt: &str| {
         attempts
             .iter()
@@ -325,27 +347,29 @@ async fn batch_calls_and_retries_are_children_of_their_publish() {
     assert_eq!(succeeded.attribute("rask.outcome"), "succeeded");
     assert_eq!(failed.trace_id, succeeded.trace_id);
     assert_eq!(failed.parent_span_id, succeeded.parent_span_id);
-    assert_ne!(failed.trace_id, first.trace_id, "another submit, another trace");
+    assert_ne!(
+        failed.trace_id, first.trace_id,
+        "another submit, another trace"
+    );
 }
 
-#[tokio::test]
-async fn a_malformed_traceparent_header_is_ignored() {
-    let (env, collector, _workers, otlp) = traced("traces-bad-header").await;
-    otlp.shutdown();
-    let client = env.client().await;
-    let connection = rask_common::broker::connect(&env.settings, "test publisher")
-        .await
-        .unwrap();
-    let channel = connection.create_channel().await.unwrap();
+/// Publishes a task message `inc(x)` with only `traceparent` header (no `trace` in its body), as a
+/// producer that writes no body field would; returns its key.
+async fn publish_with_header(
+    env: &TestEnv,
+    channel: &lapin::Channel,
+    x: i64,
+    traceparent: &str,
+) -> TaskKey {
     let message = TaskMessage::new(
         TaskKey::unique("inc"),
         "inc",
-        rmp_serde::to_vec(&(41,)).unwrap(),
+        rmp_serde::to_vec(&(x,)).unwrap(),
     );
     let mut headers = FieldTable::default();
     headers.insert(
         ShortString::from("traceparent"),
-        AMQPValue::LongString("00-not-a-trace-context".into()),
+        AMQPValue::LongString(traceparent.into()),
     );
     channel
         .basic_publish(
@@ -361,13 +385,47 @@ async fn a_malformed_traceparent_header_is_ignored() {
         .unwrap()
         .await
         .unwrap();
-    let future: Future<i64> = client.future(message.key.clone());
-    assert_eq!(future.result_within(PATIENCE).await.unwrap(), 42);
-    // Its run (the workers export) is the root of a trace of its own.
-    let [run] = collector.wait_for_runs(&env, &[message.key.clone()], 1).await[&message.key]
-        .clone()
-        .try_into()
-        .expect("one run");
-    assert!(run.parent_span_id.is_empty(), "no parent: {run:?}");
+    message.key
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_traceparent_header_is_read_and_a_malformed_one_ignored() {
+    let (env, collector, _workers, otlp) = traced("traces-headers").await;
+    otlp.shutdown();
+    let client = env.client().await;
+    let connection = rask_common::broker::connect(&env.settings, "test publisher")
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let base = 1_000 * i64::from(std::process::id() % 1_000);
+    let bad = publish_with_header(&env, &channel, base, "00-not-a-trace-context").await;
+    let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let good = publish_with_header(&env, &channel, base + 1, parent).await;
+    for (key, x) in [(&bad, base), (&good, base + 1)] {
+        let future: Future<i64> = client.future(key.clone());
+        assert_eq!(
+            future.result_within(PATIENCE).await.unwrap(),
+            x + 1,
+            "{key}"
+        );
+    }
+    let runs = collector
+        .wait_for_runs(&env, &[bad.clone(), good.clone()], 1)
+        .await;
+    // The malformed one runs as any other, the root of a trace of its own.
+    let [bad_run] = runs[&bad].clone().try_into().expect("one run");
+    assert!(bad_run.parent_span_id.is_empty(), "no parent: {bad_run:?}");
+    // The valid one is a child of the header's context.
+    let [good_run] = runs[&good].clone().try_into().expect("one run");
+    assert_eq!(good_run.trace_id, hex(&parent[3..35]));
+    assert_eq!(good_run.parent_span_id, hex(&parent[36..52]));
     let _ = connection.close(200, "done".into()).await;
+}
+
+/// The bytes of lowercase hex `text`.
+fn hex(text: &str) -> Vec<u8> {
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+        .collect()
 }

@@ -77,7 +77,7 @@ pub(crate) async fn handle(shared: &Shared, message: TaskMessage, delivery: Deli
             None => match run_call(shared, &message).await {
                 Ran::Done(outcome) => outcome,
                 Ran::Retry(retry) => {
-                    retries.push(retry);
+                    retries.push(*retry);
                     continue;
                 }
             },
@@ -124,8 +124,9 @@ pub(crate) async fn handle(shared: &Shared, message: TaskMessage, delivery: Deli
 enum Ran {
     /// With this outcome, to store.
     Done(Outcome),
-    /// With a retryable failure its policy allows another attempt for.
-    Retry(Retry),
+    /// With a retryable failure its policy allows another attempt for (boxed: a retry is rare,
+    /// and its message is large beside an outcome).
+    Retry(Box<Retry>),
 }
 
 /// Runs one call of a batch as `handle` in `worker.rs` runs a task without limits, resources
@@ -176,7 +177,7 @@ async fn run_call(shared: &Shared, message: &TaskMessage) -> Ran {
             if let Some(recording) = recording {
                 recording.retried(&outcome);
             }
-            Ran::Retry(retry)
+            Ran::Retry(Box::new(retry))
         }
         None => {
             let outcome = shared.result_limit.apply(outcome, message, &shared.id);

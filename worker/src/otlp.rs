@@ -52,7 +52,12 @@ impl Otlp {
         let url = format!("{endpoint}{TRACES_PATH}");
         let exporter = std::thread::scope(|scope| {
             scope
-                .spawn(|| SpanExporter::builder().with_http().with_endpoint(url).build())
+                .spawn(|| {
+                    SpanExporter::builder()
+                        .with_http()
+                        .with_endpoint(url)
+                        .build()
+                })
                 .join()
         })
         .map_err(|_| refused("building the exporter panicked".into()))?
