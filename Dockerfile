@@ -10,11 +10,12 @@
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY . .
-# --locked: exactly the dependency versions of the committed Cargo.lock. The cache mounts keep
+# --locked: exactly the dependency versions of the committed Cargo.lock. `otlp`: the worker
+# exports spans when `RASK_OTLP_ENDPOINT` is set. The cache mounts keep
 # the registry and build artefacts between builds; the binaries are copied out of them.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bins -p rask-cli -p rask-worker \
+    cargo build --release --locked --bins -p rask-cli -p rask-worker --features rask-worker/otlp \
     && mkdir -p /out \
     && cp target/release/rask target/release/rask-worker /out/ \
     && strip /out/rask /out/rask-worker

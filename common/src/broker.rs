@@ -482,22 +482,29 @@ fn signed_properties(
 ) -> BasicProperties {
     sign(
         task_properties(message),
+        message.trace.as_ref(),
         MessageKind::of_task(message),
         to,
         body,
     )
 }
 
-/// `properties` with the delay headers of `to` and the signature of `body` (a message of
-/// `kind`) when `to` signs.
+/// `properties` with the delay headers of `to`, the trace context `trace` (W3C headers, see
+/// [`crate::trace`]) and the signature of `body` (a message of `kind`) when `to` signs.
 fn sign(
     mut properties: BasicProperties,
+    trace: Option<&crate::trace::TraceContext>,
     kind: MessageKind,
     to: &Destination,
     body: &[u8],
 ) -> BasicProperties {
-    if let Some(delay) = &to.delay {
-        properties = properties.with_headers(delay.clone());
+    // A message with neither keeps no header table (nothing allocated per task).
+    if to.delay.is_some() || trace.is_some() {
+        let mut headers = to.delay.clone().unwrap_or_default();
+        if let Some(trace) = trace {
+            trace.insert_into(&mut headers);
+        }
+        properties = properties.with_headers(headers);
     }
     match &to.signer {
         Some(signer) => signer.sign_properties(kind, properties, body),
@@ -526,7 +533,7 @@ fn properties_of(key: &crate::TaskKey, function: &str, priority: u8) -> BasicPro
 
 /// Publishes a released graph task from its stored record ([`crate::dependencies::ReadyTask`]),
 /// as [`publish_task`] does a message: the body goes out as stored, never decoded and encoded
-/// again.
+/// again, with the trace context the record keeps in its headers.
 ///
 /// # Errors
 /// [`crate::Error::Broker`] if the channel refuses the publish.
@@ -537,7 +544,13 @@ pub async fn publish_ready(
 ) -> Result<lapin::PublisherConfirm> {
     let properties = properties_of(&ready.key, &ready.function, ready.priority);
     // Graph tasks are never batches (only `map` packs calls).
-    let properties = sign(properties, MessageKind::Task, to, &ready.body);
+    let properties = sign(
+        properties,
+        ready.trace.as_ref(),
+        MessageKind::Task,
+        to,
+        &ready.body,
+    );
     publish_body(channel, to, &ready.key, properties, &ready.body).await
 }
 
@@ -755,5 +768,39 @@ mod tests {
         );
         assert_eq!(properties.message_id().as_ref().unwrap().as_str(), "inc-1");
         assert!(!format!("{to:?}").contains("0123456789abcdef"));
+    }
+
+    #[test]
+    fn trace_context_goes_in_the_headers_beside_delay_and_signature() {
+        use crate::trace::{TraceContext, TRACEPARENT_HEADER};
+        let mut message = TaskMessage::new(TaskKey::new("inc-1").unwrap(), "inc", vec![0x91, 0x01]);
+        let body = message.encode().unwrap();
+        let plain = Destination::tasks(&Settings::default());
+        // No context: no header table at all.
+        assert!(signed_properties(&message, &plain, &body)
+            .headers()
+            .is_none());
+        message.trace = Some(TraceContext::random_root());
+        let body = message.encode().unwrap();
+        let keyed = Settings {
+            signing_keys: vec!["0123456789abcdef0123".into()],
+            ..Settings::default()
+        };
+        let to = Destination::after(&keyed, Duration::from_secs(3)).unwrap();
+        let properties = signed_properties(&message, &to, &body);
+        let headers = properties.headers().clone().unwrap();
+        assert!(headers.inner().contains_key(TRACEPARENT_HEADER));
+        assert!(headers.inner().contains_key(SIGNATURE_HEADER));
+        assert_eq!(TraceContext::from_headers(&headers), message.trace);
+        assert!(
+            headers.inner().len() > 2,
+            "the delay headers stay: {headers:?}"
+        );
+        assert_eq!(
+            to.signer()
+                .unwrap()
+                .verify_properties(MessageKind::Task, &properties, &body),
+            Ok(())
+        );
     }
 }

@@ -49,6 +49,8 @@
 //!   `rask run`, the dashboard).
 //! - [`events`]: task states by key (`rask inspect`) and the bounded event stream
 //!   (`rask events`), recorded in the batches of writes that happen anyway.
+//! - [`trace`]: the W3C trace context a task carries (body and AMQP headers) from its producer
+//!   to its runs and to what is published on its behalf.
 //! - [`error`]: the crate's [`Error`].
 
 pub mod bag_ops;
@@ -89,6 +91,7 @@ mod store_conn;
 pub mod store_risks;
 pub mod task;
 mod tls;
+pub mod trace;
 pub mod usage;
 
 pub use context::{State, TaskContext};

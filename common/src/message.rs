@@ -95,6 +95,17 @@ pub struct TaskMessage {
     /// and older workers mean an ordinary delivery.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub hedge: bool,
+    /// The W3C trace context the task runs in ([`crate::trace`]): its producer's span, which
+    /// the worker's span of each run is a child of. Kept as it is by everything published on
+    /// the task's behalf (its retries, the calls of its batch; its graph record, so that its
+    /// release carries it), and sent in the AMQP headers too. `None` (not written): no trace,
+    /// as before; a malformed one reads as `None`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::trace::lenient"
+    )]
+    pub trace: Option<crate::trace::TraceContext>,
 }
 
 /// One call of a batch message: its own key (its outcome is stored under it) and arguments; the
@@ -134,6 +145,7 @@ impl TaskMessage {
             args_ref: None,
             calls: Vec::new(),
             hedge: false,
+            trace: None,
         }
     }
 
@@ -331,6 +343,7 @@ mod tests {
             "rate_token",
             "pool_rate_token",
             "args_ref",
+            "trace",
         ] {
             assert!(
                 !plain.windows(field.len()).any(|w| w == field.as_bytes()),
@@ -352,6 +365,11 @@ mod tests {
             b"large",
             crate::reference::Location::Store,
         ));
+        m.trace = crate::trace::TraceContext::parse(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            Some("congo=t61rcWkgMzE"),
+        );
+        assert!(m.trace.is_some());
         assert_eq!(TaskMessage::decode(&m.encode().unwrap()).unwrap(), m);
     }
 
@@ -432,6 +450,44 @@ mod tests {
         assert_eq!(second.args, calls[1].args);
         assert_eq!(second.retry, Some(RetryPolicy::new(3)));
         assert!(!second.is_batch());
+    }
+
+    #[test]
+    fn a_malformed_trace_context_reads_as_none_and_never_fails_the_message() {
+        #[derive(Serialize)]
+        struct Traced<'a, T> {
+            version: u16,
+            key: &'a str,
+            function: &'a str,
+            #[serde(with = "serde_bytes")]
+            args: &'a [u8],
+            trace: T,
+        }
+        let args = encode_value(&(1,)).unwrap();
+        let with = |trace: rmpv::Value| {
+            let body = rmp_serde::to_vec_named(&Traced {
+                version: PROTOCOL_VERSION,
+                key: "k",
+                function: "inc",
+                args: &args,
+                trace,
+            })
+            .unwrap();
+            TaskMessage::decode(&body).unwrap().trace
+        };
+        let map = |parent: &str| {
+            rmpv::Value::Map(vec![(
+                rmpv::Value::from("traceparent"),
+                rmpv::Value::from(parent),
+            )])
+        };
+        assert_eq!(with(rmpv::Value::from(7)), None);
+        assert_eq!(with(map("00-zz-nonsense")), None);
+        let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(
+            with(map(good)).map(|t| t.traceparent().to_string()),
+            Some(good.to_owned())
+        );
     }
 
     #[test]

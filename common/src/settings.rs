@@ -320,6 +320,12 @@ pub struct Settings {
     /// Most entries kept in the event stream (`XADD MAXLEN ~`; Redis trims whole blocks, so a
     /// few more may remain). Default `100000`.
     pub events_max_len: u64,
+    /// Where processes send their trace spans ([`crate::trace`]): an OTLP/HTTP endpoint, e.g.
+    /// `http://127.0.0.1:4318` (spans go to `{otlp_endpoint}/v1/traces`). Workers built with
+    /// the `otlp` feature export their run spans there; a client with it set starts a trace
+    /// per submit, map or graph even outside a span of its caller. Empty (the default): off,
+    /// and a task without a trace context costs nothing more.
+    pub otlp_endpoint: String,
 }
 
 impl Default for Settings {
@@ -378,6 +384,7 @@ impl Default for Settings {
             allow_pickled_functions: false,
             events: false,
             events_max_len: 100_000,
+            otlp_endpoint: String::new(),
         }
     }
 }
@@ -764,6 +771,7 @@ impl fmt::Debug for Settings {
             .field("metrics", &self.metrics)
             .field("events", &self.events)
             .field("events_max_len", &self.events_max_len)
+            .field("otlp_endpoint", &mask_url(&self.otlp_endpoint))
             .field("metrics_listen", &self.metrics_listen)
             .field("broadcast_concurrency", &self.broadcast_concurrency)
             .field("max_broadcast_bytes", &self.max_broadcast_bytes)

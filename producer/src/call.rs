@@ -4,10 +4,12 @@
 use futures::future::{select, Either};
 use rask_common::message::encode_value;
 use rask_common::{Task, TaskKey, TaskMessage};
+use tracing::Instrument;
 
 use crate::client::Client;
 use crate::error::Result;
 use crate::gather::single;
+use crate::trace::Publishing;
 
 impl Client {
     /// Submits one call of `task` and returns its value: like `submit` then `result`, but the
@@ -31,7 +33,12 @@ impl Client {
         let mut message = TaskMessage::new(key, T::NAME, encode_value(&args)?);
         message.pool = self.settings().route(T::NAME, None);
         self.watch_route(T::NAME, message.pool.as_ref());
-        let publish = std::pin::pin!(self.publish(std::iter::once(Ok(message))));
+        let publishing = Publishing::start(self.settings(), "submit", T::NAME);
+        let message = publishing.stamp(message);
+        let publish = self
+            .publish(std::iter::once(Ok(message)))
+            .instrument(publishing.span.clone());
+        let publish = std::pin::pin!(publish);
         let result = std::pin::pin!(single::<T::Output>(&mut waiter));
         match select(publish, result).await {
             Either::Left((confirmed, result)) => {

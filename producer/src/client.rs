@@ -6,6 +6,7 @@ use std::time::Duration;
 use futures::Stream;
 use rask_common::message::encode_value;
 use rask_common::{Settings, Store, Task, TaskKey, TaskMessage};
+use tracing::Instrument;
 
 use crate::completions::{Listener, Waiter};
 use crate::connection::BrokerLink;
@@ -15,6 +16,7 @@ use crate::pools::RouteWatch;
 use crate::publish::{publish_all, Publisher};
 use crate::purge::Purged;
 use crate::references::Keeper;
+use crate::trace::Publishing;
 use rask_common::events::{Event, TaskInfo};
 use rask_common::TaskOptions;
 
@@ -106,7 +108,7 @@ impl Client {
         let _ = task;
         let key = TaskKey::unique(T::NAME);
         let message = TaskMessage::new(key.clone(), T::NAME, encode_value(&args)?);
-        self.publish_with(T::NAME, std::iter::once(Ok(message)), options)
+        self.publish_with("submit", T::NAME, std::iter::once(Ok(message)), options)
             .await?;
         Ok(self.future(key))
     }
@@ -173,10 +175,12 @@ impl Client {
         let pool = self.inner.settings.route(T::NAME, None);
         self.watch_route(T::NAME, pool.as_ref());
         let queued = &self.inner.queued;
+        let publishing = Publishing::start(&self.inner.settings, "map", T::NAME);
         let messages = args.into_iter().map(move |args| {
             let key = TaskKey::unique(T::NAME);
             let mut message = TaskMessage::new(key, T::NAME, encode_value(&args)?);
             message.pool.clone_from(&pool);
+            let message = publishing.stamp(message);
             queued.note(&message);
             Ok::<_, Error>(message)
         });
@@ -246,7 +250,8 @@ impl Client {
         let size = self.batch_size(function, options, args.size_hint()).await;
         let mut keys = Vec::new();
         let messages = crate::batch::pack(function, args, size, &mut keys);
-        self.publish_with(function, messages, options).await?;
+        self.publish_with("map", function, messages, options)
+            .await?;
         Ok(keys.into_iter().map(|k| self.future(k)).collect())
     }
 
@@ -361,10 +366,12 @@ impl Client {
         published
     }
 
-    /// Publishes `messages` (calls of `function`) with `options` applied, to their pool,
-    /// through a delay queue if they start later.
+    /// Publishes `messages` (calls of `function`, made by `operation`: `submit` or `map`) with
+    /// `options` applied, to their pool, through a delay queue if they start later, in the
+    /// caller's trace or a new one ([`Publishing`]).
     pub(crate) async fn publish_with(
         &self,
+        operation: &'static str,
         function: &str,
         messages: impl IntoIterator<Item = Result<TaskMessage>>,
         options: &TaskOptions,
@@ -377,9 +384,10 @@ impl Client {
         // Hedged tasks are kept, to publish a copy of those that run late (`hedge.rs`).
         let hedge = options.hedge_policy();
         let mut armed = hedge.map(|_| crate::hedge::Armed::new());
+        let publishing = Publishing::start(s, operation, function);
         let messages = messages.into_iter().map(|m| {
             m.map(|m| {
-                let m = options.apply(m, s);
+                let m = publishing.stamp(options.apply(m, s));
                 queued.note(&m);
                 if let Some(armed) = armed.as_mut() {
                     armed.note(&m, delay);
@@ -387,7 +395,9 @@ impl Client {
                 m
             })
         });
-        let published = publish_all(&self.inner.link, &self.inner.keeper, s, delay, messages).await;
+        let published = publish_all(&self.inner.link, &self.inner.keeper, s, delay, messages)
+            .instrument(publishing.span.clone())
+            .await;
         queued.flush();
         if let (Ok(()), Some(policy), Some(armed)) = (&published, hedge, armed) {
             let hedgers = &self.inner.hedgers;

@@ -21,11 +21,13 @@ use rask_common::dependencies::Registration;
 use rask_common::graph::{Arg, Dep, Node};
 use rask_common::{Delayed, TaskKey, TaskMessage};
 use serde::de::DeserializeOwned;
+use tracing::Instrument;
 
 use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::future::Future;
 use crate::retry::store_retrying;
+use crate::trace::Publishing;
 
 impl Client {
     /// Submits `delayed` and everything it depends on, and returns the future of its result
@@ -100,6 +102,18 @@ impl Client {
     /// answers ready or waiting however often it is registered), so a retry after a lost reply
     /// publishes what the first attempt found ready: nodes are marked only once confirmed.
     async fn submit_graph(&self, roots: &[&Arc<Node>]) -> Result<()> {
+        // One trace for the whole graph: every node's message (and so its record, which the
+        // worker that releases it publishes) carries it.
+        let function = roots.first().map_or("", |root| root.function());
+        let publishing = Publishing::start(self.settings(), "graph", function);
+        let span = publishing.span.clone();
+        self.submit_graph_in(roots, &publishing)
+            .instrument(span)
+            .await
+    }
+
+    /// [`Client::submit_graph`], every message stamped by `publishing`.
+    async fn submit_graph_in(&self, roots: &[&Arc<Node>], publishing: &Publishing) -> Result<()> {
         let max = self.settings().max_message_bytes;
         let mut messages = Vec::new();
         let mut pools = Vec::new();
@@ -119,7 +133,7 @@ impl Client {
             // Its options travel in its message: in the record workers release, and in what is
             // published now. Routed now, before it is registered (its own pool, else the routing
             // table's): a worker that releases it publishes it to the pool its record names.
-            let message = options.apply(message, self.settings());
+            let message = publishing.stamp(options.apply(message, self.settings()));
             self.watch_route(&message.function, message.pool.as_ref());
             if let Some(pool) = &message.pool {
                 if !pools.contains(pool) {

@@ -93,6 +93,7 @@ mod run;
 mod scatter;
 mod schedule;
 mod status;
+mod trace;
 
 pub use bag::{Bag, Numeric};
 pub use cancel::Cancel;

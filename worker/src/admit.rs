@@ -105,10 +105,17 @@ pub(crate) async fn admit(shared: &Shared, delivery: &Delivery) -> Admission {
             Err(reason) => return unverified(shared, delivery, &reason).await,
         }
     }
-    let message = match decode(shared.settings.max_message_bytes, &delivery.data) {
+    let mut message = match decode(shared.settings.max_message_bytes, &delivery.data) {
         Ok(message) => message,
         Err(bad) => return refuse(shared, delivery, FailureKind::BadMessage, bad.into()).await,
     };
+    // The body's trace context when it has one (signed with it), else the W3C headers' (a
+    // producer that writes only those); a message with neither reads no header.
+    if message.trace.is_none() {
+        if let Some(headers) = delivery.properties.headers() {
+            message.trace = rask_common::trace::TraceContext::from_headers(headers);
+        }
+    }
     // A batch signed as a task, or a task signed as a batch, was not published as it is.
     if let Some(kind) = signed_as.filter(|kind| *kind != MessageKind::of_task(&message)) {
         let reason = format!(

@@ -27,6 +27,7 @@ use rask_common::message::Call;
 use rask_common::settings::QueueType;
 use rask_common::{broker, FailureKind, Outcome, TaskFailure, TaskKey, TaskMessage};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::dead_letter::copy_to_dead_letters;
 use crate::error::Error;
@@ -79,7 +80,7 @@ pub(crate) async fn handle(shared: &Shared, message: TaskMessage, delivery: Deli
             None => match run_call(shared, &message).await {
                 Ran::Done(outcome) => outcome,
                 Ran::Retry(retry) => {
-                    retries.push(retry);
+                    retries.push(*retry);
                     continue;
                 }
             },
@@ -126,8 +127,9 @@ pub(crate) async fn handle(shared: &Shared, message: TaskMessage, delivery: Deli
 enum Ran {
     /// With this outcome, to store.
     Done(Outcome),
-    /// With a retryable failure its policy allows another attempt for.
-    Retry(Retry),
+    /// With a retryable failure its policy allows another attempt for (boxed: a retry is rare,
+    /// and its message is large beside an outcome).
+    Retry(Box<Retry>),
 }
 
 /// Runs one call of a batch as `handle` in `worker.rs` runs a task without limits, resources
@@ -153,6 +155,8 @@ async fn run_call(shared: &Shared, message: &TaskMessage) -> Ran {
             .with_cancellation(cancel.token.clone())
     };
     let mut retryable = false;
+    // Each call its own span, all children of the batch's trace context.
+    let span = crate::spans::run(&shared.settings, &shared.id, message);
     let outcome = {
         let executing = execute(
             &shared.registry,
@@ -165,19 +169,23 @@ async fn run_call(shared: &Shared, message: &TaskMessage) -> Ran {
             None,
             &mut retryable,
         );
-        crate::worker::until_revoked(shared, &message.key, &cancel, executing).await
+        crate::worker::until_revoked(shared, &message.key, &cancel, executing)
+            .instrument(span.clone())
+            .await
     };
     match retries::next_attempt(message, retryable) {
         Some(retry) => {
             run.retried();
+            crate::spans::retried(&span);
             if let Some(recording) = recording {
                 recording.retried(&outcome);
             }
-            Ran::Retry(retry)
+            Ran::Retry(Box::new(retry))
         }
         None => {
             let outcome = shared.result_limit.apply(outcome, message, &shared.id);
             run.finished(&outcome);
+            crate::spans::finished(&span, &outcome);
             if let Some(recording) = recording {
                 recording.finished(&outcome);
             }

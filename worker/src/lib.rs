@@ -93,6 +93,8 @@ mod limits;
 mod lineage;
 mod metrics;
 mod ops;
+#[cfg(feature = "otlp")]
+pub mod otlp;
 mod overrun;
 mod pace;
 mod pools;
@@ -109,6 +111,7 @@ mod scheduler;
 mod secede;
 mod send_back;
 mod signal;
+mod spans;
 mod ticket;
 mod worker;
 mod writer;

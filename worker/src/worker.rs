@@ -20,6 +20,7 @@ use rask_common::{
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
+use tracing::Instrument;
 
 use crate::admit::{admit, Admission};
 use crate::continuation::Continuation;
@@ -40,7 +41,7 @@ use crate::scheduler;
 use crate::secede::{Deliveries, Seceding, Window, WithResources};
 use crate::ticket::Ticket;
 use crate::writer::{self, Finished};
-use crate::{inputs, references, retries};
+use crate::{inputs, references, retries, spans};
 
 /// First and largest pause between attempts to reconnect.
 const RECONNECT: (std::time::Duration, std::time::Duration) = (
@@ -584,6 +585,21 @@ async fn handle(shared: &Shared, delivery: Delivery, slot: Slot) {
     if message.is_batch() {
         return crate::batch::handle(shared, message, delivery, slot).await;
     }
+    let span = spans::run(&shared.settings, &shared.id, &message);
+    run_one(shared, message, delivery, slot, &span)
+        .instrument(span.clone())
+        .await
+}
+
+/// Runs the admitted task `message` of `delivery` in `slot` (the rest of [`handle`]), recording
+/// its outcome on `span`.
+async fn run_one(
+    shared: &Shared,
+    message: TaskMessage,
+    delivery: Delivery,
+    slot: Slot,
+    span: &tracing::Span,
+) {
     if shared.revocations.is_revoked(&message.key) {
         // Its `Cancelled` outcome is stored: storing it again is a no-op that acknowledges.
         tracing::info!(key = %message.key, "revoked task not run");
@@ -645,7 +661,7 @@ async fn handle(shared: &Shared, delivery: Delivery, slot: Slot) {
             Gate::Done => return,
         }
     };
-    run(shared, message, held, Ticket::Delivery(delivery)).await;
+    run(shared, message, held, Ticket::Delivery(delivery), span).await;
 }
 
 /// Runs `message`, a graph task released by outcomes this worker stored, in `slot`, as the
@@ -665,13 +681,22 @@ pub(crate) async fn continue_task(
         let failure = TaskFailure::of(&message, FailureKind::Cancelled, text, &shared.id);
         return finish(shared, message.key, Outcome::Failure(failure), ticket).await;
     }
-    run(shared, message, None, ticket).await;
+    let span = spans::run(&shared.settings, &shared.id, &message);
+    run(shared, message, None, ticket, &span)
+        .instrument(span.clone())
+        .await;
 }
 
 /// An admitted task, its limits passed and resources `held` (if it needs any), from its
 /// arguments to its outcome: inputs read, run under its time limit, then retried through the
-/// broker or finished (its outcome stored, then `ticket` settled).
-async fn run(shared: &Shared, message: TaskMessage, held: Option<Held>, ticket: Ticket) {
+/// broker or finished (its outcome stored, then `ticket` settled), recording its end on `span`.
+async fn run(
+    shared: &Shared,
+    message: TaskMessage,
+    held: Option<Held>,
+    ticket: Ticket,
+    span: &tracing::Span,
+) {
     let mut retryable = false;
     let run = shared.metrics.start(&message.function);
     let recording = shared.events.start(&message);
@@ -738,6 +763,7 @@ async fn run(shared: &Shared, message: TaskMessage, held: Option<Held>, ticket: 
     match retries::next_attempt(&message, retryable) {
         Some(retry) => {
             run.retried();
+            spans::retried(span);
             if let Some(recording) = recording {
                 recording.retried(&outcome);
             }
@@ -754,6 +780,7 @@ async fn run(shared: &Shared, message: TaskMessage, held: Option<Held>, ticket: 
             };
             let outcome = shared.result_limit.apply(outcome, &message, &shared.id);
             run.finished(&outcome);
+            spans::finished(span, &outcome);
             if let Some(recording) = recording {
                 recording.finished(&outcome);
             }

@@ -7,6 +7,7 @@ use serde::Deserialize;
 use crate::keys::TaskKey;
 use crate::message::{TaskMessage, Undecodable, PROTOCOL_VERSION};
 use crate::pool::Pool;
+use crate::trace::TraceContext;
 
 /// A task ready to be published: its message body as stored, and the fields read from it that
 /// route it and label it ([`crate::broker::task_properties`]).
@@ -20,6 +21,9 @@ pub struct ReadyTask {
     pub priority: u8,
     /// The pool whose queues it goes to (`None`: the default pool).
     pub pool: Option<Pool>,
+    /// The trace context its record keeps (the producer's, [`crate::trace`]), sent in the
+    /// headers of its publish.
+    pub trace: Option<TraceContext>,
     /// The message body, published as it is.
     pub body: Vec<u8>,
 }
@@ -35,6 +39,8 @@ struct Head {
     priority: u8,
     #[serde(default)]
     pool: Option<Pool>,
+    #[serde(default, deserialize_with = "crate::trace::lenient")]
+    trace: Option<TraceContext>,
 }
 
 impl ReadyTask {
@@ -66,6 +72,7 @@ impl ReadyTask {
             function: head.function,
             priority: head.priority,
             pool: head.pool,
+            trace: head.trace,
             body,
         })
     }
@@ -80,6 +87,7 @@ impl ReadyTask {
             function: message.function.clone(),
             priority: message.priority,
             pool: message.pool.clone(),
+            trace: message.trace.clone(),
             body: message.encode()?,
         })
     }
@@ -122,6 +130,7 @@ mod tests {
         );
         message.priority = 3;
         message.pool = Some(Pool::new("gpu").unwrap());
+        message.trace = Some(TraceContext::random_root());
         let body = message.encode().unwrap();
         let ready = ReadyTask::from_body(body.clone()).unwrap();
         assert_eq!(ready, ReadyTask::from_message(&message).unwrap());
@@ -133,6 +142,7 @@ mod tests {
             (ready.priority, ready.pool.as_ref()),
             (3, message.pool.as_ref())
         );
+        assert_eq!(ready.trace, message.trace);
         assert_eq!(ready.body, body);
         assert_eq!(ready.message().unwrap(), message);
     }

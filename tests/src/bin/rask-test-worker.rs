@@ -7,18 +7,16 @@ use rask_worker::Worker;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_ansi(false)
-        .with_writer(std::io::stderr)
-        .init();
     let settings = Settings::load()?;
+    // Spans go to `otlp_endpoint` when a test sets it (tests/tests/traces.rs).
+    let exporter = rask_worker::otlp::init_tracing(&settings, "info", "rask-test-worker")?;
     let registry = rask_tests::tasks::registry_for(&settings);
     let ended = Worker::new(settings, registry)
         .run(rask_worker::shutdown_signal())
         .await;
+    if let Some(exporter) = exporter {
+        exporter.shutdown();
+    }
     if let Err(e) = ended {
         eprintln!("Error: {e}");
         std::process::exit(e.exit_code());

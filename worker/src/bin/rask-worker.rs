@@ -42,12 +42,6 @@ struct Args {
 
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let code = match run(Args::parse()).await {
         Ok(()) => 0,
         Err(e) => {
@@ -74,9 +68,6 @@ fn exit_code(error: &anyhow::Error) -> i32 {
 
 /// Loads the settings and runs the worker until it stops.
 async fn run(args: Args) -> anyhow::Result<()> {
-    for name in Settings::unknown_variables(std::env::vars().map(|(k, _)| k)) {
-        tracing::warn!(variable = %name, "ignoring a RASK_* variable that names no setting");
-    }
     let mut settings = match &args.config {
         Some(file) => Settings::load_from(file, true),
         None => Settings::load(),
@@ -98,14 +89,58 @@ async fn run(args: Args) -> anyhow::Result<()> {
         settings.pools = pools;
     }
     settings.validate().context("checking settings")?;
+    // Once the settings are known: they may name an OTLP endpoint to export spans to.
+    let exporter = init_tracing(&settings)?;
+    for name in Settings::unknown_variables(std::env::vars().map(|(k, _)| k)) {
+        tracing::warn!(variable = %name, "ignoring a RASK_* variable that names no setting");
+    }
     tracing::info!(?settings, "starting");
     // On a runtime thread rather than the main one: the deliveries it spawns then start on the
     // thread that received them, without waking another.
-    tokio::spawn(
+    let ended = tokio::spawn(
         Worker::new(settings, Registry::with_builtins()).run(rask_worker::shutdown_signal()),
     )
-    .await
-    .context("the worker panicked")?
-    .context("worker failed")?;
+    .await;
+    if let Some(exporter) = exporter {
+        exporter.shutdown();
+    }
+    ended
+        .context("the worker panicked")?
+        .context("worker failed")?;
     Ok(())
+}
+
+/// Installs the log subscriber (`RUST_LOG`, default `info`), exporting spans to `otlp_endpoint`
+/// when it is set.
+#[cfg(feature = "otlp")]
+fn init_tracing(settings: &Settings) -> anyhow::Result<Option<rask_worker::otlp::Otlp>> {
+    Ok(rask_worker::otlp::init_tracing(
+        settings,
+        "info",
+        "rask-worker",
+    )?)
+}
+
+/// Installs the log subscriber (`RUST_LOG`, default `info`); this build exports no spans.
+#[cfg(not(feature = "otlp"))]
+fn init_tracing(settings: &Settings) -> anyhow::Result<Option<NoExporter>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if !settings.otlp_endpoint.is_empty() {
+        tracing::warn!("otlp_endpoint is set but this rask-worker was built without the `otlp` feature: no spans are exported");
+    }
+    Ok(None)
+}
+
+/// The exporter of a build without the `otlp` feature: none.
+#[cfg(not(feature = "otlp"))]
+enum NoExporter {}
+
+#[cfg(not(feature = "otlp"))]
+impl NoExporter {
+    fn shutdown(self) {}
 }
