@@ -54,10 +54,7 @@ impl Monitor {
                 ..EventStreamHead::default()
             });
         };
-        let newest_event_at = decode_stream_entry(&fields)
-            .iter()
-            .map(|e| e.at)
-            .max();
+        let newest_event_at = decode_stream_entry(&fields).iter().map(|e| e.at).max();
         Ok(EventStreamHead {
             entries,
             newest_entry_ms: id.split('-').next().and_then(|ms| ms.parse().ok()),

@@ -370,7 +370,10 @@ async fn a_dependent_the_broker_refuses_fails_instead_of_looping() {
 
     // Over the broker's max_message_size (about 100 kB; rask's max_message_bytes is 64 MiB): the
     // broker closes the channel (PRECONDITION_FAILED), for good. The root is acknowledged at once.
-    let env = TestEnv::on(urls.clone(), "too-large-dependent");
+    // Both dependents must go through the broker: a worker that ran them itself (local
+    // continuation, docs/protocol.md §11) would never publish them.
+    let mut env = TestEnv::on(urls.clone(), "too-large-dependent");
+    env.settings.local_continuation = false;
     let dependent = tagged.delayed("y".repeat(100_000), &root);
     let (f, redelivered) = released_dependent_fails(&env, &root, &dependent).await;
     assert!(f.message.contains("larger than configured max size"), "{f}");
@@ -380,6 +383,7 @@ async fn a_dependent_the_broker_refuses_fails_instead_of_looping() {
     // pass, so the root is requeued, and its redeliveries count even though its outcome is
     // stored: at max_deliveries the dependent fails instead.
     let mut env = TestEnv::on(urls, "nacked-dependent");
+    env.settings.local_continuation = false;
     env.settings.max_deliveries = 2;
     let pattern = format!("^{}$", env.settings.queue.replace('.', "\\."));
     let policy = r#"{"max-length-bytes":20000,"overflow":"reject-publish"}"#;

@@ -132,6 +132,10 @@ fn seeds(name: &str) -> Vec<Value> {
         "spin_hash" => vec![v(serde_json::json!([7, 3]))],
         "fail" => vec![v(serde_json::json!(["no"]))],
         "image_stats" => vec![args(vec![to(&batch)]), args(vec![to(&empty)])],
+        // A batch by URL that is not there: the task reads nothing (no network, no big file).
+        "image_stats_from" => vec![v(serde_json::json!([
+            "file:///nonexistent/rask-fuzz/batch"
+        ]))],
         "image_summary" => vec![args(vec![Value::Array(vec![to(&stats)])])],
         "merge_image_summaries" => vec![args(vec![Value::Array(vec![to(&summary)])])],
         "bag_items" | "bag_count" | "bag_distinct" => vec![v(serde_json::json!([[1, 2, 1]]))],
