@@ -616,7 +616,7 @@ async fn run_one(
     // Tasks of functions and pools without a limit pay for in-memory lookups only. A lease (of
     // a concurrency limit) is held until the run ends. The pool's limit first, then the
     // function's.
-    let (message, _pool_lease) = match shared.limits.of_pool(message.pool.as_ref()) {
+    let (message, pool_lease) = match shared.limits.of_pool(message.pool.as_ref()) {
         None => (message, None),
         Some((subject, limit)) => {
             let subject = limits::Subject::Pool(&subject);
@@ -632,7 +632,7 @@ async fn run_one(
             }
         }
     };
-    let (message, _lease) = match shared.limits.of(&message.function) {
+    let (message, lease) = match shared.limits.of(&message.function) {
         None => (message, None),
         Some(limit) => {
             let subject = limits::Subject::Function(&message.function);
@@ -661,7 +661,16 @@ async fn run_one(
             Gate::Done => return,
         }
     };
-    run(shared, message, held, Ticket::Delivery(delivery), span).await;
+    let leases = [pool_lease, lease];
+    run(
+        shared,
+        message,
+        held,
+        leases,
+        Ticket::Delivery(delivery),
+        span,
+    )
+    .await;
 }
 
 /// Runs `message`, a graph task released by outcomes this worker stored, in `slot`, as the
@@ -682,18 +691,21 @@ pub(crate) async fn continue_task(
         return finish(shared, message.key, Outcome::Failure(failure), ticket).await;
     }
     let span = spans::run(&shared.settings, &shared.id, &message);
-    run(shared, message, None, ticket, &span)
+    run(shared, message, None, [None, None], ticket, &span)
         .instrument(span.clone())
         .await;
 }
 
 /// An admitted task, its limits passed and resources `held` (if it needs any), from its
-/// arguments to its outcome: inputs read, run under its time limit, then retried through the
-/// broker or finished (its outcome stored, then `ticket` settled), recording its end on `span`.
+/// arguments to its outcome: inputs read, run under its time limit (holding its concurrency
+/// `leases`, given back when the body ends, before the outcome is stored), then retried through
+/// the broker or finished (its outcome stored, then `ticket` settled), recording its end on
+/// `span`.
 async fn run(
     shared: &Shared,
     message: TaskMessage,
     held: Option<Held>,
+    leases: [Option<limits::Lease>; 2],
     ticket: Ticket,
     span: &tracing::Span,
 ) {
@@ -750,7 +762,9 @@ async fn run(
                 held,
                 &mut retryable,
             );
-            until_revoked(shared, &message.key, &cancel, executing).await
+            let outcome = until_revoked(shared, &message.key, &cancel, executing).await;
+            drop(leases);
+            outcome
         }
         Err(inputs::Unresolved::Failed(outcome)) => outcome,
         Err(inputs::Unresolved::Waiting) => return ticket.ack().await,
