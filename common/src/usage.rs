@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 /// Clock ticks per second of the times in `/proc/PID/stat` (`USER_HZ`): 100 on every Linux
 /// architecture (part of the kernel's ABI to user space, whatever the kernel's own `HZ`).
-const USER_HZ: f64 = 100.0;
+pub const USER_HZ: f64 = 100.0;
 
 /// A process's memory and CPU time at one moment.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -30,8 +30,9 @@ impl ProcessUsage {
     }
 }
 
-/// `VmRSS:   1234 kB` → 1234 (the separator is a tab).
-fn parse_status_kib(status: &str, field: &str) -> Option<u64> {
+/// The kB figure of `field` in a `/proc/PID/status` text: `VmRSS:   1234 kB` → 1234 (the
+/// separator is a tab).
+pub fn parse_status_kib(status: &str, field: &str) -> Option<u64> {
     status.lines().find_map(|line| {
         let rest = line.strip_prefix(field)?.strip_prefix(':')?;
         rest.split_whitespace().next()?.parse().ok()
@@ -40,7 +41,7 @@ fn parse_status_kib(status: &str, field: &str) -> Option<u64> {
 
 /// `utime + stime` (fields 14 and 15) of a `/proc/PID/stat` line. The command name (field 2) is
 /// in parentheses and may hold spaces, so fields are counted after the last `)`.
-fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+pub fn parse_cpu_ticks(stat: &str) -> Option<u64> {
     let after_name = &stat[stat.rfind(')')? + 1..];
     let mut fields = after_name.split_whitespace().skip(11); // fields 3..=13
     let utime: u64 = fields.next()?.parse().ok()?;

@@ -4,9 +4,7 @@
 
 use std::io;
 
-/// Clock ticks per second of the times in `/proc/PID/stat` (`USER_HZ`): 100 on every Linux
-/// architecture rask runs on (it is part of the kernel's ABI, whatever the kernel's `HZ`).
-const USER_HZ: f64 = 100.0;
+use rask_common::usage::{parse_cpu_ticks, parse_status_kib, USER_HZ};
 
 /// A process to measure: `None` is this process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,37 +55,9 @@ fn kib_to_mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
 
-/// `VmHWM:   1234 kB` → 1234 (the separator is a tab).
-fn parse_status_kib(status: &str, field: &str) -> Option<u64> {
-    status.lines().find_map(|line| {
-        let rest = line.strip_prefix(field)?.strip_prefix(':')?;
-        rest.split_whitespace().next()?.parse().ok()
-    })
-}
-
-/// `utime + stime` (fields 14 and 15) of a `/proc/PID/stat` line. The command name (field 2) is
-/// in parentheses and may hold spaces, so fields are counted after the last `)`.
-fn parse_cpu_ticks(stat: &str) -> Option<u64> {
-    let after_name = &stat[stat.rfind(')')? + 1..];
-    let mut fields = after_name.split_whitespace().skip(11); // fields 3..=13
-    let utime: u64 = fields.next()?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    Some(utime + stime)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_status_and_stat() {
-        let status = "Name:\trask\nVmHWM:\t   20480 kB\nVmRSS:\t    1024 kB\n";
-        assert_eq!(parse_status_kib(status, "VmHWM"), Some(20480));
-        assert_eq!(parse_status_kib(status, "VmRSS"), Some(1024));
-        assert_eq!(parse_status_kib(status, "VmSwap"), None);
-        let stat = "42 (rask worker) S 1 42 42 0 -1 4194560 100 0 0 0 17 5 0 0 20 0 4 0";
-        assert_eq!(parse_cpu_ticks(stat), Some(22));
-    }
 
     #[test]
     fn reads_this_process() {
