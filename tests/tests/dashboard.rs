@@ -7,34 +7,6 @@
 use rask_tests::dashboard::{chromium, screenshot, spawn_dashboard as dashboard};
 use rask_tests::{http_get, TestEnv, PATIENCE};
 
-/// The DOM of `url` after its scripts ran for a while, as headless Chromium dumps it.
-async fn chromium_dom(url: &str) -> String {
-    let out = tokio::time::timeout(
-        PATIENCE,
-        tokio::process::Command::new("chromium")
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                "--virtual-time-budget=3000",
-                "--dump-dom",
-                url,
-            ])
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("chromium finishes")
-    .expect("chromium runs (install it with scripts/install-deps.sh)");
-    assert!(
-        out.status.success(),
-        "chromium failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[tokio::test]
 async fn the_dashboard_shows_workers_queue_depth_and_counts() {
     let env = TestEnv::new("ops-dashboard").await;
@@ -75,7 +47,8 @@ async fn the_dashboard_shows_workers_queue_depth_and_counts() {
     let (code, page) = http_get(&address, "/").await;
     assert_eq!(code, 200);
     assert!(page.contains("/api/status"), "the page polls the status");
-    let dom = chromium_dom(&format!("http://{address}/")).await;
+    let url = format!("http://{address}/");
+    let dom = chromium(&url, &env.path("profile-status"), &["--dump-dom"]).await;
     assert!(dom.contains(r#"id="workers-count">2<"#), "{dom}");
     assert!(dom.contains(r#"id="queue-depth">4<"#), "{dom}");
     assert!(dom.contains(r#"id="succeeded">30<"#), "{dom}");
