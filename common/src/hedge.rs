@@ -40,13 +40,19 @@ pub const P95_FLOOR: Duration = Duration::from_millis(10);
 impl Hedge {
     /// The wait after which a task is hedged, given the 95th percentile `p95` of its call's
     /// completion times (`None`: not enough samples yet) and the function's published average
-    /// run time `pace`. `None`: not known yet (do not hedge for now).
+    /// run time `pace`. `None`: not known yet (do not hedge for now), or a wait too long to
+    /// represent (an infinite or huge factor: never hedge).
     pub fn threshold(&self, p95: Option<Duration>, pace: Option<Duration>) -> Option<Duration> {
         match *self {
             Hedge::After(after) => Some(after),
-            Hedge::P95 { factor } => p95
-                .or(pace)
-                .map(|base| base.mul_f64(factor.max(1.0)).max(P95_FLOOR)),
+            Hedge::P95 { factor } => {
+                let base = p95.or(pace)?;
+                // Under 1 (or NaN) counts as 1; `Duration::mul_f64` would panic on overflow.
+                let factor = if factor >= 1.0 { factor } else { 1.0 };
+                Duration::try_from_secs_f64(base.as_secs_f64() * factor)
+                    .ok()
+                    .map(|wait| wait.max(P95_FLOOR))
+            }
         }
     }
 }
@@ -89,6 +95,26 @@ mod tests {
             hedge.threshold(Some(Duration::from_secs(9)), None),
             Some(Duration::from_millis(300))
         );
+    }
+
+    #[test]
+    fn hostile_factors_never_panic() {
+        let base = Some(Duration::from_millis(50));
+        let nan = Hedge::P95 { factor: f64::NAN };
+        assert_eq!(nan.threshold(base, None), Some(Duration::from_millis(50)));
+        let negative = Hedge::P95 { factor: -3.0 };
+        assert_eq!(
+            negative.threshold(base, None),
+            Some(Duration::from_millis(50))
+        );
+        for factor in [f64::INFINITY, 1e300] {
+            let huge = Hedge::P95 { factor };
+            assert_eq!(huge.threshold(base, None), None, "{factor}: never hedged");
+        }
+        let zero_base = Hedge::P95 {
+            factor: f64::INFINITY,
+        };
+        assert_eq!(zero_base.threshold(Some(Duration::ZERO), None), None);
     }
 
     #[test]
