@@ -725,6 +725,7 @@ async fn run(
             if let Some(recording) = recording {
                 recording.finished(&outcome);
             }
+            limits::give_back(leases).await;
             return finish(shared, message.key, outcome, ticket).await;
         }
         Err(references::Unresolved::Refused(source)) => {
@@ -763,7 +764,6 @@ async fn run(
                 &mut retryable,
             );
             let outcome = until_revoked(shared, &message.key, &cancel, executing).await;
-            drop(leases);
             outcome
         }
         Err(inputs::Unresolved::Failed(outcome)) => outcome,
@@ -774,6 +774,7 @@ async fn run(
             return shared.fatal.raise(Error::StoreRefused { what, source });
         }
     };
+    limits::give_back(leases).await;
     match retries::next_attempt(&message, retryable) {
         Some(retry) => {
             run.retried();

@@ -50,23 +50,51 @@ pub(crate) struct Lease {
     _renewal: AbortOnDropHandle<()>,
 }
 
-impl Drop for Lease {
-    fn drop(&mut self) {
-        let (store, function, id) = (
-            self.store.clone(),
+impl Lease {
+    /// Gives the lease back and returns once Redis has it (so that whatever the run does next,
+    /// such as storing its outcome, is seen after the lease is free). If Redis fails, the lease
+    /// expires by itself.
+    pub(crate) async fn give_back(mut self) {
+        let (function, id) = self.take();
+        give_back_one(&self.store, &function, &id).await;
+    }
+
+    /// The lease's function and id, leaving the lease with nothing to give back when dropped.
+    fn take(&mut self) -> (String, String) {
+        (
             std::mem::take(&mut self.function),
             std::mem::take(&mut self.id),
-        );
-        // Without a runtime (the process is ending), or if this fails, the lease expires by
-        // itself.
+        )
+    }
+}
+
+impl Drop for Lease {
+    /// A lease dropped without [`Lease::give_back`] (a run torn down on the way) is given back
+    /// in the background.
+    fn drop(&mut self) {
+        let (function, id) = self.take();
+        if id.is_empty() {
+            return;
+        }
+        // Without a runtime (the process is ending) the lease expires by itself.
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        runtime.spawn(async move {
-            if let Err(e) = store::release(&store, &function, &id).await {
-                tracing::warn!(function, error = %e, "could not give a concurrency lease back; it expires by itself");
-            }
-        });
+        let store = self.store.clone();
+        runtime.spawn(async move { give_back_one(&store, &function, &id).await });
+    }
+}
+
+/// Gives every lease of `leases` back, returning once Redis has them.
+pub(crate) async fn give_back(leases: [Option<Lease>; 2]) {
+    for lease in leases.into_iter().flatten() {
+        lease.give_back().await;
+    }
+}
+
+async fn give_back_one(store: &Store, function: &str, id: &str) {
+    if let Err(e) = store::release(store, function, id).await {
+        tracing::warn!(function, error = %e, "could not give a concurrency lease back; it expires by itself");
     }
 }
 

@@ -18,7 +18,7 @@ use rask_common::limits::{pool_subject, store, Limit};
 use rask_common::{Pool, Settings, Store};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-pub(crate) use gate::{gate, Gate, Lease, Subject};
+pub(crate) use gate::{gate, give_back, Gate, Lease, Subject};
 
 /// How often a worker reads the limits in Redis again.
 pub(crate) const REFRESH: Duration = Duration::from_secs(1);
