@@ -90,7 +90,7 @@ pub mod store;
 mod store_conn;
 pub mod store_risks;
 pub mod task;
-mod tls;
+pub mod tls;
 pub mod trace;
 pub mod usage;
 

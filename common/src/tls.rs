@@ -1,6 +1,7 @@
-//! TLS material for `amqps://` and `rediss://` connections: the CA file and the client
-//! certificate and key named by the settings, read from disk at each connection (so that renewed
-//! certificates are picked up by the next reconnect, without a restart).
+//! TLS material for `amqps://` and `rediss://` connections (and the worker's `https://` OTLP
+//! exporter): the CA file and the client certificate and key named by the settings, read from
+//! disk at each connection (so that renewed certificates are picked up by the next reconnect,
+//! without a restart).
 
 use std::path::Path;
 
@@ -9,11 +10,11 @@ use crate::settings::Settings;
 
 /// The PEM files of [`Settings::tls_ca_file`], [`Settings::tls_cert_file`] and
 /// [`Settings::tls_key_file`], as read.
-pub(crate) struct TlsFiles {
+pub struct TlsFiles {
     /// The CA certificate(s) to trust, PEM.
-    pub(crate) ca: Option<Vec<u8>>,
+    pub ca: Option<Vec<u8>>,
     /// The client certificate (chain) and its private key, PEM.
-    pub(crate) identity: Option<(Vec<u8>, Vec<u8>)>,
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 impl TlsFiles {
@@ -22,7 +23,7 @@ impl TlsFiles {
     /// # Errors
     /// [`Error::TlsFile`] naming the setting and file that cannot be read;
     /// [`Error::Settings`] if only one of the certificate and the key is set.
-    pub(crate) fn read(settings: &Settings) -> Result<Self> {
+    pub fn read(settings: &Settings) -> Result<Self> {
         let ca = settings
             .tls_ca_file
             .as_deref()

@@ -9,9 +9,12 @@
 //!   attempts share their parent.
 //! - A `traceparent` header alone (no body field) is read; a malformed one is ignored: the task
 //!   runs as any other.
+//! - An `https://` endpoint is verified against `tls_ca_file` and given the client certificate;
+//!   without the CA, the exporter refuses the collector's certificate and sends nothing.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use lapin::options::BasicPublishOptions;
@@ -22,11 +25,16 @@ use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use prost::Message as _;
 use rask::builtins::{add, inc};
 use rask::{Delayed, Future, RetryPolicy, TaskOptions};
+use rask_common::Settings;
 use rask_common::{TaskKey, TaskMessage};
 use rask_tests::tasks::whoami;
+use rask_tests::TestCertificates;
 use rask_tests::{TestEnv, PATIENCE};
 use rask_worker::otlp::Otlp;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tracing::Instrument;
 
 /// One span as the collector received it.
@@ -51,28 +59,53 @@ impl Span {
 #[derive(Clone, Default)]
 struct Collector {
     spans: Arc<Mutex<Vec<Span>>>,
+    /// TLS handshakes that failed (a client that did not trust the collector's certificate, or
+    /// presented none).
+    refused: Arc<AtomicUsize>,
 }
 
 impl Collector {
     /// Listens on a free port of 127.0.0.1; returns the collector and its endpoint URL.
     async fn start() -> (Collector, String) {
+        Collector::listen(None).await
+    }
+
+    /// Listens over TLS with the server certificate of `certificates`, requiring a client
+    /// certificate signed by their CA; returns the collector and its `https://` URL.
+    async fn start_tls(certificates: &TestCertificates) -> (Collector, String) {
+        Collector::listen(Some(tls_acceptor(certificates))).await
+    }
+
+    async fn listen(tls: Option<tokio_rustls::TlsAcceptor>) -> (Collector, String) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address: SocketAddr = listener.local_addr().unwrap();
         let collector = Collector::default();
         let kept = collector.clone();
+        let scheme = if tls.is_some() { "https" } else { "http" };
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
-                tokio::spawn(kept.clone().serve(stream));
+                let (kept, tls) = (kept.clone(), tls.clone());
+                tokio::spawn(async move {
+                    match tls {
+                        None => kept.serve(stream).await,
+                        Some(tls) => match tls.accept(stream).await {
+                            Ok(stream) => kept.serve(stream).await,
+                            Err(_) => {
+                                kept.refused.fetch_add(1, Ordering::SeqCst);
+                            }
+                        },
+                    }
+                });
             }
         });
-        (collector, format!("http://{address}"))
+        (collector, format!("{scheme}://{address}"))
     }
 
     /// Serves one connection's requests (HTTP/1.1, kept alive) until the client closes it.
-    async fn serve(self, stream: tokio::net::TcpStream) {
+    async fn serve(self, stream: impl AsyncRead + AsyncWrite + Unpin) {
         let mut stream = BufReader::new(stream);
         loop {
             let mut length = 0;
@@ -428,4 +461,82 @@ fn hex(text: &str) -> Vec<u8> {
         .step_by(2)
         .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
         .collect()
+}
+
+/// A TLS acceptor with the server certificate of `certificates`, requiring client certificates
+/// signed by their CA.
+fn tls_acceptor(certificates: &TestCertificates) -> tokio_rustls::TlsAcceptor {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(&certificates.server_cert)
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+    let key = PrivateKeyDer::from_pem_file(&certificates.server_key).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_file_iter(&certificates.ca).unwrap() {
+        roots.add(ca.unwrap()).unwrap();
+    }
+    let clients = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(clients)
+        .with_single_cert(chain, key)
+        .unwrap();
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+/// Exports one span named `name` through an exporter started with `settings`, then shuts the
+/// exporter down (which sends it, or fails to).
+fn export_one_span(settings: &Settings, name: &'static str) {
+    use tracing_subscriber::layer::SubscriberExt;
+    let otlp = Otlp::start(settings, "traces-tls-test")
+        .unwrap()
+        .expect("an endpoint is set");
+    let subscriber = tracing_subscriber::registry().with(otlp.layer());
+    tracing::subscriber::with_default(subscriber, || {
+        tracing::info_span!("export", otel.name = name).in_scope(|| {});
+    });
+    otlp.shutdown();
+}
+
+// Multi-threaded: the collector's tasks must answer while `Otlp::shutdown` blocks this thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_endpoint_is_verified_against_tls_ca_file() {
+    let env = TestEnv::new("traces-tls").await;
+    let folder = std::env::temp_dir().join(format!("rask-traces-tls-{}", std::process::id()));
+    let certificates = TestCertificates::generate(&folder);
+
+    // Trusting the CA and presenting the client certificate: the span arrives.
+    let (collector, endpoint) = Collector::start_tls(&certificates).await;
+    let trusting = certificates.apply(&Settings {
+        otlp_endpoint: endpoint,
+        ..Settings::default()
+    });
+    export_one_span(&trusting, "over-tls");
+    env.eventually("the span reaches the collector over TLS", || async {
+        collector.spans().iter().any(|s| s.name == "over-tls")
+    })
+    .await;
+    assert_eq!(collector.refused.load(Ordering::SeqCst), 0);
+
+    // Without the CA (system roots only): the collector's certificate is refused, nothing is sent.
+    let (refusing, endpoint) = Collector::start_tls(&certificates).await;
+    let untrusting = Settings {
+        otlp_endpoint: endpoint,
+        ..Settings::default()
+    };
+    export_one_span(&untrusting, "refused");
+    env.eventually("the TLS handshake fails", || async {
+        refusing.refused.load(Ordering::SeqCst) > 0
+    })
+    .await;
+    assert!(refusing.spans().is_empty(), "no span without trust");
+    std::fs::remove_dir_all(&folder).unwrap();
 }

@@ -6,10 +6,11 @@
 //! [`Otlp::shutdown`] before they exit, so that the last spans are sent.
 
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_otlp::{SpanExporter, WithExportConfig};
+use opentelemetry_otlp::{SpanExporter, WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::Resource;
 use rask_common::settings::mask_url;
+use rask_common::tls::TlsFiles;
 use rask_common::Settings;
 use tracing::Subscriber;
 use tracing_subscriber::layer::SubscriberExt;
@@ -21,6 +22,9 @@ use crate::error::{Error, Result};
 
 /// The OTLP/HTTP path of traces under the endpoint.
 const TRACES_PATH: &str = "/v1/traces";
+
+/// How long one export request may take (the OpenTelemetry SDK's default export timeout).
+const EXPORT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A running span exporter (see the module docs). Dropping it without [`Otlp::shutdown`] may
 /// lose the spans of the last batch.
@@ -47,21 +51,25 @@ impl Otlp {
         if !endpoint.starts_with("http://") && !endpoint.starts_with("https://") {
             return Err(refused("not an http:// or https:// URL".into()));
         }
+        let tls = TlsFiles::read(settings)?;
         // The blocking HTTP client is built, used and dropped on threads of its own (its
         // runtime must not be dropped on one of the caller's runtime threads).
         let url = format!("{endpoint}{TRACES_PATH}");
         let exporter = std::thread::scope(|scope| {
             scope
                 .spawn(|| {
+                    let client = http_client(tls).map_err(|e| e.to_string())?;
                     SpanExporter::builder()
                         .with_http()
+                        .with_http_client(client)
                         .with_endpoint(url)
                         .build()
+                        .map_err(|e| e.to_string())
                 })
                 .join()
         })
         .map_err(|_| refused("building the exporter panicked".into()))?
-        .map_err(|e| refused(e.to_string()))?;
+        .map_err(refused)?;
         let provider = SdkTracerProvider::builder()
             .with_batch_exporter(exporter)
             .with_resource(
@@ -92,6 +100,22 @@ impl Otlp {
             tracing::warn!(error = %e, "the span exporter did not shut down cleanly");
         }
     }
+}
+
+/// The exporter's HTTP client: `https://` endpoints are verified against the system's roots and
+/// `tls_ca_file`, and it presents `tls_cert_file` when set (as the broker and store
+/// connections do); a request gives up after [`EXPORT_TIMEOUT`].
+fn http_client(tls: TlsFiles) -> reqwest::Result<reqwest::blocking::Client> {
+    let mut builder = reqwest::blocking::Client::builder().timeout(EXPORT_TIMEOUT);
+    if let Some(ca) = tls.ca {
+        builder = builder.tls_certs_merge(reqwest::Certificate::from_pem_bundle(&ca)?);
+    }
+    if let Some((mut cert, key)) = tls.identity {
+        cert.push(b'\n');
+        cert.extend_from_slice(&key);
+        builder = builder.identity(reqwest::Identity::from_pem(&cert)?);
+    }
+    builder.build()
 }
 
 /// Installs the process's `tracing` subscriber: log lines on stderr filtered by `RUST_LOG` (else
