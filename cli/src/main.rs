@@ -9,29 +9,52 @@ mod output;
 use std::process::ExitCode;
 
 use clap::Parser;
+use rask_common::otlp;
 
 use crate::cli::{Cli, Command};
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let exporter = init_tracing(&cli);
     // On a runtime thread rather than the main one: the client's own tasks then wake the
     // command's future without a hand-off between threads.
     let result = match tokio::spawn(dispatch(cli)).await {
         Ok(result) => result,
         Err(panicked) => std::panic::resume_unwind(panicked.into_panic()),
     };
+    if let Some(exporter) = exporter {
+        exporter.shutdown();
+    }
     match result {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::from(output::EXIT_ERROR)
+        }
+    }
+}
+
+/// Installs the log subscriber (`RUST_LOG`, default `warn`), exporting the command's spans (a
+/// submit's, map's or graph's `rask.publish`) to `otlp_endpoint` when the settings set one.
+/// Settings that do not load leave it to the command to report them; an endpoint the exporter
+/// refuses is a warning (the command still runs, without spans).
+fn init_tracing(cli: &Cli) -> Option<otlp::Otlp> {
+    let settings = match &cli.global.config {
+        Some(file) => rask::Settings::load_from(file, true),
+        None => rask::Settings::load(),
+    }
+    .unwrap_or_default();
+    match otlp::init_tracing(&settings, "warn", "rask") {
+        Ok(exporter) => exporter,
+        Err(error) => {
+            let unexported = rask::Settings {
+                otlp_endpoint: String::new(),
+                ..settings
+            };
+            let _ = otlp::init_tracing(&unexported, "warn", "rask");
+            tracing::warn!(%error, "no spans are exported");
+            None
         }
     }
 }

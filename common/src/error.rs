@@ -52,6 +52,16 @@ pub enum Error {
         /// Why it cannot be read.
         source: std::io::Error,
     },
+    /// The span exporter of `otlp_endpoint` could not be built (feature `otlp`): the endpoint
+    /// is not a URL it can send to, or a TLS file of the settings is not valid PEM. A
+    /// configuration error.
+    #[error("otlp_endpoint = {endpoint}: cannot export spans there: {reason}")]
+    Otlp {
+        /// The endpoint, password masked.
+        endpoint: String,
+        /// Why the exporter refused it.
+        reason: String,
+    },
     /// A task's delay (countdown, eta) is longer than the broker's delay queues hold
     /// ([`crate::delay::MAX_DELAY`]); nothing was published.
     #[error("a delay of {delay:?} is longer than the longest the delay queues hold, {max:?}")]
@@ -193,6 +203,7 @@ impl Error {
         match self {
             Error::Settings(_)
             | Error::TlsFile { .. }
+            | Error::Otlp { .. }
             | Error::InvalidResources(_)
             | Error::InvalidLimit(_) => ErrorKind::Configuration,
             Error::Broker(e) | Error::BrokerRefused { source: e, .. } => ErrorKind::of_broker(e),

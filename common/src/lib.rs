@@ -73,6 +73,8 @@ pub mod limits;
 pub mod message;
 pub mod ops;
 pub mod options;
+#[cfg(feature = "otlp")]
+pub mod otlp;
 pub mod outcome;
 pub mod pinged;
 pub mod pool;

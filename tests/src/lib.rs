@@ -273,6 +273,9 @@ impl TestEnv {
         if !s.s3_endpoint.is_empty() {
             vars.push(("RASK_S3_ENDPOINT".into(), s.s3_endpoint.clone()));
         }
+        if !s.otlp_endpoint.is_empty() {
+            vars.push(("RASK_OTLP_ENDPOINT".into(), s.otlp_endpoint.clone()));
+        }
         if s.redis_wait_replicas > 0 {
             vars.push((
                 "RASK_REDIS_WAIT_REPLICAS".into(),

@@ -9,6 +9,7 @@
 //!   attempts share their parent.
 //! - A `traceparent` header alone (no body field) is read; a malformed one is ignored: the task
 //!   runs as any other.
+//! - The `rask` CLI exports its own publish span; the worker's run joins that trace.
 //! - An `https://` endpoint is verified against `tls_ca_file` and given the client certificate;
 //!   without the CA, the exporter refuses the collector's certificate and sends nothing.
 
@@ -321,6 +322,48 @@ async fn a_persisted_graph_is_one_trace_parented_to_its_producer() {
     assert_eq!(alone.trace_id, submit.trace_id);
     assert_eq!(alone.parent_span_id, submit.span_id);
     assert!(submit.parent_span_id.is_empty(), "a root: no caller span");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_exports_its_publish_span_and_the_run_joins_its_trace() {
+    let (env, collector, _workers, otlp) = traced("traces-cli").await;
+    otlp.shutdown();
+    let n = 1_000 * i64::from(std::process::id() % 1_000) + 500;
+    let out = env.rask(&["submit", "inc", &n.to_string()], "").await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        (n + 1).to_string()
+    );
+
+    // The command sent its spans before it exited.
+    let publish = collector
+        .spans()
+        .into_iter()
+        .find(|s| s.name == "rask.publish")
+        .expect("the CLI's publish span reached the collector");
+    assert_eq!(publish.attribute("rask.function"), "inc");
+    env.eventually("the run span of the submitted task arrives", || async {
+        collector
+            .spans()
+            .iter()
+            .any(|s| s.name == "rask.run" && s.trace_id == publish.trace_id)
+    })
+    .await;
+    let run = collector
+        .spans()
+        .into_iter()
+        .find(|s| s.name == "rask.run" && s.trace_id == publish.trace_id)
+        .unwrap();
+    assert_eq!(
+        run.parent_span_id, publish.span_id,
+        "the run is the publish's child"
+    );
+    assert_eq!(run.attribute("rask.function"), "inc");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -79,15 +79,6 @@ pub enum Error {
         /// The `max_overrun_threads` bound.
         max: usize,
     },
-    /// The span exporter of `otlp_endpoint` could not be built (feature `otlp`): the endpoint
-    /// is not a URL it can send to. A configuration error.
-    #[error("otlp_endpoint = {endpoint}: cannot export spans there: {reason}")]
-    Otlp {
-        /// The endpoint, password masked.
-        endpoint: String,
-        /// Why the exporter refused it.
-        reason: String,
-    },
 }
 
 impl Error {
@@ -101,8 +92,7 @@ impl Error {
             | Error::StoreRefused { .. }
             | Error::Overruns { .. }
             | Error::State { .. }
-            | Error::MissingState { .. }
-            | Error::Otlp { .. } => false,
+            | Error::MissingState { .. } => false,
         }
     }
 
@@ -119,10 +109,9 @@ impl Error {
             Error::Consuming(_) | Error::ConsumerCancelled(_) | Error::Overruns { .. } => {
                 ErrorKind::Transient
             }
-            Error::Metrics(..)
-            | Error::State { .. }
-            | Error::MissingState { .. }
-            | Error::Otlp { .. } => ErrorKind::Configuration,
+            Error::Metrics(..) | Error::State { .. } | Error::MissingState { .. } => {
+                ErrorKind::Configuration
+            }
         }
     }
 

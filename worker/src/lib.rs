@@ -93,8 +93,9 @@ mod limits;
 mod lineage;
 mod metrics;
 mod ops;
+/// Exporting spans over OTLP/HTTP (feature `otlp`): [`rask_common::otlp`].
 #[cfg(feature = "otlp")]
-pub mod otlp;
+pub use rask_common::otlp;
 mod overrun;
 mod pace;
 mod pools;

@@ -5,14 +5,15 @@
 //! their `tracing` subscriber (or call [`init_tracing`], which does both), and call
 //! [`Otlp::shutdown`] before they exit, so that the last spans are sent.
 
+use crate::settings::mask_url;
+use crate::tls::TlsFiles;
+use crate::Settings;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{SpanExporter, WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::Resource;
-use rask_common::settings::mask_url;
-use rask_common::tls::TlsFiles;
-use rask_common::Settings;
 use tracing::Subscriber;
+use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -82,7 +83,7 @@ impl Otlp {
     }
 
     /// A `tracing` layer that records spans for this exporter, with their parents (local, or
-    /// remote: a task's trace context, [`rask_common::trace`]).
+    /// remote: a task's trace context, [`crate::trace`]).
     pub fn layer<S>(&self) -> impl Layer<S> + use<S>
     where
         S: Subscriber + for<'span> LookupSpan<'span>,
@@ -119,8 +120,8 @@ fn http_client(tls: TlsFiles) -> reqwest::Result<reqwest::blocking::Client> {
 }
 
 /// Installs the process's `tracing` subscriber: log lines on stderr filtered by `RUST_LOG` (else
-/// `default_filter`), and, when `otlp_endpoint` is set, spans exported there as `service`
-/// ([`Otlp`]). Returns the exporter, to shut down before the process exits. For binaries:
+/// `default_filter`), and, when `otlp_endpoint` is set, spans at level info and above (whatever
+/// the log filter) exported there as `service` ([`Otlp`]). Returns the exporter, to shut down before the process exits. For binaries:
 /// a library leaves the subscriber to its application.
 ///
 /// # Errors
@@ -134,13 +135,16 @@ pub fn init_tracing(
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| default_filter.into());
     let registry = tracing_subscriber::registry()
-        .with(filter)
         .with(
             tracing_subscriber::fmt::layer()
                 .with_ansi(false)
-                .with_writer(std::io::stderr),
+                .with_writer(std::io::stderr)
+                .with_filter(filter),
         )
-        .with(otlp.as_ref().map(Otlp::layer));
+        .with(
+            otlp.as_ref()
+                .map(|otlp| otlp.layer().with_filter(LevelFilter::INFO)),
+        );
     // A second install (a test binary) keeps the first subscriber.
     let _ = registry.try_init();
     Ok(otlp)
@@ -159,6 +163,6 @@ mod tests {
         };
         let error = Otlp::start(&bad, "w").unwrap_err();
         assert!(error.to_string().contains("otlp_endpoint"), "{error}");
-        assert_eq!(error.exit_code(), crate::EXIT_CONFIG);
+        assert_eq!(error.kind(), crate::ErrorKind::Configuration);
     }
 }
