@@ -4,7 +4,8 @@
 //! Announcements carry keys only; a waiter reads the outcomes itself in batches (MGET). A
 //! waiter subscribes before its first read, and whenever announcements may have been missed (the
 //! subscription was re-established, or the waiter fell behind) it re-reads every key still
-//! pending. So a lost announcement can delay a result, never lose it.
+//! pending. So a lost announcement can delay a result, never lose it. For the same reason
+//! announcements that arrive while no waiter listens are not decoded at all.
 //!
 //! A subscription only receives, so a connection whose peer vanished without a FIN or RST (a
 //! partition, a Redis restarted behind one) would never fail by itself: the listener pings it
