@@ -460,7 +460,8 @@ impl Client {
         self.inner.link.declare_pool(pool).await
     }
 
-    pub(crate) fn waiter(&self, keys: Vec<TaskKey>) -> Waiter {
+    /// A waiter for `keys` (owned, or borrowed from the caller's futures).
+    pub(crate) fn waiter<K: std::borrow::Borrow<TaskKey>>(&self, keys: Vec<K>) -> Waiter<K> {
         Waiter::new(
             self.inner.store.clone(),
             self.inner.keeper.clone(),

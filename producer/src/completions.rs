@@ -4,13 +4,15 @@
 //! Announcements carry keys only; a waiter reads the outcomes itself in batches (MGET). A
 //! waiter subscribes before its first read, and whenever announcements may have been missed (the
 //! subscription was re-established, or the waiter fell behind) it re-reads every key still
-//! pending. So a lost announcement can delay a result, never lose it.
+//! pending. So a lost announcement can delay a result, never lose it. For the same reason
+//! announcements that arrive while no waiter listens are not decoded at all.
 //!
 //! A subscription only receives, so a connection whose peer vanished without a FIN or RST (a
 //! partition, a Redis restarted behind one) would never fail by itself: the listener pings it
 //! every `redis_ping_interval` and replaces it when a ping goes unanswered, and waiters
 //! re-read everything pending every few intervals in any case.
 
+use std::borrow::Borrow;
 use std::collections::VecDeque;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
@@ -159,11 +161,14 @@ async fn relay(
     events: &broadcast::Sender<Event>,
 ) -> redis::RedisError {
     let (mut sink, mut messages) = pubsub.split();
-    let announced = |payload: &[u8]| match rmp_serde::from_slice::<Vec<String>>(payload) {
-        Ok(keys) => {
-            let _ = events.send(Event::Done(Arc::new(keys)));
+    let announced = |payload: &[u8]| {
+        if events.receiver_count() == 0 {
+            // No waiter: nothing to decode for (a `map` of a million tasks is announced while
+            // it is still publishing, before its `gather` waits); a waiter reads everything
+            // pending when it starts.
+            return;
         }
-        Err(e) => tracing::warn!(error = %e, "ignoring a malformed completion announcement"),
+        announce(payload, events);
     };
     let resync = || {
         let _ = events.send(Event::Resync);
@@ -187,6 +192,16 @@ async fn relay(
     }
 }
 
+/// Passes the keys announced in `payload` on to waiters.
+fn announce(payload: &[u8], events: &broadcast::Sender<Event>) {
+    match rmp_serde::from_slice::<Vec<String>>(payload) {
+        Ok(keys) => {
+            let _ = events.send(Event::Done(Arc::new(keys)));
+        }
+        Err(e) => tracing::warn!(error = %e, "ignoring a malformed completion announcement"),
+    }
+}
+
 /// The error of a step that took longer than `deadline`.
 fn timed_out(what: &str, deadline: Duration) -> redis::RedisError {
     redis::RedisError::from(std::io::Error::new(
@@ -204,13 +219,15 @@ const RESCAN_CHUNK: usize = 10_000;
 ///
 /// Memory per key: the key itself (`keys`) and one index in `pending`, a table of indices found
 /// by their key's hash: no key is held twice (a map of a million tasks gathers in a bounded
-/// client).
-pub(crate) struct Waiter {
+/// client). `K` is an owned [`TaskKey`], or a borrowed one where the caller holds the keys for
+/// as long as it waits (`gather`): then the waiter copies none of them (a million keys are a
+/// million allocations and some 70 MiB).
+pub(crate) struct Waiter<K = TaskKey> {
     store: Store,
     /// Reads results kept in the blob store (`blob_url`).
     keeper: Keeper,
     events: broadcast::Receiver<Event>,
-    keys: Vec<TaskKey>,
+    keys: Vec<K>,
     /// Indices of `keys` still without an outcome, hashed by their key with `hasher` (a key
     /// given more than once is there once per index).
     pending: HashTable<usize>,
@@ -220,20 +237,22 @@ pub(crate) struct Waiter {
     rescan: Option<usize>,
 }
 
-impl Waiter {
+impl<K: Borrow<TaskKey>> Waiter<K> {
     /// A waiter for `keys`; `events` must be subscribed before the first read (it is: the
     /// first call of [`Waiter::next`] reads everything).
     pub(crate) fn new(
         store: Store,
         keeper: Keeper,
         events: broadcast::Receiver<Event>,
-        keys: Vec<TaskKey>,
+        keys: Vec<K>,
     ) -> Self {
         let hasher = RandomState::new();
         let mut pending = HashTable::with_capacity(keys.len());
         for (i, key) in keys.iter().enumerate() {
-            let hash = hasher.hash_one(key.as_str());
-            pending.insert_unique(hash, i, |&j: &usize| hasher.hash_one(keys[j].as_str()));
+            let hash = hasher.hash_one(key.borrow().as_str());
+            pending.insert_unique(hash, i, |&j: &usize| {
+                hasher.hash_one(keys[j].borrow().as_str())
+            });
         }
         Waiter {
             store,
@@ -261,20 +280,20 @@ impl Waiter {
 
     /// The key at `index`.
     pub(crate) fn key(&self, index: usize) -> &TaskKey {
-        &self.keys[index]
+        self.keys[index].borrow()
     }
 
     /// A pending index whose key is `key`, if any.
     fn find(&self, key: &str) -> Option<usize> {
         let hash = self.hasher.hash_one(key);
         self.pending
-            .find(hash, |&i| self.keys[i].as_str() == key)
+            .find(hash, |&i| self.keys[i].borrow().as_str() == key)
             .copied()
     }
 
     /// Whether `index` is still pending.
     fn is_pending(&self, index: usize) -> bool {
-        let hash = self.hasher.hash_one(self.keys[index].as_str());
+        let hash = self.hasher.hash_one(self.keys[index].borrow().as_str());
         self.pending.find(hash, |&i| i == index).is_some()
     }
 
@@ -289,7 +308,7 @@ impl Waiter {
                     // of results over `blob_threshold` only).
                     Ok(Outcome::Value(value)) if self.keeper.blobs().is_some() => self
                         .keeper
-                        .resolve_result(&self.keys[index], value)
+                        .resolve_result(self.keys[index].borrow(), value)
                         .await
                         .map(Outcome::Value),
                     other => other,
@@ -368,14 +387,17 @@ impl Waiter {
         if indices.is_empty() {
             return Ok(());
         }
-        let keys: Vec<TaskKey> = indices.iter().map(|&i| self.keys[i].clone()).collect();
+        let keys: Vec<TaskKey> = indices
+            .iter()
+            .map(|&i| self.keys[i].borrow().clone())
+            .collect();
         let found = self.store.get_outcomes(&keys).await?;
         for (key, bytes) in keys.iter().zip(found) {
             let Some(bytes) = bytes else { continue };
             let bytes = Arc::new(bytes);
             let hash = self.hasher.hash_one(key.as_str());
             let all = &self.keys;
-            while let Ok(entry) = self.pending.find_entry(hash, |&i| all[i] == *key) {
+            while let Ok(entry) = self.pending.find_entry(hash, |&i| all[i].borrow() == key) {
                 let (index, _) = entry.remove();
                 self.ready.push_back((index, bytes.clone()));
             }

@@ -1,6 +1,7 @@
 //! Bringing results back: [`Client::gather`] (all, in input order, with an optional timeout,
 //! failing fast or per item) and [`Client::as_completed`] (a stream in completion order).
 
+use std::borrow::Borrow;
 use std::future::IntoFuture;
 use std::pin::Pin;
 use std::time::Duration;
@@ -31,7 +32,12 @@ impl Client {
         &self,
         futures: &[Future<T>],
     ) -> BoxStream<'static, (usize, Result<T>)> {
-        let waiter = self.waiter(futures.iter().map(|f| f.key().clone()).collect());
+        let waiter = self.waiter(
+            futures
+                .iter()
+                .map(|f| f.key().clone())
+                .collect::<Vec<TaskKey>>(),
+        );
         let state = (waiter, Vec::<usize>::new());
         futures::stream::unfold(state, |(mut waiter, mut abandoned)| async move {
             if let Some(index) = abandoned.pop() {
@@ -164,7 +170,8 @@ async fn collect_values<T: DeserializeOwned>(
     timeout: Option<Duration>,
     fail_fast: bool,
 ) -> Result<Collected<T>> {
-    let keys: Vec<TaskKey> = futures.iter().map(|f| f.key().clone()).collect();
+    // Borrowed: the caller holds the futures (and their keys) while it waits.
+    let keys: Vec<&TaskKey> = futures.iter().map(Future::key).collect();
     let mut values: Vec<Option<T>> = futures.iter().map(|_| None).collect();
     let mut failures = std::collections::HashMap::new();
     let mut waiter = client.waiter(keys);
@@ -201,7 +208,9 @@ async fn collect_values<T: DeserializeOwned>(
 }
 
 /// The value of the one key `waiter` waits for.
-pub(crate) async fn single<T: DeserializeOwned>(waiter: &mut Waiter) -> Result<T> {
+pub(crate) async fn single<T: DeserializeOwned>(
+    waiter: &mut Waiter<impl Borrow<TaskKey>>,
+) -> Result<T> {
     match next_outcome(waiter).await {
         Some(Ok((index, outcome))) => outcome.and_then(|o| decode::<T>(waiter.key(index), o)),
         Some(Err(e)) => Err(e),
@@ -211,7 +220,9 @@ pub(crate) async fn single<T: DeserializeOwned>(waiter: &mut Waiter) -> Result<T
 
 /// The next outcome, riding out Redis failures with backoff (then re-reading what is pending);
 /// a pause ends early when the subscription is made again, a sign that Redis answers again.
-pub(crate) async fn next_outcome(waiter: &mut Waiter) -> Option<Result<(usize, Result<Outcome>)>> {
+pub(crate) async fn next_outcome<K: Borrow<TaskKey>>(
+    waiter: &mut Waiter<K>,
+) -> Option<Result<(usize, Result<Outcome>)>> {
     let mut pause = crate::retry::BACKOFF.0;
     loop {
         match waiter.next().await {

@@ -215,6 +215,35 @@ async fn as_completed_yields_every_result_once() {
     worker.stop().await.unwrap();
 }
 
+/// Results announced while nothing waits (the client's subscription skips them) are gathered
+/// all the same, in input order, a key given twice included (the waiter borrows the keys of the
+/// futures instead of copying them).
+#[tokio::test]
+async fn results_announced_before_gather_are_gathered_in_order() {
+    let env = TestEnv::new("announced").await;
+    let worker = env.run_worker(Registry::with_builtins());
+    let client = env.client().await;
+    let futures = client.map(inc, (0..300).map(|i| (i,))).await.unwrap();
+    env.eventually("every result stored before anything waits", || async {
+        let mut all = true;
+        for future in futures.iter().rev() {
+            all &= future.done().await.unwrap();
+            if !all {
+                break;
+            }
+        }
+        all
+    })
+    .await;
+    let mut twice = futures.clone();
+    twice.push(futures[7].clone());
+    let values = client.gather(&twice).timeout(PATIENCE).await.unwrap();
+    let mut expected: Vec<i64> = (1..=300).collect();
+    expected.push(8);
+    assert_eq!(values, expected);
+    worker.stop().await.unwrap();
+}
+
 /// `url` logged in as `user` with `password`.
 fn logged_in(url: &str, user: &str, password: &str) -> String {
     let (scheme, rest) = url.split_once("://").expect("a URL");
