@@ -8,7 +8,7 @@
 
 use std::collections::HashSet;
 
-use rask_common::dependencies::ReadyTask;
+use rask_common::dependencies::{Batch, ReadyTask};
 use rask_common::events::{Event, Recorder};
 use rask_common::{ErrorKind, Store, TaskKey};
 
@@ -52,6 +52,21 @@ impl Group {
         }
     }
 
+    /// What the group holds: graph tasks when any of them ran as a continuation (released by
+    /// outcomes this worker stored: most such tasks have dependents), so that the release runs
+    /// in the pipeline that stores them.
+    fn kind(&self) -> Batch {
+        if self
+            .finished
+            .iter()
+            .any(|f| matches!(f.ticket, Ticket::Carried(_)))
+        {
+            Batch::Graph
+        } else {
+            Batch::Unknown
+        }
+    }
+
     /// Splits off the second half (of the finished tasks, each with all its outcomes).
     fn split(&mut self) -> Group {
         let mid = self.finished.len() / 2;
@@ -90,8 +105,9 @@ pub(super) async fn store(
     let mut todo = vec![Group::new(batch)];
     let (recorder, mut events) = recording;
     while let Some(mut group) = todo.pop() {
+        let kind = group.kind();
         let attempt = retry::until_ok("storing results", || {
-            store.store_and_release_recording(&group.outcomes, recorder, &events)
+            store.store_and_release_recording(&group.outcomes, kind, recorder, &events)
         })
         .await;
         events.clear();
