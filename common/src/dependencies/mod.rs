@@ -94,7 +94,6 @@ while i <= #ARGV do
   local last_dep = first_dep + tonumber(ARGV[i + 2]) - 1
   local record = prefix .. ':task:' .. key
   local published = prefix .. ':published:' .. key
-  local pending_set = prefix .. ':pending:' .. key
   local code = 1
   if redis.call('EXISTS', prefix .. ':result:' .. key) == 1 then
     code = 0
@@ -105,22 +104,31 @@ while i <= #ARGV do
     if redis.call('EXISTS', published) == 1 then code = 0 end
   end
   if code == 1 then
-    local pending = 0
+    local pending = {}
+    local stored = {}
     for d = first_dep, last_dep do
       local dep = ARGV[d]
       if redis.call('EXISTS', prefix .. ':result:' .. dep) == 0 then
         local dependents = prefix .. ':dependents:' .. dep
         redis.call('SADD', dependents, key)
         redis.call('PEXPIRE', dependents, ttl)
-        redis.call('SADD', pending_set, dep)
-        pending = pending + 1
+        pending[#pending + 1] = dep
       else
-        redis.call('SREM', pending_set, dep)
+        stored[#stored + 1] = dep
       end
     end
-    if pending == 0 then
+    -- The pending set in one command per 1000 inputs, not one per input (Lua's unpack
+    -- fails beyond about 8000 values).
+    local pending_set = prefix .. ':pending:' .. key
+    for s = 1, #stored, 1000 do
+      redis.call('SREM', pending_set, unpack(stored, s, math.min(s + 999, #stored)))
+    end
+    if #pending == 0 then
       code = 2
     else
+      for p = 1, #pending, 1000 do
+        redis.call('SADD', pending_set, unpack(pending, p, math.min(p + 999, #pending)))
+      end
       redis.call('PEXPIRE', pending_set, ttl)
     end
   end
