@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use rask::builtins::{add, inc, sleep_ms, sum_ints};
 use rask::{Arg, Client, Delayed, FailureKind, Future, TaskKey};
-use rask_common::dependencies::{ReadyTask, Registration};
+use rask_common::dependencies::{Batch, ReadyTask, Registration};
+use rask_common::events::{Origin, Recorder};
 use rask_common::message::encode_value;
 use rask_common::{Outcome, Store, TaskMessage};
 use rask_tests::runs::{ready_workers, until_stored};
@@ -795,4 +796,79 @@ async fn cancelling_fails_the_task_and_its_dependents_but_keeps_outcomes() {
     let f = failure(cancelled.result_within(PATIENCE).await.unwrap_err());
     assert_eq!(f.kind, FailureKind::Cancelled);
     worker.stop().await.unwrap();
+}
+
+/// A worker's batch of continued graph tasks ([`Batch::Graph`]) is stored and released by one
+/// script call in the pipeline that stores it, with the same answers as the two-step path
+/// ([`Batch::Unknown`]): in one batch, outcomes that release a dependent, one whose dependent
+/// still waits for another input, and one without dependents; a redelivered batch releases
+/// again; and a Redis that forgot its scripts (restarted) still stores and releases.
+#[tokio::test]
+async fn one_script_call_stores_and_releases_a_batch_some_releasing_and_some_not() {
+    let env = TestEnv::new("fusedbatch").await;
+    let store = Store::connect(&env.settings).await.unwrap();
+    let recorder = Recorder::new(&store, &env.settings, Origin::Worker("w-fused".into()));
+    let value = |x: i64| Outcome::Value(encode_value(&x).unwrap()).encode().unwrap();
+    for (n, batch) in [
+        (0_i64, Batch::Graph),
+        (1, Batch::Unknown),
+        (2, Batch::Graph),
+    ] {
+        if n == 2 && !store.keys().is_clustered() {
+            redis::cmd("SCRIPT")
+                .arg("FLUSH")
+                .query_async::<()>(&mut store.connection())
+                .await
+                .unwrap();
+        }
+        let base = 9_700 + 10 * n;
+        let (a, b, c, d) = (
+            inc.delayed(base),
+            inc.delayed(base + 1),
+            inc.delayed(base + 2),
+            inc.delayed(base + 3),
+        );
+        let released_now = add.delayed(&a, &b);
+        let still_waiting = add.delayed(&c, &d);
+        let plain = inc.delayed(base + 4);
+        let messages = [
+            released_now.node().message().unwrap(),
+            still_waiting.node().message().unwrap(),
+        ];
+        assert_eq!(
+            store.register_tasks(&messages).await.unwrap(),
+            vec![Registration::Waiting; 2]
+        );
+        let stored: Vec<(TaskKey, Vec<u8>)> = [&a, &b, &c, &plain]
+            .iter()
+            .zip(0..)
+            .map(|(t, i)| (t.key().clone(), value(base * 100 + i)))
+            .collect();
+        let store_batch = |outcomes: &[(TaskKey, Vec<u8>)]| {
+            let outcomes = outcomes.to_vec();
+            let (store, recorder) = (&store, &recorder);
+            async move {
+                store
+                    .store_and_release_recording(&outcomes, batch, recorder, &[])
+                    .await
+                    .unwrap()
+            }
+        };
+        let first = vec![ReadyTask::from_message(&messages[0]).unwrap()];
+        assert_eq!(store_batch(&stored).await, first, "{batch:?}");
+        let keys: Vec<TaskKey> = stored.iter().map(|(key, _)| key.clone()).collect();
+        let outcomes = store.get_outcomes(&keys).await.unwrap();
+        let expected: Vec<Option<Vec<u8>>> = stored.iter().map(|(_, v)| Some(v.clone())).collect();
+        assert_eq!(outcomes, expected, "every outcome of the batch is stored");
+        // The released one is marked published; the other still waits for `d`.
+        assert_eq!(
+            store.register_tasks(&messages).await.unwrap(),
+            vec![Registration::Known, Registration::Waiting]
+        );
+        // Redelivered: released again (its worker may have died before publishing it).
+        assert_eq!(store_batch(&stored).await, first, "{batch:?} again");
+        let last = [(d.key().clone(), value(base * 100 + 99))];
+        let second = vec![ReadyTask::from_message(&messages[1]).unwrap()];
+        assert_eq!(store_batch(&last).await, second, "{batch:?} last input");
+    }
 }

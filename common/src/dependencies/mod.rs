@@ -3,10 +3,11 @@
 //! A graph task whose inputs are not all stored waits as a record: its message at
 //! [`Keys::task`], the keys it still waits for in the set [`Keys::pending`], and its key in the
 //! set [`Keys::dependents`] of each of those inputs. A worker stores a batch of outcomes with
-//! [`Store::store_and_release`], whose release script (run only when the pipeline that stores
-//! the batch finds that some of its keys have dependents) removes the stored keys from their
-//! dependents' pending sets and returns the messages of those that have nothing pending and no
-//! result yet; the worker publishes them before acknowledging. Releasing is
+//! [`Store::store_and_release`], whose release script (in the pipeline that stores a batch of
+//! graph tasks, [`Batch::Graph`]; for other batches only when the pipeline that stores the batch
+//! finds that some of its keys have dependents) removes the stored keys from their dependents'
+//! pending sets and returns the messages of those that have nothing pending and no result yet;
+//! the worker publishes them before acknowledging. Releasing is
 //! idempotent (`SREM` of a removed member changes nothing, and a ready dependent without a result
 //! is returned again), so a redelivered task releases its dependents again; a dependent
 //! published twice runs twice, harmlessly, since results are write-once.
@@ -93,7 +94,6 @@ while i <= #ARGV do
   local last_dep = first_dep + tonumber(ARGV[i + 2]) - 1
   local record = prefix .. ':task:' .. key
   local published = prefix .. ':published:' .. key
-  local pending_set = prefix .. ':pending:' .. key
   local code = 1
   if redis.call('EXISTS', prefix .. ':result:' .. key) == 1 then
     code = 0
@@ -104,22 +104,31 @@ while i <= #ARGV do
     if redis.call('EXISTS', published) == 1 then code = 0 end
   end
   if code == 1 then
-    local pending = 0
+    local pending = {}
+    local stored = {}
     for d = first_dep, last_dep do
       local dep = ARGV[d]
       if redis.call('EXISTS', prefix .. ':result:' .. dep) == 0 then
         local dependents = prefix .. ':dependents:' .. dep
         redis.call('SADD', dependents, key)
         redis.call('PEXPIRE', dependents, ttl)
-        redis.call('SADD', pending_set, dep)
-        pending = pending + 1
+        pending[#pending + 1] = dep
       else
-        redis.call('SREM', pending_set, dep)
+        stored[#stored + 1] = dep
       end
     end
-    if pending == 0 then
+    -- The pending set in one command per 1000 inputs, not one per input (Lua's unpack
+    -- fails beyond about 8000 values).
+    local pending_set = prefix .. ':pending:' .. key
+    for s = 1, #stored, 1000 do
+      redis.call('SREM', pending_set, unpack(stored, s, math.min(s + 999, #stored)))
+    end
+    if #pending == 0 then
       code = 2
     else
+      for p = 1, #pending, 1000 do
+        redis.call('SADD', pending_set, unpack(pending, p, math.min(p + 999, #pending)))
+      end
       redis.call('PEXPIRE', pending_set, ttl)
     end
   end
@@ -153,48 +162,22 @@ return 0
     )
 });
 
-/// Releases the dependents of stored outcomes. ARGV: the key prefix, then the stored keys.
-/// Deletes the published markers of the stored keys (their results are stored), and returns the
-/// messages of the dependents that became (or still are) ready, marking each published (the
-/// caller publishes it before acknowledging; a ready dependent is returned whether or not it is
-/// marked, so that a caller that died before publishing is replaced by the redelivery).
+/// Releases the dependents of stored outcomes: the one release script, for a writer's batch
+/// (depth 0) and for a redelivery (deeper, see [`Store::release_again`]). ARGV: the key prefix,
+/// the depth, then the stored keys. For each stored key: deletes its published marker (its
+/// result is stored), removes it from its dependents' pending sets, and returns the record of
+/// each dependent with nothing pending and no result, marking it published (the caller
+/// publishes it before acknowledging; a ready dependent is returned whether or not it is
+/// marked, so that a caller that died before publishing is replaced by the redelivery). Then,
+/// at most ARGV[2] levels down, the same for each dependent found with a result already (and
+/// nothing pending): for a redelivered task whose outcome is stored, the worker that stored it
+/// may have run its dependents itself (local continuation) and died before their dependents
+/// were released, which no delivery of their own would do again. Each dependent is returned
+/// once.
 static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE_LUA));
 
 /// The source of [`RELEASE`] (loaded again when Redis answers `NOSCRIPT` in a pipeline).
 const RELEASE_LUA: &str = r"
-local prefix = ARGV[1]
-local ready = {}
-for i = 2, #ARGV do
-  redis.call('DEL', prefix .. ':published:' .. ARGV[i])
-  local dependents = redis.call('SMEMBERS', prefix .. ':dependents:' .. ARGV[i])
-  for _, d in ipairs(dependents) do
-    local pending = prefix .. ':pending:' .. d
-    redis.call('SREM', pending, ARGV[i])
-    if redis.call('SCARD', pending) == 0
-        and redis.call('EXISTS', prefix .. ':result:' .. d) == 0 then
-      local record = prefix .. ':task:' .. d
-      local message = redis.call('GET', record)
-      if message then
-        local ttl = redis.call('PTTL', record)
-        if ttl > 0 then redis.call('SET', prefix .. ':published:' .. d, '1', 'PX', ttl) end
-        table.insert(ready, message)
-      end
-    end
-  end
-end
-return ready
-";
-
-/// Releases again, through stored results: as [`RELEASE`] for the keys given, and then for
-/// each dependent found with a result already (and nothing pending), its own dependents, and
-/// so on, at most ARGV[2] levels down. ARGV: the key prefix, the depth, then the stored keys.
-/// Returns the records of the dependents found ready (nothing pending, no result), each once,
-/// marking them published. For a redelivered task whose outcome is stored: the worker that
-/// stored it may have run its dependents itself (local continuation) and died before their
-/// dependents were released, which no delivery of their own would do again.
-static RELEASE_AGAIN: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
 local prefix = ARGV[1]
 local depth = tonumber(ARGV[2])
 local ready = {}
@@ -234,9 +217,20 @@ while #level > 0 and depth >= 0 do
   depth = depth - 1
 end
 return ready
-",
-    )
-});
+";
+
+/// What a batch of outcomes to store is known to hold, which says when its release runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Batch {
+    /// Anything (most outcomes have no dependents): the pipeline that stores the batch reads
+    /// the union of its keys' dependents sets, and only when that is not empty does a second
+    /// round trip run the release script (a script costs Redis more than a command).
+    Unknown,
+    /// Graph tasks, which mostly have dependents (tasks a worker ran as the continuation of
+    /// outcomes it stored, say): the release script runs in the pipeline that stores the
+    /// batch, after the results: one round trip, no union read first.
+    Graph,
+}
 
 /// What registering a graph task found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -329,11 +323,11 @@ impl Store {
     }
 
     /// Stores `outcomes` write-once, announces them and releases their dependents (the release
-    /// script), in that order in one pipeline per 1000 outcomes: one round trip for a worker's
-    /// batch (on a cluster, a few: see [`cluster`]); then waits for `redis_wait_replicas`
-    /// replicas, if any. Returns the dependents that are ready to run, without duplicates, as
-    /// their stored records (published as they are, not decoded and encoded again); publish
-    /// them before acknowledging.
+    /// script), in that order: one round trip for a worker's batch when it has no dependents,
+    /// two when it has (on a cluster, a few: see [`cluster`]), per 1000 outcomes; then waits
+    /// for `redis_wait_replicas` replicas, if any. Returns the dependents that are ready to run,
+    /// without duplicates, as their stored records (published as they are, not decoded and
+    /// encoded again); publish them before acknowledging.
     ///
     /// # Errors
     /// [`crate::Error::Store`] if Redis fails (call again: storing and releasing are idempotent).
@@ -341,17 +335,20 @@ impl Store {
         &self,
         outcomes: &[(TaskKey, Vec<u8>)],
     ) -> Result<Vec<ReadyTask>> {
-        self.store_and_release_with(outcomes, Vec::new()).await
+        self.store_and_release_with(outcomes, Batch::Unknown, Vec::new())
+            .await
     }
 
-    /// [`Store::store_and_release`], writing `events` (task events, see [`crate::events`])
-    /// in the first pipeline with `recorder` (on a Redis Cluster, in a pipeline of their own).
+    /// [`Store::store_and_release`] for a `batch` of what kind, writing `events` (task events,
+    /// see [`crate::events`]) in the first pipeline with `recorder` (on a Redis Cluster, in a
+    /// pipeline of their own). A [`Batch::Graph`] is stored and released in one round trip.
     ///
     /// # Errors
     /// As [`Store::store_and_release`].
     pub async fn store_and_release_recording(
         &self,
         outcomes: &[(TaskKey, Vec<u8>)],
+        batch: Batch,
         recorder: &crate::events::Recorder,
         events: &[crate::events::Event],
     ) -> Result<Vec<ReadyTask>> {
@@ -360,17 +357,20 @@ impl Store {
             if let Err(e) = recorder.write(self, events).await {
                 tracing::warn!(error = %e, events = events.len(), "could not record task events");
             }
-            return self.store_and_release_with(outcomes, Vec::new()).await;
+            return self
+                .store_and_release_with(outcomes, batch, Vec::new())
+                .await;
         }
-        self.store_and_release_with(outcomes, recorder.commands(events))
+        self.store_and_release_with(outcomes, batch, recorder.commands(events))
             .await
     }
 
-    /// [`Store::store_and_release`] with `extra` commands (replies ignored) in the first
-    /// pipeline of a single Redis.
+    /// [`Store::store_and_release`] of a `batch` with `extra` commands (replies ignored) in the
+    /// first pipeline of a single Redis.
     async fn store_and_release_with(
         &self,
         outcomes: &[(TaskKey, Vec<u8>)],
+        batch: Batch,
         mut extra: Vec<redis::Cmd>,
     ) -> Result<Vec<ReadyTask>> {
         // In chunks, so that no release script keeps Redis from serving others for long.
@@ -380,7 +380,7 @@ impl Store {
                 bodies.extend(self.store_and_release_by_slot(chunk).await?);
             } else {
                 let extra = std::mem::take(&mut extra);
-                bodies.extend(self.store_and_release_chunk(chunk, extra).await?);
+                bodies.extend(self.store_and_release_chunk(chunk, batch, extra).await?);
                 self.replicate().await?;
             }
         }
@@ -390,16 +390,18 @@ impl Store {
     /// [`Store::store_and_release`] for at most [`PIPELINE_CHUNK`] outcomes on a single Redis:
     /// the records of the dependents released.
     ///
-    /// One round trip stores, announces, deletes the published markers and reads the union of
-    /// the stored keys' dependents sets (plain commands: most results have no dependents, and a
-    /// script costs Redis more than a command); only when that union is not empty does a second
-    /// round trip run the release script. No dependent can slip between the two: a registration
-    /// links itself to an input only while the input has no result (atomically, in its script),
-    /// and the union is read after the results are written, so it holds every dependent linked
-    /// before them, and none links after them.
+    /// One pipeline stores and announces the outcomes, and then, for a [`Batch::Graph`], runs
+    /// the release script; for a [`Batch::Unknown`], it deletes the published markers and reads
+    /// the union of the stored keys' dependents sets instead (plain commands: most results have
+    /// no dependents, and a script costs Redis more than a command), and only when that union
+    /// is not empty does a second round trip run the release script. No dependent can slip
+    /// between the two: a registration links itself to an input only while the input has no
+    /// result (atomically, in its script), and the union is read after the results are written,
+    /// so it holds every dependent linked before them, and none links after them.
     async fn store_and_release_chunk(
         &self,
         outcomes: &[(TaskKey, Vec<u8>)],
+        batch: Batch,
         extra: Vec<redis::Cmd>,
     ) -> Result<Vec<Vec<u8>>> {
         let keys = self.keys();
@@ -409,6 +411,24 @@ impl Store {
         self.announce(&mut pipe, outcomes)?;
         for cmd in extra {
             pipe.add_command(cmd).ignore();
+        }
+        let mut release = redis::cmd("EVALSHA");
+        release
+            .arg(RELEASE.get_hash())
+            .arg(0)
+            .arg(keys.prefix())
+            .arg(0);
+        for (key, _) in outcomes {
+            release.arg(key.as_str());
+        }
+        if batch == Batch::Graph {
+            pipe.add_command(release.clone());
+            return match pipe.query_async(&mut self.connection()).await {
+                Ok((bodies,)) => Ok(bodies),
+                // The results are stored all the same (a pipeline is not a transaction).
+                Err(e) if is_no_script(&e) => self.release_loading(&release).await,
+                Err(e) => Err(e.into()),
+            };
         }
         pipe.cmd("DEL");
         for (key, _) in outcomes {
@@ -423,24 +443,27 @@ impl Store {
         if dependents.is_empty() {
             return Ok(Vec::new());
         }
-        let mut release = redis::cmd("EVALSHA");
-        release.arg(RELEASE.get_hash()).arg(0).arg(keys.prefix());
-        for (key, _) in outcomes {
-            release.arg(key.as_str());
+        match release.query_async(&mut self.connection()).await {
+            Err(e) if is_no_script(&e) => self.release_loading(&release).await,
+            other => Ok(other?),
         }
-        let bodies: Vec<Vec<u8>> = match release.query_async(&mut self.connection()).await {
-            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                redis::cmd("SCRIPT")
-                    .arg("LOAD")
-                    .arg(RELEASE_LUA)
-                    .query_async::<String>(&mut self.connection())
-                    .await?;
-                release.query_async(&mut self.connection()).await?
-            }
-            other => other?,
-        };
-        Ok(bodies)
     }
+
+    /// Runs the `release` script call after loading [`RELEASE`] (Redis answered `NOSCRIPT`:
+    /// restarted, or its scripts flushed).
+    async fn release_loading(&self, release: &redis::Cmd) -> Result<Vec<Vec<u8>>> {
+        redis::cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(RELEASE_LUA)
+            .query_async::<String>(&mut self.connection())
+            .await?;
+        Ok(release.query_async(&mut self.connection()).await?)
+    }
+}
+
+/// Whether Redis answered `NOSCRIPT` (the script is not loaded).
+fn is_no_script(e: &redis::RedisError) -> bool {
+    e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
 }
 
 impl Store {
@@ -460,7 +483,7 @@ impl Store {
         }
         let mut bodies = Vec::new();
         for chunk in keys.chunks(PIPELINE_CHUNK) {
-            let mut inv = RELEASE_AGAIN.prepare_invoke();
+            let mut inv = RELEASE.prepare_invoke();
             inv.arg(self.keys().prefix()).arg(depth);
             for key in chunk {
                 inv.arg(key.as_str());

@@ -26,7 +26,7 @@
 mod settle;
 mod store;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use rask_common::{Settings, Store, TaskKey};
@@ -85,6 +85,9 @@ pub(crate) struct Direct {
     releaser: tokio::sync::Mutex<Releaser>,
     /// Stores under way: the writer's batches and the stores in place.
     storing: AtomicUsize,
+    /// Whether the last batch stored released dependents: the next one is then stored as graph
+    /// tasks, its release in the pipeline that stores it (`store.rs`).
+    released: AtomicBool,
 }
 
 /// The writer stopped: Redis refused the configuration (raised on [`Context::fatal`]).
@@ -98,6 +101,7 @@ impl Direct {
             context: Arc::new(context),
             releaser: tokio::sync::Mutex::new(releaser),
             storing: AtomicUsize::new(0),
+            released: AtomicBool::new(false),
         })
     }
 
@@ -139,7 +143,8 @@ impl Direct {
     ) -> Result<Option<(store::Stored, Option<Publisher>)>, Stopped> {
         let context = &self.context;
         let recording = (context.events.recorder(), events);
-        let stored = match store::store(&context.store, group, recording).await {
+        let graph = self.released.load(Ordering::Relaxed);
+        let stored = match store::store(&context.store, group, recording, graph).await {
             Ok(stored) => stored,
             Err(source) => {
                 let what = "storing results";
@@ -147,6 +152,8 @@ impl Direct {
                 return Err(Stopped);
             }
         };
+        self.released
+            .store(!stored.ready.is_empty(), Ordering::Relaxed);
         if stored.ready.is_empty() {
             return Ok(Some((stored, None)));
         }

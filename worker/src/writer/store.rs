@@ -8,7 +8,7 @@
 
 use std::collections::HashSet;
 
-use rask_common::dependencies::ReadyTask;
+use rask_common::dependencies::{Batch, ReadyTask};
 use rask_common::events::{Event, Recorder};
 use rask_common::{ErrorKind, Store, TaskKey};
 
@@ -52,6 +52,24 @@ impl Group {
         }
     }
 
+    /// What the group holds, which says when its release runs: graph tasks when `graph` (the
+    /// batch before released dependents) or when any of them ran as a continuation (released
+    /// by outcomes this worker stored), since most such tasks have dependents: the release then
+    /// runs in the pipeline that stores them. Either way is right for any batch; this only
+    /// saves a round trip where dependents are likely, and a script call where they are not.
+    fn kind(&self, graph: bool) -> Batch {
+        if graph
+            || self
+                .finished
+                .iter()
+                .any(|f| matches!(f.ticket, Ticket::Carried(_)))
+        {
+            Batch::Graph
+        } else {
+            Batch::Unknown
+        }
+    }
+
     /// Splits off the second half (of the finished tasks, each with all its outcomes).
     fn split(&mut self) -> Group {
         let mid = self.finished.len() / 2;
@@ -72,10 +90,14 @@ impl Group {
 ///
 /// The task events of `recording` go in the first pipeline tried (only: a batch Redis refuses
 /// is split and stored without them, so that they never hold a result).
+///
+/// `graph`: the batch stored before released dependents (a graph is running), so that this one
+/// is stored as graph tasks (see [`Batch`]) even if none of its tasks ran as a continuation.
 pub(super) async fn store(
     store: &Store,
     batch: Vec<Finished>,
     recording: (&Recorder, Vec<Event>),
+    graph: bool,
 ) -> rask_common::Result<Stored> {
     let mut stored = Stored::default();
     // The keys of each redelivered task (a batch message's calls too), by its first.
@@ -90,8 +112,9 @@ pub(super) async fn store(
     let mut todo = vec![Group::new(batch)];
     let (recorder, mut events) = recording;
     while let Some(mut group) = todo.pop() {
+        let kind = group.kind(graph);
         let attempt = retry::until_ok("storing results", || {
-            store.store_and_release_recording(&group.outcomes, recorder, &events)
+            store.store_and_release_recording(&group.outcomes, kind, recorder, &events)
         })
         .await;
         events.clear();
