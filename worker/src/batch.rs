@@ -4,6 +4,9 @@
 //! - Each call runs as the task it would be alone ([`TaskMessage::for_call`]): its own key,
 //!   time limit, revocation (force cancel), outcome and failure, counted in the metrics as a
 //!   task.
+//! - With task events on, a batch whose calls' keys are of one group
+//!   ([`rask_common::call_keys`]) is one run in one slot, recorded as one batch record with each
+//!   call's end (`events.rs`); other batches record each call as a run of its own.
 //! - Every outcome goes to the result writer with the one delivery ([`Finished::more`]): one
 //!   pipeline stores them all, then the delivery is acknowledged once.
 //! - A call that fails with a retryable error while its policy allows another attempt leaves
