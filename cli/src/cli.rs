@@ -572,12 +572,12 @@ pub(crate) struct BenchArgs {
     #[arg(long, default_value_t = 1, conflicts_with = "use_running",
           value_parser = clap::value_parser!(u16).range(1..=256))]
     pub(crate) shards: u16,
-    /// Run the private cluster's clients and workers with the `events` setting off (its
-    /// default; kept for scripts that pass it).
+    /// Run the private cluster's clients and workers with the `events` setting off (to measure
+    /// what recording task states and events costs, beside a run without it).
     #[arg(long, conflicts_with_all = ["use_running", "events"])]
     pub(crate) no_events: bool,
-    /// Run the private cluster's clients and workers with the `events` setting on (to measure
-    /// what recording task states and events costs).
+    /// Run the private cluster's clients and workers with the `events` setting on (its
+    /// default; kept for scripts that pass it).
     #[arg(long, conflicts_with = "use_running")]
     pub(crate) events: bool,
     /// Run the private cluster's workers with the `local_continuation` setting off: every graph

@@ -14,7 +14,9 @@
 //! - A **stream entry**'s `v2` field is `[by, worker, base, events, functions]`: `base` the
 //!   smallest `at` of its events, each event
 //!   `[kind, key, function index, at - base, slot, attempt, at - started, duration_ms, error]`
-//!   (trailing absent fields left out), `functions` the distinct functions in order of first use.
+//!   (trailing absent fields left out), `functions` the distinct functions in order of first use;
+//!   then, in an entry with batch records, a sixth item `batches`: each batch's item
+//!   ([`crate::batch_events`]), which readers expand into one event per call.
 //!
 //! Readers also decode the first encoding (a MessagePack map with the field names of
 //! [`Event`]), which writers of earlier versions may still write.
@@ -23,6 +25,7 @@ use std::collections::HashMap;
 
 use rmpv::Value;
 
+use crate::batch_events::{self, BatchEvent};
 use crate::events::{Event, EventKind};
 use crate::keys::TaskKey;
 
@@ -40,7 +43,7 @@ pub(crate) fn kind_code(kind: EventKind) -> u64 {
 }
 
 /// The kind that `code` stands for.
-fn kind_of(code: u64) -> Option<EventKind> {
+pub(crate) fn kind_of(code: u64) -> Option<EventKind> {
     Some(match code {
         0 => EventKind::Queued,
         1 => EventKind::Started,
@@ -55,19 +58,28 @@ fn kind_of(code: u64) -> Option<EventKind> {
 
 /// One positional field.
 #[derive(Clone, Copy)]
-enum Field<'a> {
+pub(crate) enum Field<'a> {
     Uint(u64),
     Str(&'a str),
     Nil,
 }
 
 impl<'a> Field<'a> {
-    fn opt_uint(n: Option<impl Into<u64>>) -> Self {
+    pub(crate) fn opt_uint(n: Option<impl Into<u64>>) -> Self {
         n.map_or(Field::Nil, |n| Field::Uint(n.into()))
     }
 
-    fn opt_str(s: Option<&'a str>) -> Self {
+    pub(crate) fn opt_str(s: Option<&'a str>) -> Self {
         s.map_or(Field::Nil, Field::Str)
+    }
+
+    /// Appends the field as a value of its own.
+    pub(crate) fn put(self, out: &mut Vec<u8>) {
+        match self {
+            Field::Uint(n) => put_uint(out, n),
+            Field::Str(s) => put_str(out, s),
+            Field::Nil => out.push(0xc0),
+        }
     }
 }
 
@@ -88,7 +100,7 @@ pub(crate) fn put_array_len(out: &mut Vec<u8>, len: usize) {
 }
 
 /// Appends `n` in its shortest MessagePack form.
-fn put_uint(out: &mut Vec<u8>, n: u64) {
+pub(crate) fn put_uint(out: &mut Vec<u8>, n: u64) {
     if n < 0x80 {
         out.push(n as u8);
     } else if let Ok(n) = u8::try_from(n) {
@@ -106,7 +118,7 @@ fn put_uint(out: &mut Vec<u8>, n: u64) {
 }
 
 /// Appends `s` as a MessagePack string.
-fn put_str(out: &mut Vec<u8>, s: &str) {
+pub(crate) fn put_str(out: &mut Vec<u8>, s: &str) {
     let len = s.len();
     if len < 32 {
         out.push(0xa0 | len as u8);
@@ -124,18 +136,14 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
 }
 
 /// Appends `fields` as an array, trailing `Nil`s left out.
-fn put_fields(out: &mut Vec<u8>, fields: &[Field<'_>]) {
+pub(crate) fn put_fields(out: &mut Vec<u8>, fields: &[Field<'_>]) {
     let len = fields
         .iter()
         .rposition(|f| !matches!(f, Field::Nil))
         .map_or(0, |last| last + 1);
     put_array_len(out, len);
     for field in &fields[..len] {
-        match field {
-            Field::Uint(n) => put_uint(out, *n),
-            Field::Str(s) => put_str(out, s),
-            Field::Nil => out.push(0xc0),
-        }
+        field.put(out);
     }
 }
 
@@ -170,28 +178,49 @@ pub(crate) fn put_record(out: &mut Vec<u8>, event: &Event, writer: Writer<'_>) {
     );
 }
 
-/// The `v2` field of the stream entry of `events` (written by `writer`); `events` is not
-/// empty.
-pub(crate) fn stream_entry(events: &[Event], writer: Writer<'_>) -> Vec<u8> {
-    let base = events.iter().map(|e| e.at).min().unwrap_or(0);
-    let mut out = Vec::with_capacity(32 + events.len() * 56);
-    put_array_len(&mut out, 5);
-    put_fields_inline(&mut out, &[Field::opt_str(writer.by)]);
-    put_fields_inline(&mut out, &[Field::opt_str(writer.worker)]);
-    put_uint(&mut out, base);
-    put_array_len(&mut out, events.len());
-    let mut functions: Vec<&str> = Vec::new();
-    let mut last = 0;
-    for event in events {
-        let index = if functions.get(last) == Some(&event.function.as_str()) {
-            last
-        } else if let Some(i) = functions.iter().position(|f| *f == event.function) {
+/// The distinct functions of a stream entry, in order of first use.
+#[derive(Default)]
+struct Functions<'a> {
+    names: Vec<&'a str>,
+    last: usize,
+}
+
+impl<'a> Functions<'a> {
+    /// The index of `function`, added if new.
+    fn index(&mut self, function: &'a str) -> usize {
+        let index = if self.names.get(self.last) == Some(&function) {
+            self.last
+        } else if let Some(i) = self.names.iter().position(|f| *f == function) {
             i
         } else {
-            functions.push(&event.function);
-            functions.len() - 1
+            self.names.push(function);
+            self.names.len() - 1
         };
-        last = index;
+        self.last = index;
+        index
+    }
+}
+
+/// The `v2` field of the stream entry of `events` and `batches` (written by `writer`); they
+/// are not both empty. An entry without batches has no `batches` item (as before batches).
+pub(crate) fn stream_entry(
+    events: &[Event],
+    batches: &[BatchEvent],
+    writer: Writer<'_>,
+) -> Vec<u8> {
+    let base = (events.iter().map(|e| e.at))
+        .chain(batches.iter().map(|b| b.at))
+        .min()
+        .unwrap_or(0);
+    let mut out = Vec::with_capacity(32 + events.len() * 56 + batches.len() * 256);
+    put_array_len(&mut out, if batches.is_empty() { 5 } else { 6 });
+    Field::opt_str(writer.by).put(&mut out);
+    Field::opt_str(writer.worker).put(&mut out);
+    put_uint(&mut out, base);
+    put_array_len(&mut out, events.len());
+    let mut functions = Functions::default();
+    for event in events {
+        let index = functions.index(&event.function);
         put_fields(
             &mut out,
             &[
@@ -207,38 +236,37 @@ pub(crate) fn stream_entry(events: &[Event], writer: Writer<'_>) -> Vec<u8> {
             ],
         );
     }
-    put_array_len(&mut out, functions.len());
-    for function in functions {
+    // The batches' functions are indexed before the list is written.
+    let mut items = Vec::with_capacity(batches.len() * 256);
+    for batch in batches {
+        let index = functions.index(&batch.function);
+        batch_events::put_stream_item(&mut items, batch, index, base);
+    }
+    put_array_len(&mut out, functions.names.len());
+    for function in functions.names {
         put_str(&mut out, function);
+    }
+    if !batches.is_empty() {
+        put_array_len(&mut out, batches.len());
+        out.extend_from_slice(&items);
     }
     out
 }
 
-/// Appends each of `fields` as a value of its own (no array around them).
-fn put_fields_inline(out: &mut Vec<u8>, fields: &[Field<'_>]) {
-    for field in fields {
-        match field {
-            Field::Uint(n) => put_uint(out, *n),
-            Field::Str(s) => put_str(out, s),
-            Field::Nil => out.push(0xc0),
-        }
-    }
-}
-
 /// Item `i` of `items`, `None` when absent or nil.
-fn item(items: &[Value], i: usize) -> Option<&Value> {
+pub(crate) fn item(items: &[Value], i: usize) -> Option<&Value> {
     items.get(i).filter(|v| !v.is_nil())
 }
 
-fn uint(items: &[Value], i: usize) -> Option<u64> {
+pub(crate) fn uint(items: &[Value], i: usize) -> Option<u64> {
     item(items, i).and_then(Value::as_u64)
 }
 
-fn u32_at(items: &[Value], i: usize) -> Option<u32> {
+pub(crate) fn u32_at(items: &[Value], i: usize) -> Option<u32> {
     uint(items, i).and_then(|n| u32::try_from(n).ok())
 }
 
-fn string(items: &[Value], i: usize) -> Option<String> {
+pub(crate) fn string(items: &[Value], i: usize) -> Option<String> {
     item(items, i).and_then(Value::as_str).map(str::to_owned)
 }
 
@@ -318,6 +346,16 @@ fn decode_v2(bytes: &[u8]) -> Option<Vec<Event>> {
             continue;
         };
         events.push(e);
+    }
+    // Batches (absent in entries without any, and before batches were recorded as one).
+    for raw in item(&parts, 5)
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let batch =
+            batch_events::decode_stream_item(raw, &functions, base, by.as_ref(), worker.as_ref());
+        events.extend(batch.iter().flat_map(BatchEvent::events));
     }
     Some(events)
 }
@@ -445,7 +483,7 @@ mod tests {
         );
         let events = vec![finished(), second, third];
         let mut fields = HashMap::new();
-        fields.insert("v2".to_owned(), stream_entry(&events, writer));
+        fields.insert("v2".to_owned(), stream_entry(&events, &[], writer));
         let back = decode_entry(&fields);
         let expected: Vec<Event> = events
             .into_iter()

@@ -16,12 +16,18 @@
 //!   many events) and `v2` (the batch in the compact encoding: who wrote it and its functions
 //!   once, then each event).
 //!
+//! The calls of a batch message whose keys are of one group ([`crate::call_keys`]) are
+//! recorded together ([`crate::batch_events`]): one record per batch under its group (queued
+//! by the client, started and ended by the worker) and one stream item, which readers expand
+//! into each call's events. A call's records are then its own (a retry of it runs alone) and
+//! its batch's: the newer counts.
+//!
 //! Readers also take records and entries of the first encoding (MessagePack maps with the
 //! field names of [`Event`], in an entry's field `events`).
 //!
 //! [`task_info`] reads a task's [`TaskInfo`]: its [`TaskState`] comes first from its stored
 //! result (the truth), then from its graph inputs still pending, then from its records (the
-//! newest bucket that holds one).
+//! newest bucket that holds one, its own or its batch's).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -29,6 +35,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::batch_events::{self, BatchEvent, BatchStage};
+use crate::call_keys::split_call_key;
 use crate::error::Result;
 use crate::event_codec;
 use crate::keys::{Keys, TaskKey};
@@ -169,9 +177,9 @@ impl Event {
         }
     }
 
-    /// This event with `error` (shortened to [`MAX_ERROR_CHARS`]).
+    /// This event with `error` (shortened as [`shorten_error`] does).
     pub fn with_error(mut self, error: &str) -> Self {
-        self.error = Some(shorten(error));
+        self.error = Some(shorten_error(error));
         self
     }
 }
@@ -249,7 +257,14 @@ impl Recorder {
     /// MAXLEN ~`); none when there are no events or events are off. Add them to a pipeline
     /// with their replies ignored.
     pub fn commands(&self, events: &[Event]) -> Vec<redis::Cmd> {
-        if !self.enabled || events.is_empty() {
+        self.commands_with(events, &[])
+    }
+
+    /// [`Recorder::commands`] of `events` and of the records of `batches` (a field per batch
+    /// in the same hashes, under its group, and stream entries of about [`CHUNK`] events'
+    /// worth of batches each).
+    pub fn commands_with(&self, events: &[Event], batches: &[BatchEvent]) -> Vec<redis::Cmd> {
+        if !self.enabled || (events.is_empty() && batches.is_empty()) {
             return Vec::new();
         }
         let writer = self.writer();
@@ -265,6 +280,13 @@ impl Recorder {
             let mut group = events
                 .iter()
                 .filter(|e| (e.kind == EventKind::Queued) == queued)
+                .map(Item::Event)
+                .chain(
+                    batches
+                        .iter()
+                        .filter(|b| (b.stage == BatchStage::Queued) == queued)
+                        .map(Item::Batch),
+                )
                 .peekable();
             if group.peek().is_none() {
                 continue;
@@ -272,10 +294,19 @@ impl Recorder {
             while group.peek().is_some() {
                 let mut hset = redis::cmd("HSET");
                 hset.arg(&name);
-                for event in group.by_ref().take(CHUNK) {
+                for item in group.by_ref().take(CHUNK) {
                     record.clear();
-                    event_codec::put_record(&mut record, event, writer);
-                    hset.arg(event.key.as_str()).arg(record.as_slice());
+                    match item {
+                        Item::Event(event) => {
+                            event_codec::put_record(&mut record, event, writer);
+                            hset.arg(event.key.as_str());
+                        }
+                        Item::Batch(batch) => {
+                            batch_events::put_record(&mut record, batch, writer);
+                            hset.arg(batch.group.as_str());
+                        }
+                    }
+                    hset.arg(record.as_slice());
                 }
                 commands.push(hset);
             }
@@ -283,7 +314,7 @@ impl Recorder {
             expire.arg(&name).arg(expire_at);
             commands.push(expire);
         }
-        for chunk in events.chunks(CHUNK) {
+        let xadd = |events: &[Event], batches: &[BatchEvent], n: usize| {
             let mut xadd = redis::cmd("XADD");
             xadd.arg(self.keys.events())
                 .arg("MAXLEN")
@@ -291,10 +322,24 @@ impl Recorder {
                 .arg(self.max_len)
                 .arg("*")
                 .arg("n")
-                .arg(chunk.len())
+                .arg(n)
                 .arg("v2")
-                .arg(event_codec::stream_entry(chunk, writer));
-            commands.push(xadd);
+                .arg(event_codec::stream_entry(events, batches, writer));
+            xadd
+        };
+        for chunk in events.chunks(CHUNK) {
+            commands.push(xadd(chunk, &[], chunk.len()));
+        }
+        // Whole batches, up to about CHUNK events' worth each.
+        let mut from = 0;
+        while from < batches.len() {
+            let (mut to, mut n) = (from, 0);
+            while to < batches.len() && (to == from || n + batches[to].weight() <= CHUNK) {
+                n += batches[to].weight();
+                to += 1;
+            }
+            commands.push(xadd(&[], &batches[from..to], n));
+            from = to;
         }
         commands
     }
@@ -311,14 +356,37 @@ impl Recorder {
     /// # Errors
     /// [`crate::Error::Store`] if Redis fails.
     pub async fn write(&self, store: &Store, events: &[Event]) -> Result<()> {
-        if !self.enabled || events.is_empty() {
+        self.write_with(store, events, &[]).await
+    }
+
+    /// Writes `events` and `batches` in one pipeline (nothing when there are none or events
+    /// are off).
+    ///
+    /// # Errors
+    /// [`crate::Error::Store`] if Redis fails.
+    pub async fn write_with(
+        &self,
+        store: &Store,
+        events: &[Event],
+        batches: &[BatchEvent],
+    ) -> Result<()> {
+        let commands = self.commands_with(events, batches);
+        if commands.is_empty() {
             return Ok(());
         }
         let mut pipe = redis::pipe();
-        self.add(&mut pipe, events);
+        for command in commands {
+            pipe.add_command(command).ignore();
+        }
         pipe.query_async::<()>(&mut store.connection()).await?;
         Ok(())
     }
+}
+
+/// A record to write: a task's event or a batch's.
+enum Item<'a> {
+    Event(&'a Event),
+    Batch(&'a BatchEvent),
 }
 
 /// Where a task is, as `rask inspect` prints it.
@@ -485,20 +553,50 @@ pub async fn task_info(store: &Store, keys: &[TaskKey]) -> Result<Vec<TaskInfo>>
         .map_while(|back| newest.checked_sub(back))
         .collect();
     let names: Vec<&str> = keys.iter().map(TaskKey::as_str).collect();
+    // The batch group each key may be a call of (`call_keys`), its index there, and its
+    // position among the groups read.
+    let calls: Vec<Option<(&str, usize)>> = keys.iter().map(split_call_key).collect();
+    let groups: Vec<&str> = calls.iter().flatten().map(|(group, _)| *group).collect();
+    let mut position = Vec::with_capacity(keys.len());
+    let mut next = 0;
+    for call in &calls {
+        position.push(call.map(|_| {
+            next += 1;
+            next - 1
+        }));
+    }
     let mut records = redis::pipe();
     for bucket in &buckets {
         records.cmd("HMGET").arg(k.queued(*bucket)).arg(&names);
         records.cmd("HMGET").arg(k.states(*bucket)).arg(&names);
+        if !groups.is_empty() {
+            records.cmd("HMGET").arg(k.queued(*bucket)).arg(&groups);
+            records.cmd("HMGET").arg(k.states(*bucket)).arg(&groups);
+        }
     }
     let found: Vec<Vec<Option<Vec<u8>>>> = records.query_async(&mut store.connection()).await?;
-    // A record that does not decode (written by hand, say) counts as absent.
+    let per_bucket = if groups.is_empty() { 2 } else { 4 };
+    // Of `offset` (0 queued, 1 states), the latest record of key `i`, its own or its batch's
+    // (the newer of the two). A record that does not decode (written by hand, say) counts as
+    // absent.
     let latest = |offset: usize, i: usize| {
-        found.iter().skip(offset).step_by(2).find_map(|per_key| {
-            per_key
-                .get(i)
-                .and_then(Option::as_deref)
-                .and_then(|bytes| event_codec::decode_record(&keys[i], bytes))
-        })
+        let of = |offset: usize, at: usize| {
+            found
+                .iter()
+                .skip(offset)
+                .step_by(per_bucket)
+                .filter_map(move |per_key| per_key.get(at).and_then(Option::as_deref))
+        };
+        let own = of(offset, i).find_map(|bytes| event_codec::decode_record(&keys[i], bytes));
+        let batch = calls[i].zip(position[i]).and_then(|((group, index), at)| {
+            of(offset + 2, at).find_map(|bytes| {
+                batch_events::decode_record(group, bytes).and_then(|b| b.event_of(index))
+            })
+        });
+        match (own, batch) {
+            (Some(own), Some(batch)) if batch.at > own.at => Some(batch),
+            (own, batch) => own.or(batch),
+        }
     };
     let outcomes = store.get_outcomes(keys).await?;
     let pending = keys.iter().map(|key| async move {
@@ -587,8 +685,9 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// `text` cut to at most [`MAX_ERROR_CHARS`] characters.
-fn shorten(text: &str) -> String {
+/// `text` cut to at most 500 characters (an ellipsis marks a cut), as records and events keep
+/// a failure's message (the stored result keeps the whole message).
+pub fn shorten_error(text: &str) -> String {
     match text.char_indices().nth(MAX_ERROR_CHARS) {
         Some((at, _)) => format!("{}…", &text[..at]),
         None => text.to_owned(),
@@ -631,6 +730,57 @@ mod tests {
             ..recorder
         };
         assert!(off.commands(&events).is_empty());
+    }
+
+    #[test]
+    fn a_batch_is_one_field_and_stream_entries_hold_whole_batches() {
+        let recorder = Recorder {
+            keys: Keys::new("rask"),
+            ttl_ms: 86_400_000,
+            max_len: 1000,
+            enabled: true,
+            origin: Origin::Worker("w-1".into()),
+        };
+        let id = crate::call_keys::BatchId::new();
+        let first = id.call_key("inc", 0).unwrap();
+        let batch = BatchEvent {
+            stage: BatchStage::Ended,
+            group: first.as_str()[..first.as_str().len() - 4].to_owned(),
+            function: "inc".into(),
+            count: 100,
+            at: now_ms(),
+            by: None,
+            worker: None,
+            slot: Some(0),
+            attempt: Some(0),
+            runs: vec![
+                Some(batch_events::CallRun {
+                    kind: EventKind::Succeeded,
+                    started: now_ms(),
+                    duration_ms: 0,
+                    error: None,
+                });
+                100
+            ],
+        };
+        let batches = vec![batch; 12];
+        let commands = recorder.commands_with(&[], &batches);
+        let packed: Vec<String> = commands
+            .iter()
+            .map(|c| String::from_utf8_lossy(&c.get_packed_command()).into_owned())
+            .collect();
+        let names: Vec<&str> = packed
+            .iter()
+            .map(|p| p.split("\r\n").nth(2).unwrap_or_default())
+            .collect();
+        // One HSET of 12 fields, its expiry, 3 entries of 5, 5 and 2 batches (<= 512 calls).
+        assert_eq!(names, ["HSET", "PEXPIREAT", "XADD", "XADD", "XADD"]);
+        assert!(packed[0].starts_with("*26\r\n"), "{}", &packed[0][..20]);
+        let counts: Vec<&str> = packed[2..]
+            .iter()
+            .map(|p| p.split("\r\n").nth(16).unwrap_or_default())
+            .collect();
+        assert_eq!(counts, ["500", "500", "200"]);
     }
 
     #[test]

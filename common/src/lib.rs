@@ -23,7 +23,8 @@
 //! - [`dependencies`]: the Redis scripts that register graph tasks and release them when their
 //!   inputs are stored.
 //! - [`batch`]: batched small tasks: how many calls a batch message carries, and the run times
-//!   workers publish to size them by.
+//!   workers publish to size them by; [`call_keys`]: the keys of a batch's calls, one group per
+//!   message.
 //! - [`builtins`]: the functions every stock worker runs (`inc`, `add`, `sum`, `echo`, …).
 //! - [`bag_ops`]: the native operations of lazy collections (`Bag`): element-wise operation
 //!   names and the partition and reduction tasks every stock worker runs.
@@ -48,18 +49,21 @@
 //! - [`ops`]: the worker registry entry and broadcast requests and replies (`rask status`,
 //!   `rask run`, the dashboard).
 //! - [`events`]: task states by key (`rask inspect`) and the bounded event stream
-//!   (`rask events`), recorded in the batches of writes that happen anyway.
+//!   (`rask events`), recorded in the batches of writes that happen anyway;
+//!   [`batch_events`]: the calls of a batch message recorded as one.
 //! - [`trace`]: the W3C trace context a task carries (body and AMQP headers) from its producer
 //!   to its runs and to what is published on its behalf.
 //! - [`error`]: the crate's [`Error`].
 
 pub mod bag_ops;
 pub mod batch;
+pub mod batch_events;
 #[cfg(feature = "blobs")]
 pub mod blob;
 pub mod blobs;
 pub mod broker;
 pub mod builtins;
+pub mod call_keys;
 pub mod context;
 pub mod delay;
 pub mod dependencies;

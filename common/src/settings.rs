@@ -311,11 +311,11 @@ pub struct Settings {
     /// worker run code (see `docs/security.md`). Rust workers ignore it. Default `false`.
     pub allow_pickled_functions: bool,
     /// Whether producers and workers record task states and events ([`crate::events`]): a
-    /// state record per task (`rask inspect`, expiring with the result) and entries in the
-    /// deployment's bounded event stream (`rask events`), written in batches (a client's per
-    /// publishing call, a worker's every 250 ms). Default `false`: recording costs the hot path
-    /// (docs/benchmarks.md: 0-3 % of the CPU of one-message-per-task work, 23-39 % more in
-    /// batched work, where Redis is the bottleneck), as Celery's `-E`.
+    /// state record per task (one per batch message for its calls; `rask inspect`, expiring
+    /// with the result) and entries in the deployment's bounded event stream (`rask events`),
+    /// written in batches (a client's per publishing call, a worker's every 250 ms). Default
+    /// `true` (docs/benchmarks.md, "The cost of task events": within 5 % of `false`); `false`
+    /// records nothing.
     pub events: bool,
     /// Most entries kept in the event stream (`XADD MAXLEN ~`; Redis trims whole blocks, so a
     /// few more may remain). Default `100000`.
@@ -382,7 +382,7 @@ impl Default for Settings {
             routes: BTreeMap::new(),
             limits: BTreeMap::new(),
             allow_pickled_functions: false,
-            events: false,
+            events: true,
             events_max_len: 100_000,
             otlp_endpoint: String::new(),
         }

@@ -1,9 +1,12 @@
 //! Packing a map's calls into batch messages ([`rask_common::batch`]): consecutive calls of one
 //! function, at most `size` per message and at most [`MAX_BYTES`] of arguments (a larger call
-//! goes alone); a group of one is a plain task message. Each call gets its own key, as an
-//! unbatched call would; the batch message gets a key of its own.
+//! goes alone); a group of one is a plain task message. Each call gets its own key, of the
+//! shape an unbatched call's has, in one group per message ([`rask_common::call_keys`]: a
+//! random prefix per message, then the call's index), so that the message's task events are
+//! one record for all its calls; the batch message gets a key of its own.
 
 use rask_common::batch::{batch_key, MAX_BYTES};
+use rask_common::call_keys::BatchId;
 use rask_common::message::Call;
 use rask_common::{TaskKey, TaskMessage};
 
@@ -23,6 +26,7 @@ pub(crate) fn pack<'a>(
     std::iter::from_fn(move || {
         let mut calls: Vec<Call> = Vec::new();
         let mut bytes = 0;
+        let id = BatchId::new();
         while calls.len() < size {
             if let Some(Ok(next)) = args.peek() {
                 if !calls.is_empty() && bytes + next.len() > MAX_BYTES {
@@ -33,7 +37,10 @@ pub(crate) fn pack<'a>(
                 None => break,
                 Some(Err(e)) => return Some(Err(e)),
                 Some(Ok(encoded)) => {
-                    let key = TaskKey::unique(function);
+                    // Past the indexes a group can number, a random key (no group then).
+                    let key = id
+                        .call_key(function, calls.len())
+                        .unwrap_or_else(|| TaskKey::unique(function));
                     keys.push(key.clone());
                     bytes += encoded.len();
                     calls.push(Call { key, args: encoded });
@@ -84,6 +91,12 @@ mod tests {
         assert_eq!(in_messages, keys.iter().collect::<Vec<_>>());
         assert_eq!(messages[1].calls[0].args, encode_value(&(3,)).unwrap());
         assert!(messages[0].key.as_str().starts_with("inc.batch-"));
+        // Each message's calls are one group (one record of task events), groups differ.
+        let groups: Vec<&str> = messages[..2]
+            .iter()
+            .map(|m| rask_common::call_keys::group_of(&m.calls).expect("a group"))
+            .collect();
+        assert_ne!(groups[0], groups[1]);
     }
 
     #[test]

@@ -1,12 +1,15 @@
 //! The producer's side of task states and events ([`rask_common::events`]): a `queued` event
-//! for each task published, kept in memory and written in one pipeline per
-//! [`FLUSH_AT`] tasks and at the end of each publishing call, in the background, so that
-//! submitting costs no round trip more. With the `events` setting off, nothing is kept.
+//! for each task published (one [`BatchEvent`] for all the calls of a batch message whose
+//! keys are of one group), kept in memory and written in one pipeline per [`FLUSH_AT`] tasks
+//! and at the end of each publishing call, in the background, so that submitting costs no
+//! round trip more. With the `events` setting off, nothing is kept.
 
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use rask_common::events::{Event, EventKind, Origin, Recorder, TaskInfo};
+use rask_common::batch_events::{BatchEvent, BatchStage};
+use rask_common::call_keys::group_of;
+use rask_common::events::{now_ms, Event, EventKind, Origin, Recorder, TaskInfo};
 use rask_common::{Settings, Store, TaskKey, TaskMessage};
 
 /// Queued events written together, at most.
@@ -17,7 +20,16 @@ pub(crate) struct Queued {
     /// Writes as this client (`host:pid`).
     recorder: Recorder,
     store: Store,
-    buffer: Mutex<Vec<Event>>,
+    buffer: Mutex<Buffer>,
+}
+
+/// Queued events and batch records not yet written.
+#[derive(Default)]
+struct Buffer {
+    events: Vec<Event>,
+    batches: Vec<BatchEvent>,
+    /// How many tasks they stand for.
+    tasks: usize,
 }
 
 impl Queued {
@@ -38,14 +50,33 @@ impl Queued {
         if !self.recorder.enabled() {
             return;
         }
-        let event = Event::new(EventKind::Queued, message.key.clone(), &message.function);
+        let queued = |key: &TaskKey| Event::new(EventKind::Queued, key.clone(), &message.function);
         let full = {
             let mut buffer = self.buffer.lock().unwrap_or_else(PoisonError::into_inner);
-            buffer.push(event);
-            (buffer.len() >= FLUSH_AT).then(|| std::mem::take(&mut *buffer))
+            if !message.is_batch() {
+                buffer.events.push(queued(&message.key));
+            } else if let Some(group) = group_of(&message.calls) {
+                buffer.batches.push(BatchEvent {
+                    stage: BatchStage::Queued,
+                    group: group.to_owned(),
+                    function: message.function.clone(),
+                    count: u32::try_from(message.calls.len()).unwrap_or(u32::MAX),
+                    at: now_ms(),
+                    by: None,
+                    worker: None,
+                    slot: None,
+                    attempt: None,
+                    runs: Vec::new(),
+                });
+            } else {
+                let events = message.calls.iter().map(|call| queued(&call.key));
+                buffer.events.extend(events);
+            }
+            buffer.tasks += message.calls.len().max(1);
+            (buffer.tasks >= FLUSH_AT).then(|| std::mem::take(&mut *buffer))
         };
-        if let Some(events) = full {
-            self.spawn_write(events);
+        if let Some(buffer) = full {
+            self.spawn_write(buffer);
         }
     }
 
@@ -60,7 +91,10 @@ impl Queued {
             .map(|(key, function)| Event::new(EventKind::Cancelled, key, function))
             .collect();
         if !events.is_empty() {
-            self.spawn_write(events);
+            self.spawn_write(Buffer {
+                events,
+                ..Buffer::default()
+            });
         }
     }
 
@@ -69,19 +103,24 @@ impl Queued {
         if !self.recorder.enabled() {
             return;
         }
-        let events =
+        let buffer =
             std::mem::take(&mut *self.buffer.lock().unwrap_or_else(PoisonError::into_inner));
-        if !events.is_empty() {
-            self.spawn_write(events);
+        if buffer.tasks > 0 {
+            self.spawn_write(buffer);
         }
     }
 
-    fn spawn_write(&self, events: Vec<Event>) {
+    fn spawn_write(&self, buffer: Buffer) {
         let recorder = self.recorder.clone();
         let store = self.store.clone();
         tokio::spawn(async move {
-            if let Err(e) = recorder.write(&store, &events).await {
-                tracing::warn!(error = %e, events = events.len(), "could not record queued tasks");
+            let Buffer {
+                events,
+                batches,
+                tasks,
+            } = buffer;
+            if let Err(e) = recorder.write_with(&store, &events, &batches).await {
+                tracing::warn!(error = %e, tasks, "could not record queued tasks");
             }
         });
     }

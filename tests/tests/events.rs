@@ -1,7 +1,8 @@
 //! Task states and events against real servers: `client.task_info` and `rask inspect` tell
 //! each state (queued, waiting, running, succeeded, failed, cancelled, unknown) with who
 //! queued a task, where it ran and how it ended; `rask events` lists the lifecycle from the
-//! bounded stream; the `events` setting off records nothing.
+//! bounded stream; the calls of a batch message are recorded once per batch and read each by
+//! its key; the `events` setting off records nothing.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -185,6 +186,152 @@ async fn events_list_each_task_lifecycle() {
         .events(Some(&events.last().unwrap().id), None, 10)
         .await;
     assert!(after.unwrap().is_empty());
+    worker.stop().await.unwrap();
+}
+
+/// The distinct fields of the records hashes of `kind` (`queued` or `states`), over all
+/// buckets: how many tasks or batches have records.
+async fn record_fields(env: &TestEnv, kind: &str) -> usize {
+    let client = redis::Client::open(env.settings.redis_url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let pattern = format!("{}:{kind}:*", env.settings.key_prefix);
+    let names: Vec<String> = redis::cmd("KEYS")
+        .arg(&pattern)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut fields = HashSet::new();
+    for name in names {
+        let of_bucket: Vec<String> = redis::cmd("HKEYS")
+            .arg(&name)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        fields.extend(of_bucket);
+    }
+    fields.len()
+}
+
+#[tokio::test]
+async fn the_calls_of_a_batch_are_recorded_once_and_each_is_read_by_key() {
+    let mut env = TestEnv::new("events-batch").await;
+    env.settings.events = true;
+    let worker = env.run_worker(Registry::with_builtins());
+    let client = env.client().await;
+    // 250 calls in 3 messages (100, 100, 50), and 2 failing calls in one more.
+    let batch = TaskOptions::new().batch(100);
+    let futures = client
+        .map_with(inc, (0..250).map(|i| (i,)), &batch)
+        .await
+        .unwrap();
+    let failing = client
+        .map_with(
+            fail,
+            ["first 1".to_owned(), "second 2".to_owned()].map(|m| (m,)),
+            &batch,
+        )
+        .await
+        .unwrap();
+    client.gather(&futures).timeout(PATIENCE).await.unwrap();
+    for future in &failing {
+        assert!(future.result_within(PATIENCE).await.is_err());
+    }
+    let keys: Vec<TaskKey> = futures.iter().map(|f| f.key().clone()).collect();
+    env.eventually("every call's queued and finished records", || async {
+        let infos = client.tasks_info(&keys).await.unwrap();
+        infos
+            .iter()
+            .all(|i| i.queued_at.is_some() && i.finished_at.is_some())
+    })
+    .await;
+    // One record per batch message and writer: 4 queued, 4 ended; none per call.
+    assert_eq!(record_fields(&env, "queued").await, 4);
+    assert_eq!(record_fields(&env, "states").await, 4);
+
+    let infos = client.tasks_info(&keys).await.unwrap();
+    let by = infos[0].queued_by.clone();
+    assert!(by.is_some());
+    for (info, key) in infos.iter().zip(&keys) {
+        assert_eq!(&info.key, key);
+        assert_eq!(info.state, TaskState::Succeeded, "{info:?}");
+        assert_eq!(info.function.as_deref(), Some("inc"));
+        assert_eq!(info.queued_by, by);
+        assert!(info.worker.is_some() && info.slot.is_some(), "{info:?}");
+        assert_eq!(info.attempt, Some(0));
+        let (queued, started) = (info.queued_at.unwrap(), info.started_at.unwrap());
+        let finished = info.finished_at.unwrap();
+        assert!(queued <= started && started <= finished, "{info:?}");
+        assert_eq!(info.duration_ms, Some(finished - started));
+    }
+    let info = client.task_info(failing[1].key()).await.unwrap();
+    assert_eq!(info.state, TaskState::Failed);
+    assert_eq!(info.error.as_deref(), Some("second 2"));
+
+    // The stream: each call's own events, as if recorded alone.
+    env.eventually("every call's events in the stream", || async {
+        let events = client.events(None, None, 10_000).await.unwrap();
+        events.len() >= 2 * 252
+    })
+    .await;
+    let events = client.events(None, None, 10_000).await.unwrap();
+    let mut kinds: HashMap<&TaskKey, Vec<EventKind>> = HashMap::new();
+    for event in &events {
+        kinds.entry(&event.key).or_default().push(event.kind);
+    }
+    for key in &keys {
+        let mut of_key = kinds.get(key).cloned().unwrap_or_default();
+        of_key.sort_by_key(|k| k.as_str());
+        assert_eq!(of_key, [EventKind::Queued, EventKind::Succeeded], "{key}");
+    }
+    let failed = events
+        .iter()
+        .find(|e| e.key == *failing[0].key() && e.kind == EventKind::Failed)
+        .expect("the failed call's event");
+    assert_eq!(failed.error.as_deref(), Some("first 1"));
+    assert!(failed.worker.is_some() && failed.started.is_some());
+    // `rask events --function` filters the calls too.
+    let out = env
+        .rask(&["events", "--json", "--function", "fail"], "")
+        .await;
+    assert!(out.status.success(), "{out:?}");
+    let listed: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(listed.len(), 4, "2 queued, 2 failed: {listed:?}");
+    assert!(listed.iter().all(|e| e["function"] == "fail"));
+
+    // A long batch shows its calls running (the worker's `started` record of the batch), then
+    // cancelled.
+    let long = client
+        .map_with(
+            sleep_ms,
+            [(60_000,), (60_000,)],
+            &TaskOptions::new().batch(2),
+        )
+        .await
+        .unwrap();
+    env.eventually(
+        "both calls of the long batch to show as running",
+        || async {
+            let keys = [long[0].key().clone(), long[1].key().clone()];
+            let infos = client.tasks_info(&keys).await.unwrap();
+            infos.iter().all(|i| i.state == TaskState::Running)
+        },
+    )
+    .await;
+    let info = client.task_info(long[1].key()).await.unwrap();
+    assert!(
+        info.worker.is_some() && info.started_at.is_some(),
+        "{info:?}"
+    );
+    client.cancel(&long).force().await.unwrap();
+    for future in &long {
+        assert!(future.result_within(PATIENCE).await.is_err());
+        let info = client.task_info(future.key()).await.unwrap();
+        assert_eq!(info.state, TaskState::Cancelled);
+    }
     worker.stop().await.unwrap();
 }
 

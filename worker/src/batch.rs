@@ -4,6 +4,9 @@
 //! - Each call runs as the task it would be alone ([`TaskMessage::for_call`]): its own key,
 //!   time limit, revocation (force cancel), outcome and failure, counted in the metrics as a
 //!   task.
+//! - With task events on, a batch whose calls' keys are of one group
+//!   ([`rask_common::call_keys`]) is one run in one slot, recorded as one batch record with each
+//!   call's end (`events.rs`); other batches record each call as a run of its own.
 //! - Every outcome goes to the result writer with the one delivery ([`Finished::more`]): one
 //!   pipeline stores them all, then the delivery is acknowledged once.
 //! - A call that fails with a retryable error while its policy allows another attempt leaves
@@ -23,6 +26,7 @@
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicRejectOptions};
 use rask_common::broker::Destination;
+use rask_common::call_keys;
 use rask_common::message::Call;
 use rask_common::settings::QueueType;
 use rask_common::{broker, FailureKind, Outcome, TaskFailure, TaskKey, TaskMessage};
@@ -31,6 +35,7 @@ use tracing::Instrument;
 
 use crate::dead_letter::copy_to_dead_letters;
 use crate::error::Error;
+use crate::events::{BatchRun, CallStart};
 use crate::execute::{execute, time_limit};
 use crate::overrun::Cancel;
 use crate::release::{self, PublishError};
@@ -61,7 +66,10 @@ pub(crate) async fn handle(shared: &Shared, message: TaskMessage, delivery: Deli
     }
     let mut outcomes: Vec<(TaskKey, Vec<u8>)> = Vec::with_capacity(calls.len());
     let mut retries: Vec<Retry> = Vec::new();
-    for (call, stored) in calls.into_iter().zip(earlier.outcomes) {
+    // One record for the whole batch when its calls' keys are of one group (`events.rs`).
+    let mut recording = call_keys::group_of(&calls)
+        .and_then(|group| shared.events.start_batch(&template, group, calls.len()));
+    for (index, (call, stored)) in calls.into_iter().zip(earlier.outcomes).enumerate() {
         if let Some(bytes) = stored {
             outcomes.push((call.key, bytes));
             continue;
@@ -77,13 +85,15 @@ pub(crate) async fn handle(shared: &Shared, message: TaskMessage, delivery: Deli
                     &shared.id,
                 )
             }),
-            None => match run_call(shared, &message).await {
-                Ran::Done(outcome) => outcome,
-                Ran::Retry(retry) => {
-                    retries.push(*retry);
-                    continue;
+            None => {
+                match run_call(shared, &message, recording.as_mut().map(|r| (r, index))).await {
+                    Ran::Done(outcome) => outcome,
+                    Ran::Retry(retry) => {
+                        retries.push(*retry);
+                        continue;
+                    }
                 }
-            },
+            }
         };
         if let Outcome::Failure(f) = &outcome {
             tracing::info!(key = %f.key, task = %f.task, kind = ?f.kind, message = %f.message, batch = %batch_key, "task failed");
@@ -101,6 +111,9 @@ pub(crate) async fn handle(shared: &Shared, message: TaskMessage, delivery: Deli
     if let Err(e) = publish_retries(shared, retries).await {
         tracing::warn!(batch = %batch_key, error = %e, "cannot schedule a retry; requeueing the batch");
         return requeue(&delivery).await;
+    }
+    if let Some(recording) = recording {
+        recording.end();
     }
     drop(slot);
     let mut outcomes = outcomes.into_iter();
@@ -133,8 +146,13 @@ enum Ran {
 }
 
 /// Runs one call of a batch as `handle` in `worker.rs` runs a task without limits, resources
-/// or inputs: revoked calls fail `Cancelled`, a revocation while it runs stops it.
-async fn run_call(shared: &Shared, message: &TaskMessage) -> Ran {
+/// or inputs: revoked calls fail `Cancelled`, a revocation while it runs stops it. Its end is
+/// recorded in `batch`'s run at its index, if given, else as a run of its own.
+async fn run_call(
+    shared: &Shared,
+    message: &TaskMessage,
+    batch: Option<(&mut BatchRun<'_>, usize)>,
+) -> Ran {
     if shared.revocations.is_revoked(&message.key) {
         tracing::info!(key = %message.key, "revoked task not run");
         let text = "revoked by a client (force cancel) before it ran";
@@ -142,8 +160,12 @@ async fn run_call(shared: &Shared, message: &TaskMessage) -> Ran {
         return Ran::Done(Outcome::Failure(failure));
     }
     let run = shared.metrics.start(&message.function);
-    // Each call is its own run in the task states and events (`events.rs`).
-    let recording = shared.events.start(message);
+    // Each call is a run in the task states and events (`events.rs`): in its batch's record,
+    // or alone.
+    let (recording, start) = match &batch {
+        Some(_) => (None, Some(CallStart::now())),
+        None => (shared.events.start(message), None),
+    };
     let limit = time_limit(message, &shared.settings);
     let cancel = Cancel {
         token: CancellationToken::new(),
@@ -177,6 +199,9 @@ async fn run_call(shared: &Shared, message: &TaskMessage) -> Ran {
         Some(retry) => {
             run.retried();
             crate::spans::retried(&span);
+            if let (Some((batch, index)), Some(start)) = (batch, start) {
+                batch.call_ended(index, start, &outcome, true);
+            }
             if let Some(recording) = recording {
                 recording.retried(&outcome);
             }
@@ -186,6 +211,9 @@ async fn run_call(shared: &Shared, message: &TaskMessage) -> Ran {
             let outcome = shared.result_limit.apply(outcome, message, &shared.id);
             run.finished(&outcome);
             crate::spans::finished(&span, &outcome);
+            if let (Some((batch, index)), Some(start)) = (batch, start) {
+                batch.call_ended(index, start, &outcome, false);
+            }
             if let Some(recording) = recording {
                 recording.finished(&outcome);
             }

@@ -304,13 +304,15 @@ pub(crate) async fn run(global: &Global, args: BenchArgs) -> Result<ExitCode> {
                 rask_common::settings::QueueType::Classic
             },
             shards: args.shards,
-            events: args.events,
+            events: args.events || !args.no_events,
             inline_limit: args.inline_limit,
             blobs: args.blobs,
             continuation: !args.no_continuation,
         };
-        if args.events {
-            eprintln!("bench: task events are on");
+        if args.no_events {
+            eprintln!("bench: task events are off (--no-events)");
+        } else {
+            eprintln!("bench: task events are on (the default; --no-events turns them off)");
         }
         if args.no_continuation {
             eprintln!("bench: workers publish every graph task they release");
@@ -352,6 +354,11 @@ pub(crate) async fn run(global: &Global, args: BenchArgs) -> Result<ExitCode> {
             "release"
         },
         seconds: started.elapsed().as_secs_f64(),
+        events: match (args.use_running, args.no_events) {
+            (true, _) => "as deployed",
+            (false, true) => "off",
+            (false, false) => "on",
+        },
     };
     if args.json {
         println!("{}", report::json(&context, &rows, idle.as_ref()));

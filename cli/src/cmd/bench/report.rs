@@ -195,6 +195,9 @@ pub(super) struct Context {
     pub(super) build: &'static str,
     /// Seconds from start to the last workload's end.
     pub(super) seconds: f64,
+    /// Whether the cluster recorded task events: `on`, `off` (`--no-events`) or `as deployed`
+    /// (`--use-running`).
+    pub(super) events: &'static str,
 }
 
 /// The human table: each figure beside the floor, then memory and CPU, then idle workers.
@@ -202,12 +205,13 @@ pub(super) fn table(context: &Context, rows: &[Row], idle: Option<&Idle>) -> Str
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "rask bench: {} cluster, {} worker process(es), {} CPU(s), {} build, {} run(s) per workload{}",
+        "rask bench: {} cluster, {} worker process(es), {} CPU(s), {} build, {} run(s) per workload, task events {}{}",
         context.cluster,
         context.workers,
         context.cpus,
         context.build,
         context.runs,
+        context.events,
         if context.smoke { " (--smoke: sizes too small to mean anything)" } else { "" }
     );
     let _ = writeln!(out);
@@ -360,6 +364,7 @@ pub(super) fn json(context: &Context, rows: &[Row], idle: Option<&Idle>) -> Valu
         "cpus": context.cpus,
         "build": context.build,
         "seconds": round(context.seconds, 1),
+        "events": context.events,
         "idle": idle,
         "workloads": workloads,
     })
