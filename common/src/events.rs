@@ -703,15 +703,20 @@ mod tests {
         TaskKey::new(k).unwrap()
     }
 
-    #[test]
-    fn large_batches_are_written_in_chunks() {
-        let recorder = Recorder {
+    /// An enabled recorder of worker `w-1`, keeping 1,000 stream entries.
+    fn worker_recorder() -> Recorder {
+        Recorder {
             keys: Keys::new("rask"),
             ttl_ms: 86_400_000,
             max_len: 1000,
             enabled: true,
             origin: Origin::Worker("w-1".into()),
-        };
+        }
+    }
+
+    #[test]
+    fn large_batches_are_written_in_chunks() {
+        let recorder = worker_recorder();
         let events: Vec<Event> = (0..CHUNK + 1)
             .map(|i| Event::new(EventKind::Succeeded, key(&format!("t-{i}")), "t"))
             .collect();
@@ -734,13 +739,7 @@ mod tests {
 
     #[test]
     fn a_batch_is_one_field_and_stream_entries_hold_whole_batches() {
-        let recorder = Recorder {
-            keys: Keys::new("rask"),
-            ttl_ms: 86_400_000,
-            max_len: 1000,
-            enabled: true,
-            origin: Origin::Worker("w-1".into()),
-        };
+        let recorder = worker_recorder();
         let id = crate::call_keys::BatchId::new();
         let first = id.call_key("inc", 0).unwrap();
         let batch = BatchEvent {
