@@ -191,13 +191,25 @@ async fn stored_results(settings: &Settings) -> usize {
 }
 
 /// Runs 5,000 tasks on two worker processes with a client gathering them, stops Redis once
-/// 1,000 results are stored (SIGKILL when `crash`, else SIGTERM) and starts it again on the
-/// same append-only file; every result must be gathered, correct.
+/// 1,000 results are stored (SIGKILL when `crash`, with `appendfsync always`, else SIGTERM) and
+/// starts it again on the same append-only file; every result must be gathered, correct.
 async fn gather_across_a_redis_restart(name: &str, crash: bool) {
     let mut servers = PrivateServers::start(name).await;
     let env = busy_env(&servers, name);
     let client = env.client().await;
     let store = Store::connect(&env.settings).await.unwrap();
+    if crash {
+        // What survives a SIGKILL is what `appendfsync always` promises: with `everysec`, Redis
+        // answers writes it holds back for up to 2 s while a slow background fsync runs, and a
+        // kill loses them (docs/reliability.md), as happens on a busy CI disk.
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("appendfsync")
+            .arg("always")
+            .query_async(&mut store.connection())
+            .await
+            .unwrap();
+    }
     let futures = map_paced(&client, 0..TASKS).await.unwrap();
     // Workers start once everything is queued, so that the run is still young when polled.
     let _workers = ready_workers(&env, 2).await;
