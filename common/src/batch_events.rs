@@ -17,7 +17,7 @@
 
 use rmpv::Value;
 
-use crate::call_keys::call_key_of;
+use crate::call_keys::{call_key_of, MAX_INDEXED};
 use crate::event_codec::{
     item, kind_code, kind_of, put_array_len, put_fields, put_str, put_uint, string, u32_at, uint,
     Field, Writer,
@@ -209,6 +209,13 @@ pub(crate) fn put_stream_item(out: &mut Vec<u8>, batch: &BatchEvent, function: u
     put_tail(out, batch);
 }
 
+/// A decoded call count, if a batch can have that many calls (at most [`MAX_INDEXED`]): a
+/// forged record or stream item claiming billions of calls would otherwise have readers
+/// expand it into billions of events.
+fn count(count: u32) -> Option<u32> {
+    (count as usize <= MAX_INDEXED).then_some(count)
+}
+
 fn decode_runs(value: Option<&Value>, at: u64) -> Vec<Option<CallRun>> {
     let Some(items) = value.and_then(Value::as_array) else {
         return Vec::new();
@@ -239,7 +246,7 @@ pub(crate) fn decode_record(group: &str, bytes: &[u8]) -> Option<BatchEvent> {
         stage,
         group: group.to_owned(),
         function: string(&items, 2)?,
-        count: u32_at(&items, 7)?,
+        count: count(u32_at(&items, 7)?)?,
         at,
         by: string(&items, 3),
         worker: string(&items, 4),
@@ -264,7 +271,7 @@ pub(crate) fn decode_stream_item(
         stage: BatchStage::of(uint(items, 0)?)?,
         group: string(items, 1)?,
         function: (*functions.get(usize::try_from(uint(items, 2)?).ok()?)?).to_owned(),
-        count: u32_at(items, 6)?,
+        count: count(u32_at(items, 6)?)?,
         at,
         by: by.cloned(),
         worker: worker.cloned(),
@@ -360,5 +367,14 @@ mod tests {
             && e.at == queued.at
             && e.by.as_deref() == Some("host:1")));
         assert_eq!(decode_record("g", b"\x93\x07\x01\x02"), None);
+
+        // A forged count past what a batch can number does not decode (no billion events).
+        let forged = BatchEvent {
+            count: u32::MAX,
+            ..queued
+        };
+        out.clear();
+        put_record(&mut out, &forged, client);
+        assert_eq!(decode_record(&forged.group, &out), None);
     }
 }
