@@ -9,8 +9,8 @@
 //! ([`crate::blobs`], which keeps rask's own values by digest under `blob_url`; a `Blob` may
 //! name any object, under that prefix or not).
 //!
-//! A write is complete or absent: [`Blob::put`] is one `PUT` (a file: written aside and
-//! renamed); a [`BlobWriter`] uploads parts that become the object only when
+//! A write is complete or absent: [`Blob::put`] is one `PUT` (a file: written aside, fsynced
+//! and renamed); a [`BlobWriter`] uploads parts that become the object only when
 //! [`BlobWriter::finish`] completes the upload, so a writer killed mid-upload leaves no object
 //! (on S3, parts of an incomplete upload stay until a lifecycle rule aborts them; a file written
 //! aside, `{path}#{n}`, may stay behind).
@@ -87,7 +87,10 @@ impl BlobStores {
     fn make(&self, key: &str, url: &str) -> Result<Arc<dyn ObjectStore>> {
         match key.strip_prefix("s3://") {
             Some(bucket) => s3(bucket, &self.endpoint, url),
-            None => Ok(Arc::new(object_store::local::LocalFileSystem::new())),
+            // As durable as rask's own blobs (`crate::blobs`): on disk when a write returns.
+            None => Ok(Arc::new(
+                object_store::local::LocalFileSystem::new().with_fsync(true),
+            )),
         }
     }
 }
