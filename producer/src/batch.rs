@@ -1,9 +1,14 @@
-//! Packing a map's calls into batch messages ([`rask_common::batch`]): consecutive calls of one
+//! Packing calls into batch messages ([`rask_common::batch`]): consecutive calls of one
 //! function, at most `size` per message and at most [`MAX_BYTES`] of arguments (a larger call
-//! goes alone); a group of one is a plain task message. Each call gets its own key, of the
-//! shape an unbatched call's has, in one group per message ([`rask_common::call_keys`]: a
-//! random prefix per message, then the call's index), so that the message's task events are
-//! one record for all its calls; the batch message gets a key of its own.
+//! goes alone); a group of one is a plain task message; the batch message gets a key of its
+//! own.
+//!
+//! - A map's calls ([`pack`]): each call gets its own key, of the shape an unbatched call's has,
+//!   in one group per message ([`rask_common::call_keys`]: a random prefix per message, then the
+//!   call's index), so that the message's task events are one record for all its calls.
+//! - A graph's ready sources ([`pack_messages`]): messages already made, each keeping its own
+//!   (content) key; consecutive ones that differ in nothing but key and arguments share a
+//!   message. Their keys are of no group, so each call is recorded on its own.
 
 use rask_common::batch::{batch_key, MAX_BYTES};
 use rask_common::call_keys::BatchId;
@@ -58,6 +63,84 @@ pub(crate) fn pack<'a>(
     })
 }
 
+/// `messages` (graph tasks ready to publish), with runs of consecutive ones that can share a
+/// message packed into batch messages of at most `size(function)` calls and [`MAX_BYTES`] of
+/// arguments. Messages share one when they differ only in key and arguments, and have no
+/// inputs, no resources, no arguments by reference and are no hedge copy; the others are
+/// left as they are, in order.
+pub(crate) fn pack_messages(
+    messages: Vec<TaskMessage>,
+    size: impl Fn(&str) -> usize,
+) -> Vec<TaskMessage> {
+    let mut packed = Vec::with_capacity(messages.len());
+    let mut run: Vec<TaskMessage> = Vec::new();
+    let mut bytes = 0;
+    for mut message in messages {
+        let joins = run.first().is_some_and(|first| {
+            run.len() < size(&first.function)
+                && bytes + message.args.len() <= MAX_BYTES
+                && same_but_key_and_args(first, &mut message)
+        });
+        if !joins {
+            close(&mut run, &mut packed);
+            bytes = 0;
+        }
+        if can_share(&message) {
+            bytes += message.args.len();
+            run.push(message);
+        } else {
+            packed.push(message);
+        }
+    }
+    close(&mut run, &mut packed);
+    packed
+}
+
+/// Whether `message` may be a call of a batch message (see [`pack_messages`]).
+fn can_share(message: &TaskMessage) -> bool {
+    message.deps.is_empty()
+        && message.calls.is_empty()
+        && message.args_ref.is_none()
+        && message.resources.is_empty()
+        && !message.hedge
+}
+
+/// Whether `a` and `b` are the same message but for their keys and arguments (`b` is given
+/// back as it was).
+fn same_but_key_and_args(a: &TaskMessage, b: &mut TaskMessage) -> bool {
+    let key = std::mem::replace(&mut b.key, a.key.clone());
+    let args = std::mem::replace(&mut b.args, a.args.clone());
+    let same = a == b;
+    b.key = key;
+    b.args = args;
+    same
+}
+
+/// Moves `run` to `packed`: as it is if one message, else as one batch message of its calls.
+fn close(run: &mut Vec<TaskMessage>, packed: &mut Vec<TaskMessage>) {
+    if run.len() <= 1 {
+        packed.append(run);
+        return;
+    }
+    let mut calls = Vec::with_capacity(run.len());
+    let mut template = None;
+    for mut message in run.drain(..) {
+        let args = std::mem::take(&mut message.args);
+        calls.push(Call {
+            key: message.key.clone(),
+            args,
+        });
+        template.get_or_insert(message);
+    }
+    let template = template.expect("a run of two or more");
+    packed.push(TaskMessage {
+        key: batch_key(&template.function),
+        args: Vec::new(),
+        calls,
+        ..template
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use rask_common::message::encode_value;
@@ -106,6 +189,58 @@ mod tests {
         assert!(messages.iter().all(|m| !m.is_batch()));
         let plain: Vec<&TaskKey> = messages.iter().map(|m| &m.key).collect();
         assert_eq!(plain, keys.iter().collect::<Vec<_>>());
+    }
+
+    fn source(function: &str, i: u8) -> TaskMessage {
+        TaskMessage::new(TaskKey::unique(function), function, vec![0x91, i])
+    }
+
+    /// Each message's calls' keys (or its own key, alone).
+    fn keys_of(messages: &[TaskMessage]) -> Vec<Vec<TaskKey>> {
+        messages
+            .iter()
+            .map(|m| match m.is_batch() {
+                true => m.calls.iter().map(|c| c.key.clone()).collect(),
+                false => vec![m.key.clone()],
+            })
+            .collect()
+    }
+
+    #[test]
+    fn graph_sources_alike_share_messages_keeping_their_keys_and_order() {
+        let urgent = |m: TaskMessage| TaskMessage { priority: 5, ..m };
+        let input = TaskKey::unique("leaf");
+        let messages = vec![
+            source("leaf", 0),
+            source("leaf", 1),
+            source("leaf", 2),
+            urgent(source("leaf", 3)),
+            urgent(source("leaf", 4)),
+            source("leaf", 5).with_deps(vec![input]),
+            source("other", 6),
+            source("leaf", 7),
+        ];
+        let keys: Vec<TaskKey> = messages.iter().map(|m| m.key.clone()).collect();
+        let packed = pack_messages(messages, |_| 2);
+        let expected: Vec<Vec<TaskKey>> = [&[0, 1][..], &[2], &[3, 4], &[5], &[6], &[7]]
+            .iter()
+            .map(|run| run.iter().map(|&i| keys[i].clone()).collect())
+            .collect();
+        assert_eq!(
+            keys_of(&packed),
+            expected,
+            "runs of two at most, broken by any difference"
+        );
+        assert!(packed[0].key.as_str().starts_with("leaf.batch-"));
+        assert_eq!(packed[0].calls[1].args, vec![0x91, 1]);
+        assert!(packed[0].args.is_empty());
+        assert_eq!(packed[2].priority, 5, "the batch keeps its calls' options");
+        assert!(
+            !packed[3].is_batch() && !packed[3].deps.is_empty(),
+            "a task with inputs stays alone"
+        );
+        let unbatched = pack_messages(vec![source("leaf", 0), source("leaf", 1)], |_| 1);
+        assert!(unbatched.iter().all(|m| !m.is_batch()));
     }
 
     #[test]

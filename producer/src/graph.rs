@@ -12,9 +12,12 @@
 //! (nodes without inputs) are registered first and published while the rest registers. The
 //! client makes no round trip per graph level or per node (two registrations and a marking per
 //! `persist`), and may exit once `persist` returns. Every message is checked against `max_message_bytes` before
-//! anything is registered.
+//! anything is registered. Ready sources of one function are batched as a map's calls are
+//! (`batch.rs`): as many per message as the smallest size a node of the function sets in its
+//! options, else as the function's measured run time allows (one `HGET` per function with two
+//! or more ready sources).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use rask_common::dependencies::Registration;
@@ -117,8 +120,15 @@ impl Client {
         let max = self.settings().max_message_bytes;
         let mut messages = Vec::new();
         let mut pools = Vec::new();
+        // Calls per message that nodes' options set, the smallest per function.
+        let mut batch_sizes: HashMap<String, usize> = HashMap::new();
         for node in distinct_nodes(roots) {
             let options = node.options();
+            if let Some(size) = options.batch_size() {
+                let function = node.function().to_owned();
+                let smallest = batch_sizes.entry(function).or_insert(size);
+                *smallest = (*smallest).min(size);
+            }
             if options.is_delayed() {
                 return Err(Error::DelayedNode {
                     function: node.function().to_owned(),
@@ -166,6 +176,10 @@ impl Client {
         let found = self.register(&sources).await?;
         let mut keys: Vec<TaskKey> = Vec::new();
         let ready_sources = ready(sources, found, &mut keys);
+        let sizes = self.source_batch_sizes(&ready_sources, batch_sizes).await;
+        let ready_sources = crate::batch::pack_messages(ready_sources, |function| {
+            sizes.get(function).copied().unwrap_or(1)
+        });
         let (published, found) = tokio::join!(
             self.publish(ready_sources.into_iter().map(Ok)),
             self.register(&rest)
@@ -191,6 +205,38 @@ impl Client {
 }
 
 impl Client {
+    /// Calls per batch message for each function with two or more of `sources`: the size
+    /// `set` by nodes' options, else the one the run time workers measured for it gives (as for
+    /// a map, `Client::batch_size`; 1 if Redis cannot say).
+    async fn source_batch_sizes(
+        &self,
+        sources: &[TaskMessage],
+        mut set: HashMap<String, usize>,
+    ) -> HashMap<String, usize> {
+        let mut counts: HashMap<&str, usize> = HashMap::new();
+        for source in sources {
+            *counts.entry(source.function.as_str()).or_default() += 1;
+        }
+        let mut sizes = HashMap::new();
+        for (function, count) in counts {
+            if count < 2 {
+                continue;
+            }
+            let size = match set.remove(function) {
+                Some(size) => size,
+                None => match rask_common::batch::read_pace(self.store(), function).await {
+                    Ok(average) => rask_common::batch::size_for(average),
+                    Err(e) => {
+                        tracing::warn!(function, error = %e, "cannot read the run time workers measured; not batching");
+                        1
+                    }
+                },
+            };
+            sizes.insert(function.to_owned(), size);
+        }
+        sizes
+    }
+
     /// Registers graph tasks ([`rask_common::Store::register_tasks`]), retrying what Redis
     /// fails for up to `reconnect_max_wait` (registering is idempotent).
     async fn register(&self, tasks: &[TaskMessage]) -> Result<Vec<Registration>> {

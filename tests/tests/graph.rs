@@ -212,6 +212,62 @@ async fn queued(env: &TestEnv) -> u32 {
     env.queue_depth(&env.settings.queue).await.0
 }
 
+/// `leaves` counted leaves `BIG + from + i` (options `options`) under a reduction tree; every
+/// node with its value, the root last.
+fn counted_tree(
+    runs: &Counter,
+    from: i64,
+    leaves: i64,
+    options: &rask::TaskOptions,
+) -> Vec<(Delayed<i64>, i64)> {
+    let mut level: Vec<(Delayed<i64>, i64)> = (from..from + leaves)
+        .map(|i| (wrap(runs, BIG + i).with_options(options.clone()), BIG + i))
+        .collect();
+    let mut nodes = level.clone();
+    while level.len() > 1 {
+        level = level
+            .chunks(2)
+            .map(|pair| match pair {
+                [(a, x), (b, y)] => (add.delayed(a, b), x + y),
+                [one] => one.clone(),
+                _ => unreachable!("chunks of two"),
+            })
+            .collect();
+        nodes.extend(level.iter().cloned());
+    }
+    nodes
+}
+
+#[tokio::test]
+async fn ready_sources_alike_share_batch_messages_and_each_keeps_its_own_result() {
+    let env = TestEnv::new("sourcebatches").await;
+    let client = env.client().await;
+    let runs = Counter::new(&env, "leaves");
+    // 40 leaves, 10 per message as their options say.
+    let set = counted_tree(&runs, 0, 40, &rask::TaskOptions::new().batch(10));
+    // 40 more without a size: as many per message as the run time workers measured allows
+    // (2 ms / 100 µs = 20).
+    let store = Store::connect(&env.settings).await.unwrap();
+    let pace = Duration::from_micros(100);
+    rask_common::batch::publish_pace(&store, &[("counted".to_owned(), pace)])
+        .await
+        .unwrap();
+    let paced = counted_tree(&runs, 40, 40, &rask::TaskOptions::new());
+    // No worker yet: what is queued is what the producer published.
+    let first = client.persist(&set.last().unwrap().0).await.unwrap();
+    assert_eq!(queued(&env).await, 4, "40 sources in 4 messages");
+    let second = client.persist(&paced.last().unwrap().0).await.unwrap();
+    assert_eq!(queued(&env).await, 4 + 2, "40 more in 2 messages");
+    let worker = env.run_worker(registry());
+    for (future, nodes) in [(first, &set), (second, &paced)] {
+        let root = nodes.last().unwrap().1;
+        assert_eq!(persisted_value(&future).await.unwrap(), root);
+        assert_each_node(&client, nodes).await;
+    }
+    assert_eq!(runs.runs().await, 80, "each source ran once");
+    worker.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn identical_graphs_from_producers_share_their_results() {
     let env = TestEnv::new("twoproducers").await;
