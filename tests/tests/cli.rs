@@ -314,22 +314,18 @@ async fn local_up_status_demo_down() {
     );
     let all_workers = [workers.clone(), worker_pids(&restarted)].concat();
 
-    let demo = rask(
-        &env,
-        &[
-            "demo",
-            "--batches",
-            "16",
-            "--images",
-            "4",
-            "--size",
-            "32",
-            "--timeout",
-            "60s",
-        ],
-        "",
-    )
-    .await;
+    let demo_args = [
+        "demo",
+        "--batches",
+        "16",
+        "--images",
+        "4",
+        "--size",
+        "32",
+        "--timeout",
+        "60s",
+    ];
+    let demo = rask(&env, &demo_args, "").await;
     assert!(demo.status.success(), "{}", stderr(&demo));
     assert!(
         stdout(&demo).contains("16 batches, 64 images"),
@@ -354,6 +350,14 @@ async fn local_up_status_demo_down() {
             .contains("reused by it: the workers ran image_summary 1 time(s) for 2 group(s)"),
         "the final compute reuses the persisted group summary: {}",
         stdout(&demo)
+    );
+    // Again on the same cluster: the content keys find every summary stored by the first run.
+    let again = rask(&env, &demo_args, "").await;
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert!(
+        stdout(&again).contains("every group's summary was stored already (an earlier run's, reused by its content key): the workers ran image_summary 0 time(s) for 2 group(s)"),
+        "{}",
+        stdout(&again)
     );
 
     // No worker serves the pool asked for: the demo says how to start one and fails.

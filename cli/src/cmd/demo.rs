@@ -182,6 +182,10 @@ pub(crate) async fn run(global: &Global, args: DemoArgs) -> Result<ExitCode> {
             Some(ran) if ran + 1 == groups => println!(
                 "first group's summary {key} was persisted before the final compute and reused by it: the workers ran image_summary {ran} time(s) for {groups} group(s)"
             ),
+            // Content keys: a cluster that keeps an earlier run's results reuses them all.
+            Some(0) => println!(
+                "first group's summary {key} was persisted before the final compute; every group's summary was stored already (an earlier run's, reused by its content key): the workers ran image_summary 0 time(s) for {groups} group(s)"
+            ),
             Some(ran) => println!(
                 "first group's summary {key} was persisted before the final compute; the workers ran image_summary {ran} time(s) for {groups} group(s) meanwhile"
             ),
