@@ -135,7 +135,9 @@ impl TaskOptions {
     /// message once; each call keeps its own key, outcome, retries and failure. `1` turns
     /// batching off (one message per task); `0` counts as `1`. Without it, `map` sizes batches
     /// from the function's measured run time ([`crate::batch::size_for`]). Calls that need
-    /// resources are never batched.
+    /// resources are never batched. On the nodes of a graph (`Delayed::with_options`), it
+    /// sizes the batches its ready sources of the function are published in (the smallest
+    /// any node of the function sets).
     pub fn batch(mut self, calls: usize) -> Self {
         self.batch = Some(calls.max(1));
         self
