@@ -268,9 +268,15 @@ impl Client {
         if !options.batchable() || size_hint.1.is_some_and(|most| most <= 1) {
             return 1;
         }
-        if let Some(size) = options.batch_size() {
-            return size;
+        match options.batch_size() {
+            Some(size) => size,
+            None => self.paced_batch_size(function).await,
         }
+    }
+
+    /// Calls of `function` per message sized by the run time workers published for it
+    /// ([`rask_common::batch::size_for`]; one `HGET`; 1 if Redis cannot say).
+    pub(crate) async fn paced_batch_size(&self, function: &str) -> usize {
         match rask_common::batch::read_pace(&self.inner.store, function).await {
             Ok(average) => rask_common::batch::size_for(average),
             Err(e) => {

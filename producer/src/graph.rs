@@ -206,8 +206,8 @@ impl Client {
 
 impl Client {
     /// Calls per batch message for each function with two or more of `sources`: the size
-    /// `set` by nodes' options, else the one the run time workers measured for it gives (as for
-    /// a map, `Client::batch_size`; 1 if Redis cannot say).
+    /// `set` by nodes' options, else the one the run time workers measured for it gives
+    /// ([`Client::paced_batch_size`], as for a map).
     async fn source_batch_sizes(
         &self,
         sources: &[TaskMessage],
@@ -224,13 +224,7 @@ impl Client {
             }
             let size = match set.remove(function) {
                 Some(size) => size,
-                None => match rask_common::batch::read_pace(self.store(), function).await {
-                    Ok(average) => rask_common::batch::size_for(average),
-                    Err(e) => {
-                        tracing::warn!(function, error = %e, "cannot read the run time workers measured; not batching");
-                        1
-                    }
-                },
+                None => self.paced_batch_size(function).await,
             };
             sizes.insert(function.to_owned(), size);
         }
