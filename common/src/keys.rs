@@ -312,6 +312,12 @@ impl Keys {
         format!("{}:done", self.prefix)
     }
 
+    /// The channel on which workers send the client `to` the outcomes of the tasks it calls
+    /// ([`crate::reply`]): `{prefix}:reply:{to}`.
+    pub fn reply_channel(&self, to: &crate::reply::ReplyTo) -> String {
+        format!("{}:reply:{}", self.prefix, to.as_str())
+    }
+
     /// The sorted set of revoked tasks (`client.cancel(..).force()`): member the task key,
     /// score when the revocation expires (Unix milliseconds): `{prefix}:revoked` (see
     /// [`crate::revocations`]).
@@ -359,6 +365,8 @@ mod tests {
         let key = TaskKey::new("inc-1").unwrap();
         assert_eq!(keys.result(&key), "p:result:inc-1");
         assert_eq!(keys.done_channel(), "p:done");
+        let to = crate::reply::ReplyTo::parse("c-1").unwrap();
+        assert_eq!(keys.reply_channel(&to), "p:reply:c-1");
         assert_eq!(keys.task(&key), "p:task:inc-1");
         assert_eq!(keys.pending(&key), "p:pending:inc-1");
         assert_eq!(keys.published(&key), "p:published:inc-1");
@@ -383,6 +391,8 @@ mod tests {
         assert_eq!(keys.worker("w-1"), "{p}:worker:w-1");
         assert_eq!(keys.workers(), "{p}:workers");
         assert_eq!(keys.done_channel(), "p:done");
+        let to = crate::reply::ReplyTo::parse("c-1").unwrap();
+        assert_eq!(keys.reply_channel(&to), "p:reply:c-1");
         assert!(keys.result(&key).starts_with(&keys.result_pattern_prefix()));
     }
 

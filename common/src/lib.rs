@@ -85,6 +85,7 @@ pub mod pool;
 pub mod reference;
 pub mod refusal;
 pub mod replica_waits;
+pub mod reply;
 pub mod resources;
 pub mod retry;
 pub mod revocations;

@@ -106,6 +106,15 @@ pub struct TaskMessage {
         deserialize_with = "crate::trace::lenient"
     )]
     pub trace: Option<crate::trace::TraceContext>,
+    /// The client to send the task's outcome to as soon as it is stored ([`crate::reply`]):
+    /// set by `call`, whose client waits for it. `None` (not written): the outcome is only
+    /// announced, as before; a malformed one reads as `None`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::reply::lenient"
+    )]
+    pub reply: Option<crate::reply::ReplyTo>,
 }
 
 /// One call of a batch message: its own key (its outcome is stored under it) and arguments; the
@@ -146,6 +155,7 @@ impl TaskMessage {
             calls: Vec::new(),
             hedge: false,
             trace: None,
+            reply: None,
         }
     }
 

@@ -41,7 +41,7 @@ impl<E: fmt::Display> fmt::Display for Lost<E> {
     }
 }
 
-/// Passes each message's payload to `on_message`, pings every `ping`, and after every
+/// Passes each message to `on_message`, pings every `ping`, and after every
 /// `rescan_every` answered pings awaits `rescan()`; returns why the subscription ended (it never
 /// ends otherwise). Messages arriving while a ping waits stay in the subscription's buffer.
 pub async fn relay<E, F, R>(
@@ -49,7 +49,7 @@ pub async fn relay<E, F, R>(
     messages: &mut PubSubStream,
     ping: Duration,
     rescan_every: u32,
-    mut on_message: impl FnMut(&[u8]),
+    mut on_message: impl FnMut(&redis::Msg),
     mut rescan: F,
 ) -> Lost<E>
 where
@@ -62,7 +62,7 @@ where
     loop {
         tokio::select! {
             message = messages.next() => match message {
-                Some(message) => on_message(message.get_payload_bytes()),
+                Some(message) => on_message(&message),
                 None => return Lost::Closed,
             },
             _ = pings.tick() => {

@@ -2,7 +2,8 @@
 //!
 //! Outcomes live at [`Keys::result`] with the configured TTL; each batch of stored outcomes is
 //! announced on [`Keys::done_channel`] with the keys only (a MessagePack array of strings), never
-//! the payload, so a waiter that misses an announcement loses time, not data.
+//! the payload, so a waiter that misses an announcement loses time, not data. (The outcomes of
+//! tasks a client waits for with `call` are also sent to it: [`crate::reply`].)
 //!
 //! A `rediss://` URL connects over TLS, trusting `tls_ca_file` (instead of the system's roots)
 //! and presenting `tls_cert_file`/`tls_key_file` when set. With `redis_cluster_urls` the store is a

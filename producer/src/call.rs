@@ -32,6 +32,8 @@ impl Client {
         let mut waiter = self.waiter(vec![key.clone()]).for_unpublished();
         let mut message = TaskMessage::new(key, T::NAME, encode_value(&args)?);
         message.pool = self.settings().route(T::NAME, None);
+        // The worker sends the outcome here as it stores it: no read after the announcement.
+        message.reply = Some(self.reply_to().clone());
         self.watch_route(T::NAME, message.pool.as_ref());
         let publishing = Publishing::start(self.settings(), "submit", T::NAME);
         let message = publishing.stamp(message);

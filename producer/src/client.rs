@@ -60,7 +60,7 @@ impl Client {
         store.warn_about_risks().await;
         let listener = Listener::start(
             rask_common::store::subscription_clients(&settings)?,
-            store.keys().done_channel(),
+            store.keys(),
             settings.redis_ping_interval,
         )
         .await?;
@@ -474,6 +474,11 @@ impl Client {
             self.inner.listener.subscribe(),
             keys,
         )
+    }
+
+    /// The id of this client's reply channel ([`rask_common::reply`]).
+    pub(crate) fn reply_to(&self) -> &rask_common::reply::ReplyTo {
+        self.inner.listener.reply_to()
     }
 
     /// The client's recorder of task events (`events.rs`).

@@ -1,8 +1,10 @@
 //! Learning of stored results without polling: one Redis subscription per client to the
-//! deployment's done channel, fanned out to every waiter in the process.
+//! deployment's done channel and to the client's own reply channel, fanned out to every waiter
+//! in the process.
 //!
-//! Announcements carry keys only; a waiter reads the outcomes itself in batches (MGET). A
-//! waiter subscribes before its first read, and whenever announcements may have been missed (the
+//! Announcements carry keys only; a waiter reads the outcomes itself in batches (MGET). Replies
+//! ([`rask_common::reply`], for the tasks this client `call`s) carry the stored outcome, which a
+//! waiter takes as it is, reading nothing. A waiter subscribes before its first read, and whenever announcements may have been missed (the
 //! subscription was re-established, or the waiter fell behind) it re-reads every key still
 //! pending. So a lost announcement can delay a result, never lose it. For the same reason
 //! announcements that arrive while no waiter listens are not decoded at all.
@@ -19,7 +21,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hashbrown::HashTable;
+use rask_common::keys::Keys;
 use rask_common::pinged::{self, Lost};
+use rask_common::reply::ReplyTo;
 use rask_common::{Outcome, Store, TaskKey};
 use tokio::sync::{broadcast, oneshot};
 use tokio::task::JoinHandle;
@@ -32,8 +36,17 @@ use crate::references::Keeper;
 pub(crate) enum Event {
     /// These keys have stored outcomes.
     Done(Arc<Vec<String>>),
+    /// This key's stored outcome, sent to this client.
+    Reply(Arc<Replied>),
     /// Announcements may have been missed: re-read everything pending.
     Resync,
+}
+
+/// A reply: a task's key and its stored outcome.
+#[derive(Debug)]
+pub(crate) struct Replied {
+    key: TaskKey,
+    outcome: Arc<Vec<u8>>,
 }
 
 /// Announcement batches buffered per waiter before it must resync.
@@ -48,27 +61,51 @@ const RESCAN_EVERY: u32 = 6;
 pub(crate) struct Listener {
     events: broadcast::Sender<Event>,
     task: JoinHandle<()>,
+    /// This client's reply channel's id.
+    reply_to: ReplyTo,
+}
+
+/// The channels a listener subscribes to.
+struct Channels {
+    /// Announcements of stored keys ([`Keys::done_channel`]).
+    done: String,
+    /// Replies to this client ([`Keys::reply_channel`]).
+    reply: String,
 }
 
 impl Listener {
-    /// Subscribes to `channel` on the Redis of the first of `clients` that answers (the nodes
-    /// of a Redis Cluster, or the one Redis); returns once subscribed. The subscription is
-    /// pinged every `ping`; one that fails, or leaves a ping unanswered for `ping`, is made
-    /// again on the next client in turn, and every waiter then re-reads its pending keys (as
-    /// it also does every [`RESCAN_EVERY`] pings).
+    /// Subscribes to the done channel of `keys` and to a reply channel of its own on the Redis
+    /// of the first of `clients` that answers (the nodes of a Redis Cluster, or the one Redis);
+    /// returns once subscribed. The subscription is pinged every `ping`; one that fails, or
+    /// leaves a ping unanswered for `ping`, is made again on the next client in turn, and every
+    /// waiter then re-reads its pending keys (as it also does every [`RESCAN_EVERY`] pings).
     pub(crate) async fn start(
         clients: Vec<redis::Client>,
-        channel: String,
+        keys: &Keys,
         ping: Duration,
     ) -> Result<Self> {
+        let reply_to = ReplyTo::unique();
+        let channels = Channels {
+            done: keys.done_channel(),
+            reply: keys.reply_channel(&reply_to),
+        };
         let (events, _) = broadcast::channel(BUFFER);
         let (ready_tx, ready_rx) = oneshot::channel();
-        let task = tokio::spawn(listen(clients, channel, ping, events.clone(), ready_tx));
+        let task = tokio::spawn(listen(clients, channels, ping, events.clone(), ready_tx));
         match ready_rx.await {
-            Ok(Ok(())) => Ok(Listener { events, task }),
+            Ok(Ok(())) => Ok(Listener {
+                events,
+                task,
+                reply_to,
+            }),
             Ok(Err(e)) => Err(Error::Store(e)),
             Err(_) => Err(Error::ListenerStopped),
         }
+    }
+
+    /// The id of this client's reply channel, for the messages of tasks it waits for.
+    pub(crate) fn reply_to(&self) -> &ReplyTo {
+        &self.reply_to
     }
 
     /// A new receiver of every event from now on.
@@ -92,7 +129,7 @@ impl Drop for Listener {
 
 async fn listen(
     clients: Vec<redis::Client>,
-    channel: String,
+    channels: Channels,
     ping: Duration,
     events: broadcast::Sender<Event>,
     ready: oneshot::Sender<redis::RedisResult<()>>,
@@ -104,7 +141,7 @@ async fn listen(
     loop {
         let client = &clients[turn % clients.len()];
         turn += 1;
-        let pubsub = match subscribe(client, &channel, ping).await {
+        let pubsub = match subscribe(client, &channels, ping).await {
             Ok(pubsub) => pubsub,
             Err(e) => {
                 if turn < clients.len() {
@@ -131,20 +168,21 @@ async fn listen(
                 let _ = events.send(Event::Resync);
             }
         }
-        let lost = relay(pubsub, ping, &events).await;
+        let lost = relay(pubsub, &channels.reply, ping, &events).await;
         tracing::warn!(error = %lost, "completion subscription lost; resubscribing");
     }
 }
 
-/// A subscription to `channel` through `client`, made within `deadline`.
+/// A subscription to `channels` through `client`, made within `deadline`.
 async fn subscribe(
     client: &redis::Client,
-    channel: &str,
+    channels: &Channels,
     deadline: Duration,
 ) -> redis::RedisResult<redis::aio::PubSub> {
     let subscribed = async {
         let mut pubsub = client.get_async_pubsub().await?;
-        pubsub.subscribe(channel).await?;
+        pubsub.subscribe(&channels.done).await?;
+        pubsub.subscribe(&channels.reply).await?;
         Ok(pubsub)
     };
     tokio::time::timeout(deadline, subscribed)
@@ -152,23 +190,30 @@ async fn subscribe(
         .unwrap_or_else(|_| Err(timed_out("subscribing", deadline)))
 }
 
-/// Passes announcements of `pubsub` on to waiters, pings it every `ping`, and asks waiters to
-/// re-read every [`RESCAN_EVERY`] pings ([`pinged::relay`]); returns why the subscription is
-/// lost: it failed, or a ping went unanswered for `ping`.
+/// Passes announcements and replies (those on channel `reply`) of `pubsub` on to waiters, pings
+/// it every `ping`, and asks waiters to re-read every [`RESCAN_EVERY`] pings
+/// ([`pinged::relay`]); returns why the subscription is lost: it failed, or a ping went
+/// unanswered for `ping`.
 async fn relay(
     pubsub: redis::aio::PubSub,
+    reply: &str,
     ping: Duration,
     events: &broadcast::Sender<Event>,
 ) -> redis::RedisError {
     let (mut sink, mut messages) = pubsub.split();
-    let announced = |payload: &[u8]| {
+    let announced = |message: &redis::Msg| {
         if events.receiver_count() == 0 {
             // No waiter: nothing to decode for (a `map` of a million tasks is announced while
             // it is still publishing, before its `gather` waits); a waiter reads everything
             // pending when it starts.
             return;
         }
-        announce(payload, events);
+        let payload = message.get_payload_bytes();
+        if message.get_channel_name() == reply {
+            pass_reply(payload, events);
+        } else {
+            announce(payload, events);
+        }
     };
     let resync = || {
         let _ = events.send(Event::Resync);
@@ -199,6 +244,17 @@ fn announce(payload: &[u8], events: &broadcast::Sender<Event>) {
             let _ = events.send(Event::Done(Arc::new(keys)));
         }
         Err(e) => tracing::warn!(error = %e, "ignoring a malformed completion announcement"),
+    }
+}
+
+/// Passes the outcome replied in `payload` on to waiters.
+fn pass_reply(payload: &[u8], events: &broadcast::Sender<Event>) {
+    match rask_common::reply::decode(payload) {
+        Some((key, outcome)) => {
+            let outcome = Arc::new(outcome.to_vec());
+            let _ = events.send(Event::Reply(Arc::new(Replied { key, outcome })));
+        }
+        None => tracing::warn!("ignoring a malformed reply"),
     }
 }
 
@@ -348,6 +404,9 @@ impl<K: Borrow<TaskKey>> Waiter<K> {
                     Ok(Event::Done(keys)) => {
                         announced.extend(keys.iter().filter_map(|k| self.find(k.as_str())));
                     }
+                    Ok(Event::Reply(replied)) => {
+                        self.found(&replied.key, &replied.outcome);
+                    }
                     Ok(Event::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => {
                         self.rescan = Some(0);
                     }
@@ -356,6 +415,8 @@ impl<K: Borrow<TaskKey>> Waiter<K> {
                     }
                 }
             }
+            // Those replied to meanwhile are not read again.
+            announced.retain(|&i| self.is_pending(i));
             if !announced.is_empty() && self.rescan.is_none() {
                 if let Err(e) = self.fetch(&announced).await {
                     self.rescan = Some(0);
@@ -375,7 +436,8 @@ impl<K: Borrow<TaskKey>> Waiter<K> {
         loop {
             match tokio::time::timeout_at(until, self.events.recv()).await {
                 Err(_) | Ok(Ok(Event::Resync)) => return Ok(()),
-                Ok(Ok(Event::Done(_))) | Ok(Err(broadcast::error::RecvError::Lagged(_))) => {}
+                Ok(Ok(Event::Done(_) | Event::Reply(_)))
+                | Ok(Err(broadcast::error::RecvError::Lagged(_))) => {}
                 Ok(Err(broadcast::error::RecvError::Closed)) => return Err(Error::ListenerStopped),
             }
         }
@@ -393,15 +455,20 @@ impl<K: Borrow<TaskKey>> Waiter<K> {
             .collect();
         let found = self.store.get_outcomes(&keys).await?;
         for (key, bytes) in keys.iter().zip(found) {
-            let Some(bytes) = bytes else { continue };
-            let bytes = Arc::new(bytes);
-            let hash = self.hasher.hash_one(key.as_str());
-            let all = &self.keys;
-            while let Ok(entry) = self.pending.find_entry(hash, |&i| all[i].borrow() == key) {
-                let (index, _) = entry.remove();
-                self.ready.push_back((index, bytes.clone()));
+            if let Some(bytes) = bytes {
+                self.found(key, &Arc::new(bytes));
             }
         }
         Ok(())
+    }
+
+    /// Moves every pending index of `key`, whose stored outcome is `bytes`, to ready.
+    fn found(&mut self, key: &TaskKey, bytes: &Arc<Vec<u8>>) {
+        let hash = self.hasher.hash_one(key.as_str());
+        let all = &self.keys;
+        while let Ok(entry) = self.pending.find_entry(hash, |&i| all[i].borrow() == key) {
+            let (index, _) = entry.remove();
+            self.ready.push_back((index, bytes.clone()));
+        }
     }
 }

@@ -905,7 +905,7 @@ async fn one_script_call_stores_and_releases_a_batch_some_releasing_and_some_not
             let (store, recorder) = (&store, &recorder);
             async move {
                 store
-                    .store_and_release_recording(&outcomes, batch, recorder, &[])
+                    .store_and_release_recording(&outcomes, &[], batch, recorder, &[])
                     .await
                     .unwrap()
             }

@@ -69,6 +69,8 @@ pub(crate) enum Admission {
         key: TaskKey,
         outcome: Vec<u8>,
         last: bool,
+        /// The client to send the outcome to (`TaskMessage::reply`).
+        reply: Option<rask_common::reply::ReplyTo>,
     },
     /// Nothing more to do: the delivery was dead-lettered and settled (no key to report on).
     Settled,
@@ -170,6 +172,7 @@ pub(crate) async fn admit(shared: &Shared, delivery: &Delivery) -> Admission {
                 key: message.key,
                 outcome: bytes,
                 last: limit_reached,
+                reply: message.reply,
             };
         }
     }
@@ -204,6 +207,7 @@ async fn unless_stored(shared: &Shared, message: TaskMessage) -> Admission {
                     key: message.key,
                     outcome: bytes,
                     last: false,
+                    reply: message.reply,
                 }
             }
             _ => Admission::Run(message),

@@ -130,6 +130,7 @@ pub(crate) async fn handle(shared: &Shared, message: TaskMessage, delivery: Deli
         ticket: crate::ticket::Ticket::Delivery(delivery),
         last: limit_reached,
         more: outcomes.collect(),
+        reply: None,
     };
     if shared.finished.send(finished).await.is_err() {
         tracing::error!(batch = %batch_key, "result writer stopped; the batch will be redelivered");

@@ -52,8 +52,8 @@ pub(crate) enum Unresolved {
 
 /// What the stored inputs of a task make of it.
 enum Spliced<'m> {
-    /// Ready to execute.
-    Ready(Cow<'m, TaskMessage>),
+    /// Ready to execute (boxed: a message is large beside the other variants).
+    Ready(Box<Cow<'m, TaskMessage>>),
     /// These inputs have no stored result.
     Missing(Vec<TaskKey>),
     /// An input failed: store this instead.
@@ -172,7 +172,7 @@ pub(crate) async fn resolve<'m>(
             }
         };
         missing = match spliced {
-            Spliced::Ready(ready) => return Ok(ready),
+            Spliced::Ready(ready) => return Ok(*ready),
             Spliced::Failed(outcome) => return Err(Unresolved::Failed(outcome)),
             Spliced::Missing(missing) => missing,
             Spliced::InBlobs(_) => unreachable!("the loop above reads them"),
@@ -312,12 +312,12 @@ fn splice_inputs<'m>(
     }
     match splice::splice(&message.args, |key| values.get(key).copied()) {
         // The placeholders' message is kept for a retry; the rest is small (key, names).
-        Ok(Some(args)) => Spliced::Ready(Cow::Owned(TaskMessage {
+        Ok(Some(args)) => Spliced::Ready(Box::new(Cow::Owned(TaskMessage {
             args,
             ..message.clone()
-        })),
+        }))),
         // Nothing to splice; or malformed arguments, left to the registry, which reports them
         // as BadArguments.
-        Ok(None) | Err(_) => Spliced::Ready(Cow::Borrowed(message)),
+        Ok(None) | Err(_) => Spliced::Ready(Box::new(Cow::Borrowed(message))),
     }
 }

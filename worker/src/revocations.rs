@@ -189,7 +189,7 @@ async fn relay(
     sink: &mut redis::aio::PubSubSink,
     messages: &mut redis::aio::PubSubStream,
 ) -> String {
-    let announced = |payload: &[u8]| match Revoked::decode(payload) {
+    let announced = |message: &redis::Msg| match Revoked::decode(message.get_payload_bytes()) {
         Ok(batch) => {
             tracing::info!(tasks = batch.keys.len(), "tasks revoked");
             let expires = batch.expires_ms;

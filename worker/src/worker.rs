@@ -14,6 +14,7 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use rask_common::context::WorkerContext;
+use rask_common::reply::ReplyTo;
 use rask_common::{
     broker, FailureKind, Outcome, Settings, Store, TaskContext, TaskFailure, TaskKey, TaskMessage,
 };
@@ -565,18 +566,25 @@ async fn handle(shared: &Shared, delivery: Delivery, slot: Slot) {
             return finish(
                 shared,
                 key,
+                None,
                 Outcome::Failure(failure),
                 Ticket::Delivery(delivery),
             )
             .await
         }
-        Admission::Stored { key, outcome, last } => {
+        Admission::Stored {
+            key,
+            outcome,
+            last,
+            reply,
+        } => {
             let finished = Finished {
                 key,
                 outcome,
                 ticket: Ticket::Delivery(delivery),
                 last,
                 more: Vec::new(),
+                reply,
             };
             return store(shared, finished).await;
         }
@@ -608,6 +616,7 @@ async fn run_one(
         return finish(
             shared,
             message.key,
+            message.reply,
             Outcome::Failure(failure),
             Ticket::Delivery(delivery),
         )
@@ -656,7 +665,14 @@ async fn run_one(
             Gate::Run(held, permit) => (Some(held), Slot::new(permit, shared.seceding.clone())),
             Gate::Fail(failure) => {
                 let ticket = Ticket::Delivery(delivery);
-                return finish(shared, message.key, Outcome::Failure(failure), ticket).await;
+                return finish(
+                    shared,
+                    message.key,
+                    message.reply,
+                    Outcome::Failure(failure),
+                    ticket,
+                )
+                .await;
             }
             Gate::Done => return,
         }
@@ -688,7 +704,14 @@ pub(crate) async fn continue_task(
         tracing::info!(key = %message.key, "revoked task not run");
         let text = "revoked by a client (force cancel) before it ran";
         let failure = TaskFailure::of(&message, FailureKind::Cancelled, text, &shared.id);
-        return finish(shared, message.key, Outcome::Failure(failure), ticket).await;
+        return finish(
+            shared,
+            message.key,
+            message.reply,
+            Outcome::Failure(failure),
+            ticket,
+        )
+        .await;
     }
     let span = spans::run(&shared.settings, &shared.id, &message);
     run(shared, message, None, [None, None], ticket, &span)
@@ -726,7 +749,7 @@ async fn run(
                 recording.finished(&outcome);
             }
             limits::give_back(leases).await;
-            return finish(shared, message.key, outcome, ticket).await;
+            return finish(shared, message.key, message.reply, outcome, ticket).await;
         }
         Err(references::Unresolved::Refused(source)) => {
             let what = "reading arguments";
@@ -799,7 +822,7 @@ async fn run(
             if let Some(recording) = recording {
                 recording.finished(&outcome);
             }
-            finish(shared, message.key, outcome, ticket).await
+            finish(shared, message.key, message.reply, outcome, ticket).await
         }
     }
 }
@@ -824,9 +847,16 @@ pub(crate) async fn until_revoked(
     }
 }
 
-/// Hands `outcome` to the result writer, which stores it, releases its dependents and then
-/// settles `ticket` (acknowledges the delivery).
-async fn finish(shared: &Shared, key: TaskKey, outcome: Outcome, ticket: Ticket) {
+/// Hands `outcome` to the result writer, which stores it (sending it to the client `reply`
+/// names, if any), releases its dependents and then settles `ticket` (acknowledges the
+/// delivery).
+async fn finish(
+    shared: &Shared,
+    key: TaskKey,
+    reply: Option<ReplyTo>,
+    outcome: Outcome,
+    ticket: Ticket,
+) {
     if let Outcome::Failure(f) = &outcome {
         tracing::info!(key = %f.key, task = %f.task, kind = ?f.kind, message = %f.message, "task failed");
     }
@@ -854,6 +884,7 @@ async fn finish(shared: &Shared, key: TaskKey, outcome: Outcome, ticket: Ticket)
         ticket,
         last: false,
         more: Vec::new(),
+        reply,
     };
     store(shared, finished).await;
 }

@@ -224,17 +224,22 @@ impl Store {
     }
 
     /// [`Store::store_and_release`] on a cluster (see the module docs), for one chunk of
-    /// outcomes: four pipelines. Returns the records of the dependents released (marked
-    /// published).
+    /// outcomes: four pipelines, the first also sending `replies` ([`crate::reply`]). Returns
+    /// the records of the dependents released (marked published).
     pub(super) async fn store_and_release_by_slot(
         &self,
         outcomes: &[(TaskKey, Vec<u8>)],
+        replies: Vec<redis::Cmd>,
     ) -> Result<Vec<Vec<u8>>> {
         let mut store = self.outcomes_pipeline(outcomes);
         // After each result, in its slot: a stored result needs no marker, and one left would
         // outlive it.
         for (key, _) in outcomes {
             store.cmd("DEL").arg(self.keys().published(key)).ignore();
+        }
+        // In the result's slot too (the script's key), after it is stored.
+        for reply in replies {
+            store.add_command(reply).ignore();
         }
         store.query_async::<()>(&mut self.connection()).await?;
         let mut members = redis::pipe();

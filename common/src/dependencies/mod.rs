@@ -57,6 +57,7 @@ use crate::error::Result;
 use crate::keys::Keys;
 use crate::keys::TaskKey;
 use crate::message::TaskMessage;
+use crate::reply::ReplyTo;
 use crate::store::Store;
 
 pub use ready::ReadyTask;
@@ -335,19 +336,22 @@ impl Store {
         &self,
         outcomes: &[(TaskKey, Vec<u8>)],
     ) -> Result<Vec<ReadyTask>> {
-        self.store_and_release_with(outcomes, Batch::Unknown, Vec::new())
+        self.store_and_release_with(outcomes, &[], Batch::Unknown, Vec::new())
             .await
     }
 
     /// [`Store::store_and_release`] for a `batch` of what kind, writing `events` (task events,
     /// see [`crate::events`]) in the first pipeline with `recorder` (on a Redis Cluster, in a
-    /// pipeline of their own). A [`Batch::Graph`] is stored and released in one round trip.
+    /// pipeline of their own), and sending the outcomes of `replies` (keys of `outcomes`, each
+    /// with the client that waits for it) to their clients ([`crate::reply`]) right after they
+    /// are stored. A [`Batch::Graph`] is stored and released in one round trip.
     ///
     /// # Errors
     /// As [`Store::store_and_release`].
     pub async fn store_and_release_recording(
         &self,
         outcomes: &[(TaskKey, Vec<u8>)],
+        replies: &[(TaskKey, ReplyTo)],
         batch: Batch,
         recorder: &crate::events::Recorder,
         events: &[crate::events::Event],
@@ -358,33 +362,51 @@ impl Store {
                 tracing::warn!(error = %e, events = events.len(), "could not record task events");
             }
             return self
-                .store_and_release_with(outcomes, batch, Vec::new())
+                .store_and_release_with(outcomes, replies, batch, Vec::new())
                 .await;
         }
-        self.store_and_release_with(outcomes, batch, recorder.commands(events))
+        self.store_and_release_with(outcomes, replies, batch, recorder.commands(events))
             .await
     }
 
-    /// [`Store::store_and_release`] of a `batch` with `extra` commands (replies ignored) in the
-    /// first pipeline of a single Redis.
+    /// [`Store::store_and_release`] of a `batch` sending `replies`, with `extra` commands
+    /// (replies ignored) in the first pipeline of a single Redis.
     async fn store_and_release_with(
         &self,
         outcomes: &[(TaskKey, Vec<u8>)],
+        replies: &[(TaskKey, ReplyTo)],
         batch: Batch,
         mut extra: Vec<redis::Cmd>,
     ) -> Result<Vec<ReadyTask>> {
         // In chunks, so that no release script keeps Redis from serving others for long.
         let mut bodies = Vec::new();
         for chunk in outcomes.chunks(PIPELINE_CHUNK) {
+            let replies = self.reply_commands(chunk, replies);
             if self.keys().is_clustered() {
-                bodies.extend(self.store_and_release_by_slot(chunk).await?);
+                bodies.extend(self.store_and_release_by_slot(chunk, replies).await?);
             } else {
                 let extra = std::mem::take(&mut extra);
-                bodies.extend(self.store_and_release_chunk(chunk, batch, extra).await?);
+                bodies.extend(
+                    self.store_and_release_chunk(chunk, batch, replies, extra)
+                        .await?,
+                );
                 self.replicate().await?;
             }
         }
         Ok(decode_ready(bodies))
+    }
+
+    /// The commands that send the outcomes of `replies` stored by `chunk` ([`crate::reply`]).
+    fn reply_commands(
+        &self,
+        chunk: &[(TaskKey, Vec<u8>)],
+        replies: &[(TaskKey, ReplyTo)],
+    ) -> Vec<redis::Cmd> {
+        replies
+            .iter()
+            .filter(|(key, _)| chunk.iter().any(|(stored, _)| stored == key))
+            .map(|(key, to)| crate::reply::command(self.keys(), key, to))
+            .collect()
     }
 
     /// [`Store::store_and_release`] for at most [`PIPELINE_CHUNK`] outcomes on a single Redis:
@@ -402,12 +424,17 @@ impl Store {
         &self,
         outcomes: &[(TaskKey, Vec<u8>)],
         batch: Batch,
+        replies: Vec<redis::Cmd>,
         extra: Vec<redis::Cmd>,
     ) -> Result<Vec<Vec<u8>>> {
         let keys = self.keys();
-        // Announced in the same round trip: waiters learn of the results without waiting for
-        // the dependents' bookkeeping.
+        // Replied to and announced in the same round trip: waiters learn of the results
+        // without waiting for the dependents' bookkeeping; a reply first, so that its client
+        // has the outcome before the announcement would make it read it.
         let mut pipe = self.outcomes_pipeline(outcomes);
+        for reply in replies {
+            pipe.add_command(reply).ignore();
+        }
         self.announce(&mut pipe, outcomes)?;
         for cmd in extra {
             pipe.add_command(cmd).ignore();

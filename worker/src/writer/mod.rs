@@ -53,6 +53,9 @@ pub(crate) struct Finished {
     /// The other outcomes of a batch message (`batch.rs`), stored with this one, in the same
     /// pipeline, before the one delivery is acknowledged. Empty for a single task.
     pub(crate) more: Vec<(TaskKey, Vec<u8>)>,
+    /// The client to send the outcome to once it is stored (`call`, see
+    /// [`rask_common::reply`]); `None` for the calls of a batch message and released tasks.
+    pub(crate) reply: Option<rask_common::reply::ReplyTo>,
 }
 
 /// What settling stored batches needs, shared by the batches settling at once.

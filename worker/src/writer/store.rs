@@ -10,6 +10,7 @@ use std::collections::HashSet;
 
 use rask_common::dependencies::{Batch, ReadyTask};
 use rask_common::events::{Event, Recorder};
+use rask_common::reply::ReplyTo;
 use rask_common::{ErrorKind, Store, TaskKey};
 
 use super::Finished;
@@ -70,6 +71,14 @@ impl Group {
         }
     }
 
+    /// The tasks whose outcomes go to a waiting client as well, with that client.
+    fn replies(&self) -> Vec<(TaskKey, ReplyTo)> {
+        self.finished
+            .iter()
+            .filter_map(|f| Some((f.key.clone(), f.reply.clone()?)))
+            .collect()
+    }
+
     /// Splits off the second half (of the finished tasks, each with all its outcomes).
     fn split(&mut self) -> Group {
         let mid = self.finished.len() / 2;
@@ -113,8 +122,9 @@ pub(super) async fn store(
     let (recorder, mut events) = recording;
     while let Some(mut group) = todo.pop() {
         let kind = group.kind(graph);
+        let replies = group.replies();
         let attempt = retry::until_ok("storing results", || {
-            store.store_and_release_recording(&group.outcomes, kind, recorder, &events)
+            store.store_and_release_recording(&group.outcomes, &replies, kind, recorder, &events)
         })
         .await;
         events.clear();

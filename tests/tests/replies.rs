@@ -1,0 +1,195 @@
+//! Direct replies (`rask_common::reply`): a `call` takes its value from the reply the worker
+//! sends with the stored outcome and reads nothing from Redis; an outcome too large for a reply
+//! is read after its announcement as before; a reply carries the outcome as stored (the first
+//! run's), never a later run's. Against one Redis: `MONITOR` shows who reads what.
+
+use futures::StreamExt;
+use lapin::options::BasicPublishOptions;
+use lapin::BasicProperties;
+use rask::builtins::{echo, inc};
+use rask_common::message::encode_value;
+use rask_common::reply::ReplyTo;
+use rask_common::{broker, Outcome, Store, TaskKey, TaskMessage};
+use rask_tests::{TestEnv, PATIENCE};
+use rask_worker::Registry;
+
+/// One command Redis ran, as `MONITOR` shows it.
+#[derive(Debug)]
+struct Seen {
+    /// Run by a script (`lua`) rather than sent by a client.
+    by_script: bool,
+    command: String,
+    line: String,
+}
+
+impl Seen {
+    /// `line` of `MONITOR`: `1700000000.123456 [0 127.0.0.1:5000] "GET" "key"`, or `[0 lua]`.
+    fn parse(line: String) -> Option<Seen> {
+        let (source, rest) = line.split_once("] \"")?;
+        let by_script = source.ends_with(" lua");
+        let command = rest.split('"').next()?.to_ascii_uppercase();
+        Some(Seen {
+            by_script,
+            command,
+            line,
+        })
+    }
+
+    /// Whether a client (not a script) read `key` with `GET` or `MGET`.
+    fn client_read(&self, key: &str) -> bool {
+        !self.by_script
+            && matches!(self.command.as_str(), "GET" | "MGET")
+            && self.line.contains(&format!("\"{key}\""))
+    }
+}
+
+/// What Redis runs from now until it runs `EXISTS {marker}` (sent by `end`).
+async fn monitor(env: &TestEnv) -> redis::aio::Monitor {
+    let client = redis::Client::open(env.settings.redis_url.as_str()).unwrap();
+    client.get_async_monitor().await.unwrap()
+}
+
+/// Ends the watch of `monitor`: sends a marker command and returns every command seen before it.
+async fn seen_until_now(env: &TestEnv, store: &Store, monitor: redis::aio::Monitor) -> Vec<Seen> {
+    let marker = format!("{}:monitor-end", env.settings.key_prefix);
+    let _: bool = redis::cmd("EXISTS")
+        .arg(&marker)
+        .query_async(&mut store.connection())
+        .await
+        .unwrap();
+    let mut lines = monitor.into_on_message::<String>();
+    let mut seen = Vec::new();
+    let watch = async {
+        while let Some(line) = lines.next().await {
+            if line.contains(&format!("\"{marker}\"")) {
+                return;
+            }
+            seen.extend(Seen::parse(line));
+        }
+        panic!("MONITOR ended before the marker");
+    };
+    tokio::time::timeout(PATIENCE, watch)
+        .await
+        .expect("the marker shows in MONITOR");
+    seen
+}
+
+#[tokio::test]
+async fn a_call_takes_its_value_from_the_reply_and_reads_no_result() {
+    let env = TestEnv::new("replies").await;
+    let worker = env.run_worker(Registry::with_builtins());
+    let client = env.client().await;
+    let store = Store::connect(&env.settings).await.unwrap();
+    // One call first, so that connections and subscriptions are all made.
+    assert_eq!(client.call(inc, (0,)).await.unwrap(), 1);
+
+    let watch = monitor(&env).await;
+    let mut calls = Vec::new();
+    for i in 1..=5 {
+        let value = tokio::time::timeout(PATIENCE, client.call(inc, (i,)))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(value, i + 1);
+        calls.push(i);
+    }
+    // Over the reply limit: announced only, and read.
+    let big = rmpv::Value::Binary(vec![7; rask_common::reply::REPLY_LIMIT + 1]);
+    let echoed = tokio::time::timeout(PATIENCE, client.call(echo, (big.clone(),)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(echoed, big);
+    let seen = seen_until_now(&env, &store, watch).await;
+
+    let result_keys = |function: &str| -> Vec<String> {
+        let prefix = format!("{}:result:{function}-", env.settings.key_prefix);
+        let mut keys: Vec<String> = seen
+            .iter()
+            .filter(|s| s.command == "SET" && !s.by_script)
+            .filter_map(|s| {
+                let start = s.line.find(&prefix)?;
+                let key = &s.line[start..];
+                Some(key[..key.find('"')?].to_owned())
+            })
+            .collect();
+        keys.dedup();
+        keys
+    };
+    let small = result_keys("inc");
+    assert_eq!(
+        small.len(),
+        calls.len(),
+        "one result stored per call: {seen:#?}"
+    );
+    for key in &small {
+        let replied = seen
+            .iter()
+            .any(|s| s.command == "EVAL" && s.line.contains(&format!("\"{key}\"")));
+        assert!(replied, "the worker replies with {key}");
+        let read: Vec<&Seen> = seen.iter().filter(|s| s.client_read(key)).collect();
+        assert!(read.is_empty(), "{key} came by reply, not read: {read:#?}");
+    }
+    let large = result_keys("echo");
+    assert_eq!(large.len(), 1, "{seen:#?}");
+    assert!(
+        seen.iter().any(|s| s.client_read(&large[0])),
+        "an outcome over the reply limit is read: {seen:#?}"
+    );
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_reply_carries_the_outcome_as_stored_not_a_later_runs() {
+    let env = TestEnv::new("replystored").await;
+    let client = env.client().await;
+    let store = Store::connect(&env.settings).await.unwrap();
+    let to = ReplyTo::unique();
+    let redis = redis::Client::open(env.settings.redis_url.as_str()).unwrap();
+    let mut replies = redis.get_async_pubsub().await.unwrap();
+    replies
+        .subscribe(store.keys().reply_channel(&to))
+        .await
+        .unwrap();
+
+    // An earlier run stored 1000; this run of `inc(41)` would store 42, and finds it taken.
+    let key = TaskKey::unique("inc");
+    let earlier = Outcome::Value(encode_value(&1000_i64).unwrap())
+        .encode()
+        .unwrap();
+    store
+        .store_and_release(&[(key.clone(), earlier.clone())])
+        .await
+        .unwrap();
+    let mut message = TaskMessage::new(key.clone(), "inc", encode_value(&(41_i64,)).unwrap());
+    message.reply = Some(to);
+    let connection = broker::connect(&env.settings, "test publisher")
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .basic_publish(
+            env.settings.exchange.as_str().into(),
+            env.settings.queue.as_str().into(),
+            BasicPublishOptions::default(),
+            &message.encode().unwrap(),
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let worker = env.run_worker(Registry::with_builtins());
+
+    let mut messages = replies.on_message();
+    let reply = tokio::time::timeout(PATIENCE, messages.next())
+        .await
+        .expect("a reply arrives")
+        .unwrap();
+    let (replied_key, outcome) = rask_common::reply::decode(reply.get_payload_bytes()).unwrap();
+    assert_eq!(replied_key, key);
+    assert_eq!(outcome, earlier.as_slice(), "the stored outcome, not 42");
+    let future: rask::Future<i64> = client.future(key);
+    assert_eq!(future.result_within(PATIENCE).await.unwrap(), 1000);
+    worker.stop().await.unwrap();
+}
