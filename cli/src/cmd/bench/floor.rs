@@ -14,8 +14,11 @@
 //! - The client subscribes to those notifications before it publishes, and reads the values of
 //!   the keys it is told of with `MGET` (re-reading everything pending if it hears nothing for a
 //!   while), as rask's client does. A round trip (`latency`) waits for the notification and the
-//!   publisher confirm at once and is done when the value is read, as `Client::call` does; the
-//!   confirm-first order is measured too, as a second figure.
+//!   publisher confirm at once and is done when the value is read; the confirm-first order is
+//!   measured too, as a second figure, and, as a third, the round trip that `Client::call` makes
+//!   now: the message names a reply channel (AMQP `reply_to`), the consumer's pipeline sends the
+//!   value as stored there with rask's reply script ([`rask_common::reply::REPLY_LUA`]) right
+//!   after the `SET`, and the client takes the value from the reply, racing the confirm.
 //!
 //! The consumers run as tasks in the bench process on their own connections: they share the
 //! machine's cores with the client, as rask's worker processes do.
@@ -176,6 +179,7 @@ impl Floor {
             .map(|shard| format!("{}.q{}.{shard}", self.prefix, self.stages))
             .collect();
         let notify = format!("{}:done:{}", self.prefix, self.stages);
+        let reply = format!("{}:reply:{}", self.prefix, self.stages);
         let publisher = connect(&self.amqp_url, "rask bench floor publisher").await?;
         let channel = publisher.create_channel().await?;
         let mut arguments = FieldTable::default();
@@ -201,6 +205,7 @@ impl Floor {
         // Subscribed before anything is published, so no notification can be missed.
         let mut notifications = self.redis.get_async_pubsub().await?;
         notifications.subscribe(&notify).await?;
+        notifications.subscribe(&reply).await?;
         let stop = CancellationToken::new();
         // The prefetch applies per consumer: one consumer per shard shares it, as in a worker.
         let per_shard = self.prefetch.div_ceil(queues.len() as u16).max(1);
@@ -248,6 +253,7 @@ impl Floor {
             stop,
             redis: self.redis_connection().await?,
             notifications,
+            reply,
             keys: Vec::new(),
         })
     }
@@ -285,6 +291,8 @@ pub(super) struct Stage {
     stop: CancellationToken,
     redis: MultiplexedConnection,
     notifications: redis::aio::PubSub,
+    /// The channel of replies to this client.
+    reply: String,
     /// Every key published, to delete at the end.
     keys: Vec<String>,
 }
@@ -300,7 +308,7 @@ impl Stage {
         let mut keys = Vec::with_capacity(range.len());
         let mut in_flight = VecDeque::with_capacity(self.window);
         for i in range {
-            let (key, confirm) = self.publish_one(shape, i).await?;
+            let (key, confirm) = self.publish_one(shape, i, false).await?;
             keys.push(key);
             in_flight.push_back(confirm);
             while in_flight.len() >= self.window {
@@ -375,14 +383,23 @@ impl Stage {
         Ok(keys)
     }
 
-    /// Publishes message `i` of `shape` to its shard; returns its key and its pending confirm.
-    async fn publish_one(&mut self, shape: &Shape, i: usize) -> Result<(String, PublisherConfirm)> {
+    /// Publishes message `i` of `shape` to its shard, naming the client's reply channel when
+    /// `reply`; returns its key and its pending confirm.
+    async fn publish_one(
+        &mut self,
+        shape: &Shape,
+        i: usize,
+        reply: bool,
+    ) -> Result<(String, PublisherConfirm)> {
         let id = format!("{}-{}", shape.function, uuid::Uuid::new_v4().simple());
-        let properties = BasicProperties::default()
+        let mut properties = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type(rask_common::broker::CONTENT_TYPE.into())
             .with_message_id(id.as_str().into())
             .with_type(shape.function.into());
+        if reply {
+            properties = properties.with_reply_to(self.reply.as_str().into());
+        }
         let queue = &self.queues[i % self.queues.len()];
         let confirm = self
             .channel
@@ -465,38 +482,44 @@ impl Stage {
         Ok(())
     }
 
-    /// One round trip: publishes message `i` of `shape`, waits for the notification of its key,
-    /// reads the value and returns it. Without `confirm_first`, the publisher confirm is awaited
-    /// at the same time as the notification and the round trip ends with the value, whichever
-    /// comes first (a negative confirm before the value still fails), as `Client::call` does;
-    /// with it, the confirm is awaited before the wait for the value starts.
+    /// One round trip: publishes message `i` of `shape`, waits for its value as `wait` says and
+    /// returns it. When the publisher confirm is raced with the value, the round trip ends with
+    /// the value, whichever comes first (a negative confirm before the value still fails).
     pub(super) async fn round_trip(
         &mut self,
         shape: &Shape,
         i: usize,
-        confirm_first: bool,
+        wait: Wait,
     ) -> Result<Vec<u8>> {
-        let (key, confirm) = self.publish_one(shape, i).await?;
-        let confirm = if confirm_first {
+        let (key, confirm) = self.publish_one(shape, i, wait == Wait::Reply).await?;
+        let confirm = if wait == Wait::ConfirmFirst {
             check(confirm.await?)?;
             None
         } else {
             Some(confirm)
         };
-        {
+        let replied = {
+            let reply = self.reply.as_bytes();
             let mut messages = self.notifications.on_message();
+            // The value, when it comes in a reply: `{key}\n{value}` on the reply channel.
             let notified = std::pin::pin!(async {
                 loop {
                     let message = tokio::time::timeout(PATIENCE, messages.next())
                         .await
                         .context("floor: no notification")?
                         .context("floor: the notification subscription ended")?;
-                    if message
-                        .get_payload_bytes()
-                        .split(|b| *b == b'\n')
-                        .any(|k| k == key.as_bytes())
-                    {
-                        return Ok::<_, anyhow::Error>(());
+                    let payload = message.get_payload_bytes();
+                    if message.get_channel_name().as_bytes() == reply {
+                        let value = payload
+                            .strip_prefix(key.as_bytes())
+                            .and_then(|rest| rest.strip_prefix(b"\n"));
+                        if let Some(value) = value {
+                            return Ok::<_, anyhow::Error>(Some(value.to_vec()));
+                        }
+                    } else if payload.split(|b| *b == b'\n').any(|k| k == key.as_bytes()) {
+                        if wait != Wait::Reply {
+                            return Ok(None);
+                        }
                     }
                 }
             });
@@ -505,11 +528,14 @@ impl Stage {
                 Some(confirm) => match select(confirm, notified).await {
                     Either::Left((confirmed, notified)) => {
                         check(confirmed?)?;
-                        notified.await?;
+                        notified.await?
                     }
                     Either::Right((notified, _confirm)) => notified?,
                 },
             }
+        };
+        if let Some(value) = replied {
+            return Ok(value);
         }
         let value: Option<Vec<u8>> = redis::cmd("GET")
             .arg(&key)
@@ -539,6 +565,17 @@ impl Stage {
         self.publisher.close(200, "floor done".into()).await?;
         Ok(())
     }
+}
+
+/// How a floor round trip ([`Stage::round_trip`]) waits for its value.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Wait {
+    /// The confirm and the notification at once, then the value read (`GET`).
+    AtOnce,
+    /// The confirm, then the notification, then the value read.
+    ConfirmFirst,
+    /// The confirm and the reply that carries the value at once, as `Client::call` does.
+    Reply,
 }
 
 fn check(confirmation: Confirmation) -> Result<()> {
@@ -611,8 +648,8 @@ impl Consumer {
         Ok(())
     }
 
-    /// `SET key value NX PX ttl` for every delivery and `PUBLISH` of the keys, in one pipeline,
-    /// then acks each delivery.
+    /// `SET key value NX PX ttl` for every delivery (and its reply, if it names a reply
+    /// channel) and `PUBLISH` of the keys, in one pipeline, then acks each delivery.
     fn store_and_ack(
         &self,
         deliveries: Vec<Delivery>,
@@ -653,6 +690,17 @@ impl Consumer {
                 .arg("PX")
                 .arg(self.ttl_ms)
                 .ignore();
+            if let Some(reply) = delivery.properties.reply_to() {
+                // The value as stored, on the client's channel, as a rask worker replies.
+                pipe.cmd("EVAL")
+                    .arg(rask_common::reply::REPLY_LUA)
+                    .arg(1)
+                    .arg(&key)
+                    .arg(reply.as_str())
+                    .arg(format!("{key}\n"))
+                    .arg(rask_common::reply::REPLY_LIMIT)
+                    .ignore();
+            }
             if !announced.is_empty() {
                 announced.push(b'\n');
             }

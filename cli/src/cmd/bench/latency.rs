@@ -3,10 +3,12 @@
 //! p50/p90/p99 in µs. The first 5% of round trips (at least one) warm up connections and
 //! caches and are not counted, for rask and the floor alike. The floor publishes one message,
 //! its consumer stores the value and publishes a notification, and the client waits for that
-//! notification and the publisher confirm at once and reads the value, as `call` does
-//! (`p50_us`, ...). The floor also measures the order that waits for the confirm before waiting
-//! for the value (`confirm_first_p50_us`, ...), interleaved round trip by round trip with the
-//! first. Values are checked after each round trip's clock stops, for both.
+//! notification and the publisher confirm at once and reads the value (`p50_us`, ...). The floor
+//! also measures the order that waits for the confirm before waiting for the value
+//! (`confirm_first_p50_us`, ...), and the round trip `call` makes now, the value sent to the
+//! client in a reply as it is stored (`reply_p50_us`, ...; [`rask_common::reply`]), interleaved
+//! round trip by round trip with the first. Values are checked after each round trip's clock
+//! stops, for all.
 
 use std::time::Duration;
 
@@ -15,7 +17,7 @@ use rask::builtins::inc;
 use rask::Client;
 use tokio::time::Instant;
 
-use super::floor::{check_value, Floor, Shape};
+use super::floor::{check_value, Floor, Shape, Wait};
 use super::report::Figures;
 use super::PATIENCE;
 
@@ -49,51 +51,53 @@ pub(super) async fn rask(client: &Client, n: usize) -> Result<Figures> {
     Ok(percentiles(samples))
 }
 
-/// The floor: the same round trips straight through lapin and Redis, in both orders (confirm
-/// and value at once, and confirm first), alternating which goes first.
+/// The floor: the same round trips straight through lapin and Redis, in three ways (confirm
+/// and value at once, confirm first, and value by reply), taking turns at going first.
 pub(super) async fn floor(floor: &mut Floor, n: usize) -> Result<Figures> {
+    const WAITS: [Wait; 3] = [Wait::AtOnce, Wait::ConfirmFirst, Wait::Reply];
     let warmup = warmup(n);
     let shape = Shape::of(inc, (n as i64,), n as i64 + 1, 2)?;
     let mut stage = floor.stage().await?;
-    let mut at_once = Vec::with_capacity(n);
-    let mut confirm_first = Vec::with_capacity(n);
+    let mut samples: [Vec<Duration>; 3] = std::array::from_fn(|_| Vec::with_capacity(n));
     for i in 0..warmup + n {
-        for first in [i % 2 == 0, i % 2 == 1] {
-            // Message numbers 2i and 2i + 1: every value differs.
-            let m = 2 * i + usize::from(first);
+        for turn in 0..WAITS.len() {
+            let way = (i + turn) % WAITS.len();
+            // Message numbers 3i, 3i + 1 and 3i + 2: every value differs.
+            let m = WAITS.len() * i + way;
             let started = Instant::now();
-            let value = stage.round_trip(&shape, m, first).await?;
+            let value = stage.round_trip(&shape, m, WAITS[way]).await?;
             let elapsed = started.elapsed();
             check_value(&shape, m, &value)?;
             if i >= warmup {
-                if first {
-                    &mut confirm_first
-                } else {
-                    &mut at_once
-                }
-                .push(elapsed);
+                samples[way].push(elapsed);
             }
         }
     }
     stage.close().await?;
+    let [at_once, confirm_first, reply] = samples;
     let mut figures = percentiles(at_once);
-    for (key, value) in percentiles(confirm_first).entries() {
-        if let Some(key) = CONFIRM_FIRST
-            .iter()
-            .find(|(k, _)| *k == key)
-            .map(|(_, c)| *c)
-        {
-            figures.set(key, value);
+    for (names, samples) in [(CONFIRM_FIRST, confirm_first), (REPLY, reply)] {
+        for (key, value) in percentiles(samples).entries() {
+            if let Some(name) = names.iter().find(|(k, _)| *k == key).map(|(_, n)| *n) {
+                figures.set(name, value);
+            }
         }
     }
     Ok(figures)
 }
 
-/// The confirm-first order's figures, by the name of the same figure of the other order.
+/// The confirm-first way's figures, by the name of the same figure of the first way.
 const CONFIRM_FIRST: [(&str, &str); 3] = [
     ("p50_us", "confirm_first_p50_us"),
     ("p90_us", "confirm_first_p90_us"),
     ("p99_us", "confirm_first_p99_us"),
+];
+
+/// The reply way's figures, by the name of the same figure of the first way.
+const REPLY: [(&str, &str); 3] = [
+    ("p50_us", "reply_p50_us"),
+    ("p90_us", "reply_p90_us"),
+    ("p99_us", "reply_p99_us"),
 ];
 
 /// p50, p90 and p99 (nearest rank) of `samples`, in µs.
