@@ -516,10 +516,10 @@ impl Stage {
                         if let Some(value) = value {
                             return Ok::<_, anyhow::Error>(Some(value.to_vec()));
                         }
-                    } else if payload.split(|b| *b == b'\n').any(|k| k == key.as_bytes()) {
-                        if wait != Wait::Reply {
-                            return Ok(None);
-                        }
+                    } else if wait != Wait::Reply
+                        && payload.split(|b| *b == b'\n').any(|k| k == key.as_bytes())
+                    {
+                        return Ok(None);
                     }
                 }
             });
