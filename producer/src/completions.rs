@@ -385,6 +385,7 @@ impl<K: Borrow<TaskKey>> Waiter<K> {
                 continue;
             }
             let mut announced: Vec<usize> = Vec::new();
+            let mut replied = false;
             let mut first = Some(self.events.recv().await);
             loop {
                 let event = match first.take() {
@@ -404,8 +405,9 @@ impl<K: Borrow<TaskKey>> Waiter<K> {
                     Ok(Event::Done(keys)) => {
                         announced.extend(keys.iter().filter_map(|k| self.find(k.as_str())));
                     }
-                    Ok(Event::Reply(replied)) => {
-                        self.found(&replied.key, &replied.outcome);
+                    Ok(Event::Reply(reply)) => {
+                        self.found(&reply.key, &reply.outcome);
+                        replied = true;
                     }
                     Ok(Event::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => {
                         self.rescan = Some(0);
@@ -415,8 +417,10 @@ impl<K: Borrow<TaskKey>> Waiter<K> {
                     }
                 }
             }
-            // Those replied to meanwhile are not read again.
-            announced.retain(|&i| self.is_pending(i));
+            if replied {
+                // Those replied to meanwhile are not read again.
+                announced.retain(|&i| self.is_pending(i));
+            }
             if !announced.is_empty() && self.rescan.is_none() {
                 if let Err(e) = self.fetch(&announced).await {
                     self.rescan = Some(0);
