@@ -1,13 +1,16 @@
-//! The core path against real servers: submit, map, gather, re-attach, release, TTL, and every
-//! way a task can fail ending as a typed error on its future.
+//! The core path against real servers: submit, map, gather, re-attach, release, TTL, every
+//! way a task can fail ending as a typed error on its future, and `call`'s direct reply.
 
 use std::time::Duration;
 
 use futures::StreamExt;
+use lapin::options::BasicPublishOptions;
+use lapin::BasicProperties;
 use rask::builtins::{add, fail, inc};
 use rask::{Error, FailureKind, Future, TaskKey};
 use rask_common::message::encode_value;
-use rask_common::Store;
+use rask_common::reply::ReplyTo;
+use rask_common::{broker, Outcome, Store, TaskMessage};
 use rask_tests::{failure, TestEnv, PATIENCE};
 use rask_worker::Registry;
 
@@ -377,5 +380,61 @@ async fn call_returns_the_value_or_the_typed_failure() {
         .unwrap()
         .unwrap_err();
     assert_eq!(failure(error).message, "nope");
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_reply_carries_the_outcome_as_stored_not_a_later_runs() {
+    let env = TestEnv::new("replystored").await;
+    let client = env.client().await;
+    let store = Store::connect(&env.settings).await.unwrap();
+    let to = ReplyTo::unique();
+    // The node a client subscribes on (the one Redis, or the first node of a cluster).
+    let redis = &rask_common::store::subscription_clients(&env.settings).unwrap()[0];
+    let mut replies = redis.get_async_pubsub().await.unwrap();
+    replies
+        .subscribe(store.keys().reply_channel(&to))
+        .await
+        .unwrap();
+
+    // An earlier run stored 1000; this run of `inc(41)` would store 42, and finds it taken.
+    let key = TaskKey::unique("inc");
+    let earlier = Outcome::Value(encode_value(&1000_i64).unwrap())
+        .encode()
+        .unwrap();
+    store
+        .store_and_release(&[(key.clone(), earlier.clone())])
+        .await
+        .unwrap();
+    let mut message = TaskMessage::new(key.clone(), "inc", encode_value(&(41_i64,)).unwrap());
+    message.reply = Some(to);
+    let connection = broker::connect(&env.settings, "test publisher")
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .basic_publish(
+            env.settings.exchange.as_str().into(),
+            env.settings.queue.as_str().into(),
+            BasicPublishOptions::default(),
+            &message.encode().unwrap(),
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let worker = env.run_worker(Registry::with_builtins());
+
+    let mut messages = replies.on_message();
+    let reply = tokio::time::timeout(PATIENCE, messages.next())
+        .await
+        .expect("a reply arrives")
+        .unwrap();
+    let (replied_key, outcome) = rask_common::reply::decode(reply.get_payload_bytes()).unwrap();
+    assert_eq!(replied_key, key);
+    assert_eq!(outcome, earlier.as_slice(), "the stored outcome, not 42");
+    let future: Future<i64> = client.future(key);
+    assert_eq!(future.result_within(PATIENCE).await.unwrap(), 1000);
     worker.stop().await.unwrap();
 }
