@@ -393,6 +393,34 @@ impl TestEnv {
         dead
     }
 
+    /// Publishes `body` to the task queue (persistent, waiting for the broker's confirm), for
+    /// messages the client would not write; the queue must be declared (a client connected).
+    pub async fn publish_body(&self, body: &[u8]) {
+        use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+        let connection = rask_common::broker::connect(&self.settings, "test publisher")
+            .await
+            .expect("the test publisher connects");
+        let channel = connection.create_channel().await.unwrap();
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        let confirm = channel
+            .basic_publish(
+                self.settings.exchange.as_str().into(),
+                self.settings.queue.as_str().into(),
+                BasicPublishOptions::default(),
+                body,
+                lapin::BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .unwrap();
+        assert!(
+            confirm.await.unwrap().is_ack(),
+            "the broker takes the message"
+        );
+    }
+
     /// Runs a worker with `registry` inside this test process until the handle stops it.
     pub fn run_worker(&self, registry: Registry) -> RunningWorker {
         let stop = CancellationToken::new();

@@ -130,22 +130,7 @@ async fn graph_tasks_waiting_on_a_malformed_message_fail_instead_of_hanging() {
         .await
         .unwrap();
 
-    let connection = broker::connect(&env.settings, "test publisher")
-        .await
-        .unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    channel
-        .basic_publish(
-            env.settings.exchange.as_str().into(),
-            env.settings.queue.as_str().into(),
-            BasicPublishOptions::default(),
-            &bad.encode().unwrap(),
-            BasicProperties::default().with_delivery_mode(2),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    env.publish_body(&bad.encode().unwrap()).await;
 
     match dependent.result_within(PATIENCE).await.unwrap_err() {
         Error::Task(f) => {

@@ -4,13 +4,11 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use lapin::options::BasicPublishOptions;
-use lapin::BasicProperties;
 use rask::builtins::{add, fail, inc};
 use rask::{Error, FailureKind, Future, TaskKey};
 use rask_common::message::encode_value;
 use rask_common::reply::ReplyTo;
-use rask_common::{broker, Outcome, Store, TaskMessage};
+use rask_common::{Outcome, Store, TaskMessage};
 use rask_tests::{failure, TestEnv, PATIENCE};
 use rask_worker::Registry;
 
@@ -408,22 +406,7 @@ async fn a_reply_carries_the_outcome_as_stored_not_a_later_runs() {
         .unwrap();
     let mut message = TaskMessage::new(key.clone(), "inc", encode_value(&(41_i64,)).unwrap());
     message.reply = Some(to);
-    let connection = broker::connect(&env.settings, "test publisher")
-        .await
-        .unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    channel
-        .basic_publish(
-            env.settings.exchange.as_str().into(),
-            env.settings.queue.as_str().into(),
-            BasicPublishOptions::default(),
-            &message.encode().unwrap(),
-            BasicProperties::default().with_delivery_mode(2),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    env.publish_body(&message.encode().unwrap()).await;
     let worker = env.run_worker(Registry::with_builtins());
 
     let mut messages = replies.on_message();
