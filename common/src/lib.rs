@@ -14,6 +14,8 @@
 //!   read and written whole or streaming by task code.
 //! - [`reference`]: values kept once outside the message, named by digest ([`reference::Reference`]).
 //! - [`keys`]: task keys and the one place that builds Redis key and channel names.
+//! - [`reply`]: direct replies: the outcome of a task a client `call`s, sent to that client as
+//!   it is stored.
 //! - [`task`](mod@task): the [`Task`] trait and the [`task!`] macro that defines typed tasks.
 //! - [`context`]: what a task body may take besides its arguments: its [`TaskContext`] and the
 //!   worker's [`State`].
