@@ -28,12 +28,14 @@ pub const REPLY_LIMIT: usize = 64 * 1024;
 const MAX_LEN: usize = 64;
 
 /// Publishes the outcome stored at `KEYS[1]` on channel `ARGV[1]`, after the key's MessagePack
-/// encoding `ARGV[2]`, if it is at most `ARGV[3]` bytes. Returns 1 if it published, else 0.
+/// encoding `ARGV[2]`, if it is at most `ARGV[3]` bytes. Returns 1 if it published, else 0. A
+/// publish Redis refuses (an ACL without the reply channels) is not an error (`pcall`): a reply
+/// is never worth failing the pipeline that stores results for.
 pub const REPLY_LUA: &str = r"
 local stored = redis.call('GET', KEYS[1])
 if stored and #stored <= tonumber(ARGV[3]) then
-  redis.call('PUBLISH', ARGV[1], ARGV[2] .. stored)
-  return 1
+  local sent = redis.pcall('PUBLISH', ARGV[1], ARGV[2] .. stored)
+  if type(sent) == 'number' then return 1 end
 end
 return 0
 ";

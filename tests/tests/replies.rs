@@ -1,6 +1,7 @@
 //! Direct replies (`rask_common::reply`): a `call` takes its value from the reply the worker
 //! sends with the stored outcome and reads nothing from Redis; an outcome too large for a reply
-//! is read after its announcement as before. Against one Redis: `MONITOR` shows who reads what.
+//! is read after its announcement as before; a worker whose Redis user may not publish replies
+//! still stores outcomes. Against one Redis: `MONITOR` shows who reads what.
 //! (That a reply carries the outcome as stored is in `core.rs`, which also runs on clusters.)
 
 use futures::StreamExt;
@@ -133,4 +134,47 @@ async fn a_call_takes_its_value_from_the_reply_and_reads_no_result() {
         "an outcome over the reply limit is read: {seen:#?}"
     );
     worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_worker_that_may_not_reply_still_stores_and_the_call_reads_its_value() {
+    let env = TestEnv::new("noreply").await;
+    // The worker's Redis user may publish announcements and revocations, not replies.
+    let prefix = &env.settings.key_prefix;
+    let (user, password) = (
+        format!("{prefix}-w"),
+        uuid::Uuid::new_v4().simple().to_string(),
+    );
+    let admin = redis::Client::open(env.settings.redis_url.as_str()).unwrap();
+    let mut conn = admin.get_multiplexed_async_connection().await.unwrap();
+    let () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg(&user)
+        .arg("on")
+        .arg(format!(">{password}"))
+        .arg("~*")
+        .arg("resetchannels")
+        .arg(format!("&{prefix}:done"))
+        .arg(format!("&{prefix}:revocations"))
+        .arg("+@all")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut settings = env.settings.clone();
+    let (scheme, rest) = settings.redis_url.split_once("://").unwrap();
+    settings.redis_url = format!("{scheme}://{user}:{password}@{rest}");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let worker = rask_worker::Worker::new(settings, Registry::with_builtins());
+    let running = tokio::spawn(worker.run(stop.clone().cancelled_owned()));
+
+    let client = env.client().await;
+    for i in 0..3 {
+        let value = tokio::time::timeout(PATIENCE, client.call(inc, (i,)))
+            .await
+            .expect("the call ends: the refused reply did not stop the store")
+            .unwrap();
+        assert_eq!(value, i + 1);
+    }
+    stop.cancel();
+    running.await.unwrap().unwrap();
 }
