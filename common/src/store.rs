@@ -197,7 +197,7 @@ impl Store {
     }
 
     /// Stores `bytes` as arguments passed by reference under [`Keys::argument`] of `digest`
-    /// (their SHA-256, [`crate::reference::Reference`]), kept for the result TTL: written only
+    /// (their digest, [`crate::reference::Reference`]), kept for the result TTL: written only
     /// if absent (content-addressed: the same bytes are the same value), the TTL renewed either
     /// way; then waits for replicas as a result write does (`redis_wait_replicas`), so that the
     /// bytes are as safe as the message that will name them.

@@ -2,12 +2,13 @@
 //! stored once in Redis under their digest and come back intact; `inline_limit = 0` keeps them in
 //! the message; arguments that are gone or were changed fail the task with `BadArguments` naming
 //! the digest (changed bytes are caught by their digest when messages are signed); `purge`
-//! deletes them.
+//! deletes them; a reference an older producer made (SHA-256) is still read.
 
 use rask::builtins::echo;
 use rask::{FailureKind, Future};
 use rask_common::message::encode_value;
-use rask_common::reference::{Location, Reference};
+use rask_common::reference::{Hash, Location, Reference};
+use rask_common::{Store, TaskKey, TaskMessage};
 use rask_tests::{failure, TestEnv, PATIENCE};
 use rmpv::Value;
 
@@ -158,6 +159,35 @@ async fn changed_arguments_are_refused_by_their_digest_when_signed() {
         .await
         .unwrap();
     assert_eq!(echoed, Value::Binary(other));
+}
+
+#[tokio::test]
+async fn a_sha256_reference_of_an_older_producer_still_runs() {
+    let env = TestEnv::new("ref-sha256").await;
+    let client = env.client().await;
+    let sent = payload(51, 300 << 10);
+    let args = encode_value(&(Value::Binary(sent.clone()),)).unwrap();
+    // What a producer from before BLAKE3 wrote: the arguments under their SHA-256, and a
+    // reference without a `hash` field.
+    let digest = Hash::Sha256.digest(&args);
+    let reference = Reference {
+        digest,
+        len: args.len() as u64,
+        location: Location::Store,
+    };
+    assert!(!rmp_serde::to_vec_named(&reference)
+        .unwrap()
+        .windows(4)
+        .any(|w| w == b"hash"));
+    let store = Store::connect(&env.settings).await.unwrap();
+    store.put_argument(&digest, &args).await.unwrap();
+    let key = TaskKey::unique("echo");
+    let mut message = TaskMessage::new(key.clone(), "echo", Vec::new());
+    message.args_ref = Some(reference);
+    env.publish_body(&message.encode().unwrap()).await;
+    let _workers = env.spawn_workers(1);
+    let echoed: Value = client.future(key).result_within(PATIENCE).await.unwrap();
+    assert_eq!(echoed, Value::Binary(sent));
 }
 
 #[tokio::test]
