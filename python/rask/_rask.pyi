@@ -72,6 +72,14 @@ class Client:
     def map(
         self, function: str, args_list: Iterable[Tuple[Any, ...]], callback: Optional[_Callback] = None, **options: Any
     ) -> List[str]: ...
+    def call(
+        self,
+        function: str,
+        args: Tuple[Any, ...],
+        timeout: Optional[float] = None,
+        callback: Optional[_Callback] = None,
+        **options: Any,
+    ) -> Any: ...
     def gather(
         self, keys: List[str], timeout: Optional[float] = None, errors: str = "raise", callback: Optional[_Callback] = None
     ) -> List[Any]: ...

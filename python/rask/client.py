@@ -152,6 +152,26 @@ class Client:
             name, _, options = resolve_call(fn, (), options, self._c.signs)
         return [Future(k, self) for k in self._c.map(name, args, **options)]
 
+    def call(self, fn: Any, *args: Any, timeout: Optional[float] = None, **options: Any) -> Any:
+        """Runs `fn(*args)` on the cluster and returns its value: `submit(...).result()` in one
+        round trip, the wait overlapping the broker's confirm and the worker sending the value
+        back as it stores it. Raises `rask.TaskFailed` if the task failed,
+        `rask.TimeoutError` (naming the task's key) after `timeout` seconds. Arguments are
+        values (no futures or delayed calls: `submit` those)."""
+        if _has_lazy(args):
+            raise TypeError("call takes values; submit a call whose arguments are futures")
+        name, args, options = resolve_call(fn, args, options, self._c.signs)
+        return self._c.call(name, args, timeout, **options)
+
+    async def call_async(
+        self, fn: Any, *args: Any, timeout: Optional[float] = None, **options: Any
+    ) -> Any:
+        """`call` for asyncio."""
+        if _has_lazy(args):
+            raise TypeError("call takes values; submit a call whose arguments are futures")
+        name, args, options = resolve_call(fn, args, options, self._c.signs)
+        return await _aio.start(lambda cb: self._c.call(name, args, timeout, cb, **options))
+
     async def submit_async(self, fn: Any, *args: Any, **options: Any) -> Future:
         """`submit` for asyncio."""
         name, args, options = resolve_call(fn, args, options, self._c.signs)

@@ -29,6 +29,18 @@ def test_submit_async_and_await_the_future(client):
     run(main())
 
 
+def test_call_async(client):
+    async def main():
+        n = unique()
+        assert await client.call_async("inc", n) == n + 1
+        values = await asyncio.gather(*(client.call_async("inc", n + i) for i in range(20)))
+        assert values == [n + i + 1 for i in range(20)]
+        with pytest.raises(rask.TaskFailed):
+            await client.call_async("fail", "no")
+
+    run(main())
+
+
 def test_the_loop_keeps_running_while_a_task_is_awaited(client):
     async def main():
         future = await client.submit_async("paced", unique(), 500)

@@ -83,6 +83,20 @@ def test_a_timeout_is_rask_timeout_error_and_a_builtin_one(client):
     assert caught.value.pending == 1
 
 
+def test_call_returns_the_value_and_raises_failures_and_timeouts_typed(client):
+    n = unique()
+    assert client.call("inc", n) == n + 1
+    assert client.call("add", n, 5, priority=3) == n + 5
+    with pytest.raises(rask.TaskFailed) as failed:
+        client.call("fail", f"boom-{n}")
+    assert failed.value.function == "fail" and f"boom-{n}" in failed.value.message
+    with pytest.raises(rask.TimeoutError) as late:
+        client.call("paced", n, 5_000, timeout=0.2)
+    assert late.value.key.startswith("paced") and late.value.pending == 1
+    with pytest.raises(TypeError, match="submit"):
+        client.call("inc", client.submit("inc", n))
+
+
 def test_future_by_key_from_another_client(client):
     n = unique()
     key = client.submit("inc", n).key

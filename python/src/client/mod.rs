@@ -142,6 +142,42 @@ impl PyClient {
         )
     }
 
+    /// Submits one call of `function` with `args` (a tuple) and returns its value: the wait
+    /// overlaps the broker's confirm, and the worker sends the value back as it stores it
+    /// (`Client::call`); a failure raises, as does a `timeout` (seconds) that runs out first.
+    #[pyo3(signature = (function, args, timeout = None, callback = None, **options))]
+    fn call(
+        &self,
+        py: Python<'_>,
+        function: String,
+        args: &Bound<'_, PyAny>,
+        timeout: Option<f64>,
+        callback: Option<Py<PyAny>>,
+        options: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Py<PyAny>> {
+        let options = options::from_kwargs(options)?;
+        let args = args.cast::<PyTuple>().map_err(|_| {
+            pyo3::exceptions::PyTypeError::new_err(format!(
+                "arguments of {function} must be a tuple, not {}",
+                args.get_type()
+            ))
+        })?;
+        let encoded = values::args_to_msgpack(args)?;
+        let limit = self::timeout(timeout)?;
+        let client = self.inner.clone();
+        ops::run(
+            py,
+            async move {
+                client
+                    .call_encoded_with::<Value>(&function, encoded, &options, limit)
+                    .await
+                    .map_err(errors::from_client)
+            },
+            |py, value| Ok(values::to_python(py, &value)?.unbind()),
+            callback,
+        )
+    }
+
     /// The results of `keys` in order: the first failure raises (`errors="raise"`), or each
     /// failure is its exception in the list (`errors="return"`).
     #[pyo3(signature = (keys, timeout = None, errors = "raise", callback = None))]
