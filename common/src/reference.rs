@@ -9,7 +9,7 @@
 //! when messages are signed (the signature covers the reference, so a writer of Redis cannot
 //! swap the bytes it names). The format is in docs/protocol.md, "Values by reference".
 //!
-//! Digests are BLAKE3 ([`Hash::Blake3`], about 0.17 ms per MiB here against SHA-256's 0.6 with
+//! Digests are BLAKE3 ([`HashFunction::Blake3`], about 0.17 ms per MiB here against SHA-256's 0.6 with
 //! the CPU's SHA extensions); references made before BLAKE3 name SHA-256 digests, and are read
 //! and checked as they say.
 
@@ -26,7 +26,7 @@ use crate::error::{Error, Result};
 /// a function this build does not know does not decode (its message is dead-lettered as
 /// malformed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-pub enum Hash {
+pub enum HashFunction {
     /// SHA-256: what references named before BLAKE3, and what a reference without a `hash`
     /// field names.
     #[default]
@@ -35,16 +35,16 @@ pub enum Hash {
     Blake3,
 }
 
-impl Hash {
+impl HashFunction {
     fn is_sha256(&self) -> bool {
-        *self == Hash::Sha256
+        *self == HashFunction::Sha256
     }
 
     /// The digest of `bytes` under this function.
     pub fn digest(self, bytes: &[u8]) -> Digest {
         let bytes = match self {
-            Hash::Sha256 => Sha256::digest(bytes).into(),
-            Hash::Blake3 => *blake3::hash(bytes).as_bytes(),
+            HashFunction::Sha256 => Sha256::digest(bytes).into(),
+            HashFunction::Blake3 => *blake3::hash(bytes).as_bytes(),
         };
         Digest { hash: self, bytes }
     }
@@ -54,18 +54,18 @@ impl Hash {
 /// names), whatever its function: two 256-bit digests of different functions do not meet.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Digest {
-    hash: Hash,
+    hash: HashFunction,
     bytes: [u8; 32],
 }
 
 impl Digest {
     /// The digest of `bytes`, as new references name them (BLAKE3).
     pub fn of(bytes: &[u8]) -> Self {
-        Hash::Blake3.digest(bytes)
+        HashFunction::Blake3.digest(bytes)
     }
 
     /// Its hash function.
-    pub fn hash(&self) -> Hash {
+    pub fn hash(&self) -> HashFunction {
         self.hash
     }
 
@@ -149,7 +149,7 @@ pub struct Reference {
 }
 
 /// A [`Reference`] on the wire: a named map `{digest, len}`, then `location` unless it is
-/// [`Location::Store`] and `hash` unless it is [`Hash::Sha256`] (so a reference of either default
+/// [`Location::Store`] and `hash` unless it is [`HashFunction::Sha256`] (so a reference of either default
 /// is the bytes it always was).
 #[derive(Serialize, Deserialize)]
 struct WireReference {
@@ -157,8 +157,8 @@ struct WireReference {
     len: u64,
     #[serde(default, skip_serializing_if = "Location::is_store")]
     location: Location,
-    #[serde(default, skip_serializing_if = "Hash::is_sha256")]
-    hash: Hash,
+    #[serde(default, skip_serializing_if = "HashFunction::is_sha256")]
+    hash: HashFunction,
 }
 
 impl From<WireReference> for Reference {
@@ -273,13 +273,13 @@ mod tests {
 
     #[test]
     fn digests_are_blake3_and_sha256_is_still_known_in_hex() {
-        assert_eq!(Digest::of(b"abc").hash(), Hash::Blake3);
+        assert_eq!(Digest::of(b"abc").hash(), HashFunction::Blake3);
         assert_eq!(
             Digest::of(b"abc").hex(),
             "6437b3ac38465133ffb63b75273a8db548c558465d79db03fd359c6cd5bd9d85"
         );
         assert_eq!(
-            Hash::Sha256.digest(b"abc").hex(),
+            HashFunction::Sha256.digest(b"abc").hex(),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
     }
@@ -293,7 +293,7 @@ mod tests {
             digest: &'a [u8],
             len: u64,
         }
-        let sha = Hash::Sha256.digest(b"payload");
+        let sha = HashFunction::Sha256.digest(b"payload");
         let old = rmp_serde::to_vec_named(&Old {
             digest: sha.as_bytes(),
             len: 7,
@@ -308,7 +308,7 @@ mod tests {
         let new = rmp_serde::to_vec_named(&Reference::to(b"payload", Location::Store)).unwrap();
         assert!(new.windows(6).any(|w| w == b"Blake3"));
         let back: Reference = rmp_serde::from_slice(&new).unwrap();
-        assert_eq!(back.digest.hash(), Hash::Blake3);
+        assert_eq!(back.digest.hash(), HashFunction::Blake3);
         assert!(back.check(b"payload", true).is_ok());
     }
 

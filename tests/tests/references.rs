@@ -7,7 +7,7 @@
 use rask::builtins::echo;
 use rask::{FailureKind, Future};
 use rask_common::message::encode_value;
-use rask_common::reference::{Hash, Location, Reference};
+use rask_common::reference::{HashFunction, Location, Reference};
 use rask_common::{Store, TaskKey, TaskMessage};
 use rask_tests::{failure, TestEnv, PATIENCE};
 use rmpv::Value;
@@ -169,7 +169,7 @@ async fn a_sha256_reference_of_an_older_producer_still_runs() {
     let args = encode_value(&(Value::Binary(sent.clone()),)).unwrap();
     // What a producer from before BLAKE3 wrote: the arguments under their SHA-256, and a
     // reference without a `hash` field.
-    let digest = Hash::Sha256.digest(&args);
+    let digest = HashFunction::Sha256.digest(&args);
     let reference = Reference {
         digest,
         len: args.len() as u64,
