@@ -1,11 +1,12 @@
 //! The blob store: large values (arguments and results over `blob_threshold`) kept outside
 //! RabbitMQ and Redis, in a directory (`file:///path`) or an S3 bucket (`s3://bucket/prefix`,
 //! with the `s3` feature), through the `object_store` crate. Objects are content-addressed:
-//! `{prefix}/{digest hex}` (BLAKE3; SHA-256 for references made before it), so the same bytes are one object however many tasks name them, and a
-//! write is complete or absent (a local file is written aside and renamed; an S3 `PUT` is
-//! atomic), so a writer killed mid-upload leaves no object that a reference names. A local
-//! write is on disk (the file and its directory fsynced) before it returns, so a machine crash
-//! loses no blob that a confirmed message or a stored result names.
+//! `{prefix}/{digest hex}` (BLAKE3; SHA-256 for references made before it), so the same bytes
+//! are one object however many tasks name them, and a write is complete or absent (a local file
+//! is written aside and renamed; an S3 `PUT` is atomic), so a writer killed mid-upload leaves no
+//! object that a reference names. A local write is on disk (the file and its directory
+//! fsynced) before it returns, so a machine crash loses no blob that a confirmed message or a
+//! stored result names.
 //!
 //! Without the `blobs` feature a non-empty `blob_url` is refused at start
 //! ([`Blobs::from_settings`]), and nothing else changes.

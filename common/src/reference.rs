@@ -9,9 +9,9 @@
 //! when messages are signed (the signature covers the reference, so a writer of Redis cannot
 //! swap the bytes it names). The format is in docs/protocol.md, "Values by reference".
 //!
-//! Digests are BLAKE3 ([`HashFunction::Blake3`], about 0.17 ms per MiB here against SHA-256's 0.6 with
-//! the CPU's SHA extensions); references made before BLAKE3 name SHA-256 digests, and are read
-//! and checked as they say.
+//! Digests are BLAKE3 ([`HashFunction::Blake3`], about 0.17 ms per MiB here against SHA-256's
+//! 0.6 with the CPU's SHA extensions); references made before BLAKE3 name SHA-256 digests, and
+//! are read and checked as they say.
 
 use std::fmt;
 
@@ -149,8 +149,8 @@ pub struct Reference {
 }
 
 /// A [`Reference`] on the wire: a named map `{digest, len}`, then `location` unless it is
-/// [`Location::Store`] and `hash` unless it is [`HashFunction::Sha256`] (so a reference of either default
-/// is the bytes it always was).
+/// [`Location::Store`] and `hash` unless it is [`HashFunction::Sha256`] (so a reference of either
+/// default is the bytes it always was).
 #[derive(Serialize, Deserialize)]
 struct WireReference {
     digest: WireDigest,

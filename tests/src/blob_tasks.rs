@@ -61,7 +61,8 @@ rask::task! {
 
 rask::task! {
     /// Reads the blob `url` as a stream (`Blob::open`) and returns its length and the digest
-    /// of its bytes in hex (`Digest::of`): an input loaded on the worker rather than sent in the message.
+    /// of its bytes in hex (`Digest::of`): an input loaded on the worker rather than sent in
+    /// the message.
     pub async fn digest_blob(ctx: &rask::TaskContext, url: String) -> Result<(u64, String), rask_common::Error> {
         use tokio::io::AsyncReadExt as _;
         let mut reader = ctx.blob(&url)?.open().await?;
@@ -80,8 +81,9 @@ rask::task! {
 }
 
 rask::task! {
-    /// The length and digest (hex, `Digest::of`) of the bytes `value` holds (a MessagePack bin; an error for
-    /// any other value): a dependent of a graph task whose large result is kept in the blob store.
+    /// The length and digest (hex, `Digest::of`) of the bytes `value` holds (a MessagePack bin;
+    /// an error for any other value): a dependent of a graph task whose large result is kept in
+    /// the blob store.
     pub fn digest_value(value: rmpv::Value) -> Result<(u64, String), String> {
         match value {
             rmpv::Value::Binary(bytes) => {

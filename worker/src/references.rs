@@ -7,10 +7,11 @@
 //! ([`keep_result`]): a worker killed mid-upload has stored no outcome, so no reference names a
 //! missing or partial blob, and the redelivered task runs again.
 //!
-//! The checks: the length always; the digest (under the reference's hash function) when messages are signed (the signature
-//! covers the reference, and the digest ties the bytes to it, so a writer of Redis cannot swap
-//! them). Without signing, whoever can write Redis can already write any result, and the digest
-//! is not computed a second time (BLAKE3 costs about 0.17 ms per MiB).
+//! The checks: the length always; the digest (under the reference's hash function) when
+//! messages are signed (the signature covers the reference, and the digest ties the bytes to it,
+//! so a writer of Redis cannot swap them). Without signing, whoever can write Redis can already
+//! write any result, and the digest is not computed a second time (BLAKE3 costs about 0.17 ms
+//! per MiB).
 
 use std::borrow::Cow;
 
