@@ -393,6 +393,40 @@ impl TestEnv {
         dead
     }
 
+    /// Makes the Redis user `user` (a fresh password; `on`, then the ACL `rules`) on every node
+    /// of this environment's Redis, and returns this environment's settings logged in as it:
+    /// for tests of what a user may not do, or of one user's connections.
+    pub async fn as_redis_user(&self, user: &str, rules: &[String]) -> Settings {
+        let password = uuid::Uuid::new_v4().simple().to_string();
+        for url in self.settings.redis_nodes() {
+            let node = redis::Client::open(url).expect("a Redis URL");
+            let mut conn = node
+                .get_multiplexed_async_connection()
+                .await
+                .expect("the test connects to Redis");
+            let () = redis::cmd("ACL")
+                .arg("SETUSER")
+                .arg(user)
+                .arg("on")
+                .arg(format!(">{password}"))
+                .arg(rules)
+                .query_async(&mut conn)
+                .await
+                .expect("Redis takes the user");
+        }
+        let logged_in = |url: &str| {
+            let (scheme, rest) = url.split_once("://").expect("a URL");
+            assert!(!rest.contains('@'), "{url} has no login yet");
+            format!("{scheme}://{user}:{password}@{rest}")
+        };
+        let mut settings = self.settings.clone();
+        settings.redis_url = logged_in(&settings.redis_url);
+        for url in &mut settings.redis_cluster_urls {
+            *url = logged_in(url);
+        }
+        settings
+    }
+
     /// Publishes `body` to the task queue (persistent, waiting for the broker's confirm), for
     /// messages the client would not write; the queue must be declared (a client connected).
     pub async fn publish_body(&self, body: &[u8]) {

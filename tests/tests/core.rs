@@ -245,13 +245,6 @@ async fn results_announced_before_gather_are_gathered_in_order() {
     worker.stop().await.unwrap();
 }
 
-/// `url` logged in as `user` with `password`.
-fn logged_in(url: &str, user: &str, password: &str) -> String {
-    let (scheme, rest) = url.split_once("://").expect("a URL");
-    assert!(!rest.contains('@'), "{url} has no login yet");
-    format!("{scheme}://{user}:{password}@{rest}")
-}
-
 #[tokio::test]
 async fn a_lost_notification_delays_a_result_but_never_loses_it() {
     let env = TestEnv::new("lostnote").await;
@@ -259,27 +252,8 @@ async fn a_lost_notification_delays_a_result_but_never_loses_it() {
     // cut its subscription and no other client's: redis-rs cannot name a RESP2 pub/sub
     // connection (`CLIENT SETNAME`), but `CLIENT KILL` can pick connections by user.
     let user = env.settings.key_prefix.clone();
-    let password = uuid::Uuid::new_v4().simple().to_string();
-    for url in env.settings.redis_nodes() {
-        let redis = redis::Client::open(url).unwrap();
-        let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
-        let () = redis::cmd("ACL")
-            .arg("SETUSER")
-            .arg(&user)
-            .arg("on")
-            .arg(format!(">{password}"))
-            .arg("~*")
-            .arg("&*")
-            .arg("+@all")
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-    }
-    let mut settings = env.settings.clone();
-    settings.redis_url = logged_in(&settings.redis_url, &user, &password);
-    for url in &mut settings.redis_cluster_urls {
-        *url = logged_in(url, &user, &password);
-    }
+    let rules = ["~*", "&*", "+@all"].map(String::from);
+    let settings = env.as_redis_user(&user, &rules).await;
     let client = rask::Client::connect(settings).await.unwrap();
     let real = client.submit(inc, (1,)).await.unwrap();
     let silent_key = TaskKey::unique("inc");

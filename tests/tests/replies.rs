@@ -141,28 +141,14 @@ async fn a_worker_that_may_not_reply_still_stores_and_the_call_reads_its_value()
     let env = TestEnv::new("noreply").await;
     // The worker's Redis user may publish announcements and revocations, not replies.
     let prefix = &env.settings.key_prefix;
-    let (user, password) = (
-        format!("{prefix}-w"),
-        uuid::Uuid::new_v4().simple().to_string(),
-    );
-    let admin = redis::Client::open(env.settings.redis_url.as_str()).unwrap();
-    let mut conn = admin.get_multiplexed_async_connection().await.unwrap();
-    let () = redis::cmd("ACL")
-        .arg("SETUSER")
-        .arg(&user)
-        .arg("on")
-        .arg(format!(">{password}"))
-        .arg("~*")
-        .arg("resetchannels")
-        .arg(format!("&{prefix}:done"))
-        .arg(format!("&{prefix}:revocations"))
-        .arg("+@all")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let mut settings = env.settings.clone();
-    let (scheme, rest) = settings.redis_url.split_once("://").unwrap();
-    settings.redis_url = format!("{scheme}://{user}:{password}@{rest}");
+    let rules = [
+        "~*".to_owned(),
+        "resetchannels".to_owned(),
+        format!("&{prefix}:done"),
+        format!("&{prefix}:revocations"),
+        "+@all".to_owned(),
+    ];
+    let settings = env.as_redis_user(&format!("{prefix}-w"), &rules).await;
     let stop = tokio_util::sync::CancellationToken::new();
     let worker = rask_worker::Worker::new(settings, Registry::with_builtins());
     let running = tokio::spawn(worker.run(stop.clone().cancelled_owned()));
