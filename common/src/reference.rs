@@ -321,6 +321,29 @@ mod tests {
     }
 
     #[test]
+    fn a_reference_naming_an_unknown_hash_function_does_not_decode() {
+        #[derive(Serialize)]
+        struct Forged<'a> {
+            #[serde(with = "serde_bytes")]
+            digest: &'a [u8],
+            len: u64,
+            hash: &'a str,
+        }
+        for hash in ["Md5", "", "blake3"] {
+            let bytes = rmp_serde::to_vec_named(&Forged {
+                digest: &[7; 32],
+                len: 3,
+                hash,
+            })
+            .unwrap();
+            assert!(
+                rmp_serde::from_slice::<Reference>(&bytes).is_err(),
+                "{hash:?}"
+            );
+        }
+    }
+
+    #[test]
     fn a_digest_of_the_wrong_length_is_refused() {
         #[derive(Serialize)]
         struct Short {

@@ -97,6 +97,22 @@ def test_call_returns_the_value_and_raises_failures_and_timeouts_typed(client):
         client.call("inc", client.submit("inc", n))
 
 
+def test_call_with_hostile_names_and_timeouts_ends_typed(client):
+    with pytest.raises(rask.TaskFailed) as unknown:
+        client.call("", 1, timeout=30)
+    assert unknown.value.kind is rask.FailureKind.UNKNOWN_TASK
+    with pytest.raises(rask.TaskFailed) as bad:
+        client.call("inc", "not a number", timeout=30)
+    assert bad.value.kind is rask.FailureKind.BAD_ARGUMENTS
+    for timeout in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="timeout"):
+            client.call("inc", 1, timeout=timeout)
+    with pytest.raises(rask.TimeoutError):
+        client.call("paced", 1, 5_000, timeout=0)
+    with pytest.raises(TypeError, match="colour"):
+        client.call("inc", 1, colour="red")
+
+
 def test_future_by_key_from_another_client(client):
     n = unique()
     key = client.submit("inc", n).key

@@ -2,7 +2,8 @@
 //! stored once in Redis under their digest and come back intact; `inline_limit = 0` keeps them in
 //! the message; arguments that are gone or were changed fail the task with `BadArguments` naming
 //! the digest (changed bytes are caught by their digest when messages are signed); `purge`
-//! deletes them; a reference an older producer made (SHA-256) is still read.
+//! deletes them; a reference an older producer made (SHA-256) is still read, and one naming an
+//! unknown hash function fails its task as a bad message.
 
 use rask::builtins::echo;
 use rask::{FailureKind, Future};
@@ -188,6 +189,40 @@ async fn a_sha256_reference_of_an_older_producer_still_runs() {
     let _workers = env.spawn_workers(1);
     let echoed: Value = client.future(key).result_within(PATIENCE).await.unwrap();
     assert_eq!(echoed, Value::Binary(sent));
+}
+
+#[tokio::test]
+async fn a_reference_naming_an_unknown_hash_function_fails_the_task_as_a_bad_message() {
+    let env = TestEnv::new("ref-forged-hash").await;
+    let client = env.client().await;
+    let args = encode_value(&(Value::Binary(payload(61, 1024)),)).unwrap();
+    let key = TaskKey::unique("echo");
+    let mut message = TaskMessage::new(key.clone(), "echo", Vec::new());
+    message.args_ref = Some(Reference::to(&args, Location::Store));
+    let mut body = message.encode().unwrap();
+    // The same message naming a hash function no build knows.
+    let at = body
+        .windows(6)
+        .position(|w| w == b"Blake3")
+        .expect("a BLAKE3 reference says so");
+    body[at + 5] = b'9';
+    env.publish_body(&body).await;
+    let _workers = env.spawn_workers(1);
+    let f = failure(
+        client
+            .future::<Value>(key)
+            .result_within(PATIENCE)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(f.kind, FailureKind::BadMessage);
+    let dead = env.dead_letters(1).await;
+    assert_eq!(dead[0].data, body);
+    let reason = rask_tests::dead_letter_reason(&dead[0]).expect("a reason");
+    assert!(
+        reason.starts_with("malformed task message: ") && reason.contains("Blake9"),
+        "{reason}"
+    );
 }
 
 #[tokio::test]
