@@ -601,4 +601,10 @@ pub(crate) struct BenchArgs {
     /// large values through it.
     #[arg(long)]
     pub(crate) blobs: bool,
+    /// Keep the private cluster's files (RabbitMQ's message store, Redis's append-only file,
+    /// the blob store of `--blobs`) in shared memory (`/dev/shm`) instead of the temporary
+    /// directory: the same medium for rask and the floor, where a disk's or a virtual
+    /// machine's file system costs would otherwise decide the large-value figures.
+    #[arg(long, conflicts_with = "use_running")]
+    pub(crate) in_memory: bool,
 }

@@ -434,4 +434,37 @@ async fn bench_smoke_runs_every_workload() {
         Some(workloads.len()),
         "{json}"
     );
+    assert_eq!(json["files"], "temp dir", "{json}");
+    assert_eq!(json["blobs"], "off", "{json}");
+}
+
+#[tokio::test]
+async fn bench_in_memory_runs_the_private_cluster_in_shared_memory_and_removes_it() {
+    let env = TestEnv::new("cli-bench-memory").await;
+    let args = [
+        "bench",
+        "--smoke",
+        "--json",
+        "--workloads",
+        "payload",
+        "--blobs",
+        "--in-memory",
+    ];
+    let out = rask(&env, &args, "").await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (text, log) = (stdout(&out), stderr(&out));
+    for system in ["rask", "floor"] {
+        let line = format!("RESULT system={system} workload=payload ");
+        assert!(text.contains(&line), "no `{line}` in:\n{text}");
+    }
+    let dir = log
+        .lines()
+        .find_map(|line| line.strip_prefix("bench: the private cluster's files are in "))
+        .unwrap_or_else(|| panic!("the run names no directory:\n{log}"));
+    assert!(dir.starts_with("/dev/shm/"), "{dir}");
+    assert!(!std::path::Path::new(dir).exists(), "{dir} is left behind");
+    let last = text.lines().last().unwrap_or_default();
+    let json: serde_json::Value = serde_json::from_str(last).expect("the last line is JSON");
+    assert_eq!(json["files"], "shared memory", "{json}");
+    assert_eq!(json["blobs"], "on", "{json}");
 }

@@ -43,7 +43,13 @@ pub(super) struct Shape {
     pub(super) blobs: bool,
     /// Whether workers run the graph tasks they release (the `local_continuation` setting).
     pub(super) continuation: bool,
+    /// Whether the cluster's files live in [`SHARED_MEMORY`] instead of the temporary
+    /// directory.
+    pub(super) in_memory: bool,
 }
+
+/// Where `--in-memory` keeps a private cluster's files: a memory file system on Linux.
+const SHARED_MEMORY: &str = "/dev/shm";
 
 /// The cluster under test.
 pub(super) struct Cluster {
@@ -70,7 +76,20 @@ impl Cluster {
     /// If a server or worker does not start; whatever was started is stopped again.
     pub(super) async fn start(workers: usize, shape: &Shape) -> Result<Self> {
         let run_id = run_id();
-        let dir = std::env::temp_dir().join(&run_id);
+        let base = if shape.in_memory {
+            let shm = PathBuf::from(SHARED_MEMORY);
+            if !shm.is_dir() {
+                bail!("--in-memory: {SHARED_MEMORY} is not a directory on this machine");
+            }
+            shm
+        } else {
+            std::env::temp_dir()
+        };
+        let dir = base.join(&run_id);
+        eprintln!(
+            "bench: the private cluster's files are in {}",
+            dir.display()
+        );
         let rabbitmq = RabbitMqSpec {
             dir: dir.join("rabbitmq"),
             port: free_port()?,

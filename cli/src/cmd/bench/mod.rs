@@ -308,6 +308,7 @@ pub(crate) async fn run(global: &Global, args: BenchArgs) -> Result<ExitCode> {
             inline_limit: args.inline_limit,
             blobs: args.blobs,
             continuation: !args.no_continuation,
+            in_memory: args.in_memory,
         };
         if args.no_events {
             eprintln!("bench: task events are off (--no-events)");
@@ -358,6 +359,16 @@ pub(crate) async fn run(global: &Global, args: BenchArgs) -> Result<ExitCode> {
             (true, _) => "as deployed",
             (false, true) => "off",
             (false, false) => "on",
+        },
+        files: match (args.use_running, args.in_memory) {
+            (true, _) => "as deployed",
+            (false, true) => "shared memory",
+            (false, false) => "temp dir",
+        },
+        blobs: match (args.use_running, args.blobs) {
+            (true, _) => "as deployed",
+            (false, true) => "on",
+            (false, false) => "off",
         },
     };
     if args.json {

@@ -198,6 +198,12 @@ pub(super) struct Context {
     /// Whether the cluster recorded task events: `on`, `off` (`--no-events`) or `as deployed`
     /// (`--use-running`).
     pub(super) events: &'static str,
+    /// Where the private cluster keeps its files: `temp dir` or `shared memory`
+    /// (`--in-memory`), or `as deployed` (`--use-running`).
+    pub(super) files: &'static str,
+    /// Whether values over `blob_threshold` went to a blob store: `on` (`--blobs`), `off`, or
+    /// `as deployed` (`--use-running`).
+    pub(super) blobs: &'static str,
 }
 
 /// The human table: each figure beside the floor, then memory and CPU, then idle workers.
@@ -205,13 +211,15 @@ pub(super) fn table(context: &Context, rows: &[Row], idle: Option<&Idle>) -> Str
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "rask bench: {} cluster, {} worker process(es), {} CPU(s), {} build, {} run(s) per workload, task events {}{}",
+        "rask bench: {} cluster, {} worker process(es), {} CPU(s), {} build, {} run(s) per workload, task events {}, files in {}, blob store {}{}",
         context.cluster,
         context.workers,
         context.cpus,
         context.build,
         context.runs,
         context.events,
+        context.files,
+        context.blobs,
         if context.smoke { " (--smoke: sizes too small to mean anything)" } else { "" }
     );
     let _ = writeln!(out);
@@ -365,6 +373,8 @@ pub(super) fn json(context: &Context, rows: &[Row], idle: Option<&Idle>) -> Valu
         "build": context.build,
         "seconds": round(context.seconds, 1),
         "events": context.events,
+        "files": context.files,
+        "blobs": context.blobs,
         "idle": idle,
         "workloads": workloads,
     })
