@@ -50,13 +50,13 @@ def namespace():
             os.environ[k] = v
 
 
-@pytest.fixture(scope="session")
-def worker(namespace):
-    """One `rask-test-worker` on the namespace, ready (it logged "worker ready")."""
+def _start_worker(settings: dict) -> subprocess.Popen:
+    """A `rask-test-worker` with `settings` over the environment, once it logged "worker
+    ready"."""
     binary = Path(os.environ.get("RASK_TEST_WORKER_BIN", ROOT / "target/debug/rask-test-worker"))
     if not binary.exists():
         pytest.exit(f"{binary} is missing: cargo build --workspace --bins", 2)
-    env = dict(os.environ, **namespace, RUST_LOG="info")
+    env = dict(os.environ, **settings, RUST_LOG="info")
     proc = subprocess.Popen([str(binary)], env=env, stderr=subprocess.PIPE, text=True)
     ready = threading.Event()
     log: list = []
@@ -71,12 +71,44 @@ def worker(namespace):
     if not ready.wait(60):
         proc.kill()
         pytest.exit("the test worker did not get ready:\n" + "".join(log[-20:]), 2)
-    yield proc
+    return proc
+
+
+def _stop_worker(proc: subprocess.Popen) -> None:
     proc.terminate()
     try:
         proc.wait(30)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+@pytest.fixture(scope="session")
+def worker(namespace):
+    """One `rask-test-worker` on the namespace, ready (it logged "worker ready")."""
+    proc = _start_worker(namespace)
+    yield proc
+    _stop_worker(proc)
+
+
+@pytest.fixture
+def blob_store(tmp_path):
+    """A namespace of its own whose worker and clients keep values over `blob_threshold`
+    (1 MiB) in a `file://` blob store (`RASK_BLOB_URL`, a fresh directory): yields that
+    directory, with the namespace's variables set for `rask.Client()`."""
+    blobs = tmp_path / "blobs"
+    settings = dict(_namespace(), RASK_BLOB_URL=f"file://{blobs}")
+    saved = {k: os.environ.get(k) for k in settings}
+    os.environ.update(settings)
+    proc = _start_worker(settings)
+    try:
+        yield blobs
+    finally:
+        _stop_worker(proc)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 @pytest.fixture(scope="session")

@@ -40,6 +40,25 @@ def test_numpy_round_trip_through_a_rust_task(client):
     assert back.dtype == array.dtype and (back == array).all()
 
 
+def test_large_values_go_through_the_blob_store_and_release_deletes_the_results(blob_store):
+    import os
+
+    client = rask.Client(set_as_default=False)
+    try:
+        values = [os.urandom(3 << 20) for _ in range(2)]
+        futures = client.map("echo", values)
+        assert client.gather(futures, timeout=60) == values
+        assert client.call("echo", values[0], timeout=60) == values[0]
+        # Each value is an argument object and a result object of its own (content-addressed:
+        # `call`'s argument and result are the first `map` call's).
+        names = sorted(p.name for p in blob_store.iterdir())
+        assert len(names) == 4 and all(len(n) == 64 for n in names), names
+        assert client.release(futures) == 2
+        assert len(list(blob_store.iterdir())) == 2
+    finally:
+        client.close()
+
+
 def test_a_value_that_does_not_cross_is_a_type_error_before_anything_is_sent(client):
     with pytest.raises(TypeError, match="object"):
         client.submit("echo", object())
