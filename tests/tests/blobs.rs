@@ -331,6 +331,10 @@ async fn a_large_argument_round_trips_through_rask_local_with_a_blob_directory()
         "{}",
         String::from_utf8_lossy(&up.stderr)
     );
+    // Its workers inherit the store; it says so for the clients.
+    let printed = String::from_utf8_lossy(&up.stdout);
+    let line = format!("export RASK_BLOB_URL=file://{}\n", objects.display());
+    assert!(printed.contains(&line), "no `{line}` in:\n{printed}");
     let client = env.client().await;
     // Over max_message_bytes (64 MiB): it can only travel through the blob store.
     let sent = pattern(41, 80 << 20);

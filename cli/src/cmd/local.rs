@@ -28,6 +28,13 @@ pub(crate) async fn run(command: LocalCommand) -> Result<ExitCode> {
                 "export RASK_AMQP_URL={} RASK_REDIS_URL={}",
                 state.amqp_url, state.redis_url
             );
+            // The workers inherit this process's environment: clients need the same store.
+            if let Some(url) = std::env::var("RASK_BLOB_URL")
+                .ok()
+                .filter(|url| !url.trim().is_empty())
+            {
+                println!("export RASK_BLOB_URL={url}");
+            }
         }
         LocalCommand::Down(args) => {
             let stopped = local::down(&dir(&args)).await?;
