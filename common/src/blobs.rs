@@ -101,7 +101,7 @@ mod imp {
             self.prefix.clone().join(digest.hex())
         }
 
-        /// Writes `bytes` as the object of `digest` (their SHA-256; an object of the same digest
+        /// Writes `bytes` as the object of `digest` (their digest; an object of the same digest
         /// is the same bytes, so writing it again changes nothing).
         ///
         /// # Errors
