@@ -158,19 +158,21 @@ class Client:
         back as it stores it. Raises `rask.TaskFailed` if the task failed,
         `rask.TimeoutError` (naming the task's key) after `timeout` seconds. Arguments are
         values (no futures or delayed calls: `submit` those)."""
-        if _has_lazy(args):
-            raise TypeError("call takes values; submit a call whose arguments are futures")
-        name, args, options = resolve_call(fn, args, options, self._c.signs)
+        name, args, options = self._resolve_call(fn, args, options)
         return self._c.call(name, args, timeout, **options)
 
     async def call_async(
         self, fn: Any, *args: Any, timeout: Optional[float] = None, **options: Any
     ) -> Any:
         """`call` for asyncio."""
+        name, args, options = self._resolve_call(fn, args, options)
+        return await _aio.start(lambda cb: self._c.call(name, args, timeout, cb, **options))
+
+    def _resolve_call(self, fn: Any, args: Tuple[Any, ...], options: Dict[str, Any]) -> Any:
+        """The name, arguments and options of a `call`, whose arguments must be values."""
         if _has_lazy(args):
             raise TypeError("call takes values; submit a call whose arguments are futures")
-        name, args, options = resolve_call(fn, args, options, self._c.signs)
-        return await _aio.start(lambda cb: self._c.call(name, args, timeout, cb, **options))
+        return resolve_call(fn, args, options, self._c.signs)
 
     async def submit_async(self, fn: Any, *args: Any, **options: Any) -> Future:
         """`submit` for asyncio."""

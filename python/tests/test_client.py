@@ -1,5 +1,6 @@
 """The client API against real servers and the Rust test worker (conftest.py)."""
 
+import os
 import uuid
 
 import pytest
@@ -41,8 +42,6 @@ def test_numpy_round_trip_through_a_rust_task(client):
 
 
 def test_large_values_go_through_the_blob_store_and_release_deletes_the_results(blob_store):
-    import os
-
     client = rask.Client(set_as_default=False)
     try:
         values = [os.urandom(3 << 20) for _ in range(2)]
@@ -123,9 +122,11 @@ def test_call_with_hostile_names_and_timeouts_ends_typed(client):
     with pytest.raises(rask.TaskFailed) as bad:
         client.call("inc", "not a number", timeout=30)
     assert bad.value.kind is rask.FailureKind.BAD_ARGUMENTS
-    for timeout in (-1.0, float("nan")):
+    for timeout in (-1.0, float("nan"), float("inf"), 1e300):
         with pytest.raises(ValueError, match="timeout"):
             client.call("inc", 1, timeout=timeout)
+    # Longer than any clock can count to from now, yet a duration: no overflow, the value.
+    assert client.call("inc", 1, timeout=1e15) == 2
     with pytest.raises(rask.TimeoutError):
         client.call("paced", 1, 5_000, timeout=0)
     with pytest.raises(TypeError, match="colour"):
