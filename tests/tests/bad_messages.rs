@@ -1,13 +1,16 @@
 //! Messages that are not tasks: dead-lettered with a reason, failures stored where a key can be
 //! read, and the worker keeps serving: a few by hand, then a thousand of every kind (random
 //! bytes, truncated, wrong version, unknown function, wrong argument types, oversized) among a
-//! thousand good tasks.
+//! thousand good tasks; and tasks whose headers no rask client writes (bytes that are not UTF-8,
+//! every field type) run as any other.
 
 use std::collections::HashMap;
 
 use futures::StreamExt;
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions};
-use lapin::types::FieldTable;
+use lapin::types::{
+    AMQPValue, ByteArray, DecimalValue, FieldArray, FieldTable, LongString, ShortString,
+};
 use lapin::BasicProperties;
 use rask::builtins::inc;
 use rask::{Error, FailureKind, Future, TaskKey};
@@ -139,6 +142,158 @@ async fn graph_tasks_waiting_on_a_malformed_message_fail_instead_of_hanging() {
         }
         other => panic!("expected a task failure, got {other:?}"),
     }
+    worker.stop().await.unwrap();
+}
+
+/// Headers any AMQP client may send and RabbitMQ passes on: long strings that are not UTF-8
+/// (AMQP's long string is bytes), rask's own header names with values of the wrong type, and a
+/// table holding every field type there is. (A client library that decodes long strings as
+/// UTF-8 text, or panics on a field type it does not know, loses its connection on such a
+/// message, and meets it again on every reconnect.)
+fn hostile_headers() -> Vec<(&'static str, FieldTable)> {
+    let header = |name: &str, value: AMQPValue| {
+        let mut headers = FieldTable::default();
+        headers.insert(ShortString::from(name), value);
+        headers
+    };
+    let not_utf8 = || AMQPValue::LongString(LongString::from(vec![0xff, 0xfe, 0x00, 0xc3]));
+    let mut every_type = FieldTable::default();
+    let values = [
+        AMQPValue::Boolean(true),
+        AMQPValue::ShortShortInt(-1),
+        AMQPValue::ShortShortUInt(255),
+        AMQPValue::ShortInt(-2),
+        AMQPValue::ShortUInt(65_535),
+        AMQPValue::LongInt(-3),
+        AMQPValue::LongUInt(u32::MAX),
+        AMQPValue::LongLongInt(i64::MIN),
+        // Finite: RabbitMQ's own parser fails on NaN and infinities, closing the publisher's
+        // connection, so no such message reaches a queue.
+        AMQPValue::Float(-1.5),
+        AMQPValue::Double(f64::MAX),
+        AMQPValue::DecimalValue(DecimalValue {
+            scale: 255,
+            value: u32::MAX,
+        }),
+        not_utf8(),
+        AMQPValue::Timestamp(u64::MAX),
+        AMQPValue::ByteArray(ByteArray::from(vec![0u8; 3])),
+        AMQPValue::Void,
+    ];
+    for (i, value) in values.iter().enumerate() {
+        every_type.insert(ShortString::from(format!("v{i}")), value.clone());
+    }
+    every_type.insert(
+        ShortString::from("array"),
+        AMQPValue::FieldArray(FieldArray::from(values.to_vec())),
+    );
+    every_type.insert(
+        ShortString::from("table"),
+        AMQPValue::FieldTable(every_type.clone()),
+    );
+    vec![
+        (
+            "a header that is not UTF-8",
+            header("x-anything", not_utf8()),
+        ),
+        (
+            "a traceparent that is not UTF-8",
+            header("traceparent", not_utf8()),
+        ),
+        (
+            "a signature that is not UTF-8 (signing off)",
+            header(rask_common::signing::SIGNATURE_HEADER, not_utf8()),
+        ),
+        (
+            "a delivery count that is text",
+            header("x-delivery-count", AMQPValue::LongString("many".into())),
+        ),
+        ("every field type, nested", every_type),
+    ]
+}
+
+#[tokio::test]
+async fn tasks_with_hostile_headers_run_and_the_worker_keeps_serving() {
+    let env = TestEnv::new("badheaders").await;
+    let worker = env.run_worker(Registry::with_builtins());
+    let client = env.client().await;
+    let connection = broker::connect(&env.settings, "test publisher")
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let publish = |body: Vec<u8>, headers: FieldTable| {
+        let channel = channel.clone();
+        let exchange = env.settings.exchange.clone();
+        let queue = env.settings.queue.clone();
+        async move {
+            channel
+                .basic_publish(
+                    exchange.as_str().into(),
+                    queue.as_str().into(),
+                    BasicPublishOptions::default(),
+                    &body,
+                    BasicProperties::default()
+                        .with_delivery_mode(2)
+                        .with_headers(headers),
+                )
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+    };
+    let mut tasks = Vec::new();
+    for (x, (what, headers)) in (0_i64..).zip(hostile_headers()) {
+        let message = TaskMessage::new(
+            TaskKey::unique("inc"),
+            "inc",
+            rmp_serde::to_vec(&(x,)).unwrap(),
+        );
+        publish(message.encode().unwrap(), headers).await;
+        tasks.push((what, message.key, x));
+    }
+    // Not a task, with a header that is not UTF-8: dead-lettered, its headers kept.
+    let (_, not_utf8) = hostile_headers().swap_remove(0);
+    publish(b"not a task".to_vec(), not_utf8.clone()).await;
+
+    for (what, key, x) in tasks {
+        let future: Future<i64> = client.future(key);
+        assert_eq!(
+            future.result_within(PATIENCE).await.unwrap(),
+            x + 1,
+            "the task with {what}"
+        );
+    }
+    let good = client.map(inc, (0..100).map(|i| (i,))).await.unwrap();
+    let values = client.gather(&good).timeout(PATIENCE).await.unwrap();
+    assert_eq!(values, (1..=100).collect::<Vec<i64>>());
+
+    let mut dead = channel
+        .basic_consume(
+            env.settings.dead_letter_queue.as_str().into(),
+            "dead-letter reader".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let dead = tokio::time::timeout(PATIENCE, dead.next())
+        .await
+        .expect("the message that is not a task is dead-lettered")
+        .unwrap()
+        .unwrap();
+    assert_eq!(dead.data, b"not a task");
+    let reason = dead_letter_reason(&dead).expect("a reason");
+    assert!(reason.starts_with("not a rask task message: "), "{reason}");
+    let headers = dead.properties.headers().clone().unwrap_or_default();
+    assert_eq!(
+        headers.inner().get("x-anything"),
+        not_utf8.inner().get("x-anything"),
+        "the copy keeps the original's headers"
+    );
     worker.stop().await.unwrap();
 }
 
