@@ -17,6 +17,9 @@ pub const DEFAULT_FILE: &str = "rask.toml";
 /// The most task queue shards ([`Settings::queue_shards`]).
 const MAX_SHARDS: u16 = 256;
 
+/// Most threads a worker's async runtime may have (`runtime_threads`).
+const MAX_RUNTIME_THREADS: usize = 1024;
+
 /// The default of [`Settings::amqp_url`].
 const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
@@ -143,6 +146,14 @@ pub struct Settings {
     pub lineage_ttl: Duration,
     /// Tasks a worker runs at once. Default: the number of CPUs.
     pub concurrency: usize,
+    /// Threads of a worker's async runtime (`rask-worker`, and binaries that build their
+    /// runtime with `rask_worker::runtime`): they receive deliveries, store results, run async
+    /// task bodies and plain functions quick enough to run in place; slower plain functions run
+    /// on a pool of their own whatever this is. `1` gives the lowest latency per task (each
+    /// delivery handled start to end on one thread, no hand-off between threads; measured
+    /// 25 µs less per round trip on 2 CPUs, docs/benchmarks.md); more spread quick tasks over
+    /// CPUs. Default `0`, meaning one per CPU.
+    pub runtime_threads: usize,
     /// What a worker has of named resources, e.g. `gpu=2,mem=16GiB` (`RASK_RESOURCES`,
     /// `rask-worker --resources`), or in `rask.toml` a table `[resources]` with `gpu = 2` and
     /// `mem = "16GiB"`. Amounts are integers in a unit of the deployment's choosing, with binary
@@ -349,6 +360,7 @@ impl Default for Settings {
             result_ttl: Duration::from_secs(24 * 3600),
             lineage_ttl: Duration::from_secs(2 * 24 * 3600),
             concurrency: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            runtime_threads: 0,
             resources: crate::resources::Resources::new(),
             prefetch: 0,
             publish_window: 1024,
@@ -438,6 +450,10 @@ impl Settings {
         };
         if self.concurrency == 0 {
             return bad("concurrency", &0, "must be at least 1");
+        }
+        if self.runtime_threads > MAX_RUNTIME_THREADS {
+            let why = format!("must be at most {MAX_RUNTIME_THREADS} (0: one per CPU)");
+            return bad("runtime_threads", &self.runtime_threads, &why);
         }
         if let Err(e) = self.resources.validate() {
             return bad("resources", &self.resources, &e.to_string());
@@ -743,6 +759,7 @@ impl fmt::Debug for Settings {
             .field("result_ttl", &self.result_ttl)
             .field("lineage_ttl", &self.lineage_ttl)
             .field("concurrency", &self.concurrency)
+            .field("runtime_threads", &self.runtime_threads)
             .field("resources", &self.resources.to_string())
             .field("prefetch", &self.prefetch)
             .field("publish_window", &self.publish_window)
@@ -1029,6 +1046,11 @@ mod tests {
         std::fs::write(&file, "concurrency = 0\n").unwrap();
         let err = Settings::load_from(&file, true).unwrap_err().to_string();
         assert!(err.contains("concurrency"), "{err}");
+        std::fs::write(&file, "runtime_threads = 1\n").unwrap();
+        assert_eq!(Settings::load_from(&file, true).unwrap().runtime_threads, 1);
+        std::fs::write(&file, "runtime_threads = 1025\n").unwrap();
+        let err = Settings::load_from(&file, true).unwrap_err().to_string();
+        assert!(err.contains("runtime_threads = 1025"), "{err}");
         std::fs::write(&file, "prefetch = \"lots\"\n").unwrap();
         let err = Settings::load_from(&file, true).unwrap_err().to_string();
         assert!(err.contains("prefetch") && err.contains("lots"), "{err}");

@@ -59,6 +59,8 @@
 //!   released dependents the broker refuses fail instead of looping (`settle.rs`).
 //! - `result_limit.rs`: the largest result stored (`max_result_bytes`, or Redis's
 //!   `proto-max-bulk-len` if lower); a larger one becomes a `ResultTooLarge` failure.
+//! - `runtime.rs`: the async runtime of a worker process, sized by `runtime_threads`
+//!   ([`runtime`]).
 //! - `fatal.rs`: an error found off the worker loop that must stop the worker (Redis refusing
 //!   writes), raised once and awaited by the loop.
 //! - `release.rs`: after a batch is stored, publish the graph tasks it made ready (before the
@@ -108,6 +110,7 @@ mod result_limit;
 mod retries;
 mod retry;
 mod revocations;
+mod runtime;
 mod scheduler;
 mod secede;
 mod send_back;
@@ -124,5 +127,6 @@ pub use error::{Error, Result, EXIT_CONFIG};
 pub use foreign::{ForeignCall, ForeignError, ForeignFunction};
 pub use registry::Registry;
 pub use resources::held_slots;
+pub use runtime::runtime;
 pub use signal::shutdown_signal;
 pub use worker::Worker;

@@ -40,18 +40,24 @@ struct Args {
     config: Option<std::path::PathBuf>,
 }
 
-#[tokio::main]
-async fn main() {
-    let code = match run(Args::parse()).await {
+fn main() {
+    let ran = load(Args::parse()).and_then(|settings| {
+        // Sized by the settings (`runtime_threads`), so built once they are known.
+        let runtime = rask_worker::runtime(&settings).context("starting the runtime")?;
+        let ran = runtime.block_on(run(settings));
+        // Tasks still running after the grace period were released to the queue, and threads
+        // of plain functions past their time limit are abandoned: do not wait for their threads
+        // (dropping the runtime would), whether the worker stopped cleanly or not.
+        runtime.shutdown_background();
+        ran
+    });
+    let code = match ran {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("Error: {e:?}");
             exit_code(&e)
         }
     };
-    // Tasks still running after the grace period were released to the queue, and threads of
-    // plain functions past their time limit are abandoned: do not wait for their threads (the
-    // runtime would on drop), whether the worker stopped cleanly or not.
     std::process::exit(code)
 }
 
@@ -66,8 +72,8 @@ fn exit_code(error: &anyhow::Error) -> i32 {
     }
 }
 
-/// Loads the settings and runs the worker until it stops.
-async fn run(args: Args) -> anyhow::Result<()> {
+/// The settings of the file and environment, with the flags of `args` over them.
+fn load(args: Args) -> anyhow::Result<Settings> {
     let mut settings = match &args.config {
         Some(file) => Settings::load_from(file, true),
         None => Settings::load(),
@@ -89,6 +95,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         settings.pools = pools;
     }
     settings.validate().context("checking settings")?;
+    Ok(settings)
+}
+
+/// Runs the worker with `settings` until it stops.
+async fn run(settings: Settings) -> anyhow::Result<()> {
     // Once the settings are known: they may name an OTLP endpoint to export spans to.
     let exporter = init_tracing(&settings)?;
     for name in Settings::unknown_variables(std::env::vars().map(|(k, _)| k)) {
