@@ -607,4 +607,8 @@ pub(crate) struct BenchArgs {
     /// machine's file system costs would otherwise decide the large-value figures.
     #[arg(long, conflicts_with = "use_running")]
     pub(crate) in_memory: bool,
+    /// Threads of each private worker's async runtime (the `runtime_threads` setting; default
+    /// 0, one per CPU): `1` handles each delivery on one thread, the lowest latency per task.
+    #[arg(long, value_name = "N", conflicts_with = "use_running")]
+    pub(crate) runtime_threads: Option<usize>,
 }

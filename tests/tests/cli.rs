@@ -436,6 +436,7 @@ async fn bench_smoke_runs_every_workload() {
     );
     assert_eq!(json["files"], "temp dir", "{json}");
     assert_eq!(json["blobs"], "off", "{json}");
+    assert_eq!(json["runtime_threads"], 0, "{json}");
 }
 
 #[tokio::test]
@@ -449,6 +450,8 @@ async fn bench_in_memory_runs_the_private_cluster_in_shared_memory_and_removes_i
         "payload",
         "--blobs",
         "--in-memory",
+        "--runtime-threads",
+        "1",
     ];
     let out = rask(&env, &args, "").await;
     assert!(out.status.success(), "{}", stderr(&out));
@@ -467,4 +470,9 @@ async fn bench_in_memory_runs_the_private_cluster_in_shared_memory_and_removes_i
     let json: serde_json::Value = serde_json::from_str(last).expect("the last line is JSON");
     assert_eq!(json["files"], "shared memory", "{json}");
     assert_eq!(json["blobs"], "on", "{json}");
+    assert_eq!(json["runtime_threads"], 1, "{json}");
+    assert!(
+        log.contains("bench: each worker's runtime has 1 thread(s)"),
+        "{log}"
+    );
 }

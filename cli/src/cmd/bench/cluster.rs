@@ -46,6 +46,8 @@ pub(super) struct Shape {
     /// Whether the cluster's files live in [`SHARED_MEMORY`] instead of the temporary
     /// directory.
     pub(super) in_memory: bool,
+    /// The workers' `runtime_threads` (0: one per CPU).
+    pub(super) runtime_threads: usize,
 }
 
 /// Where `--in-memory` keeps a private cluster's files: a memory file system on Linux.
@@ -129,6 +131,7 @@ impl Cluster {
                 QueueType::Quorum => 0,
             },
             queue_shards: shape.shards,
+            runtime_threads: shape.runtime_threads,
             events: shape.events,
             local_continuation: shape.continuation,
             inline_limit: shape.inline_limit.unwrap_or(settings.inline_limit),
@@ -345,6 +348,7 @@ fn settings_env(s: &Settings) -> Vec<(String, String)> {
             humantime::format_duration(s.result_ttl).to_string(),
         ),
         ("RASK_CONCURRENCY", s.concurrency.to_string()),
+        ("RASK_RUNTIME_THREADS", s.runtime_threads.to_string()),
         ("RASK_PREFETCH", s.prefetch.to_string()),
         ("RASK_PUBLISH_WINDOW", s.publish_window.to_string()),
         ("RASK_RESULT_BATCH", s.result_batch.to_string()),

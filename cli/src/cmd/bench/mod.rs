@@ -309,6 +309,7 @@ pub(crate) async fn run(global: &Global, args: BenchArgs) -> Result<ExitCode> {
             blobs: args.blobs,
             continuation: !args.no_continuation,
             in_memory: args.in_memory,
+            runtime_threads: args.runtime_threads.unwrap_or(0),
         };
         if args.no_events {
             eprintln!("bench: task events are off (--no-events)");
@@ -320,6 +321,9 @@ pub(crate) async fn run(global: &Global, args: BenchArgs) -> Result<ExitCode> {
         }
         if let Some(c) = shape.concurrency {
             eprintln!("bench: each worker runs {c} task(s) at once");
+        }
+        if let Some(n) = args.runtime_threads.filter(|n| *n > 0) {
+            eprintln!("bench: each worker's runtime has {n} thread(s)");
         }
         if args.quorum {
             eprintln!("bench: the task queues are quorum queues (no priorities)");
@@ -370,6 +374,7 @@ pub(crate) async fn run(global: &Global, args: BenchArgs) -> Result<ExitCode> {
             (false, true) => "on",
             (false, false) => "off",
         },
+        runtime_threads: (!args.use_running).then(|| args.runtime_threads.unwrap_or(0)),
     };
     if args.json {
         println!("{}", report::json(&context, &rows, idle.as_ref()));

@@ -204,6 +204,9 @@ pub(super) struct Context {
     /// Whether values over `blob_threshold` went to a blob store: `on` (`--blobs`), `off`, or
     /// `as deployed` (`--use-running`).
     pub(super) blobs: &'static str,
+    /// The workers' `runtime_threads` (`--runtime-threads`; 0: one per CPU), or `None` as
+    /// deployed (`--use-running`).
+    pub(super) runtime_threads: Option<usize>,
 }
 
 /// The human table: each figure beside the floor, then memory and CPU, then idle workers.
@@ -211,7 +214,7 @@ pub(super) fn table(context: &Context, rows: &[Row], idle: Option<&Idle>) -> Str
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "rask bench: {} cluster, {} worker process(es), {} CPU(s), {} build, {} run(s) per workload, task events {}, files in {}, blob store {}{}",
+        "rask bench: {} cluster, {} worker process(es), {} CPU(s), {} build, {} run(s) per workload, task events {}, files in {}, blob store {}, worker runtime threads {}{}",
         context.cluster,
         context.workers,
         context.cpus,
@@ -220,6 +223,11 @@ pub(super) fn table(context: &Context, rows: &[Row], idle: Option<&Idle>) -> Str
         context.events,
         context.files,
         context.blobs,
+        match context.runtime_threads {
+            None => "as deployed".to_owned(),
+            Some(0) => "one per CPU".to_owned(),
+            Some(n) => n.to_string(),
+        },
         if context.smoke { " (--smoke: sizes too small to mean anything)" } else { "" }
     );
     let _ = writeln!(out);
@@ -375,6 +383,7 @@ pub(super) fn json(context: &Context, rows: &[Row], idle: Option<&Idle>) -> Valu
         "events": context.events,
         "files": context.files,
         "blobs": context.blobs,
+        "runtime_threads": context.runtime_threads,
         "idle": idle,
         "workloads": workloads,
     })
