@@ -17,9 +17,14 @@ mod tasks;
 use rask_common::Settings;
 use rask_worker::{Registry, Worker};
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let settings = Settings::load()?;
+    // The runtime the settings ask for (`runtime_threads`), as the stock worker builds it.
+    let runtime = rask_worker::runtime(&settings)?;
+    runtime.block_on(run(settings))
+}
+
+async fn run(settings: Settings) -> anyhow::Result<()> {
     let registry = Registry::with_builtins()
         .with::<tasks::word_count>()
         .with::<tasks::text_stats>()
