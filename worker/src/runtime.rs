@@ -12,8 +12,8 @@ use rask_common::Settings;
 /// rask_worker::runtime(&settings)?.block_on(async move {
 ///     // On a runtime thread: the deliveries it spawns start on the thread that received them.
 ///     let worker = rask_worker::Worker::new(settings, registry);
-///     tokio::spawn(worker.run(rask_worker::shutdown_signal())).await?
-/// })?;
+///     tokio::spawn(worker.run(rask_worker::shutdown_signal())).await
+/// })??;
 /// # Ok(()) }
 /// ```
 ///
