@@ -430,6 +430,12 @@ impl TestEnv {
     /// Publishes `body` to the task queue (persistent, waiting for the broker's confirm), for
     /// messages the client would not write; the queue must be declared (a client connected).
     pub async fn publish_body(&self, body: &[u8]) {
+        self.publish_with_headers(body, lapin::types::FieldTable::default())
+            .await;
+    }
+
+    /// [`TestEnv::publish_body`] with `headers`, for headers the client would not write.
+    pub async fn publish_with_headers(&self, body: &[u8], headers: lapin::types::FieldTable) {
         use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
         let connection = rask_common::broker::connect(&self.settings, "test publisher")
             .await
@@ -445,7 +451,9 @@ impl TestEnv {
                 self.settings.queue.as_str().into(),
                 BasicPublishOptions::default(),
                 body,
-                lapin::BasicProperties::default().with_delivery_mode(2),
+                lapin::BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_headers(headers),
             )
             .await
             .unwrap();

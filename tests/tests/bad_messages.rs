@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 
 use futures::StreamExt;
+use lapin::message::Delivery;
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions};
 use lapin::types::{
     AMQPValue, ByteArray, DecimalValue, FieldArray, FieldTable, LongString, ShortString,
@@ -75,25 +76,7 @@ async fn undecodable_messages_are_dead_lettered_and_the_worker_keeps_serving() {
     assert_eq!(values, (1..=100).collect::<Vec<i64>>());
 
     // Every bad message is in the dead-letter queue with a reason.
-    let consumer = channel
-        .basic_consume(
-            env.settings.dead_letter_queue.as_str().into(),
-            "dead-letter reader".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let dead: Vec<_> =
-        tokio::time::timeout(PATIENCE, consumer.take(bodies.len()).collect::<Vec<_>>())
-            .await
-            .expect("every bad message reaches the dead-letter queue")
-            .into_iter()
-            .map(|d| d.unwrap())
-            .collect();
+    let dead = dead_letters(&env, bodies.len()).await;
     for message in &dead {
         let reason = dead_letter_reason(message)
             .unwrap_or_else(|| panic!("no reason on {:?}", message.data));
@@ -143,6 +126,32 @@ async fn graph_tasks_waiting_on_a_malformed_message_fail_instead_of_hanging() {
         other => panic!("expected a task failure, got {other:?}"),
     }
     worker.stop().await.unwrap();
+}
+
+/// The first `n` messages of `env`'s dead-letter queue (taken off it), waiting for them.
+async fn dead_letters(env: &TestEnv, n: usize) -> Vec<Delivery> {
+    let connection = broker::connect(&env.settings, "dead-letter reader")
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let consumer = channel
+        .basic_consume(
+            env.settings.dead_letter_queue.as_str().into(),
+            "dead-letter reader".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    tokio::time::timeout(PATIENCE, consumer.take(n).collect::<Vec<_>>())
+        .await
+        .expect("the dead letters arrive")
+        .into_iter()
+        .map(|d| d.unwrap())
+        .collect()
 }
 
 /// Headers any AMQP client may send and RabbitMQ passes on: long strings that are not UTF-8
@@ -217,31 +226,6 @@ async fn tasks_with_hostile_headers_run_and_the_worker_keeps_serving() {
     let env = TestEnv::new("badheaders").await;
     let worker = env.run_worker(Registry::with_builtins());
     let client = env.client().await;
-    let connection = broker::connect(&env.settings, "test publisher")
-        .await
-        .unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    let publish = |body: Vec<u8>, headers: FieldTable| {
-        let channel = channel.clone();
-        let exchange = env.settings.exchange.clone();
-        let queue = env.settings.queue.clone();
-        async move {
-            channel
-                .basic_publish(
-                    exchange.as_str().into(),
-                    queue.as_str().into(),
-                    BasicPublishOptions::default(),
-                    &body,
-                    BasicProperties::default()
-                        .with_delivery_mode(2)
-                        .with_headers(headers),
-                )
-                .await
-                .unwrap()
-                .await
-                .unwrap();
-        }
-    };
     let mut tasks = Vec::new();
     for (x, (what, headers)) in (0_i64..).zip(hostile_headers()) {
         let message = TaskMessage::new(
@@ -249,12 +233,14 @@ async fn tasks_with_hostile_headers_run_and_the_worker_keeps_serving() {
             "inc",
             rmp_serde::to_vec(&(x,)).unwrap(),
         );
-        publish(message.encode().unwrap(), headers).await;
+        env.publish_with_headers(&message.encode().unwrap(), headers)
+            .await;
         tasks.push((what, message.key, x));
     }
     // Not a task, with a header that is not UTF-8: dead-lettered, its headers kept.
     let (_, not_utf8) = hostile_headers().swap_remove(0);
-    publish(b"not a task".to_vec(), not_utf8.clone()).await;
+    env.publish_with_headers(b"not a task", not_utf8.clone())
+        .await;
 
     for (what, key, x) in tasks {
         let future: Future<i64> = client.future(key);
@@ -268,23 +254,10 @@ async fn tasks_with_hostile_headers_run_and_the_worker_keeps_serving() {
     let values = client.gather(&good).timeout(PATIENCE).await.unwrap();
     assert_eq!(values, (1..=100).collect::<Vec<i64>>());
 
-    let mut dead = channel
-        .basic_consume(
-            env.settings.dead_letter_queue.as_str().into(),
-            "dead-letter reader".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
+    let [dead] = dead_letters(&env, 1)
         .await
-        .unwrap();
-    let dead = tokio::time::timeout(PATIENCE, dead.next())
-        .await
-        .expect("the message that is not a task is dead-lettered")
-        .unwrap()
-        .unwrap();
+        .try_into()
+        .expect("one dead letter");
     assert_eq!(dead.data, b"not a task");
     let reason = dead_letter_reason(&dead).expect("a reason");
     assert!(reason.starts_with("not a rask task message: "), "{reason}");
