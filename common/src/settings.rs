@@ -150,10 +150,10 @@ pub struct Settings {
     /// runtime with `rask_worker::runtime`): they receive deliveries, store results, run async
     /// task bodies and plain functions quick enough to run in place; slower plain functions run
     /// on a pool of their own whatever this is. `1` gives the lowest latency per task (each
-    /// delivery handled start to end on one thread, no hand-off between threads; measured
-    /// 25 µs less per round trip on 2 CPUs, docs/benchmarks.md); more spread quick tasks over
-    /// CPUs, and keep the worker serving while a function measured quick runs long in place.
-    /// Default `0`, meaning one per CPU.
+    /// delivery handled start to end on one thread, no hand-off between threads; measured 25 µs
+    /// less per round trip on a quiet 2-CPU machine, docs/benchmarks.md); more spread quick
+    /// tasks over CPUs, and keep the worker serving while a function measured quick runs long
+    /// in place. Default `0`, meaning one per CPU.
     pub runtime_threads: usize,
     /// What a worker has of named resources, e.g. `gpu=2,mem=16GiB` (`RASK_RESOURCES`,
     /// `rask-worker --resources`), or in `rask.toml` a table `[resources]` with `gpu = 2` and
