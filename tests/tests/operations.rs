@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::process::Output;
 
-use rask_tests::{http_get, metric, TestEnv};
+use rask_tests::{http_get, metric, TestEnv, PATIENCE};
 use serde_json::Value;
 
 fn json(output: &Output) -> Value {
@@ -269,4 +269,38 @@ async fn progress_counts_every_future() {
     assert_eq!(calls, (0..=10).collect::<Vec<_>>());
     let values: Vec<i64> = results.into_iter().map(Result::unwrap).collect();
     assert_eq!(values, (1..=10).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn the_stock_worker_runs_on_the_runtime_threads_its_setting_names() {
+    let env = TestEnv::new("runtime-threads").await;
+    let _client = env.client().await; // declares the topology
+    for threads in ["1", "3"] {
+        let mut workers = env.spawn_workers_with(1, &[("RASK_RUNTIME_THREADS", threads)]);
+        workers[0].wait_ready(PATIENCE).await.expect("worker ready");
+        let log = std::fs::read_to_string(workers[0].log_path()).unwrap();
+        let ready = plain(&log)
+            .lines()
+            .find(|line| line.contains("worker ready"))
+            .map(str::to_owned)
+            .unwrap_or_else(|| panic!("no ready line:\n{log}"));
+        assert!(
+            ready.contains(&format!(" runtime_threads={threads} ")),
+            "{ready}"
+        );
+    }
+}
+
+/// `text` without its ANSI colour escapes (`ESC [ … m`).
+fn plain(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            chars.by_ref().find(|&c| c == 'm');
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

@@ -386,6 +386,7 @@ impl Worker {
             pools = %pools.served().iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>().join(","),
             shards = shards.len(),
             concurrency = settings.concurrency,
+            runtime_threads = tokio::runtime::Handle::current().metrics().num_workers(),
             prefetch,
             functions = %registry.names().join(","),
             "worker ready"
