@@ -91,24 +91,19 @@ def worker(namespace):
 
 
 @pytest.fixture
-def blob_store(tmp_path):
+def blob_store(tmp_path, monkeypatch):
     """A namespace of its own whose worker and clients keep values over `blob_threshold`
     (1 MiB) in a `file://` blob store (`RASK_BLOB_URL`, a fresh directory): yields that
-    directory, with the namespace's variables set for `rask.Client()`."""
+    directory, with the namespace's variables set for `rask.Client()` (until the test ends)."""
     blobs = tmp_path / "blobs"
     settings = dict(_namespace(), RASK_BLOB_URL=f"file://{blobs}")
-    saved = {k: os.environ.get(k) for k in settings}
-    os.environ.update(settings)
+    for k, v in settings.items():
+        monkeypatch.setenv(k, v)
     proc = _start_worker(settings)
     try:
         yield blobs
     finally:
         _stop_worker(proc)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @pytest.fixture(scope="session")
